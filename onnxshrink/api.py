@@ -1,0 +1,276 @@
+"""The Python API: ``onnxshrink.shrink(model, passes, ...)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxshrink._version import __version__
+from onnxshrink.calibration import CalibrationSource
+from onnxshrink.context import PassContext
+from onnxshrink.errors import UsageError, VerificationError
+from onnxshrink.graphs import count_bytes, count_nodes, count_params
+from onnxshrink.inputs import generate_inputs, input_specs, load_npz, split_labels
+from onnxshrink.loading import LoadedModel, load_model, load_proto
+from onnxshrink.pipeline import PassRecord, Pipeline
+from onnxshrink.runtime import RuntimeUnavailable, model_source
+from onnxshrink.saving import SavedFiles, external_files, record_provenance, save_model, to_proto
+from onnxshrink.spec import PassSpec, parse_specs
+from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerificationReport, verify
+
+logger = logging.getLogger(__name__)
+
+VERIFY_SAMPLES = 32
+
+
+@dataclasses.dataclass
+class ShrinkResult:
+    """What :func:`shrink` returns.
+
+    Attributes:
+        model: The optimized model (onnx_ir.Model).
+        report: JSON-serializable report (schema in the README).
+    """
+
+    model: ir.Model
+    report: dict[str, Any]
+    _protected: tuple[Path, ...] = ()
+
+    def to_proto(self) -> onnx.ModelProto:
+        """The model as a ModelProto with weights inline."""
+        return to_proto(self.model)
+
+    def to_graphsurgeon(self) -> Any:
+        """The model as an ``onnx_graphsurgeon.Graph``."""
+        import onnx_graphsurgeon as gs
+
+        return gs.import_onnx(self.to_proto())
+
+    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> SavedFiles:
+        """Writes the model atomically (external data when past 2 GiB or when asked)."""
+        saved = save_model(self.model, path, external_data=external_data, protected=self._protected)
+        self.report["output"]["path"] = str(saved.model)
+        return saved
+
+
+def _load_any(model: Any) -> LoadedModel:
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        return load_proto(model)
+    if isinstance(model, ir.Model):
+        # Passes work in place; the caller's model stays as it was.
+        return load_proto(ir.serde.serialize_model(model)) if not external_files(model) else LoadedModel(model.clone())
+    if type(model).__module__.startswith("onnx_graphsurgeon"):
+        import onnx_graphsurgeon as gs
+
+        return load_proto(gs.export_onnx(model))
+    raise UsageError(
+        f"cannot read a model from {type(model).__name__}; give a path, onnx.ModelProto, onnx_ir.Model "
+        "or onnx_graphsurgeon.Graph"
+    )
+
+
+def _summary(model: ir.Model) -> dict[str, Any]:
+    return {"nodes": count_nodes(model), "params": count_params(model), "bytes": count_bytes(model)}
+
+
+@dataclasses.dataclass
+class _Feed:
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    description: str
+
+
+def _verification_feed(
+    model: ir.Model,
+    inputs: Any,
+    calibration: CalibrationSource | None,
+    shapes: Mapping[str, tuple[int, ...]],
+) -> _Feed:
+    if inputs is not None:
+        arrays = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+        feed, labels = split_labels(
+            model, arrays, f"inputs {inputs if isinstance(inputs, (str, os.PathLike)) else ''}".strip()
+        )
+        return _Feed(feed, labels, f"npz {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays")
+    if calibration is not None:
+        arrays = calibration.take(VERIFY_SAMPLES)
+        feed, labels = split_labels(model, arrays, f"calibration data {calibration.description}")
+        return _Feed(feed, labels, f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)")
+    return _Feed(generate_inputs(model, shapes), None, "generated")
+
+
+def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int:
+    """Samples per run: the whole feed when the batch axis is dynamic, else the fixed batch."""
+    fixed = [s.dims[0] for s in input_specs(model) if s.dims and isinstance(s.dims[0], int)]
+    total = min((len(v) for v in feed.values() if np.ndim(v) > 0), default=1)
+    if fixed:
+        return int(fixed[0]) or 1
+    return min(total, 64) or 1
+
+
+class Verifier:
+    """Compares candidates against the input model with one feed and provider."""
+
+    def __init__(self, loaded: LoadedModel, feed: _Feed, provider: str, rtol: float, atol: float) -> None:
+        self.loaded = loaded
+        self.feed = feed
+        self.provider = provider
+        self.rtol = rtol
+        self.atol = atol
+        self._reference: str | bytes
+        if loaded.path is not None:
+            self._reference = str(loaded.path)
+        elif loaded.proto_bytes is not None:
+            self._reference = loaded.proto_bytes
+        else:
+            self._reference = b""
+
+    def ready(self) -> bool:
+        return bool(self._reference)
+
+    def compare(self, candidate: ir.Model) -> VerificationReport:
+        with model_source(candidate) as source:
+            return verify(
+                self._reference,
+                source,
+                self.feed.arrays,
+                provider=self.provider,
+                rtol=self.rtol,
+                atol=self.atol,
+                labels=self.feed.labels,
+                inputs_description=self.feed.description,
+                chunk=_chunk(candidate, self.feed.arrays),
+            )
+
+
+def _budget_failure(
+    report: VerificationReport, exact: bool, max_drop: float | None, min_cosine: float | None
+) -> str | None:
+    if exact and not report.within_tolerance:
+        worst = report.worst()
+        return (
+            f"output '{worst.name}' differs by {worst.max_abs:.3g} (tolerance {worst.tolerance:.3g}, "
+            f"rtol={report.rtol:g}, atol={report.atol:g}){' - ' + worst.note if worst.note else ''}"
+        )
+    if min_cosine is not None and report.min_cosine < min_cosine:
+        return f"cosine similarity {report.min_cosine:.6f} is below --min-cosine {min_cosine}"
+    drop = report.accuracy_drop
+    if max_drop is not None and drop is not None and drop > max_drop:
+        return f"accuracy dropped by {drop:.4f} (from {report.accuracy_reference:.4f}), past --max-drop {max_drop}"
+    return None
+
+
+def shrink(
+    model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | Any,
+    passes: Sequence[str | PassSpec],
+    *,
+    calibration: Any = None,
+    inputs: Any = None,
+    provider: str = "auto",
+    verify: bool = True,
+    verify_each: bool = False,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    max_drop: float | None = None,
+    min_cosine: float | None = None,
+) -> ShrinkResult:
+    """Runs a pipeline of passes on a model and verifies the result with onnxruntime.
+
+    Args:
+        model: A path, ``onnx.ModelProto``, ``onnx_ir.Model`` or ``onnx_graphsurgeon.Graph``.
+        passes: Pass specs such as ``"cleanup"`` or ``"prune:sparsity=0.5"``.
+        calibration: An npz path, folder, ``module:attribute`` reader, dict of arrays or reader.
+        inputs: Verification inputs: an npz path (may hold ``labels``) or a dict of arrays.
+        provider: ``auto`` (CUDA when usable, else CPU), ``cpu`` or ``cuda``.
+        verify: Compare the result against the input model.
+        verify_each: Also compare after every pass; the first pass that breaks numerics is named.
+        shapes: Sizes for dynamic input dims of generated inputs.
+        rtol, atol: Tolerance of exact pipelines: ``|d| <= atol + rtol * max|ref|``.
+        max_drop, min_cosine: The accuracy budget of lossy pipelines.
+
+    Raises:
+        UsageError: Bad pass spec, option or data.
+        InvalidModelError: The input model is malformed or unsafe.
+        VerificationError: The result is outside the tolerance or budget.
+        PassFailure: A pass broke a graph invariant.
+    """
+    started = time.perf_counter()
+    specs = parse_specs(passes)
+    if not specs:
+        raise UsageError("no passes given; name at least one with -p (see 'onnxshrink passes')")
+    shapes = dict(shapes or {})
+    calib = CalibrationSource.from_spec(calibration) if calibration is not None else None
+    loaded = _load_any(model)
+    work = loaded.model
+    load_seconds = time.perf_counter() - started
+    context = PassContext(calibration=calib, provider=provider, shapes=shapes)
+    input_summary = _summary(work)
+
+    verifier: Verifier | None = None
+    if verify or verify_each:
+        verifier = Verifier(loaded, _verification_feed(work, inputs, calib, shapes), provider, rtol, atol)
+    each_reports: list[dict[str, Any]] = []
+
+    def after_pass(candidate: ir.Model, record: PassRecord, records: Sequence[PassRecord]) -> None:
+        assert verifier is not None
+        try:
+            report = verifier.compare(candidate)
+        except RuntimeUnavailable as error:
+            each_reports.append({"pass": record.name, "skipped": str(error)})
+            return
+        each_reports.append({"pass": record.name, **report.to_json()})
+        exact_so_far = all(r.exact for r in records)
+        failure = _budget_failure(report, exact_so_far, max_drop, min_cosine)
+        if failure:
+            names = [r.name for r in records]
+            raise VerificationError(f"numerics broke at pass '{record.name}' (passes so far: {names}): {failure}")
+
+    pipeline = Pipeline(specs, context, full_checks=verify_each, after_pass=after_pass if verify_each else None)
+    passes_started = time.perf_counter()
+    records = pipeline.run(work)
+    passes_seconds = time.perf_counter() - passes_started
+    record_provenance(work, pipeline.describe())
+
+    verification: dict[str, Any] | None = None
+    verify_seconds = 0.0
+    if verify and verifier is not None:
+        verify_started = time.perf_counter()
+        try:
+            report = verifier.compare(work)
+        except RuntimeUnavailable as error:
+            verification = {"skipped": f"onnxruntime cannot run the model: {error}"}
+            logger.warning("verification skipped: onnxruntime cannot run the model: %s", error)
+        else:
+            failure = _budget_failure(report, pipeline.exact, max_drop, min_cosine)
+            verification = {**report.to_json(), "passed": failure is None, "exact_pipeline": pipeline.exact}
+            if failure:
+                raise VerificationError(f"verification failed, nothing written: {failure}")
+        verify_seconds = time.perf_counter() - verify_started
+
+    report_data: dict[str, Any] = {
+        "onnxshrink_version": __version__,
+        "input": {"path": str(loaded.path) if loaded.path else None, **input_summary},
+        "output": {"path": None, **_summary(work)},
+        "pipeline": pipeline.describe(),
+        "exact": pipeline.exact,
+        "passes": [r.to_json() for r in records],
+        "verification": verification,
+        "verify_each": each_reports if verify_each else None,
+        "seconds": {"load": load_seconds, "passes": passes_seconds, "verify": verify_seconds},
+    }
+    protected: tuple[Path, ...] = ()
+    if loaded.path is not None:
+        protected = (loaded.path, *external_files(work))
+    return ShrinkResult(work, report_data, protected)

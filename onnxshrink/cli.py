@@ -1,0 +1,371 @@
+"""The ``onnxshrink`` command line, derived from the pass registry.
+
+Heavy imports (onnx, onnxruntime, numpy) happen inside commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from onnxshrink._version import __version__
+from onnxshrink.errors import ShrinkError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PROVIDER = click.Choice(["auto", "cpu", "cuda"])
+
+
+class _State:
+    debug = False
+
+
+def _configure_logging(verbose: int, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # onnx-ir logs recoverable oddities of input models as warnings; we report our own.
+    logging.getLogger("onnx_ir").setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _fail(error: BaseException, code: int) -> None:
+    if _State.debug:
+        traceback.print_exception(error)
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    click.echo(f"onnxshrink: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guarded(func: F) -> F:
+    """Turns onnxshrink errors into one stderr line and the documented exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ShrinkError as error:
+            _fail(error, error.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _fail(RuntimeError("interrupted; nothing written"), 130)
+        except Exception as error:  # an onnxshrink bug: still one line, traceback with --debug
+            _fail(RuntimeError(f"internal error: {type(error).__name__}: {error} (rerun with --debug)"), 1)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="onnxshrink")
+@click.option("-v", "--verbose", count=True, help="Log what each step does.")
+@click.option("--debug", is_flag=True, help="Debug logs and full tracebacks.")
+def main(verbose: int, debug: bool) -> None:
+    """onnxshrink: make ONNX models smaller and faster, numerics checked with onnxruntime."""
+    _State.debug = debug
+    _configure_logging(verbose, debug)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Writes JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{count} B"
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the result."
+)
+@click.option(
+    "-p",
+    "--pass",
+    "pass_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="NAME[:KEY=VALUE,...]; repeat in order. See 'onnxshrink passes'.",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with [[pass]] tables (run before -p passes).",
+)
+@click.option("--calib", metavar="DATA", help="Calibration data: .npz, folder of .npz, or module:attribute reader.")
+@click.option(
+    "--inputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Verification inputs (.npz keyed by input name; optional 'labels').",
+)
+@click.option(
+    "--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims, e.g. input=1x3x224x224."
+)
+@click.option("--provider", type=_PROVIDER, default="auto", show_default=True, help="onnxruntime execution provider.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the result with the input model.")
+@click.option("--verify-each", is_flag=True, help="Full checks and a numeric comparison after every pass.")
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here."
+)
+@click.option(
+    "--external-data/--no-external-data", default=None, help="Weights in OUT.data (default: only past 2 GiB)."
+)
+@click.option(
+    "--rtol", type=float, default=None, help="Relative tolerance of exact pipelines (times max|ref|). [default: 1e-4]"
+)
+@click.option("--atol", type=float, default=None, help="Absolute tolerance of exact pipelines. [default: 1e-5]")
+@click.option("--max-drop", type=float, default=None, help="Lossy budget: largest accuracy drop (needs labels).")
+@click.option("--min-cosine", type=float, default=None, help="Lossy budget: smallest output cosine similarity.")
+@_guarded
+def run(
+    model: Path,
+    output: Path,
+    pass_specs: tuple[str, ...],
+    recipe: Path | None,
+    calib: str | None,
+    inputs: Path | None,
+    shapes: tuple[str, ...],
+    provider: str,
+    verify: bool,
+    verify_each: bool,
+    report_path: Path | None,
+    external_data: bool | None,
+    rtol: float | None,
+    atol: float | None,
+    max_drop: float | None,
+    min_cosine: float | None,
+) -> None:
+    """Run passes on MODEL and write the verified result to OUTPUT."""
+    from onnxshrink.api import shrink
+    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.spec import load_recipe, parse_specs
+    from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
+
+    specs = (load_recipe(recipe) if recipe else []) + parse_specs(list(pass_specs))
+    if not specs:
+        raise UsageError("no passes given; use -p NAME or --recipe FILE (see 'onnxshrink passes')")
+    if inputs is not None and not inputs.is_file():
+        raise UsageError(f"inputs file not found: {inputs}")
+    result = shrink(
+        model,
+        specs,
+        calibration=calib,
+        inputs=inputs,
+        provider=provider,
+        verify=verify,
+        verify_each=verify_each,
+        shapes=parse_shapes(shapes),
+        rtol=DEFAULT_RTOL if rtol is None else rtol,
+        atol=DEFAULT_ATOL if atol is None else atol,
+        max_drop=max_drop,
+        min_cosine=min_cosine,
+    )
+    result.save(output, external_data=external_data)
+    report = result.report
+    if report_path is not None:
+        _write_json(report_path, report)
+    before, after = report["input"], report["output"]
+    click.echo(
+        f"{output}: {before['nodes']} -> {after['nodes']} nodes, "
+        f"{_human_bytes(before['bytes'])} -> {_human_bytes(after['bytes'])} of weights"
+    )
+    verification = report["verification"]
+    if verification is None:
+        click.echo("not verified (--no-verify)")
+    elif "skipped" in verification:
+        click.echo(f"not verified: {verification['skipped']}")
+    else:
+        line = (
+            f"verified on {verification['provider']} with {verification['inputs']}: "
+            f"max rel error {max(o['max_rel'] for o in verification['outputs']):.2e}, "
+            f"min cosine {verification['min_cosine']:.6f}"
+        )
+        if verification.get("accuracy_reference") is not None:
+            line += f", accuracy {verification['accuracy_reference']:.4f} -> {verification['accuracy_candidate']:.4f}"
+        click.echo(line)
+
+
+@main.command("passes")
+@click.argument("name", required=False)
+@_guarded
+def list_passes(name: str | None) -> None:
+    """List every pass and preset, or show one with its options, defaults and rules."""
+    import inspect as _inspect
+
+    from onnxshrink import registry
+
+    if name is None:
+        for pass_name, cls in registry.passes().items():
+            kind = "exact" if cls.exact else "lossy"
+            click.echo(f"{pass_name:16} {kind:6} {registry.summary(cls)}")
+        for preset in registry.presets().values():
+            click.echo(f"{preset.name:16} preset {preset.doc} ({' -> '.join(preset.steps)})")
+        return
+    preset = registry.presets().get(name)
+    if preset is not None:
+        rounds = f", repeated to a fixed point (at most {preset.max_steps} rounds)" if preset.fixed_point else ""
+        click.echo(f"{name} (preset): {preset.doc}\nruns: {' -> '.join(preset.steps)}{rounds}")
+        return
+    cls = registry.get_pass(name)
+    click.echo(f"{name} ({'exact' if cls.exact else 'lossy'})\n")
+    click.echo(_inspect.cleandoc(cls.__doc__ or ""))
+    options = registry.options_of(cls)
+    click.echo("\nOptions:" if options else "\nOptions: none")
+    for info in options:
+        default = ",".join(map(str, info.default)) if isinstance(info.default, tuple) else info.default
+        click.echo(f"  {info.key}={info.type_name}  (default: {default})  {info.help}")
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims for MACs.")
+@_guarded
+def inspect_command(model: Path, as_json: bool, shapes: tuple[str, ...]) -> None:
+    """Nodes, op histogram, parameters, bytes (raw and compressed), sparsity, quantized share, MACs."""
+    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.inspection import format_inspection, inspect_model
+    from onnxshrink.loading import load_model
+
+    info = inspect_model(load_model(model).model, parse_shapes(shapes))
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
+
+
+@main.command("verify")
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--inputs", type=click.Path(dir_okay=False, path_type=Path), help="Inputs .npz (optional 'labels').")
+@click.option("--calib", metavar="DATA", help="Use calibration samples as inputs.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims.")
+@click.option("--provider", type=_PROVIDER, default="auto", show_default=True)
+@click.option("--rtol", type=float, default=None, help="Relative tolerance (times max|ref|). [default: 1e-4]")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance. [default: 1e-5]")
+@click.option(
+    "--min-cosine",
+    type=float,
+    default=None,
+    help="Pass when every output's cosine is at least this (instead of the tolerance).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@_guarded
+def verify_command(
+    reference: Path,
+    candidate: Path,
+    inputs: Path | None,
+    calib: str | None,
+    shapes: tuple[str, ...],
+    provider: str,
+    rtol: float | None,
+    atol: float | None,
+    min_cosine: float | None,
+    as_json: bool,
+) -> None:
+    """Compare CANDIDATE's outputs with REFERENCE's on the same inputs; exit 1 when they differ."""
+    from onnxshrink.api import Verifier, _verification_feed
+    from onnxshrink.calibration import CalibrationSource
+    from onnxshrink.errors import VerificationError
+    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.loading import load_model
+    from onnxshrink.runtime import RuntimeUnavailable
+    from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
+
+    ref = load_model(reference)
+    cand = load_model(candidate)
+    source = CalibrationSource.from_spec(calib) if calib else None
+    feed = _verification_feed(ref.model, inputs, source, parse_shapes(shapes))
+    verifier = Verifier(
+        ref, feed, provider, DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol
+    )
+    try:
+        report = verifier.compare(cand.model)
+    except RuntimeUnavailable as error:
+        raise UsageError(f"onnxruntime cannot run these models: {error}") from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(f"provider {report.provider} ({report.provider_reason}); inputs: {report.inputs}")
+        for o in report.outputs:
+            top1 = f" top1 {o.top1_agreement:.4f}" if o.top1_agreement is not None else ""
+            click.echo(
+                f"  {o.name}: max abs {o.max_abs:.3g}  max rel {o.max_rel:.3g}  cosine {o.cosine:.6f}{top1}"
+                f"  {'ok' if o.within_tolerance else 'DIFFERS'}{' (' + o.note + ')' if o.note else ''}"
+            )
+        if report.accuracy_reference is not None:
+            click.echo(f"  accuracy {report.accuracy_reference:.4f} -> {report.accuracy_candidate:.4f}")
+    ok = report.min_cosine >= min_cosine if min_cosine is not None else report.within_tolerance
+    if not ok:
+        raise VerificationError(
+            "the models differ beyond tolerance"
+            if min_cosine is None
+            else f"cosine {report.min_cosine:.6f} < {min_cosine}"
+        )
+
+
+@main.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--provider", type=_PROVIDER, default="auto", show_default=True)
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size for a dynamic first axis.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--json", "as_json", is_flag=True)
+@_guarded
+def bench_command(
+    model: Path,
+    provider: str,
+    shapes: tuple[str, ...],
+    batch: int | None,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    as_json: bool,
+) -> None:
+    """Measure onnxruntime latency: warm-up, then the median of timed runs."""
+    from onnxshrink.benchmarking import measure_latency
+    from onnxshrink.inputs import parse_shapes
+
+    result = measure_latency(
+        model,
+        provider=provider,
+        shapes=parse_shapes(shapes),
+        batch=batch,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        progress=sys.stderr.isatty() and not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(
+            f"{model}: median {result['median_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}) "
+            f"over {result['runs']} runs on {result['provider']}"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,182 @@
+"""``onnxshrink inspect``: what a model holds and costs.
+
+Nodes, op histogram, parameters, weight bytes raw and compressed (zstd, else gzip: the size a
+user downloads), sparsity of float weights, the quantized share, and MACs of Conv,
+ConvTranspose, Gemm and MatMul from inferred shapes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxshrink.graphs import all_nodes, all_tensors, count_bytes, count_params, tensor_nbytes
+
+_QUANTIZED_TYPES = {
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT4,
+    ir.DataType.UINT4,
+    ir.DataType.FLOAT8E4M3FN,
+    ir.DataType.FLOAT8E5M2,
+}
+_QUANT_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "MatMulNBits",
+    "QGemm",
+    "DynamicQuantizeLSTM",
+}
+_CHUNK = 16 * 1024 * 1024
+
+
+def _compressor() -> tuple[str, Any]:
+    try:
+        import zstandard
+
+        return "zstd", zstandard.ZstdCompressor(level=3).compressobj()
+    except ImportError:
+        return "gzip", gzip.compress
+
+
+def _compressed_size(tensors: list[ir.TensorProtocol]) -> tuple[str, int]:
+    name, compressor = _compressor()
+    total = 0
+    if name == "zstd":
+        for tensor in tensors:
+            data = tensor.tobytes()
+            for start in range(0, len(data), _CHUNK):
+                total += len(compressor.compress(data[start : start + _CHUNK]))
+        total += len(compressor.flush())
+        return name, total
+    for tensor in tensors:
+        total += len(compressor(tensor.tobytes(), compresslevel=6))
+    return name, total
+
+
+def _value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    proto = ir.serde.serialize_model(model)
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        given = shapes.get(value.name)
+        for axis, dim in enumerate(dims):
+            if given is not None and axis < len(given):
+                dim.dim_value = given[axis]
+            elif not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # shape inference fails on some custom ops; MACs are then partial
+        inferred = proto
+    result: dict[str, tuple[int, ...]] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if info.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
+            result[info.name] = tuple(d.dim_value for d in dims)
+    for init in graph.initializer:
+        result[init.name] = tuple(init.dims)
+    return result
+
+
+def _macs(node: ir.Node, shape_of: Mapping[str, tuple[int, ...]]) -> int | None:
+    def get(value: ir.Value | None) -> tuple[int, ...] | None:
+        return None if value is None or value.name is None else shape_of.get(value.name)
+
+    out = get(node.outputs[0]) if node.outputs else None
+    inputs = [get(v) for v in node.inputs]
+    if node.op_type == "Conv" and out and len(inputs) > 1 and inputs[1]:
+        return int(np.prod(out)) * int(np.prod(inputs[1][1:]))
+    if node.op_type == "ConvTranspose" and inputs and inputs[0] and len(inputs) > 1 and inputs[1]:
+        return int(np.prod(inputs[0])) * int(np.prod(inputs[1][1:]))
+    if node.op_type == "Gemm" and out and inputs[0]:
+        k = inputs[0][0] if node.attributes.get_int("transA", 0) else inputs[0][-1]
+        return int(np.prod(out)) * int(k)
+    if node.op_type == "MatMul" and out and inputs[0]:
+        return int(np.prod(out)) * int(inputs[0][-1])
+    return None
+
+
+def _float_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    for tensor in all_tensors(model):
+        if tensor.dtype.is_floating_point():
+            yield tensor
+
+
+def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """A JSON-serializable summary of the model."""
+    ops = Counter(
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in all_nodes(model)
+    )
+    tensors = list(all_tensors(model))
+    zeros = elements = 0
+    for tensor in _float_tensors(model):
+        if tensor.size < 2:
+            continue
+        data = tensor.numpy()
+        zeros += int(np.count_nonzero(data == 0))
+        elements += int(data.size)
+    quant_bytes = sum(tensor_nbytes(t) for t in tensors if t.dtype in _QUANTIZED_TYPES)
+    total_bytes = count_bytes(model)
+    method, compressed = _compressed_size([t for t in tensors if t.dtype != ir.DataType.STRING])
+    macs_by_op: Counter[str] = Counter()
+    unknown = 0
+    try:
+        shape_of = _value_shapes(model, shapes or {})
+    except Exception:  # serialization of exotic models; MACs are then unknown
+        shape_of = {}
+    for node in model.graph:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.domain in ("", "ai.onnx"):
+            macs = _macs(node, shape_of)
+            if macs is None:
+                unknown += 1
+            else:
+                macs_by_op[node.op_type] += macs
+    return {
+        "ir_version": model.ir_version,
+        "opsets": dict(sorted(model.opset_imports.items())),
+        "inputs": [f"{v.name}: {v.type} {v.shape}" for v in model.graph.inputs],
+        "outputs": [f"{v.name}: {v.type} {v.shape}" for v in model.graph.outputs],
+        "nodes": sum(ops.values()),
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "functions": len(model.functions),
+        "params": count_params(model),
+        "bytes": total_bytes,
+        "bytes_compressed": compressed,
+        "compression": method,
+        "float_weight_sparsity": zeros / elements if elements else 0.0,
+        "quantized_weight_share": quant_bytes / total_bytes if total_bytes else 0.0,
+        "quantization_nodes": sum(c for op, c in ops.items() if op.split("::")[-1] in _QUANT_OPS),
+        "macs": int(sum(macs_by_op.values())),
+        "macs_by_op": dict(macs_by_op),
+        "macs_unknown_nodes": unknown,
+    }
+
+
+def format_inspection(info: Mapping[str, Any]) -> str:
+    """Human-readable text of :func:`inspect_model`'s result."""
+    lines = [
+        f"IR {info['ir_version']}, opsets {info['opsets']}",
+        *(f"input  {text}" for text in info["inputs"]),
+        *(f"output {text}" for text in info["outputs"]),
+        f"nodes {info['nodes']} ({info['functions']} local functions)",
+        f"params {info['params']:,}  bytes {info['bytes']:,}  {info['compression']} {info['bytes_compressed']:,}",
+        f"float weight sparsity {info['float_weight_sparsity']:.2%}  quantized weight share "
+        f"{info['quantized_weight_share']:.2%}  quantization nodes {info['quantization_nodes']}",
+        f"MACs {info['macs']:,}"
+        + (f" ({info['macs_unknown_nodes']} nodes of unknown shape)" if info["macs_unknown_nodes"] else ""),
+        "ops:",
+        *(f"  {op:28} {count}" for op, count in info["ops"].items()),
+    ]
+    return "\n".join(lines)

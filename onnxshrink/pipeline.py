@@ -1,0 +1,173 @@
+"""The pass manager: runs specs in order, checks invariants after each pass, records figures.
+
+A preset expands into a fixed-point group: its passes repeat until none reports a change, with
+a step bound. Every pass run gets a :class:`PassRecord` (time, nodes and bytes before/after,
+stats). After each pass the cheap structural checks always run; ``full_checks`` adds the ONNX
+checker, and ``after_pass`` lets the caller compare numerics (``--verify-each``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxshrink import registry
+from onnxshrink.checks import model_problems
+from onnxshrink.context import PassContext
+from onnxshrink.errors import PassFailure, ShrinkError
+from onnxshrink.graphs import count_bytes, count_nodes
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.spec import PassSpec, build_options
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass run did, for the report."""
+
+    name: str
+    options: dict[str, Any]
+    exact: bool
+    modified: bool
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+    stats: dict[str, Any]
+    preset: str | None = None
+    round: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+AfterPass = Callable[[ir.Model, PassRecord, Sequence[PassRecord]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _FixedPoint:
+    preset: str
+    passes: tuple[ShrinkPass, ...]
+    max_steps: int
+
+
+class Pipeline:
+    """An ordered list of passes and presets built from specs.
+
+    Args:
+        specs: What to run, in order.
+        context: Data and settings offered to passes.
+        full_checks: Also run the ONNX checker after every pass.
+        after_pass: Called after every pass run that modified the model (e.g. verify-each).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[PassSpec],
+        context: PassContext | None = None,
+        *,
+        full_checks: bool = False,
+        after_pass: AfterPass | None = None,
+    ) -> None:
+        self.specs = list(specs)
+        self.context = context or PassContext()
+        self.full_checks = full_checks
+        self.after_pass = after_pass
+        self._steps: list[ShrinkPass | _FixedPoint] = [self._build(spec) for spec in self.specs]
+
+    def _instantiate(self, spec: PassSpec) -> ShrinkPass:
+        cls = registry.get_pass(spec.name)
+        return cls(build_options(spec), self.context)
+
+    def _build(self, spec: PassSpec) -> ShrinkPass | _FixedPoint:
+        preset = registry.presets().get(spec.name)
+        if preset is None:
+            return self._instantiate(spec)
+        inner = tuple(self._instantiate(PassSpec(name)) for name in preset.steps)
+        return _FixedPoint(preset.name, inner, preset.max_steps if preset.fixed_point else 1)
+
+    @property
+    def exact(self) -> bool:
+        """True when every pass in the pipeline keeps the function (up to float rounding)."""
+        return all(
+            all(p.exact for p in step.passes) if isinstance(step, _FixedPoint) else step.exact for step in self._steps
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The pipeline as data, for provenance and the report."""
+        return [spec.to_json() for spec in self.specs]
+
+    def run(self, model: ir.Model) -> list[PassRecord]:
+        """Runs every step in place on ``model``; returns one record per pass run."""
+        records: list[PassRecord] = []
+        for step in self._steps:
+            if isinstance(step, _FixedPoint):
+                for round_ in range(1, step.max_steps + 1):
+                    changed = False
+                    for pass_ in step.passes:
+                        record = self._run_one(pass_, model, records, preset=step.preset, round_=round_)
+                        changed |= record.modified
+                    if not changed:
+                        break
+                else:
+                    logger.warning("preset '%s' still changing after %d rounds; stopped", step.preset, step.max_steps)
+            else:
+                self._run_one(step, model, records)
+        return records
+
+    def _run_one(
+        self,
+        pass_: ShrinkPass,
+        model: ir.Model,
+        records: list[PassRecord],
+        *,
+        preset: str | None = None,
+        round_: int | None = None,
+    ) -> PassRecord:
+        before_names = [r.name for r in records]
+        nodes_before, bytes_before = count_nodes(model), count_bytes(model)
+        start = time.perf_counter()
+        try:
+            result = pass_(model)
+        except ShrinkError:
+            raise
+        except Exception as error:
+            raise PassFailure(
+                f"pass '{pass_.name}' failed: {type(error).__name__}: {error} (passes before it: {before_names})"
+            ) from error
+        seconds = time.perf_counter() - start
+        stats = result.stats if isinstance(result, ShrinkPassResult) else {}
+        record = PassRecord(
+            name=pass_.name,
+            options={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(pass_.options).items()},
+            exact=pass_.exact,
+            modified=result.modified,
+            seconds=seconds,
+            nodes_before=nodes_before,
+            nodes_after=count_nodes(model),
+            bytes_before=bytes_before,
+            bytes_after=count_bytes(model),
+            stats=stats,
+            preset=preset,
+            round=round_,
+        )
+        records.append(record)
+        logger.info("pass %s: modified=%s in %.3fs", pass_.name, record.modified, seconds)
+        if not record.modified and (record.nodes_before, record.bytes_before) != (
+            record.nodes_after,
+            record.bytes_after,
+        ):
+            raise PassFailure(f"pass '{pass_.name}' changed the model but reported modified=False")
+        problems = model_problems(model, full=self.full_checks)
+        if problems:
+            raise PassFailure(f"pass '{pass_.name}' broke the graph: {problems[0]} (passes before it: {before_names})")
+        if self.after_pass is not None and record.modified:
+            self.after_pass(model, record, records)
+        return record

@@ -1,0 +1,161 @@
+"""The single source of pass names, options, defaults and help.
+
+Passes register with :func:`register_pass`; presets (named pipelines usable wherever a pass
+name is) with :func:`register_preset`. The CLI's ``passes`` command, option parsing and the
+docs are all derived from what is registered here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from onnxshrink.errors import UsageError
+from onnxshrink.passbase import ShrinkPass
+
+_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+PassT = TypeVar("PassT", bound=type[ShrinkPass])
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    """One option of a pass, as users see it."""
+
+    key: str  # kebab-case, as typed on the command line
+    field: str  # the dataclass field name
+    type: Any
+    default: Any
+    help: str
+
+    @property
+    def type_name(self) -> str:
+        return describe_type(self.type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named pipeline: ``steps`` run in order, repeated to a fixed point if ``fixed_point``."""
+
+    name: str
+    steps: tuple[str, ...]
+    fixed_point: bool
+    max_steps: int
+    doc: str
+
+
+_PASSES: dict[str, type[ShrinkPass]] = {}
+_PRESETS: dict[str, Preset] = {}
+_LOADED = False
+
+
+def register_pass(cls: PassT) -> PassT:
+    """Class decorator that adds a pass to the registry after checking its declaration."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _KEBAB.match(name):
+        raise TypeError(f"{cls.__name__}.name must be a kebab-case string, got {name!r}")
+    if not isinstance(getattr(cls, "exact", None), bool):
+        raise TypeError(f"{cls.__name__}.exact must be a bool")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+    if not (cls.__doc__ or "").strip():
+        raise TypeError(f"{cls.__name__} needs a docstring: it is the pass's help")
+    if name in _PASSES and _PASSES[name] is not cls:
+        raise ValueError(f"pass name '{name}' is registered twice")
+    if name in _PRESETS:
+        raise ValueError(f"pass name '{name}' is already a preset")
+    _PASSES[name] = cls
+    return cls
+
+
+def register_preset(
+    name: str, steps: tuple[str, ...], *, doc: str, fixed_point: bool = True, max_steps: int = 8
+) -> Preset:
+    """Registers a named pipeline of already-registered passes."""
+    if not _KEBAB.match(name) or name in _PASSES:
+        raise ValueError(f"bad or taken preset name {name!r}")
+    for step in steps:
+        if step not in _PASSES:
+            raise ValueError(f"preset '{name}' names unknown pass '{step}'")
+    preset = Preset(name, tuple(steps), fixed_point, max_steps, doc)
+    _PRESETS[name] = preset
+    return preset
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if not _LOADED:
+        # Importing the package registers every pass module it holds.
+        importlib.import_module("onnxshrink.passes")
+        _LOADED = True
+
+
+def passes() -> Mapping[str, type[ShrinkPass]]:
+    """All registered passes by name."""
+    _ensure_loaded()
+    return dict(sorted(_PASSES.items()))
+
+
+def presets() -> Mapping[str, Preset]:
+    """All registered presets by name."""
+    _ensure_loaded()
+    return dict(sorted(_PRESETS.items()))
+
+
+def known_names() -> list[str]:
+    return sorted([*passes(), *presets()])
+
+
+def get_pass(name: str) -> type[ShrinkPass]:
+    """Looks a pass up by name; an unknown name is a usage error listing the valid ones."""
+    registered = passes()
+    if name not in registered:
+        raise UsageError(f"unknown pass '{name}'; valid passes and presets: {', '.join(known_names())}")
+    return registered[name]
+
+
+def summary(cls: type[ShrinkPass]) -> str:
+    """The first line of a pass's docstring."""
+    return inspect.cleandoc(cls.__doc__ or "").splitlines()[0]
+
+
+def options_of(cls: type[ShrinkPass]) -> list[OptionInfo]:
+    """The options of a pass, in declaration order, with their types, defaults and help."""
+    hints = typing.get_type_hints(cls.Options)
+    infos = []
+    for f in dataclasses.fields(cls.Options):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        infos.append(
+            OptionInfo(
+                key=f.name.replace("_", "-"),
+                field=f.name,
+                type=hints[f.name],
+                default=default,
+                help=str(f.metadata.get("help", "")),
+            )
+        )
+    return infos
+
+
+def describe_type(tp: Any) -> str:
+    """A short, user-facing description of an option type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(inner) + (" or none" if type(None) in args else "")
+    if origin in (tuple, list):
+        return f"list of {describe_type(args[0])}"
+    return getattr(tp, "__name__", str(tp))

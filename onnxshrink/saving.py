@@ -1,0 +1,145 @@
+"""Writing models: atomic, checker-valid, deterministic, with provenance.
+
+The model (and its external data, if any) is written into a temporary folder beside the
+destination, checked with the ONNX checker from there, and only then moved into place with
+``os.replace``. A failure at any point leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxshrink._version import __version__
+from onnxshrink.errors import PassFailure, UsageError
+from onnxshrink.graphs import count_bytes
+
+logger = logging.getLogger(__name__)
+
+# Protobuf cannot hold a message past 2 GiB; leave room for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+PROVENANCE_VERSION_KEY = "onnxshrink.version"
+PROVENANCE_PIPELINE_KEY = "onnxshrink.pipeline"
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedFiles:
+    """What was written: the model file and, when used, its external data file."""
+
+    model: Path
+    external_data: Path | None
+
+
+def record_provenance(model: ir.Model, pipeline: Sequence[dict[str, Any]]) -> None:
+    """Stores the onnxshrink version and the pass list (with options) in ``metadata_props``."""
+    model.metadata_props[PROVENANCE_VERSION_KEY] = __version__
+    model.metadata_props[PROVENANCE_PIPELINE_KEY] = json.dumps(list(pipeline), sort_keys=True, separators=(",", ":"))
+
+
+def external_files(model: ir.Model) -> set[Path]:
+    """Resolved paths of every external-data file the model's tensors read from."""
+    files = set()
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                files.add(Path(tensor.path).resolve())
+    return files
+
+
+@contextlib.contextmanager
+def _inlined_external_tensors(model: ir.Model) -> Iterator[None]:
+    """Temporarily holds external initializers in memory so the model saves as one file."""
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    swapped.append((value, tensor))
+                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+        yield
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    protected: Sequence[Path] = (),
+    on_tensor: Callable[[ir.TensorProtocol, ir.external_data.CallbackInfo], None] | None = None,
+) -> SavedFiles:
+    """Writes ``model`` to ``path`` atomically.
+
+    Args:
+        model: The model to write.
+        path: Destination ``.onnx`` file; its folder must exist.
+        external_data: True to write weights to ``<name>.data`` beside the model, False to keep
+            them inline, None to decide by size (external past ~1.8 GB of weights).
+        protected: Files that must not be overwritten (the input model's own files), unless
+            one of them is exactly the destination.
+        on_tensor: Called for each tensor written to external data (progress reporting).
+
+    Returns:
+        The paths written.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {path.parent}")
+    weight_bytes = count_bytes(model)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    elif not external_data and weight_bytes > EXTERNAL_DATA_THRESHOLD:
+        raise UsageError(
+            f"the model holds {weight_bytes / 2**30:.2f} GiB of weights, past what one ONNX file can hold; "
+            "use --external-data"
+        )
+    data_name = f"{path.name}.data"
+    final_data = path.with_name(data_name) if external_data else None
+    destination = path.resolve()
+    for target in filter(None, (path, final_data)):
+        resolved = target.resolve()
+        if resolved in {p.resolve() for p in protected} and resolved != destination:
+            raise UsageError(f"refusing to overwrite the input's file {target}; choose another output name")
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp_model = tmp_dir / path.name
+        if external_data:
+            ir.save(model, tmp_model, external_data=data_name, callback=on_tensor)
+        else:
+            with _inlined_external_tensors(model):
+                ir.save(model, tmp_model)
+        try:
+            onnx.checker.check_model(str(tmp_model))
+        except onnx.checker.ValidationError as error:
+            first = str(error).strip().splitlines()[0]
+            raise PassFailure(f"the output model fails the ONNX checker, nothing written: {first}") from None
+        if final_data is not None:
+            os.replace(tmp_dir / data_name, final_data)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("wrote %s", path)
+    return SavedFiles(model=path, external_data=final_data)
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a ModelProto with every weight inline (for small models)."""
+    with _inlined_external_tensors(model):
+        return ir.serde.serialize_model(model)

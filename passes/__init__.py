@@ -1,0 +1,5 @@
+"""onnxshrink's rewrite passes, one module each; importing this package registers them all."""
+
+from onnxshrink.passes import cleanup
+
+__all__ = ["cleanup"]

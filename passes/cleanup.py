@@ -1,0 +1,256 @@
+"""``cleanup``: dead code, Identity/Dropout, common subexpressions, duplicate initializers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxshrink.graphs import graph_likes, subgraphs_of
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.registry import register_pass
+
+_ONNX_DOMAINS = ("", "ai.onnx")
+_NONDETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"})
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanupOptions:
+    cse: bool = dataclasses.field(default=True, metadata={"help": "merge nodes computing the same thing"})
+    cse_max_constant: int = dataclasses.field(
+        default=1024, metadata={"help": "largest tensor attribute (elements) compared by CSE"}
+    )
+    dedupe_initializers: bool = dataclasses.field(
+        default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"}
+    )
+
+
+def _is_graph_output(value: ir.Value) -> bool:
+    return value.is_graph_output()
+
+
+def _owned_by(value: ir.Value, graph: ir.Graph | ir.Function) -> bool:
+    """True when ``value`` is produced by a node of ``graph`` itself (not an input or outer value)."""
+    producer = value.producer()
+    return producer is not None and producer.graph is graph
+
+
+def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
+    """Removes ``node`` whose output ``result`` equals ``source``; False when it must stay.
+
+    A graph output keeps its name: ``source`` takes it over when ``source`` is produced in the
+    same graph and is not itself an output; otherwise the node stays.
+    """
+    graph = node.graph
+    assert graph is not None
+    if _is_graph_output(result):
+        if not _owned_by(source, graph) or _is_graph_output(source):
+            return False
+        name = result.name
+        ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
+        result.name = None
+        source.name = name
+    else:
+        ir.convenience.replace_all_uses_with(result, source)
+    graph.remove(node, safe=True)
+    return True
+
+
+def _constant_bool(value: ir.Value | None) -> bool | None:
+    if value is None:
+        return False
+    if value.const_value is None or value.is_graph_input():
+        return None
+    return bool(np.asarray(value.const_value.numpy()).reshape(-1)[0])
+
+
+def _remove_identity_like(graph: ir.Graph | ir.Function, stats: Counter[str]) -> None:
+    for node in list(graph):
+        if node.domain not in _ONNX_DOMAINS or not node.inputs or node.inputs[0] is None:
+            continue
+        if node.op_type == "Identity" and len(node.outputs) == 1:
+            if _bypass(node, node.inputs[0], node.outputs[0]):
+                stats["identity_removed"] += 1
+        elif node.op_type == "Dropout":
+            # Rule 2: inference Dropout is Identity unless training_mode may be on or the mask is used.
+            training = _constant_bool(node.inputs[2]) if len(node.inputs) > 2 else False
+            is_test = node.attributes.get_int("is_test", 1) if "is_test" in node.attributes else 1
+            mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or _is_graph_output(node.outputs[1]))
+            if training is False and is_test and not mask_used:
+                if _bypass(node, node.inputs[0], node.outputs[0]):
+                    stats["dropout_removed"] += 1
+
+
+def _attribute_key(attr: ir.Attr, max_constant: int) -> Hashable | None:
+    """A hashable image of an attribute, or None when CSE must skip the node."""
+    if attr.is_ref():
+        return ("ref", attr.ref_attr_name)
+    kind = attr.type
+    if kind in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+        return None
+    value: Any = attr.value
+    if kind == ir.AttributeType.TENSOR:
+        if value.size > max_constant:
+            return None
+        array = value.numpy()
+        return (str(array.dtype), array.shape, array.tobytes() if array.dtype != object else str(array.tolist()))
+    if kind == ir.AttributeType.TENSORS:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if kind == ir.AttributeType.FLOAT:
+        return ("f", np.float32(value).tobytes())  # NaN-safe, bit-exact
+    return (kind.name, value) if isinstance(value, Hashable) else None
+
+
+def _eliminate_common_subexpressions(graph: ir.Graph | ir.Function, max_constant: int, stats: Counter[str]) -> None:
+    seen: dict[Hashable, ir.Node] = {}
+    for node in list(graph):
+        if node.op_type in _NONDETERMINISTIC and node.domain in _ONNX_DOMAINS:
+            continue
+        attrs = []
+        for name, attr in sorted(node.attributes.items()):
+            key = _attribute_key(attr, max_constant)
+            if key is None:
+                break
+            attrs.append((name, key))
+        else:
+            signature = (
+                node.op_identifier(),
+                len(node.outputs),
+                tuple(id(v) if v is not None else None for v in node.inputs),
+                tuple(attrs),
+            )
+            kept = seen.get(signature)
+            if kept is None:
+                seen[signature] = node
+                continue
+            if _merge_into(node, kept):
+                stats["cse_merged"] += 1
+
+
+def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
+    """Points every use of ``node``'s outputs at ``kept``'s and removes ``node``."""
+    graph = node.graph
+    assert graph is not None
+    pairs = list(zip(node.outputs, kept.outputs))
+    for old, new in pairs:
+        if _is_graph_output(old) and _is_graph_output(new):
+            return False  # both names must stay; merging would need an Identity
+    for old, new in pairs:
+        if _is_graph_output(old):
+            name = old.name
+            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+            old.name = None
+            new.name = name
+        else:
+            ir.convenience.replace_all_uses_with(old, new)
+    graph.remove(node, safe=True)
+    return True
+
+
+def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
+    if tensor.dtype == ir.DataType.STRING:
+        return hashlib.sha256(repr(tensor.numpy().tolist()).encode()).digest()
+    return hashlib.sha256(tensor.tobytes()).digest()
+
+
+def _dedupe_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
+    by_layout: dict[tuple[Any, ...], list[ir.Value]] = {}
+    for value in graph.initializers.values():
+        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        tensor = value.const_value
+        by_layout.setdefault((tensor.dtype, tuple(tensor.shape.numpy())), []).append(value)
+    for group in by_layout.values():
+        if len(group) < 2:
+            continue
+        # Only tensors that share dtype and shape are ever read, one at a time.
+        by_digest: dict[bytes, ir.Value] = {}
+        for value in group:
+            assert value.const_value is not None
+            digest = _tensor_digest(value.const_value)
+            kept = by_digest.get(digest)
+            if kept is None:
+                by_digest[digest] = value
+                continue
+            value.replace_all_uses_with(kept)
+            assert value.name is not None
+            graph.initializers.pop(value.name)
+            stats["initializers_merged"] += 1
+
+
+def _remove_dead_nodes(graph: ir.Graph | ir.Function, stats: Counter[str]) -> None:
+    for node in reversed(list(graph)):
+        if any(v.uses() or _is_graph_output(v) for v in node.outputs):
+            for sub in subgraphs_of(node):
+                _remove_dead_nodes(sub, stats)
+            continue
+        graph.remove(node, safe=True)
+        stats["dead_nodes_removed"] += 1
+
+
+def _remove_unused_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
+    for value in list(graph.initializers.values()):
+        if not value.uses() and not value.is_graph_input() and not _is_graph_output(value):
+            assert value.name is not None
+            graph.initializers.pop(value.name)
+            stats["initializers_removed"] += 1
+
+
+@register_pass
+class CleanupPass(ShrinkPass):
+    """Removes what a deployed model does not compute, keeping the signature.
+
+    Rules, applied in every graph, subgraph (If/Loop/Scan) and model-local function:
+
+    1. ``y = Identity(x)`` is removed and uses of ``y`` read ``x``. When ``y`` is a graph output,
+       ``x`` takes its name if ``x`` is computed in that graph and is not an output itself;
+       otherwise the node stays (graph input straight to output, outer-scope values).
+    2. Inference Dropout (no ``training_mode`` input or a constant false one, mask unused) is
+       removed like Identity.
+    3. Initializers with identical dtype, shape and bytes are merged (only same-layout tensors
+       are read, one at a time).
+    4. Nodes with the same op, inputs and attributes are merged into the first (common
+       subexpressions); random ops, nodes with subgraphs and large tensor attributes are skipped;
+       two graph outputs are never merged.
+    5. Nodes whose outputs are never used and are not graph outputs are removed, then unused
+       initializers, unused model-local functions and unused opset imports.
+    Graph inputs and outputs keep their names, types and order.
+    """
+
+    name = "cleanup"
+    exact = True
+    Options = CleanupOptions
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        options: CleanupOptions = self.options
+        stats: Counter[str] = Counter()
+        for graph in list(graph_likes(model)):
+            _remove_identity_like(graph, stats)
+        if options.dedupe_initializers:
+            for graph in model.graphs():
+                _dedupe_initializers(graph, stats)
+        if options.cse:
+            for graph in list(graph_likes(model)):
+                _eliminate_common_subexpressions(graph, options.cse_max_constant, stats)
+        _remove_dead_nodes(model.graph, stats)
+        for function in model.functions.values():
+            _remove_dead_nodes(function, stats)
+        for graph in model.graphs():
+            _remove_unused_initializers(graph, stats)
+        functions_before = len(model.functions)
+        common_passes.RemoveUnusedFunctionsPass()(model)
+        stats["functions_removed"] = functions_before - len(model.functions)
+        opsets_before = len(model.opset_imports) + sum(len(f.opset_imports) for f in model.functions.values())
+        common_passes.RemoveUnusedOpsetsPass()(model)
+        opsets_after = len(model.opset_imports) + sum(len(f.opset_imports) for f in model.functions.values())
+        stats["opsets_removed"] = opsets_before - opsets_after
+        clean = {key: count for key, count in sorted(stats.items()) if count}
+        return ShrinkPassResult(model, modified=bool(clean), stats=clean)

