@@ -110,13 +110,25 @@ def _verification_feed(
     return _Feed(generate_inputs(model, shapes), None, "generated")
 
 
-def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int:
-    """Samples per run: the whole feed when the batch axis is dynamic, else the fixed batch."""
-    fixed = [s.dims[0] for s in input_specs(model) if s.dims and isinstance(s.dims[0], int)]
-    total = min((len(v) for v in feed.values() if np.ndim(v) > 0), default=1)
-    if fixed:
-        return int(fixed[0]) or 1
-    return min(total, 64) or 1
+def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int | None:
+    """Samples per run when the feed holds more samples than one run takes, else None.
+
+    Splitting is only safe when every input is batched on its first axis: all of them dynamic
+    there (runs of up to 64), or all fixed to the same size ``k`` that divides the sample count.
+    """
+    specs = input_specs(model)
+    sizes = {len(v) if np.ndim(v) > 0 else -1 for v in feed.values()}
+    if not specs or len(sizes) != 1 or -1 in sizes:
+        return None
+    (total,) = sizes
+    if all(s.dynamic_batch for s in specs):
+        return 64 if total > 64 else None
+    fixed = {s.dims[0] for s in specs if s.dims}
+    if len(fixed) == 1 and not any(s.dynamic_batch for s in specs):
+        (k,) = fixed
+        if isinstance(k, int) and 0 < k < total and total % k == 0:
+            return k
+    return None
 
 
 class Verifier:

@@ -58,7 +58,8 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             )
         dims: tuple[int | str | None, ...] = ()
         if value.shape is not None:
-            dims = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+            # A negative or zero size (some exporters write -1) is a dynamic dimension too.
+            dims = tuple(d if isinstance(d, int) and d > 0 else getattr(d, "value", None) for d in value.shape)
         specs.append(InputSpec(value.name or "", value.dtype, dims))
     return specs
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxshrink.runtime import RuntimeUnavailable, create_session, run_batched
+from onnxshrink.runtime import RuntimeUnavailable, create_session, run, run_batched
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -147,9 +147,10 @@ def accuracy(outputs: Mapping[str, Any], labels: np.ndarray) -> float | None:
     return None
 
 
-def chunk_size(feed: Mapping[str, np.ndarray], dynamic_batch: bool) -> int:
-    total = min((len(v) for v in feed.values() if np.ndim(v) > 0), default=1)
-    return min(total, 64) if dynamic_batch else max(total, 1)
+def _sample_count(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a feed: the shared first-axis size when every input has one, else 1."""
+    sizes = {len(v) if np.ndim(v) > 0 else -1 for v in feed.values()}
+    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else 1
 
 
 def verify(
@@ -173,9 +174,10 @@ def verify(
     ref_session, choice = create_session(reference, provider)
     # The candidate runs on exactly the provider the reference ran on.
     cand_session, _ = create_session(candidate, "cuda" if choice.used.startswith("CUDA") else "cpu")
-    size = chunk or max(1, min((len(v) for v in feed.values() if np.ndim(v) > 0), default=1))
-    ref_out = run_batched(ref_session, feed, size)
-    cand_out = run_batched(cand_session, feed, size)
+    if chunk is None:
+        ref_out, cand_out = run(ref_session, feed), run(cand_session, feed)
+    else:
+        ref_out, cand_out = run_batched(ref_session, feed, chunk), run_batched(cand_session, feed, chunk)
     ref_names = [o.name for o in ref_session.get_outputs()]
     cand_names = [o.name for o in cand_session.get_outputs()]
     if ref_names != cand_names:
@@ -185,7 +187,7 @@ def verify(
         provider=choice.used,
         provider_reason=choice.reason,
         inputs=inputs_description,
-        samples=min((len(v) for v in feed.values() if np.ndim(v) > 0), default=1),
+        samples=_sample_count(feed),
         rtol=rtol,
         atol=atol,
         outputs=metrics,

@@ -41,6 +41,19 @@ def _owned_by(value: ir.Value, graph: ir.Graph | ir.Function) -> bool:
     return producer is not None and producer.graph is graph
 
 
+def _take_over_output(old: ir.Value, new: ir.Value) -> None:
+    """Makes ``new`` the graph output ``old`` was, with ``old``'s name, type and shape."""
+    name = old.name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    old.name = None
+    new.name = name
+    # The signature is what the model declared for its output, not what was inferred inside.
+    if old.type is not None:
+        new.type = old.type
+    if old.shape is not None:
+        new.shape = old.shape
+
+
 def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     """Removes ``node`` whose output ``result`` equals ``source``; False when it must stay.
 
@@ -52,10 +65,7 @@ def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     if _is_graph_output(result):
         if not _owned_by(source, graph) or _is_graph_output(source):
             return False
-        name = result.name
-        ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
-        result.name = None
-        source.name = name
+        _take_over_output(result, source)
     else:
         ir.convenience.replace_all_uses_with(result, source)
     graph.remove(node, safe=True)
@@ -145,10 +155,7 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
             return False  # both names must stay; merging would need an Identity
     for old, new in pairs:
         if _is_graph_output(old):
-            name = old.name
-            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-            old.name = None
-            new.name = name
+            _take_over_output(old, new)
         else:
             ir.convenience.replace_all_uses_with(old, new)
     graph.remove(node, safe=True)

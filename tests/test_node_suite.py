@@ -1,0 +1,86 @@
+"""All 1884 ONNX backend node cases: load -> save round trip and ``cleanup`` keep ORT's outputs.
+
+The reference is onnxruntime on the original model (not the suite's expected outputs): we test
+that onnxshrink changes nothing ORT computes. Cases onnxruntime itself cannot load or run are
+skipped and counted; the counts are printed at the end of the session (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from ort_check import assert_outputs_close, run
+
+import onnxshrink
+from onnxshrink.loading import load_proto
+from onnxshrink.saving import save_model
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from onnx.backend.test.case.node import collect_testcases
+
+    CASES = {case.name: case for case in collect_testcases(None)}
+
+NODE_SUITE_COUNTS: dict[str, int] = {"passed": 0, "skipped": 0}
+NODE_SUITE_SKIPS: dict[str, int] = {}
+
+
+def _as_runtime_value(value):
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    if isinstance(value, list):
+        return [_as_runtime_value(v) for v in value]
+    return value
+
+
+def _feed(case, model: onnx.ModelProto) -> dict:
+    inputs, _ = case.data_sets[0]
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    return {name: _as_runtime_value(value) for name, value in zip(names, inputs, strict=False)}
+
+
+@functools.lru_cache(maxsize=4)
+def _reference(name: str):
+    case = CASES[name]
+    try:
+        return run(case.model, _feed(case, case.model)), None
+    except Exception as error:  # onnxruntime cannot load or run this case
+        reason = str(error).strip().splitlines()[0][:80] if str(error).strip() else type(error).__name__
+        return None, reason
+
+
+def _skip(reason: str) -> None:
+    # "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find..." -> "NOT_IMPLEMENTED"
+    parts = [p.strip() for p in reason.split(":")]
+    key = parts[2] if reason.startswith("[ONNXRuntimeError]") and len(parts) > 2 else reason[:60]
+    NODE_SUITE_SKIPS[key] = NODE_SUITE_SKIPS.get(key, 0) + 1
+    NODE_SUITE_COUNTS["skipped"] += 1
+    pytest.skip(f"onnxruntime cannot run the original: {reason}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    expected, reason = _reference(name)
+    if expected is None:
+        _skip(reason or "unknown")
+    feed = _feed(case, case.model)
+
+    saved = tmp_path / "round_trip.onnx"
+    save_model(load_proto(case.model).model, saved)
+    assert_outputs_close(expected, run(str(saved), feed), context=f"{name} round trip")
+
+    result = onnxshrink.shrink(case.model, ["cleanup"], verify=False)
+    cleaned = result.to_proto()
+    onnx.checker.check_model(cleaned)
+    assert [o.name for o in cleaned.graph.output] == [o.name for o in case.model.graph.output]
+    assert [i.name for i in cleaned.graph.input] == [i.name for i in case.model.graph.input]
+    assert_outputs_close(expected, run(cleaned, feed), context=f"{name} cleanup")
+    NODE_SUITE_COUNTS["passed"] += 1
