@@ -6,10 +6,12 @@ value names per scope, graph outputs defined. Full checks add the ONNX checker.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import onnx_ir as ir
 
-from onnxshrink.graphs import count_bytes, subgraphs_of
+from onnxshrink.graphs import all_tensors, count_bytes, subgraphs_of
 
 _IN_MEMORY_CHECK_LIMIT = 1 << 30
 
@@ -86,10 +88,10 @@ def structural_problems(model: ir.Model) -> list[str]:
     return checker.problems
 
 
-def onnx_checker_problem(proto: onnx.ModelProto) -> str | None:
-    """The ONNX checker's complaint about a model proto (first line), or None when it passes."""
+def onnx_checker_problem(model: onnx.ModelProto | Path) -> str | None:
+    """The ONNX checker's complaint about a model proto or file (first line), or None."""
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
     except onnx.checker.ValidationError as error:
         return str(error).strip().splitlines()[0]
     return None
@@ -100,7 +102,9 @@ def model_problems(model: ir.Model, *, full: bool) -> list[str]:
     problems = structural_problems(model)
     # Serializing in memory past ~1 GiB of weights costs as much as the model; saving runs the
     # checker on the written file instead.
-    if full and not problems and count_bytes(model) < _IN_MEMORY_CHECK_LIMIT:
+    # External tensors resolve only next to the model file: saving checks those by path.
+    in_memory = not any(isinstance(t, ir.ExternalTensor) for t in all_tensors(model))
+    if full and not problems and in_memory and count_bytes(model) < _IN_MEMORY_CHECK_LIMIT:
         problem = onnx_checker_problem(ir.serde.serialize_model(model))
         if problem:
             problems.append(f"ONNX checker: {problem}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,7 +146,28 @@ def _to_ir(proto: onnx.ModelProto, base_dir: Path | None, label: str) -> ir.Mode
     return model
 
 
-def _validate(model: ir.Model, proto: onnx.ModelProto, label: str) -> None:
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto_tensors(proto))
+
+
+def _checker_problem(proto: onnx.ModelProto, path: Path | None, base_dir: Path | None) -> str | None:
+    """The ONNX checker's complaint; external data is checked relative to the model's folder."""
+    if not _has_external(proto) or base_dir is None:
+        return onnx_checker_problem(proto)
+    if path is not None:
+        return onnx_checker_problem(path)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxshrink-check-", suffix=".onnx", dir=base_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(proto.SerializeToString())
+        return onnx_checker_problem(Path(tmp))
+    finally:
+        os.unlink(tmp)
+
+
+def _validate(
+    model: ir.Model, proto: onnx.ModelProto, label: str, path: Path | None = None, base_dir: Path | None = None
+) -> None:
     problems = structural_problems(model)
     if problems:
         dangling = [p for p in problems if "dangling" in p]
@@ -161,7 +183,8 @@ def _validate(model: ir.Model, proto: onnx.ModelProto, label: str) -> None:
             raise InvalidModelError(f"{label}: {remaining[0]}")
         logger.info("%s: nodes were not in topological order; sorted them", label)
         proto = ir.serde.serialize_model(model)
-    problem = onnx_checker_problem(proto)
+        path = None  # the file on disk is the unsorted original
+    problem = _checker_problem(proto, path, base_dir)
     if problem:
         raise InvalidModelError(f"{label} fails the ONNX checker: {problem}")
 
@@ -172,7 +195,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     proto = _parse(path)
     check_external_data(proto, path.parent)
     model = _to_ir(proto, path.parent, str(path))
-    _validate(model, proto, str(path))
+    _validate(model, proto, str(path), path, path.parent)
     return LoadedModel(model=model, path=path)
 
 
@@ -182,6 +205,5 @@ def load_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike[str] | None =
     root = Path(base_dir) if base_dir is not None else None
     check_external_data(proto, root)
     model = _to_ir(proto, root, "the given ModelProto")
-    _validate(model, proto, "the given ModelProto")
-    has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto_tensors(proto))
-    return LoadedModel(model=model, proto_bytes=None if has_external else proto.SerializeToString())
+    _validate(model, proto, "the given ModelProto", None, root)
+    return LoadedModel(model=model, proto_bytes=None if _has_external(proto) else proto.SerializeToString())

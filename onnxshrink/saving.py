@@ -91,8 +91,8 @@ def save_model(
         path: Destination ``.onnx`` file; its folder must exist.
         external_data: True to write weights to ``<name>.data`` beside the model, False to keep
             them inline, None to decide by size (external past ~1.8 GB of weights).
-        protected: Files that must not be overwritten (the input model's own files), unless
-            one of them is exactly the destination.
+        protected: The input model's files (model first, then its external data): none may be
+            overwritten, unless the destination is the input model itself (the user named it).
         on_tensor: Called for each tensor written to external data (progress reporting).
 
     Returns:
@@ -111,10 +111,10 @@ def save_model(
         )
     data_name = f"{path.name}.data"
     final_data = path.with_name(data_name) if external_data else None
-    destination = path.resolve()
+    guarded = {p.resolve() for p in protected}
+    replacing_input = bool(protected) and path.resolve() == protected[0].resolve()
     for target in filter(None, (path, final_data)):
-        resolved = target.resolve()
-        if resolved in {p.resolve() for p in protected} and resolved != destination:
+        if target.resolve() in guarded and not replacing_input:
             raise UsageError(f"refusing to overwrite the input's file {target}; choose another output name")
 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
