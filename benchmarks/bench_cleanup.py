@@ -52,7 +52,6 @@ import functools
 import io
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -162,7 +161,7 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, bool]:
     if len(ref) != len(got):
         return math.inf, False
     worst, ok = 0.0, True
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         r, g = np.asarray(r), np.asarray(g)
         if r.shape != g.shape:
             return math.inf, False
@@ -223,7 +222,7 @@ def onnx_ir_working_passes(path: Path) -> tuple[list[str], str | None]:
         for name in working:
             try:
                 getattr(common, name)()(model)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 cause = error.__cause__ or error
                 failed.append(f"{name} raised {type(cause).__name__}: {str(cause).splitlines()[0][:110]}")
                 working.remove(name)
@@ -275,7 +274,7 @@ def tool_sim(path: Path, clean: bool) -> onnx.ModelProto:
     if clean:
         kwargs.update(skip_constant_folding=True, skipped_optimizers=onnxsim_skipped(), include_subgraph=True)
     with quiet():
-        result, ok = onnxsim.simplify(model, **kwargs)
+        result, _ok = onnxsim.simplify(model, **kwargs)
     return result
 
 
@@ -298,14 +297,14 @@ def available_tools() -> tuple[dict[str, tuple[Callable[[Path], Any], Callable[[
             import onnxslim  # noqa: F401
         tools[SLIM_CLEAN] = (lambda p: tool_slim(p, True), save_proto)
         tools[SLIM_DEFAULT] = (lambda p: tool_slim(p, False), save_proto)
-    except Exception as error:  # noqa: BLE001 - any import failure means: skip
+    except Exception as error:
         notes[SLIM_CLEAN] = notes[SLIM_DEFAULT] = f"skipped: onnxslim not importable ({error})"
     try:
         with quiet():
             import onnxsim  # noqa: F401
         tools[SIM_CLEAN] = (lambda p: tool_sim(p, True), save_proto)
         tools[SIM_DEFAULT] = (lambda p: tool_sim(p, False), save_proto)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         notes[SIM_CLEAN] = notes[SIM_DEFAULT] = f"skipped: onnxsim not importable ({error})"
     return tools, notes
 
@@ -374,7 +373,7 @@ def bench_verify(path: Path, feed: dict[str, np.ndarray], repeats: int) -> dict[
         else:
             out["generated"] = "passed" if verification.get("passed") else "FAILED"
             out["generated_verify_s"] = generated["seconds"]["verify"]
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         out["generated"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     return out
 
@@ -402,7 +401,7 @@ def bench_model(
                     entry["passes"] = passes
                     if note:
                         entry["note"] = note
-                    run = functools.partial(tool_onnx_ir, passes=passes)  # noqa: PLW2901
+                    run = functools.partial(tool_onnx_ir, passes=passes)
                 t, all_t, result = median_time(lambda run=run: run(path), args.repeats)
                 entry.update(seconds=t, all_seconds=all_t)
                 out = work / f"{name.replace('[', '_').replace(']', '').replace('*', '')}.onnx"
@@ -416,17 +415,19 @@ def bench_model(
                     entry["ort_ok"] = ok and sig == ref_sig
                     if sig != ref_sig:
                         entry["note"] = (entry.get("note", "") + f" signature changed: {ref_sig} -> {sig}").strip()
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     entry["ort_ok"] = False
-                    entry["note"] = (entry.get("note", "") + " ORT failed").strip() + f": {type(error).__name__}: {str(error).splitlines()[0][:150]}"
-            except Exception as error:  # noqa: BLE001
+                    entry["note"] = (
+                        entry.get("note", "") + " ORT failed"
+                    ).strip() + f": {type(error).__name__}: {str(error).splitlines()[0][:150]}"
+            except Exception as error:
                 entry["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:150] if str(error) else ''}"
                 if args.debug:
                     traceback.print_exc()
             row["tools"][name] = entry
         try:
             row["verify"] = bench_verify(path, feed, args.repeats)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             row["verify"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"}
     return row
 
@@ -448,14 +449,15 @@ def fmt_r(value: float | None) -> str:
 def print_table(rows: list[dict[str, Any]], tools: list[str], notes: dict[str, str]) -> None:
     header = ("model", "step / tool", "nodes", "inits", "KB", "time", "t/t_shrink", "n/n_shrink", "max|diff|", "ORT")
     widths = (18, 24, 6, 6, 7, 9, 10, 10, 9, 4)
-    line = "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))
+    line = "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=False)))
     print(line)
     print("-" * len(line))
 
     def out(*cells: Any) -> None:
         print(
             "  ".join(
-                str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+                str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=False))
             ).rstrip()
         )
 
@@ -500,7 +502,18 @@ def print_table(rows: list[dict[str, Any]], tools: list[str], notes: dict[str, s
             out(name, "verify onnxshrink", "ERROR: " + ver["error"])
         else:
             ratio = ver["verify_s"] / ver["passes_s"] if ver.get("passes_s") else None
-            out(name, "verify onnxshrink", "", "", "", fmt_t(ver["verify_s"]), "", "", "", "OK" if ver["passed"] else "FAIL")
+            out(
+                name,
+                "verify onnxshrink",
+                "",
+                "",
+                "",
+                fmt_t(ver["verify_s"]),
+                "",
+                "",
+                "",
+                "OK" if ver["passed"] else "FAIL",
+            )
             print(
                 f"{'':>20}  verify = {fmt_r(ratio)} the cleanup pass ({fmt_t(ver['passes_s'])}), "
                 f"load {fmt_t(ver['load_s'])}, provider {ver['provider']}; "
@@ -543,9 +556,7 @@ def print_summary(summ: dict[str, Any]) -> None:
         if tool == SHRINK:
             parts.append(f"{tool} ORT {values['ort_ok']}")
             continue
-        parts.append(
-            f"{tool} t {fmt_r(values['time_ratio'])} n {fmt_r(values['node_ratio'])} ORT {values['ort_ok']}"
-        )
+        parts.append(f"{tool} t {fmt_r(values['time_ratio'])} n {fmt_r(values['node_ratio'])} ORT {values['ort_ok']}")
     parts.append(f"verify/cleanup-pass {fmt_r(summ['verify_over_cleanup_pass'])}")
     print("SUMMARY (geometric means of other/onnxshrink): " + " | ".join(parts))
 
@@ -596,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path = path or real_models.fetch(model)
             rows.append(bench_model(model, path, tools, args))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             rows.append({"model": model.id, "error": f"{type(error).__name__}: {error}"})
             if args.debug:
                 traceback.print_exc()

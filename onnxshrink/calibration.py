@@ -78,9 +78,9 @@ class CalibrationSource:
             target = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
             raise UsageError(f"cannot import calibration reader '{text}': {error}") from None
-        if hasattr(target, "get_next"):
+        if not isinstance(target, type) and hasattr(target, "get_next"):
             return cls._from_reader_factory(lambda: target, text, single_use=True)
-        if callable(target):
+        if callable(target):  # a reader class or a factory: a fresh reader per pass over the data
             return cls._from_reader_factory(target, text, single_use=False)
         raise UsageError(f"'{text}' is neither a CalibrationDataReader nor a callable returning one")
 

@@ -77,6 +77,7 @@ def register_preset(
     name: str, steps: tuple[str, ...], *, doc: str, fixed_point: bool = True, max_steps: int = 8
 ) -> Preset:
     """Registers a named pipeline of already-registered passes."""
+    _ensure_loaded()
     if not _KEBAB.match(name) or name in _PASSES:
         raise ValueError(f"bad or taken preset name {name!r}")
     for step in steps:

@@ -1,0 +1,172 @@
+"""The Python API and the pass manager: inputs of every kind, presets, checks, verify-each."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from ort_check import assert_outputs_close, run
+
+import onnxshrink
+from onnxshrink import registry
+from onnxshrink.cli import main
+from onnxshrink.errors import PassFailure, VerificationError
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+CALIB = ROOT / "models" / "digits_calib.npz"
+WITH_IDENTITY = onnx.parser.parse_model(
+    '<ir_version: 8, opset_import: ["" : 17]> g (float[N, 4] x) => (float[N, 4] y) { a = Identity(x)  y = Relu(a) }'
+)
+
+
+class _SignFlip(ShrinkPass):
+    """Negates the first initializer: claims to be exact, is not (a broken pass for the tests).
+
+    1. Flips the sign of one weight tensor.
+    """
+
+    name = "test-sign-flip"
+    exact = True
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        value = next(iter(model.graph.initializers.values()))
+        value.const_value = ir.Tensor(-value.const_value.numpy(), name=value.name)
+        return ShrinkPassResult(model, modified=True, stats={"flipped": 1})
+
+
+class _Dangler(ShrinkPass):
+    """Points a node at a value nobody produces (breaks the graph).
+
+    1. Rewires the last node's first input to a fresh value.
+    """
+
+    name = "test-dangler"
+    exact = True
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        node = list(model.graph)[-1]
+        node.replace_input_with(0, ir.Value(name="nowhere"))
+        return ShrinkPassResult(model, modified=True)
+
+
+class _Liar(ShrinkPass):
+    """Removes dead-looking nodes but reports modified=False.
+
+    1. Deletes the first node's uses... then says nothing changed.
+    """
+
+    name = "test-liar"
+    exact = True
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        onnxshrink_cleanup = registry.get_pass("cleanup")()
+        onnxshrink_cleanup(model)
+        return ShrinkPassResult(model, modified=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_passes():
+    for cls in (_SignFlip, _Dangler, _Liar):
+        registry.register_pass(cls)
+    registry.register_preset("test-tidy", ("cleanup", "cleanup"), doc="cleanup twice, to a fixed point", max_steps=3)
+    yield
+    for cls in (_SignFlip, _Dangler, _Liar):
+        registry._PASSES.pop(cls.name)
+    registry._PRESETS.pop("test-tidy")
+
+
+def _feed(n: int = 3) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("kind", ["path", "proto", "ir", "graphsurgeon"])
+def test_shrink_accepts_every_model_kind(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(WITH_IDENTITY, path)
+    given = {
+        "path": str(path),
+        "proto": WITH_IDENTITY,
+        "ir": ir.from_proto(WITH_IDENTITY),
+        "graphsurgeon": gs.import_onnx(WITH_IDENTITY),
+    }[kind]
+    result = onnxshrink.shrink(given, ["cleanup"])
+    assert result.report["verification"]["passed"] is True
+    assert [n.op_type for n in result.model.graph] == ["Relu"]
+    assert_outputs_close(run(WITH_IDENTITY, _feed()), run(result.to_proto(), _feed()))
+    graph = result.to_graphsurgeon()
+    assert [n.op for n in graph.nodes] == ["Relu"]
+    if kind == "ir":
+        assert [n.op_type for n in given.graph] == ["Identity", "Relu"], "the caller's model was mutated"
+
+
+def test_preset_runs_to_a_fixed_point() -> None:
+    result = onnxshrink.shrink(WITH_IDENTITY, ["test-tidy"], verify=False)
+    records = result.report["passes"]
+    assert [(r["name"], r["round"], r["modified"]) for r in records] == [
+        ("cleanup", 1, True), ("cleanup", 1, False), ("cleanup", 2, False), ("cleanup", 2, False),
+    ]
+    assert all(r["preset"] == "test-tidy" for r in records)
+
+
+def test_exact_pipeline_beyond_tolerance_fails() -> None:
+    with pytest.raises(VerificationError, match="output 'logits' differs"):
+        onnxshrink.shrink(DIGITS, ["test-sign-flip"])
+
+
+def test_verify_each_names_the_first_breaking_pass() -> None:
+    with pytest.raises(VerificationError, match=r"numerics broke at pass 'test-sign-flip' \(passes so far: \['cleanup', 'test-sign-flip'\]\)"):
+        onnxshrink.shrink(DIGITS, ["cleanup", "test-sign-flip", "cleanup"], verify_each=True, calibration=CALIB)
+
+
+def test_cli_writes_nothing_when_verification_fails(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["run", str(DIGITS), "-o", str(out), "-p", "test-sign-flip"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("onnxshrink: error: verification failed, nothing written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_structural_checks_name_the_pass() -> None:
+    with pytest.raises(PassFailure, match=r"pass 'test-dangler' broke the graph: .*'nowhere'.*dangling.*\['cleanup'\]"):
+        onnxshrink.shrink(DIGITS, ["cleanup", "test-dangler"], verify=False)
+
+
+def test_modified_flag_is_checked() -> None:
+    with pytest.raises(PassFailure, match="reported modified=False"):
+        onnxshrink.shrink(WITH_IDENTITY, ["test-liar"], verify=False)
+
+
+def test_calibration_from_folder_and_reader_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(2):
+        np.savez(folder / f"part{i}.npz", x=_feed(5)["x"])
+    result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration=folder)
+    assert result.report["verification"]["samples"] == 10
+    (tmp_path / "my_reader.py").write_text(textwrap.dedent(
+        """
+        import numpy as np
+
+        class Reader:
+            def __init__(self):
+                self.left = 3
+
+            def get_next(self):
+                if not self.left:
+                    return None
+                self.left -= 1
+                return {"x": np.ones((2, 4), np.float32) * self.left}
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration="my_reader:Reader")
+    assert result.report["verification"]["samples"] == 6
+    assert "my_reader:Reader" in result.report["verification"]["inputs"]
