@@ -5,13 +5,14 @@ One run measures, per model:
 
 1. **io** - load + save round trip: ``onnx.load`` + ``onnx.save`` against onnxshrink's
    ``loading.load_model`` + ``saving.save_model`` (safety checks, checker, atomic write).
-   Median of ``--io-repeats`` (5).
+   Median of ``--io-repeats`` (5). Every timed step gets one untimed warm-up call first.
 2. **cleanup** - ``onnxshrink.shrink(path, ["cleanup"], verify=False)`` against tools doing the same
    kind of structural cleanup (median of ``--repeats``, 3). Each tool's time runs from the model
    path to the optimized model in memory (every tool reads the file itself; saving is not timed):
 
    - ``onnx-ir``: onnx_ir's common passes DeduplicateHashedInitializers, IdentityElimination,
      CommonSubexpressionElimination, RemoveUnusedNodes, RemoveUnusedFunctions, RemoveUnusedOpsets.
+     A pass that raises on a model is left out for that model and the row says so.
    - ``onnxslim[clean]``: ``onnxslim.slim(model, skip_optimizations=["constant_folding",
      "graph_fusion"])``: keeps dead_node_elimination (which also drops no-op Cast/Reshape/Pad/Slice,
      Mul-by-1, Add-0 and friends, using inferred shapes), subexpression_elimination and
@@ -21,7 +22,8 @@ One run measures, per model:
      skipped_optimizers=<every default optimizer except the elimination ones>, include_subgraph=True,
      certify=False)``. The optimizers left on: eliminate_identity, eliminate_nop_dropout,
      eliminate_deadend, eliminate_common_subexpression, eliminate_unused_initializer,
-     eliminate_duplicate_initializer (and the ``nop`` placeholder).
+     eliminate_duplicate_initializer (and the ``nop`` placeholder). Even so onnxsim is not purely
+     structural: its core still drops the all-zero initial state of LSTMs (oww-hey-mycroft).
    - ``onnxslim[default]*`` and ``onnxsim[default]*``: each tool's default mode (constant folding
      and fusions on). Marked with ``*``: they fold constants and fuse ops, so their node counts are
      not comparable with a cleanup.

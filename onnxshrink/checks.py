@@ -41,9 +41,10 @@ class _ScopeChecker:
             self._define(value, defined, names, where)
         positions = {id(node): i for i, node in enumerate(graph)}
         for index, node in enumerate(graph):
-            for value in node.inputs:
-                if value is None or value in defined:
+            for used in node.inputs:
+                if used is None or used in defined:
                     continue
+                value = used
                 producer = value.producer()
                 if producer is None:
                     self.problems.append(

@@ -221,8 +221,8 @@ def list_passes(name: str | None) -> None:
         for pass_name, cls in registry.passes().items():
             kind = "exact" if cls.exact else "lossy"
             click.echo(f"{pass_name:16} {kind:6} {registry.summary(cls)}")
-        for preset in registry.presets().values():
-            click.echo(f"{preset.name:16} preset {preset.doc} ({' -> '.join(preset.steps)})")
+        for named in registry.presets().values():
+            click.echo(f"{named.name:16} preset {named.doc} ({' -> '.join(named.steps)})")
         return
     preset = registry.presets().get(name)
     if preset is not None:

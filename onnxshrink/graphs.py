@@ -58,7 +58,7 @@ def tensor_nbytes(tensor: ir.TensorProtocol) -> int:
     """Bytes of a tensor's data, from its shape and dtype alone (strings: best effort)."""
     if tensor.dtype == ir.DataType.STRING:
         try:
-            return sum(len(s) for s in tensor.string_data())  # type: ignore[attr-defined]
+            return int(sum(len(s) for s in tensor.string_data()))  # type: ignore[attr-defined,misc]
         except AttributeError:
             return 0
     return int(tensor.nbytes)

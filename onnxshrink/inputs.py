@@ -8,9 +8,9 @@ untrusted model cannot make us allocate without bound.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -69,7 +69,7 @@ def _concrete_dims(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]], batch
         given = shapes[spec.name]
         if spec.dims and len(given) != len(spec.dims):
             raise UsageError(f"--shape {spec.name} has rank {len(given)}, but the input has rank {len(spec.dims)}")
-        for got, want in zip(given, spec.dims):
+        for got, want in zip(given, spec.dims, strict=False):
             if isinstance(want, int) and got != want:
                 raise UsageError(f"--shape {spec.name}: dimension {got} contradicts the model's fixed size {want}")
         return given
@@ -126,7 +126,7 @@ def _random_array(rng: np.random.Generator, spec: InputSpec, dims: tuple[int, ..
     raise UsageError(f"cannot generate values for input '{spec.name}' of type {dtype}; pass --inputs")
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Reads an npz of inputs (and optionally ``labels``)."""
     try:
         with np.load(path, allow_pickle=False) as data:

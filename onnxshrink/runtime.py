@@ -136,7 +136,7 @@ def run(session: Any, feed: Mapping[str, Any]) -> dict[str, Any]:
         values = session.run(names, dict(feed))
     except Exception as error:  # onnxruntime raises its own exception types
         raise RuntimeUnavailable(str(error).strip().splitlines()[0]) from None
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=True))
 
 
 def run_batched(session: Any, feed: Mapping[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:

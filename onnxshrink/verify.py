@@ -91,7 +91,10 @@ def compare_output(name: str, ref: Any, cand: Any, *, rtol: float, atol: float) 
     if isinstance(ref, list) or isinstance(cand, list):
         if not isinstance(ref, list) or not isinstance(cand, list) or len(ref) != len(cand):
             return OutputMetrics(name, np.inf, np.inf, 0.0, None, 0.0, False, "sequence length differs")
-        parts = [compare_output(f"{name}[{i}]", r, c, rtol=rtol, atol=atol) for i, (r, c) in enumerate(zip(ref, cand))]
+        parts = [
+            compare_output(f"{name}[{i}]", r, c, rtol=rtol, atol=atol)
+            for i, (r, c) in enumerate(zip(ref, cand, strict=True))
+        ]
         if not parts:
             return OutputMetrics(name, 0.0, 0.0, 1.0, None, 0.0, True, "empty sequence")
         worst = max(parts, key=lambda m: (not m.within_tolerance, m.max_rel))
@@ -124,10 +127,7 @@ def compare_output(name: str, ref: Any, cand: Any, *, rtol: float, atol: float) 
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
     tolerance = atol + rtol * scale
     norm = float(np.linalg.norm(r_f) * np.linalg.norm(c_f))
-    if norm > 0:
-        cosine = float(np.dot(r_f.ravel(), c_f.ravel()) / norm)
-    else:
-        cosine = 1.0 if max_abs == 0 else 0.0
+    cosine = float(np.dot(r_f.ravel(), c_f.ravel()) / norm) if norm > 0 else float(max_abs == 0)
     top1 = None
     if is_classifier_like(ref) and ref.size:
         top1 = float(np.mean(np.argmax(ref, axis=-1) == np.argmax(cand, axis=-1)))

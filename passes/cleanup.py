@@ -92,9 +92,8 @@ def _remove_identity_like(graph: ir.Graph | ir.Function, stats: Counter[str]) ->
             training = _constant_bool(node.inputs[2]) if len(node.inputs) > 2 else False
             is_test = node.attributes.get_int("is_test", 1) if "is_test" in node.attributes else 1
             mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or _is_graph_output(node.outputs[1]))
-            if training is False and is_test and not mask_used:
-                if _bypass(node, node.inputs[0], node.outputs[0]):
-                    stats["dropout_removed"] += 1
+            if training is False and is_test and not mask_used and _bypass(node, node.inputs[0], node.outputs[0]):
+                stats["dropout_removed"] += 1
 
 
 def _attribute_key(attr: ir.Attr, max_constant: int) -> Hashable | None:
@@ -149,7 +148,7 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
     """Points every use of ``node``'s outputs at ``kept``'s and removes ``node``."""
     graph = node.graph
     assert graph is not None
-    pairs = list(zip(node.outputs, kept.outputs))
+    pairs = list(zip(node.outputs, kept.outputs, strict=True))
     for old, new in pairs:
         if _is_graph_output(old) and _is_graph_output(new):
             return False  # both names must stay; merging would need an Identity

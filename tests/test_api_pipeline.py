@@ -111,7 +111,10 @@ def test_preset_runs_to_a_fixed_point() -> None:
     result = onnxshrink.shrink(WITH_IDENTITY, ["test-tidy"], verify=False)
     records = result.report["passes"]
     assert [(r["name"], r["round"], r["modified"]) for r in records] == [
-        ("cleanup", 1, True), ("cleanup", 1, False), ("cleanup", 2, False), ("cleanup", 2, False),
+        ("cleanup", 1, True),
+        ("cleanup", 1, False),
+        ("cleanup", 2, False),
+        ("cleanup", 2, False),
     ]
     assert all(r["preset"] == "test-tidy" for r in records)
 
@@ -122,7 +125,10 @@ def test_exact_pipeline_beyond_tolerance_fails() -> None:
 
 
 def test_verify_each_names_the_first_breaking_pass() -> None:
-    with pytest.raises(VerificationError, match=r"numerics broke at pass 'test-sign-flip' \(passes so far: \['cleanup', 'test-sign-flip'\]\)"):
+    with pytest.raises(
+        VerificationError,
+        match=r"numerics broke at pass 'test-sign-flip' \(passes so far: \['cleanup', 'test-sign-flip'\]\)",
+    ):
         onnxshrink.shrink(DIGITS, ["cleanup", "test-sign-flip", "cleanup"], verify_each=True, calibration=CALIB)
 
 
@@ -151,8 +157,9 @@ def test_calibration_from_folder_and_reader_module(tmp_path: Path, monkeypatch: 
         np.savez(folder / f"part{i}.npz", x=_feed(5)["x"])
     result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration=folder)
     assert result.report["verification"]["samples"] == 10
-    (tmp_path / "my_reader.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "my_reader.py").write_text(
+        textwrap.dedent(
+            """
         import numpy as np
 
         class Reader:
@@ -165,7 +172,8 @@ def test_calibration_from_folder_and_reader_module(tmp_path: Path, monkeypatch: 
                 self.left -= 1
                 return {"x": np.ones((2, 4), np.float32) * self.left}
         """
-    ))
+        )
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration="my_reader:Reader")
     assert result.report["verification"]["samples"] == 6

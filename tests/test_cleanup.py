@@ -32,7 +32,9 @@ def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     for value in model.graph.input:
         dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feed[value.name] = rng.integers(0, 2, dims).astype(dtype) if dtype == np.bool_ else rng.standard_normal(dims).astype(dtype)
+        feed[value.name] = (
+            rng.integers(0, 2, dims).astype(dtype) if dtype == np.bool_ else rng.standard_normal(dims).astype(dtype)
+        )
     return feed
 
 

@@ -33,7 +33,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_run_command_works(tmp_path: Path) -> None:
     """The README's main command runs as written (minus the pip install this venv already did)."""
-    commands = [c for c in _readme_commands() if c.startswith("onnxshrink run")]
+    commands = [c[c.index("onnxshrink run") :] for c in _readme_commands() if "onnxshrink run" in c]
     assert commands, "README lost its 'onnxshrink run' example"
     for command in commands:
         command = command.replace("/tmp/", f"{tmp_path}/")
@@ -46,7 +46,9 @@ def test_readme_run_command_works(tmp_path: Path) -> None:
 
 def test_run_with_report_and_labels(tmp_path: Path) -> None:
     out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
-    code, stdout, stderr = _invoke("run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", TEST_NPZ, "--report", report_path)
+    code, stdout, stderr = _invoke(
+        "run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", TEST_NPZ, "--report", report_path
+    )
     assert code == 0, stderr
     assert "accuracy 0.9963 -> 0.9963" in stdout
     report = json.loads(report_path.read_text())
@@ -61,7 +63,9 @@ def test_run_with_report_and_labels(tmp_path: Path) -> None:
 
 def test_run_with_calibration_and_verify_each(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
-    code, stdout, stderr = _invoke("run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", CALIB_NPZ, "--verify-each")
+    code, stdout, stderr = _invoke(
+        "run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", CALIB_NPZ, "--verify-each"
+    )
     assert code == 0, stderr
     assert "calibration" in stdout
 
@@ -124,7 +128,9 @@ def test_inspect_json() -> None:
 
 
 def test_bench_json() -> None:
-    code, stdout, stderr = _invoke("bench", DIGITS, "--runs", "3", "--warmup", "1", "--batch", "4", "--threads", "1", "--json")
+    code, stdout, stderr = _invoke(
+        "bench", DIGITS, "--runs", "3", "--warmup", "1", "--batch", "4", "--threads", "1", "--json"
+    )
     assert code == 0, stderr
     result = json.loads(stdout)
     assert result["runs"] == 3 and result["median_ms"] > 0 and result["input_shapes"] == {"input": [4, 1, 8, 8]}

@@ -57,7 +57,7 @@ def _assert_refused(model: Path, tmp_path: Path, needle: str) -> None:
 
 def test_truncated_protobuf(tmp_path: Path) -> None:
     bad = tmp_path / "truncated.onnx"
-    bad.write_bytes(DIGITS.read_bytes()[: 5000])
+    bad.write_bytes(DIGITS.read_bytes()[:5000])
     _assert_refused(bad, tmp_path, "truncated.onnx")
 
 

@@ -4,14 +4,14 @@ A hypothesis strategy builds small opset-17 float32 models from elementwise unar
 (inference), broadcasting Add/Sub/Mul, Conv, MatMul with a constant weight, Reshape (0/-1
 entries) and Transpose. It deliberately mixes in what ``cleanup`` rewrites: duplicated
 subexpressions, duplicate initializers under different names, Identity chains, dead branches and
-graph outputs that are Identity of another output or of a graph input.
+graph outputs that are Identity of another output, of a graph input or of an initializer.
 
 Checked for every generated model:
 
 * a load -> save round trip through onnxshrink computes the same outputs;
-* ``cleanup`` computes the same outputs, keeps graph input/output names and order, never adds
-  nodes, and a second ``cleanup`` on its result reports ``modified=False`` (exact flag at a
-  fixed point).
+* ``cleanup`` computes the same outputs, keeps graph input/output names, order and types, passes
+  the ONNX checker (strict shape inference), never adds nodes, and a second ``cleanup`` on its
+  result reports ``modified=False`` (exact flag at a fixed point).
 
 Both sides always run on onnxruntime CPU with the same inputs.
 """

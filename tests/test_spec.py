@@ -46,9 +46,17 @@ def toy_pass():
 
 def test_parses_typed_values() -> None:
     spec = parse_spec("toy-spec:ratio=0.3,pattern=2:4,include=Conv,Gemm,steps=4,limit=none,on=off")
-    assert spec == PassSpec("toy-spec", {
-        "ratio": 0.3, "pattern": "2:4", "include": ("Conv", "Gemm"), "steps": 4, "limit": None, "on": False,
-    })
+    assert spec == PassSpec(
+        "toy-spec",
+        {
+            "ratio": 0.3,
+            "pattern": "2:4",
+            "include": ("Conv", "Gemm"),
+            "steps": 4,
+            "limit": None,
+            "on": False,
+        },
+    )
     assert str(spec) == "toy-spec:ratio=0.3,pattern=2:4,include=Conv,Gemm,steps=4,limit=None,on=False"
 
 
