@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,17 @@ class ShrinkResult:
 
         return gs.import_onnx(self.to_proto())
 
-    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> SavedFiles:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        external_data: bool | None = None,
+        on_tensor: Callable[[ir.TensorProtocol, ir.external_data.CallbackInfo], None] | None = None,
+    ) -> SavedFiles:
         """Writes the model atomically (external data when past 2 GiB or when asked)."""
-        saved = save_model(self.model, path, external_data=external_data, protected=self._protected)
+        saved = save_model(
+            self.model, path, external_data=external_data, protected=self._protected, on_tensor=on_tensor
+        )
         self.report["output"]["path"] = str(saved.model)
         return saved
 
@@ -262,7 +270,8 @@ def shrink(
         try:
             report = verifier.compare(work)
         except RuntimeUnavailable as error:
-            verification = {"skipped": f"onnxruntime cannot run the model: {error}"}
+            hint = "; pass --inputs or --shape for valid inputs" if inputs is None and calib is None else ""
+            verification = {"skipped": f"onnxruntime cannot run the model: {error}{hint}"}
             logger.warning("verification skipped: onnxruntime cannot run the model: %s", error)
         else:
             failure = _budget_failure(report, pipeline.exact, max_drop, min_cosine)

@@ -97,6 +97,26 @@ def _human_bytes(count: int) -> str:
     return f"{count} B"
 
 
+def _save_with_progress(result: Any, output: Path, external_data: bool | None) -> None:
+    """Saves; on a terminal, a progress bar follows the external-data tensors being written."""
+    if not sys.stderr.isatty():
+        result.save(output, external_data=external_data)
+        return
+    bars: list[Any] = []
+
+    def on_tensor(tensor: Any, info: Any) -> None:
+        if not bars:
+            bars.append(click.progressbar(length=info.total, label="writing weights", file=sys.stderr))
+            bars[0].__enter__()
+        bars[0].update(1)
+
+    try:
+        result.save(output, external_data=external_data, on_tensor=on_tensor)
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -183,7 +203,7 @@ def run(
         max_drop=max_drop,
         min_cosine=min_cosine,
     )
-    result.save(output, external_data=external_data)
+    _save_with_progress(result, output, external_data)
     report = result.report
     if report_path is not None:
         _write_json(report_path, report)

@@ -48,10 +48,11 @@ def all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
         for attr in node.attributes.values():
             if attr.is_ref():
                 continue
+            # .value, not as_tensor(): this runs on every attribute of every node, often.
             if attr.type == ir.AttributeType.TENSOR:
-                yield attr.as_tensor()
+                yield attr.value
             elif attr.type == ir.AttributeType.TENSORS:
-                yield from attr.as_tensors()
+                yield from attr.value
 
 
 def tensor_nbytes(tensor: ir.TensorProtocol) -> int:

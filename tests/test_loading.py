@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
 
 
-def _cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxshrink.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, check=False
-    )
+def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """Runs the installed console script, as users do."""
+    script = Path(sys.executable).parent / "onnxshrink"
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, check=False)
 
 
 def _external_model(folder: Path, location: str = "weights.bin") -> Path:
