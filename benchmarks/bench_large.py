@@ -27,13 +27,16 @@ nodes, inits = [], []
 prev = "x"
 for i in range(layers):
     seed = 1 if i == 5 else i  # layer 5 repeats layer 1's weights
-    w = np.random.default_rng(seed).standard_normal((rows if i % 2 == 0 else cols, cols if i % 2 == 0 else rows), dtype=np.float32) * 0.01
+    shape = (rows, cols) if i % 2 == 0 else (cols, rows)
+    w = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * 0.01
     inits.append(numpy_helper.from_array(w, f"w{i}"))
     nodes.append(helper.make_node("Identity", [f"w{i}"], [f"wi{i}"]))
     nodes.append(helper.make_node("MatMul", [prev, f"wi{i}"], [f"h{i}"]))
     prev = f"h{i}"
-graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", rows])],
-                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", cols if (layers - 1) % 2 == 0 else rows])], inits)
+last = cols if (layers - 1) % 2 == 0 else rows
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", rows])
+y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", last])
+graph = helper.make_graph(nodes, "big", [x], [y], inits)
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 onnx.save_model(model, path, save_as_external_data=True, location="big.onnx.data", size_threshold=0)
 """
