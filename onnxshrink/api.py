@@ -156,10 +156,11 @@ class Verifier:
         else:
             self._reference = b""
 
-    def ready(self) -> bool:
-        return bool(self._reference)
-
     def compare(self, candidate: ir.Model) -> VerificationReport:
+        if not self._reference:
+            raise RuntimeUnavailable(
+                "the input model lives only in memory with external weights; pass it as a path to verify"
+            )
         with model_source(candidate) as source:
             return verify(
                 self._reference,

@@ -164,7 +164,10 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
 def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
     if tensor.dtype == ir.DataType.STRING:
         return hashlib.sha256(repr(tensor.numpy().tolist()).encode()).digest()
-    return hashlib.sha256(tensor.tobytes()).digest()
+    digest = hashlib.sha256(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8)).digest()
+    if isinstance(tensor, ir.ExternalTensor):
+        tensor.release()  # unmap: hashing must not leave a large model resident in memory
+    return digest
 
 
 def _dedupe_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
