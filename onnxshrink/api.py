@@ -236,6 +236,8 @@ def shrink(
     loaded = _load_any(model)
     work = loaded.model
     load_seconds = time.perf_counter() - started
+    # The input's files, listed before any pass swaps a weight out: saving never overwrites them.
+    protected = (loaded.path, *sorted(external_files(work))) if loaded.path is not None else ()
     context = PassContext(calibration=calib, provider=provider, shapes=shapes)
     input_summary = _summary(work)
 
@@ -292,7 +294,4 @@ def shrink(
         "verify_each": each_reports if verify_each else None,
         "seconds": {"load": load_seconds, "passes": passes_seconds, "verify": verify_seconds},
     }
-    protected: tuple[Path, ...] = ()
-    if loaded.path is not None:
-        protected = (loaded.path, *external_files(work))
     return ShrinkResult(work, report_data, protected)

@@ -52,7 +52,7 @@ def _ort() -> Any:
 
 def _session_options(threads: int | None) -> Any:
     options = _ort().SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as our own one-line messages
     if threads:
         options.intra_op_num_threads = threads
     return options
