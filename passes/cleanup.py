@@ -164,7 +164,8 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
 def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
     if tensor.dtype == ir.DataType.STRING:
         return hashlib.sha256(repr(tensor.numpy().tolist()).encode()).digest()
-    digest = hashlib.sha256(memoryview(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))).digest()
+    data = np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8)
+    digest = hashlib.sha256(data.data).digest()
     if isinstance(tensor, ir.ExternalTensor):
         tensor.release()  # unmap: hashing must not leave a large model resident in memory
     return digest
