@@ -18,7 +18,7 @@ from onnxshrink._version import __version__
 from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError, VerificationError
-from onnxshrink.graphs import count_bytes, count_nodes, count_params
+from onnxshrink.graphs import totals
 from onnxshrink.inputs import generate_inputs, input_specs, load_npz, split_labels
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import PassRecord, Pipeline
@@ -89,7 +89,8 @@ def _load_any(model: Any) -> LoadedModel:
 
 
 def _summary(model: ir.Model) -> dict[str, Any]:
-    return {"nodes": count_nodes(model), "params": count_params(model), "bytes": count_bytes(model)}
+    counted = totals(model)
+    return {"nodes": counted.nodes, "params": counted.params, "bytes": counted.bytes}
 
 
 @dataclasses.dataclass

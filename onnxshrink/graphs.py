@@ -6,6 +6,7 @@ memory-mapped models of any size.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import onnx_ir as ir
@@ -65,15 +66,59 @@ def tensor_nbytes(tensor: ir.TensorProtocol) -> int:
     return int(tensor.nbytes)
 
 
+@dataclasses.dataclass(frozen=True)
+class Totals:
+    """Nodes, weight bytes and weight elements of a whole model (subgraphs and functions too)."""
+
+    nodes: int = 0
+    bytes: int = 0
+    params: int = 0
+
+
+def _add_tensor(counts: list[int], tensor: ir.TensorProtocol) -> None:
+    counts[1] += tensor_nbytes(tensor)
+    counts[2] += int(tensor.size)
+
+
+def _count_graph(graph: ir.Graph | ir.Function, counts: list[int]) -> None:
+    if isinstance(graph, ir.Graph):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                _add_tensor(counts, value.const_value)
+    for node in graph:
+        counts[0] += 1
+        for attr in node.attributes.values():
+            kind = attr.type
+            if kind == ir.AttributeType.TENSOR and not attr.is_ref():
+                _add_tensor(counts, attr.value)
+            elif kind == ir.AttributeType.TENSORS and not attr.is_ref():
+                for tensor in attr.value:
+                    _add_tensor(counts, tensor)
+            elif kind == ir.AttributeType.GRAPH and not attr.is_ref():
+                _count_graph(attr.value, counts)
+            elif kind == ir.AttributeType.GRAPHS and not attr.is_ref():
+                for sub in attr.value:
+                    _count_graph(sub, counts)
+
+
+def totals(model: ir.Model) -> Totals:
+    """One walk over the model; reads shapes and dtypes only (this runs before and after every pass)."""
+    counts = [0, 0, 0]
+    _count_graph(model.graph, counts)
+    for function in model.functions.values():
+        _count_graph(function, counts)
+    return Totals(*counts)
+
+
 def count_nodes(model: ir.Model) -> int:
-    return sum(1 for _ in all_nodes(model))
+    return totals(model).nodes
 
 
 def count_bytes(model: ir.Model) -> int:
     """Weight bytes: initializers and constant attributes of every graph."""
-    return sum(tensor_nbytes(t) for t in all_tensors(model))
+    return totals(model).bytes
 
 
 def count_params(model: ir.Model) -> int:
     """Elements held in initializers and constants."""
-    return sum(int(t.size) for t in all_tensors(model))
+    return totals(model).params

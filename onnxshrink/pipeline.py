@@ -20,7 +20,7 @@ from onnxshrink import registry
 from onnxshrink.checks import model_problems
 from onnxshrink.context import PassContext
 from onnxshrink.errors import PassFailure, ShrinkError
-from onnxshrink.graphs import count_bytes, count_nodes
+from onnxshrink.graphs import totals
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.spec import PassSpec, build_options
 
@@ -132,7 +132,7 @@ class Pipeline:
         round_: int | None = None,
     ) -> PassRecord:
         before_names = [r.name for r in records]
-        nodes_before, bytes_before = count_nodes(model), count_bytes(model)
+        before = totals(model)
         start = time.perf_counter()
         try:
             result = pass_(model)
@@ -144,16 +144,17 @@ class Pipeline:
             ) from error
         seconds = time.perf_counter() - start
         stats = result.stats if isinstance(result, ShrinkPassResult) else {}
+        after = totals(model)
         record = PassRecord(
             name=pass_.name,
             options={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(pass_.options).items()},
             exact=pass_.exact,
             modified=result.modified,
             seconds=seconds,
-            nodes_before=nodes_before,
-            nodes_after=count_nodes(model),
-            bytes_before=bytes_before,
-            bytes_after=count_bytes(model),
+            nodes_before=before.nodes,
+            nodes_after=after.nodes,
+            bytes_before=before.bytes,
+            bytes_after=after.bytes,
             stats=stats,
             preset=preset,
             round=round_,
