@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections import Counter
@@ -166,8 +167,12 @@ def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
         return hashlib.sha256(repr(tensor.numpy().tolist()).encode()).digest()
     data = np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8)
     digest = hashlib.sha256(data.data).digest()
+    del data  # drop our view of the memory map so it can be closed
     if isinstance(tensor, ir.ExternalTensor):
-        tensor.release()  # unmap: hashing must not leave a large model resident in memory
+        # Unmap: hashing must not leave a large model resident. Someone else may still hold a
+        # view of the map (then it stays open; only memory use suffers).
+        with contextlib.suppress(BufferError):
+            tensor.release()
     return digest
 
 
