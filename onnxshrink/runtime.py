@@ -29,7 +29,14 @@ _IN_MEMORY_LIMIT = 1 << 30
 
 
 class RuntimeUnavailable(Exception):
-    """onnxruntime cannot load or run this model (custom op, unsupported type...)."""
+    """onnxruntime cannot load or run this model (custom op, unsupported type...).
+
+    ``stage`` is ``"load"`` when no session could be created, ``"run"`` when the inputs failed.
+    """
+
+    def __init__(self, message: str, stage: str = "load") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +142,7 @@ def run(session: Any, feed: Mapping[str, Any]) -> dict[str, Any]:
     try:
         values = session.run(names, dict(feed))
     except Exception as error:  # onnxruntime raises its own exception types
-        raise RuntimeUnavailable(str(error).strip().splitlines()[0]) from None
+        raise RuntimeUnavailable(str(error).strip().splitlines()[0], stage="run") from None
     return dict(zip(names, values, strict=True))
 
 

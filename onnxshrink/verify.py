@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxshrink.runtime import RuntimeUnavailable, create_session, run, run_batched
+from onnxshrink.errors import VerificationError
+from onnxshrink.runtime import create_session, run, run_batched
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -181,7 +182,7 @@ def verify(
     ref_names = [o.name for o in ref_session.get_outputs()]
     cand_names = [o.name for o in cand_session.get_outputs()]
     if ref_names != cand_names:
-        raise RuntimeUnavailable(f"outputs differ: reference {ref_names}, candidate {cand_names}")
+        raise VerificationError(f"the outputs changed: reference {ref_names}, candidate {cand_names}")
     metrics = [compare_output(n, ref_out[n], cand_out[n], rtol=rtol, atol=atol) for n in ref_names]
     report = VerificationReport(
         provider=choice.used,

@@ -70,6 +70,20 @@ def test_run_with_calibration_and_verify_each(tmp_path: Path) -> None:
     assert "calibration" in stdout
 
 
+def test_custom_domain_op_is_kept_and_verification_skipped(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17, "my.custom" : 1]> g (float[2] x) => (float[2] y) '
+        "{ a = Identity(x)  b = my.custom.Frobnicate(a)  c = Relu(b)  d = Relu(b)  y = Add(c, d) }"
+    )
+    path, out, report_path = tmp_path / "custom.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(model, path)
+    code, stdout, stderr = _invoke("run", path, "-o", out, "-p", "cleanup", "--report", report_path)
+    assert code == 0, stderr
+    assert "not verified: onnxruntime cannot run the model" in stdout and "Frobnicate" in stdout
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Frobnicate", "Relu", "Add"]
+    assert "skipped" in json.loads(report_path.read_text())["verification"]
+
+
 def test_recipe(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[pass]]\nname = "cleanup"\ncse = false\n')
