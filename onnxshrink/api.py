@@ -94,29 +94,32 @@ def _summary(model: ir.Model) -> dict[str, Any]:
 
 
 @dataclasses.dataclass
-class _Feed:
+class VerificationInputs:
+    """The feed both models run on, optional labels, and where the feed came from."""
+
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
     description: str
 
 
-def _verification_feed(
+def verification_inputs(
     model: ir.Model,
     inputs: Any,
     calibration: CalibrationSource | None,
     shapes: Mapping[str, tuple[int, ...]],
-) -> _Feed:
+) -> VerificationInputs:
+    """``inputs`` (npz or arrays) first, else the first calibration samples, else generated."""
     if inputs is not None:
         arrays = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
         feed, labels = split_labels(
             model, arrays, f"inputs {inputs if isinstance(inputs, (str, os.PathLike)) else ''}".strip()
         )
-        return _Feed(feed, labels, f"npz {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays")
+        return VerificationInputs(feed, labels, f"npz {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays")
     if calibration is not None:
         arrays = calibration.take(VERIFY_SAMPLES)
         feed, labels = split_labels(model, arrays, f"calibration data {calibration.description}")
-        return _Feed(feed, labels, f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)")
-    return _Feed(generate_inputs(model, shapes), None, "generated")
+        return VerificationInputs(feed, labels, f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)")
+    return VerificationInputs(generate_inputs(model, shapes), None, "generated")
 
 
 def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int | None:
@@ -143,7 +146,7 @@ def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int | None:
 class Verifier:
     """Compares candidates against the input model with one feed and provider."""
 
-    def __init__(self, loaded: LoadedModel, feed: _Feed, provider: str, rtol: float, atol: float) -> None:
+    def __init__(self, loaded: LoadedModel, feed: VerificationInputs, provider: str, rtol: float, atol: float) -> None:
         self.loaded = loaded
         self.feed = feed
         self.provider = provider
@@ -244,7 +247,7 @@ def shrink(
 
     verifier: Verifier | None = None
     if verify or verify_each:
-        verifier = Verifier(loaded, _verification_feed(work, inputs, calib, shapes), provider, rtol, atol)
+        verifier = Verifier(loaded, verification_inputs(work, inputs, calib, shapes), provider, rtol, atol)
     each_reports: list[dict[str, Any]] = []
 
     def after_pass(candidate: ir.Model, record: PassRecord, records: Sequence[PassRecord]) -> None:

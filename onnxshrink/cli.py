@@ -304,7 +304,7 @@ def verify_command(
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same inputs; exit 1 when they differ."""
-    from onnxshrink.api import Verifier, _verification_feed
+    from onnxshrink.api import Verifier, verification_inputs
     from onnxshrink.calibration import CalibrationSource
     from onnxshrink.errors import VerificationError
     from onnxshrink.inputs import parse_shapes
@@ -315,7 +315,7 @@ def verify_command(
     ref = load_model(reference)
     cand = load_model(candidate)
     source = CalibrationSource.from_spec(calib) if calib else None
-    feed = _verification_feed(ref.model, inputs, source, parse_shapes(shapes))
+    feed = verification_inputs(ref.model, inputs, source, parse_shapes(shapes))
     verifier = Verifier(
         ref, feed, provider, DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol
     )
