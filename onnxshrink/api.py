@@ -110,15 +110,16 @@ def verification_inputs(
 ) -> VerificationInputs:
     """``inputs`` (npz or arrays) first, else the first calibration samples, else generated."""
     if inputs is not None:
-        arrays = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
-        feed, labels = split_labels(
-            model, arrays, f"inputs {inputs if isinstance(inputs, (str, os.PathLike)) else ''}".strip()
-        )
-        return VerificationInputs(feed, labels, f"npz {inputs}" if isinstance(inputs, (str, os.PathLike)) else "given arrays")
+        from_file = isinstance(inputs, (str, os.PathLike))
+        arrays = load_npz(inputs) if from_file else dict(inputs)
+        source = f"npz {inputs}" if from_file else "given arrays"
+        feed, labels = split_labels(model, arrays, f"inputs {source}")
+        return VerificationInputs(feed, labels, source)
     if calibration is not None:
         arrays = calibration.take(VERIFY_SAMPLES)
         feed, labels = split_labels(model, arrays, f"calibration data {calibration.description}")
-        return VerificationInputs(feed, labels, f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)")
+        source = f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)"
+        return VerificationInputs(feed, labels, source)
     return VerificationInputs(generate_inputs(model, shapes), None, "generated")
 
 
