@@ -1,5 +1,5 @@
 """onnxshrink's rewrite passes, one module each; importing this package registers them all."""
 
-from onnxshrink.passes import cleanup
+from onnxshrink.passes import cleanup, fold
 
-__all__ = ["cleanup"]
+__all__ = ["cleanup", "fold"]
