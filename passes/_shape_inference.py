@@ -82,13 +82,11 @@ def infer_shapes(model: ir.Model) -> bool:
                 changed = True
             elif value.type != found.type:
                 continue  # we trust the model's own declaration
-            refinable = isinstance(found.type, ir.TensorType) and found.shape is not None
-            if (
-                refinable
-                and found.shape != value.shape
-                and (value.shape is None or _more_specific(found.shape, value.shape))
-            ):
-                value.shape = found.shape
+            new_shape = found.shape
+            if not isinstance(found.type, ir.TensorType) or new_shape is None or new_shape == value.shape:
+                continue
+            if value.shape is None or _more_specific(new_shape, value.shape):
+                value.shape = new_shape
                 changed = True
     return changed
 
