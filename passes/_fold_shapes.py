@@ -14,8 +14,10 @@ from typing import Any, Union
 
 import numpy as np
 import onnx_ir as ir
+from onnxshrink.passes._dim_classes import DimClasses
 
-Element = Union[int, str, None]  # noqa: UP007 - a runtime alias, evaluated at import  # a number, a symbolic dim name, or unknown
+# A number, a dim of some tensor (a DimClasses key: equal when provably the same size), or unknown.
+Element = Union[int, tuple[Any, ...], None]  # noqa: UP007 - a runtime alias, evaluated at import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Partial:
         return array.reshape(()) if self.scalar else array
 
 
-Rule = Callable[[ir.Node, Sequence[Any]], Partial | None]
+Rule = Callable[[ir.Node, Sequence[Any], DimClasses], Partial | None]
 _RULES: dict[str, Rule] = {}
 
 
@@ -59,16 +61,16 @@ def as_partial(value: Any) -> Partial | None:
     return Partial(tuple(int(v) for v in array.reshape(-1)), scalar=array.ndim == 0)
 
 
-def dims_of(value: ir.Value) -> tuple[Element, ...] | None:
-    """A value's dims as elements, or None when its rank is unknown."""
+def dims_of(value: ir.Value, classes: DimClasses) -> tuple[Element, ...] | None:
+    """A value's dims as elements (sizes, or dim keys when symbolic), or None when rank is unknown."""
     if value.shape is None:
         return None
-    return tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape)
+    return tuple(d if isinstance(d, int) else classes.key(value, axis) for axis, d in enumerate(value.shape))
 
 
 @rule("Shape")
-def _shape(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
-    dims = dims_of(node.inputs[0]) if node.inputs[0] is not None else None
+def _shape(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
+    dims = dims_of(node.inputs[0], classes) if node.inputs[0] is not None else None
     if dims is None:
         return None
     start_attr, end_attr = node.attributes.get("start"), node.attributes.get("end")
@@ -78,7 +80,7 @@ def _shape(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Identity", "Cast")
-def _same(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _same(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     if node.op_type == "Cast":
         to = node.attributes.get("to")
         if to is None or to.as_int() not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
@@ -87,7 +89,7 @@ def _same(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Gather")
-def _gather(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _gather(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data, indices = as_partial(inputs[0]), inputs[1]
     axis = node.attributes.get("axis")
     if data is None or data.scalar or isinstance(indices, Partial) or indices is None or (axis and axis.as_int() != 0):
@@ -103,7 +105,7 @@ def _gather(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Slice")
-def _slice(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _slice(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     if data is None or data.scalar or len(inputs) < 3:
         return None
@@ -119,7 +121,7 @@ def _slice(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Concat")
-def _concat(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _concat(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     parts = [as_partial(v) for v in inputs]
     if any(p is None or p.scalar for p in parts):
         return None
@@ -127,7 +129,7 @@ def _concat(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Unsqueeze")
-def _unsqueeze(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _unsqueeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     axes = node.attributes.get("axes")
     axes_list = (
@@ -145,30 +147,30 @@ def _unsqueeze(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
 
 
 @rule("Squeeze")
-def _squeeze(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def _squeeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     if data is None or data.scalar or len(data.elements) != 1:
         return None
     return Partial(data.elements, scalar=True)
 
 
-def propagate(node: ir.Node, inputs: Sequence[Any]) -> Partial | None:
+def propagate(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     """The node's output as a Partial, when a rule knows how (inputs: arrays, Partials or None)."""
     if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
     handler = _RULES.get(node.op_type)
-    return handler(node, inputs) if handler is not None else None
+    return handler(node, inputs, classes) if handler is not None else None
 
 
-def reshape_target(data: ir.Value, target: Partial, allowzero: bool) -> np.ndarray | None:
+def reshape_target(data: ir.Value, target: Partial, allowzero: bool, classes: DimClasses) -> np.ndarray | None:
     """A constant Reshape target equal to ``target`` for this input, or None when none exists.
 
-    Element i may become ``0`` when the input's dim i is the same symbol (and allowzero is off),
+    Element i may become ``0`` when the input's dim i is provably the same (allowzero off),
     and one element we cannot name becomes ``-1``.
     """
     if target.scalar:
         return None
-    dims = dims_of(data)
+    dims = dims_of(data, classes)
     result: list[int] = []
     unknown = 0
     for index, element in enumerate(target.elements):
@@ -180,7 +182,12 @@ def reshape_target(data: ir.Value, target: Partial, allowzero: bool) -> np.ndarr
                 unknown += 1
             result.append(element)
         elif (
-            element is not None and not allowzero and dims is not None and index < len(dims) and dims[index] == element
+            isinstance(element, tuple)
+            and not allowzero
+            and dims is not None
+            and index < len(dims)
+            and isinstance(dims[index], tuple)
+            and classes.same(dims[index], element)
         ):
             result.append(0)
         else:

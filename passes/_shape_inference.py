@@ -40,7 +40,9 @@ def _inference_proto(model: ir.Model) -> onnx.ModelProto:
     finally:
         for value, tensor in held:
             value.const_value = tensor
-        del graph.inputs[input_count:]
+        # pop() one by one: slice deletion leaves the values flagged as graph inputs (onnx-ir 1.1).
+        while len(graph.inputs) > input_count:
+            graph.inputs.pop()
         graph.initializers.clear()
         for value in originals:
             graph.register_initializer(value)

@@ -11,11 +11,12 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxshrink.passes._dim_classes import DimClasses
 from onnxshrink.passes._fold_eval import NotEvaluable, evaluate, output_elements
 from onnxshrink.passes._fold_shapes import Partial, propagate, reshape_target
 from onnxshrink.passes._shape_inference import infer_shapes
 
-from onnxshrink.graphs import subgraphs_of
+from onnxshrink.graphs import graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.registry import register_pass
 
@@ -66,6 +67,7 @@ class _Folder:
         self.options = options
         self.stats: Counter[str] = Counter()
         self.partials: dict[ir.Value, Partial] = {}
+        self.classes = DimClasses().build(graph_likes(model)) if options.shapes else DimClasses()
         self.taken_names = {v.name for g in model.graphs() for v in g.initializers.values()}
 
     def opset(self) -> int:
@@ -106,7 +108,7 @@ class _Folder:
         if node.op_type == "Reshape" and len(node.inputs) == 2 and isinstance(values[1], Partial):
             self.rewrite_reshape(node, graph, values[1])
             return
-        partial = propagate(node, values)
+        partial = propagate(node, values, self.classes)
         if partial is None:
             return
         if partial.known:
@@ -193,7 +195,7 @@ class _Folder:
         allowzero = bool(node.attributes.get_int("allowzero", 0))
         if data is None:
             return
-        shape = reshape_target(data, target, allowzero)
+        shape = reshape_target(data, target, allowzero, self.classes)
         if shape is None:
             return
         name = self.unique_name(f"{node.name or 'reshape'}_shape")

@@ -1,0 +1,219 @@
+"""``fold`` on tiny graphs: constants, shape arithmetic, Reshape targets, subgraphs, guards."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from ort_check import assert_outputs_close, run
+
+import onnxshrink
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def _model(text: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else HEADER + text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _ops(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _fold(model: onnx.ModelProto, spec: str = "fold") -> tuple[onnx.ModelProto, dict]:
+    result = onnxshrink.shrink(model, [spec], verify=False)
+    out = result.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    return out, result.report["passes"][0]
+
+
+def _feed(model: onnx.ModelProto, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in model.graph.input:
+        dims = [d.dim_value or (sizes or {}).get(d.dim_param, 3) for d in value.type.tensor_type.shape.dim]
+        feed[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feed
+
+
+def _same_numerics(model: onnx.ModelProto, out: onnx.ModelProto, sizes: dict[str, int] | None = None) -> None:
+    for scale in (None, {k: v + 2 for k, v in (sizes or {"N": 3, "S": 3}).items()}):
+        feed = _feed(model, scale or sizes)
+        assert_outputs_close(run(model, feed), run(out, feed))
+
+
+FOLDS = {
+    "constant_chain": (
+        """g (float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}, float[2] b = {3.0, 4.0}>
+        { c = Mul(a, b)  d = Sqrt(c)  y = Add(x, d) }""",
+        {"Add": 1},
+    ),
+    "constant_node_lifted": (
+        """g (float[2] x) => (float[2] y) { c = Constant <value = float[2] {1.0, 2.0}> ()  y = Add(x, c) }""",
+        {"Add": 1},
+    ),
+    "static_shape_arithmetic": (
+        """g (float[4, 6] x) => (float[24] y) {
+            s = Shape(x)  p = ReduceProd <keepdims = 1> (s)  y = Reshape(x, p) }""",
+        {"Reshape": 1},
+    ),
+    "weight_transpose": (
+        """g (float[3, 2] x) => (float[3, 4] y) <float[4, 2] w = {1.,2.,3.,4.,5.,6.,7.,8.}>
+        { t = Transpose <perm = [1, 0]> (w)  y = MatMul(x, t) }""",
+        {"MatMul": 1},
+    ),
+    "partial_reshape_target": (
+        """g (float[N, 8] x) => (float[N, 2, 4] y) <int64[1] zero = {0}, int64[2] tail = {2, 4}> {
+            s = Shape(x)  n = Gather(s, zero)  t = Concat <axis = 0> (n, tail)  y = Reshape(x, t) }""",
+        {"Reshape": 1},
+    ),
+    "partial_through_relu_and_transpose": (
+        """g (float[N, S, 8] x) => (float[S, N, 2, 4] y) <int64 i0 = {0}, int64 i1 = {1}, int64[2] tail = {2, 4}> {
+            r = Relu(x)  t = Transpose <perm = [1, 0, 2]> (r)  s = Shape(x)
+            a = Gather(s, i1)  b = Gather(s, i0)  au = Unsqueeze(a, zero)  bu = Unsqueeze(b, zero)
+            c = Concat <axis = 0> (au, bu, tail)  y = Reshape(t, c) }""".replace(
+            "<int64 i0", "<int64[1] zero = {0}, int64 i0"
+        ),
+        {"Relu": 1, "Transpose": 1, "Reshape": 1},
+    ),
+    "if_branch_folds_outer_constant": (
+        """g (bool c, float[2] x) => (float[2] y) <float[2] k = {1.0, 2.0}> {
+            y = If(c) <then_branch = t () => (float[2] o) { m = Mul(k, k)  o = Add(x, m) },
+                      else_branch = e () => (float[2] q) { q = Neg(x) }> }""",
+        {"If": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOLDS))
+def test_fold_changes(name: str) -> None:
+    text, ops_after = FOLDS[name]
+    model = _model(text)
+    out, record = _fold(model)
+    assert dict(_ops(out)) == ops_after
+    assert record["modified"] is True
+    assert [v.name for v in out.graph.output] == [v.name for v in model.graph.output]
+    if "c" in {i.name for i in model.graph.input}:
+        feed = _feed(model)
+        for cond in (True, False):
+            feed["c"] = np.array(cond)
+            assert_outputs_close(run(model, feed), run(out, feed))
+    else:
+        _same_numerics(model, out)
+    _, again = _fold(out)
+    assert again["modified"] is False, again["stats"]
+
+
+def test_reshape_target_becomes_zero_and_minus_one() -> None:
+    model = _model(FOLDS["partial_reshape_target"][0])
+    out, record = _fold(model)
+    (target,) = [i for i in out.graph.initializer if i.name.endswith("_shape")]
+    assert onnx.numpy_helper.to_array(target).tolist() == [0, 2, 4]
+    assert record["stats"]["reshape_targets_folded"] == 1
+
+
+def test_two_unprovable_dims_are_left_alone() -> None:
+    # The target takes dims of another input: nothing proves they equal x's dims.
+    model = _model(
+        """g (float[N, M] x, float[A, B] z) => (float[A, B] y) {
+            s = Shape(z)  y = Reshape(x, s) }"""
+    )
+    out, record = _fold(model)
+    assert _ops(out) == {"Shape": 1, "Reshape": 1}
+    assert "reshape_targets_folded" not in record["stats"]
+
+
+def test_broadcast_of_two_symbols_ties_nothing() -> None:
+    # Add(a[N, P], b[M, Q]) may broadcast either way on both axes: nothing ties c's dims to a's,
+    # so Reshape(c, Shape(a)) has two unknowns and must stay as it is.
+    model = _model(
+        """g (float[N, P] a, float[M, Q] b) => (float[K, L] y) {
+            c = Add(a, b)  s = Shape(a)  y = Reshape(c, s) }"""
+    )
+    out, _ = _fold(model)
+    assert _ops(out) == {"Add": 1, "Shape": 1, "Reshape": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "op"),
+    [
+        (
+            """g (float[2] x) => (float[1000, 1000] y) <int64[2] s = {1000, 1000}> { y = ConstantOfShape(s) }""",
+            "ConstantOfShape",
+        ),
+        (
+            """g (float[2] x) => (float[1000, 1000] y) <float[1] v = {1.0}, int64[2] s = {1000, 1000}>
+            { y = Expand(v, s) }""",
+            "Expand",
+        ),
+        (
+            """g (float[2] x) => (float[100000] y) <float a = {0.0}, float b = {100000.0}, float d = {1.0}>
+            { y = Range(a, b, d) }""",
+            "Range",
+        ),
+    ],
+)
+def test_size_guard_keeps_large_outputs_unfolded(text: str, op: str) -> None:
+    model = _model(text)
+    out, record = _fold(model)
+    assert _ops(out)[op] == 1
+    assert record["stats"].get("skipped_size_guard", 0) >= 1
+    assert out.ByteSize() < 10_000
+    big, _ = _fold(model, "fold:max-growth=100000000")
+    assert _ops(big)[op] == 0
+
+
+def test_quantize_dequantize_and_random_are_never_folded() -> None:
+    model = _model(
+        """g (float[2] x) => (float[2] y, float[2] r) <int8[2] q = {1, 2}, float s = {0.5}, int8 z = {0}> {
+            w = DequantizeLinear(q, s, z)  y = Add(x, w)  r = RandomNormalLike(x) }"""
+    )
+    out, _ = _fold(model)
+    assert _ops(out) == {"DequantizeLinear": 1, "Add": 1, "RandomNormalLike": 1}
+
+
+def test_custom_domain_ops_are_folded_around() -> None:
+    model = _model(
+        """<ir_version: 8, opset_import: ["" : 17, "my.ops" : 1]>
+        g (float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}> {
+            c = Neg(a)  k = my.ops.Custom(c)  d = Abs(a)  y = my.ops.Other(x, k, d) }"""
+    )
+    out, record = _fold(model)
+    assert _ops(out) == {"Custom": 1, "Other": 1}
+    assert record["stats"]["nodes_folded"] == 2
+
+
+FUNCTION_MODEL = """
+<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[2] x) => (float[2] y) <float[2] k = {1.0, 2.0}> { y = local.scale(x, k) }
+<domain: "local", opset_import: ["" : 17]>
+scale (a, b) => (c) { two = Constant <value = float {2.0}> ()  bb = Mul(b, two)  c = Mul(a, bb) }
+"""
+
+
+def test_function_fed_constants_is_inlined_and_folded() -> None:
+    model = _model(FUNCTION_MODEL)
+    out, record = _fold(model)
+    assert not out.functions
+    assert _ops(out) == {"Mul": 1}
+    assert record["stats"]["functions_inlined"] == 1
+    _same_numerics(model, out)
+
+
+def test_function_kept_with_never_folds_inside() -> None:
+    model = _model(FUNCTION_MODEL)
+    out, _ = _fold(model, "fold:inline-functions=never")
+    (function,) = out.functions
+    assert Counter(n.op_type for n in function.node) == {"Constant": 1, "Mul": 2}
+    _same_numerics(model, out)
+
+
+def test_digits_model_is_unchanged_numerically() -> None:
+    result = onnxshrink.shrink("models/digits_cnn.onnx", ["fold"], inputs="models/digits_test.npz")
+    assert result.report["verification"]["passed"] is True
+    assert result.report["verification"]["accuracy_candidate"] == result.report["verification"]["accuracy_reference"]
