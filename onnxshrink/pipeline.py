@@ -20,7 +20,7 @@ from onnxshrink import registry
 from onnxshrink.checks import model_problems
 from onnxshrink.context import PassContext
 from onnxshrink.errors import PassFailure, ShrinkError
-from onnxshrink.graphs import totals
+from onnxshrink.graphs import all_nodes, totals
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.spec import PassSpec, build_options
 
@@ -43,9 +43,23 @@ class PassRecord:
     stats: dict[str, Any]
     preset: str | None = None
     round: int | None = None
+    diff: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _node_snapshot(model: ir.Model) -> dict[int, ir.Node]:
+    # Holding the nodes keeps their ids from being reused by nodes a pass creates.
+    return {id(node): node for node in all_nodes(model)}
+
+
+def _label(node: ir.Node) -> str:
+    """A node as the diff names it: its name, else its op type and first output's name."""
+    if node.name:
+        return node.name
+    output = node.outputs[0].name if node.outputs and node.outputs[0].name else "?"
+    return f"{node.op_type}->{output}"
 
 
 AfterPass = Callable[[ir.Model, PassRecord, Sequence[PassRecord]], None]
@@ -133,6 +147,7 @@ class Pipeline:
     ) -> PassRecord:
         before_names = [r.name for r in records]
         before = totals(model)
+        nodes_before = _node_snapshot(model)
         start = time.perf_counter()
         try:
             result = pass_(model)
@@ -145,6 +160,7 @@ class Pipeline:
         seconds = time.perf_counter() - start
         stats = result.stats if isinstance(result, ShrinkPassResult) else {}
         after = totals(model)
+        nodes_after = _node_snapshot(model)
         record = PassRecord(
             name=pass_.name,
             options={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(pass_.options).items()},
@@ -158,6 +174,10 @@ class Pipeline:
             stats=stats,
             preset=preset,
             round=round_,
+            diff={
+                "removed": [_label(n) for key, n in nodes_before.items() if key not in nodes_after],
+                "added": [_label(n) for key, n in nodes_after.items() if key not in nodes_before],
+            },
         )
         records.append(record)
         logger.info("pass %s: modified=%s in %.3fs", pass_.name, record.modified, seconds)
