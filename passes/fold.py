@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import Counter
@@ -139,6 +140,9 @@ class _Folder:
             logger.debug("not folding %s: %s", node.name or node.op_type, reason)
             self.stats["not_evaluable"] += 1
             return
+        finally:
+            arrays.clear()  # drop our views of memory-mapped inputs so they can be unmapped
+            _release_mapped_inputs(node)
         if len(results) != len(node.outputs):
             return
         out_bytes = sum(r.nbytes for r in results)
@@ -231,6 +235,15 @@ class _Folder:
                 if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                     assert value.name is not None
                     graph.initializers.pop(value.name)
+
+
+def _release_mapped_inputs(node: ir.Node) -> None:
+    """Unmaps external weights a fold has read: a model past 2 GiB must not stay resident."""
+    for value in node.inputs:
+        tensor = value.const_value if value is not None else None
+        if isinstance(tensor, ir.ExternalTensor):
+            with contextlib.suppress(BufferError):  # someone else still holds a view
+                tensor.release()
 
 
 def _match_dtype(array: np.ndarray, value: ir.Value) -> np.ndarray:
