@@ -152,10 +152,11 @@ def _has_external(proto: onnx.ModelProto) -> bool:
 
 def _checker_problem(proto: onnx.ModelProto, path: Path | None, base_dir: Path | None) -> str | None:
     """The ONNX checker's complaint; external data is checked relative to the model's folder."""
+    if path is not None:
+        # By path the checker reads the file in C++: no 2 GiB limit, no Python re-serialization.
+        return onnx_checker_problem(path)
     if not _has_external(proto) or base_dir is None:
         return onnx_checker_problem(proto)
-    if path is not None:
-        return onnx_checker_problem(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxshrink-check-", suffix=".onnx", dir=base_dir)
     try:
         with os.fdopen(fd, "wb") as handle:

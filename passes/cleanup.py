@@ -1,4 +1,4 @@
-"""``cleanup``: dead code, Identity/Dropout, common subexpressions, duplicate initializers."""
+"""``cleanup``: dead code, Identity/Dropout, no-op and mergeable ops, common subexpressions, duplicate initializers."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import contextlib
 import dataclasses
 import hashlib
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
+from onnxshrink.passes._facts import facts_for
+from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, RuleContext, match_node, wants_facts
 
 from onnxshrink.graphs import graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
@@ -19,6 +22,9 @@ from onnxshrink.registry import register_pass
 
 _ONNX_DOMAINS = ("", "ai.onnx")
 _NONDETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"})
+# Rules, CSE and dead-code removal feed one another (a merge can leave a MatMul with one use);
+# they repeat until a round changes nothing, at most this often.
+_MAX_ROUNDS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +101,55 @@ def _remove_identity_like(graph: ir.Graph | ir.Function, stats: Counter[str]) ->
             mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or _is_graph_output(node.outputs[1]))
             if training is False and is_test and not mask_used and _bypass(node, node.inputs[0], node.outputs[0]):
                 stats["dropout_removed"] += 1
+
+
+def _rule_scopes(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, int]]:
+    """Every graph-like with the version of the ONNX domain its nodes run at."""
+    imports = model.opset_imports
+    version = imports.get("", imports.get("ai.onnx", 1))
+    for graph in model.graphs():
+        yield graph, version
+    for function in model.functions.values():
+        function_version = function.opset_imports.get("", function.opset_imports.get("ai.onnx", version))
+        yield function, function_version
+        for node in ir.traversal.RecursiveGraphIterator(function):
+            for sub in subgraphs_of(node):
+                yield sub, function_version
+
+
+def _apply(node: ir.Node, decision: Decision) -> bool:
+    """The rewrite step of an algebraic rule; False when it must not be applied after all."""
+    if isinstance(decision, Bypass):
+        return len(node.outputs) == 1 and _bypass(node, decision.source, node.outputs[0])
+    if isinstance(decision, FormGemm):
+        return _form_gemm(node, decision)
+    for index, value in decision.inputs:
+        node.replace_input_with(index, value)
+    for attr in decision.attributes:
+        node.attributes[attr.name] = attr
+    return True
+
+
+def _form_gemm(add: ir.Node, decision: FormGemm) -> bool:
+    graph = add.graph
+    matmul = decision.matmul
+    if graph is None or matmul.graph is not graph or len(add.outputs) != 1:
+        return False
+    gemm = ir.node("Gemm", [decision.a, decision.w, decision.bias])
+    graph.insert_before(add, gemm)
+    _take_over_output(add.outputs[0], gemm.outputs[0])
+    graph.remove([add, matmul], safe=True)
+    gemm.name = matmul.name
+    return True
+
+
+def _apply_rules(graph: ir.Graph | ir.Function, context: RuleContext, stats: Counter[str]) -> None:
+    for node in list(graph):
+        if node.graph is None:
+            continue  # removed by an earlier rewrite
+        decision = match_node(node, context)
+        if not isinstance(decision, NoMatch) and _apply(node, decision):
+            stats[decision.stat] += 1
 
 
 def _attribute_key(attr: ir.Attr, max_constant: int) -> Hashable | None:
@@ -237,6 +292,39 @@ class CleanupPass(ShrinkPass):
        two graph outputs are never merged.
     5. Nodes whose outputs are never used and are not graph outputs are removed, then unused
        initializers, unused model-local functions and unused opset imports.
+
+    Algebraic rules (``passes/_rules_*.py``), each only where the dtypes, dims and constants
+    that make it exact are known: declared by the model or, when missing, found by onnx shape
+    inference on a weight-free copy (the model is not annotated). A removed node's output is
+    replaced like an Identity's (rule 1).
+
+    6. Cast to its input's own dtype, and CastLike to the same dtype, are removed.
+    7. ``Cast(Cast(x, A), B)`` reads ``x`` directly when the first cast is lossless and the
+       second then converts the same value (float32 -> float64 -> float32 is ``x``; never through
+       a float to an integer that ``x``'s range may overflow; never float -> int -> float).
+    8. Concat, Sum, Max, Min and Mean of a single input are removed.
+    9. Reshape to its input's own dims (static, or copied with 0) is removed; a Reshape of a
+       Reshape/Flatten/Squeeze/Unsqueeze reads that node's input when its constant target has no
+       0 (or ``allowzero=1``): a 0 would copy a dim of the intermediate.
+    10. Flatten of a rank-2 tensor at axis 1 (or of static dims it keeps), Squeeze without axes
+        of static dims with no 1, and Unsqueeze with empty axes are removed;
+        ``Squeeze(Unsqueeze(x, a), a)`` and ``Unsqueeze(Squeeze(x, a), a)`` are ``x``.
+    11. Transpose with the identity perm is removed; ``Transpose(Transpose(x, p1), p2)`` becomes
+        one Transpose with perm ``p1[p2]``, or ``x`` when that is the identity.
+    12. Slice with step 1, starting at 0 and ending at or past every sliced dim (a static dim,
+        or INT64_MAX) is removed.
+    13. Pad with all-zero pads (input, or attribute before opset 11) is removed.
+    14. ``x+0``, ``0+x``, ``x-0``, ``x*1``, ``1*x`` and ``x/1`` with a constant all-0 / all-1
+        operand are ``x`` when that operand broadcasts into ``x``'s known dims without changing
+        them (``x`` of unknown rank: only a rank-0 constant). NaN stays NaN; ``-0.0 + 0.0`` is
+        ``+0.0``, an equal value.
+    15. Expand to a shape that broadcasts into the input's dims without changing them is removed.
+    16. ``Add(MatMul(A, W), b)`` becomes ``Gemm(A, W, b)`` when ``A`` has rank 2, ``W`` is a
+        constant matrix ``[K, N]``, ``b`` a constant ``[N]`` or ``[1, N]``, the dtype is one Gemm
+        takes (float, double, float16; bfloat16 from opset 13), and the MatMul output has no other
+        use and is not a graph output. The Gemm keeps the Add's output name and type.
+
+    Rules 4 and 6-16 and dead-node removal repeat until a round changes nothing (at most 8).
     Graph inputs and outputs keep their names, types and order.
     """
 
@@ -252,12 +340,19 @@ class CleanupPass(ShrinkPass):
         if options.dedupe_initializers:
             for graph in model.graphs():
                 _dedupe_initializers(graph, stats)
-        if options.cse:
-            for graph in list(graph_likes(model)):
-                _eliminate_common_subexpressions(graph, options.cse_max_constant, stats)
-        _remove_dead_nodes(model.graph, stats)
-        for function in model.functions.values():
-            _remove_dead_nodes(function, stats)
+        facts = facts_for(model, wants_facts)
+        for _ in range(_MAX_ROUNDS):
+            before = sum(stats.values())
+            for graph, opset in list(_rule_scopes(model)):
+                _apply_rules(graph, RuleContext(facts, opset), stats)
+            if options.cse:
+                for graph in list(graph_likes(model)):
+                    _eliminate_common_subexpressions(graph, options.cse_max_constant, stats)
+            _remove_dead_nodes(model.graph, stats)
+            for function in model.functions.values():
+                _remove_dead_nodes(function, stats)
+            if sum(stats.values()) == before:
+                break
         for graph in model.graphs():
             _remove_unused_initializers(graph, stats)
         functions_before = len(model.functions)
