@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxshrink.checks import onnx_checker_problem, structural_problems
+from onnxshrink.checks import onnx_checker_problem, structural_problems, weightless_proto
 from onnxshrink.errors import InvalidModelError
 
 logger = logging.getLogger(__name__)
@@ -150,25 +149,7 @@ def _has_external(proto: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto_tensors(proto))
 
 
-def _checker_problem(proto: onnx.ModelProto, path: Path | None, base_dir: Path | None) -> str | None:
-    """The ONNX checker's complaint; external data is checked relative to the model's folder."""
-    if path is not None:
-        # By path the checker reads the file in C++: no 2 GiB limit, no Python re-serialization.
-        return onnx_checker_problem(path)
-    if not _has_external(proto) or base_dir is None:
-        return onnx_checker_problem(proto)
-    fd, tmp = tempfile.mkstemp(prefix=".onnxshrink-check-", suffix=".onnx", dir=base_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(proto.SerializeToString())
-        return onnx_checker_problem(Path(tmp))
-    finally:
-        os.unlink(tmp)
-
-
-def _validate(
-    model: ir.Model, proto: onnx.ModelProto, label: str, path: Path | None = None, base_dir: Path | None = None
-) -> None:
+def _validate(model: ir.Model, label: str) -> None:
     problems = structural_problems(model)
     if problems:
         dangling = [p for p in problems if "dangling" in p]
@@ -183,9 +164,8 @@ def _validate(
         if remaining:
             raise InvalidModelError(f"{label}: {remaining[0]}")
         logger.info("%s: nodes were not in topological order; sorted them", label)
-        proto = ir.serde.serialize_model(model)
-        path = None  # the file on disk is the unsorted original
-    problem = _checker_problem(proto, path, base_dir)
+    # The checker sees the graph without its large weights: fast, and no 2 GiB limit.
+    problem = onnx_checker_problem(weightless_proto(model))
     if problem:
         raise InvalidModelError(f"{label} fails the ONNX checker: {problem}")
 
@@ -196,7 +176,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     proto = _parse(path)
     check_external_data(proto, path.parent)
     model = _to_ir(proto, path.parent, str(path))
-    _validate(model, proto, str(path), path, path.parent)
+    _validate(model, str(path))
     return LoadedModel(model=model, path=path)
 
 
@@ -206,5 +186,5 @@ def load_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike[str] | None =
     root = Path(base_dir) if base_dir is not None else None
     check_external_data(proto, root)
     model = _to_ir(proto, root, "the given ModelProto")
-    _validate(model, proto, "the given ModelProto", None, root)
+    _validate(model, "the given ModelProto")
     return LoadedModel(model=model, proto_bytes=None if _has_external(proto) else proto.SerializeToString())

@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink._version import __version__
+from onnxshrink.checks import onnx_checker_problem, weightless_proto
 from onnxshrink.errors import PassFailure, UsageError
 from onnxshrink.graphs import count_bytes
 
@@ -117,6 +118,9 @@ def save_model(
         if target.resolve() in guarded and not replacing_input:
             raise UsageError(f"refusing to overwrite the input's file {target}; choose another output name")
 
+    problem = onnx_checker_problem(weightless_proto(model))
+    if problem:
+        raise PassFailure(f"the output model fails the ONNX checker, nothing written: {problem}")
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         tmp_model = tmp_dir / path.name
@@ -125,11 +129,6 @@ def save_model(
         else:
             with _inlined_external_tensors(model):
                 ir.save(model, tmp_model)
-        try:
-            onnx.checker.check_model(str(tmp_model))
-        except onnx.checker.ValidationError as error:
-            first = str(error).strip().splitlines()[0]
-            raise PassFailure(f"the output model fails the ONNX checker, nothing written: {first}") from None
         if final_data is not None:
             os.replace(tmp_dir / data_name, final_data)
         os.replace(tmp_model, path)

@@ -1,7 +1,7 @@
 """onnx shape inference for IR models of any size, merged back without losing types.
 
-Large initializers are turned into plain graph inputs for the call (their shape and type are
-all inference needs), so a model past 2 GiB infers like a small one and no weight is read.
+The model goes to onnx without its large weights (see ``checks.weightless_proto``), so a model
+past 2 GiB infers like a small one and no weight is read.
 """
 
 from __future__ import annotations
@@ -11,41 +11,9 @@ import logging
 import onnx
 import onnx_ir as ir
 
+from onnxshrink.checks import weightless_proto
+
 logger = logging.getLogger(__name__)
-
-_INLINE_LIMIT = 1024  # bytes of initializer data kept for data propagation
-
-
-def _inference_proto(model: ir.Model) -> onnx.ModelProto:
-    graph = model.graph
-    originals = list(graph.initializers.values())
-    input_count = len(graph.inputs)
-    held: list[tuple[ir.Value, ir.TensorProtocol]] = []
-    try:
-        for value in originals:
-            tensor = value.const_value
-            if tensor is None or tensor.nbytes <= _INLINE_LIMIT:
-                continue
-            if value.shape is None:
-                value.shape = ir.Shape(tensor.shape.numpy())
-            if value.type is None:
-                value.type = ir.TensorType(tensor.dtype)
-            held.append((value, tensor))
-            assert value.name is not None
-            graph.initializers.pop(value.name)
-            value.const_value = None
-            if value not in graph.inputs:
-                graph.inputs.append(value)
-        return ir.serde.serialize_model(model)
-    finally:
-        for value, tensor in held:
-            value.const_value = tensor
-        # pop() one by one: slice deletion leaves the values flagged as graph inputs (onnx-ir 1.1).
-        while len(graph.inputs) > input_count:
-            graph.inputs.pop()
-        graph.initializers.clear()
-        for value in originals:
-            graph.register_initializer(value)
 
 
 def _value_maps(graph: ir.Graph) -> dict[str, ir.Value]:
@@ -66,7 +34,7 @@ def infer_shapes(model: ir.Model) -> bool:
     Returns True when some value's shape or type got refined. Failures leave the model as it was.
     """
     try:
-        proto = _inference_proto(model)
+        proto = weightless_proto(model)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
         inferred_model = ir.serde.deserialize_model(inferred)
     except Exception as error:  # inference gives up on some custom or malformed graphs
