@@ -1,5 +1,13 @@
 """onnxshrink's rewrite passes, one module each; importing this package registers them all."""
 
-from onnxshrink.passes import cleanup, fold
+from onnxshrink.passes import cleanup, fold, fuse_bn
+from onnxshrink.registry import register_preset
 
-__all__ = ["cleanup", "fold"]
+__all__ = ["cleanup", "fold", "fuse_bn"]
+
+register_preset(
+    "simplify",
+    ("fold", "fuse-bn", "cleanup"),
+    doc="structural optimization: fold, fuse BatchNorm, clean up; repeated to a fixed point",
+    max_steps=8,
+)
