@@ -1,4 +1,4 @@
-"""All 1884 ONNX backend node cases: load -> save round trip and ``cleanup`` keep ORT's outputs.
+"""All 1884 ONNX backend node cases: round trip, ``cleanup`` and ``simplify`` keep ORT's outputs.
 
 The reference is onnxruntime on the original model (not the suite's expected outputs): we test
 that onnxshrink changes nothing ORT computes. Cases onnxruntime itself cannot load or run are
@@ -83,4 +83,9 @@ def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path) -> None:
     assert [o.name for o in cleaned.graph.output] == [o.name for o in case.model.graph.output]
     assert [i.name for i in cleaned.graph.input] == [i.name for i in case.model.graph.input]
     assert_outputs_close(expected, run(cleaned, feed), context=f"{name} cleanup")
+
+    simplified = onnxshrink.shrink(case.model, ["simplify"], verify=False).to_proto()
+    onnx.checker.check_model(simplified)
+    assert [o.name for o in simplified.graph.output] == [o.name for o in case.model.graph.output]
+    assert_outputs_close(expected, run(simplified, feed), context=f"{name} simplify")
     NODE_SUITE_COUNTS["passed"] += 1

