@@ -14,6 +14,7 @@ from typing import Any, Union
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxshrink.passes._dim_classes import DimClasses
 
 # A number, a dim of some tensor (a DimClasses key: equal when provably the same size), or unknown.
@@ -152,6 +153,33 @@ def _squeeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Parti
     if data is None or data.scalar or len(data.elements) != 1:
         return None
     return Partial(data.elements, scalar=True)
+
+
+_ARITHMETIC: dict[str, Callable[[int, int], int | None]] = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    # ONNX integer Div truncates toward zero.
+    "Div": lambda a, b: int(a / b) if b else None,
+}
+
+
+@rule(*_ARITHMETIC)
+def _arithmetic(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
+    """Element-wise integer arithmetic: known elements are computed, the others stay unknown."""
+    a, b = as_partial(inputs[0]), as_partial(inputs[1]) if len(inputs) > 1 else None
+    if a is None or b is None:
+        return None
+    if len(a.elements) != len(b.elements) and 1 not in (len(a.elements), len(b.elements)):
+        return None
+    size = max(len(a.elements), len(b.elements))
+    left = a.elements * size if len(a.elements) == 1 else a.elements
+    right = b.elements * size if len(b.elements) == 1 else b.elements
+    op = _ARITHMETIC[node.op_type]
+    elements = tuple(
+        op(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in zip(left, right, strict=True)
+    )
+    return Partial(elements, scalar=a.scalar and b.scalar)
 
 
 def propagate(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:

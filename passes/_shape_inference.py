@@ -7,6 +7,7 @@ past 2 GiB infers like a small one and no weight is read.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -55,21 +56,31 @@ def infer_shapes(model: ir.Model) -> bool:
             new_shape = found.shape
             if not isinstance(found.type, ir.TensorType) or new_shape is None or new_shape == value.shape:
                 continue
-            if value.shape is None or _more_specific(new_shape, value.shape):
-                value.shape = new_shape
+            merged = new_shape if value.shape is None else _merged(new_shape, value.shape)
+            if merged is not None:
+                value.shape = merged
                 changed = True
     return changed
 
 
-def _more_specific(new: ir.Shape, old: ir.Shape) -> bool:
-    """True when ``new`` has the same rank and says at least as much as ``old`` on every dim."""
+def _merged(new: ir.Shape, old: ir.Shape) -> ir.Shape | None:
+    """Dim by dim, the more specific of two shapes; None when they disagree or add nothing.
+
+    A size beats a symbol, a named symbol beats an anonymous one; two different symbols keep
+    the model's own (names from separate inference runs are not comparable).
+    """
     if len(new) != len(old):
-        return False
+        return None
+    dims: list[Any] = []
     gained = False
     for a, b in zip(new, old, strict=True):
-        if isinstance(b, int) or getattr(b, "value", None):
-            if a != b:
-                return False  # a known size or a named symbol must stay as it is
-        elif isinstance(a, int) or getattr(a, "value", None):
+        if isinstance(b, int):
+            if isinstance(a, int) and a != b:
+                return None
+            dims.append(b)
+        elif isinstance(a, int) or (getattr(a, "value", None) and not getattr(b, "value", None)):
+            dims.append(a)
             gained = True
-    return gained
+        else:
+            dims.append(b)
+    return ir.Shape(dims) if gained else None
