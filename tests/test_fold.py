@@ -117,6 +117,21 @@ def test_reshape_target_becomes_zero_and_minus_one() -> None:
     assert record["stats"]["reshape_targets_folded"] == 1
 
 
+def test_symbolic_product_becomes_the_one_minus_one() -> None:
+    # [N, 6, 4] -> [N * 6, 4]: the product has no name, so it is the target's single -1.
+    model = _model(
+        """g (float[N, 6, 4] x) => (float[M, 4] y) <int64 i0 = {0}, int64 six = {6}, int64[1] four = {4},
+            int64[1] zero = {0}> {
+            s = Shape(x)  n = Gather(s, i0)  m = Mul(n, six)  mu = Unsqueeze(m, zero)
+            t = Concat <axis = 0> (mu, four)  y = Reshape(x, t) }"""
+    )
+    out, record = _fold(model)
+    assert _ops(out) == {"Reshape": 1}
+    (target,) = [i for i in out.graph.initializer if i.name.endswith("_shape")]
+    assert onnx.numpy_helper.to_array(target).tolist() == [-1, 4]
+    _same_numerics(model, out)
+
+
 def test_two_unprovable_dims_are_left_alone() -> None:
     # The target takes dims of another input: nothing proves they equal x's dims.
     model = _model(
