@@ -12,13 +12,13 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+
+from onnxshrink.graphs import graph_likes, subgraphs_of
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes._dim_classes import DimClasses
 from onnxshrink.passes._fold_eval import NotEvaluable, evaluate, output_elements
 from onnxshrink.passes._fold_shapes import Partial, propagate, reshape_target
 from onnxshrink.passes._shape_inference import infer_shapes
-
-from onnxshrink.graphs import graph_likes, subgraphs_of
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx.parser
-import onnxshrink.passes.fuse_bn  # registers the pass
 import pytest
 from ort_check import assert_outputs_close, run
 
 import onnxshrink
+import onnxshrink.passes.fuse_bn  # registers the pass
 from onnxshrink.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
