@@ -125,7 +125,7 @@ def test_symbolic_product_becomes_the_one_minus_one() -> None:
             s = Shape(x)  n = Gather(s, i0)  m = Mul(n, six)  mu = Unsqueeze(m, zero)
             t = Concat <axis = 0> (mu, four)  y = Reshape(x, t) }"""
     )
-    out, record = _fold(model)
+    out, _ = _fold(model)
     assert _ops(out) == {"Reshape": 1}
     (target,) = [i for i in out.graph.initializer if i.name.endswith("_shape")]
     assert onnx.numpy_helper.to_array(target).tolist() == [-1, 4]
