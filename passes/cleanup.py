@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
-from onnxshrink.passes._facts import facts_for
-from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, RuleContext, match_node, wants_facts
 
 from onnxshrink.graphs import graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
+from onnxshrink.passes._facts import Facts, infer_facts
+from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, RuleContext, match_node
 from onnxshrink.registry import register_pass
 
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -107,22 +107,30 @@ def _rule_scopes(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, int]
     """Every graph-like with the version of the ONNX domain its nodes run at."""
     imports = model.opset_imports
     version = imports.get("", imports.get("ai.onnx", 1))
-    for graph in model.graphs():
+    for graph in _graph_tree(model.graph):
         yield graph, version
     for function in model.functions.values():
         function_version = function.opset_imports.get("", function.opset_imports.get("ai.onnx", version))
-        yield function, function_version
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            for sub in subgraphs_of(node):
-                yield sub, function_version
+        for graph in _graph_tree(function):
+            yield graph, function_version
 
 
-def _apply(node: ir.Node, decision: Decision) -> bool:
+def _graph_tree(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+    """``graph`` and every subgraph under it, parents first (cheaper than onnx-ir's iterator)."""
+    yield graph
+    for node in graph:
+        for sub in subgraphs_of(node):
+            yield from _graph_tree(sub)
+
+
+def _apply(node: ir.Node, decision: Decision, facts: Facts) -> bool:
     """The rewrite step of an algebraic rule; False when it must not be applied after all."""
     if isinstance(decision, Bypass):
-        return len(node.outputs) == 1 and _bypass(node, decision.source, node.outputs[0])
+        if len(node.outputs) == 1 and _bypass(node, decision.source, node.outputs[0]):
+            return True
+        return decision.otherwise is not None and _apply(node, decision.otherwise, facts)
     if isinstance(decision, FormGemm):
-        return _form_gemm(node, decision)
+        return _form_gemm(node, decision, facts)
     for index, value in decision.inputs:
         node.replace_input_with(index, value)
     for attr in decision.attributes:
@@ -130,26 +138,40 @@ def _apply(node: ir.Node, decision: Decision) -> bool:
     return True
 
 
-def _form_gemm(add: ir.Node, decision: FormGemm) -> bool:
+def _form_gemm(add: ir.Node, decision: FormGemm, facts: Facts) -> bool:
     graph = add.graph
     matmul = decision.matmul
     if graph is None or matmul.graph is not graph or len(add.outputs) != 1:
         return False
     gemm = ir.node("Gemm", [decision.a, decision.w, decision.bias])
     graph.insert_before(add, gemm)
+    facts.carry_over(add.outputs[0], gemm.outputs[0])
     _take_over_output(add.outputs[0], gemm.outputs[0])
     graph.remove([add, matmul], safe=True)
     gemm.name = matmul.name
     return True
 
 
-def _apply_rules(graph: ir.Graph | ir.Function, context: RuleContext, stats: Counter[str]) -> None:
+def _apply_rules(graph: ir.Graph | ir.Function, context: RuleContext, stats: Counter[str]) -> bool:
+    """One sweep in graph order; True when some rule could not decide for want of a dtype or rank."""
+    missing_facts = False
     for node in list(graph):
-        if node.graph is None:
-            continue  # removed by an earlier rewrite
+        if node.graph is None or not any(v.uses() or _is_graph_output(v) for v in node.outputs):
+            continue  # removed by an earlier rewrite, or dead: dead-node removal takes it
         decision = match_node(node, context)
-        if not isinstance(decision, NoMatch) and _apply(node, decision):
+        if isinstance(decision, NoMatch):
+            missing_facts = missing_facts or decision.missing_facts
+        elif _apply(node, decision, context.facts):
             stats[decision.stat] += 1
+    return missing_facts
+
+
+def _sweep(scopes: list[tuple[ir.Graph | ir.Function, int]], facts: Facts, stats: Counter[str]) -> bool:
+    """The rules over every graph-like; True when some rule wanted a dtype or rank it lacked."""
+    missing_facts = False
+    for graph, opset in scopes:
+        missing_facts |= _apply_rules(graph, RuleContext(facts, opset), stats)
+    return missing_facts
 
 
 def _attribute_key(attr: ir.Attr, max_constant: int) -> Hashable | None:
@@ -340,17 +362,23 @@ class CleanupPass(ShrinkPass):
         if options.dedupe_initializers:
             for graph in model.graphs():
                 _dedupe_initializers(graph, stats)
-        facts = facts_for(model, wants_facts)
-        for _ in range(_MAX_ROUNDS):
+        facts, inferred = Facts(), False
+        for round_index in range(_MAX_ROUNDS):
             before = sum(stats.values())
-            for graph, opset in list(_rule_scopes(model)):
-                _apply_rules(graph, RuleContext(facts, opset), stats)
-            if options.cse:
-                for graph in list(graph_likes(model)):
-                    _eliminate_common_subexpressions(graph, options.cse_max_constant, stats)
-            _remove_dead_nodes(model.graph, stats)
-            for function in model.functions.values():
-                _remove_dead_nodes(function, stats)
+            scopes = list(_rule_scopes(model))  # the graph-likes, with the opset each runs at
+            missing_facts = _sweep(scopes, facts, stats)
+            if missing_facts and not inferred:
+                facts, inferred = infer_facts(model), True  # once, and only when a rule asked
+                _sweep(scopes, facts, stats)
+            # CSE and dead-node removal reach their fixed point in one sweep: later rounds need
+            # them only after the rules changed something.
+            if round_index == 0 or sum(stats.values()) != before:
+                if options.cse:
+                    for graph, _ in scopes:
+                        _eliminate_common_subexpressions(graph, options.cse_max_constant, stats)
+                _remove_dead_nodes(model.graph, stats)
+                for function in model.functions.values():
+                    _remove_dead_nodes(function, stats)
             if sum(stats.values()) == before:
                 break
         for graph in model.graphs():

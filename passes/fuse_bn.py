@@ -17,7 +17,6 @@ from onnxshrink.registry import register_pass
 
 _ONNX = ("", "ai.onnx")
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_AFFINE_OPS = ("Mul", "Add", "Sub")
 
 
 @dataclasses.dataclass(frozen=True)
