@@ -68,7 +68,17 @@ class FormGemm:
     stat: str = "gemm_formed"
 
 
-Decision = Union[Bypass, Rewire, FormGemm]  # noqa: UP007 - a runtime alias on Python 3.10 too
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    """The node becomes one ``op_type`` node over ``inputs`` computing the same output."""
+
+    op_type: str
+    inputs: tuple[ir.Value, ...]
+    attributes: tuple[ir.Attr, ...]
+    stat: str
+
+
+Decision = Union[Bypass, Rewire, FormGemm, Replace]  # noqa: UP007 - a runtime alias on Python 3.10 too
 Match = Callable[[ir.Node, RuleContext], "Decision | NoMatch"]
 
 

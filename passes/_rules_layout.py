@@ -11,6 +11,7 @@ from onnxshrink.passes._rewrites import (
     Bypass,
     Decision,
     NoMatch,
+    Replace,
     Rewire,
     RuleContext,
     feeds_only,
@@ -167,6 +168,32 @@ def unsqueeze_noop_or_pair(node: ir.Node, context: RuleContext) -> Decision | No
     if axes == []:
         return Bypass(x, "noop_removed")
     return _undo_pair(node, "Squeeze", context)
+
+
+@rule("Squeeze")
+def squeeze_transposed_unsqueeze(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Squeeze(Transpose(Unsqueeze(x, [u]), p), [s]) with p[s] == u is one Transpose of x.
+
+    The axis inserted and then squeezed carries nothing; the perm of the others survives.
+    """
+    transpose = producer(node.inputs[0], "Transpose")
+    unsqueeze = producer(transpose.inputs[0] if transpose is not None else None, "Unsqueeze")
+    if transpose is None or unsqueeze is None or unsqueeze.inputs[0] is None:
+        return NoMatch("not Squeeze(Transpose(Unsqueeze(x)))")
+    if not (feeds_only(transpose.outputs[0]) and feeds_only(unsqueeze.outputs[0])):
+        return NoMatch("the Transpose or Unsqueeze has other uses")
+    inserted, squeezed = _axes_of(unsqueeze, context.facts), _axes_of(node, context.facts)
+    perm = ints_attr(transpose, "perm")
+    if not isinstance(inserted, list) or not isinstance(squeezed, list) or perm is None:
+        return NoMatch("axes or perm not known")
+    if len(inserted) != 1 or len(squeezed) != 1:
+        return NoMatch("more than one axis")
+    rank = len(perm)
+    u, s = inserted[0] % rank, squeezed[0] % rank
+    if perm[s] != u:
+        return NoMatch("the squeezed axis is not the inserted one")
+    kept = [p - (p > u) for i, p in enumerate(perm) if i != s]
+    return Replace("Transpose", (unsqueeze.inputs[0],), (ir.AttrInt64s("perm", kept),), "transposes_merged")
 
 
 # --------------------------------------------------------------------------- Transpose

@@ -17,7 +17,7 @@ from onnxshrink.graphs import graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
 from onnxshrink.passes._facts import Facts, infer_facts
-from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, RuleContext, match_node
+from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, Replace, RuleContext, match_node
 from onnxshrink.registry import register_pass
 
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -131,6 +131,8 @@ def _apply(node: ir.Node, decision: Decision, facts: Facts) -> bool:
         return decision.otherwise is not None and _apply(node, decision.otherwise, facts)
     if isinstance(decision, FormGemm):
         return _form_gemm(node, decision, facts)
+    if isinstance(decision, Replace):
+        return _replace(node, decision, facts)
     for index, value in decision.inputs:
         node.replace_input_with(index, value)
     for attr in decision.attributes:
@@ -149,6 +151,19 @@ def _form_gemm(add: ir.Node, decision: FormGemm, facts: Facts) -> bool:
     _take_over_output(add.outputs[0], gemm.outputs[0])
     graph.remove([add, matmul], safe=True)
     gemm.name = matmul.name
+    return True
+
+
+def _replace(node: ir.Node, decision: Replace, facts: Facts) -> bool:
+    graph = node.graph
+    if graph is None or len(node.outputs) != 1:
+        return False
+    new = ir.node(decision.op_type, list(decision.inputs), attributes={a.name: a for a in decision.attributes})
+    graph.insert_before(node, new)
+    facts.carry_over(node.outputs[0], new.outputs[0])
+    _take_over_output(node.outputs[0], new.outputs[0])
+    graph.remove(node, safe=True)
+    new.name = node.name
     return True
 
 

@@ -203,6 +203,12 @@ CHANGES: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {
         {"Transpose": 1},
         {"transposes_merged": 1, "dead_nodes_removed": 1},
     ),
+    "squeeze_of_transposed_unsqueeze": (
+        """g (float[5,2,3,7] x) => (float[3,5,2,7] y) <int64[1] a0 = {0}, int64[1] a3 = {3}>
+        { u = Unsqueeze(x, a0)  t = Transpose <perm = [3, 1, 2, 0, 4]> (u)  y = Squeeze(t, a3) }""",
+        {"Transpose": 1},
+        {"transposes_merged": 1, "dead_nodes_removed": 2, "initializers_removed": 2},
+    ),
     "transpose_chain_of_three": (
         """g (float[2,3,4] x) => (float[4,3,2] y)
         { a = Transpose <perm = [1, 0, 2]> (x)  b = Transpose <perm = [2, 1, 0]> (a)
@@ -371,6 +377,10 @@ def test_gemm_keeps_the_add_output_and_the_matmul_name() -> None:
 
 
 LEAVES_ALONE = {
+    # The Squeeze drops x's own size-1 axis, not the one the Unsqueeze inserted.
+    "squeeze_of_transposed_unsqueeze_other_axis": """g (float[5,2,3,1] x) => (float[5,2,3,1] y)
+        <int64[1] a0 = {0}, int64[1] a4 = {4}>
+        { u = Unsqueeze(x, a0)  t = Transpose <perm = [1, 2, 3, 0, 4]> (u)  y = Squeeze(t, a4) }""",
     "cast_to_other_dtype": "g (float[2,3] x) => (int32[2,3] y) { y = Cast <to = 6> (x) }",
     "cast_float_int_float": """g (float[2,3] x) => (float[2,3] y)
         { a = Cast <to = 6> (x)  y = Cast <to = 1> (a) }""",
