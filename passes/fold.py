@@ -127,7 +127,12 @@ class _Folder:
         return self.partials.get(value)
 
     def try_evaluate(self, node: ir.Node, graph: ir.Graph | ir.Function, arrays: list[Any]) -> None:
-        in_bytes = sum(np.asarray(a).nbytes for a in arrays if a is not None)
+        # Only inputs this node is the last user of leave the file when it folds.
+        in_bytes = sum(
+            np.asarray(a).nbytes
+            for a, value in zip(arrays, node.inputs, strict=True)
+            if a is not None and value is not None and _freed_by(value, node)
+        )
         expected = output_elements(node, arrays)
         if expected is not None and (expected < 0 or expected * 8 > in_bytes + self.options.max_growth):
             self.stats["skipped_size_guard"] += 1
@@ -235,6 +240,11 @@ class _Folder:
                 if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                     assert value.name is not None
                     graph.initializers.pop(value.name)
+
+
+def _freed_by(value: ir.Value, node: ir.Node) -> bool:
+    """True when folding ``node`` leaves ``value`` unused (so its bytes leave the file)."""
+    return not value.is_graph_output() and all(use.node is node for use in value.uses())
 
 
 def _release_mapped_inputs(node: ir.Node) -> None:

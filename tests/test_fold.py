@@ -183,6 +183,23 @@ def test_size_guard_keeps_large_outputs_unfolded(text: str, op: str) -> None:
     assert _ops(big)[op] == 0
 
 
+def test_a_shared_weight_is_not_duplicated_by_folding() -> None:
+    # Folding Transpose(w) while w stays in use would store the weight twice.
+    w = onnx.numpy_helper.from_array(np.arange(1024, dtype=np.float32).reshape(32, 32), "w")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 32])
+    outputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 32]) for n in ("y", "z")]
+    nodes = [
+        onnx.helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        onnx.helper.make_node("MatMul", ["x", "wt"], ["y"]),
+        onnx.helper.make_node("MatMul", ["x", "w"], ["z"]),
+    ]
+    graph = onnx.helper.make_graph(nodes, "g", [x], outputs, [w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    out, record = _fold(model)
+    assert _ops(out)["Transpose"] == 1
+    assert record["stats"]["skipped_size_guard"] == 1
+
+
 def test_quantize_dequantize_and_random_are_never_folded() -> None:
     model = _model(
         """g (float[2] x) => (float[2] y, float[2] r) <int8[2] q = {1, 2}, float s = {0.5}, int8 z = {0}> {
