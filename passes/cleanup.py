@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -16,6 +14,7 @@ import onnx_ir.passes.common as common_passes
 from onnxshrink.graphs import graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
+from onnxshrink.passes._dedupe import dedupe_initializers
 from onnxshrink.passes._facts import Facts, infer_facts
 from onnxshrink.passes._rewrites import Bypass, Decision, FormGemm, NoMatch, Replace, RuleContext, match_node
 from onnxshrink.registry import register_pass
@@ -254,45 +253,6 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
     return True
 
 
-def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
-    if tensor.dtype == ir.DataType.STRING:
-        return hashlib.sha256(repr(tensor.numpy().tolist()).encode()).digest()
-    data = np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8)
-    digest = hashlib.sha256(data.data).digest()
-    del data  # drop our view of the memory map so it can be closed
-    if isinstance(tensor, ir.ExternalTensor):
-        # Unmap: hashing must not leave a large model resident. Someone else may still hold a
-        # view of the map (then it stays open; only memory use suffers).
-        with contextlib.suppress(BufferError):
-            tensor.release()
-    return digest
-
-
-def _dedupe_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
-    by_layout: dict[tuple[Any, ...], list[ir.Value]] = {}
-    for value in graph.initializers.values():
-        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
-            continue
-        tensor = value.const_value
-        by_layout.setdefault((tensor.dtype, tuple(tensor.shape.numpy())), []).append(value)
-    for group in by_layout.values():
-        if len(group) < 2:
-            continue
-        # Only tensors that share dtype and shape are ever read, one at a time.
-        by_digest: dict[bytes, ir.Value] = {}
-        for value in group:
-            assert value.const_value is not None
-            digest = _tensor_digest(value.const_value)
-            kept = by_digest.get(digest)
-            if kept is None:
-                by_digest[digest] = value
-                continue
-            value.replace_all_uses_with(kept)
-            assert value.name is not None
-            graph.initializers.pop(value.name)
-            stats["initializers_merged"] += 1
-
-
 def _remove_dead_nodes(graph: ir.Graph | ir.Function, stats: Counter[str]) -> None:
     for node in reversed(list(graph)):
         if any(v.uses() or _is_graph_output(v) for v in node.outputs):
@@ -379,7 +339,7 @@ class CleanupPass(ShrinkPass):
             _remove_identity_like(graph, stats)
         if options.dedupe_initializers:
             for graph in model.graphs():
-                _dedupe_initializers(graph, stats)
+                dedupe_initializers(graph, stats)
         facts, inferred = Facts(), False
         for round_index in range(_MAX_ROUNDS):
             before = sum(stats.values())
