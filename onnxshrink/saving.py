@@ -128,7 +128,7 @@ def save_model(
             ir.save(model, tmp_model, external_data=data_name, callback=on_tensor)
         else:
             with _inlined_external_tensors(model):
-                ir.save(model, tmp_model)
+                write_streaming(model, tmp_model)
         if final_data is not None:
             os.replace(tmp_dir / data_name, final_data)
         os.replace(tmp_model, path)
@@ -136,6 +136,85 @@ def save_model(
         shutil.rmtree(tmp_dir, ignore_errors=True)
     logger.info("wrote %s", path)
     return SavedFiles(model=path, external_data=final_data)
+
+
+_QUANT_ANNOTATION_KEY = "quant_parameter_tensor_names"  # onnx-ir's meta key for TensorAnnotation
+_MODEL_GRAPH_FIELD = 7  # ModelProto.graph
+_GRAPH_INITIALIZER_FIELD = 5  # GraphProto.initializer
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def _length_delimited(field: int, length: int) -> bytes:
+    return _varint(field << 3 | 2) + _varint(length)
+
+
+def _as_loaded(value: ir.Value) -> onnx.TensorProto | None:
+    """The TensorProto a loaded initializer still wraps, when it can be written as it is."""
+    tensor = value.const_value
+    if isinstance(tensor, ir.TensorProtoTensor) and tensor.raw.name == value.name and not tensor.metadata_props:
+        return tensor.raw
+    return None
+
+
+def _initializer_size(value: ir.Value) -> int:
+    loaded = _as_loaded(value)
+    return loaded.ByteSize() if loaded is not None else len(_initializer_bytes(value))
+
+
+def _initializer_bytes(value: ir.Value) -> bytes:
+    loaded = _as_loaded(value)
+    if loaded is not None:
+        return loaded.SerializeToString()
+    assert value.const_value is not None
+    tensor = ir.serde.serialize_tensor(value.const_value)
+    tensor.name = value.name or ""
+    return tensor.SerializeToString()
+
+
+def write_streaming(model: ir.Model, path: Path) -> None:
+    """Writes a model with inline weights one initializer at a time.
+
+    A protobuf message is the concatenation of its fields in any order, so the file is the model
+    without its main-graph initializers, followed by each initializer as a ``graph.initializer``
+    field. Peak memory is the skeleton plus one tensor, instead of two full copies of the model
+    (a proto and its bytes). The result parses to the ModelProto ``ir.save`` writes, less the
+    value_info entries of initializers (their tensors carry the same type and shape).
+    """
+    graph = model.graph
+    values = list(graph.initializers.values())
+    if any(value.meta.get(_QUANT_ANNOTATION_KEY) for value in values):
+        ir.save(model, path)  # tensor annotations are written beside initializers: keep them
+        return
+    graph.initializers.clear()
+    try:
+        skeleton = ir.serde.serialize_model(model)
+    finally:
+        for value in values:
+            graph.register_initializer(value)
+    graph_head = skeleton.graph.SerializeToString()
+    skeleton.ClearField("graph")
+    model_head = skeleton.SerializeToString()
+    # A first pass for sizes: the graph's length prefix comes before its fields.
+    sizes = [_initializer_size(value) for value in values if value.const_value is not None]
+    graph_length = len(graph_head) + sum(len(_length_delimited(_GRAPH_INITIALIZER_FIELD, n)) + n for n in sizes)
+    with open(path, "wb") as handle:
+        handle.write(model_head)
+        handle.write(_length_delimited(_MODEL_GRAPH_FIELD, graph_length))
+        handle.write(graph_head)
+        for value in values:
+            if value.const_value is None:
+                continue
+            data = _initializer_bytes(value)
+            handle.write(_length_delimited(_GRAPH_INITIALIZER_FIELD, len(data)))
+            handle.write(data)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -89,3 +89,21 @@ def test_output_may_be_the_input_when_named(tmp_path: Path) -> None:
 def test_missing_output_folder_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="output folder does not exist"):
         onnxshrink.shrink(DIGITS, ["cleanup"], verify=False).save(tmp_path / "no" / "out.onnx")
+
+
+def test_streaming_write_parses_to_what_onnx_ir_writes(tmp_path: Path) -> None:
+    """Weights are written one initializer at a time; the file means the same as ``ir.save``'s."""
+    from onnxshrink.saving import write_streaming
+
+    model = load_model(DIGITS).model
+    model.graph.initializers["conv3.0.weight"].const_value = ir.Tensor(
+        model.graph.initializers["conv3.0.weight"].const_value.numpy() * 2, name="conv3.0.weight"
+    )  # one in-memory tensor beside the loaded ones
+    write_streaming(model, tmp_path / "streamed.onnx")
+    ir.save(model, tmp_path / "reference.onnx")
+    streamed, reference = onnx.load(tmp_path / "streamed.onnx"), onnx.load(tmp_path / "reference.onnx")
+    initializers = {t.name for t in reference.graph.initializer}
+    kept = [v for v in reference.graph.value_info if v.name not in initializers]
+    del reference.graph.value_info[:]
+    reference.graph.value_info.extend(kept)
+    assert streamed.SerializeToString() == reference.SerializeToString()
