@@ -95,7 +95,12 @@ def main() -> None:
     }
     results = {}
     for name, command in tools.items():
-        runs = [_run(command) for _ in range(args.repeat)]
+        runs = []
+        for _ in range(args.repeat):
+            # onnx.save appends to an existing external-data file: every run starts from nothing.
+            for old in out.iterdir():
+                old.unlink()
+            runs.append(_run(command))
         results[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
     print(f"model: {model} ({size / 1e9:.2f} GB, {LAYERS} MatMul layers, external data)")
     print(f"{'tool':22} {'seconds':>9} {'peak RSS MB':>12} {'RSS/size':>9}")
