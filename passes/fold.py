@@ -69,7 +69,9 @@ class _Folder:
         self.stats: Counter[str] = Counter()
         self.partials: dict[ir.Value, Partial] = {}
         self.classes = DimClasses().build(graph_likes(model)) if options.shapes else DimClasses()
-        self.taken_names = {v.name for g in model.graphs() for v in g.initializers.values()}
+        self.taken_names = {
+            v.name for g in graph_likes(model) for v in (*g.inputs, *_outputs_of(g), *_initializers_of(g)) if v.name
+        }
 
     def opset(self) -> int:
         return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 17))
@@ -96,6 +98,8 @@ class _Folder:
         if node.op_type == "Constant":
             if isinstance(graph, ir.Graph) and "value" in node.attributes:
                 self.lift_constant(node, graph)
+            elif isinstance(graph, ir.Graph) and "sparse_value" not in node.attributes:
+                self.lift_value_attribute(node, graph)
             return
         values: list[Any] = [self.known(v) for v in node.inputs]
         if all(not isinstance(v, Partial) for v in values) and all(
@@ -199,6 +203,15 @@ class _Folder:
         graph.remove(node, safe=True)
         self.stats["constants_lifted"] += 1
 
+    def lift_value_attribute(self, node: ir.Node, graph: ir.Graph) -> None:
+        """``Constant <value_float(s)/value_int(s)/value_string(s)>``: the data is in the file already."""
+        try:
+            results = evaluate(node, [], self.opset())
+        except NotEvaluable:
+            return
+        self.replace_with_constants(node, graph, results)
+        self.stats["constants_lifted"] += 1
+
     def rewrite_reshape(self, node: ir.Node, graph: ir.Graph | ir.Function, target: Partial) -> None:
         data = node.inputs[0]
         allowzero = bool(node.attributes.get_int("allowzero", 0))
@@ -240,6 +253,14 @@ class _Folder:
                 if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                     assert value.name is not None
                     graph.initializers.pop(value.name)
+
+
+def _outputs_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
+    return [value for node in graph for value in node.outputs]
+
+
+def _initializers_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
+    return list(graph.initializers.values()) if isinstance(graph, ir.Graph) else []
 
 
 def _freed_by(value: ir.Value, node: ir.Node) -> bool:

@@ -53,6 +53,10 @@ FOLDS = {
         { c = Mul(a, b)  d = Sqrt(c)  y = Add(x, d) }""",
         {"Add": 1},
     ),
+    "constant_value_floats_lifted": (
+        """g (float[2] x) => (float[2] y) { c = Constant <value_floats = [1.0, 2.0]> ()  y = Add(x, c) }""",
+        {"Add": 1},
+    ),
     "constant_node_lifted": (
         """g (float[2] x) => (float[2] y) { c = Constant <value = float[2] {1.0, 2.0}> ()  y = Add(x, c) }""",
         {"Add": 1},
