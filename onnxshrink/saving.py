@@ -164,9 +164,42 @@ def _as_loaded(value: ir.Value) -> onnx.TensorProto | None:
     return None
 
 
+_RAW_DATA_TAG = _varint(9 << 3 | 2)  # TensorProto.raw_data
+
+
+def _raw_header(value: ir.Value) -> bytes | None:
+    """A plain in-memory tensor's TensorProto fields but raw_data (written after them), or None."""
+    tensor = value.const_value
+    if type(tensor) is not ir.Tensor or tensor.dtype == ir.DataType.STRING or tensor.dtype.itemsize < 1:
+        return None
+    if tensor.metadata_props or tensor.doc_string:
+        return None
+    header = onnx.TensorProto(name=value.name or "", data_type=tensor.dtype.value, dims=tensor.shape.numpy())
+    return header.SerializeToString()
+
+
 def _initializer_size(value: ir.Value) -> int:
     loaded = _as_loaded(value)
-    return loaded.ByteSize() if loaded is not None else len(_initializer_bytes(value))
+    if loaded is not None:
+        return loaded.ByteSize()
+    header = _raw_header(value)
+    if header is not None:
+        assert value.const_value is not None
+        length = value.const_value.nbytes
+        return len(header) + len(_RAW_DATA_TAG) + len(_varint(length)) + length
+    return len(_initializer_bytes(value))
+
+
+def _write_initializer(handle: Any, value: ir.Value, size: int) -> None:
+    handle.write(_length_delimited(_GRAPH_INITIALIZER_FIELD, size))
+    header = _raw_header(value) if _as_loaded(value) is None else None
+    if header is None:
+        handle.write(_initializer_bytes(value))
+        return
+    assert value.const_value is not None
+    data = value.const_value.tobytes()
+    handle.write(header + _RAW_DATA_TAG + _varint(len(data)))
+    handle.write(data)
 
 
 def _initializer_bytes(value: ir.Value) -> bytes:
@@ -203,18 +236,15 @@ def write_streaming(model: ir.Model, path: Path) -> None:
     skeleton.ClearField("graph")
     model_head = skeleton.SerializeToString()
     # A first pass for sizes: the graph's length prefix comes before its fields.
-    sizes = [_initializer_size(value) for value in values if value.const_value is not None]
+    written = [value for value in values if value.const_value is not None]
+    sizes = [_initializer_size(value) for value in written]
     graph_length = len(graph_head) + sum(len(_length_delimited(_GRAPH_INITIALIZER_FIELD, n)) + n for n in sizes)
     with open(path, "wb") as handle:
         handle.write(model_head)
         handle.write(_length_delimited(_MODEL_GRAPH_FIELD, graph_length))
         handle.write(graph_head)
-        for value in values:
-            if value.const_value is None:
-                continue
-            data = _initializer_bytes(value)
-            handle.write(_length_delimited(_GRAPH_INITIALIZER_FIELD, len(data)))
-            handle.write(data)
+        for value, size in zip(written, sizes, strict=True):
+            _write_initializer(handle, value, size)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
