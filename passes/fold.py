@@ -255,6 +255,19 @@ class _Folder:
                     graph.initializers.pop(value.name)
 
 
+_INFERRED_FOR = "onnxshrink.fold.inferred_for"
+
+
+def _structure(model: ir.Model) -> int:
+    """A hash of which node reads which values: equal when no pass changed the graph's wiring."""
+    return hash(
+        tuple(
+            (id(node), node.op_type, tuple(id(v) for v in node.inputs))
+            for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        )
+    )
+
+
 def _outputs_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
     return [value for node in graph for value in node.outputs]
 
@@ -352,7 +365,10 @@ class FoldPass(ShrinkPass):
             before = len(model.functions)
             common_passes.InlinePass(criteria=lambda f: f.identifier() in inline)(model)
             stats["functions_inlined"] = before - len(model.functions)
-        shapes_changed = options.shapes and infer_shapes(model)
+        # Inference on a graph no pass has touched since the last fold would find nothing new.
+        fingerprint = _structure(model)
+        fresh = model.meta.get(_INFERRED_FOR) != fingerprint
+        shapes_changed = options.shapes and fresh and infer_shapes(model)
         folder = _Folder(model, options)
         folder.fold_graph(model.graph)
         for function in model.functions.values():
@@ -361,6 +377,7 @@ class FoldPass(ShrinkPass):
         for function in model.functions.values():
             folder.remove_orphans(function)
         stats.update(folder.stats)
+        model.meta[_INFERRED_FOR] = _structure(model) if options.shapes else None
         changed = {k: v for k, v in sorted(stats.items()) if v and k not in ("not_evaluable", "skipped_size_guard")}
         report = {k: v for k, v in sorted(stats.items()) if v}
         if shapes_changed:
