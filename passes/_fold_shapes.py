@@ -202,6 +202,7 @@ def reshape_target(data: ir.Value, target: Partial, allowzero: bool, classes: Di
     result: list[int] = []
     unknown = 0
     for index, element in enumerate(target.elements):
+        dim = dims[index] if dims is not None and index < len(dims) else None
         if isinstance(element, int):
             if element == 0 and allowzero:
                 result.append(0)
@@ -209,14 +210,7 @@ def reshape_target(data: ir.Value, target: Partial, allowzero: bool, classes: Di
             if element == -1:
                 unknown += 1
             result.append(element)
-        elif (
-            isinstance(element, tuple)
-            and not allowzero
-            and dims is not None
-            and index < len(dims)
-            and isinstance(dims[index], tuple)
-            and classes.same(dims[index], element)
-        ):
+        elif isinstance(element, tuple) and isinstance(dim, tuple) and not allowzero and classes.same(dim, element):
             result.append(0)
         else:
             unknown += 1
