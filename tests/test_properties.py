@@ -58,9 +58,12 @@ def _assert_same_outputs(
     reference: onnx.ModelProto | str | os.PathLike[str],
     candidate: onnx.ModelProto | str | os.PathLike[str],
     feed: Mapping[str, np.ndarray],
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
 ) -> None:
     """Both models on onnxruntime CPU with the same feed; outputs compared with the shared tolerances."""
-    assert_outputs_close(run(reference, feed), run(candidate, feed), rtol=RTOL, atol=ATOL, context="onnxruntime")
+    assert_outputs_close(run(reference, feed), run(candidate, feed), rtol=rtol, atol=atol, context="onnxruntime")
 
 
 # --------------------------------------------------------------------------- generator
@@ -402,6 +405,25 @@ def test_cleanup_keeps_outputs_signature_and_reaches_fixed_point(case: Case) -> 
     record = again.report["passes"][0]
     assert record["modified"] is False, record
     assert len(again.to_proto().graph.node) == len(cleaned.graph.node)
+
+
+@SETTINGS
+@given(cases())
+def test_simplify_keeps_outputs_signature_and_reaches_fixed_point(case: Case) -> None:
+    """fold -> fuse-bn -> cleanup to a fixed point: the same function, and stable when rerun."""
+    note(onnx.printer.to_text(case.model))
+    result = onnxshrink.shrink(case.model, ["simplify"], verify=False)
+    simplified = result.to_proto()
+    note(onnx.printer.to_text(simplified))
+
+    assert _io_names(simplified) == _io_names(case.model)
+    assert [o.type for o in simplified.graph.output] == [o.type for o in case.model.graph.output]
+    assert len(simplified.graph.node) <= len(case.model.graph.node)
+    onnx.checker.check_model(simplified, full_check=True)
+    _assert_same_outputs(case.model, simplified, case.feed)
+
+    again = onnxshrink.shrink(simplified, ["simplify"], verify=False)
+    assert not any(r["modified"] for r in again.report["passes"]), again.report["passes"]
 
 
 # Found by the property above (cleanup dropped the declared type and shape of a graph output whose
