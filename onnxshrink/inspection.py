@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink.graphs import all_nodes, all_tensors, count_bytes, count_params, tensor_nbytes
+from onnxshrink.sparsity import layer_weights, patterns_of
 
 _QUANTIZED_TYPES = {
     ir.DataType.INT8,
@@ -143,6 +144,20 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
                 unknown += 1
             else:
                 macs_by_op[node.op_type] += macs
+    layers = []
+    for layer in layer_weights(model):
+        assert layer.weight.const_value is not None
+        weight = layer.weight.const_value.numpy()
+        layers.append(
+            {
+                "node": layer.node.name or f"{layer.node.op_type}->{layer.node.outputs[0].name}",
+                "op": layer.node.op_type,
+                "weight": layer.weight.name,
+                "shape": list(weight.shape),
+                "sparsity": float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
+                "nm_patterns": patterns_of(weight, layer.reduction_axis),
+            }
+        )
     return {
         "ir_version": model.ir_version,
         "opsets": dict(sorted(model.opset_imports.items())),
@@ -161,6 +176,7 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         "macs": int(sum(macs_by_op.values())),
         "macs_by_op": dict(macs_by_op),
         "macs_unknown_nodes": unknown,
+        "layers": layers,
     }
 
 
@@ -179,4 +195,10 @@ def format_inspection(info: Mapping[str, Any]) -> str:
         "ops:",
         *(f"  {op:28} {count}" for op, count in info["ops"].items()),
     ]
+    if info["layers"]:
+        lines.append("layers (weight sparsity, N:M patterns along the reduction axis):")
+        for layer in info["layers"]:
+            patterns = ",".join(layer["nm_patterns"]) or "-"
+            shape = "x".join(map(str, layer["shape"]))
+            lines.append(f"  {layer['node'][:40]:40} {layer['op']:13} {shape:>16} {layer['sparsity']:7.2%}  {patterns}")
     return "\n".join(lines)
