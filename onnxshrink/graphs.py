@@ -110,10 +110,6 @@ def totals(model: ir.Model) -> Totals:
     return Totals(*counts)
 
 
-def count_nodes(model: ir.Model) -> int:
-    return totals(model).nodes
-
-
 def count_bytes(model: ir.Model) -> int:
     """Weight bytes: initializers and constant attributes of every graph."""
     return totals(model).bytes
