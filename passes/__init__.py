@@ -1,9 +1,9 @@
 """onnxshrink's rewrite passes, one module each; importing this package registers them all."""
 
-from onnxshrink.passes import cleanup, fold, fuse_bn
+from onnxshrink.passes import cleanup, fold, fuse_bn, prune
 from onnxshrink.registry import register_preset
 
-__all__ = ["cleanup", "fold", "fuse_bn"]
+__all__ = ["cleanup", "fold", "fuse_bn", "prune"]
 
 register_preset(
     "simplify",

@@ -1,0 +1,303 @@
+"""``prune`` on tiny graphs built with onnx.helper and random weights, and on the digits CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper
+import onnx.shape_inference
+import pytest
+from ort_check import run
+
+import onnxshrink
+import onnxshrink.passes.prune  # registers the pass
+from onnxshrink.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOAT = onnx.TensorProto.FLOAT
+
+# (op, weight shape, attributes, input shape, reduction axis of the weight)
+LAYERS: dict[str, tuple[str, tuple[int, ...], dict[str, Any], tuple[int, ...], int]] = {
+    "conv": ("Conv", (16, 32, 3, 3), {"pads": [1, 1, 1, 1]}, (1, 32, 5, 5), 1),
+    "conv-transpose": ("ConvTranspose", (32, 16, 3, 3), {}, (1, 32, 4, 4), 0),
+    "gemm": ("Gemm", (32, 24), {"transB": 0}, (2, 32), 0),
+    "gemm-transb": ("Gemm", (24, 32), {"transB": 1}, (2, 32), 1),
+    "matmul": ("MatMul", (32, 24), {}, (2, 32), 0),
+}
+
+
+def satisfies_nm(weight: np.ndarray, n: int, m: int, axis: int) -> bool:
+    """Every ``m`` consecutive elements along ``axis`` hold at most ``n`` non-zeros."""
+    if weight.shape[axis] % m:
+        return False
+    groups = np.moveaxis(weight, axis, -1).reshape(-1, m)
+    return bool(np.all(np.count_nonzero(groups, axis=1) <= n))
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    weights: dict[str, np.ndarray],
+    inputs: dict[str, tuple[int, ...]],
+    output: str = "Y",
+) -> onnx.ModelProto:
+    """A model reading ``inputs`` and ``weights``; the output's shape comes from ONNX shape inference."""
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info(name, FLOAT, shape) for name, shape in inputs.items()],
+        [],
+        [onnx.numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    model.graph.output.extend(v for v in inferred if v.name == output)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _layer(case: str, dtype: type = np.float32) -> onnx.ModelProto:
+    op, shape, attrs, x_shape, _ = LAYERS[case]
+    weight: np.ndarray = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    node = oh.make_node(op, ["X", "W"], ["Y"], name="layer", **attrs)
+    return _model([node], {"W": weight}, {"X": x_shape})
+
+
+def _chain(count: int = 3, size: int = 32) -> onnx.ModelProto:
+    """X -> mm0 (MatMul) -> gemm1 (Gemm) -> mm2 (MatMul) ..., each with its own [size, size] weight."""
+    rng = np.random.default_rng(1)
+    nodes, weights, previous = [], {}, "X"
+    for index in range(count):
+        op = "Gemm" if index % 2 else "MatMul"
+        name = f"{'gemm' if index % 2 else 'mm'}{index}"
+        out = "Y" if index == count - 1 else f"h{index}"
+        nodes.append(oh.make_node(op, [previous, f"W{index}"], [out], name=name))
+        weights[f"W{index}"] = rng.standard_normal((size, size)).astype(np.float32)
+        previous = out
+    return _model(nodes, weights, {"X": (2, size)})
+
+
+def _prune(model: onnx.ModelProto, spec: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    result = onnxshrink.shrink(model, [spec], verify=False)
+    out = result.to_proto()
+    onnx.checker.check_model(out)
+    return out, result.report["passes"][0]
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _feed(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    return {"X": np.random.default_rng(2).standard_normal(shape).astype(np.float32)}
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
+def test_unstructured_reaches_the_target_per_layer(case: str, sparsity: float) -> None:
+    model = _layer(case)
+    out, record = _prune(model, f"prune:sparsity={sparsity},min-size=0,keep-first-last=false")
+    before, after = _weights(model)["W"], _weights(out)["W"]
+    assert after.dtype == before.dtype and after.shape == before.shape
+    assert abs(np.count_nonzero(after == 0) - sparsity * after.size) <= 1
+    kept = after != 0
+    np.testing.assert_array_equal(after[kept], before[kept])
+    assert np.abs(before[~kept]).max() <= np.abs(before[kept]).min()
+    assert record["modified"] is True
+    stats = record["stats"]
+    assert stats["layers_pruned"] == 1 and stats["weights_zeroed"] == np.count_nonzero(after == 0)
+    assert stats["layers"]["layer"]["sparsity"] == pytest.approx(sparsity, abs=1 / after.size)
+    assert 0 < stats["layers"]["layer"]["kept_magnitude"] < 1
+    assert run(out, _feed(LAYERS[case][3]))[0].shape == run(model, _feed(LAYERS[case][3]))[0].shape
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8)])
+def test_nm_along_the_reduction_axis(case: str, n: int, m: int) -> None:
+    model = _layer(case)
+    axis = LAYERS[case][4]
+    out, record = _prune(model, f"prune:pattern={n}:{m},min-size=0,keep-first-last=false")
+    before, after = _weights(model)["W"], _weights(out)["W"]
+    assert satisfies_nm(after, n, m, axis)
+    groups_after = np.moveaxis(after, axis, -1).reshape(-1, m)
+    groups_before = np.moveaxis(before, axis, -1).reshape(-1, m)
+    assert np.all(np.count_nonzero(groups_after, axis=1) == n)
+    # The kept weights of each group are its n largest.
+    kept = np.where(groups_after != 0, np.abs(groups_before), np.inf).min(axis=1)
+    dropped = np.where(groups_after == 0, np.abs(groups_before), -np.inf).max(axis=1)
+    assert np.all(kept >= dropped)
+    other = next(a for a in range(after.ndim) if a != axis and after.shape[a] % m == 0)
+    assert not satisfies_nm(after, n, m, other)
+    assert record["stats"]["sparsity"] == pytest.approx(1 - n / m)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [((12, 16, 3, 3), "12 output channels"), ((16, 8, 3, 3), "8 reduction channels")],
+)
+def test_nm_skips_layers_asp_cannot_sparsify(shape: tuple[int, ...], reason: str) -> None:
+    weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    model = _model([oh.make_node("Conv", ["X", "W"], ["Y"], name="c")], {"W": weight}, {"X": (1, shape[1], 4, 4)})
+    out, record = _prune(model, "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    assert reason in record["stats"]["skipped"]["c"]
+    assert record["modified"] is False and record["stats"]["layers_pruned"] == 0
+    np.testing.assert_array_equal(_weights(out)["W"], weight)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_global_scope_one_threshold_over_normalised_layers(criterion: str) -> None:
+    model = _chain(3)
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(model)
+    w1 = scaled.graph.initializer[1]
+    w1.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w1) * 100, w1.name))
+    spec = f"prune:sparsity=0.6,scope=global,criterion={criterion},min-size=0,keep-first-last=false"
+    out, record = _prune(model, spec)
+    out_scaled, _ = _prune(scaled, spec)
+    zeros = {name: int(np.count_nonzero(w == 0)) for name, w in _weights(out).items()}
+    assert sum(zeros.values()) == round(0.6 * 3 * 32 * 32)
+    assert len(set(zeros.values())) > 1  # one threshold, not the same count per layer
+    # Dividing by the layer's norm makes a layer's share independent of its scale.
+    for name, weight in _weights(out_scaled).items():
+        np.testing.assert_array_equal(weight == 0, _weights(out)[name] == 0)
+    assert record["stats"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_l1_and_l2_differ_only_through_the_layer_norm() -> None:
+    spec = "prune:sparsity=0.5,min-size=0,keep-first-last=false,criterion="
+    layer_l1, _ = _prune(_chain(3), spec + "l1")
+    layer_l2, _ = _prune(_chain(3), spec + "l2")
+    for name, weight in _weights(layer_l1).items():
+        np.testing.assert_array_equal(weight, _weights(layer_l2)[name])
+
+
+@pytest.mark.parametrize(
+    ("options", "pruned"),
+    [
+        ("include=Gemm", {"W1"}),
+        ("include=MatMul", {"W0", "W2"}),
+        ("exclude=Gemm", {"W0", "W2"}),
+        ("exclude=mm*", {"W1"}),
+        ("include=mm*,exclude=mm2", {"W0"}),
+        ("include=MatMul,exclude=mm0", {"W2"}),
+    ],
+)
+def test_include_and_exclude_by_op_type_and_glob(options: str, pruned: set[str]) -> None:
+    model = _chain(3)
+    out, record = _prune(model, f"prune:{options},min-size=0,keep-first-last=false")
+    changed = {name for name, w in _weights(out).items() if not np.array_equal(w, _weights(model)[name])}
+    assert changed == pruned
+    skipped = record["stats"]["skipped"]
+    layer_of = {"W0": "mm0", "W1": "gemm1", "W2": "mm2"}
+    assert set(skipped) == {layer for weight, layer in layer_of.items() if weight not in pruned}
+    assert all("include" in why or "excluded" in why for why in skipped.values())
+
+
+def test_min_size_and_keep_first_last() -> None:
+    model = _chain(3)
+    _, record = _prune(model, "prune:min-size=1025,keep-first-last=false")
+    assert record["modified"] is False
+    assert record["stats"]["skipped"] == dict.fromkeys(["mm0", "gemm1", "mm2"], "1024 weights < min-size 1025")
+    out, record = _prune(model, "prune:min-size=1024")
+    assert set(record["stats"]["layers"]) == {"gemm1"}
+    assert "first" in record["stats"]["skipped"]["mm0"] and "last" in record["stats"]["skipped"]["mm2"]
+    np.testing.assert_array_equal(_weights(out)["W0"], _weights(model)["W0"])
+
+
+def test_shared_weight_is_pruned_once() -> None:
+    weight = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    nodes = [
+        oh.make_node("MatMul", ["X", "W"], ["h"], name="a"),
+        oh.make_node("MatMul", ["h", "W"], ["Y"], name="b"),
+    ]
+    model = _model(nodes, {"W": weight}, {"X": (2, 32)})
+    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    assert record["stats"]["layers"] == {
+        "a": {"sparsity": 0.5, "kept_magnitude": pytest.approx(0.8, abs=0.05), "shared_with": ["b"]}
+    }
+    assert record["stats"]["weights_zeroed"] == 512 and len(out.graph.initializer) == 1
+    _, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false,exclude=b")
+    assert record["modified"] is False
+    assert record["stats"]["skipped"] == {"a": "weight 'W' is shared with skipped layer 'b'", "b": "excluded by 'b'"}
+
+
+def test_layer_in_an_if_branch() -> None:
+    weight = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    then_branch = oh.make_graph(
+        [oh.make_node("MatMul", ["X", "W"], ["t"], name="inner")],
+        "then",
+        [],
+        [oh.make_tensor_value_info("t", FLOAT, None)],
+    )
+    else_branch = oh.make_graph(
+        [oh.make_node("Identity", ["X"], ["e"])], "else", [], [oh.make_tensor_value_info("e", FLOAT, (2, 32))]
+    )
+    node = oh.make_node("If", ["cond"], ["Y"], then_branch=then_branch, else_branch=else_branch)
+    graph = oh.make_graph(
+        [node],
+        "g",
+        [oh.make_tensor_value_info("X", FLOAT, (2, 32)), oh.make_tensor_value_info("cond", onnx.TensorProto.BOOL, ())],
+        [oh.make_tensor_value_info("Y", FLOAT, (2, 32))],
+        [onnx.numpy_helper.from_array(weight, "W")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    assert set(record["stats"]["layers"]) == {"inner"}
+    assert np.count_nonzero(_weights(out)["W"] == 0) == 512
+    feed = {**_feed((2, 32)), "cond": np.array(True)}
+    x = feed["X"]
+    np.testing.assert_allclose(run(out, feed)[0], x @ _weights(out)["W"], rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_weight_and_small_dtype() -> None:
+    nodes = [oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm")]
+    model = _model(nodes, {}, {"X": (2, 32), "B": (32, 32)})
+    _, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    assert record["modified"] is False
+    assert record["stats"]["skipped"] == {"mm": "weight 'B' is not a constant initializer"}
+    half = _layer("gemm", dtype=np.float16)
+    out, record = _prune(half, "prune:min-size=0,keep-first-last=false")
+    assert _weights(out)["W"].dtype == np.float16 and record["stats"]["sparsity"] == 0.5
+
+
+def test_already_sparse_weights_leave_modified_false() -> None:
+    out, first = _prune(_layer("conv"), "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    assert first["modified"] is True
+    _, again = _prune(out, "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    assert again["modified"] is False and again["stats"]["weights_zeroed"] == 0
+    assert again["stats"]["layers"]["layer"]["kept_magnitude"] == 1.0
+
+
+@pytest.mark.parametrize(("spec", "sparsity"), [("sparsity=0.5", 0.5), ("pattern=2:4", 0.5)])
+def test_digits_cnn_keeps_its_accuracy(spec: str, sparsity: float) -> None:
+    result = onnxshrink.shrink(
+        ROOT / "models" / "digits_cnn.onnx",
+        [f"prune:{spec},keep-first-last=false"],
+        inputs=str(ROOT / "models" / "digits_test.npz"),
+    )
+    assert result.report["verification"]["accuracy_candidate"] >= 0.95
+    stats = result.report["passes"][0]["stats"]
+    assert stats["sparsity"] == pytest.approx(sparsity, abs=1e-3)
+    assert stats["layers_pruned"] == 5 and len(stats["skipped"]) == 3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "sparsity=1",
+        "sparsity=-0.1",
+        "pattern=4:2",
+        "pattern=0:4",
+        "pattern=2-4",
+        "scope=model",
+        "criterion=l3",
+        "allocation=sensitivity",
+        "min-size=-1",
+    ],
+)
+def test_bad_options_are_usage_errors(options: str) -> None:
+    with pytest.raises(UsageError):
+        onnxshrink.shrink(_layer("gemm"), [f"prune:{options}"], verify=False)
