@@ -118,3 +118,29 @@ def count_bytes(model: ir.Model) -> int:
 def count_params(model: ir.Model) -> int:
     """Elements held in initializers and constants."""
     return totals(model).params
+
+
+def take_over_output(old: ir.Value, new: ir.Value) -> None:
+    """Makes ``new`` stand for ``old`` everywhere, graph outputs included, with its name, type and shape.
+
+    The declared type and shape win: a graph output's signature is what the model declared, not
+    what was inferred inside.
+    """
+    name = old.name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    old.name = None
+    new.name = name
+    if old.type is not None:
+        new.type = old.type
+    if old.shape is not None:
+        new.shape = old.shape
+
+
+def fresh_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base__N`` for the first N that is not in ``taken``; the name is then taken."""
+    name, index = base, 0
+    while name in taken:
+        index += 1
+        name = f"{base}__{index}"
+    taken.add(name)
+    return name

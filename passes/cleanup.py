@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxshrink.graphs import graph_likes, subgraphs_of
+from onnxshrink.graphs import graph_likes, subgraphs_of, take_over_output
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _rules_arith, _rules_layout  # noqa: F401 - importing them fills the rule table
 from onnxshrink.passes._dedupe import dedupe_initializers
@@ -47,19 +47,6 @@ def _owned_by(value: ir.Value, graph: ir.Graph | ir.Function) -> bool:
     return producer is not None and producer.graph is graph
 
 
-def _take_over_output(old: ir.Value, new: ir.Value) -> None:
-    """Makes ``new`` the graph output ``old`` was, with ``old``'s name, type and shape."""
-    name = old.name
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-    old.name = None
-    new.name = name
-    # The signature is what the model declared for its output, not what was inferred inside.
-    if old.type is not None:
-        new.type = old.type
-    if old.shape is not None:
-        new.shape = old.shape
-
-
 def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     """Removes ``node`` whose output ``result`` equals ``source``; False when it must stay.
 
@@ -71,7 +58,7 @@ def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     if _is_graph_output(result):
         if not _owned_by(source, graph) or _is_graph_output(source):
             return False
-        _take_over_output(result, source)
+        take_over_output(result, source)
     else:
         ir.convenience.replace_all_uses_with(result, source)
     graph.remove(node, safe=True)
@@ -147,7 +134,7 @@ def _form_gemm(add: ir.Node, decision: FormGemm, facts: Facts) -> bool:
     gemm = ir.node("Gemm", [decision.a, decision.w, decision.bias])
     graph.insert_before(add, gemm)
     facts.carry_over(add.outputs[0], gemm.outputs[0])
-    _take_over_output(add.outputs[0], gemm.outputs[0])
+    take_over_output(add.outputs[0], gemm.outputs[0])
     graph.remove([add, matmul], safe=True)
     gemm.name = matmul.name
     return True
@@ -160,7 +147,7 @@ def _replace(node: ir.Node, decision: Replace, facts: Facts) -> bool:
     new = ir.node(decision.op_type, list(decision.inputs), attributes={a.name: a for a in decision.attributes})
     graph.insert_before(node, new)
     facts.carry_over(node.outputs[0], new.outputs[0])
-    _take_over_output(node.outputs[0], new.outputs[0])
+    take_over_output(node.outputs[0], new.outputs[0])
     graph.remove(node, safe=True)
     new.name = node.name
     return True
@@ -246,7 +233,7 @@ def _merge_into(node: ir.Node, kept: ir.Node) -> bool:
             return False  # both names must stay; merging would need an Identity
     for old, new in pairs:
         if _is_graph_output(old):
-            _take_over_output(old, new)
+            take_over_output(old, new)
         else:
             ir.convenience.replace_all_uses_with(old, new)
     graph.remove(node, safe=True)

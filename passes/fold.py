@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxshrink.graphs import graph_likes, subgraphs_of
+from onnxshrink.graphs import fresh_name, graph_likes, subgraphs_of
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes._dim_classes import DimClasses
 from onnxshrink.passes._fold_eval import NotEvaluable, evaluate, output_elements
@@ -77,12 +77,7 @@ class _Folder:
         return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 17))
 
     def unique_name(self, base: str) -> str:
-        name, index = base, 0
-        while name in self.taken_names:
-            index += 1
-            name = f"{base}__{index}"
-        self.taken_names.add(name)
-        return name
+        return fresh_name(self.taken_names, base)
 
     def fold_graph(self, graph: ir.Graph | ir.Function) -> None:
         for node in list(graph):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.graphs import graph_likes, subgraphs_of
+from onnxshrink.graphs import fresh_name, graph_likes, subgraphs_of, take_over_output
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes._affine_chain import Plan, body_of, match_layer, plan_after, plan_before
 from onnxshrink.registry import register_pass
@@ -45,12 +45,7 @@ class _Constants:
         self.in_function = in_function
 
     def fresh_name(self, base: str) -> str:
-        name, index = base, 0
-        while name in self.taken:
-            index += 1
-            name = f"{base}__{index}"
-        self.taken.add(name)
-        return name
+        return fresh_name(self.taken, base)
 
     def new(self, array: np.ndarray, base: str, before: ir.Node) -> ir.Value:
         name = self.fresh_name(base)
@@ -115,21 +110,9 @@ def _as_gemm(matmul: ir.Node, graph: ir.Graph | ir.Function) -> ir.Node:
     """A 2-D MatMul replaced by an equivalent Gemm (which can take a bias)."""
     gemm = ir.node("Gemm", list(matmul.inputs), domain=matmul.domain, name=matmul.name)
     graph.insert_before(matmul, gemm)
-    _take_over_output(matmul.outputs[0], gemm.outputs[0])
+    take_over_output(matmul.outputs[0], gemm.outputs[0])
     graph.remove(matmul, safe=True)
     return gemm
-
-
-def _take_over_output(old: ir.Value, new: ir.Value) -> None:
-    """Makes ``new`` stand for ``old`` everywhere, graph outputs included, with its name and type."""
-    name = old.name
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-    old.name = None
-    new.name = name
-    if old.type is not None:
-        new.type = old.type
-    if old.shape is not None:
-        new.shape = old.shape
 
 
 def _bias_name(weight: ir.Value | None) -> str:
@@ -152,7 +135,7 @@ def _apply(plan: Plan, graph: ir.Graph | ir.Function, constants: _Constants, sta
     else:
         last = plan.steps[-1].node.outputs[0]
         if last.is_graph_output():
-            _take_over_output(last, node.outputs[0])
+            take_over_output(last, node.outputs[0])
         else:
             last.replace_all_uses_with(node.outputs[0])
     for step in reversed(plan.steps):
