@@ -243,7 +243,8 @@ def shrink(
     load_seconds = time.perf_counter() - started
     # The input's files, listed before any pass swaps a weight out: saving never overwrites them.
     protected = (loaded.path, *sorted(external_files(work))) if loaded.path is not None else ()
-    context = PassContext(calibration=calib, provider=provider, shapes=shapes)
+    reference = str(loaded.path) if loaded.path is not None else loaded.proto_bytes
+    context = PassContext(calibration=calib, provider=provider, shapes=shapes, reference=reference)
     input_summary = _summary(work)
 
     verifier: Verifier | None = None

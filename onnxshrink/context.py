@@ -7,13 +7,18 @@ uses the provider the user chose and calibration data is read the one way it is 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from onnxshrink.errors import UsageError
 
 if TYPE_CHECKING:
+    import onnx_ir as ir
+
     from onnxshrink.calibration import CalibrationSource
+    from onnxshrink.runtime import ProviderChoice
 
 
 @dataclasses.dataclass
@@ -24,11 +29,14 @@ class PassContext:
         calibration: Where calibration samples come from, if the user gave any.
         provider: ``auto``, ``cpu`` or ``cuda``; the provider preference for any session.
         shapes: Concrete sizes for dynamic input dimensions, by input name.
+        reference: The pipeline's input model as onnxruntime opens it (a path or serialized
+            bytes), kept for passes that use the input model as teacher; None when unknown.
     """
 
     calibration: CalibrationSource | None = None
     provider: str = "auto"
     shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    reference: str | bytes | None = None
 
     def require_calibration(self, pass_name: str) -> CalibrationSource:
         """Returns the calibration source, or fails with a usage error naming the pass."""
@@ -38,3 +46,66 @@ class PassContext:
                 "(or calibration=... in the Python API)"
             )
         return self.calibration
+
+    def reference_model(self, pass_name: str) -> ir.Model:
+        """The pipeline's input model (weights memory-mapped when it came from a file).
+
+        Raises:
+            UsageError: The input model is not available (an in-memory model with external weights).
+        """
+        import onnx
+        import onnx_ir as ir
+
+        from onnxshrink.loading import load_model
+
+        if self.reference is None:
+            raise UsageError(f"pass '{pass_name}' needs the input model as teacher; pass the model as a path")
+        if isinstance(self.reference, str):
+            return load_model(self.reference).model
+        return ir.serde.deserialize_model(onnx.load_from_string(self.reference))
+
+    def session(self, model: ir.Model) -> tuple[Any, ProviderChoice]:
+        """An onnxruntime session for ``model`` on the user's provider, and which provider ran.
+
+        Raises:
+            RuntimeUnavailable: onnxruntime cannot load the model.
+        """
+        from onnxshrink.runtime import create_session, model_source
+
+        with model_source(model) as source:
+            return create_session(source, self.provider)
+
+    def calibration_batches(
+        self,
+        pass_name: str,
+        input_names: Collection[str],
+        *,
+        samples: int | None = None,
+        batch_size: int = 32,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Streams calibration feeds for the named model inputs in batches of at most ``batch_size``.
+
+        Keys that are not model inputs (such as ``labels``) are dropped; a model input missing from
+        the data is a usage error naming it. At most ``samples`` samples are read when given.
+        """
+        source = self.require_calibration(pass_name)
+        wanted = list(input_names)
+        left = samples if samples is not None else None
+        for batch in source.batches():
+            missing = [name for name in wanted if name not in batch]
+            if missing:
+                raise UsageError(
+                    f"pass '{pass_name}': calibration data {source.description} has no input "
+                    f"{missing[0]!r} (it has {sorted(batch)})"
+                )
+            feed = {name: np.asarray(batch[name]) for name in wanted}
+            count = min((len(v) for v in feed.values()), default=0)
+            for start in range(0, count, batch_size):
+                stop = min(count, start + batch_size)
+                if left is not None:
+                    stop = min(stop, start + left)
+                yield {name: value[start:stop] for name, value in feed.items()}
+                if left is not None:
+                    left -= stop - start
+                    if left <= 0:
+                        return

@@ -1,0 +1,58 @@
+"""Activation capture and calibration batching through the pass context, on real ORT sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxshrink.activations import capture
+from onnxshrink.calibration import CalibrationSource
+from onnxshrink.context import PassContext
+from onnxshrink.errors import UsageError
+
+_TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4] x) => (float[N, 3] y) <float[4, 3] w = {1,0,0, 0,1,0, 0,0,1, 1,1,1}> {
+    h = MatMul(x, w)
+    y = Relu(h)
+}
+"""
+
+
+def _model() -> ir.Model:
+    return ir.serde.deserialize_model(onnx.parser.parse_model(_TEXT))
+
+
+def _context(samples: int) -> PassContext:
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((samples, 4)).astype(np.float32), "labels": np.zeros(samples, np.int64)}
+    return PassContext(calibration=CalibrationSource.from_spec(data))
+
+
+def test_capture_streams_batches_of_intermediate_values_and_leaves_the_model_alone() -> None:
+    model = _model()
+    context = _context(10)
+    seen = []
+    for feed, arrays in capture(context, model, ["h", "x", "w"], pass_name="t", batch_size=4):
+        assert set(feed) == {"x"}  # labels are not a model input
+        np.testing.assert_allclose(arrays["h"], feed["x"] @ arrays["w"], rtol=1e-6)
+        np.testing.assert_array_equal(arrays["x"], feed["x"])
+        seen.append(len(feed["x"]))
+    assert seen == [4, 4, 2]
+    assert [v.name for v in model.graph.outputs] == ["y"]
+
+
+def test_calibration_batches_stop_at_the_sample_count() -> None:
+    batches = list(_context(10).calibration_batches("t", ["x"], samples=7, batch_size=4))
+    assert [len(b["x"]) for b in batches] == [4, 3]
+
+
+def test_missing_input_and_unknown_value_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="no input 'z'"):
+        list(_context(4).calibration_batches("t", ["z"]))
+    with pytest.raises(UsageError, match="no value named 'nope'"):
+        list(capture(_context(4), _model(), ["nope"], pass_name="t"))
+    with pytest.raises(UsageError, match="needs calibration data"):
+        list(capture(PassContext(), _model(), ["h"], pass_name="t"))
