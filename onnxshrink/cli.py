@@ -23,6 +23,7 @@ from onnxshrink.errors import ShrinkError, UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 _PROVIDER = click.Choice(["auto", "cpu", "cuda"])
+_LISTED_FINDINGS = 50  # lint findings printed as text; --json has all
 
 
 class _State:
@@ -263,15 +264,61 @@ def list_passes(name: str | None) -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims for MACs.")
+@click.option("--kernels", is_flag=True, help="Which compute nodes onnxruntime runs as integer kernels.")
+@click.option(
+    "--provider", type=_PROVIDER, default=None, help="Execution provider --kernels optimizes for. [default: cpu]"
+)
+@click.option(
+    "--lint",
+    type=click.Choice(["tensorrt"]),
+    default=None,
+    help="Check Q/DQ nodes against a target's rules; exit 1 when a rule is broken.",
+)
 @_guarded
-def inspect_command(model: Path, as_json: bool, shapes: tuple[str, ...]) -> None:
-    """Nodes, op histogram, parameters, bytes (raw and compressed), sparsity, quantized share, MACs."""
-    from onnxshrink.inputs import parse_shapes
-    from onnxshrink.inspection import format_inspection, inspect_model
-    from onnxshrink.loading import load_model
+def inspect_command(
+    model: Path, as_json: bool, shapes: tuple[str, ...], kernels: bool, provider: str | None, lint: str | None
+) -> None:
+    """Nodes, op histogram, parameters, bytes (raw and compressed), sparsity, quantized share, MACs.
 
-    info = inspect_model(load_model(model).model, parse_shapes(shapes))
-    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_inspection(info))
+    --kernels: which compute nodes onnxruntime runs as integer kernels. --lint tensorrt: the
+    TensorRT parser's Q/DQ rules; exit 1 when one is broken.
+    """
+    from collections import Counter
+
+    from onnxshrink.errors import VerificationError
+    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.inspection import format_inspection, inspect_model, value_shapes
+    from onnxshrink.kernels import format_kernels, kernel_report
+    from onnxshrink.loading import load_model
+    from onnxshrink.trt_lint import LintFinding, lint_tensorrt
+
+    if provider is not None and not kernels:
+        raise UsageError("--provider applies to --kernels only; add --kernels")
+    loaded = load_model(model).model
+    given = parse_shapes(shapes)
+    info = inspect_model(loaded, given)
+    text = [format_inspection(info)]
+    if kernels:
+        report = kernel_report(loaded, provider or "cpu")
+        info["kernels"] = report.to_json()
+        text.append(format_kernels(report))
+    findings: list[LintFinding] = []
+    if lint == "tensorrt":
+        findings = lint_tensorrt(loaded, value_shapes(loaded, given))
+        info["lint"] = {"target": lint, "passed": not findings, "findings": [vars(f) for f in findings]}
+        checked = sum(info["ops"].get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear"))
+        by_rule = Counter(f.rule for f in findings)
+        summary = ", ".join(f"{rule} {count}" for rule, count in by_rule.most_common())
+        text.append(
+            f"TensorRT lint: {len(findings)} findings in {checked} Q/DQ nodes" + (f" ({summary})" if summary else "")
+        )
+        text.extend(f"  {finding}" for finding in findings[:_LISTED_FINDINGS])
+        if len(findings) > _LISTED_FINDINGS:
+            text.append(f"  ... {len(findings) - _LISTED_FINDINGS} more (--json lists all)")
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else "\n".join(text))
+    if findings:
+        # Like a failed verification (exit 1): the model is valid ONNX, but a check asked for failed.
+        raise VerificationError(f"TensorRT lint: {len(findings)} findings; first: {findings[0]}")
 
 
 @main.command("verify")

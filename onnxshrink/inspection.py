@@ -8,6 +8,7 @@ ConvTranspose, Gemm and MatMul from inferred shapes.
 from __future__ import annotations
 
 import gzip
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxshrink.checks import weightless_proto
+from onnxshrink.errors import UsageError
 from onnxshrink.graphs import all_nodes, all_tensors, count_bytes, count_params, tensor_nbytes
 from onnxshrink.sparsity import layer_weights, patterns_of
 
@@ -66,14 +69,31 @@ def _compressed_size(tensors: list[ir.TensorProtocol]) -> tuple[str, int]:
     return name, total
 
 
-def _value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    proto = ir.serde.serialize_model(model)
+def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the main graph's values from onnx shape inference (no weight is read).
+
+    Dynamic input dims take their size from ``shapes`` (input name → dims), else 1.
+
+    Raises:
+        UsageError: ``shapes`` names an input the model does not have, or gives it the wrong rank.
+    """
+    proto = weightless_proto(model)
+    runtime_inputs = {value.name for value in model.graph.inputs if not value.is_initializer()}
+    declared = {value.name: value for value in proto.graph.input if value.name in runtime_inputs}
+    for name, given in shapes.items():
+        if name not in declared:
+            raise UsageError(f"--shape names '{name}', which is not an input; inputs: {', '.join(declared)}")
+        tensor_type = declared[name].type.tensor_type
+        if not tensor_type.HasField("shape"):
+            tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in given)
+        rank = len(tensor_type.shape.dim)
+        if len(given) != rank:
+            raise UsageError(f"--shape {name} has {len(given)} dims, the input has {rank}")
     for value in proto.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        given = shapes.get(value.name)
-        for axis, dim in enumerate(dims):
-            if given is not None and axis < len(given):
-                dim.dim_value = given[axis]
+        sizes = shapes.get(value.name)
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if sizes is not None:
+                dim.dim_value = sizes[axis]
             elif not dim.HasField("dim_value"):
                 dim.dim_value = 1
     try:
@@ -91,22 +111,46 @@ def _value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dic
     return result
 
 
+# Op type → (index of the activation input A, index of the weight W) for MAC counting.
+_MAC_OPS: dict[str, tuple[int, int]] = {
+    "Conv": (0, 1),
+    "ConvInteger": (0, 1),
+    "QLinearConv": (0, 3),
+    "ConvTranspose": (0, 1),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+    "MatMulInteger": (0, 1),
+    "QLinearMatMul": (0, 3),
+}
+
+
 def _macs(node: ir.Node, shape_of: Mapping[str, tuple[int, ...]]) -> int | None:
-    def get(value: ir.Value | None) -> tuple[int, ...] | None:
+    """Multiply-accumulates of one layer; None when a shape it needs is unknown.
+
+    Conv: every output element sums C/group × kernel products, i.e. ``|Y| × prod(W.shape[1:])``
+    (W is [M, C/group, k...]); ConvTranspose scatters every input element over
+    ``prod(W.shape[1:])`` outputs (W is [C, M/group, k...]); Gemm/MatMul: ``|Y| × K``.
+    """
+
+    def get(index: int) -> tuple[int, ...] | None:
+        value = node.inputs[index] if index < len(node.inputs) else None
         return None if value is None or value.name is None else shape_of.get(value.name)
 
-    out = get(node.outputs[0]) if node.outputs else None
-    inputs = [get(v) for v in node.inputs]
-    if node.op_type == "Conv" and out and len(inputs) > 1 and inputs[1]:
-        return int(np.prod(out)) * int(np.prod(inputs[1][1:]))
-    if node.op_type == "ConvTranspose" and inputs and inputs[0] and len(inputs) > 1 and inputs[1]:
-        return int(np.prod(inputs[0])) * int(np.prod(inputs[1][1:]))
-    if node.op_type == "Gemm" and out and inputs[0]:
-        k = inputs[0][0] if node.attributes.get_int("transA", 0) else inputs[0][-1]
-        return int(np.prod(out)) * int(k)
-    if node.op_type == "MatMul" and out and inputs[0]:
-        return int(np.prod(out)) * int(inputs[0][-1])
-    return None
+    data_index, weight_index = _MAC_OPS[node.op_type]
+    out_value = node.outputs[0] if node.outputs else None
+    out = shape_of.get(out_value.name) if out_value is not None and out_value.name else None
+    data, weight = get(data_index), get(weight_index)
+    op = node.op_type
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        return None if out is None or weight is None else math.prod(out) * math.prod(weight[1:])
+    if op == "ConvTranspose":
+        return None if data is None or weight is None else math.prod(data) * math.prod(weight[1:])
+    if out is None or not data:
+        return None
+    if op == "Gemm":
+        k = data[0] if node.attributes.get_int("transA", 0) else data[-1]
+        return math.prod(out) * k
+    return math.prod(out) * data[-1]
 
 
 def _float_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
@@ -134,11 +178,13 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
     macs_by_op: Counter[str] = Counter()
     unknown = 0
     try:
-        shape_of = _value_shapes(model, shapes or {})
+        shape_of = value_shapes(model, shapes or {})
+    except UsageError:
+        raise
     except Exception:  # serialization of exotic models; MACs are then unknown
         shape_of = {}
     for node in model.graph:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.domain in ("", "ai.onnx"):
+        if node.op_type in _MAC_OPS and node.domain in ("", "ai.onnx"):
             macs = _macs(node, shape_of)
             if macs is None:
                 unknown += 1
@@ -174,7 +220,8 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         "quantized_weight_share": quant_bytes / total_bytes if total_bytes else 0.0,
         "quantization_nodes": sum(c for op, c in ops.items() if op.split("::")[-1] in _QUANT_OPS),
         "macs": int(sum(macs_by_op.values())),
-        "macs_by_op": dict(macs_by_op),
+        "flops": 2 * int(sum(macs_by_op.values())),
+        "macs_by_op": dict(sorted(macs_by_op.items())),
         "macs_unknown_nodes": unknown,
         "layers": layers,
     }
@@ -190,8 +237,9 @@ def format_inspection(info: Mapping[str, Any]) -> str:
         f"params {info['params']:,}  bytes {info['bytes']:,}  {info['compression']} {info['bytes_compressed']:,}",
         f"float weight sparsity {info['float_weight_sparsity']:.2%}  quantized weight share "
         f"{info['quantized_weight_share']:.2%}  quantization nodes {info['quantization_nodes']}",
-        f"MACs {info['macs']:,}"
-        + (f" ({info['macs_unknown_nodes']} nodes of unknown shape)" if info["macs_unknown_nodes"] else ""),
+        f"MACs {info['macs']:,} (FLOPs {info['flops']:,})"
+        + "".join(f"  {op} {count:,}" for op, count in sorted(info["macs_by_op"].items()))
+        + (f"  ({info['macs_unknown_nodes']} nodes of unknown shape)" if info["macs_unknown_nodes"] else ""),
         "ops:",
         *(f"  {op:28} {count}" for op, count in info["ops"].items()),
     ]

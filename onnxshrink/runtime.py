@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +57,22 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def _session_options(threads: int | None) -> Any:
+def _session_options(threads: int | None, configure: Callable[[Any], None] | None = None) -> Any:
     options = _ort().SessionOptions()
     options.log_severity_level = 4  # errors reach the user as our own one-line messages
     if threads:
         options.intra_op_num_threads = threads
+    if configure is not None:
+        configure(options)
     return options
 
 
-def _new_session(source: str | bytes, providers: list[str], threads: int | None) -> Any:
+def _new_session(
+    source: str | bytes, providers: list[str], threads: int | None, configure: Callable[[Any], None] | None = None
+) -> Any:
     try:
-        return _ort().InferenceSession(source, sess_options=_session_options(threads), providers=providers)
+        options = _session_options(threads, configure)
+        return _ort().InferenceSession(source, sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises several exception types for unloadable models
         raise RuntimeUnavailable(str(error).strip().splitlines()[0] if str(error).strip() else repr(error)) from None
 
@@ -78,6 +83,7 @@ def create_session(
     *,
     available: Sequence[str] | None = None,
     threads: int | None = None,
+    configure: Callable[[Any], None] | None = None,
 ) -> tuple[Any, ProviderChoice]:
     """Creates an InferenceSession on the chosen provider.
 
@@ -86,6 +92,8 @@ def create_session(
         provider: ``auto``, ``cpu`` or ``cuda``.
         available: The providers to consider as available; defaults to what onnxruntime lists.
         threads: intra-op threads, or None for onnxruntime's default.
+        configure: Called with each session's SessionOptions before the session is created
+            (optimization level, ``optimized_model_filepath``...).
 
     Returns:
         The session and the provider choice with its reason.
@@ -98,19 +106,19 @@ def create_session(
         raise UsageError(f"unknown provider '{provider}'; valid: {', '.join(PROVIDERS)}")
     listed = list(available) if available is not None else list(_ort().get_available_providers())
     if provider == "cpu":
-        return _new_session(source, [CPU], threads), ProviderChoice(provider, CPU, "requested")
+        return _new_session(source, [CPU], threads, configure), ProviderChoice(provider, CPU, "requested")
     if CUDA not in listed:
         if provider == "cuda":
             raise UsageError(
                 "--provider cuda, but this onnxruntime has no CUDAExecutionProvider "
                 "(install onnxshrink[gpu], which uses onnxruntime-gpu)"
             )
-        return _new_session(source, [CPU], threads), ProviderChoice(
+        return _new_session(source, [CPU], threads, configure), ProviderChoice(
             provider, CPU, "CUDAExecutionProvider not available"
         )
     failure: str
     try:
-        session = _new_session(source, [CUDA, CPU], threads)
+        session = _new_session(source, [CUDA, CPU], threads, configure)
     except RuntimeUnavailable as error:
         failure = f"CUDA session creation failed: {error}"
     else:
@@ -120,7 +128,7 @@ def create_session(
     if provider == "cuda":
         raise UsageError(f"--provider cuda: {failure}")
     logger.info("falling back to CPU: %s", failure)
-    return _new_session(source, [CPU], threads), ProviderChoice(provider, CPU, failure)
+    return _new_session(source, [CPU], threads, configure), ProviderChoice(provider, CPU, failure)
 
 
 @contextlib.contextmanager
