@@ -54,7 +54,7 @@ def capture(
         UsageError: No calibration data, or a name that is not a value of the main graph.
         RuntimeUnavailable: onnxruntime cannot load or run the model.
     """
-    input_names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    input_names = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
     initializers = {
         name: model.graph.initializers[name].const_value
         for name in names

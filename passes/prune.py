@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -13,7 +14,9 @@ import onnx_ir as ir
 from onnxshrink.errors import UsageError
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _prune_plan as plan
+from onnxshrink.passes import _prune_sensitivity as sensitivity
 from onnxshrink.registry import register_pass
+from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.sparsity import reduction_axis
 
 _ONNX = ("", "ai.onnx")
@@ -47,8 +50,22 @@ class MagnitudePruneOptions:
     keep_first_last: bool = dataclasses.field(
         default=True, metadata={"help": "leave the model's first and last weight layers dense"}
     )
-    allocation: Literal["uniform"] = dataclasses.field(
-        default="uniform", metadata={"help": "per-layer sparsity allocation: uniform (the same target everywhere)"}
+    allocation: Literal["uniform", "sensitivity"] = dataclasses.field(
+        default="uniform",
+        metadata={
+            "help": "uniform: every layer at the target; sensitivity: per-layer sparsities that meet the "
+            "target with the least output damage, measured on calibration data (unstructured, layer scope)"
+        },
+    )
+    samples: int = dataclasses.field(
+        default=128, metadata={"help": "calibration samples measured by allocation=sensitivity"}
+    )
+    rounds: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "allocation=sensitivity: measurement rounds; each after the first re-measures "
+            "every layer with the others pruned as last chosen"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -64,10 +81,22 @@ class MagnitudePruneOptions:
         for key, value, valid in (
             ("scope", self.scope, ("layer", "global")),
             ("criterion", self.criterion, ("l1", "l2")),
-            ("allocation", self.allocation, ("uniform",)),
+            ("allocation", self.allocation, ("uniform", "sensitivity")),
         ):
             if value not in valid:
                 raise UsageError(f"prune: bad {key} {value!r}; valid: {', '.join(valid)}")
+        if self.allocation == "sensitivity":
+            if self.pattern != "unstructured":
+                raise UsageError(f"prune: allocation=sensitivity needs pattern=unstructured ({self.pattern} fixes it)")
+            if self.scope != "layer":
+                raise UsageError("prune: allocation=sensitivity chooses per-layer sparsities; use scope=layer")
+            if self.sparsity > sensitivity.MAX_SPARSITY:
+                raise UsageError(
+                    f"prune: allocation=sensitivity caps each layer at {sensitivity.MAX_SPARSITY}, "
+                    f"so sparsity {self.sparsity} cannot be met"
+                )
+            if self.samples < 1 or self.rounds < 1:
+                raise UsageError(f"prune: samples and rounds must be >= 1, got {self.samples} and {self.rounds}")
         if self.min_size < 0:
             raise UsageError(f"prune: min-size must be >= 0, got {self.min_size}")
 
@@ -230,6 +259,13 @@ class MagnitudePrunePass(ShrinkPass):
        sparsity at ``1 - N/M``. As in NVIDIA ASP, a layer is pruned only when its output
        channels are a multiple of 8 and its reduction channels (per group) a multiple of 16
        (and of ``M``).
+    6. ``allocation=sensitivity`` (unstructured, layer scope): each selected main-graph weight is
+       pruned alone to each sparsity of a fixed grid and the model's relative output error on
+       calibration data is measured (one onnxruntime session, weights fed as overridable
+       inputs, samples streamed); per-layer sparsities, at most 0.98 each, are then chosen to
+       meet ``sparsity`` over the selected weights with the least summed damage. Weights in
+       subgraphs keep ``sparsity``. Both allocations are then run whole on the calibration
+       data, and the uniform one is kept if it does better (the damages need not add up).
     Every layer left dense gets its reason in ``stats["skipped"]``. Weights are replaced by
     new tensors of the same dtype and name; nothing is changed in place.
     """
@@ -238,10 +274,70 @@ class MagnitudePrunePass(ShrinkPass):
     exact = False
     Options = MagnitudePruneOptions
 
+    def _sensitivity_masks(
+        self, model: ir.Model, targets: list[list[_Layer]]
+    ) -> tuple[list[np.ndarray], dict[str, Any], dict[str, list[float]]]:
+        """Masks at per-layer sparsities chosen from measured damage (rule 6), stats, and curves by key."""
+        options: MagnitudePruneOptions = self.options
+        started = time.perf_counter()
+        weights = [_array(users[0].weight) for users in targets]
+        measured: dict[str, int] = {}
+        for index, users in enumerate(targets):
+            name = users[0].weight.name
+            if name is not None and model.graph.initializers.get(name) is users[0].weight:
+                measured[name] = index
+        uniform = [plan.unstructured_mask(w, options.sparsity) for w in weights]
+        if not measured:
+            return uniform, {"chosen": "uniform", "reason": "no main-graph layer to measure"}, {}
+        try:
+            probe = sensitivity.Probe(
+                self.context,
+                model,
+                {name: weights[index] for name, index in measured.items()},
+                pass_name=self.name,
+                samples=options.samples,
+            )
+
+            def replaced(masks: list[np.ndarray]) -> dict[str, np.ndarray]:
+                return {name: plan.apply_mask(weights[i], masks[i]) for name, i in measured.items()}
+
+            def masks_at(chosen: dict[str, float]) -> list[np.ndarray]:
+                masks = list(uniform)
+                for name, index in measured.items():
+                    masks[index] = plan.unstructured_mask(weights[index], chosen[name])
+                return masks
+
+            curves = probe.curves()
+            allocated = masks_at(sensitivity.allocate(curves, options.sparsity))
+            for _ in range(options.rounds - 1):
+                curves = probe.curves(base=replaced(allocated))
+                allocated = masks_at(sensitivity.allocate(curves, options.sparsity))
+
+            errors = probe.errors({"uniform": replaced(uniform), "sensitivity": replaced(allocated)})
+        except RuntimeUnavailable as error:
+            raise UsageError(f"prune: allocation=sensitivity needs onnxruntime to run the model: {error}") from None
+        # The allocation assumes damages add up; if the joint run says otherwise, keep uniform.
+        better = errors["sensitivity"] <= errors["uniform"]
+        stats = {
+            "chosen": "sensitivity" if better else "uniform",
+            "calibration_output_error": errors,
+            "samples": options.samples,
+            "seconds": time.perf_counter() - started,
+        }
+        keys = {curve.name: targets[measured[curve.name]][0].key for curve in curves}
+        return (allocated if better else uniform), stats, {keys[c.name]: c.to_json()["damage"] for c in curves}
+
     def call(self, model: ir.Model) -> ShrinkPassResult:
         options: MagnitudePruneOptions = self.options
+        if options.allocation == "sensitivity":
+            self.context.require_calibration(self.name)
         targets, skipped = _plan_layers(model, options)
-        masks = _masks(targets, options)
+        allocation: dict[str, Any] | None = None
+        curves: dict[str, list[float]] = {}
+        if options.allocation == "sensitivity" and targets:
+            masks, allocation, curves = self._sensitivity_masks(model, targets)
+        else:
+            masks = _masks(targets, options)
         per_layer: dict[str, dict[str, Any]] = {}
         zeroed = pruned = zeros = total = 0
         for users, keep in zip(targets, masks, strict=True):
@@ -261,6 +357,8 @@ class MagnitudePrunePass(ShrinkPass):
                 "sparsity": layer_zeros / new.size if new.size else 0.0,
                 "kept_magnitude": plan.kept_magnitude(old, keep),
             }
+            if users[0].key in curves:
+                entry["sensitivity"] = curves[users[0].key]
             if len(users) > 1:
                 entry["shared_with"] = [layer.key for layer in users[1:]]
             per_layer[users[0].key] = entry
@@ -271,4 +369,6 @@ class MagnitudePrunePass(ShrinkPass):
             "layers": per_layer,
             "skipped": skipped,
         }
+        if allocation is not None:
+            stats["allocation"] = {**allocation, "sensitivity_grid": list(sensitivity.GRID)}
         return ShrinkPassResult(model, modified=zeroed > 0, stats=stats)

@@ -16,6 +16,7 @@ from ort_check import run
 import onnxshrink
 import onnxshrink.passes.prune  # registers the pass
 from onnxshrink.errors import UsageError
+from onnxshrink.passes import _prune_sensitivity as sensitivity
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT = onnx.TensorProto.FLOAT
@@ -294,10 +295,93 @@ def test_digits_cnn_keeps_its_accuracy(spec: str, sparsity: float) -> None:
         "pattern=2-4",
         "scope=model",
         "criterion=l3",
-        "allocation=sensitivity",
+        "allocation=fisher",
+        "allocation=sensitivity,pattern=2:4",
+        "allocation=sensitivity,scope=global",
+        "allocation=sensitivity,sparsity=0.99",
+        "allocation=sensitivity,rounds=0",
         "min-size=-1",
     ],
 )
 def test_bad_options_are_usage_errors(options: str) -> None:
     with pytest.raises(UsageError):
         onnxshrink.shrink(_layer("gemm"), [f"prune:{options}"], verify=False)
+
+
+def test_allocate_meets_the_target_and_gives_cheap_layers_more() -> None:
+    grid = np.array(sensitivity.GRID)
+    curves = [
+        sensitivity.Curve("cheap", 1000, 0.01 * grid),
+        sensitivity.Curve("dear", 3000, grid**2),
+        sensitivity.Curve("free", 500, np.zeros_like(grid)),
+    ]
+    chosen = sensitivity.allocate(curves, 0.6)
+    total = sum(chosen[c.name] * c.size for c in curves) / sum(c.size for c in curves)
+    assert total == pytest.approx(0.6, abs=1e-9)
+    assert chosen["free"] == pytest.approx(sensitivity.MAX_SPARSITY)
+    assert chosen["cheap"] == pytest.approx(sensitivity.MAX_SPARSITY)
+    assert chosen["dear"] < 0.6
+    assert all(0 <= value <= sensitivity.MAX_SPARSITY for value in chosen.values())
+
+
+def test_allocate_takes_the_convex_hull_of_a_curve() -> None:
+    # A curve that is flat to 0.5 then jumps: no sparsity in between is worth taking alone.
+    step = np.where(np.array(sensitivity.GRID) <= 0.5, 0.0, 1.0)
+    chosen = sensitivity.allocate([sensitivity.Curve("a", 100, step), sensitivity.Curve("b", 100, step)], 0.5)
+    assert chosen["a"] + chosen["b"] == pytest.approx(1.0)
+    assert {round(v, 6) for v in chosen.values()} == {0.5}
+
+
+def _amplified_pair() -> onnx.ModelProto:
+    """Y = 100 * (X @ Wa) + X @ Wb: the output is far more sensitive to Wa than to Wb."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        oh.make_node("MatMul", ["X", "Wa"], ["a"], name="amplified"),
+        oh.make_node("Mul", ["a", "k"], ["a100"]),
+        oh.make_node("MatMul", ["X", "Wb"], ["b"], name="plain"),
+        oh.make_node("Add", ["a100", "b"], ["Y"]),
+    ]
+    weights = {
+        "Wa": rng.standard_normal((64, 32)).astype(np.float32),
+        "Wb": rng.standard_normal((64, 32)).astype(np.float32),
+        "k": np.array(100, dtype=np.float32),
+    }
+    return _model(nodes, weights, {"X": ("N", 64)})
+
+
+def _calibration(samples: int = 48) -> dict[str, np.ndarray]:
+    return {"X": np.random.default_rng(4).standard_normal((samples, 64)).astype(np.float32)}
+
+
+def test_sensitivity_protects_the_layer_the_output_amplifies() -> None:
+    spec = "prune:sparsity=0.5,keep-first-last=false,min-size=0,allocation=sensitivity"
+    result = onnxshrink.shrink(_amplified_pair(), [spec], calibration=_calibration(), verify=False)
+    stats = result.report["passes"][0]["stats"]
+    layers = stats["layers"]
+    assert layers["amplified"]["sparsity"] < 0.5 < layers["plain"]["sparsity"]
+    assert stats["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    allocation = stats["allocation"]
+    assert allocation["chosen"] == "sensitivity"
+    errors = allocation["calibration_output_error"]
+    assert errors["sensitivity"] < errors["uniform"]
+    curve = layers["amplified"]["sensitivity"]
+    assert len(curve) == len(allocation["sensitivity_grid"]) and curve[0] == 0.0 and curve[-1] > curve[1] > 0
+
+
+def test_sensitivity_needs_calibration_data() -> None:
+    with pytest.raises(UsageError, match="needs calibration data"):
+        onnxshrink.shrink(_amplified_pair(), ["prune:min-size=0,allocation=sensitivity"], verify=False)
+
+
+def test_sensitivity_beats_uniform_on_the_digits_cnn() -> None:
+    accuracy = {}
+    for allocation in ("uniform", "sensitivity"):
+        result = onnxshrink.shrink(
+            ROOT / "models" / "digits_cnn.onnx",
+            [f"prune:sparsity=0.7,keep-first-last=false,allocation={allocation},samples=64"],
+            calibration=str(ROOT / "models" / "digits_calib.npz"),
+            inputs=str(ROOT / "models" / "digits_test.npz"),
+        )
+        accuracy[allocation] = result.report["verification"]["accuracy_candidate"]
+        assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.7, abs=2e-3)
+    assert accuracy["sensitivity"] > accuracy["uniform"] + 0.03
