@@ -1,9 +1,9 @@
 """onnxshrink's rewrite passes, one module each; importing this package registers them all."""
 
-from onnxshrink.passes import cleanup, fold, fuse_bn, prune
+from onnxshrink.passes import cleanup, fold, fuse_bn, prune, reconstruct
 from onnxshrink.registry import register_preset
 
-__all__ = ["cleanup", "fold", "fuse_bn", "prune"]
+__all__ = ["cleanup", "fold", "fuse_bn", "prune", "reconstruct"]
 
 register_preset(
     "simplify",

@@ -1,0 +1,446 @@
+"""``reconstruct`` on tiny ONNX-text graphs with perturbed/pruned weights, and on the digits CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import onnx_ir as ir
+import pytest
+from ort_check import run
+
+import onnxshrink
+from onnxshrink.calibration import CalibrationSource
+from onnxshrink.context import PassContext
+from onnxshrink.errors import UsageError
+from onnxshrink.passes import reconstruct
+from onnxshrink.passes._lstsq import NormalEquations, kept_columns, solve
+from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+CALIB = ROOT / "models" / "digits_calib.npz"
+TEST = ROOT / "models" / "digits_test.npz"
+
+# name: (graph text, weight shapes, per-sample input shape). Weights are graph inputs in the text
+# and become initializers in _model.
+LAYERS: dict[str, tuple[str, dict[str, tuple[int, ...]], tuple[int, ...]]] = {
+    "conv-pads-strides": (
+        "(float[N,4,7,7] x, float[6,4,3,3] W, float[6] B) => (float[N,6,4,4] y)"
+        "{ y = Conv<pads=[1,1,1,1], strides=[2,2]>(x, W, B) }",
+        {"W": (6, 4, 3, 3), "B": (6,)},
+        (4, 7, 7),
+    ),
+    "conv-dilations-no-bias": (
+        "(float[N,4,7,7] x, float[6,4,3,3] W) => (float[N,6,5,4] y){ y = Conv<dilations=[2,2], pads=[2,1,0,0]>(x, W) }",
+        {"W": (6, 4, 3, 3)},
+        (4, 7, 7),
+    ),
+    "conv-groups": (
+        "(float[N,4,5,5] x, float[6,2,3,3] W, float[6] B) => (float[N,6,5,5] y)"
+        "{ y = Conv<group=2, pads=[1,1,1,1]>(x, W, B) }",
+        {"W": (6, 2, 3, 3), "B": (6,)},
+        (4, 5, 5),
+    ),
+    "conv-depthwise-same": (
+        "(float[N,4,6,6] x, float[4,1,3,3] W) => (float[N,4,3,3] y)"
+        '{ y = Conv<group=4, auto_pad="SAME_UPPER", strides=[2,2]>(x, W) }',
+        {"W": (4, 1, 3, 3)},
+        (4, 6, 6),
+    ),
+    "conv-1d": (
+        "(float[N,3,9] x, float[5,3,3] W, float[5] B) => (float[N,5,4] y) { y = Conv<strides=[2]>(x, W, B) }",
+        {"W": (5, 3, 3), "B": (5,)},
+        (3, 9),
+    ),
+    "conv-transpose": (
+        "(float[N,4,5,5] x, float[4,3,3,3] W, float[3] B) => (float[N,3,10,9] y)"
+        "{ y = ConvTranspose<strides=[2,2], pads=[1,0,1,2], output_padding=[1,0]>(x, W, B) }",
+        {"W": (4, 3, 3, 3), "B": (3,)},
+        (4, 5, 5),
+    ),
+    "conv-transpose-groups-dilations": (
+        "(float[N,4,5,5] x, float[4,2,3,2] W) => (float[N,4,5,9] y)"
+        "{ y = ConvTranspose<group=2, strides=[1,2], dilations=[2,1], pads=[2,0,2,1]>(x, W) }",
+        {"W": (4, 2, 3, 2)},
+        (4, 5, 5),
+    ),
+    "gemm-transb": (
+        "(float[N,12] x, float[5,12] W, float[5] C) => (float[N,5] y) { y = Gemm<transB=1>(x, W, C) }",
+        {"W": (5, 12), "C": (5,)},
+        (12,),
+    ),
+    "gemm-transa-alpha-beta": (
+        "(float[N,12] x, float[12,5] W, float[1,5] C) => (float[N,5] y)"
+        "{ t = Transpose<perm=[1,0]>(x)\n y = Gemm<transA=1, alpha=0.5, beta=2.0>(t, W, C) }",
+        {"W": (12, 5), "C": (1, 5)},
+        (12,),
+    ),
+    "gemm-fixed-c": (
+        "(float[N,12] x, float[12,5] W, float[1] C) => (float[N,5] y) { y = Gemm(x, W, C) }",
+        {"W": (12, 5), "C": (1,)},
+        (12,),
+    ),
+    "matmul-3d": (
+        "(float[N,3,12] x, float[12,5] W) => (float[N,3,5] y) { y = MatMul(x, W) }",
+        {"W": (12, 5)},
+        (3, 12),
+    ),
+}
+
+
+def _model(text: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The graph ``text`` with its weight inputs turned into initializers holding ``weights``."""
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {text}')
+    keep = [v for v in model.graph.input if v.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _data(shape: tuple[int, ...], samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Correlated inputs, as real activations are: low rank along every sample axis,
+    plus a little noise. With white inputs a pruned weight has nothing to compensate with."""
+    rng, structure = np.random.default_rng(seed), np.random.default_rng(100)
+    x = rng.standard_normal((samples, *shape))
+    for axis in range(1, len(shape) + 1):
+        size = shape[axis - 1]
+        rank = max(1, size // 2)
+        mix = structure.standard_normal((rank, size)) / np.sqrt(rank)
+        x = np.moveaxis(np.moveaxis(x, axis, -1)[..., :rank] @ mix, -1, axis)
+    x = x + 0.1 * rng.standard_normal(x.shape)
+    return {"x": x.astype(np.float32)}
+
+
+def _teacher_and_student(case: str, keep_fraction: float, noise: float) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    text, shapes, _ = LAYERS[case]
+    rng = np.random.default_rng(0)
+    teacher = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    student = {}
+    for name, array in teacher.items():
+        if name == "C" and case == "gemm-fixed-c":
+            student[name] = array  # this C is not refit (not one value per output column)
+            continue
+        perturbed = array + noise * rng.standard_normal(array.shape).astype(np.float32)
+        if name == "W":
+            perturbed *= rng.random(array.shape) < keep_fraction
+        student[name] = perturbed.astype(np.float32)
+    return _model(text, teacher), _model(text, student)
+
+
+def _reconstruct(
+    teacher: onnx.ModelProto, student: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, **options: Any
+) -> tuple[onnx.ModelProto, dict[str, Any], bool]:
+    source = CalibrationSource.from_spec(calibration) if calibration is not None else None
+    context = PassContext(calibration=source, provider="cpu", reference=teacher.SerializeToString())
+    model = ir.serde.deserialize_model(student)
+    result = ReconstructPass(ReconstructOptions(**options), context)(model)
+    out = ir.serde.serialize_model(result.model)
+    onnx.checker.check_model(out, full_check=True)
+    return out, result.stats, result.modified  # type: ignore[attr-defined]
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _relative_error(model: onnx.ModelProto, teacher: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
+    want, got = run(teacher, feed)[0], run(model, feed)[0]
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_dense_refit_recovers_the_teacher_weights(case: str) -> None:
+    teacher, student = _teacher_and_student(case, keep_fraction=1.0, noise=0.5)
+    out, stats, modified = _reconstruct(teacher, student, _data(LAYERS[case][2], 64, 1), ridge=0.0)
+    assert modified is True and stats["layers_refit"] == 1
+    want, got = _weights(teacher), _weights(out)
+    np.testing.assert_allclose(got["W"], want["W"], rtol=1e-3, atol=1e-3)
+    bias = next((n for n in ("B", "C") if n in want), None)
+    if bias is not None:
+        np.testing.assert_allclose(got[bias], want[bias], rtol=1e-3, atol=1e-3)
+    held_out = _data(LAYERS[case][2], 8, 2)
+    assert _relative_error(out, teacher, held_out) < 1e-4 < _relative_error(student, teacher, held_out)
+    (entry,) = stats["layers"].values()
+    assert entry["error_after"] < 1e-4 < entry["error_before"] and entry["seconds"] >= 0
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize("method", ["lstsq", "obs"])
+def test_pruned_refit_keeps_the_mask_and_lowers_the_error(case: str, method: str) -> None:
+    teacher, student = _teacher_and_student(case, keep_fraction=0.5, noise=0.3)
+    out, stats, modified = _reconstruct(teacher, student, _data(LAYERS[case][2], 64, 1), method=method)
+    assert modified is True
+    before, after = _weights(student)["W"], _weights(out)["W"]
+    np.testing.assert_array_equal(after == 0, before == 0)
+    assert not np.array_equal(after, before)
+    held_out = _data(LAYERS[case][2], 16, 2)
+    before_error, after_error = _relative_error(student, teacher, held_out), _relative_error(out, teacher, held_out)
+    assert after_error < before_error
+    if method == "lstsq" and case != "conv-depthwise-same":  # 9 weights per filter leave little to compensate
+        assert after_error < 0.8 * before_error
+    (entry,) = stats["layers"].values()
+    assert entry["method"] == method and entry["error_after"] < entry["error_before"]
+    assert [o.name for o in out.graph.output] == ["y"]
+
+
+def test_exact_masked_solve_is_no_worse_than_obs() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 1, 20))
+    y = x @ rng.standard_normal((20, 6))
+    equations = NormalEquations.zeros(1, 20, 6)
+    equations.add(x[:120], y[:120])
+    equations.add(x[120:], y[120:])
+    current = rng.standard_normal((1, 6, 20))
+    keep = rng.random(current.shape) < 0.4
+    exact = solve(equations, current, keep, 1e-6, "lstsq")
+    obs = solve(equations, current, keep, 1e-6, "obs")
+    assert np.all(exact[~keep] == 0) and np.all(obs[~keep] == 0)
+    assert equations.relative_error(exact) <= equations.relative_error(obs) + 1e-9
+    assert equations.relative_error(obs) < equations.relative_error(current * keep)
+
+
+@pytest.mark.parametrize("method", ["lstsq", "obs"])
+def test_rank_deficient_inputs_without_ridge_still_solve_and_keep_the_mask(method: str) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 1, 4)) @ rng.standard_normal((4, 8))  # rank 4 of 8 columns
+    equations = NormalEquations.zeros(1, 8, 3)
+    equations.add(x, x @ rng.standard_normal((8, 3)))
+    current = rng.standard_normal((1, 3, 8))
+    keep = rng.random(current.shape) < 0.5
+    refit = solve(equations, current, keep, 0.0, method)
+    assert np.all(np.isfinite(refit)) and np.all(refit[~keep] == 0)
+    assert equations.relative_error(refit) < equations.relative_error(current * keep)
+
+
+def test_a_conv_without_bias_gets_one_and_bias_false_leaves_it_out() -> None:
+    teacher, student = _teacher_and_student("conv-dilations-no-bias", keep_fraction=0.5, noise=0.3)
+    out, _, _ = _reconstruct(teacher, student, _data(LAYERS["conv-dilations-no-bias"][2], 32, 1))
+    (node,) = out.graph.node
+    assert len(node.input) == 3 and node.input[2] in _weights(out)
+    out, _, modified = _reconstruct(teacher, student, _data(LAYERS["conv-dilations-no-bias"][2], 32, 1), bias=False)
+    assert modified is True and len(out.graph.node[0].input) == 2
+
+
+def test_layers_fit_in_stages_so_later_layers_see_earlier_refits() -> None:
+    text = (
+        "(float[N,12] x, float[12,10] W1, float[10,5] W2) => (float[N,5] y)"
+        "{ h = MatMul(x, W1)\n r = Relu(h)\n y = MatMul(r, W2) }"
+    )
+    rng = np.random.default_rng(0)
+    dense = {"W1": rng.standard_normal((12, 10)), "W2": rng.standard_normal((10, 5))}
+    pruned = {n: (w * (rng.random(w.shape) < 0.5)).astype(np.float32) for n, w in dense.items()}
+    teacher = _model(text, {n: w.astype(np.float32) for n, w in dense.items()})
+    student = _model(text, pruned)
+    out, stats, _ = _reconstruct(teacher, student, _data((12,), 128, 1))
+    assert stats["stages"] == 2 and stats["layers_refit"] == 2
+    held_out = _data((12,), 32, 2)
+    assert _relative_error(out, teacher, held_out) < 0.8 * _relative_error(student, teacher, held_out)
+    # Fitting the second layer on the refit first layer beats fitting it on the pruned one.
+    only_second, _, _ = _reconstruct(teacher, student, _data((12,), 128, 1), exclude=("MatMul#0",))
+    assert _relative_error(out, teacher, held_out) < _relative_error(only_second, teacher, held_out)
+
+
+def test_a_model_that_matches_its_teacher_is_left_alone() -> None:
+    teacher, _ = _teacher_and_student("gemm-transb", keep_fraction=1.0, noise=0.0)
+    out, stats, modified = _reconstruct(teacher, teacher, _data((12,), 16, 1))
+    assert modified is False and stats["layers_refit"] == 0
+    assert "already matches" in stats["skipped"]["Gemm#0"]
+    np.testing.assert_array_equal(_weights(out)["W"], _weights(teacher)["W"])
+
+
+def test_include_exclude_shared_weights_and_missing_teacher_points_are_skipped_with_reasons() -> None:
+    text = (
+        "(float[N,12] x, float[12,12] W, float[12,5] V) => (float[N,5] y)"
+        "{ a = MatMul(x, W)\n b = MatMul(a, W)\n y = MatMul(b, V) }"
+    )
+    rng = np.random.default_rng(0)
+    weights = {
+        "W": rng.standard_normal((12, 12)).astype(np.float32),
+        "V": rng.standard_normal((12, 5)).astype(np.float32),
+    }
+    teacher = _model(text, weights)
+    student = _model(text, {**weights, "V": weights["V"] * 0.5})
+    _, stats, modified = _reconstruct(teacher, student, _data((12,), 16, 1), exclude=("MatMul",))
+    assert modified is False and set(stats["skipped"].values()) == {"excluded"}
+    _, stats, modified = _reconstruct(teacher, student, _data((12,), 16, 1))
+    assert modified is True and stats["layers_refit"] == 1
+    assert "read by other nodes" in stats["skipped"]["MatMul#0"]
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(teacher)
+    renamed.graph.node[2].output[0] = "z"
+    renamed.graph.output[0].name = "z"
+    _, stats, modified = _reconstruct(renamed, student, _data((12,), 16, 1))
+    assert modified is False and "no value 'y' in the input model" in stats["skipped"]["MatMul#2"]
+
+
+def test_fused_conv_is_fit_to_the_batchnorm_output_of_the_input_model() -> None:
+    text = (
+        "(float[N,4,6,6] x, float[8,4,3,3] W, float[8] s, float[8] b, float[8] m, float[8] v) => (float[N,8,6,6] y)"
+        "{ c = Conv<pads=[1,1,1,1]>(x, W)\n n = BatchNormalization(c, s, b, m, v)\n y = Relu(n) }"
+    )
+    rng = np.random.default_rng(0)
+    weights = {
+        "W": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+        "s": rng.uniform(0.5, 2, 8).astype(np.float32),
+        "b": rng.standard_normal(8).astype(np.float32),
+        "m": rng.standard_normal(8).astype(np.float32),
+        "v": rng.uniform(0.5, 2, 8).astype(np.float32),
+    }
+    model = _model(text, weights)
+    calib = _data((4, 6, 6), 32, 1)
+    pipeline = ["fuse-bn", "prune:sparsity=0.6,min-size=0,keep-first-last=false"]
+    pruned = onnxshrink.shrink(model, pipeline, calibration=calib, verify=False)
+    result = onnxshrink.shrink(model, [*pipeline, "reconstruct"], calibration=calib, verify=False)
+    stats = result.report["passes"][-1]["stats"]
+    assert [n.op_type for n in result.model.graph] == ["Conv", "Relu"] and stats["layers_refit"] == 1
+    # fuse-bn keeps the Conv's output name 'c'; its teacher point is the BatchNormalization output.
+    assert next(iter(result.model.graph)).outputs[0].name == "c"
+    assert stats["layers"]["Conv#0"]["teacher_point"] == "n"
+    held_out = _data((4, 6, 6), 8, 2)
+    assert _relative_error(result.to_proto(), model, held_out) < 0.8 * _relative_error(
+        pruned.to_proto(), model, held_out
+    )
+
+
+def test_no_calibration_data_and_bad_options_are_one_line_usage_errors() -> None:
+    teacher, student = _teacher_and_student("gemm-transb", keep_fraction=0.5, noise=0.0)
+    with pytest.raises(UsageError, match="pass 'reconstruct' needs calibration data"):
+        _reconstruct(teacher, student, None)
+    with pytest.raises(UsageError, match="ridge must be a number >= 0"):
+        onnxshrink.shrink(teacher, ["reconstruct:ridge=-1"], calibration=_data((12,), 4, 1))
+    with pytest.raises(UsageError, match="method"):
+        onnxshrink.shrink(teacher, ["reconstruct:method=magic"], calibration=_data((12,), 4, 1))
+
+
+def test_digits_recovers_accuracy_after_90_percent_pruning() -> None:
+    prune = "prune:sparsity=0.9,keep-first-last=false"
+    alone = onnxshrink.shrink(DIGITS, [prune], calibration=CALIB, inputs=TEST)
+    refit = onnxshrink.shrink(DIGITS, [prune, "reconstruct"], calibration=CALIB, inputs=TEST)
+    before = alone.report["verification"]["accuracy_candidate"]
+    after = refit.report["verification"]["accuracy_candidate"]
+    assert after >= 0.95 and after > before + 0.3
+    pruned, refit_weights = _weights(alone.to_proto()), _weights(refit.to_proto())
+    for name, weight in pruned.items():
+        if name.endswith("weight") and np.mean(weight == 0) > 0.5:
+            np.testing.assert_array_equal(refit_weights[name] == 0, weight == 0, err_msg=name)
+    stats = refit.report["passes"][-1]["stats"]
+    assert stats["layers_refit"] >= 6
+    assert all(e["error_after"] < e["error_before"] for e in stats["layers"].values() if e["refit"])
+
+
+def test_refits_that_make_the_model_outputs_worse_are_all_reverted() -> None:
+    # The student's second layer compensates the first one's change exactly: its output already
+    # equals the teacher's. Refitting only the first layer to its teacher point breaks that.
+    text = "(float[N,8] x, float[8,8] W1, float[8,5] W2) => (float[N,5] y) { h = Gemm(x, W1)\n y = MatMul(h, W2) }"
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 8)), rng.standard_normal((8, 5))
+    changed = w1 + 0.5 * rng.standard_normal((8, 8))
+    compensating = np.linalg.solve(changed, w1 @ w2)
+    teacher = _model(text, {"W1": w1.astype(np.float32), "W2": w2.astype(np.float32)})
+    student = _model(text, {"W1": changed.astype(np.float32), "W2": compensating.astype(np.float32)})
+    out, stats, modified = _reconstruct(teacher, student, _data((8,), 64, 1), exclude=("MatMul",))
+    assert modified is False and stats["layers_refit"] == 0 and "reverted" in stats
+    assert stats["output_error_after"] > stats["output_error_before"]
+    assert stats["layers"]["Gemm#0"]["error_after"] < stats["layers"]["Gemm#0"]["error_before"]
+    assert "reverted" in stats["skipped"]["Gemm#0"]
+    assert out.SerializeToString() == ir.serde.serialize_model(ir.serde.deserialize_model(student)).SerializeToString()
+
+
+def test_large_conv_batches_are_split_without_changing_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher, student = _teacher_and_student("conv-pads-strides", keep_fraction=0.5, noise=0.3)
+    data = _data(LAYERS["conv-pads-strides"][2], 32, 1)
+    whole, _, _ = _reconstruct(teacher, student, data)
+    monkeypatch.setattr(reconstruct, "_ROWS_BUDGET", 4 * 7 * 7 * 9 * 3)  # three samples per piece
+    split, stats, _ = _reconstruct(teacher, student, data)
+    (entry,) = stats["layers"].values()
+    assert entry["rows"] == 32 * 4 * 4
+    np.testing.assert_allclose(_weights(split)["W"], _weights(whole)["W"], rtol=1e-6, atol=1e-7)
+
+
+def test_bias_false_keeps_an_existing_bias_and_fits_the_weights_around_it() -> None:
+    text, shapes, sample = LAYERS["conv-pads-strides"]
+    rng = np.random.default_rng(0)
+    teacher_weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    noisy = teacher_weights["W"] + 0.5 * rng.standard_normal(shapes["W"]).astype(np.float32)
+    teacher = _model(text, teacher_weights)
+    student = _model(text, {**teacher_weights, "W": noisy})
+    out, _, modified = _reconstruct(teacher, student, _data(sample, 64, 1), bias=False, ridge=0.0)
+    assert modified is True
+    np.testing.assert_array_equal(_weights(out)["B"], teacher_weights["B"])
+    np.testing.assert_allclose(_weights(out)["W"], teacher_weights["W"], rtol=1e-3, atol=1e-3)
+
+
+def test_a_teacher_value_of_another_shape_is_skipped_with_a_reason() -> None:
+    text = "(float[N,4,5,5] x, float[{0},4,3,3] W) => (float[N,{0},3,3] y) {{ y = Conv(x, W) }}"
+    rng = np.random.default_rng(0)
+    teacher = _model(text.format(6), {"W": rng.standard_normal((6, 4, 3, 3)).astype(np.float32)})
+    student = _model(text.format(8), {"W": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)})
+    _, stats, modified = _reconstruct(teacher, student, _data((4, 5, 5), 8, 1))
+    assert modified is False
+    assert "has shape [8, 6, 3, 3], not [8, 8, 3, 3]" in stats["skipped"]["Conv#0"]
+
+
+def test_a_weight_behind_dequantize_linear_is_refit_on_its_integer_grid() -> None:
+    student_text = (
+        "(float[N,4,7,7] x, uint8[6,4,3,3] Q, float[6] S, uint8[6] Z, float[6] B) => (float[N,6,7,7] y)"
+        "{ W = DequantizeLinear<axis=0>(Q, S, Z)\n y = Conv<pads=[1,1,1,1]>(x, W, B) }"
+    )
+    teacher_text = (
+        "(float[N,4,7,7] x, float[6,4,3,3] W, float[6] B) => (float[N,6,7,7] y) { y = Conv<pads=[1,1,1,1]>(x, W, B) }"
+    )
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
+    perturbed = (weight + 0.3 * rng.standard_normal(weight.shape)) * (rng.random(weight.shape) < 0.5)
+    scale = np.abs(perturbed).reshape(6, -1).max(axis=1) / 100
+    steps = np.rint(perturbed / scale[:, None, None, None]) + 128
+    grid = {"S": scale.astype(np.float32), "Z": np.full(6, 128, np.uint8), "B": bias.astype(np.float32)}
+    teacher = _model(teacher_text, {"W": weight.astype(np.float32), "B": bias.astype(np.float32)})
+    student = _model(student_text, {"Q": steps.astype(np.uint8), **grid})
+    out, stats, modified = _reconstruct(teacher, student, _data((4, 7, 7), 64, 1))
+    assert modified is True and stats["layers_refit"] == 1
+    before, after = _weights(student), _weights(out)
+    assert after["Q"].dtype == np.uint8 and not np.array_equal(after["Q"], before["Q"])
+    # Pruned weights stay at the zero point; a kept one may round onto it too.
+    assert np.all(after["Q"][before["Q"] == 128] == 128)
+    assert np.mean(after["Q"] == 128) < np.mean(before["Q"] == 128) + 0.02
+    np.testing.assert_array_equal(after["S"], before["S"])
+    np.testing.assert_array_equal(after["Z"], before["Z"])
+    held_out = _data((4, 7, 7), 16, 2)
+    assert _relative_error(out, teacher, held_out) < 0.8 * _relative_error(student, teacher, held_out)
+
+
+def test_a_layer_that_lost_output_channels_is_fit_to_the_teacher_channels_it_kept() -> None:
+    text = (
+        "(float[N,4,6,6] x, float[{0},4,3,3] W1, float[5,{0},3,3] W2) => (float[N,5,6,6] y)"
+        "{{ h = Conv<pads=[1,1,1,1]>(x, W1)\n r = Relu(h)\n y = Conv<pads=[1,1,1,1]>(r, W2) }}"
+    )
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 4, 3, 3)), rng.standard_normal((5, 8, 3, 3))
+    kept = [0, 2, 3, 5, 6, 7]
+    noisy = w1[kept] + 0.3 * rng.standard_normal((6, 4, 3, 3))
+    teacher = _model(text.format(8), {"W1": w1.astype(np.float32), "W2": w2.astype(np.float32)})
+    student = _model(text.format(6), {"W1": noisy.astype(np.float32), "W2": w2[:, kept].astype(np.float32)})
+    out, stats, modified = _reconstruct(teacher, student, _data((4, 6, 6), 64, 1), ridge=0.0)
+    assert modified is True and stats["layers"]["Conv#0"]["teacher_channels"] == kept
+    np.testing.assert_allclose(_weights(out)["W1"], w1[kept], atol=1e-3)
+    held_out = _data((4, 6, 6), 16, 2)
+    assert _relative_error(out, teacher, held_out) < 0.8 * _relative_error(student, teacher, held_out)
+
+
+def test_kept_columns_follow_the_most_similar_increasing_sequence() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 1, 10))
+    teacher = rng.standard_normal((9, 10))
+    equations = NormalEquations.zeros(1, 10, 9)
+    equations.add(x, (x[:, 0] @ teacher.T)[:, None, :])
+    kept = np.array([1, 2, 4, 7, 8])
+    student = teacher[kept] + 0.2 * rng.standard_normal((5, 10))
+    np.testing.assert_array_equal(kept_columns(equations, student[None]), kept)
+    assert kept_columns(equations, np.zeros((1, 5, 10))) is None
