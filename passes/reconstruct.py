@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
 import time
 from collections.abc import Iterator
@@ -17,13 +16,14 @@ from onnxshrink.errors import UsageError
 from onnxshrink.graphs import fresh_name
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _lstsq as lstsq
+from onnxshrink.passes import _reconstruct_layers as refit_layers
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
 _ONNX = ("", "ai.onnx")
-_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_CONVS = ("Conv", "ConvTranspose")
+refit_layers.LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+refit_layers.CONVS = ("Conv", "ConvTranspose")
 # Nodes fuse-bn folds into the layer before them (the layer keeps its own output name).
 _FOLDED = ("BatchNormalization", "Mul", "Add", "Sub", "Div")
 # A layer whose output is this close to the teacher's already reproduces it (float rounding).
@@ -62,227 +62,12 @@ class ReconstructOptions:
             raise UsageError(f"reconstruct: bad method {self.method!r}; valid: auto, lstsq, obs")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Grid:
-    """The integer grid of a weight behind a DequantizeLinear: ``w = (q - zero_point) · scale``."""
-
-    values: ir.Value  # the integer initializer q
-    scale: np.ndarray  # shaped to broadcast against q
-    zero_point: np.ndarray
-    dtype: np.dtype  # what the DequantizeLinear outputs (the scale's dtype)
-
-    def dequantize(self) -> np.ndarray:
-        return (_array(self.values).astype(np.float64) - self.zero_point) * self.scale
-
-    def quantize(self, weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        """``weight`` rounded onto the grid (same scale and zero point); dropped entries stay at zero."""
-        dtype = _array(self.values).dtype
-        limits = np.iinfo(dtype)
-        steps = np.clip(np.rint(weight / self.scale) + self.zero_point, limits.min, limits.max)
-        return np.where(keep, steps, self.zero_point).astype(dtype)
-
-
-def _grid(dequantize: ir.Node) -> _Grid | str:
-    """The grid of a DequantizeLinear that reads constants only, or why it is not refit."""
-    values, scale = dequantize.inputs[0], dequantize.inputs[1] if len(dequantize.inputs) > 1 else None
-    zero_point = dequantize.inputs[2] if len(dequantize.inputs) > 2 else None
-    if values is None or scale is None or values.const_value is None or not values.is_initializer():
-        return "weight comes out of a DequantizeLinear whose input is not a constant initializer"
-    if values.is_graph_input() or values.is_graph_output() or len(values.uses()) > 1:
-        return f"quantized weight '{values.name}' is a graph input or output, or read by other nodes too"
-    if dequantize.attributes.get_int("block_size", 0):
-        return "blocked quantization (block_size) is not refit"
-    q = values.const_value.numpy()
-    if q.dtype.kind not in "iu":
-        return f"quantized weight '{values.name}' has dtype {q.dtype}, not an integer type"
-    scales, zeros = _constant_array(scale), _constant_array(zero_point) if zero_point is not None else np.zeros(1)
-    if scales is None or zeros is None or np.any(scales == 0):
-        return "the DequantizeLinear's scale or zero point is not a constant (or a scale is 0)"
-    shape = [1] * q.ndim
-    if scales.size > 1:
-        shape[dequantize.attributes.get_int("axis", 1) % q.ndim] = -1
-    return _Grid(
-        values, scales.astype(np.float64).reshape(shape), zeros.astype(np.float64).reshape(shape), scales.dtype
-    )
-
-
-def _constant_array(value: ir.Value) -> np.ndarray | None:
-    """The value's data when it is a constant or the DequantizeLinear of constants, else None."""
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        attr = producer.attributes.get("value")
-        return attr.as_tensor().numpy() if attr is not None else None
-    if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain in _ONNX:
-        grid = _grid(producer) if all(v is None or v.const_value is not None for v in producer.inputs) else None
-        return grid.dequantize() if isinstance(grid, _Grid) else None
-    return None
-
-
-@dataclasses.dataclass
-class _Layer:
-    """A refittable layer: its constant weight and bias, and how many refittable layers precede it."""
-
-    key: str
-    node: ir.Node
-    weight: ir.Value
-    bias: ir.Value | None  # Conv B / Gemm C as given
-    fit_bias: bool
-    input_name: str  # the layer input the student streams
-    output_name: str  # the teacher point: the value of the input model the layer must reproduce
-    grid: _Grid | None = None  # the integer grid when the weight comes out of a DequantizeLinear
-    stage: int = 0
-
-    @property
-    def op(self) -> str:
-        return self.node.op_type
-
-    def attr(self, name: str, default: Any) -> Any:
-        found = self.node.attributes.get(name)
-        return found.value if found is not None else default
-
-
-def _array(value: ir.Value) -> np.ndarray:
-    assert value.const_value is not None
-    return value.const_value.numpy()
-
-
-def _weight(layer: _Layer) -> np.ndarray:
-    """The layer's weight as a float array (dequantized when it sits on an integer grid)."""
-    return layer.grid.dequantize() if layer.grid is not None else _array(layer.weight)
-
-
-def _weight_shape(layer: _Layer) -> tuple[int, ...]:
-    """The weight's shape, read from its tensor's header (no data)."""
-    tensor = layer.grid.values.const_value if layer.grid is not None else layer.weight.const_value
-    assert tensor is not None
-    return tuple(int(d) for d in tensor.shape.numpy())
-
-
-def _constant(value: ir.Value, what: str) -> str | None:
-    """Why ``value`` cannot be rewritten as a constant initializer, or None."""
-    if value.const_value is None or not value.is_initializer():
-        return f"{what} '{value.name}' is not a constant initializer"
-    if value.is_graph_input() or value.is_graph_output():
-        return f"{what} '{value.name}' is a graph input or output"
-    if not value.const_value.dtype.is_floating_point():
-        return f"{what} '{value.name}' has non-float dtype {value.const_value.dtype.name}"
-    return None
-
-
-def _is_constant(value: ir.Value) -> bool:
-    producer = value.producer()
-    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
-
-
-class _TeacherPoints:
-    """Where a student value lives in the input model.
-
-    It is the value of the same name, moved past the per-channel affine nodes (BatchNormalization,
-    Mul/Add/Sub/Div by a constant) that follow it there but whose outputs the student no longer has:
-    fuse-bn folded them into the layer, which keeps its own output name.
-    """
-
-    def __init__(self, teacher: ir.Model, student: ir.Model) -> None:
-        graph = teacher.graph
-        self.values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph for v in n.outputs}
-        self.student = {v.name for v in student.graph.inputs} | {v.name for n in student.graph for v in n.outputs}
-        self.outputs = {v.name for v in graph.outputs}
-
-    def find(self, name: str | None) -> str | None:
-        value = self.values.get(name) if name else None
-        while value is not None and not value.is_graph_output() and len(value.uses()) == 1:
-            consumer, _ = next(iter(value.uses()))
-            following = consumer.outputs[0]
-            if consumer.domain not in _ONNX or consumer.op_type not in _FOLDED or following.name in self.student:
-                break
-            if not all(_is_constant(v) for v in consumer.inputs if v is not None and v is not value):
-                break
-            value = following
-        return value.name if value is not None else None
-
-
-def _find_layer(node: ir.Node, key: str, options: ReconstructOptions, teacher: _TeacherPoints) -> _Layer | str:
-    """The node as a :class:`_Layer`, or why it is not refit."""
-    if options.include and not _matches(node, key, options.include):
-        return f"not matched by include={','.join(options.include)}"
-    if _matches(node, key, options.exclude):
-        return "excluded"
-    data, weight = (node.inputs[0], node.inputs[1]) if len(node.inputs) > 1 else (None, None)
-    if data is None or weight is None or not data.name or not node.outputs[0].name:
-        return "no named input or no weight"
-    producer = weight.producer()
-    grid: _Grid | str | None = None
-    if weight.const_value is None and producer is not None and producer.op_type == "DequantizeLinear":
-        grid = _grid(producer) if producer.domain in _ONNX else "custom-domain DequantizeLinear"
-    elif (why := _constant(weight, "weight")) is not None:
-        return why
-    if isinstance(grid, str):
-        return grid
-    if len(weight.uses()) > 1:
-        return f"weight '{weight.name}' is read by other nodes too"
-    tensor = weight.const_value if grid is None else grid.values.const_value
-    assert tensor is not None
-    rank = len(tensor.shape)
-    if (node.op_type in _CONVS and rank < 3) or (node.op_type not in _CONVS and rank != 2):
-        return f"weight '{weight.name}' of rank {rank} is not a {node.op_type} weight this pass refits"
-    if node.op_type == "ConvTranspose" and ("output_shape" in node.attributes or _auto_pad(node) != "NOTSET"):
-        return "ConvTranspose with output_shape or auto_pad SAME_* is not refit"
-    output = teacher.find(node.outputs[0].name)
-    if output is None:
-        return f"no value '{node.outputs[0].name}' in the input model to match"
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    fit_bias = options.bias and node.op_type != "MatMul"
-    if bias is not None and _constant(bias, "bias") is not None:
-        if _constant_array(bias) is None:
-            return f"bias '{bias.name}' is not a constant"
-        fit_bias = False  # a quantized (or otherwise computed) bias stays; its value is subtracted
-    if node.op_type == "Gemm":
-        beta = node.attributes.get("beta")
-        columns = tensor.shape[0 if node.attributes.get_int("transB", 0) else 1]
-        shape = tuple(bias.const_value.shape) if bias is not None and bias.const_value is not None else None
-        broadcast_row = shape is None or shape in ((columns,), (1, columns))
-        fit_bias = fit_bias and broadcast_row and (beta is None or beta.as_float() != 0)
-    return _Layer(key, node, weight, bias, fit_bias, data.name, output, grid)
-
-
-def _matches(node: ir.Node, key: str, patterns: tuple[str, ...]) -> bool:
-    return any(p == node.op_type or fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-def _plan(model: ir.Model, options: ReconstructOptions, teacher: _TeacherPoints) -> tuple[list[_Layer], dict[str, str]]:
-    """Refittable layers of the main graph in order, each with its stage, and reasons for the others."""
-    layers: list[_Layer] = []
-    skipped: dict[str, str] = {}
-    depth: dict[ir.Value, int] = {}
-    for index, node in enumerate(model.graph):
-        stage = max((depth.get(v, 0) for v in node.inputs if v is not None), default=0)
-        found: _Layer | str | None = None
-        if node.domain in _ONNX and node.op_type in _LAYERS:
-            found = _find_layer(node, node.name or f"{node.op_type}#{index}", options, teacher)
-        if isinstance(found, _Layer):
-            found.stage = stage
-            layers.append(found)
-            stage += 1
-        elif isinstance(found, str):
-            skipped[node.name or f"{node.op_type}#{index}"] = found
-        for output in node.outputs:
-            depth[output] = stage
-    return layers, skipped
-
-
-def _auto_pad(node: ir.Node) -> str:
-    mode = node.attributes.get_string("auto_pad", "NOTSET")
-    return "NOTSET" if mode in ("", "VALID") else mode
-
-
-def _as_conv(layer: _Layer, x: np.ndarray) -> tuple[np.ndarray, list[int], list[int], list[int], list[int]]:
+def _as_conv(layer: refit_layers.Layer, x: np.ndarray) -> tuple[np.ndarray, list[int], list[int], list[int], list[int]]:
     """The Conv that computes the layer: its input, kernel shape, strides, pads and dilations.
 
     A ConvTranspose is a stride-1 Conv of the zero-upsampled input with the flipped kernel.
     """
-    kernel = list(_weight_shape(layer)[2:])
+    kernel = list(refit_layers.weight_shape(layer)[2:])
     spatial = len(kernel)
     strides = list(layer.attr("strides", [1] * spatial))
     dilations = list(layer.attr("dilations", [1] * spatial))
@@ -300,12 +85,12 @@ def _as_conv(layer: _Layer, x: np.ndarray) -> tuple[np.ndarray, list[int], list[
     return x, kernel, strides, pads, dilations
 
 
-def _pieces(layer: _Layer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pieces(layer: refit_layers.Layer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Splits a Conv batch by samples so its im2col rows stay near ``_ROWS_BUDGET`` elements."""
-    if layer.op not in _CONVS or x.ndim < 3 or y.ndim < 1 or len(x) != len(y):
+    if layer.op not in refit_layers.CONVS or x.ndim < 3 or y.ndim < 1 or len(x) != len(y):
         yield x, y
         return
-    per_sample = x[0].size * int(np.prod(_weight_shape(layer)[2:]))
+    per_sample = x[0].size * int(np.prod(refit_layers.weight_shape(layer)[2:]))
     if layer.op == "ConvTranspose":
         per_sample *= int(np.prod(layer.attr("strides", [1])))
     step = max(1, _ROWS_BUDGET // max(per_sample, 1))
@@ -313,7 +98,7 @@ def _pieces(layer: _Layer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.nd
         yield x[start : start + step], y[start : start + step]
 
 
-def _wider(layer: _Layer, shape: tuple[int, ...], expected: tuple[int, ...], axis: int) -> bool:
+def _wider(layer: refit_layers.Layer, shape: tuple[int, ...], expected: tuple[int, ...], axis: int) -> bool:
     """The teacher value has more channels than the layer (it lost output channels) and is
     otherwise the same shape; then all teacher channels are summed and matched after the pass."""
     same_elsewhere = len(shape) == len(expected) and all(
@@ -323,11 +108,11 @@ def _wider(layer: _Layer, shape: tuple[int, ...], expected: tuple[int, ...], axi
     return same_elsewhere and plain and shape[axis] > expected[axis]
 
 
-def _rows_and_targets(layer: _Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+def _rows_and_targets(layer: refit_layers.Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
     """Calibration rows ``[P, g, K(+1)]`` and targets ``[P, g, O]``, or why the teacher value does not fit."""
-    weight_shape = _weight_shape(layer)
+    weight_shape = refit_layers.weight_shape(layer)
     group = int(layer.attr("group", 1))
-    if layer.op in _CONVS:
+    if layer.op in refit_layers.CONVS:
         x, kernel, strides, pads, dilations = _as_conv(layer, x)
         spatial = lstsq.conv_output_shape(x.shape, kernel, strides, pads, dilations)
         channels = weight_shape[0] if layer.op == "Conv" else weight_shape[1] * group
@@ -337,17 +122,17 @@ def _rows_and_targets(layer: _Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.n
             x = x.T
         transposed = layer.op == "Gemm" and layer.attr("transB", 0)
         expected = (*x.shape[:-1], weight_shape[0] if transposed else weight_shape[1])
-    axis = 1 if layer.op in _CONVS else len(expected) - 1
+    axis = 1 if layer.op in refit_layers.CONVS else len(expected) - 1
     if y.shape != expected and not _wider(layer, y.shape, expected, axis):
         return f"the input model's value '{layer.output_name}' has shape {list(y.shape)}, not {list(expected)}"
     if layer.bias is not None and not layer.fit_bias:
         # A bias that is not refit is part of the target: the weights fit what remains.
-        offset = _constant_array(layer.bias)
+        offset = refit_layers.constant_array(layer.bias)
         assert offset is not None
-        if layer.op in _CONVS:
+        if layer.op in refit_layers.CONVS:
             offset = offset.reshape(-1, *([1] * (y.ndim - 2)))
         y = y - float(layer.attr("beta", 1.0)) * offset if layer.op == "Gemm" else y - offset
-    if layer.op in _CONVS:
+    if layer.op in refit_layers.CONVS:
         rows = lstsq.conv_rows(x, kernel, strides, pads, dilations, group)
         targets = np.moveaxis(y, 1, -1).reshape(rows.shape[0], group, -1)
     else:
@@ -358,9 +143,9 @@ def _rows_and_targets(layer: _Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.n
     return rows, targets
 
 
-def _as_matrix(layer: _Layer) -> np.ndarray:
+def _as_matrix(layer: refit_layers.Layer) -> np.ndarray:
     """The layer's effective weights ``[g, O, K(+1)]`` (float64), bias in the last column when fit."""
-    weight = _weight(layer).astype(np.float64)
+    weight = refit_layers.weight_of(layer).astype(np.float64)
     if layer.op == "Conv":
         group = int(layer.attr("group", 1))
         matrix = weight.reshape(group, weight.shape[0] // group, -1)
@@ -375,7 +160,7 @@ def _as_matrix(layer: _Layer) -> np.ndarray:
     outputs = matrix.shape[0] * matrix.shape[1]
     # The node's input, not layer.bias: a refit may have given the layer a bias of its own.
     given = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
-    bias = np.zeros(outputs) if given is None else _array(given).astype(np.float64).reshape(outputs)
+    bias = np.zeros(outputs) if given is None else refit_layers.array_of(given).astype(np.float64).reshape(outputs)
     if layer.op == "Gemm":
         bias = bias * float(layer.attr("beta", 1.0))
     return np.concatenate([matrix, bias.reshape(*matrix.shape[:2], 1)], axis=-1)
@@ -410,9 +195,9 @@ class _Edits:
         del self.inputs[since[1] :]
 
 
-def _write(model: ir.Model, layer: _Layer, matrix: np.ndarray, edits: _Edits) -> None:
+def _write(model: ir.Model, layer: refit_layers.Layer, matrix: np.ndarray, edits: _Edits) -> None:
     """Stores refit effective weights back into the layer's initializers (same names and dtypes)."""
-    old = _weight(layer)
+    old = refit_layers.weight_of(layer)
     weights = matrix[..., :-1] if layer.fit_bias else matrix
     if layer.op == "Conv":
         new = weights.reshape(old.shape)
@@ -525,8 +310,8 @@ class ReconstructPass(ShrinkPass):
         options: ReconstructOptions = self.options
         self.context.require_calibration(self.name)
         teacher = self.context.reference_model(self.name)
-        points = _TeacherPoints(teacher, model)
-        layers, skipped = _plan(model, options, points)
+        points = refit_layers.TeacherPoints(teacher, model)
+        layers, skipped = refit_layers.plan(model, options, points)
         outputs = [v.name for v in model.graph.outputs if v.name and v.name in points.outputs]
         per_layer: dict[str, dict[str, Any]] = {}
         stages = sorted({layer.stage for layer in layers})
@@ -569,7 +354,12 @@ class ReconstructPass(ShrinkPass):
         return ShrinkPassResult(model, modified=bool(edits.tensors), stats=stats)
 
     def _accumulate(
-        self, model: ir.Model, teacher: ir.Model, layers: list[_Layer], outputs: list[str], error: _OutputError
+        self,
+        model: ir.Model,
+        teacher: ir.Model,
+        layers: list[refit_layers.Layer],
+        outputs: list[str],
+        error: _OutputError,
     ) -> tuple[dict[str, lstsq.NormalEquations], dict[str, str]]:
         """Streams calibration rows of ``layers`` into normal equations (one per layer), and the
         difference of the named model outputs into ``error``; two sessions, one pass over the data."""
@@ -594,11 +384,15 @@ class ReconstructPass(ShrinkPass):
                         break
                     rows, targets = found
                     if layer.key not in equations:
-                        equations[layer.key] = lstsq.NormalEquations.zeros(*rows.shape[1:], targets.shape[-1])
+                        equations[layer.key] = lstsq.NormalEquations.zeros(
+                            rows.shape[1], rows.shape[2], targets.shape[-1]
+                        )
                     equations[layer.key].add(rows, targets)
         return equations, reasons
 
-    def _refit(self, model: ir.Model, layer: _Layer, equations: lstsq.NormalEquations, edits: _Edits) -> dict[str, Any]:
+    def _refit(
+        self, model: ir.Model, layer: refit_layers.Layer, equations: lstsq.NormalEquations, edits: _Edits
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         current = _as_matrix(layer)
         entry: dict[str, Any] = {"teacher_point": layer.output_name, "rows": equations.rows}

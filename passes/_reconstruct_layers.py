@@ -1,0 +1,243 @@
+"""What ``reconstruct`` refits: its layers, their weights (plain or behind a DequantizeLinear) and
+the point of the input model each layer's output must reproduce."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Protocol
+
+import numpy as np
+import onnx_ir as ir
+
+_ONNX = ("", "ai.onnx")
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CONVS = ("Conv", "ConvTranspose")
+# Nodes fuse-bn folds into the layer before them (the layer keeps its own output name).
+_FOLDED = ("BatchNormalization", "Mul", "Add", "Sub", "Div")
+
+
+class Selection(Protocol):
+    """The options that choose layers (``reconstruct``'s options)."""
+
+    @property
+    def include(self) -> tuple[str, ...]: ...
+    @property
+    def exclude(self) -> tuple[str, ...]: ...
+    @property
+    def bias(self) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """The integer grid of a weight behind a DequantizeLinear: ``w = (q - zero_point) · scale``."""
+
+    values: ir.Value  # the integer initializer q
+    scale: np.ndarray  # shaped to broadcast against q
+    zero_point: np.ndarray
+    dtype: np.dtype  # what the DequantizeLinear outputs (the scale's dtype)
+
+    def dequantize(self) -> np.ndarray:
+        return (array_of(self.values).astype(np.float64) - self.zero_point) * self.scale
+
+    def quantize(self, weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """``weight`` rounded onto the grid (same scale and zero point); dropped entries stay at zero."""
+        dtype = array_of(self.values).dtype
+        limits = np.iinfo(dtype)
+        steps = np.clip(np.rint(weight / self.scale) + self.zero_point, limits.min, limits.max)
+        return np.where(keep, steps, self.zero_point).astype(dtype)
+
+
+def _grid(dequantize: ir.Node) -> _Grid | str:
+    """The grid of a DequantizeLinear that reads constants only, or why it is not refit."""
+    values, scale = dequantize.inputs[0], dequantize.inputs[1] if len(dequantize.inputs) > 1 else None
+    zero_point = dequantize.inputs[2] if len(dequantize.inputs) > 2 else None
+    if values is None or scale is None or values.const_value is None or not values.is_initializer():
+        return "weight comes out of a DequantizeLinear whose input is not a constant initializer"
+    if values.is_graph_input() or values.is_graph_output() or len(values.uses()) > 1:
+        return f"quantized weight '{values.name}' is a graph input or output, or read by other nodes too"
+    if dequantize.attributes.get_int("block_size", 0):
+        return "blocked quantization (block_size) is not refit"
+    q = values.const_value.numpy()
+    if q.dtype.kind not in "iu":
+        return f"quantized weight '{values.name}' has dtype {q.dtype}, not an integer type"
+    scales, zeros = constant_array(scale), constant_array(zero_point) if zero_point is not None else np.zeros(1)
+    if scales is None or zeros is None or np.any(scales == 0):
+        return "the DequantizeLinear's scale or zero point is not a constant (or a scale is 0)"
+    shape = [1] * q.ndim
+    if scales.size > 1:
+        shape[dequantize.attributes.get_int("axis", 1) % q.ndim] = -1
+    return _Grid(
+        values, scales.astype(np.float64).reshape(shape), zeros.astype(np.float64).reshape(shape), scales.dtype
+    )
+
+
+def constant_array(value: ir.Value) -> np.ndarray | None:
+    """The value's data when it is a constant or the DequantizeLinear of constants, else None."""
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        attr = producer.attributes.get("value")
+        return attr.as_tensor().numpy() if attr is not None else None
+    if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain in _ONNX:
+        grid = _grid(producer) if all(v is None or v.const_value is not None for v in producer.inputs) else None
+        return grid.dequantize() if isinstance(grid, _Grid) else None
+    return None
+
+
+@dataclasses.dataclass
+class Layer:
+    """A refittable layer: its constant weight and bias, and how many refittable layers precede it."""
+
+    key: str
+    node: ir.Node
+    weight: ir.Value
+    bias: ir.Value | None  # Conv B / Gemm C as given
+    fit_bias: bool
+    input_name: str  # the layer input the student streams
+    output_name: str  # the teacher point: the value of the input model the layer must reproduce
+    grid: _Grid | None = None  # the integer grid when the weight comes out of a DequantizeLinear
+    stage: int = 0
+
+    @property
+    def op(self) -> str:
+        return self.node.op_type
+
+    def attr(self, name: str, default: Any) -> Any:
+        found = self.node.attributes.get(name)
+        return found.value if found is not None else default
+
+
+def array_of(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None
+    return value.const_value.numpy()
+
+
+def weight_of(layer: Layer) -> np.ndarray:
+    """The layer's weight as a float array (dequantized when it sits on an integer grid)."""
+    return layer.grid.dequantize() if layer.grid is not None else array_of(layer.weight)
+
+
+def weight_shape(layer: Layer) -> tuple[int, ...]:
+    """The weight's shape, read from its tensor's header (no data)."""
+    tensor = layer.grid.values.const_value if layer.grid is not None else layer.weight.const_value
+    assert tensor is not None
+    return tuple(int(d) for d in tensor.shape.numpy())
+
+
+def _constant(value: ir.Value, what: str) -> str | None:
+    """Why ``value`` cannot be rewritten as a constant initializer, or None."""
+    if value.const_value is None or not value.is_initializer():
+        return f"{what} '{value.name}' is not a constant initializer"
+    if value.is_graph_input() or value.is_graph_output():
+        return f"{what} '{value.name}' is a graph input or output"
+    if not value.const_value.dtype.is_floating_point():
+        return f"{what} '{value.name}' has non-float dtype {value.const_value.dtype.name}"
+    return None
+
+
+def _is_constant(value: ir.Value) -> bool:
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
+
+
+class TeacherPoints:
+    """Where a student value lives in the input model.
+
+    It is the value of the same name, moved past the per-channel affine nodes (BatchNormalization,
+    Mul/Add/Sub/Div by a constant) that follow it there but whose outputs the student no longer has:
+    fuse-bn folded them into the layer, which keeps its own output name.
+    """
+
+    def __init__(self, teacher: ir.Model, student: ir.Model) -> None:
+        graph = teacher.graph
+        self.values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph for v in n.outputs}
+        self.student = {v.name for v in student.graph.inputs} | {v.name for n in student.graph for v in n.outputs}
+        self.outputs = {v.name for v in graph.outputs}
+
+    def find(self, name: str | None) -> str | None:
+        value = self.values.get(name) if name else None
+        while value is not None and not value.is_graph_output() and len(value.uses()) == 1:
+            consumer, _ = next(iter(value.uses()))
+            following = consumer.outputs[0]
+            if consumer.domain not in _ONNX or consumer.op_type not in _FOLDED or following.name in self.student:
+                break
+            if not all(_is_constant(v) for v in consumer.inputs if v is not None and v is not value):
+                break
+            value = following
+        return value.name if value is not None else None
+
+
+def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoints) -> Layer | str:
+    """The node as a :class:`Layer`, or why it is not refit."""
+    if options.include and not _matches(node, key, options.include):
+        return f"not matched by include={','.join(options.include)}"
+    if _matches(node, key, options.exclude):
+        return "excluded"
+    data, weight = (node.inputs[0], node.inputs[1]) if len(node.inputs) > 1 else (None, None)
+    if data is None or weight is None or not data.name or not node.outputs[0].name:
+        return "no named input or no weight"
+    producer = weight.producer()
+    grid: _Grid | str | None = None
+    if weight.const_value is None and producer is not None and producer.op_type == "DequantizeLinear":
+        grid = _grid(producer) if producer.domain in _ONNX else "custom-domain DequantizeLinear"
+    elif (why := _constant(weight, "weight")) is not None:
+        return why
+    if isinstance(grid, str):
+        return grid
+    if len(weight.uses()) > 1:
+        return f"weight '{weight.name}' is read by other nodes too"
+    tensor = weight.const_value if grid is None else grid.values.const_value
+    assert tensor is not None
+    rank = len(tensor.shape)
+    if (node.op_type in CONVS and rank < 3) or (node.op_type not in CONVS and rank != 2):
+        return f"weight '{weight.name}' of rank {rank} is not a {node.op_type} weight this pass refits"
+    if node.op_type == "ConvTranspose" and ("output_shape" in node.attributes or auto_pad(node) != "NOTSET"):
+        return "ConvTranspose with output_shape or auto_pad SAME_* is not refit"
+    output = teacher.find(node.outputs[0].name)
+    if output is None:
+        return f"no value '{node.outputs[0].name}' in the input model to match"
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    fit_bias = options.bias and node.op_type != "MatMul"
+    if bias is not None and _constant(bias, "bias") is not None:
+        if constant_array(bias) is None:
+            return f"bias '{bias.name}' is not a constant"
+        fit_bias = False  # a quantized (or otherwise computed) bias stays; its value is subtracted
+    if node.op_type == "Gemm":
+        beta = node.attributes.get("beta")
+        columns = tensor.shape[0 if node.attributes.get_int("transB", 0) else 1]
+        shape = tuple(bias.const_value.shape) if bias is not None and bias.const_value is not None else None
+        broadcast_row = shape is None or shape in ((columns,), (1, columns))
+        fit_bias = fit_bias and broadcast_row and (beta is None or beta.as_float() != 0)
+    return Layer(key, node, weight, bias, fit_bias, data.name, output, grid)
+
+
+def _matches(node: ir.Node, key: str, patterns: tuple[str, ...]) -> bool:
+    return any(p == node.op_type or fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[list[Layer], dict[str, str]]:
+    """Refittable layers of the main graph in order, each with its stage, and reasons for the others."""
+    layers: list[Layer] = []
+    skipped: dict[str, str] = {}
+    depth: dict[ir.Value, int] = {}
+    for index, node in enumerate(model.graph):
+        stage = max((depth.get(v, 0) for v in node.inputs if v is not None), default=0)
+        found: Layer | str | None = None
+        if node.domain in _ONNX and node.op_type in LAYERS:
+            found = _find_layer(node, node.name or f"{node.op_type}#{index}", options, teacher)
+        if isinstance(found, Layer):
+            found.stage = stage
+            layers.append(found)
+            stage += 1
+        elif isinstance(found, str):
+            skipped[node.name or f"{node.op_type}#{index}"] = found
+        for output in node.outputs:
+            depth[output] = stage
+    return layers, skipped
+
+
+def auto_pad(node: ir.Node) -> str:
+    mode = node.attributes.get_string("auto_pad", "NOTSET")
+    return "NOTSET" if mode in ("", "VALID") else mode
