@@ -138,7 +138,7 @@ def options_of(cls: type[ShrinkPass]) -> list[OptionInfo]:
             default = None
         infos.append(
             OptionInfo(
-                key=f.name.replace("_", "-"),
+                key=f.name.rstrip("_").replace("_", "-"),  # `for_` (a Python keyword) is typed `for`
                 field=f.name,
                 type=hints[f.name],
                 default=default,

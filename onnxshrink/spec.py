@@ -99,7 +99,7 @@ def make_spec(name: str, values: Mapping[str, Any], *, source: str | None = None
 def build_options(spec: PassSpec) -> Any:
     """The pass's options dataclass instance for a spec."""
     cls = registry.get_pass(spec.name)
-    fields = {k.replace("-", "_"): v for k, v in spec.options.items()}
+    fields = {info.field: spec.options[info.key] for info in registry.options_of(cls) if info.key in spec.options}
     return cls.Options(**fields)
 
 

@@ -1,9 +1,9 @@
 """onnxshrink's rewrite passes, one module each; importing this package registers them all."""
 
-from onnxshrink.passes import cleanup, fold, fuse_bn, prune, reconstruct
+from onnxshrink.passes import cleanup, fold, fuse_bn, prune, prune_channels, reconstruct, sort
 from onnxshrink.registry import register_preset
 
-__all__ = ["cleanup", "fold", "fuse_bn", "prune", "reconstruct"]
+__all__ = ["cleanup", "fold", "fuse_bn", "prune", "prune_channels", "reconstruct", "sort"]
 
 register_preset(
     "simplify",

@@ -1,0 +1,418 @@
+"""Channel removal: the invariant on one tiny graph per rule, and the ``prune-channels`` pass.
+
+Invariant (CHANNEL_RULES.md): the shrunk model computes what the original computes once only the
+Stop consumers' input-weight slices of the removed channels are set to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper
+import onnx.numpy_helper
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from ort_check import ATOL, assert_outputs_close, run
+from real_models import REAL_MODELS, RealModel, fetch, make_inputs
+from test_channels import CASES, build, by_label, feed
+
+import onnxshrink
+from onnxshrink import channels
+from onnxshrink.errors import UsageError
+
+
+def zeroed_reference(
+    original: onnx.ModelProto, plan: channels.ChannelPlan, keeps: Mapping[int, np.ndarray]
+) -> onnx.ModelProto:
+    """The original model with the removed channels' input slices of every Stop consumer zeroed."""
+    removed: set[int] = set()
+    for index, keep in keeps.items():
+        group = plan.groups[index]
+        mask = np.ones(group.size, dtype=bool)
+        mask[keep] = False
+        removed.update(group.classes[mask].tolist())
+    reference = onnx.ModelProto()
+    reference.CopyFrom(original)
+    weights = {t.name: t for t in reference.graph.initializer}
+    for node in reference.graph.node:  # weights held by Constant nodes (paddle2onnx exports)
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            weights.setdefault(node.output[0], node.attribute[0].t)
+    done: set[int] = set()
+    for group in plan.groups:
+        for site in group.of_kind("consumer"):
+            if id(site) in done:
+                continue
+            done.add(id(site))
+            gone = np.flatnonzero(np.isin(site.classes, list(removed)))
+            if not gone.size:
+                continue
+            assert site.node is not None
+            tensor = weights[site.node.inputs[site.index].name]
+            array = onnx.numpy_helper.to_array(tensor).copy()
+            groups = int(site.extra.get("groups", 1))
+            if groups > 1:
+                per, rows = len(site.classes) // groups, array.shape[0] // groups
+                for position in gone.tolist():
+                    g = position // per
+                    array[g * rows : (g + 1) * rows, position - g * per] = 0
+            else:
+                columns = (gone[:, None] * site.inner + np.arange(site.inner)[None, :]).reshape(-1)
+                index: list[Any] = [slice(None)] * array.ndim
+                index[site.axis] = columns
+                array[tuple(index)] = 0
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name or None))
+    return reference
+
+
+def _half(group: channels.ChannelGroup, rng: np.random.Generator) -> np.ndarray:
+    """About half of each block's channels (at least one), chosen at random, balanced across blocks."""
+    per_block = max(1, min(len(b) for b in group.blocks) // 2)
+    return np.sort(np.concatenate([rng.choice(b, per_block, replace=False) for b in group.blocks]))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_removal_equals_zeroed_consumers(name: str) -> None:
+    original = build(name)
+    model = ir.serde.deserialize_model(original)
+    plan = channels.analyze(model, "remove")
+    rng = np.random.default_rng(5)
+    keeps = {group.index: _half(group, rng) for group in channels.iter_ok(plan)}
+    reference = zeroed_reference(original, plan, keeps)
+    count = channels.remove(model, plan, keeps)
+    assert (count > 0) == bool(keeps)
+    shrunk = ir.serde.serialize_model(model)
+    onnx.checker.check_model(shrunk, full_check=True)
+    inputs = feed(original)
+    want, got = run(reference, inputs), run(shrunk, inputs)
+    scale = max(float(np.abs(w).max()) for w in want)
+    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale, context=name)
+    before = sum(onnx.numpy_helper.to_array(t).size for t in original.graph.initializer)
+    after = sum(onnx.numpy_helper.to_array(t).size for t in shrunk.graph.initializer)
+    assert (after < before) == bool(keeps)
+
+
+def test_split_sizes_and_slice_bounds_are_rewritten() -> None:
+    model = ir.serde.deserialize_model(build("split-sizes"))
+    plan = channels.analyze(model, "remove")
+    group = by_label(plan)["Conv 'A'"]
+    channels.remove(model, plan, {group.index: np.array([0, 1, 6, 7, 8])})  # 2 of the first 6, 3 of the last 10
+    np.testing.assert_array_equal(model.graph.initializers["sizes"].const_value.numpy(), [2, 3])
+    model = ir.serde.deserialize_model(build("slice"))  # Slice [4, 12) of 16
+    plan = channels.analyze(model, "remove")
+    group = by_label(plan)["Conv 'A'"]
+    channels.remove(model, plan, {group.index: np.array([0, 5, 6, 13])})
+    assert model.graph.initializers["starts"].const_value.numpy().tolist() == [1]
+    assert model.graph.initializers["ends"].const_value.numpy().tolist() == [3]
+
+
+def test_unbalanced_grouped_conv_and_empty_keeps_are_refused() -> None:
+    model = ir.serde.deserialize_model(build("grouped"))
+    plan = channels.analyze(model, "remove")
+    group = by_label(plan)["Conv 'A'"]
+    with pytest.raises(UsageError, match="same number of channels in each group"):
+        channels.remove(model, plan, {group.index: np.array([0, 1, 4])})
+    with pytest.raises(UsageError, match="keep at least one"):
+        channels.remove(model, plan, {group.index: np.array([], dtype=np.int64)})
+
+
+def test_a_refused_removal_changes_nothing() -> None:
+    original = build("grouped")
+    model = ir.serde.deserialize_model(original)
+    plan = channels.analyze(model, "remove")
+    group = by_label(plan)["Conv 'A'"]
+    with pytest.raises(UsageError):
+        channels.remove(model, plan, {group.index: np.array([0, 1, 4])})
+    after = ir.serde.serialize_model(model)
+    for before, now in zip(original.graph.initializer, after.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(before), onnx.numpy_helper.to_array(now))
+
+
+def _prune(model: onnx.ModelProto, spec: str, **kwargs: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    result = onnxshrink.shrink(model, [spec], verify=False, **kwargs)
+    out = result.to_proto()
+    onnx.checker.check_model(out, full_check=True)
+    return out, result.report["passes"][0]
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _assert_invariant(original: onnx.ModelProto, shrunk: onnx.ModelProto, consumer: str, removed: np.ndarray) -> None:
+    reference = onnx.ModelProto()
+    reference.CopyFrom(original)
+    for tensor in reference.graph.initializer:
+        if tensor.name == consumer:
+            array = onnx.numpy_helper.to_array(tensor).copy()
+            array[:, removed] = 0
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, consumer))
+    inputs = feed(original)
+    want, got = run(reference, inputs), run(shrunk, inputs)
+    scale = max(float(np.abs(w).max()) for w in want)
+    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn-gamma"])
+def test_pass_removes_the_lowest_scores_and_keeps_the_invariant(criterion: str) -> None:
+    original = build("conv-bn-relu-conv")
+    out, record = _prune(original, f"prune-channels:ratio=0.5,criterion={criterion}")
+    before, after = _weights(original), _weights(out)
+    w1, w2 = before["W1"], before["W2"]
+    if criterion == "bn-gamma":
+        score = np.abs(before["s"])
+    elif criterion == "l1":  # producer rows and consumer columns together
+        score = np.abs(w1).sum(axis=(1, 2, 3)) + np.abs(w2).sum(axis=(0, 2, 3))
+    else:
+        score = np.sqrt((w1**2).sum(axis=(1, 2, 3)) + (w2**2).sum(axis=(0, 2, 3)))
+    kept = np.sort(np.argsort(-score, kind="stable")[:8])
+    removed = np.setdiff1d(np.arange(16), kept)
+    np.testing.assert_array_equal(after["W1"], w1[kept])
+    for name in ("B1", "s", "b", "m", "v"):
+        np.testing.assert_array_equal(after[name], before[name][kept])
+    np.testing.assert_array_equal(after["W2"], before["W2"][:, kept])
+    assert record["modified"] is True
+    stats = record["stats"]
+    assert stats["channels"] == {"Conv 'A'": {"before": 16, "after": 8}}
+    assert stats["channels_removed"] == 8 and stats["groups_pruned"] == 1
+    assert stats["refused"] == {"Conv 'Y'": "reaches graph output 'Y'"}
+    _assert_invariant(original, out, "W2", removed)
+
+
+def test_round_to_and_min_channels() -> None:
+    original = build("concat")  # A: 8 channels, B: 24
+    _, record = _prune(original, "prune-channels:ratio=0.25")
+    assert record["stats"]["channels"] == {
+        "Conv 'A'": {"before": 8, "after": 8},
+        "Conv 'B'": {"before": 24, "after": 16},
+    }
+    _, record = _prune(original, "prune-channels:ratio=0.25,round-to=1,min-channels=1")
+    assert record["stats"]["channels"] == {
+        "Conv 'A'": {"before": 8, "after": 6},
+        "Conv 'B'": {"before": 24, "after": 18},
+    }
+    _, record = _prune(original, "prune-channels:ratio=0.9,round-to=1,min-channels=5")
+    assert record["stats"]["channels"]["Conv 'B'"]["after"] == 5
+
+
+def test_global_scope_takes_from_the_weakest_group() -> None:
+    original = build("concat")
+    weights = {t.name: t for t in original.graph.initializer}
+    weak = onnx.numpy_helper.to_array(weights["Wb"]).copy()
+    weak[:8] *= 0.01  # eight weak channels in B (producer rows and consumer columns), none in A
+    weights["Wb"].CopyFrom(onnx.numpy_helper.from_array(weak, "Wb"))
+    columns = onnx.numpy_helper.to_array(weights["Wc"]).copy()
+    columns[:, 8:16] *= 0.01  # Concat puts B's channel c at position 8 + c
+    weights["Wc"].CopyFrom(onnx.numpy_helper.from_array(columns, "Wc"))
+    out, record = _prune(original, "prune-channels:ratio=0.25,scope=global,round-to=1,min-channels=1")
+    assert record["stats"]["channels"] == {
+        "Conv 'A'": {"before": 8, "after": 8},
+        "Conv 'B'": {"before": 24, "after": 16},
+    }
+    np.testing.assert_array_equal(_weights(out)["Wb"], weak[8:])
+
+
+def test_include_exclude_and_bn_gamma_skips() -> None:
+    original = build("concat")
+    _, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,exclude=Conv")
+    assert record["modified"] is False
+    assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'"}
+    _, record = _prune(original, "prune-channels:ratio=0.5,criterion=bn-gamma")
+    assert record["stats"]["skipped"]["Conv 'A'"] == "criterion bn-gamma: no BatchNormalization on its channels"
+    _, record = _prune(original, "prune-channels:ratio=0")
+    assert record["modified"] is False
+
+
+def test_activation_criterion_reads_calibration_data() -> None:
+    original = build("conv-bn-relu-conv")
+    rng = np.random.default_rng(0)
+    calibration = {"X": rng.standard_normal((16, 8, 6, 6)).astype(np.float32)}
+    out, record = _prune(original, "prune-channels:ratio=0.5,criterion=activation", calibration=calibration)
+    assert record["stats"]["channels"] == {"Conv 'A'": {"before": 16, "after": 8}}
+    # The kept channels are those with the largest mean |A| (the first Conv's output) on the data.
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(original)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, None))
+    session_outputs = [run(exposed, {"X": calibration["X"][i : i + 1]})[1] for i in range(16)]
+    mean = np.abs(np.concatenate(session_outputs)).mean(axis=(0, 2, 3))
+    kept = np.sort(np.argsort(-mean, kind="stable")[:8])
+    np.testing.assert_array_equal(_weights(out)["W1"], _weights(original)["W1"][kept])
+    with pytest.raises(UsageError, match="needs calibration data"):
+        _prune(original, "prune-channels:criterion=activation")
+
+
+@pytest.mark.parametrize("spec", ["prune-channels:ratio=1", "prune-channels:round-to=0", "prune-channels:criterion=l3"])
+def test_bad_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError):
+        onnxshrink.shrink(build("concat"), [spec], verify=False)
+
+
+@pytest.fixture(scope="module", params=REAL_MODELS, ids=lambda m: m.id)
+def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
+    return request.param, fetch(request.param)
+
+
+def test_real_models_keep_the_invariant(real_model: tuple[RealModel, Path]) -> None:
+    spec, path = real_model
+    original = onnx.load(str(path))
+    model = ir.serde.deserialize_model(original)
+    plan = channels.analyze(model, "remove")
+    groups = list(channels.iter_ok(plan))
+    if not groups:
+        pytest.skip(f"{spec.id}: no removable channel group")
+    rng = np.random.default_rng(0)
+    keeps = {group.index: _half(group, rng) for group in groups}
+    reference = zeroed_reference(original, plan, keeps)
+    channels.remove(model, plan, keeps)
+    shrunk = ir.serde.serialize_model(model)
+    onnx.checker.check_model(shrunk)
+    inputs = make_inputs(spec, path)
+    want, got = run(reference, inputs), run(shrunk, inputs)
+    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
+    # Half the channels gone, rapidocr-rec's attention amplifies float rounding to ~5e-5 on its
+    # softmax output: the reference alone moves that much between ORT's optimization levels.
+    # The tolerance is four times that spread of the reference itself (a wrong channel gives ~0.1).
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(reference.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    spread = max(
+        (
+            float(np.abs(np.asarray(a) - np.asarray(b)).max())
+            for a, b in zip(want, plain.run(None, inputs), strict=True)
+            if np.asarray(a).dtype.kind == "f"
+        ),
+        default=0.0,
+    )
+    assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale, 4 * spread), context=spec.id)
+
+
+@pytest.mark.parametrize("spec", ["prune-channels:ratio=0.5", "prune-channels:ratio=0.25,scope=global"])
+def test_real_models_run_after_the_pass(real_model: tuple[RealModel, Path], spec: str) -> None:
+    model, path = real_model
+    result = onnxshrink.shrink(path, [spec], verify=False)
+    out = result.to_proto()
+    onnx.checker.check_model(out)
+    inputs = make_inputs(model, path)
+    want, got = run(str(path), inputs), run(out, inputs)
+    assert [np.asarray(w).shape for w in want] == [np.asarray(g).shape for g in got]
+    stats = result.report["passes"][0]["stats"]
+    assert result.report["passes"][0]["modified"] == (stats["channels_removed"] > 0)
+    if stats["channels_removed"]:
+        assert result.report["output"]["params"] < result.report["input"]["params"]
+
+
+def _with_dead_rows(model: onnx.ModelProto, weight: str, rows: list[int], bias: str | None = None) -> onnx.ModelProto:
+    """The model with the given output rows of ``weight`` (and entries of ``bias``) set to zero."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in (weight, bias):
+            array = onnx.numpy_helper.to_array(tensor).copy()
+            array[rows] = 0
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+    return out
+
+
+def _assert_exact(original: onnx.ModelProto, shrunk: onnx.ModelProto, context: str) -> None:
+    inputs = feed(original)
+    want, got = run(original, inputs), run(shrunk, inputs)
+    scale = max(float(np.abs(w).max()) for w in want)
+    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale, context=context)
+
+
+def test_dead_only_removes_constant_channels_and_folds_them_exactly() -> None:
+    # Dead rows of W1 give BN's constant (beta - mean * gamma / std), through Relu, into a 1x1 Conv.
+    original = _with_dead_rows(build("conv-bn-relu-conv"), "W1", [1, 4, 9], bias="B1")
+    out, record = _prune(original, "prune-channels:dead=only")
+    assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 13}
+    assert record["stats"]["biases_folded"] == 1
+    assert record["modified"] is True
+    assert _weights(out)["W2"].shape == (4, 13, 1, 1)
+    _assert_exact(original, out, "dead conv-bn-relu-conv")
+
+
+def test_dead_only_folds_into_a_gemm_bias_it_creates() -> None:
+    text = """g (float[2,4,5,5] X) => (float[2,6] Y) {
+        A = Conv (X, Wa, Ba)
+        G = GlobalAveragePool (A)
+        F = Flatten (G)
+        Y = Gemm <transB=1, alpha=0.5> (F, Wg)
+    }"""
+    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\n{text}')
+    rng = np.random.default_rng(0)
+    for name, shape in {"Wa": (16, 4, 3, 3), "Ba": (16,), "Wg": (6, 16)}.items():
+        proto.graph.initializer.append(
+            onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    original = _with_dead_rows(proto, "Wa", [0, 5])  # the bias stays: the channels are the constant Ba[c]
+    out, record = _prune(original, "prune-channels:dead=only")
+    assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 14}
+    assert len(out.graph.node[-1].input) == 3  # a bias C was created
+    _assert_exact(original, out, "dead gap-gemm")
+
+
+def test_dead_only_leaves_channels_a_padded_consumer_would_see_at_its_borders() -> None:
+    text = """g (float[1,8,6,6] X) => (float[1,4,6,6] Y) {
+        A = Conv (X, Wa, Ba)
+        R = Relu (A)
+        Y = Conv <pads=[1,1,1,1]> (R, Wy)
+    }"""
+    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\n{text}')
+    rng = np.random.default_rng(0)
+    bias = np.full(16, 1.0, dtype=np.float32)
+    bias[3] = -1.0  # Relu(-1) = 0: this dead channel is zero everywhere, padding or not
+    weights = {"Wa": rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "Ba": bias}
+    weights["Wy"] = rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
+    original = _with_dead_rows(proto, "Wa", [2, 3])
+    out, record = _prune(original, "prune-channels:dead=only")
+    assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 15}  # only channel 3 goes
+    assert record["stats"]["biases_folded"] == 0
+    _assert_exact(original, out, "dead padded")
+
+
+def test_dead_only_without_dead_channels_changes_nothing() -> None:
+    original = build("conv-bn-relu-conv")
+    out, record = _prune(original, "prune-channels:dead=only")
+    assert record["modified"] is False
+    assert _weights(out).keys() == _weights(original).keys()
+    for name, array in _weights(original).items():
+        np.testing.assert_array_equal(_weights(out)[name], array)
+
+
+def test_real_models_dead_only_is_exact(real_model: tuple[RealModel, Path]) -> None:
+    spec, path = real_model
+    model = ir.serde.deserialize_model(onnx.load(str(path)))
+    groups = list(channels.iter_ok(channels.analyze(model, "remove")))
+    if not groups:
+        pytest.skip(f"{spec.id}: no removable channel group")
+    for group in groups:  # two dead channels per group, at its first producer
+        site = group.of_kind("producer")[0]
+        assert site.node is not None
+        tensor = ir.convenience.get_const_tensor(site.node.inputs[1])
+        assert tensor is not None
+        weight = tensor.numpy().copy()
+        index: list[Any] = [slice(None)] * weight.ndim
+        index[site.axis] = [0, 1]
+        weight[tuple(index)] = 0
+        channels.set_constant_input(model, site.node, 1, weight)
+    original = ir.serde.serialize_model(model)
+    result = onnxshrink.shrink(original, ["prune-channels:dead=only"], verify=False)
+    assert result.report["passes"][0]["stats"]["channels_removed"] > 0
+    inputs = make_inputs(spec, path)
+    want, got = run(original, inputs), run(result.to_proto(), inputs)
+    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
+    assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale), context=spec.id)
+
+
+def test_dead_only_keeps_a_dead_channel_a_spatial_gate_scales() -> None:
+    # Channel c of A is the constant Ba[c], but the gate multiplies it by a map that varies.
+    original = _with_dead_rows(build("conv-gate"), "Wa", [2, 7])
+    out, record = _prune(original, "prune-channels:dead=only")
+    assert record["modified"] is False
+    assert record["stats"]["channels_removed"] == 0
+    _assert_exact(original, out, "dead gated")

@@ -1,0 +1,178 @@
+"""``sort``: exact channel permutations by importance or for N:M, checked through onnxruntime."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import pytest
+from ort_check import ATOL, assert_outputs_close, run
+from real_models import REAL_MODELS, RealModel, fetch, make_inputs
+from test_channels import CASES, HEADER, assert_same_function, build
+
+import onnxshrink
+from onnxshrink.errors import UsageError
+from onnxshrink.sparsity import satisfies_nm
+
+
+def _sort(model: onnx.ModelProto | Path, specs: list[str]) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    result = onnxshrink.shrink(model, specs, verify=False)
+    out = result.to_proto()
+    onnx.checker.check_model(out)
+    return out, result.report["passes"]
+
+
+def _wide(in_channels: int = 64, seed: int = 0) -> onnx.ModelProto:
+    """Conv A (in_channels out) -> Relu -> Conv Y (32 x in_channels x 3 x 3): Y is N:M eligible."""
+    text = """g (float[1,8,6,6] X) => (float[1,32,4,4] Y) {
+        A = Conv (X, Wa, Ba)
+        R = Relu (A)
+        Y = Conv (R, Wy)
+    }"""
+    model = onnx.parser.parse_model(f"{HEADER}\n{text}")
+    rng = np.random.default_rng(seed)
+    # Channels of different scale, as in trained layers, so the order matters.
+    scale = rng.lognormal(0.0, 0.7, size=(1, in_channels, 1, 1)).astype(np.float32)
+    weights = {
+        "Wa": rng.standard_normal((in_channels, 8, 1, 1)).astype(np.float32),
+        "Ba": rng.standard_normal(in_channels).astype(np.float32),
+        "Wy": (rng.standard_normal((32, in_channels, 3, 3)) * scale).astype(np.float32),
+    }
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
+    return model
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("spec", ["sort", "sort:key=l2", "sort:for=2:4"])
+def test_sort_keeps_the_function(name: str, spec: str) -> None:
+    original = build(name)
+    out, passes = _sort(original, [spec])
+    assert_same_function(original, out, f"{name} {spec}")
+    assert [v.name for v in out.graph.input] == [v.name for v in original.graph.input]
+    assert [v.name for v in out.graph.output] == [v.name for v in original.graph.output]
+    stats = passes[0]["stats"]
+    refused = [label for label, (_, _, _, reason) in CASES[name].groups.items() if reason]
+    assert set(refused) <= set(stats["refused"])
+    assert passes[0]["modified"] == (stats["tensors_rewritten"] > 0)
+
+
+def test_key_orders_producer_channels_by_norm_descending() -> None:
+    original = build("conv-bn-relu-conv")
+    out, passes = _sort(original, ["sort:key=l1"])
+    assert passes[0]["modified"] is True and passes[0]["stats"]["groups_permuted"] == 1
+    before, after = _weights(original)["W1"], _weights(out)["W1"]
+    norms = np.abs(after).sum(axis=(1, 2, 3))
+    assert np.all(np.diff(norms) <= 0)
+    np.testing.assert_array_equal(np.sort(norms), np.sort(np.abs(before).sum(axis=(1, 2, 3))))
+    _, passes = _sort(out, ["sort:key=l1"])
+    assert passes[0]["modified"] is False  # already sorted: nothing to do
+
+
+def test_for_nm_raises_kept_magnitude_on_a_wide_layer() -> None:
+    original = _wide(64)
+    out, passes = _sort(original, ["sort:for=2:4"])
+    stats = passes[0]["stats"]
+    layer = stats["layers"]["Conv#2"]  # unnamed nodes are named as prune names them
+    assert layer["kept_after"] > layer["kept_before"] + 0.01, layer
+    assert stats["kept_after"] == pytest.approx(layer["kept_after"])
+    assert stats["search_seconds"] < 10
+    assert passes[0]["modified"] is True
+    assert_same_function(original, out, "for=2:4")
+
+
+def test_for_nm_is_deterministic() -> None:
+    first, passes = _sort(_wide(128, seed=3), ["sort:for=2:4"])
+    second, _ = _sort(_wide(128, seed=3), ["sort:for=2:4"])
+    assert first.SerializeToString() == second.SerializeToString()
+    assert passes[0]["stats"]["search_capped"] is False
+
+
+def test_sort_then_prune_gives_exact_two_four_and_keeps_more() -> None:
+    original = _wide(64)
+    prune = "prune:pattern=2:4,min-size=0,keep-first-last=false"
+    sorted_then_pruned, passes = _sort(original, ["sort:for=2:4", prune])
+    _, plain = _sort(original, [prune])
+    weight = _weights(sorted_then_pruned)["Wy"]
+    assert satisfies_nm(weight, 2, 4, axis=1)
+    kept_sorted = passes[1]["stats"]["layers"]["Conv#2"]["kept_magnitude"]
+    kept_plain = plain[0]["stats"]["layers"]["Conv#2"]["kept_magnitude"]
+    assert kept_sorted > kept_plain + 0.01
+    assert kept_sorted == pytest.approx(passes[0]["stats"]["layers"]["Conv#2"]["kept_after"])
+
+
+def test_for_nm_skips_ineligible_and_split_groups_with_reasons() -> None:
+    _, passes = _sort(build("split-sizes"), ["sort:for=2:4"])
+    assert "blocks" in passes[0]["stats"]["skipped"]["Conv 'A'"]
+    _, passes = _sort(build("conv-bn-relu-conv"), ["sort:for=2:4"])
+    assert "not N:M eligible" in passes[0]["stats"]["skipped"]["Conv 'A'"]
+    assert passes[0]["modified"] is False
+
+
+@pytest.mark.parametrize("spec", ["sort:for=2", "sort:for=4:4", "sort:key=l3", "sort:seconds=-1"])
+def test_bad_options_are_usage_errors(spec: str) -> None:
+    with pytest.raises(UsageError):
+        onnxshrink.shrink(build("concat"), [spec], verify=False)
+
+
+def test_for_is_the_spec_key() -> None:
+    from onnxshrink.spec import build_options, parse_spec
+
+    options = build_options(parse_spec("sort:for=4:8"))
+    assert options.nm == (4, 8)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from onnx.backend.test.case.node import collect_testcases
+
+    NODE_CASES = {
+        case.name: case
+        for case in collect_testcases(None)
+        if any(op in case.name for op in ("_conv", "_gemm", "_matmul")) and "integer" not in case.name
+    }
+
+
+@pytest.mark.parametrize("name", sorted(NODE_CASES))
+def test_node_suite_layers_keep_outputs(name: str) -> None:
+    case = NODE_CASES[name]
+    inputs, _ = case.data_sets[0]
+    names = [i.name for i in case.model.graph.input]
+    feed = {
+        n: (onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v))
+        for n, v in zip(names, inputs, strict=False)
+    }
+    try:
+        expected = run(case.model, feed)
+    except Exception as error:  # onnxruntime cannot run this case
+        pytest.skip(f"onnxruntime cannot run the original: {str(error).splitlines()[0][:80]}")
+    for spec in ("sort", "sort:for=2:4"):
+        out, _ = _sort(case.model, [spec])
+        assert_outputs_close(expected, run(out, feed), context=f"{name} {spec}")
+
+
+@pytest.fixture(scope="module", params=REAL_MODELS, ids=lambda m: m.id)
+def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
+    return request.param, fetch(request.param)
+
+
+@pytest.mark.parametrize("spec", ["sort", "sort:for=2:4,seconds=1"])  # exactness does not need a long search
+def test_real_models_keep_outputs(real_model: tuple[RealModel, Path], spec: str) -> None:
+    model, path = real_model
+    feed = make_inputs(model, path)
+    out, passes = _sort(path, [spec])
+    want, got = run(str(path), feed), run(out, feed)
+    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
+    # rapidocr-det's sigmoid map is ~0.005 on random input and carries its logits' rounding
+    # (9e-8): the absolute floor is ort_check's exact-pass ATOL.
+    assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale), context=f"{model.id} {spec}")
+    stats = passes[0]["stats"]
+    assert stats["groups_permuted"] <= stats["groups"]
