@@ -1,0 +1,480 @@
+"""``quantize`` on tiny ONNX-text graphs, each ORT-CPU row of QDQ_RULES.md checked in ORT's
+optimized model, the TensorRT placement through the TensorRT lint, and the digits CNN."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnxruntime as ort
+import pytest
+from ort_check import run
+
+import onnxshrink
+import onnxshrink.passes.quantize  # registers the pass
+from onnxshrink.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+DIGITS_CALIB = ROOT / "models" / "digits_calib.npz"
+DIGITS_TEST = ROOT / "models" / "digits_test.npz"
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def _model(
+    body: str, weights: dict[str, tuple[int, ...]], seed: int = 0, constants: dict[str, np.ndarray] | None = None
+) -> onnx.ModelProto:
+    """The graph in ONNX text with random float32 initializers of the given shapes (biases small)."""
+    model = onnx.parser.parse_model(f"{HEADER}\n{body}")
+    for name, array in (constants or {}).items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    rng = np.random.default_rng(seed)
+    for name, shape in weights.items():
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        array = rng.standard_normal(shape) / np.sqrt(fan_in) if len(shape) > 1 else rng.standard_normal(shape) * 0.1
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array.astype(np.float32), name))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _calib(shapes: dict[str, tuple[int, ...]], samples: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal((samples, *shape[1:])).astype(np.float32) for name, shape in shapes.items()}
+
+
+def _quantize(
+    model: onnx.ModelProto, spec: str, calibration: Any = None
+) -> tuple[onnx.ModelProto, dict[str, Any], bool]:
+    result = onnxshrink.shrink(model, [spec], calibration=calibration, verify=False)
+    out = result.to_proto()
+    onnx.checker.check_model(out)
+    record = result.report["passes"][0]
+    return out, record["stats"], record["modified"]
+
+
+def _optimized(model: onnx.ModelProto, tmp_path: Path) -> collections.Counter[str]:
+    """Op types of ORT's optimized model (CPU, extended level: where the QDQ fusions run)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _close_to_float(model: onnx.ModelProto, quantized: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
+    return min(_cosine(r, q) for r, q in zip(run(model, feed), run(quantized, feed), strict=True))
+
+
+CONV_RELU_CONV = (
+    """g (float[N, 8, 10, 10] x) => (float[N, 16, 10, 10] y) {
+        c1 = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+        r1 = Relu(c1)
+        y = Conv <pads = [1, 1, 1, 1]> (r1, W2, B2)
+    }""",
+    {"W1": (16, 8, 3, 3), "B1": (16,), "W2": (16, 16, 3, 3), "B2": (16,)},
+    {"x": (1, 8, 10, 10)},
+)
+MATMUL_CHAIN = (
+    """g (float[N, 32] x) => (float[N, 24] y) {
+        h = MatMul(x, W1)
+        r = Relu(h)
+        y = MatMul(r, W2)
+    }""",
+    {"W1": (32, 48), "W2": (48, 24)},
+    {"x": (1, 32)},
+)
+GEMM_CHAIN = (
+    """g (float[N, 32] x) => (float[N, 24] y) {
+        h = Gemm <transB = 1> (x, W1, C1)
+        r = Relu(h)
+        y = Gemm (r, W2, C2)
+    }""",
+    {"W1": (48, 32), "C1": (48,), "W2": (48, 24), "C2": (24,)},
+    {"x": (1, 32)},
+)
+RESIDUAL = (
+    """g (float[N, 16, 8, 8] x) => (float[N, 16, 8, 8] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, W0, B0)
+        ar = Relu(a)
+        b = Conv <pads = [1, 1, 1, 1]> (ar, W1, B1)
+        s = Add(ar, b)
+        sr = Relu(s)
+        y = Conv <pads = [1, 1, 1, 1]> (sr, W2, B2)
+    }""",
+    {"W0": (16, 16, 3, 3), "B0": (16,), "W1": (16, 16, 3, 3), "B1": (16,), "W2": (16, 16, 3, 3), "B2": (16,)},
+    {"x": (1, 16, 8, 8)},
+)
+POOL_CONCAT_HEAD = (
+    """g (float[N, 8, 8, 8] x) => (float[N, 10] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, Wa, Ba)
+        ar = Relu(a)
+        b = Conv (x, Wb, Bb)
+        br = Relu(b)
+        cat = Concat <axis = 1> (ar, br)
+        p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (cat)
+        c = Conv <pads = [1, 1, 1, 1]> (p, Wc, Bc)
+        cr = Relu(c)
+        g = GlobalAveragePool(cr)
+        f = Flatten(g)
+        y = Gemm <transB = 1> (f, Wf, Bf)
+    }""",
+    {
+        "Wa": (16, 8, 3, 3),
+        "Ba": (16,),
+        "Wb": (16, 8, 1, 1),
+        "Bb": (16,),
+        "Wc": (32, 32, 3, 3),
+        "Bc": (32,),
+        "Wf": (10, 32),
+        "Bf": (10,),
+    },
+    {"x": (1, 8, 8, 8)},
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "fused", "gone"),
+    [
+        (CONV_RELU_CONV, {"QLinearConv": 2}, ("Conv", "Relu")),
+        (MATMUL_CHAIN, {"QLinearMatMul": 1, "MatMulIntegerToFloat": 1}, ("MatMul", "Relu")),
+        (GEMM_CHAIN, {"QGemm": 2}, ("Gemm", "Relu")),
+        (RESIDUAL, {"QLinearConv": 3, "QLinearAdd": 1}, ("Conv", "Add", "Relu")),
+        (
+            POOL_CONCAT_HEAD,
+            {"QLinearConv": 3, "QLinearConcat": 1, "QLinearGlobalAveragePool": 1, "QGemm": 1},
+            ("Conv", "Gemm", "Concat", "GlobalAveragePool", "Relu"),
+        ),
+    ],
+    ids=["conv-relu-conv", "matmul-chain", "gemm-chain", "residual-add", "pool-concat-head"],
+)
+def test_ort_cpu_patterns_become_integer_kernels(
+    case: tuple[str, dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]],
+    fused: dict[str, int],
+    gone: tuple[str, ...],
+    tmp_path: Path,
+) -> None:
+    body, weights, inputs = case
+    model = _model(body, weights)
+    calib = _calib(inputs)
+    out, stats, modified = _quantize(model, "quantize", calib)
+    assert modified is True
+    ops = _optimized(out, tmp_path)
+    for op, count in fused.items():
+        assert ops[op] == count, (op, ops)
+    for op in gone:
+        assert ops[op] == 0, (op, ops)
+    assert stats["left_float"] == {}
+    feed = {name: value[:4] for name, value in calib.items()}
+    assert _close_to_float(model, out, feed) > 0.999
+    # Rule 1: a quantized node's only consumer is its output Q (when it has one).
+    for node in out.graph.node:
+        if node.op_type in ("Conv", "Add", "Concat"):
+            readers = [n for n in out.graph.node if node.output[0] in n.input]
+            assert [n.op_type for n in readers] == ["QuantizeLinear"], node.name
+
+
+def test_maxpool_and_flatten_pass_int8_through_with_the_same_qparams(tmp_path: Path) -> None:
+    """Rule 6: the Q after MaxPool/Flatten has the qparams of the DQ before it, so ORT drops the pair."""
+    body, weights, inputs = POOL_CONCAT_HEAD
+    out, _stats, _ = _quantize(_model(body, weights), "quantize", _calib(inputs))
+    activations = {n.input[0]: (n.input[1], n.input[2]) for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert consts[activations["p"][0]] == consts[activations["cat"][0]]
+    assert consts[activations["f"][0]] == consts[activations["g"][0]]
+    ops = _optimized(out, tmp_path)
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 0, ops  # input Q only; QGemm outputs float
+    assert ops["MaxPool"] == 1 and ops["Flatten"] == 1  # on uint8 now
+
+
+def test_int32_bias_has_scale_x_times_w_and_zero_point_zero() -> None:
+    body, weights, inputs = CONV_RELU_CONV
+    out, stats, _ = _quantize(_model(body, weights), "quantize", _calib(inputs))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    producers = {o: n for n in out.graph.node for o in n.output}
+    conv = next(
+        n for n in out.graph.node if n.op_type == "Conv" and producers[n.input[0]].op_type == "DequantizeLinear"
+    )
+    x_dq, w_dq, b_dq = (producers[name] for name in conv.input)
+    assert consts[b_dq.input[0]].dtype == np.int32
+    assert not consts[b_dq.input[2]].any()
+    np.testing.assert_allclose(consts[b_dq.input[1]], consts[x_dq.input[1]] * consts[w_dq.input[1]], rtol=1e-6)
+    assert consts[w_dq.input[0]].dtype == np.int8 and consts[w_dq.input[1]].shape == (16,)  # per-channel, axis 0
+    assert stats["bias_int32"] == 2 and stats["bias_float"] == 0
+
+
+def test_relu_is_kept_when_the_zero_point_does_not_clip() -> None:
+    """Rule 5: symmetric activations (zp 0) do not imply the Relu, so it stays; u8 (zp 0 = qmin) folds it."""
+    body, weights, inputs = CONV_RELU_CONV
+    model = _model(body, weights)
+    out, stats, _ = _quantize(model, "quantize:target=ort-cuda", _calib(inputs))
+    assert "Relu" in [n.op_type for n in out.graph.node] and stats["folded_activations"] == 0
+    out, stats, _ = _quantize(model, "quantize", _calib(inputs))
+    assert "Relu" not in [n.op_type for n in out.graph.node] and stats["folded_activations"] == 1
+
+
+def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_untouched() -> None:
+    """Rule 7: an Add reading a plain graph input (no int8 neighbour) is not quantized; rule 8: no islands."""
+    body = """g (float[N, 16] x, float[N, 16] z) => (float[N, 16] y) {
+        h = MatMul(x, W)
+        n = LayerNormalization(h, G, Bt)
+        y = Add(n, z)
+    }"""
+    model = _model(body, {"W": (16, 16), "G": (16,), "Bt": (16,)})
+    out, stats, modified = _quantize(model, "quantize", _calib({"x": (1, 16), "z": (1, 16)}))
+    assert modified is True
+    assert "rule 7" in stats["left_float"]["Add#2"]
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {"x"}  # MatMul's input only: its output feeds float LayerNorm → MatMulIntegerToFloat
+    only_float = _model("g (float[N, 4] x) => (float[N, 4] y) { a = Sigmoid(x)  y = Relu(a) }", {})
+    out, stats, modified = _quantize(only_float, "quantize", _calib({"x": (1, 4)}))
+    assert modified is False and stats["q_nodes"] == 0
+    assert [n.op_type for n in out.graph.node] == ["Sigmoid", "Relu"]
+
+
+def test_include_and_exclude_select_layers(tmp_path: Path) -> None:
+    body, weights, inputs = CONV_RELU_CONV
+    model = _model(body, weights)
+    out, stats, _ = _quantize(model, "quantize:exclude=Conv#2", _calib(inputs))
+    assert stats["left_float"] == {"Conv#2": "excluded by 'Conv#2'"}
+    ops = _optimized(out, tmp_path)
+    assert ops["QLinearConv"] == 1 and ops["Conv"] + ops["FusedConv"] == 1
+
+
+def test_nonfinite_activations_are_counted_and_every_scale_is_finite() -> None:
+    """A −inf mask before a MaxPool that always sees one finite value: the masked tensor shares
+    the pool's int8 qparams (rule 6), so it is calibrated; its −inf are counted and ignored."""
+    body = """g (float[N, 4, 4, 8] x) => (float[N, 8, 4, 4] y) {
+        s = Conv(x, W1, B1)
+        m = Add(s, Mask)
+        p = MaxPool <kernel_shape = [1, 2], strides = [1, 2]> (m)
+        y = Conv(p, W2, B2)
+    }"""
+    mask = np.zeros((1, 1, 4, 8), np.float32)
+    mask[..., 1::2] = -np.inf
+    weights = {"W1": (8, 4, 1, 1), "B1": (8,), "W2": (8, 8, 1, 1), "B2": (8,)}
+    model = _model(body, weights, constants={"Mask": mask})
+    calib = _calib({"x": (1, 4, 4, 8)}, samples=10)
+    for calibrator in ("minmax", "percentile", "entropy", "mse"):
+        out, stats, _ = _quantize(model, f"quantize:calibrate={calibrator}", calib)
+        assert stats["nonfinite"] == {"m": 10 * 8 * 4 * 4}
+        assert "m" in {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+        scales = [onnx.numpy_helper.to_array(t) for t in out.graph.initializer if t.name.endswith("_scale")]
+        assert scales and all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales)
+        assert _close_to_float(model, out, {"x": calib["x"][:4]}) > 0.999
+
+
+def test_tensorrt_placement_passes_the_lint(tmp_path: Path) -> None:
+    """TensorRT: zero points 0, float bias, no output Q, Q/DQ on the residual input of the Add."""
+    import onnx_ir as ir
+
+    from onnxshrink.trt_lint import lint_tensorrt
+
+    body, weights, inputs = RESIDUAL
+    model = _model(body, weights)
+    out, stats, modified = _quantize(model, "quantize:target=tensorrt", _calib(inputs))
+    assert modified is True
+    assert lint_tensorrt(ir.serde.deserialize_model(out)) == []
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert not consts[node.input[2]].any()
+            assert consts[node.input[0]].dtype != np.int32 if node.input[0] in consts else True
+    quantized = sorted(n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear")
+    assert quantized == ["ar", "sr", "x"]  # layer inputs; "ar" is also the Add's residual input; no "b"
+    add = next(n for n in out.graph.node if n.op_type == "Add")
+    producers = {o: n.op_type for n in out.graph.node for o in n.output}
+    assert sorted(producers[i] for i in add.input) == ["Conv", "DequantizeLinear"]
+    biases = [n.input[2] for n in out.graph.node if n.op_type == "Conv"]
+    assert len(biases) == 3 and all(consts[b].dtype == np.float32 for b in biases)
+    assert all(entry["bias"] == "float" for entry in stats["nodes"].values())
+
+
+def test_tensorrt_leaves_low_channel_layers_float() -> None:
+    body = """g (float[N, 16, 6, 6] x) => (float[N, 4, 6, 6] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, W0)
+        y = Conv <pads = [1, 1, 1, 1], group = 2> (a, W1)
+    }"""
+    model = _model(body, {"W0": (6, 16, 3, 3), "W1": (4, 3, 3, 3)})
+    _out, stats, _ = _quantize(model, "quantize:target=tensorrt", _calib({"x": (1, 16, 6, 6)}))
+    assert set(stats["nodes"]) == {"Conv#0"}  # the first layer is kept by the rule's exception
+    assert "TensorRT rule 11" in stats["left_float"]["Conv#1"]
+
+
+def test_dynamic_mode_quantizes_matmul_only(tmp_path: Path) -> None:
+    body = """g (float[N, 4, 6, 6] x) => (float[N, 24] y) {
+        c = Conv (x, Wc)
+        f = Flatten(c)
+        h = MatMul(f, W1)
+        y = Gemm <transB = 1> (h, W2, C2)
+    }"""
+    model = _model(body, {"Wc": (8, 4, 3, 3), "W1": (128, 32), "W2": (24, 32), "C2": (24,)})
+    out, stats, modified = _quantize(model, "quantize:mode=dynamic")  # no calibration needed
+    assert modified is True and stats["quantized_nodes"] == 2
+    assert "ConvInteger" in stats["left_float"]["Conv#0"]
+    ops = _optimized(out, tmp_path)
+    assert ops["DynamicQuantizeMatMul"] == 2 and ops["MatMul"] == ops["Gemm"] == 0, ops
+    feed = {"x": np.random.default_rng(3).standard_normal((4, 4, 6, 6)).astype(np.float32)}
+    assert _close_to_float(model, out, feed) > 0.999
+
+
+@pytest.mark.parametrize("bits", ["s4", "u4"])
+def test_weight_only_4bit_becomes_matmulnbits(bits: str, tmp_path: Path) -> None:
+    body = """g (float[N, 64] x) => (float[N, 32] y) {
+        h = MatMul(x, W1)
+        y = Gemm <transB = 1> (h, W2)
+    }"""
+    model = _model(body, {"W1": (64, 64), "W2": (32, 64)})
+    out, stats, modified = _quantize(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    assert modified is True and stats["opset_raised"] == "17->21"
+    assert {o.domain: o.version for o in out.opset_import}[""] == 21
+    ops = _optimized(out, tmp_path)
+    assert ops["MatMulNBits"] == 2 and ops["MatMul"] == ops["Gemm"] == 0, ops
+    feed = {"x": np.random.default_rng(4).standard_normal((4, 64)).astype(np.float32)}
+    assert _close_to_float(model, out, feed) > 0.99
+    weights = [t for t in out.graph.initializer if t.name.startswith("W")]
+    assert {t.data_type for t in weights if t.dims and len(t.dims) == 2 and t.dims[0] == 64} == {
+        onnx.TensorProto.INT4 if bits == "s4" else onnx.TensorProto.UINT4
+    }
+
+
+def test_weight_only_int8_keeps_activations_float() -> None:
+    body, weights, inputs = MATMUL_CHAIN
+    model = _model(body, weights)
+    out, stats, _ = _quantize(model, "quantize:mode=weight-only")
+    assert [n.op_type for n in out.graph.node].count("QuantizeLinear") == 0
+    assert stats["nodes"] == {"MatMul#0": "s8 per-channel axis 1", "MatMul#2": "s8 per-channel axis 1"}
+    stored = {t.name: t.data_type for t in out.graph.initializer}
+    assert onnx.TensorProto.FLOAT not in [stored[n] for n in stored if n.startswith("W") and "scale" not in n]
+    assert _close_to_float(model, out, {"x": _calib(inputs)["x"]}) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("quantize:weights=s4", "needs mode=weight-only"),
+        ("quantize:mode=weight-only,weights=u4,block-size=8", "power of 2 >= 16"),
+        ("quantize:mode=weight-only,weights=u4,block-size=48", "power of 2 >= 16"),
+        ("quantize:mode=dynamic,min-cosine=0.9", "static only"),
+        ("quantize:calibrate=kl", "valid"),
+        ("quantize", "needs calibration data"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(spec: str, message: str) -> None:
+    body, weights, _ = MATMUL_CHAIN
+    with pytest.raises(UsageError, match=message):
+        onnxshrink.shrink(_model(body, weights), [spec], verify=False)
+
+
+def test_opset_too_old_for_4bit_with_a_changed_op_is_refused() -> None:
+    body = """g (float[N, 64] x) => (float[N, 1] y) {
+        h = MatMul(x, W1)
+        y = ReduceMean <axes = [1]> (h)
+    }"""
+    with pytest.raises(UsageError, match="ReduceMean"):
+        _quantize(_model(body, {"W1": (64, 64)}), "quantize:mode=weight-only,weights=s4")
+
+
+def _digits(spec: str) -> dict[str, Any]:
+    result = onnxshrink.shrink(str(DIGITS), ["simplify", spec], calibration=str(DIGITS_CALIB), inputs=str(DIGITS_TEST))
+    return result.report
+
+
+@pytest.mark.parametrize("calibrator", ["minmax", "percentile", "entropy", "mse"])
+def test_digits_accuracy_within_0_2_points_with_every_calibrator(calibrator: str) -> None:
+    report = _digits(f"quantize:calibrate={calibrator}")
+    verification = report["verification"]
+    assert verification["accuracy_reference"] - verification["accuracy_candidate"] <= 0.002
+    stats = report["passes"][-1]["stats"]
+    assert stats["calibrator"] == calibrator and stats["samples"] == 128
+    assert stats["quantized_nodes"] == 10 and stats["left_float"] == {}  # 6 Conv, 2 Gemm, Add, Concat
+    assert stats["statistics_bytes"] == stats["calibration_tensors"] * 4096 * 8
+    assert {entry["op"] for entry in stats["nodes"].values()} == {"Conv", "Gemm", "Add", "Concat"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "budget"),
+    [
+        ("quantize:min-cosine=0.99998", 0.99998),
+        # 8-bit weights: on x86 without VNNI the stem's u8 x s8 pair sums saturate (cosine ~0.993).
+        ("quantize:reduce-range=off,min-cosine=0.999", 0.999),
+    ],
+)
+def test_digits_budget_keeps_the_most_sensitive_layers_float(spec: str, budget: float) -> None:
+    report = _digits(spec)
+    record = report["passes"][-1]["stats"]["budget"]
+    assert record["met"] is True and record["result"]["cosine"] >= budget
+    layers = record["layers"]
+    assert len(layers) == 8 and all({"cosine", "disagreement", "decision"} <= set(e) for e in layers.values())
+    by_damage = sorted(layers, key=lambda k: (layers[k]["disagreement"], 1 - layers[k]["cosine"]), reverse=True)
+    kept = [key for key, entry in layers.items() if entry["decision"] == "float"]
+    assert set(kept) == set(by_damage[: len(kept)])  # the most damaging first
+    assert bool(kept) == (record["all_quantized"]["cosine"] < budget) and len(kept) < len(layers)
+    stats = report["passes"][-1]["stats"]
+    assert all(stats["left_float"][key] == "kept float by the accuracy budget" for key in kept)
+
+
+def test_static_needs_opset_13() -> None:
+    body, weights, inputs = MATMUL_CHAIN
+    model = _model(body, weights)
+    model.opset_import[0].version = 11
+    with pytest.raises(UsageError, match="opset 11"):
+        _quantize(model, "quantize", _calib(inputs))
+
+
+class _Reader:
+    """An onnxruntime-style CalibrationDataReader: one feed dict per call, then None."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() -> None:
+    body, weights, inputs = MATMUL_CHAIN
+    model = _model(body, weights)
+    calib = _calib(inputs, samples=40)
+    batches = [{"x": calib["x"][i : i + 8]} for i in range(0, 40, 8)]
+    _, stats, _ = _quantize(model, "quantize:samples=20", _Reader(batches))
+    assert stats["samples"] == 20
+    _, stats, _ = _quantize(model, "quantize", _Reader(batches))
+    assert stats["samples"] == 40
+    assert set(stats) >= {
+        "mode", "target", "calibrator", "samples", "calibration_seconds", "nonfinite", "nodes",
+        "left_float", "budget", "q_nodes", "dq_nodes", "weights_quantized", "seconds",
+    }  # fmt: skip
+    assert stats["nodes"]["MatMul#0"]["inputs"][0]["dtype"] == "u8"
+    assert stats["nodes"]["MatMul#0"]["weight"] == "s8 symmetric, per-channel axis 1"
+
+
+def test_subgraphs_stay_float_and_the_main_graph_is_quantized(tmp_path: Path) -> None:
+    """Rules apply to the main graph: an If branch's MatMul is left alone (its weight too)."""
+    body = """g (float[N, 16] x) => (float[N, 16] y) {
+        h = MatMul(x, W1)
+        r = Relu(h)
+        total = ReduceSum <keepdims = 0> (x)
+        c = Greater(total, Zero)
+        y = If(c) <
+            then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
+            else_branch = e () => (float[N, 16] b) { b = Identity(r) }
+        >
+    }"""
+    model = _model(body, {"W1": (16, 16), "W2": (16, 16)}, constants={"Zero": np.array(0.0, np.float32)})
+    calib = _calib({"x": (1, 16)})
+    out, stats, modified = _quantize(model, "quantize", calib)
+    assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
+    branch = next(n for n in out.graph.node if n.op_type == "If").attribute[0].g
+    assert [n.op_type for n in branch.node] == ["MatMul"] and branch.node[0].input[1] == "W2"
+    for sign in (1.0, -1.0):
+        feed = {"x": np.abs(calib["x"][:4]) * sign}
+        assert _close_to_float(model, out, feed) > 0.999
