@@ -6,7 +6,15 @@ channel; each value then carries a :class:`Layout` (which axis holds channels, a
 position) as far as the rule table of ``CHANNEL_RULES.md`` lets it travel: pass-through ops keep it,
 Transpose/Squeeze/Unsqueeze/Reduce move the axis, Concat/Split/Slice shift indices, Flatten/Reshape
 expand each channel into ``inner`` features, depthwise Conv ties input to output, and coupling ops
-(Add/Mul/... of two activations) unify their inputs' atoms position by position. Unified atoms form
+(Add/Mul/... of two activations) unify their inputs' atoms position by position.
+
+Attention heads: a Reshape that splits the channel axis into ``(heads, d)`` needs whole heads to
+move together, so a first walk notes which producers feed one, and the walk runs again with those
+producers minting one atom per head (``inner = d``). Heads then travel on a batch axis through
+Transpose, QKᵀ and attention·V (a MatMul of two activations couples its operands' heads), scale,
+mask and Softmax, and back through the merging Reshape (``inner = d``) to the output projection.
+Computed Reshape targets and Expand-ed masks are read element by element (Shape/Gather/Concat/
+Where arithmetic) when shape inference loses them. Unified atoms form
 a *class* (one channel that must move or go as a whole); classes linked through a producer form a
 :class:`ChannelGroup`, the unit that is permuted or shrunk at once. A group that reaches a graph
 input or output, an unknown op or (for removal) a lossy op is refused with its reasons.
@@ -14,6 +22,9 @@ input or output, an unknown op or (for removal) a lossy op is refused with its r
 The plan is plain data (:meth:`ChannelPlan.describe`). :func:`permute` and :func:`remove` apply
 decisions to the graph: every weight, per-channel constant, Split size, Slice bound, Reshape
 constant and depthwise ``group`` the group touches is rewritten, copy-on-write.
+
+This module is the public entry point; the per-op rules live in ``onnxshrink._channel_rules`` and
+the graph edits in ``onnxshrink._channel_edits``.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.errors import UsageError
+from onnxshrink._channel_edits import permute, remove, set_constant_input
+from onnxshrink._channel_rules import _HANDLERS, _ONNX, Dim, Layout, _const
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +58,6 @@ __all__ = [
 ]
 
 Purpose = Literal["permute", "remove"]
-_ONNX = ("", "ai.onnx")
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How a value carries channels: ``atoms[c]`` sits at positions ``c*inner ... c*inner+inner-1`` of ``axis``."""
-
-    axis: int
-    rank: int
-    atoms: np.ndarray
-    inner: int = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -89,6 +90,14 @@ class Site:
         if self.node is None:
             return f"value '{self.value.name if self.value is not None else '?'}'"
         return f"{self.node.op_type} '{self.node.name or self.node.outputs[0].name}'"
+
+    def constant(self) -> np.ndarray:
+        """The constant tensor this site rewrites (a weight, bias or parameter)."""
+        assert self.node is not None, self.describe()
+        value = self.node.inputs[self.index]
+        tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+        assert tensor is not None, self.describe()
+        return tensor.numpy()
 
     def describe(self) -> str:
         where = self.node_label
@@ -213,10 +222,16 @@ def analyze(model: ir.Model, purpose: Purpose = "remove") -> ChannelPlan:
         purpose: ``permute`` accepts ops that are permutation-equivariant but lossy for removal
             (reductions and Softmax over the channel axis, Shape); ``remove`` refuses them.
     """
-    atoms = _Atoms()
-    walker = _Walker(model, purpose, atoms)
-    walker.run()
-    return _group(walker.sites, atoms, purpose)
+    shapes = _inferred_shapes(model)
+    heads: dict[int, int] = {}
+    while True:  # each round gives at least one more producer its head size, so it ends
+        atoms = _Atoms()
+        walker = _Walker(model, purpose, atoms, shapes, heads)
+        walker.run()
+        wanted = walker.head_sizes()
+        if not wanted:
+            return _group(walker.sites, atoms, purpose)
+        heads.update(wanted)
 
 
 def _group(sites: list[Site], atoms: _Atoms, purpose: Purpose) -> ChannelPlan:
@@ -281,194 +296,68 @@ def _make_group(index: int, members: set[int], sites: list[Site], poisoned: dict
     return ChannelGroup(index, size, classes, sites, blocks, list(dict.fromkeys(reasons)))
 
 
-# --- applying decisions ---------------------------------------------------------------------
-
-
-def permute(model: ir.Model, plan: ChannelPlan, orders: Mapping[int, np.ndarray]) -> int:
-    """Reorders the channels of groups; ``orders[g]`` lists group g's local classes in the new order.
-
-    Within each block the classes take the order they have in ``orders[g]``; the function of the
-    model is unchanged. Returns the number of tensors and attributes rewritten.
-
-    Raises:
-        UsageError: A refused group, or an order that is not a permutation of the group.
-    """
-    ranks: dict[int, int] = {}
-    for index, order in orders.items():
-        group = _usable(plan, index)
-        order = np.asarray(order, dtype=np.int64)
-        if sorted(order.tolist()) != list(range(group.size)):
-            raise UsageError(f"order for channel group '{group.label}' is not a permutation of 0..{group.size - 1}")
-        for rank, local in enumerate(order.tolist()):
-            ranks[int(group.classes[local])] = rank
-    blocks = _block_ids(plan, orders)
-    return _rewrite(model, plan, orders, lambda classes: _permuted_positions(classes, ranks, blocks))
-
-
-def remove(model: ir.Model, plan: ChannelPlan, keeps: Mapping[int, np.ndarray]) -> int:
-    """Keeps only the given local classes of each group, removing the others everywhere.
-
-    Returns the number of tensors and attributes rewritten.
-
-    Raises:
-        UsageError: A refused group, a plan not built for removal, a keep set that empties the
-            group, or one that leaves a grouped Conv unbalanced.
-    """
-    if plan.purpose != "remove":
-        raise UsageError("channel plan was built for 'permute'; analyze(model, 'remove') before removing")
-    dropped: set[int] = set()
-    for index, keep in keeps.items():
-        group = _usable(plan, index)
-        keep = np.asarray(keep, dtype=np.int64)
-        if keep.size == 0 or keep.min() < 0 or keep.max() >= group.size:
-            raise UsageError(f"channel group '{group.label}': keep at least one of its {group.size} channels")
-        mask = np.ones(group.size, dtype=bool)
-        mask[keep] = False
-        dropped.update(group.classes[mask].tolist())
-    return _rewrite(model, plan, keeps, lambda classes: np.flatnonzero(~np.isin(classes, list(dropped))))
-
-
-def _usable(plan: ChannelPlan, index: int) -> ChannelGroup:
-    if not 0 <= index < len(plan.groups):
-        raise UsageError(f"no channel group {index}; the plan has {len(plan.groups)}")
-    group = plan.groups[index]
-    if not group.ok:
-        raise UsageError(f"channel group '{group.label}' is refused: {group.reasons[0]}")
-    return group
-
-
-def _block_ids(plan: ChannelPlan, chosen: Mapping[int, Any]) -> dict[int, int]:
-    ids: dict[int, int] = {}
-    for index in chosen:
-        group = plan.groups[index]
-        for number, block in enumerate(group.blocks):
-            for c in group.classes[block].tolist():
-                ids[int(c)] = index * 1_000_000 + number
-    return ids
-
-
-def _permuted_positions(classes: np.ndarray, ranks: Mapping[int, int], blocks: Mapping[int, int]) -> np.ndarray:
-    """Source position of each new channel position when blocks are refilled in rank order."""
-    new = classes.copy()
-    keyed = np.array([blocks.get(int(c), -1) for c in classes], dtype=np.int64)
-    for block in np.unique(keyed[keyed >= 0]).tolist():
-        slots = np.flatnonzero(keyed == block)
-        rank = np.array([ranks[int(c)] for c in classes[slots]], dtype=np.int64)
-        new[slots] = classes[slots][np.argsort(rank, kind="stable")]
-    where = {int(c): p for p, c in enumerate(classes.tolist())}
-    return np.array([where[int(c)] for c in new.tolist()], dtype=np.int64)
-
-
-def _rewrite(model: ir.Model, plan: ChannelPlan, chosen: Mapping[int, Any], positions: Any) -> int:
-    seen: set[int] = set()
-    work: list[tuple[Site, np.ndarray]] = []
-    for index in chosen:
-        for site in plan.groups[index].sites:
-            if id(site) in seen:
-                continue
-            seen.add(id(site))
-            src = positions(site.classes)
-            if plan.purpose == "permute" and np.array_equal(src, np.arange(len(site.classes))):
-                continue
-            _check(site, src)
-            work.append((site, src))
-    editor = _Editor(model, plan.purpose)
-    for site, src in work:
-        editor.apply(site, src)
-    return editor.count
-
-
-def set_constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) -> None:
-    """Feeds ``node`` a new constant at input ``index`` (added when missing); shared constants are copied."""
-    if index >= len(node.inputs):
-        node.resize_inputs(index + 1)
-    editor = _Editor(model, "remove")
-    if node.inputs[index] is None:
-        from onnxshrink.graphs import fresh_name
-
-        name = fresh_name(editor.taken, f"{node.name or node.op_type}_bias")
-        value = ir.Value(
-            name=name,
-            const_value=ir.Tensor(array, name=name),
-            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-            shape=ir.Shape(array.shape),
-        )
-        model.graph.register_initializer(value)
-        node.replace_input_with(index, value)
-    else:
-        editor.write(node, index, array)
-
-
-def _check(site: Site, src: np.ndarray) -> None:
-    """Fails before anything changes when the new channels cannot be written at ``site``."""
-    groups = int(site.extra.get("groups", 1))
-    per = len(site.atoms) // groups
-    if groups > 1 and (len(src) % groups or np.any(np.bincount(src // per, minlength=groups) != len(src) // groups)):
-        raise UsageError(f"{site.describe()}: a grouped Conv must keep the same number of channels in each group")
-    if site.kind == "split":
-        bounds = np.cumsum([0, *site.extra["sizes"]])
-        if any(not np.any((src >= lo) & (src < hi)) for lo, hi in itertools.pairwise(bounds)):
-            raise UsageError(f"{site.describe()}: removal would empty a Split output; keep a channel in each")
-    if site.kind == "slice" and not np.any((src >= site.extra["start"]) & (src < site.extra["end"])):
-        raise UsageError(f"{site.describe()}: removal would empty the slice; keep a channel in it")
-
-
 def iter_ok(plan: ChannelPlan) -> Iterator[ChannelGroup]:
     """The groups of a plan that can be changed."""
     return (group for group in plan.groups if group.ok)
 
 
-# --- the walk: one handler per op, in the order of CHANNEL_RULES.md ------------------------------
-
-Dim = int | str | None
-
-_UNARY = frozenset(
+# Ops whose output dim is 1 wherever all their inputs' dims are (broadcasting or elementwise).
+_BROADCASTING = frozenset(
     (
-        *("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Elu", "Selu"),
-        *("Celu", "Softplus", "Softsign", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil"),
-        *("Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast", "Not", "Mish", "ThresholdedRelu"),
-        *("IsNaN", "IsInf"),
+        *("Add", "Sub", "Mul", "Div", "Where", "Equal", "Less", "Greater", "And", "Or", "Not", "Cast", "Neg"),
+        *("Max", "Min", "Pow", "Sqrt", "Exp", "Identity"),
     )
 )
-_ELEMENTWISE = frozenset(
-    (
-        *("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Mod"),
-        *("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"),
-    )
-)
-_POOLS = frozenset(("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"))
-_REDUCE = frozenset(
-    (
-        *("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2"),
-        *("ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"),
-    )
-)
-# Reduce ops whose axes became an input at this opset (ReduceSum at 13, the others at 18).
-_AXES_INPUT_SINCE = {"ReduceSum": 13}
 
 
-def _ints(value: ir.Value | None) -> list[int] | None:
-    if value is None:
+def _shape_element(walker: _Walker, value: ir.Value | None, index: int, depth: int) -> Dim:
+    """Element ``index`` of a small integer tensor (a shape being computed) when it is provably known:
+    an int, or the symbol of an inferred dim it reads through Shape and Gather; None otherwise."""
+    if value is None or depth == 0:
         return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else [int(v) for v in tensor.numpy().reshape(-1).tolist()]
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.is_graph_input():
+    array = _const(value)
+    if array is not None:
+        flat = array.reshape(-1)
+        return int(flat[index if flat.size > 1 else 0]) if flat.size else None
+    node = value.producer()
+    if node is None or node.domain not in _ONNX:
         return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
-
-
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
-def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return [int(v) for v in attr.as_ints()] if attr is not None else None
+    op, inputs = node.op_type, node.inputs
+    if op == "Concat":
+        start = 0
+        for part in inputs:
+            shape = walker.shape(part)
+            length = shape[0] if shape is not None and len(shape) == 1 else None
+            if not isinstance(length, int):
+                return None
+            if index < start + length:
+                return _shape_element(walker, part, index - start, depth - 1)
+            start += length
+        return None
+    if op in ("Unsqueeze", "Cast", "Identity", "Squeeze"):
+        return _shape_element(walker, inputs[0], index, depth - 1)
+    if op == "Gather" and inputs[0] is not None and inputs[0].producer() is not None:
+        shape_node = inputs[0].producer()
+        position = _shape_element(walker, inputs[1], index, depth - 1)
+        position = position if isinstance(position, int) else None
+        if shape_node is None or shape_node.op_type != "Shape" or position is None or shape_node.attributes:
+            return None
+        dims = walker.shape(shape_node.inputs[0])
+        inside = dims is not None and isinstance(position, int) and -len(dims) <= position < len(dims)
+        return dims[position] if dims is not None and isinstance(position, int) and inside else None
+    if op == "ConstantOfShape":
+        fill = node.attributes.get("value")
+        return int(fill.as_tensor().numpy().reshape(-1)[0]) if fill is not None else 0
+    parts = [_shape_element(walker, v, index, depth - 1) for v in inputs]
+    if op == "Where":
+        if isinstance(parts[0], int):
+            return parts[1] if parts[0] else parts[2]
+        return parts[1] if parts[1] is not None and parts[1] == parts[2] else None
+    if len(parts) != 2 or not all(isinstance(p, int) for p in parts):
+        return None
+    a, b = (int(p) for p in parts if isinstance(p, int))
+    table = {"Equal": int(a == b), "Add": a + b, "Sub": a - b, "Mul": a * b}
+    return table.get(op)
 
 
 def _inferred_shapes(model: ir.Model) -> dict[str, list[Dim]]:
@@ -501,14 +390,26 @@ def _inferred_shapes(model: ir.Model) -> dict[str, list[Dim]]:
 class _Walker:
     """Propagates layouts through the main graph and records every site (see :class:`Site`)."""
 
-    def __init__(self, model: ir.Model, purpose: Purpose, atoms: _Atoms) -> None:
+    def __init__(
+        self,
+        model: ir.Model,
+        purpose: Purpose,
+        atoms: _Atoms,
+        shapes: Mapping[str, list[Dim]],
+        heads: Mapping[int, int],
+    ) -> None:
         self.graph = model.graph
         self.opset = next((model.opset_imports[d] for d in _ONNX if d in model.opset_imports), 1)
         self.purpose = purpose
         self.atoms = atoms
         self.layouts: dict[ir.Value, Layout] = {}
         self.sites: list[Site] = []
-        self.shapes = _inferred_shapes(model)
+        self.shapes = shapes
+        # Attention: a producer whose channels a Reshape splits into (heads, d) mints one atom per
+        # head spanning d channels (``heads``: producer node id -> d), found by a first walk.
+        self.heads = heads
+        self.owner: dict[int, ir.Node] = {}
+        self.head_requests: dict[int, int] = {}
 
     # -- helpers --
 
@@ -548,6 +449,54 @@ class _Walker:
             if all(isinstance(d, int) for d in dims) or (value.name or "") not in self.shapes:
                 return dims
         return self.shapes.get(value.name or "")
+
+    def broadcasts(self, value: ir.Value | None, axis: int, depth: int = 12) -> bool:
+        """Whether ``value`` has size 1 (or no dim) at ``axis``, counted from the end (negative).
+
+        Shape inference loses attention masks built by ``Expand`` to a computed shape, so when the
+        inferred dim is unknown this looks through Expand (its target shape evaluated element-wise
+        by :func:`_shape_element`) and elementwise ops, whose dim is 1 when all their inputs' is.
+        """
+        shape = self.shape(value)
+        if value is None or shape is None:
+            return False
+        if -axis > len(shape) or shape[axis] == 1:
+            return True
+        node = value.producer()
+        if node is None or depth == 0 or (shape[axis] is not None and not isinstance(shape[axis], str)):
+            return False
+        if node.op_type == "Expand" and node.domain in _ONNX:
+            target = self.shape(node.inputs[1])
+            if target is None or len(target) != 1 or not isinstance(target[0], int) or -axis > target[0]:
+                return self.broadcasts(node.inputs[0], axis, depth - 1)
+            wanted = _shape_element(self, node.inputs[1], target[0] + axis, depth)
+            return wanted == 1 and self.broadcasts(node.inputs[0], axis, depth - 1)
+        if node.op_type in _BROADCASTING and node.domain in _ONNX:
+            return all(self.broadcasts(v, axis, depth - 1) for v in node.inputs if v is not None)
+        return False
+
+    def keeps_shape(self, target: ir.Value | None, dims: list[Dim], axis: int) -> bool:
+        """Whether a computed Reshape target is ``dims[: axis + 1]`` with -1 (or 0) at ``axis``: a
+        Reshape that keeps (or, when shorter, merges the dims after ``axis`` into) the channel axis
+        and stays right after the channel count changes.
+
+        Torch's attention exports rebuild ``[B, -1, S, D]`` from Shape/Gather of other tensors;
+        shape inference names their symbolic dims apart, so a symbolic element read from a tensor's
+        shape is taken to match a symbolic dim (a read of a channel axis already refuses the group).
+        """
+        shape = self.shape(target)
+        if shape is None or len(shape) != 1 or shape[0] not in (len(dims), axis + 1):
+            return False
+        for index, dim in enumerate(dims[: shape[0]]):
+            found = _shape_element(self, target, index, 12)
+            if index == axis:
+                if found not in (-1, 0):
+                    return False
+            elif found is None or (
+                found != dim and found != 0 and not (isinstance(found, str) and isinstance(dim, str))
+            ):
+                return False
+        return True
 
     def rank(self, value: ir.Value | None, layout: Layout | None) -> int | None:
         if layout is not None:
@@ -591,16 +540,34 @@ class _Walker:
         reason = None
         if weight is not None and (weight.is_graph_input() or weight.is_graph_output()):
             reason = f"{node.op_type} '{self.name(node)}' weight '{weight.name}' is a graph input/output"
-        atoms = self.atoms.new(count, reason)
-        self.site("producer", node, 1, weight_axis, atoms)
         conv_like = node.op_type in ("Conv", "ConvTranspose")
-        layout = Layout(1 if conv_like else out_rank - 1, out_rank, atoms)
+        head = 1 if conv_like else self.heads.get(id(node), 1)
+        if count % head:
+            head = 1
+        atoms = self.atoms.new(count // head, reason)
+        self.owner.update(dict.fromkeys(atoms.tolist(), node))
+        self.site("producer", node, 1, weight_axis, atoms, head)
+        layout = Layout(1 if conv_like else out_rank - 1, out_rank, atoms, head)
         if bias is not None and bias < len(node.inputs) and node.inputs[bias] is not None:
             ok = self.bias(node, bias, layout) if conv_like else self.param(node, bias, layout, out_rank, 1)
             if not ok:
                 self.atoms.mark(atoms, f"{node.op_type} '{self.name(node)}' bias is not a per-channel constant")
         self.out(node, layout)
         return atoms
+
+    def request_heads(self, layout: Layout, size: int) -> None:
+        """Asks the producers of ``layout``'s channels to mint one atom per head of ``size`` channels."""
+        self.head_requests.update(dict.fromkeys(layout.atoms.tolist(), size))
+
+    def head_sizes(self) -> dict[int, int]:
+        """Producers (by node id) that should mint heads in the next walk and are not doing so yet."""
+        wanted = {self.atoms.find(atom): size for atom, size in self.head_requests.items()}
+        found: dict[int, int] = {}
+        for atom, node in self.owner.items():
+            size = wanted.get(self.atoms.find(atom))
+            if size is not None and id(node) not in self.heads:
+                found.setdefault(id(node), size)
+        return found
 
     def bias(self, node: ir.Node, index: int, layout: Layout) -> bool:
         """Records a Conv-style ``[C]`` bias; False when it is not a constant of that shape."""
@@ -609,669 +576,3 @@ class _Walker:
             return False
         self.site("param", node, index, 0, layout.atoms)
         return True
-
-
-def _conv(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    weight = _const(node.inputs[1] if len(node.inputs) > 1 else None)
-    x = ins[0]
-    if weight is None or weight.ndim < 3 or any(ins[1:]):
-        w.kill_all(node, ins, f"Conv '{w.name(node)}' has no constant weight")
-        return
-    if x is not None and (x.axis != 1 or x.inner != 1):
-        w.kill(x, f"Conv '{w.name(node)}' reads channels on axis {x.axis}")
-        x = None
-    groups = _attr_int(node, "group", 1)
-    out_channels, per_group = weight.shape[0], weight.shape[1]
-    if groups > 1 and per_group == 1 and out_channels == groups:  # depthwise: channel c in, c out
-        if x is None:
-            return
-        w.site("param", node, 1, 0, x.atoms)
-        if len(node.inputs) > 2 and node.inputs[2] is not None and not w.bias(node, 2, x):
-            w.kill(x, f"Conv '{w.name(node)}' bias is not constant")
-        w.site("depthwise", node, -1, 0, x.atoms)
-        w.out(node, x)
-        return
-    if groups > 1 and per_group == 1:
-        w.kill(x, f"depthwise Conv '{w.name(node)}' has channel multiplier {out_channels // groups}")
-        return
-    if x is not None:
-        w.site("consumer", node, 1, 1, x.atoms, groups=groups)
-        for part in np.split(x.atoms, groups) if groups > 1 else []:
-            w.site("segment", node, -1, 1, part)
-    first = len(w.sites)
-    atoms = w.producer(node, 0, out_channels, weight.ndim, 2)
-    if groups > 1:
-        w.sites[first].extra["groups"] = groups
-        for part in np.split(atoms, groups):
-            w.site("segment", node, -1, 0, part)
-
-
-def _conv_transpose(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    weight = _const(node.inputs[1] if len(node.inputs) > 1 else None)
-    x = ins[0]
-    if weight is None or weight.ndim < 3 or any(ins[1:]) or _attr_int(node, "group", 1) != 1:
-        w.kill_all(node, ins, f"ConvTranspose '{w.name(node)}' has no constant weight or has groups")
-        return
-    if x is not None:
-        if x.axis != 1 or x.inner != 1:
-            w.kill(x, f"ConvTranspose '{w.name(node)}' reads channels on axis {x.axis}")
-        else:
-            w.site("consumer", node, 1, 0, x.atoms)
-    w.producer(node, 1, weight.shape[1], weight.ndim, 2)
-
-
-def _gemm(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    weight = _const(node.inputs[1])
-    x = ins[0]
-    if weight is None or weight.ndim != 2 or any(ins[1:]):
-        w.kill_all(node, ins, f"Gemm '{w.name(node)}' has no constant weight")
-        return
-    trans_a, trans_b = _attr_int(node, "transA", 0), _attr_int(node, "transB", 0)
-    k_axis = 1 if trans_b else 0
-    if x is not None:
-        if x.rank == 2 and x.axis == (0 if trans_a else 1) and len(x.atoms) * x.inner == weight.shape[k_axis]:
-            w.site("consumer", node, 1, k_axis, x.atoms, x.inner)
-        else:
-            w.kill(x, f"Gemm '{w.name(node)}' reads channels on a non-reduction axis")
-    w.producer(node, 1 - k_axis, weight.shape[1 - k_axis], 2, 2)
-
-
-def _matmul(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    weight = _const(node.inputs[1])
-    x = ins[0]
-    if weight is None or weight.ndim != 2 or ins[1] is not None:
-        w.kill_all(node, ins, f"MatMul '{w.name(node)}' multiplies two activations")
-        return
-    if x is not None:
-        if x.axis == x.rank - 1 and len(x.atoms) * x.inner == weight.shape[0]:
-            w.site("consumer", node, 1, 0, x.atoms, x.inner)
-        else:
-            w.kill(x, f"MatMul '{w.name(node)}' reads channels on a non-reduction axis")
-    rank = w.rank(node.inputs[0], x)
-    if rank is None or rank < 2:
-        return  # no known output rank: its channels are not tracked (nothing reads them as a group)
-    w.producer(node, 1, weight.shape[1], rank, None)
-
-
-def _unary(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    if x is None or any(ins[1:]):
-        w.kill_all(node, ins, f"{node.op_type} '{w.name(node)}' mixes channels")
-        return
-    for index in range(len(node.outputs)):
-        w.out(node, x, index)
-
-
-def _clip(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    for bound in node.inputs[1:]:
-        shape = w.shape(bound) if bound is not None else []
-        if shape is None or any(d != 1 for d in shape):
-            w.kill_all(node, ins, f"Clip '{w.name(node)}' has non-scalar bounds")
-            return
-    _unary(w, node, ins)
-
-
-def _elementwise(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    where = f"{node.op_type} '{w.name(node)}'"
-    ranks = [w.rank(v, layout) for v, layout in zip(node.inputs, ins, strict=True)]
-    if any(r is None for r in ranks):
-        w.kill_all(node, ins, f"{where} has an input of unknown rank")
-        return
-    out_rank = max(r for r in ranks if r is not None)
-    carried = [(layout.axis + out_rank - layout.rank, layout) for layout in ins if layout is not None]
-    widest = max(len(other.atoms) * other.inner for _, other in carried)
-    if widest > 1:  # a one-channel activation (a spatial gate) broadcasts; it is not coupled
-        for _, other in carried:
-            if len(other.atoms) * other.inner == 1:
-                w.kill(other, f"{where} broadcasts a single channel over {widest}")
-        carried = [(axis, other) for axis, other in carried if len(other.atoms) * other.inner > 1]
-    out_axis, first = carried[0]
-    if any(
-        axis != out_axis or other.inner != first.inner or len(other.atoms) != len(first.atoms)
-        for axis, other in carried
-    ):
-        w.kill_all(node, ins, f"{where} combines channels on different axes")
-        return
-    for index, (value, layout) in enumerate(zip(node.inputs, ins, strict=True)):
-        if layout is not None or value is None:
-            continue
-        if _const(value) is not None:
-            if not w.param(node, index, first, out_rank, out_axis):
-                w.kill_all(node, ins, f"{where} constant '{value.name}' does not broadcast per channel")
-                return
-            continue
-        shape = w.shape(value)
-        aligned = out_axis - (out_rank - len(shape)) if shape is not None else None
-        if shape is None or aligned is None or (aligned >= 0 and shape[aligned] != 1):
-            w.kill_all(node, ins, f"{where} couples channels with '{value.name}', which no prunable layer makes")
-            return
-    for _, other in carried[1:]:
-        w.atoms.union(first.atoms, other.atoms)
-    w.out(node, Layout(out_axis, out_rank, first.atoms, first.inner))
-
-
-def _batch_norm(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    where = f"{node.op_type} '{w.name(node)}'"
-    extra_outputs = any(o.uses() or o.is_graph_output() for o in node.outputs[1:])
-    if x is None or x.axis != 1 or x.inner != 1 or any(ins[1:]) or _attr_int(node, "training_mode", 0) or extra_outputs:
-        w.kill_all(node, ins, f"{where} is not an inference normalization over axis 1")
-        return
-    for index in range(1, len(node.inputs)):
-        array = _const(node.inputs[index])
-        if array is None or array.shape != (len(x.atoms),):
-            w.kill(x, f"{where} parameter {index} is not a constant per channel")
-            return
-        w.site("param", node, index, 0, x.atoms)
-    w.out(node, x)
-
-
-def _pool(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    if x is None or x.axis != 1 or x.inner != 1 or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
-        w.kill_all(node, ins, f"{node.op_type} '{w.name(node)}' pools over channels or returns indices")
-        return
-    w.out(node, x)
-
-
-def _resize(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    where = f"{node.op_type} '{w.name(node)}'"
-    if x is None or any(ins[1:]):
-        w.kill_all(node, ins, f"{where} resizes by an activation")
-        return
-    scale_index = 1 if node.op_type == "Upsample" or w.opset < 11 else 2
-    scales = _const(node.inputs[scale_index]) if scale_index < len(node.inputs) else None
-    sizes = _ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-    if scales is not None and scales.size:
-        if scales.size != x.rank or float(scales.reshape(-1)[x.axis]) != 1.0:
-            w.kill(x, f"{where} scales the channel axis")
-            return
-    elif sizes is not None:
-        if w.purpose == "remove":
-            w.kill(x, f"{where} sizes constant carries the channel count")
-            return
-    elif _attr_ints(node, "scales") is None:
-        w.kill(x, f"{where} has no constant scales or sizes")
-        return
-    w.out(node, x)
-
-
-def _pad(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    where = f"Pad '{w.name(node)}'"
-    if x is None or any(ins[1:]):
-        w.kill_all(node, ins, f"{where} pads by an activation")
-        return
-    pads = _attr_ints(node, "pads") if w.opset < 11 else _ints(node.inputs[1] if len(node.inputs) > 1 else None)
-    axes = _ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else list(range(x.rank))
-    if pads is None or axes is None:
-        w.kill(x, f"{where} has non-constant pads")
-        return
-    axes = [a % x.rank for a in axes]
-    if x.axis in axes:
-        i = axes.index(x.axis)
-        if pads[i] or pads[i + len(axes)]:
-            w.kill(x, f"{where} pads the channel axis")
-            return
-    w.out(node, x)
-
-
-def _transpose(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    perm = _attr_ints(node, "perm") or list(range(x.rank))[::-1]
-    w.out(node, Layout(perm.index(x.axis), x.rank, x.atoms, x.inner))
-
-
-def _axes(w: _Walker, node: ir.Node, since: int) -> list[int] | None:
-    if w.opset >= since:
-        return _ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    return _attr_ints(node, "axes")
-
-
-def _squeeze(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axes = _axes(w, node, 13)
-    if axes is None:
-        shape = w.shape(node.inputs[0])
-        axes = [i for i, d in enumerate(shape) if d == 1] if shape is not None else None
-    if axes is None or any(ins[1:]):
-        w.kill(x, f"Squeeze '{w.name(node)}' has unknown axes")
-        return
-    axes = [a % x.rank for a in axes]
-    if x.axis in axes:
-        w.kill(x, f"Squeeze '{w.name(node)}' removes the channel axis")
-        return
-    w.out(node, Layout(x.axis - sum(a < x.axis for a in axes), x.rank - len(axes), x.atoms, x.inner))
-
-
-def _unsqueeze(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axes = _axes(w, node, 13)
-    if axes is None or any(ins[1:]):
-        w.kill(x, f"Unsqueeze '{w.name(node)}' has unknown axes")
-        return
-    rank = x.rank + len(axes)
-    new_axes = {a % rank for a in axes}
-    kept = [i for i in range(rank) if i not in new_axes]
-    w.out(node, Layout(kept[x.axis], rank, x.atoms, x.inner))
-
-
-def _flatten(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    start = _attr_int(node, "axis", 1) % x.rank if x.rank else 0
-    shape = w.shape(node.inputs[0])
-    where = f"Flatten '{w.name(node)}'"
-    if shape is None or x.axis < start or any(d != 1 for d in shape[start : x.axis]):
-        w.kill(x, f"{where} does not keep the channels outermost")
-        return
-    after = shape[x.axis + 1 :]
-    if not all(isinstance(d, int) for d in after):
-        w.kill(x, f"{where} flattens dims of unknown size")
-        return
-    inner = x.inner * int(np.prod([int(d) for d in after if isinstance(d, int)], dtype=np.int64))
-    w.out(node, Layout(1, 2, x.atoms, inner))
-
-
-def _reshape(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    where = f"Reshape '{w.name(node)}'"
-    target = _ints(node.inputs[1]) if not any(ins[1:]) else None
-    in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
-    if target is None or in_shape is None or out_shape is None or len(in_shape) != x.rank:
-        w.kill(x, f"{where} has a non-constant target or unknown shapes")
-        return
-    a = x.axis
-    count = len(x.atoms) * x.inner
-    if len(out_shape) > a and out_shape[: a + 1] == in_shape[: a + 1] and in_shape[a] == count:
-        layout = Layout(a, len(out_shape), x.atoms, x.inner)
-    elif (
-        len(out_shape) == a + 1
-        and out_shape[:a] == in_shape[:a]
-        and all(isinstance(d, int) for d in in_shape[a + 1 :])
-        and in_shape[a] == count
-    ):
-        layout = Layout(
-            a, a + 1, x.atoms, x.inner * int(np.prod([int(d) for d in in_shape[a + 1 :] if isinstance(d, int)]))
-        )
-    else:
-        w.kill(x, f"{where} splits or moves the channel axis")
-        return
-    w.site("reshape", node, 1, a, layout.atoms, layout.inner, entry=target[a])
-    w.out(node, layout)
-
-
-def _concat(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    carried = [layout for layout in ins if layout is not None]
-    rank = carried[0].rank
-    axis = _attr_int(node, "axis", 0) % rank
-    where = f"Concat '{w.name(node)}'"
-    if any(layout.rank != rank or layout.inner != 1 or layout.axis != carried[0].axis for layout in carried):
-        w.kill_all(node, ins, f"{where} joins channels on different axes")
-        return
-    if carried[0].axis == axis:
-        parts = []
-        for value, layout in zip(node.inputs, ins, strict=True):
-            if layout is not None:
-                parts.append(layout.atoms)
-                continue
-            shape = w.shape(value)
-            size = shape[axis] if shape is not None else None
-            if not isinstance(size, int):
-                w.kill_all(node, ins, f"{where} input '{value.name if value else '?'}' has an unknown channel count")
-                return
-            parts.append(
-                w.atoms.new(size, f"{where} input '{value.name if value else '?'}' is no prunable layer's output")
-            )
-        w.out(node, Layout(axis, rank, np.concatenate(parts)))
-        return
-    for index, (value, layout) in enumerate(zip(node.inputs, ins, strict=True)):
-        if layout is None and not w.param(node, index, carried[0], rank, carried[0].axis):
-            w.kill_all(node, ins, f"{where} joins channels with '{value.name if value else '?'}', which no layer makes")
-            return
-    for layout in carried[1:]:
-        w.atoms.union(carried[0].atoms, layout.atoms)
-    w.out(node, carried[0])
-
-
-def _split(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axis = _attr_int(node, "axis", 0) % x.rank
-    if axis != x.axis:
-        for index in range(len(node.outputs)):
-            w.out(node, x, index)
-        return
-    where = f"Split '{w.name(node)}'"
-    count = len(x.atoms)
-    if w.opset >= 13:
-        sizes = _ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-        explicit = sizes is not None or (len(node.inputs) > 1 and node.inputs[1] is not None)
-    else:
-        sizes = _attr_ints(node, "split")
-        explicit = sizes is not None
-    if sizes is None and not explicit:
-        parts = len(node.outputs)
-        step = -(-count // parts)
-        sizes = [min(step, count - i * step) for i in range(parts)]
-    if sizes is None or sum(sizes) != count or x.inner != 1 or any(ins[1:]):
-        w.kill(x, f"{where} has unknown split sizes")
-        return
-    w.site("split", node, 1, x.axis, x.atoms, sizes=sizes)
-    bounds = np.cumsum([0, *sizes])
-    for index in range(len(node.outputs)):
-        part = x.atoms[bounds[index] : bounds[index + 1]]
-        w.out(node, Layout(x.axis, x.rank, part), index)
-
-
-def _slice(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    where = f"Slice '{w.name(node)}'"
-    if w.opset < 10:
-        starts, ends, axes = (_attr_ints(node, key) for key in ("starts", "ends", "axes"))
-        steps = None
-    else:
-        starts, ends, axes, steps = (
-            _ints(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None for i in (1, 2, 3, 4)
-        )
-    if starts is None or ends is None or any(ins[1:]):
-        w.kill(x, f"{where} has non-constant bounds")
-        return
-    axes = [a % x.rank for a in (axes if axes is not None else range(len(starts)))]
-    if x.axis not in axes:
-        w.out(node, x)
-        return
-    entry = axes.index(x.axis)
-    if (steps is not None and steps[entry] != 1) or x.inner != 1:
-        w.kill(x, f"{where} steps over channels")
-        return
-    count = len(x.atoms)
-    start, end = (int(np.clip(v + count if v < 0 else v, 0, count)) for v in (starts[entry], ends[entry]))
-    if end <= start:
-        w.kill(x, f"{where} keeps no channel")
-        return
-    w.site("slice", node, -1, x.axis, x.atoms, entry=entry, start=start, end=end, attrs=w.opset < 10)
-    w.out(node, Layout(x.axis, x.rank, x.atoms[start:end]))
-
-
-def _reduce(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axes = _axes(w, node, _AXES_INPUT_SINCE.get(node.op_type, 18))
-    keep = _attr_int(node, "keepdims", 1)
-    if not axes:
-        axes = [] if _attr_int(node, "noop_with_empty_axes", 0) else list(range(x.rank))
-    axes = [a % x.rank for a in axes]
-    if x.axis in axes or any(ins[1:]):
-        if w.purpose == "remove" or any(ins[1:]) or node.op_type.startswith("Arg"):
-            w.kill(x, f"{node.op_type} '{w.name(node)}' reduces over the channel axis (lossy)")
-        return
-    if keep:
-        w.out(node, x)
-    else:
-        w.out(node, Layout(x.axis - sum(a < x.axis for a in axes), x.rank - len(axes), x.atoms, x.inner))
-
-
-def _arg(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axis = _attr_int(node, "axis", 0) % x.rank
-    if axis == x.axis:
-        w.kill(x, f"{node.op_type} '{w.name(node)}' returns channel indices")
-        return
-    keep = _attr_int(node, "keepdims", 1)
-    w.out(node, x if keep else Layout(x.axis - (axis < x.axis), x.rank - 1, x.atoms, x.inner))
-
-
-def _softmax(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    assert x is not None
-    axis = _attr_int(node, "axis", 1 if w.opset < 13 else -1) % x.rank
-    covered = x.axis >= axis if w.opset < 13 else x.axis == axis
-    if covered and (w.purpose == "remove" or node.op_type == "Hardmax"):
-        w.kill(x, f"{node.op_type} '{w.name(node)}' normalizes over the channel axis (lossy)")
-        return
-    w.out(node, x)
-
-
-def _layer_norm(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    where = f"LayerNormalization '{w.name(node)}'"
-    if x is None or any(ins[1:]) or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
-        w.kill_all(node, ins, f"{where} is normalized by an activation")
-        return
-    axis = _attr_int(node, "axis", -1) % x.rank
-    if x.axis < axis:
-        w.out(node, x)
-        return
-    if w.purpose == "remove" or axis != x.rank - 1 or x.axis != axis:
-        w.kill(x, f"{where} normalizes over the channel axis (lossy)")
-        return
-    for index in range(1, len(node.inputs)):
-        if node.inputs[index] is not None and not w.param(node, index, x, x.rank, x.axis):
-            w.kill(x, f"{where} parameter {index} is not constant")
-            return
-    w.out(node, x)
-
-
-def _quantize(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    x = ins[0]
-    where = f"{node.op_type} '{w.name(node)}'"
-    scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if x is None or any(ins[1:]) or scale is None:
-        w.kill_all(node, ins, f"{where} has non-constant scales")
-        return
-    if scale.size > 1:
-        if _attr_int(node, "axis", 1) % x.rank != x.axis or scale.shape != (len(x.atoms) * x.inner,):
-            w.kill(x, f"{where} quantizes per channel on another axis")
-            return
-        for index in range(1, len(node.inputs)):
-            if node.inputs[index] is not None:
-                w.site("param", node, index, 0, x.atoms, x.inner)
-    w.out(node, x)
-
-
-def _shape_of(w: _Walker, node: ir.Node, ins: list[Layout | None]) -> None:
-    if w.purpose == "remove":
-        w.kill_all(node, ins, f"{node.op_type} '{w.name(node)}' reads the channel count")
-
-
-_HANDLERS: dict[str, Any] = {
-    "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "BatchNormalization": _batch_norm,
-    "InstanceNormalization": _batch_norm,
-    "Clip": _clip,
-    "Resize": _resize,
-    "Upsample": _resize,
-    "Pad": _pad,
-    "Transpose": _transpose,
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
-    "Concat": _concat,
-    "Split": _split,
-    "Slice": _slice,
-    "ArgMax": _arg,
-    "ArgMin": _arg,
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
-    "Hardmax": _softmax,
-    "LayerNormalization": _layer_norm,
-    "QuantizeLinear": _quantize,
-    "DequantizeLinear": _quantize,
-    "Shape": _shape_of,
-    "Size": _shape_of,
-    **dict.fromkeys(_UNARY, _unary),
-    **dict.fromkeys(_ELEMENTWISE, _elementwise),
-    **dict.fromkeys(_POOLS, _pool),
-    **dict.fromkeys(_REDUCE, _reduce),
-}
-
-
-# --- rewriting the graph ----------------------------------------------------------------------
-
-
-def _expand(src: np.ndarray, inner: int) -> np.ndarray:
-    """Channel positions to element positions along an axis where each channel spans ``inner``."""
-    if inner == 1:
-        return src
-    return (src[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
-
-
-class _Editor:
-    """Applies one site's new channel positions to the graph, copy-on-write for shared constants."""
-
-    def __init__(self, model: ir.Model, purpose: Purpose) -> None:
-        self.graph = model.graph
-        self.opset = next((model.opset_imports[d] for d in _ONNX if d in model.opset_imports), 1)
-        self.purpose = purpose
-        self.count = 0
-        self.taken = {v.name for v in [*self.graph.inputs, *self.graph.initializers.values()] if v.name}
-        self.taken.update(
-            o.name for node in ir.traversal.RecursiveGraphIterator(self.graph) for o in node.outputs if o.name
-        )
-
-    def apply(self, site: Site, src: np.ndarray) -> None:
-        if site.kind in ("producer", "param", "consumer"):
-            self.tensor(site, src)
-        elif self.purpose == "permute" or site.kind == "segment":
-            return
-        elif site.kind == "split":
-            self.split(site, src)
-        elif site.kind == "slice":
-            self.slice(site, src)
-        elif site.kind == "reshape":
-            self.reshape(site, src)
-        elif site.kind == "depthwise":
-            assert site.node is not None
-            site.node.attributes["group"] = ir.AttrInt64("group", len(src))
-            self.count += 1
-        elif site.kind == "value":
-            self.value_shape(site, src)
-
-    def tensor(self, site: Site, src: np.ndarray) -> None:
-        node = site.node
-        assert node is not None
-        array = _const(node.inputs[site.index])
-        assert array is not None, site.describe()
-        groups = int(site.extra.get("groups", 1))
-        per = len(site.atoms) // groups
-        if site.kind == "consumer" and groups > 1:
-            rows, keep = array.shape[0] // groups, len(src) // groups
-            pieces = [
-                array[g * rows : (g + 1) * rows][:, src[g * keep : (g + 1) * keep] - g * per] for g in range(groups)
-            ]
-            new = np.concatenate(pieces, axis=0)
-        else:
-            new = np.take(array, _expand(src, site.inner), axis=site.axis)
-        self.write(node, site.index, new)
-
-    def write(self, node: ir.Node, index: int, array: np.ndarray) -> None:
-        old = node.inputs[index]
-        assert old is not None
-        private = (
-            old.is_initializer()
-            and old.graph is self.graph
-            and len(old.uses()) == 1
-            and not old.is_graph_output()
-            and not old.is_graph_input()
-        )
-        if private:
-            doc = old.const_value.doc_string if old.const_value is not None else None
-            old.const_value = ir.Tensor(array, name=old.name, doc_string=doc)
-            old.shape = ir.Shape(array.shape)
-        else:
-            from onnxshrink.graphs import fresh_name
-
-            name = fresh_name(self.taken, old.name or "channels")
-            new = ir.Value(
-                name=name,
-                const_value=ir.Tensor(array, name=name),
-                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                shape=ir.Shape(array.shape),
-            )
-            self.graph.register_initializer(new)
-            node.replace_input_with(index, new)
-            self.release(old)
-        self.count += 1
-
-    def release(self, value: ir.Value) -> None:
-        if value.uses() or value.is_graph_output() or value.is_graph_input():
-            return
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and producer.graph is self.graph:
-            self.graph.remove(producer, safe=True)
-        elif value.is_initializer() and value.graph is self.graph and value.name:
-            self.graph.initializers.pop(value.name)
-
-    def split(self, site: Site, src: np.ndarray) -> None:
-        node = site.node
-        assert node is not None
-        bounds = np.cumsum([0, *site.extra["sizes"]])
-        sizes = [int(np.count_nonzero((src >= lo) & (src < hi))) for lo, hi in itertools.pairwise(bounds)]
-        if self.opset >= 13:
-            if len(node.inputs) < 2:
-                node.resize_inputs(2)
-            if node.inputs[1] is None:
-                from onnxshrink.graphs import fresh_name
-
-                name = fresh_name(self.taken, f"{node.name or 'split'}_sizes")
-                value = ir.Value(name=name, const_value=ir.Tensor(np.array(sizes, dtype=np.int64), name=name))
-                value.type, value.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([len(sizes)])
-                self.graph.register_initializer(value)
-                node.replace_input_with(1, value)
-            else:
-                self.write(node, 1, np.array(sizes, dtype=np.int64))
-            node.attributes.pop("num_outputs", None)
-        else:
-            node.attributes["split"] = ir.AttrInt64s("split", sizes)
-        self.count += 1
-
-    def slice(self, site: Site, src: np.ndarray) -> None:
-        node = site.node
-        assert node is not None
-        start, end, entry = site.extra["start"], site.extra["end"], site.extra["entry"]
-        new_start = int(np.count_nonzero(src < start))
-        new_end = new_start + int(np.count_nonzero((src >= start) & (src < end)))
-        for index, key, bound in ((1, "starts", new_start), (2, "ends", new_end)):
-            if site.extra["attrs"]:
-                values = _attr_ints(node, key) or []
-                values[entry] = bound
-                node.attributes[key] = ir.AttrInt64s(key, values)
-            else:
-                array = _const(node.inputs[index])
-                assert array is not None
-                array = array.copy()
-                array.reshape(-1)[entry] = bound
-                self.write(node, index, array)
-        self.count += 1
-
-    def reshape(self, site: Site, src: np.ndarray) -> None:
-        node = site.node
-        assert node is not None
-        if site.extra["entry"] <= 0:
-            return
-        array = _const(node.inputs[1])
-        assert array is not None
-        array = array.copy()
-        array[site.axis] = len(src) * site.inner
-        self.write(node, 1, array)
-
-    def value_shape(self, site: Site, src: np.ndarray) -> None:
-        value = site.value
-        if value is None or value.shape is None or site.axis >= len(value.shape):
-            return
-        dims = list(value.shape)
-        if isinstance(dims[site.axis], int):
-            dims[site.axis] = len(src) * site.inner
-            value.shape = ir.Shape(dims)

@@ -62,6 +62,15 @@ def _label(node: ir.Node) -> str:
     return f"{node.op_type}->{output}"
 
 
+def _options_json(pass_: ShrinkPass) -> dict[str, Any]:
+    """A pass's options keyed as a recipe takes them: ``for``, not the dataclass field ``for_``."""
+    options: dict[str, Any] = {}
+    for info in registry.options_of(type(pass_)):
+        value = getattr(pass_.options, info.field)
+        options[info.key.replace("-", "_")] = list(value) if isinstance(value, tuple) else value
+    return options
+
+
 AfterPass = Callable[[ir.Model, PassRecord, Sequence[PassRecord]], None]
 
 
@@ -163,7 +172,7 @@ class Pipeline:
         nodes_after = _node_snapshot(model)
         record = PassRecord(
             name=pass_.name,
-            options={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(pass_.options).items()},
+            options=_options_json(pass_),
             exact=pass_.exact,
             modified=result.modified,
             seconds=seconds,

@@ -77,11 +77,7 @@ class _Counted:
 
 
 def _weight(site: Site) -> np.ndarray:
-    assert site.node is not None
-    value = site.node.inputs[site.index]
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    assert tensor is not None
-    return tensor.numpy()
+    return site.constant()
 
 
 def _as_rows(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -127,7 +123,7 @@ def _importance(group: ChannelGroup, key: str) -> np.ndarray:
     total = np.zeros(group.size)
     for site in group.of_kind("producer"):
         weight = _weight(site).astype(np.float64)
-        moved = np.moveaxis(weight, site.axis, 0).reshape(weight.shape[site.axis], -1)
+        moved = np.moveaxis(weight, site.axis, 0).reshape(len(site.classes), -1)  # a head's d channels as one
         score = np.abs(moved).sum(axis=1) if key == "l1" else (moved * moved).sum(axis=1)
         local = group.local(site)
         np.add.at(total, local[local >= 0], score[local >= 0])

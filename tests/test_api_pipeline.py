@@ -178,3 +178,28 @@ def test_calibration_from_folder_and_reader_module(tmp_path: Path, monkeypatch: 
     result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration="my_reader:Reader")
     assert result.report["verification"]["samples"] == 6
     assert "my_reader:Reader" in result.report["verification"]["inputs"]
+
+
+def test_report_options_use_recipe_keys_and_round_trip(tmp_path: Path) -> None:
+    import json
+
+    from onnxshrink.saving import PROVENANCE_PIPELINE_KEY
+    from onnxshrink.spec import load_recipe, parse_spec
+
+    result = onnxshrink.shrink(DIGITS, ["sort:for=2:4,seconds=5", "cleanup:cse=false"], verify=False)
+    records = result.report["passes"]
+    assert records[0]["options"] == {"key": "l1", "for": "2:4", "seconds": 5.0}
+    assert records[1]["options"]["cse_max_constant"] == 1024
+    provenance = json.loads(result.model.metadata_props[PROVENANCE_PIPELINE_KEY])
+    assert provenance[0] == {"name": "sort", "options": {"for": "2:4", "seconds": 5.0}}
+    tables = []
+    for record in records:
+        lines = [f"name = {json.dumps(record['name'])}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in record["options"].items() if value is not None]
+        tables.append("[[pass]]\n" + "\n".join(lines))
+    recipe = tmp_path / "from_report.toml"
+    recipe.write_text("\n\n".join(tables) + "\n")
+    assert load_recipe(recipe) == [
+        parse_spec("sort:key=l1,for=2:4,seconds=5"),
+        parse_spec("cleanup:cse=false,cse-max-constant=1024,dedupe-initializers=true"),
+    ]

@@ -18,6 +18,77 @@ from onnxshrink.errors import UsageError
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
 
+# BERT-style self-attention as torch exports it: 4 heads of 4 over a 16-wide stream, a mask added
+# to the scores; ``tail`` ends it: the output projection alone, or the residual stream X + O0 and
+# its LayerNormalization.
+ATTENTION = """g (float[2,5,16] X, float[2,1,1,5] M) => (float[2,5,16] Y) {{
+    Q0 = MatMul (X, Wq)
+    Q1 = Add (Bq, Q0)
+    Q2 = Reshape (Q1, split_heads)
+    Q = Transpose <perm=[0,2,1,3]> (Q2)
+    K0 = MatMul (X, Wk)
+    K1 = Add (Bk, K0)
+    K2 = Reshape (K1, split_heads)
+    K = Transpose <perm=[0,2,3,1]> (K2)
+    V0 = MatMul (X, Wv)
+    V1 = Add (V0, Bv)
+    V2 = Reshape (V1, split_heads)
+    V = Transpose <perm=[0,2,1,3]> (V2)
+    S0 = MatMul (Q, K)
+    S1 = Div (S0, scale)
+    S2 = Add (S1, M)
+    P = Softmax <axis=-1> (S2)
+    C0 = MatMul (P, V)
+    C1 = Transpose <perm=[0,2,1,3]> (C0)
+    C2 = Reshape (C1, merge_heads)
+    O0 = MatMul (C2, Wo)
+    {tail}
+}}"""
+
+# The same block as torch's SDPA decomposition exports it (after `fold`), batch and sequence
+# dynamic: the head count is -1 in every Reshape, the merge targets are computed from Shape/Gather,
+# and the mask reaches the scores through an Expand to a computed [B, -1 -> 1, S, S].
+ATTENTION_DYNAMIC = """g (float[N,S,16] X, float[N,S] AM) => (float[N,S,16] Y) {{
+    Q0 = MatMul (X, Wq)
+    Q1 = Reshape (Q0, split_any)
+    Q = Transpose <perm=[0,2,1,3]> (Q1)
+    K0 = MatMul (X, Wk)
+    K1 = Reshape (K0, split_any)
+    K = Transpose <perm=[0,2,3,1]> (K1)
+    V0 = MatMul (X, Wv)
+    V1 = Reshape (V0, split_any)
+    V = Transpose <perm=[0,2,1,3]> (V1)
+    QS = Shape (Q)
+    Sg = Gather <axis=0> (QS, two)
+    Sq = Unsqueeze (Sg, axis0)
+    XS = Shape (X)
+    Bg = Gather <axis=0> (XS, zero)
+    Bu = Unsqueeze (Bg, axis0)
+    Sx = Gather <axis=0> (XS, one)
+    Su = Unsqueeze (Sx, axis0)
+    Tgt = Concat <axis=0> (Bu, minus1, Su, Su)
+    Eq = Equal (Tgt, minus1s)
+    Fixed = Where (Eq, ones4, Tgt)
+    Mu = Unsqueeze (AM, axes12)
+    Mask = Expand (Mu, Fixed)
+    Qs = Mul (Q, scale)
+    S0 = MatMul (Qs, K)
+    S1 = Add (S0, Mask)
+    P = Softmax <axis=-1> (S1)
+    C0 = MatMul (P, V)
+    CS = Shape (C0)
+    Bc0 = Gather <axis=0> (CS, zero)
+    Bc = Unsqueeze (Bc0, axis0)
+    T3 = Concat <axis=0> (Bc, minus1, Sq, four)
+    C1 = Reshape (C0, T3)
+    C2 = Transpose <perm=[0,2,1,3]> (C1)
+    {merge}
+    C3 = Reshape (C2, T4)
+    Y = MatMul (C3, Wo)
+}}"""
+QKVO = dict.fromkeys(("Wq", "Wk", "Wv", "Wo"), (16, 16))
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     text: str
@@ -187,6 +258,55 @@ CASES: dict[str, Case] = {
         {"W1": (16, 32), "b1": (32,), "W2": (32, 16)},
         {"MatMul 'H'": (32, [32], {"MatMul 'Y'"}, None)},
     ),
+    "ffn-gelu-erf": Case(
+        """g (float[2,3,16] X) => (float[2,3,16] Y) {
+            H = MatMul (X, W1)
+            Hb = Add (b1, H)
+            D = Div (Hb, sqrt2)
+            E = Erf (D)
+            E1 = Add (E, unit)
+            G = Mul (Hb, E1)
+            G2 = Mul (G, half)
+            Y = MatMul (G2, W2)
+        }""",
+        {"W1": (16, 32), "b1": (32,), "W2": (32, 16)},
+        {"MatMul 'H'": (32, [32], {"MatMul 'Y'"}, None)},
+    ),
+    "attention-heads": Case(
+        ATTENTION.format(tail="Y = Add (O0, Bo)"),
+        {
+            **dict.fromkeys(("Wq", "Wk", "Wv", "Wo"), (16, 16)),
+            **dict.fromkeys(("Bq", "Bk", "Bv", "Bo"), (16,)),
+        },
+        {
+            "MatMul 'Q0' (+2)": (4, [4], {"MatMul 'O0'"}, None),
+            "MatMul 'O0'": (16, [16], set(), "reaches graph output 'Y'"),
+        },
+    ),
+    "attention-residual-stream": Case(
+        ATTENTION.format(tail="R = Add (X, O0)\n    Y = LayerNormalization <axis=-1> (R, Lg, Lb)"),
+        {
+            **dict.fromkeys(("Wq", "Wk", "Wv", "Wo"), (16, 16)),
+            **dict.fromkeys(("Bq", "Bk", "Bv", "Lg", "Lb"), (16,)),
+        },
+        {
+            "MatMul 'Q0' (+2)": (4, [4], {"MatMul 'O0'"}, None),
+            "MatMul 'O0'": (16, [16], set(), "Add 'R' couples channels with 'X', which no prunable layer makes"),
+        },
+    ),
+    "attention-dynamic": Case(
+        ATTENTION_DYNAMIC.format(merge="T4 = Concat <axis=0> (Bu, Su, minus1)"),
+        QKVO,
+        {"MatMul 'Q0' (+2)": (4, [4], {"MatMul 'Y'"}, None)},
+    ),
+    "attention-reads-head-count": Case(
+        ATTENTION_DYNAMIC.format(
+            merge="Hg = Gather <axis=0> (CS, one)\n    Hu = Unsqueeze (Hg, axis0)\n    HD = Mul (Hu, four)\n"
+            "    T4 = Concat <axis=0> (Bu, Su, HD)"
+        ),
+        QKVO,
+        {"MatMul 'Q0' (+2)": (4, [4], set(), "Reshape 'C3' has a non-constant target or unknown shapes")},
+    ),
     "transpose-matmul": Case(
         """g (float[1,8,4,4] X) => (float[1,4,4,6] Y) {
             A = Conv (X, Wa, Ba)
@@ -229,6 +349,22 @@ CONSTANTS = {
     "ends": np.array([12], dtype=np.int64),
     "axes": np.array([1], dtype=np.int64),
     "shape": np.array([2, 72], dtype=np.int64),
+    "split_heads": np.array([0, 0, 4, 4], dtype=np.int64),
+    "merge_heads": np.array([0, 0, 16], dtype=np.int64),
+    "scale": np.array(0.5, dtype=np.float32),
+    "split_any": np.array([0, 0, -1, 4], dtype=np.int64),
+    "zero": np.array(0, dtype=np.int64),
+    "one": np.array(1, dtype=np.int64),
+    "two": np.array(2, dtype=np.int64),
+    "four": np.array([4], dtype=np.int64),
+    "minus1": np.array([-1], dtype=np.int64),
+    "minus1s": np.array([-1, -1, -1, -1], dtype=np.int64),
+    "ones4": np.array([1, 1, 1, 1], dtype=np.int64),
+    "axis0": np.array([0], dtype=np.int64),
+    "axes12": np.array([1, 2], dtype=np.int64),
+    "sqrt2": np.array(np.sqrt(2.0), dtype=np.float32),
+    "unit": np.array(1.0, dtype=np.float32),
+    "half": np.array(0.5, dtype=np.float32),
 }
 
 
@@ -254,7 +390,7 @@ def feed(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     inputs = {}
     for value in model.graph.input:
-        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") else 3 for d in value.type.tensor_type.shape.dim]
         inputs[value.name] = rng.standard_normal(shape).astype(np.float32)
     return inputs
 
@@ -336,6 +472,14 @@ def test_removal_refuses_what_permutation_allows() -> None:
     assert by_label(channels.analyze(model, "permute"))["Conv 'A'"].ok
     refused = by_label(channels.analyze(model, "remove"))["Conv 'A'"]
     assert refused.reasons == ["ReduceMean 'T' reduces over the channel axis (lossy)"]
+
+
+def test_heads_read_through_shape_are_refused_for_removal_only_where_the_count_is_read() -> None:
+    plan = channels.analyze(ir.serde.deserialize_model(build("attention-reads-head-count")), "remove")
+    assert by_label(plan)["MatMul 'Q0' (+2)"].reasons[0] == "Shape 'CS' reads the channel count"
+    # The same Shape read at the batch axis only (attention-dynamic) leaves the heads removable.
+    plan = channels.analyze(ir.serde.deserialize_model(build("attention-dynamic")), "remove")
+    assert by_label(plan)["MatMul 'Q0' (+2)"].ok
 
 
 def test_bad_decisions_are_usage_errors() -> None:

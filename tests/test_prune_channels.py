@@ -199,6 +199,63 @@ def test_round_to_and_min_channels() -> None:
     assert record["stats"]["channels"]["Conv 'B'"]["after"] == 5
 
 
+def test_attention_loses_whole_heads_and_keeps_the_invariant() -> None:
+    original = build("attention-heads")  # 4 heads of d=4
+    out, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,min-channels=1")
+    before, after = _weights(original), _weights(out)
+    d = 4
+    columns = {name: before[name].reshape(16, 4, d) for name in ("Wq", "Wk", "Wv")}  # [in, head, i]
+    score = sum((c**2).sum(axis=(0, 2)) for c in columns.values()) + (before["Wo"].reshape(4, d, 16) ** 2).sum(
+        axis=(1, 2)
+    )
+    kept = np.sort(np.argsort(-score, kind="stable")[:2])
+    removed = np.setdiff1d(np.arange(4), kept)
+    features = (kept[:, None] * d + np.arange(d)).reshape(-1)
+    for name in ("Wq", "Wk", "Wv"):
+        np.testing.assert_array_equal(after[name], before[name][:, features])
+    for name in ("Bq", "Bk", "Bv"):
+        np.testing.assert_array_equal(after[name], before[name][features])
+    np.testing.assert_array_equal(after["Wo"], before["Wo"][features])
+    np.testing.assert_array_equal(after["split_heads"], [0, 0, 2, 4])
+    np.testing.assert_array_equal(after["merge_heads"], [0, 0, 8])
+    stats = record["stats"]
+    assert stats["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
+    assert stats["refused"] == {"MatMul 'O0'": "reaches graph output 'Y'"}
+    reference = onnx.ModelProto()
+    reference.CopyFrom(original)
+    for tensor in reference.graph.initializer:
+        if tensor.name == "Wo":  # the output projection's input rows of the removed heads
+            array = onnx.numpy_helper.to_array(tensor).copy()
+            array[(removed[:, None] * d + np.arange(d)).reshape(-1)] = 0
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, "Wo"))
+    inputs = feed(original)
+    want, got = run(reference, inputs), run(out, inputs)
+    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * max(float(np.abs(w).max()) for w in want))
+
+
+def test_heads_round_to_whole_channel_multiples() -> None:
+    original = build("attention-heads")
+    # round-to=8 and min-channels=8 count channels: 2 heads of 4 is the smallest aligned choice.
+    _, record = _prune(original, "prune-channels:ratio=0.75")
+    assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
+    _, record = _prune(original, "prune-channels:ratio=0.25,round-to=16")
+    assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 4}}
+    _, record = _prune(original, "prune-channels:ratio=0.75,round-to=1,min-channels=1")
+    assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 1}}
+
+
+def test_residual_stream_and_ffn_neurons() -> None:
+    _, record = _prune(build("attention-residual-stream"), "prune-channels:ratio=0.5,round-to=1,min-channels=1")
+    assert record["stats"]["refused"] == {
+        "MatMul 'O0'": "Add 'R' couples channels with 'X', which no prunable layer makes"
+    }
+    assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
+    original = build("ffn-gelu-erf")
+    out, record = _prune(original, "prune-channels:ratio=0.5")
+    assert record["stats"]["channels"] == {"MatMul 'H'": {"before": 32, "after": 16}}
+    assert _weights(out)["W1"].shape == (16, 16) and _weights(out)["W2"].shape == (16, 16)
+
+
 def test_global_scope_takes_from_the_weakest_group() -> None:
     original = build("concat")
     weights = {t.name: t for t in original.graph.initializer}
