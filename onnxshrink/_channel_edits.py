@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink._channel_rules import _ONNX, _attr_ints, _const
+from onnxshrink._channel_types import _ONNX, _attr_ints, _const
 from onnxshrink.errors import UsageError
 
 if TYPE_CHECKING:
