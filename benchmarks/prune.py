@@ -55,7 +55,8 @@ from onnxshrink.registry import passes as registered_passes  # noqa: E402
 SPARSITIES = (0.5, 0.7, 0.9)
 
 
-def _digits() -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+def _digits(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """The bundled calibration file (its 128 samples, whatever ``samples`` says)."""
     calib = dict(np.load(ROOT / "models" / "digits_calib.npz"))
     test = dict(np.load(ROOT / "models" / "digits_test.npz"))
     return ROOT / "models" / "digits_cnn.onnx", calib, test, {"keep-first-last": "false"}
@@ -154,7 +155,7 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 
 def bench_model(name: str, samples: int, latency_runs: int) -> None:
-    model, calib, test, extra = MODELS[name](samples) if name != "digits" else MODELS[name]()
+    model, calib, test, extra = MODELS[name](samples)
     print(
         f"\n## {name}  ({model.name}; {samples if name != 'digits' else len(calib[next(iter(calib))])} "
         f"calibration samples, {len(test[next(iter(test))])} test samples)\n"
