@@ -4,16 +4,22 @@ Models:
 
 - ``digits``: the bundled CNN (models/), calibration ``models/digits_calib.npz`` (128 samples),
   accuracy on ``models/digits_test.npz`` (540 labelled samples);
-- ``resnet18``: torchvision with random weights and BatchNorm statistics re-drawn, exported by
+- ``resnet18``, ``resnet50``: torchvision with random weights and BatchNorm statistics re-drawn, exported by
   ``benchmarks/simplify.py``'s exporter in the torch environment (``--torch-python``, default
   ``/tmp/benchvenv/bin/python``) and cached in ``~/.cache/onnxshrink-bench/quantize/``;
   calibration: 100 seeded N(0, 1) images; evaluation: 64 other seeded images (top-1 agreement
   and cosine against fp32);
 - ``bert-base``: transformers ``BertModel(BertConfig())``, random weights, dynamic batch and
   sequence; calibration and evaluation 32 sequences each of 128 tokens (ids in [0, 1000), full
-  mask); cosine of both outputs; calibrators minmax and percentile, ORT default and best-rr.
-  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``) and onnxshrink 4-bit
-  weight-only (``weights=u4``).
+  mask); cosine of both outputs; calibrators minmax and percentile, ORT best-rr (its default
+  gives cosine 0.738, issue 6).
+  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``), onnxshrink 4-bit
+  weight-only (``weights=s4``, embedding tables included) and static with the attention
+  MatMuls quantized too (``activation-matmuls=true``).
+- ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
+  model), from tests/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
+  ``benchmarks/prune.py``: 64 calibration samples; evaluation on 400 rendered text lines
+  (accuracy on the rotation label) and 384 real files (top-1 agreement with fp32).
 
 Every model is first run through ``simplify`` (BatchNorm folded); that fp32 model is the
 reference and the input of every quantizer. Quantizers, each in a fresh process (wall time, and
@@ -30,7 +36,8 @@ ORT's calibrators read the same samples through a ``CalibrationDataReader`` in b
 Latency: ORT CPU, default threads, batch 1 and 32, the fp32 model and every quantized model run
 interleaved (round-robin), median. Kernels: ORT's optimized model (extended level), op counts.
 
-Run: ``.venv/bin/python benchmarks/quantize.py [--models digits,resnet18] [--json OUT]``.
+Run: ``.venv/bin/python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika]
+[--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
 """
 
 from __future__ import annotations
@@ -54,9 +61,20 @@ CACHE = Path(os.environ.get("ONNXSHRINK_BENCH_CACHE", Path.home() / ".cache" / "
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
+# Third-party models (tests/real_models.py) with the inputs of benchmarks/prune.py.
+REAL_MODELS = {"ocr-cls": "_ocr_cls", "magika": "_magika"}
+REAL_CALIB = 64
+# Quantizers per model where running all of them costs too much on 2 cores (default: all).
+TOOLS = {
+    "resnet50": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best", "ort-best-rr"),
+    "ocr-cls": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
+    "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
+}
+# Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.
+ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5}
 INT_KERNELS = (
     "QLinearConv", "QLinearAdd", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearConcat",
-    "DynamicQuantizeMatMul", "MatMulNBits", "QLinearGlobalAveragePool",
+    "DynamicQuantizeMatMul", "MatMulNBits", "QLinearGlobalAveragePool", "GatherBlockQuantized",
 )  # fmt: skip
 FLOAT_KERNELS = ("Conv", "FusedConv", "Add", "MatMul", "Gemm", "FusedGemm", "Concat")
 
@@ -147,6 +165,15 @@ def _prepare(model: str, torch_python: str, work: Path) -> tuple[Path, Path, dic
         test = np.load(ROOT / "models" / "digits_test.npz")
         feed, labels = {"input": test["input"]}, test["labels"]
         return _simplified(source, model, work), calib, feed, labels
+    if model in REAL_MODELS:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import prune as prune_benchmark  # the same inputs as the pruning benchmark
+
+        source, calib_feed, test, _ = getattr(prune_benchmark, REAL_MODELS[model])(REAL_CALIB)
+        calib = work / f"{model}_calib.npz"
+        np.savez(calib, **calib_feed)
+        labels = test.pop("labels", None)
+        return _simplified(source, model, work), calib, test, labels
     CACHE.mkdir(parents=True, exist_ok=True)
     source = CACHE / f"{model}.onnx"
     if not source.exists():
@@ -241,13 +268,14 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     rows["fp32"].update(_quality(reference, reference, labels))
     tools = [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
     tools += [(name, name, "") for name in ORT_CONFIGS]
+    if model in TOOLS:
+        tools = [t for t in tools if t[0] in TOOLS[model]]
     if model == "bert-base":
-        tools = [
-            t for t in tools if t[0] in ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best-rr")
-        ]
+        tools = [t for t in tools if t[0] in ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best-rr")]
         tools += [
             ("onnxshrink-dynamic", "onnxshrink", "mode=dynamic"),
-            ("onnxshrink-u4", "onnxshrink", "mode=weight-only,weights=u4"),
+            ("onnxshrink-s4", "onnxshrink", "mode=weight-only,weights=s4"),
+            ("onnxshrink-minmax-attention", "onnxshrink", "calibrate=minmax,activation-matmuls=true"),
             ("ort-dynamic", "ort-dynamic", ""),
         ]
     if args.tools:
@@ -260,12 +288,17 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
         if not run["ok"]:
             print(f"  {label}: FAILED {run['error']}", flush=True)
             continue
+        try:
+            run["kernels"] = _kernels(out, work)
+        except Exception as error:  # onnxruntime's quantizer can write a model ORT refuses
+            rows[label] = {"ok": False, "error": "ORT refuses the output: " + str(error).splitlines()[0][-160:]}
+            print(f"  {label}: FAILED {rows[label]['error']}", flush=True)
+            continue
         paths[label] = out
         run["size_mb"] = out.stat().st_size / 1e6
-        run["kernels"] = _kernels(out, work)
         run.update(_quality(reference, _session(out).run(None, feed), labels))
         print(f"  {label}: {json.dumps({k: v for k, v in run.items() if k != 'left_float'})}", flush=True)
-    scale = {"digits": 10.0, "bert-base": 0.5}.get(model, 1.0)  # runs for a stable median in bounded time
+    scale = ROUNDS.get(model, 1.0)
     for batch, rounds in ((1, int(args.rounds_b1 * scale)), (32, max(3, int(args.rounds_b32 * scale)))):
         for label, ms in _latency(paths, feed, batch, rounds).items():
             rows[label][f"ms_b{batch}"] = ms

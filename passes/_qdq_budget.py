@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,8 @@ from onnxshrink.verify import compare_output
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
 _JUDGE_SAMPLES = 256
+# The speed check: one calibration batch of at most this many samples, timed this many rounds.
+_SPEED_BATCH, _SPEED_ROUNDS = 32, 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +85,7 @@ def fit_budget(
     applied: Callable[[ir.Model, placement.QuantPlan], ir.Model],
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
     """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
-    layers = [key for key, layer in plan.layers.items() if layer.weight is not None]
+    layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
     sensitivity: dict[str, Damage] = {}
     for key in layers:
         alone = make_plan(tuple(k for k in layers if k != key))
@@ -140,3 +144,25 @@ def weight_layer_problem(node: ir.Node, mode: str, bits: str) -> str | None:
         if mode == "dynamic" and bias is not None and not placement.is_constant(bias):
             return "Gemm bias is not a constant"
     return None
+
+
+def measure_speedup(
+    context: PassContext, original: ir.Model, quantized: ir.Model, pass_name: str, samples: int
+) -> dict[str, float]:
+    """Median run time of the float and the quantized model on one calibration batch, timed
+    interleaved (round-robin) so machine noise hits both alike."""
+    inputs = [v.name for v in original.graph.inputs if v.name and v.name not in original.graph.initializers]
+    count = min(samples, _SPEED_BATCH)
+    feed = next(iter(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count)))
+    sessions = [context.session(original)[0], context.session(quantized)[0]]
+    times: list[list[float]] = [[], []]
+    for session in sessions:
+        run(session, feed)  # warm-up
+    for _ in range(_SPEED_ROUNDS):
+        for session, spent in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            run(session, feed)
+            spent.append((time.perf_counter() - started) * 1e3)
+    float_ms, quantized_ms = statistics.median(times[0]), statistics.median(times[1])
+    count = len(next(iter(feed.values()))) if feed else 0
+    return {"batch": count, "float_ms": float_ms, "quantized_ms": quantized_ms, "speedup": float_ms / quantized_ms}

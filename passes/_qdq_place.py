@@ -26,6 +26,7 @@ from onnxshrink.passes._qdq_plan import (
     activation_inputs,
     constant_scalar,
     fold_candidate,
+    is_activation_matmul,
     is_constant,
     is_float,
     layer_problem,
@@ -188,8 +189,13 @@ def plan_static(
     exclude: tuple[str, ...],
     range_of: RangeOf,
     float_layers: Iterable[str] = (),
+    activation_matmuls: bool = False,
 ) -> QuantPlan:
-    """The placement for ``target`` given each tensor's calibrated range (None: no finite value)."""
+    """The placement for ``target`` given each tensor's calibrated range (None: no finite value).
+
+    With ``activation_matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
+    QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
+    kernel reads its output, else MatMulIntegerToFloat."""
     view = GraphView(model.graph)
     tensorrt = target == "tensorrt"
     symmetric = tensorrt or target == "ort-cuda"
@@ -197,11 +203,14 @@ def plan_static(
     forced_float = set(float_layers)
     layer_ops = TRT_LAYERS if tensorrt else ORT_LAYERS
     layers: list[str] = []
+    two_activations: set[str] = set()
     first = True
     for key, node in view.nodes.items():
         if not view.is_onnx(node, layer_ops):
             continue
-        why = layer_problem(node)
+        if activation_matmuls and not tensorrt and is_activation_matmul(node):
+            two_activations.add(key)
+        why = None if key in two_activations else layer_problem(node)
         if why is None and include and matches(node, key, include) is None:
             why = f"not matched by include={','.join(include)}"
         if why is None and (pattern := matches(node, key, exclude)) is not None:
@@ -237,6 +246,8 @@ def plan_static(
     else:
         _place_ort(view, layers, plan, params, range_of)
     for key in layers:
+        if key in two_activations:
+            continue  # no constant weight
         node = view.nodes[key]
         weight = node.inputs[1]
         assert weight is not None and weight.const_value is not None

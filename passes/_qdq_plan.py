@@ -171,6 +171,13 @@ def weight_axis(node: ir.Node, rank: int) -> int | None:
     return 1 if rank == 2 else None
 
 
+def is_activation_matmul(node: ir.Node) -> bool:
+    """A MatMul whose two inputs are float activations (attention's QKᵀ, probabilities·V)."""
+    if node.op_type != "MatMul" or len(node.inputs) != 2:
+        return False
+    return all(v is not None and not is_constant(v) and is_float(v) for v in node.inputs)
+
+
 def layer_problem(node: ir.Node) -> str | None:
     """Why a Conv/ConvTranspose/Gemm/MatMul cannot be quantized, or None."""
     if len(node.inputs) < 2 or not is_constant(node.inputs[1]):

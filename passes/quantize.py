@@ -18,6 +18,7 @@ from onnxshrink.passes import _qdq_budget as budget
 from onnxshrink.passes import _qdq_place as place
 from onnxshrink.passes import _qdq_plan as placement
 from onnxshrink.passes import _qdq_rewrite as rewrite
+from onnxshrink.passes._qdq_opset import require_opset
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,6 @@ _MODES = ("static", "dynamic", "weight-only")
 # ~2.6 GB peak at 32, see benchmarks/quantize.py), while per-sample speed barely changes.
 _CALIBRATION_BATCH = 8
 _TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
-# Ops whose opset-13 form means something else at opset 21 (attribute moved to an input or
-# semantics changed): 4-bit weights need opset 21, so a model using them must be converted first.
-_CHANGED_BEFORE_21 = {
-    **{op: 18 for op in ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2")},
-    **{op: 18 for op in ("ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
-    "GridSample": 20,
-    "DFT": 20,
-    "GroupNormalization": 21,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +53,13 @@ class QuantizeOptions:
             "saturate; auto: on for ort-cpu with u8 activations (static) or dynamic mode"
         },
     )
+    activation_matmuls: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "static ort-cpu/ort-cuda: also MatMuls of two activations (attention QK^T, probs x V); "
+            "off by default: on AVX2 BERT-base it was no faster and tripled calibration time"
+        },
+    )
     block_size: int = dataclasses.field(
         default=32, metadata={"help": "4-bit block length along K: a power of 2, >= 16"}
     )
@@ -83,6 +82,14 @@ class QuantizeOptions:
     )
     min_cosine: float | None = dataclasses.field(
         default=None, metadata={"help": "budget: output cosine with the float model on calibration samples (static)"}
+    )
+
+    min_speedup: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "static: time float and quantized model on a calibration batch; below this speedup "
+            "the model is returned unchanged (int8 kernels can be slower than float on some CPUs)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -110,30 +117,8 @@ class QuantizeOptions:
             raise UsageError(f"quantize: min-cosine must be in [-1, 1], got {self.min_cosine}")
         if (self.max_drop is not None or self.min_cosine is not None) and self.mode != "static":
             raise UsageError("quantize: max-drop/min-cosine apply to mode=static only")
-
-
-def _default_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-
-
-def _require_opset(model: ir.Model, version: int, why: str) -> str | None:
-    """Raises the default-domain opset to ``version`` when no op changes meaning; returns what changed."""
-    current = _default_opset(model)
-    if current >= version:
-        return None
-    if current < 13:  # Softmax, Split, Squeeze, ReduceSum... changed meaning at 13
-        raise UsageError(f"quantize: {why} needs opset {version}; the model has opset {current} (convert it first)")
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        changed_at = _CHANGED_BEFORE_21.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if changed_at is not None and current < changed_at <= version:
-            raise UsageError(
-                f"quantize: {why} needs opset {version}; node '{node.name}' ({node.op_type}) changed meaning "
-                f"after opset {current}: convert the model first"
-            )
-    model.opset_imports[""] = version
-    if version >= 21 and (model.ir_version or 0) < 10:
-        model.ir_version = 10
-    return f"{current}->{version}"
+        if self.min_speedup is not None and (self.mode != "static" or not self.min_speedup > 0):
+            raise UsageError(f"quantize: min-speedup must be > 0 and needs mode=static, got {self.min_speedup}")
 
 
 @register_pass
@@ -158,7 +143,9 @@ class QuantizePass(ShrinkPass):
     3. ``target=ort-cpu``: activations ``u8`` (or ``s8``) asymmetric. Each layer gets DQ on its
        inputs and a Q on its output that is the output's only consumer (all readers use the DQ);
        MatMul/Gemm outputs are quantized only when an int8 kernel reads them (else
-       MatMulIntegerToFloat / QGemm with float output). Bias is int32 with scale
+       MatMulIntegerToFloat / QGemm with float output). With ``activation-matmuls``,
+       a MatMul of two activations (attention's QKᵀ and probabilities·V) gets DQ on both
+       inputs the same way. Bias is int32 with scale
        ``x_scale * w_scale`` and zero point 0, float when int32 would overflow.
     4. A lone Relu, or Clip with min 0, after a layer or elementwise op is removed only when the
        following Q's computed zero point is the type's minimum (it already clips at 0), and for
@@ -177,10 +164,18 @@ class QuantizePass(ShrinkPass):
        MatMulInteger (ORT's DynamicQuantizeMatMul); no calibration.
     9. ``mode=weight-only``: MatMul/Gemm weights become s8 per channel, or ``s4``/``u4`` blocks of
        ``block-size`` along K behind DequantizeLinear (opset 21, raised when safe), which ORT
-       runs as MatMulNBits.
+       runs as MatMulNBits. Embedding tables (Gather along axis 0 of a constant float32
+       ``[rows, hidden]`` initializer, non-constant indices) become com.microsoft
+       GatherBlockQuantized on a table quantized in blocks along the row: ``s4``/``u4`` blocks of
+       ``block-size``, or ``s8`` (stored u8 with zero point 128) in blocks of the largest power of
+       2 dividing the row. DequantizeLinear → Gather would dequantize the whole table each run.
+       With ``target=ort-cpu``, static and dynamic modes store such tables as ``s8`` the same way.
     10. ``max-drop``/``min-cosine``: each layer's sensitivity (output damage when it alone is
         quantized) is measured on calibration samples; the most damaging layers are kept float
         until the budget holds. Every layer's sensitivity and decision go into the stats.
+    11. ``min-speedup`` (static): the float and the quantized model are timed on one
+        calibration batch (up to 32 samples, median of 7 interleaved runs); below the ratio the
+        input model is returned unchanged and the stats say why.
     """
 
     name = "quantize"
@@ -191,8 +186,21 @@ class QuantizePass(ShrinkPass):
         options: QuantizeOptions = self.options
         started = time.perf_counter()
         if options.mode == "static":
-            _require_opset(model, 13, "per-channel QuantizeLinear")
+            require_opset(model, 13, "per-channel QuantizeLinear")
+            before = model.clone() if options.min_speedup is not None else None
             stats = self._static(model, options)
+            if before is not None and options.min_speedup is not None:
+                speed = budget.measure_speedup(self.context, before, model, self.name, options.samples)
+                kept = speed["speedup"] >= options.min_speedup
+                stats["speed"] = {**speed, "decision": "quantized" if kept else "kept float: below min-speedup"}
+                if not kept:
+                    logger.warning(
+                        "quantize: %.2fx < min-speedup %g: model left float", speed["speedup"], options.min_speedup
+                    )
+                    stats["seconds"] = time.perf_counter() - started
+                    model.graph = before.graph  # the pass works in place: the model object stays
+                    model.opset_imports.update(before.opset_imports)
+                    return ShrinkPassResult(model, modified=False, stats=stats)
         else:
             stats = self._weights_only(model, options)
         stats["seconds"] = time.perf_counter() - started
@@ -238,6 +246,7 @@ class QuantizePass(ShrinkPass):
                 exclude=options.exclude,
                 range_of=range_of,
                 float_layers=float_layers,
+                activation_matmuls=options.activation_matmuls,
             )
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
@@ -259,6 +268,12 @@ class QuantizePass(ShrinkPass):
 
             plan, budget_stats = budget.fit_budget(judge, plan, make_plan, applied)
         counts = rewrite.apply_plan(model, plan, _weight_bits(options))
+        tables: dict[str, str] = {}
+        if options.target == "ort-cpu":  # GatherBlockQuantized is an onnxruntime contrib op
+            writer = rewrite.QdqWriter(model.graph)
+            self._gather_tables(model, placement.GraphView(model.graph), writer, tables, plan.left_float, "s8")
+            rewrite._drop_unused_initializers(model.graph)
+            counts["weights_quantized"] += writer.counts["weights_quantized"]
         nonfinite = collector.nonfinite()
         if nonfinite:
             logger.warning("quantize: %d tensors held non-finite values (ignored for ranges)", len(nonfinite))
@@ -275,6 +290,7 @@ class QuantizePass(ShrinkPass):
             "weight_bits": _weight_bits(options),
             "folded_activations": len(plan.folds),
             "nodes": budget.node_summaries(plan),
+            "tables": tables,
             "left_float": plan.left_float,
             "budget": budget_stats,
             **counts,
@@ -282,7 +298,7 @@ class QuantizePass(ShrinkPass):
 
     def _weights_only(self, model: ir.Model, options: QuantizeOptions) -> dict[str, Any]:
         bits = options.weights
-        opset_change = _require_opset(model, 21 if bits != "s8" else 13, f"{bits} weights")
+        opset_change = require_opset(model, 21 if bits != "s8" else 13, f"{bits} weights")
         view = placement.GraphView(model.graph)
         writer = rewrite.QdqWriter(model.graph)
         nodes: dict[str, str] = {}
@@ -309,6 +325,9 @@ class QuantizePass(ShrinkPass):
                 left_float[key] = why
                 continue
             nodes[key] = convert(node)
+        if options.mode == "weight-only" or options.target == "ort-cpu":
+            table_bits = bits if options.mode == "weight-only" else "s8"
+            self._gather_tables(model, view, writer, nodes, left_float, table_bits)
         rewrite._drop_unused_initializers(model.graph)
         return {
             "mode": options.mode,
@@ -319,6 +338,32 @@ class QuantizePass(ShrinkPass):
             "left_float": left_float,
             **writer.counts,
         }
+
+    def _gather_tables(
+        self,
+        model: ir.Model,
+        view: placement.GraphView,
+        writer: rewrite.QdqWriter,
+        nodes: dict[str, str],
+        left_float: dict[str, str],
+        bits: str,
+    ) -> None:
+        """Embedding tables (Gather from a constant 2-D table) → GatherBlockQuantized (rule 9b)."""
+        options: QuantizeOptions = self.options
+        for key, node in view.nodes.items():
+            if not view.is_onnx(node, ("Gather",)):
+                continue
+            why = rewrite.gather_table_problem(node)
+            if why is None and options.include and placement.matches(node, key, options.include) is None:
+                why = f"not matched by include={','.join(options.include)}"
+            if why is None and (pattern := placement.matches(node, key, options.exclude)) is not None:
+                why = f"excluded by '{pattern}'"
+            if why is not None:
+                if node.inputs[0] is not None and node.inputs[0].const_value is not None:
+                    left_float[key] = why  # only tables: a Gather of activations is no candidate
+                continue
+            nodes[key] = rewrite.gather_table(node, writer, bits, options.block_size)
+            model.opset_imports.setdefault("com.microsoft", 1)
 
 
 def _weight_bits(options: QuantizeOptions) -> int:

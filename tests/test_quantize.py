@@ -4,6 +4,7 @@ optimized model, the TensorRT placement through the TensorRT lint, and the digit
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,14 @@ HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
 
 def _model(
-    body: str, weights: dict[str, tuple[int, ...]], seed: int = 0, constants: dict[str, np.ndarray] | None = None
+    body: str,
+    weights: Mapping[str, tuple[int, ...]],
+    seed: int = 0,
+    constants: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
 ) -> onnx.ModelProto:
     """The graph in ONNX text with random float32 initializers of the given shapes (biases small)."""
-    model = onnx.parser.parse_model(f"{HEADER}\n{body}")
+    model = onnx.parser.parse_model(f"{HEADER.replace(': 17', f': {opset}')}\n{body}")
     for name, array in (constants or {}).items():
         model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
     rng = np.random.default_rng(seed)
@@ -41,7 +46,7 @@ def _model(
     return model
 
 
-def _calib(shapes: dict[str, tuple[int, ...]], samples: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
+def _calib(shapes: Mapping[str, tuple[int, ...]], samples: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {name: rng.standard_normal((samples, *shape[1:])).astype(np.float32) for name, shape in shapes.items()}
 
@@ -422,12 +427,35 @@ def test_digits_budget_keeps_the_most_sensitive_layers_float(spec: str, budget: 
     assert all(stats["left_float"][key] == "kept float by the accuracy budget" for key in kept)
 
 
-def test_static_needs_opset_13() -> None:
+def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
     body, weights, inputs = MATMUL_CHAIN
     model = _model(body, weights)
-    model.opset_import[0].version = 11
-    with pytest.raises(UsageError, match="opset 11"):
+    model.opset_import[0].version = 10
+    with pytest.raises(UsageError, match="opset 10"):
         _quantize(model, "quantize", _calib(inputs))
+    softmax_last = """g (float[N, 32] x) => (float[N, 24] y) {
+        h = MatMul(x, W1)
+        y = Softmax <axis = 1> (h)
+    }"""
+    model = _model(softmax_last, {"W1": (32, 24)}, opset=11)
+    out, _, modified = _quantize(model, "quantize", _calib(inputs))
+    assert modified and {o.domain: o.version for o in out.opset_import}[""] == 13
+    assert _close_to_float(model, out, _calib(inputs, samples=4, seed=2)) > 0.999
+    changed = {
+        "Unsqueeze": """g (float[N, 32] x) => (float[N, 24] y) {
+            h = MatMul(x, W1)
+            u = Unsqueeze <axes = [1]> (h)
+            y = Squeeze <axes = [1]> (u)
+        }""",
+        "Softmax": """g (float[N, 4, 8] x) => (float[N, 4, 24] y) {
+            h = MatMul(x, W1)
+            y = Softmax <axis = 1> (h)
+        }""",
+    }
+    for op, text in changed.items():
+        model = _model(text, {"W1": (32 if op == "Unsqueeze" else 8, 24)}, opset=11)
+        with pytest.raises(UsageError, match=rf"\({op}\) changed meaning after opset 11"):
+            _quantize(model, "quantize", _calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)}))
 
 
 class _Reader:
@@ -478,3 +506,122 @@ def test_subgraphs_stay_float_and_the_main_graph_is_quantized(tmp_path: Path) ->
     for sign in (1.0, -1.0):
         feed = {"x": np.abs(calib["x"][:4]) * sign}
         assert _close_to_float(model, out, feed) > 0.999
+
+
+EMBEDDING = """g (int64[N, S] ids) => (float[N, S, 8] y, float[N, S, {hidden}] e) {{
+        e = Gather(T, ids)
+        y = MatMul(e, W)
+    }}"""
+
+
+@pytest.mark.parametrize(("bits", "hidden", "block"), [("s8", 64, 64), ("s8", 40, 16), ("s4", 64, 16), ("u4", 48, 16)])
+def test_weight_only_embedding_table_becomes_gather_block_quantized(
+    bits: str, hidden: int, block: int, tmp_path: Path
+) -> None:
+    rows = 100
+    model = _model(EMBEDDING.format(hidden=hidden), {"T": (rows, hidden), "W": (hidden, 8)})
+    out, stats, modified = _quantize(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    assert modified is True and stats["nodes"]["Gather#0"].startswith(f"{bits} ")
+    assert {o.domain: o.version for o in out.opset_import}["com.microsoft"] == 1
+    ops = _optimized(out, tmp_path)
+    assert ops["GatherBlockQuantized"] == 1 and ops["Gather"] == 0 and ops["DequantizeLinear"] == 0, ops
+    gather = next(n for n in out.graph.node if n.op_type == "GatherBlockQuantized")
+    assert {a.name: a.i for a in gather.attribute}["block_size"] == block
+    stored = {t.name: t for t in out.graph.initializer}
+    assert "T" not in stored  # the float table is gone
+    table = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "T"))
+    scales = onnx.numpy_helper.to_array(stored[gather.input[2]])
+    assert scales.shape == (rows, -(-hidden // block)) and np.all(np.isfinite(scales)) and np.all(scales > 0)
+    # Every gathered value is within half a quantization step of the float table (the layout is right).
+    ids = np.random.default_rng(5).integers(0, rows, (3, 7)).astype(np.int64)
+    _, gathered = run(out, {"ids": ids})
+    step = np.repeat(scales, block, axis=1)[:, :hidden][ids]
+    assert np.all(np.abs(gathered - table[ids]) <= step * 0.5001 + 1e-7)
+    assert _close_to_float(model, out, {"ids": ids}) > (0.999 if bits == "s8" else 0.98)
+
+
+def test_gathers_that_are_no_embedding_table_stay_float() -> None:
+    body = """g (float[N, 16] x, int64[K] ids) => (float[N, K] y, float[N, 16] z) {
+        y = Gather <axis = 1> (x, ids)
+        z = Gather <axis = 1> (T, ids2)
+    }"""
+    ids2 = np.arange(16, dtype=np.int64)
+    model = _model(body, {"T": (4, 16)}, constants={"ids2": ids2})
+    out, stats, modified = _quantize(model, "quantize:mode=weight-only,weights=s4")
+    assert modified is False
+    assert "GatherBlockQuantized" not in [n.op_type for n in out.graph.node]
+    assert stats["left_float"] == {"Gather#1": "Gather along axis 1, not 0"}
+    excluded = _model(EMBEDDING.format(hidden=32), {"T": (50, 32), "W": (32, 8)})
+    out, stats, _ = _quantize(excluded, "quantize:mode=weight-only,exclude=Gather")
+    assert stats["left_float"] == {"Gather#0": "excluded by 'Gather'"}
+    assert [n.op_type for n in out.graph.node].count("Gather") == 1
+
+
+ATTENTION = (
+    """g (float[N, 16, 32] x) => (float[N, 16, 32] y) {
+        q = MatMul(x, Wq)
+        k = MatMul(x, Wk)
+        v = MatMul(x, Wv)
+        kt = Transpose <perm = [0, 2, 1]> (k)
+        scores = MatMul(q, kt)
+        probs = Softmax <axis = -1> (scores)
+        attended = MatMul(probs, v)
+        y = MatMul(attended, Wo)
+    }""",
+    {"Wq": (32, 32), "Wk": (32, 32), "Wv": (32, 32), "Wo": (32, 32)},
+    {"x": (1, 16, 32)},
+)
+
+
+@pytest.mark.parametrize(("spec", "enabled"), [("quantize:activation-matmuls=true", True), ("quantize", False)])
+def test_matmuls_of_two_activations_become_integer_kernels(spec: str, enabled: bool, tmp_path: Path) -> None:
+    body, weights, inputs = ATTENTION
+    model = _model(body, weights)
+    calib = _calib(inputs, samples=16)
+    out, stats, _ = _quantize(model, spec, calib)
+    ops = _optimized(out, tmp_path)
+    if enabled:
+        # probs x V feeds Wo's int8 input: QLinearMatMul; QK^T feeds the float Softmax: MatMulIntegerToFloat.
+        assert {"MatMul#4", "MatMul#6"} <= set(stats["nodes"]) and ops["MatMul"] + ops["FusedMatMul"] == 0, ops
+        assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["DynamicQuantizeMatMul"] == 6, ops
+        assert ops["QLinearMatMul"] >= 1, ops
+    else:
+        assert stats["left_float"]["MatMul#4"] == "weight (input 1) is not a constant initializer"
+        assert ops["MatMul"] + ops["FusedMatMul"] == 2, ops  # kt folds into FusedMatMul
+    scales = [
+        onnx.numpy_helper.to_array(t) for t in out.graph.initializer if t.name.endswith("_scale") and t.data_type == 1
+    ]
+    assert scales and all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales)
+    feed = {"x": _calib(inputs, samples=4, seed=9)["x"]}
+    assert _close_to_float(model, out, feed) > 0.998
+
+
+@pytest.mark.parametrize("spec", ["quantize", "quantize:mode=dynamic", "quantize:target=tensorrt"])
+def test_static_and_dynamic_store_embedding_tables_as_s8_on_ort_cpu(spec: str, tmp_path: Path) -> None:
+    model = _model(EMBEDDING.format(hidden=64), {"T": (100, 64), "W": (64, 8)})
+    rng = np.random.default_rng(6)
+    calib = {"ids": rng.integers(0, 100, (16, 7)).astype(np.int64)}
+    out, stats, _ = _quantize(model, spec, calib)
+    ops = _optimized(out, tmp_path)
+    tables = stats.get("tables", {k: v for k, v in stats["nodes"].items() if k.startswith("Gather")})
+    if "tensorrt" in spec:
+        assert ops["GatherBlockQuantized"] == 0 and not tables
+        return
+    assert tables == {"Gather#0": "s8 (u8, zero point 128) blocks of 64 along the row"}
+    assert ops["GatherBlockQuantized"] == 1 and ops["Gather"] == 0, ops
+    assert ops["MatMulIntegerToFloat"] + ops["DynamicQuantizeMatMul"] == 1, ops
+    assert "T" not in {t.name for t in out.graph.initializer}
+    assert _close_to_float(model, out, {"ids": rng.integers(0, 100, (3, 7)).astype(np.int64)}) > 0.999
+
+
+@pytest.mark.parametrize(("threshold", "kept"), [(1000.0, False), (1e-6, True)])
+def test_min_speedup_times_both_models_and_keeps_float_below_it(threshold: float, kept: bool) -> None:
+    body, weights, inputs = CONV_RELU_CONV
+    model = _model(body, weights)
+    out, stats, modified = _quantize(model, f"quantize:min-speedup={threshold}", _calib(inputs))
+    speed = stats["speed"]
+    assert speed["batch"] == 16 and speed["float_ms"] > 0 and speed["quantized_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["float_ms"] / speed["quantized_ms"])
+    ops = [n.op_type for n in out.graph.node]
+    assert modified is kept and ("QuantizeLinear" in ops) is kept
+    assert speed["decision"] == ("quantized" if kept else "kept float: below min-speedup")
