@@ -91,6 +91,8 @@ _FLOAT_TYPES = frozenset(
 # the output Q): followed to find the fused node's output.
 _ABSORBED = frozenset({"Relu", "Clip", "Add", "QuantizeLinear"})
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Integer kernels a quantizer may write directly (not produced by onnxruntime's fusions).
+_WRITTEN_KERNELS = frozenset({"GatherBlockQuantized", "MatMulNBits"})
 _LISTED = 40  # float nodes listed in the text output
 # Optimized ops whose output is a quantized tensor (a data-movement op reading it runs on int8).
 _INT_PRODUCERS = frozenset({"QuantizeLinear", *INTEGER_KERNELS}) - {"MatMulIntegerToFloat", "MatMulNBits", "QGemm"}
@@ -208,7 +210,10 @@ def _original_dtypes(model: ir.Model) -> dict[str, int]:
 
 
 def _is_candidate(node: ir.Node, dtypes: dict[str, int]) -> bool:
-    """A compute or data-movement node working on float (or dequantized) data."""
+    """A compute or data-movement node working on float (or dequantized) data, or a
+    block-quantized kernel written into the model as such (GatherBlockQuantized, MatMulNBits)."""
+    if node.domain == "com.microsoft" and node.op_type in _WRITTEN_KERNELS:
+        return True
     if node.domain not in ("", "ai.onnx") or not node.inputs or not node.outputs:
         return False
     if node.op_type not in COMPUTE_OPS and node.op_type not in DATA_MOVEMENT_OPS:
@@ -264,7 +269,7 @@ class _OptimizedGraph:
                     self.by_output[output] = node
 
     def precision(self, node: onnx.NodeProto) -> str:
-        if node.op_type == "MatMulNBits":
+        if node.op_type in _WRITTEN_KERNELS:
             bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
             return f"int{bits}"
         if node.op_type in INTEGER_KERNELS:

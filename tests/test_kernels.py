@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+import onnxshrink
 from onnxshrink.cli import main
 from onnxshrink.kernels import KernelReport, NodeKernel, _OptimizedGraph, _totals, format_kernels, kernel_report
 from onnxshrink.trt_lint import lint_tensorrt
@@ -501,3 +502,26 @@ def test_cli_provider_without_kernels_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["inspect", str(ROOT / "models" / "digits_cnn.onnx"), "--provider", "cpu"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "onnxshrink: error: --provider applies to --kernels only; add --kernels"
+
+
+def test_block_quantized_gather_written_by_quantize_is_an_integer_kernel() -> None:
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (int64[N, 4] ids) => (float[N, 4, 8] y) <float[32, 64] table, float[64, 8] w> {
+        e = Gather(table, ids)
+        y = MatMul(e, w)
+    }"""
+    proto = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for init in (("table", (32, 64)), ("w", (64, 8))):
+        proto.graph.initializer.append(
+            onnx.numpy_helper.from_array(rng.standard_normal(init[1]).astype(np.float32), init[0])
+        )
+    quantized = onnxshrink.shrink(proto, ["quantize:mode=weight-only,weights=s4,block-size=16"], verify=False).model
+    assert "GatherBlockQuantized" in {n.op_type for n in quantized.graph}
+    report = kernel_report(quantized, provider="cpu")
+    gathers = [row for row in report.nodes if row.op == "GatherBlockQuantized"]
+    assert (
+        len(gathers) == 1
+        and gathers[0].precision == "int4"
+        and (gathers[0].kernel or "").endswith("GatherBlockQuantized")
+    )
