@@ -2,7 +2,8 @@
 
 Measurement (:class:`Probe`): one onnxruntime session of the model in which every measured weight
 is also a graph input, so a pruned copy can be fed in place of the stored weight without building
-a session per trial. Calibration batches are streamed through it; per batch the dense outputs are
+a session per trial. The calibration inputs (at most ``samples``) are read once and run batch by
+batch, activations never kept; per batch the dense outputs are
 computed once, then each layer alone is pruned to each sparsity of :data:`GRID`. A layer's damage
 at sparsity ``s`` is ``sum ||y_s - y||^2 / sum ||y||^2`` over every float output and sample: the
 relative squared error of the *model's* outputs, so a layer whose errors the rest of the network
@@ -91,25 +92,22 @@ class Probe:
         samples: int,
         batch_size: int = 64,
     ) -> None:
-        """Opens the session.
+        """Opens the session and reads the calibration inputs.
 
         Raises:
+            UsageError: No calibration data, or it lacks a model input.
             RuntimeUnavailable: onnxruntime cannot load the model.
         """
         self.weights = weights
-        self._context = context
         self._session = context.session(_probe(model, list(weights)))[0]
         self._inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
-        self._pass_name = pass_name
-        self._samples = samples
-        self._batch_size = batch_size
+        # Read once (at most ``samples`` inputs, no activations): every trial reuses the same
+        # feeds, and a reader that can be read only once still serves several passes over them.
+        self._feeds = list(context.calibration_batches(pass_name, self._inputs, samples=samples, batch_size=batch_size))
 
     def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
         """Calibration feeds with the dense model's float outputs."""
-        feeds = self._context.calibration_batches(
-            self._pass_name, self._inputs, samples=self._samples, batch_size=self._batch_size
-        )
-        for feed in feeds:
+        for feed in self._feeds:
             yield feed, list(_float_outputs(run(self._session, feed)))
 
     def curves(self, base: dict[str, np.ndarray] | None = None) -> list[Curve]:

@@ -385,3 +385,20 @@ def test_sensitivity_beats_uniform_on_the_digits_cnn() -> None:
         accuracy[allocation] = result.report["verification"]["accuracy_candidate"]
         assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.7, abs=2e-3)
     assert accuracy["sensitivity"] > accuracy["uniform"] + 0.03
+
+
+class _OnceReader:
+    """An onnxruntime-style reader instance without rewind(): it can be read only once."""
+
+    def __init__(self, data: dict[str, np.ndarray]) -> None:
+        self._batches = iter([data])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def test_sensitivity_reads_a_single_use_reader_once() -> None:
+    spec = "prune:sparsity=0.5,keep-first-last=false,min-size=0,allocation=sensitivity,rounds=2"
+    result = onnxshrink.shrink(_amplified_pair(), [spec], calibration=_OnceReader(_calibration()), verify=False)
+    assert result.report["passes"][0]["stats"]["allocation"]["chosen"] == "sensitivity"
+    assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
