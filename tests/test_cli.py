@@ -27,7 +27,7 @@ def _invoke(*args: object) -> tuple[int, str, str]:
 
 
 def _readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")  # join continued lines
     return re.findall(r"^\$ (.+)$", text, flags=re.MULTILINE)
 
 
