@@ -8,9 +8,10 @@ ConvTranspose, Gemm and MatMul from inferred shapes.
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,9 @@ _QUANT_OPS = {
     "DynamicQuantizeLSTM",
 }
 _CHUNK = 16 * 1024 * 1024
+_FOLD_ROUNDS = 8
+
+logger = logging.getLogger(__name__)
 
 
 def _compressor() -> tuple[str, Any]:
@@ -69,10 +73,51 @@ def _compressed_size(tensors: list[ir.TensorProtocol]) -> tuple[str, int]:
     return name, total
 
 
-def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Static shapes of the main graph's values from onnx shape inference (no weight is read).
+def _static_shapes(infos: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes whose every dim is a number ``>= 0``; a ``-1`` or symbolic dim means unknown."""
+    result: dict[str, tuple[int, ...]] = {}
+    for info in infos:
+        if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+            continue
+        dims = info.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+            result[info.name] = tuple(d.dim_value for d in dims)
+    return result
 
-    Dynamic input dims take their size from ``shapes`` (input name → dims), else 1.
+
+def _fold_shape_arithmetic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The proto with ``Shape`` arithmetic over its now fixed input sizes folded to constants.
+
+    onnx shape inference propagates ``Shape → Gather → Unsqueeze`` values but ``Slice``, ``Range``
+    and friends do not read them: BERT's ``position_ids[:, :S]`` loses every dim downstream.
+    Folding (the ``fold`` pass, on this weightless copy only) turns such chains into constants.
+    """
+    from onnxshrink.registry import get_pass
+
+    fold = get_pass("fold")
+    folder = fold()
+    try:
+        # A folded Slice end lets the next inference find more static dims, hence more to fold.
+        # Each round starts from a fresh deserialization: the fold pass skips its own shape
+        # inference on a model it has folded before.
+        for _ in range(_FOLD_ROUNDS):
+            model = ir.serde.deserialize_model(proto)
+            if not folder.call(model).modified:
+                break
+            proto = ir.serde.serialize_model(model)
+    except Exception as error:  # folding gives up on some custom graphs; shapes are then partial
+        logger.debug("folding shape arithmetic failed, inferring from the last round: %s", error)
+    return proto
+
+
+def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the main graph's values, inferred from the input sizes (no weight is read).
+
+    Dynamic input dims (symbolic, absent or ``-1``) take their size from ``shapes`` (input name →
+    dims), else 1. Shapes stored in the model (value_info, output shapes) are set aside and
+    re-inferred from those sizes: exporters store stale ones such as ``[-1, 8, unk__0, unk__1]``,
+    which onnx shape inference would keep. A stored shape is used only where inference finds
+    none, and only when all its dims are numbers ``>= 0``.
 
     Raises:
         UsageError: ``shapes`` names an input the model does not have, or gives it the wrong rank.
@@ -89,23 +134,26 @@ def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict
         rank = len(tensor_type.shape.dim)
         if len(given) != rank:
             raise UsageError(f"--shape {name} has {len(given)} dims, the input has {rank}")
-    for value in proto.graph.input:
+    graph = proto.graph
+    stored = _static_shapes([*graph.value_info, *graph.output])
+    for value in graph.input:
         sizes = shapes.get(value.name)
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if sizes is not None:
                 dim.dim_value = sizes[axis]
-            elif not dim.HasField("dim_value"):
+            elif not dim.HasField("dim_value") or dim.dim_value < 0:
                 dim.dim_value = 1
+    del graph.value_info[:]
+    for output in graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    proto = _fold_shape_arithmetic(proto)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:  # shape inference fails on some custom ops; MACs are then partial
         inferred = proto
-    result: dict[str, tuple[int, ...]] = {}
     graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        if info.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
-            result[info.name] = tuple(d.dim_value for d in dims)
+    result = stored | _static_shapes([*graph.input, *graph.value_info, *graph.output])
     for init in graph.initializer:
         result[init.name] = tuple(init.dims)
     return result

@@ -11,6 +11,7 @@ import onnx
 import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -34,7 +35,7 @@ def _model(io: str, body: str, weights: dict[str, tuple[int, ...]], domains: str
 
 
 # (io, body, weights, expected MACs by op); each count is worked out in the comment.
-CASES = {
+CASES: dict[str, tuple[str, str, dict[str, tuple[int, ...]], dict[str, int]]] = {
     # Y [1,4,8,8] = 256 outputs, each 3 channels x 3x3 = 27 products
     "conv": (
         "(float[1,3,8,8] x) => (float[1,4,8,8] y)",
@@ -155,3 +156,121 @@ def test_cli_text_json_and_bad_shape() -> None:
     result = runner.invoke(main, ["inspect", str(DIGITS), "--shape", "image=2x1x8x8"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "onnxshrink: error: --shape names 'image', which is not an input; inputs: input"
+
+
+def _stored_shape(proto: onnx.ModelProto, name: str, dims: list[int | str]) -> None:
+    """Stores a shape for ``name`` the way exporters do, whatever shape inference would say."""
+    proto.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
+
+
+# Conv 4x3x3x3 (pads 1) then Relu then Conv 2x4x1x1: per image 8x8 x (4 x 27 + 2 x 4) = 7,424 MACs.
+_TWO_CONVS = (
+    '<ir_version: 10, opset_import: ["" : 21]> g (float[N,3,8,8] x) => (float[N,2,8,8] y) '
+    "{ c = Conv <pads = [1, 1, 1, 1]> (x, w1)\n r = Relu(c)\n y = Conv(r, w2) }"
+)
+_TWO_CONVS_MACS = 64 * (4 * 27 + 2 * 4)
+
+
+def _two_convs(stored: dict[str, list[int | str]]) -> ir.Model:
+    proto = onnx.parser.parse_model(_TWO_CONVS)
+    for name, dims in stored.items():
+        _stored_shape(proto, name, dims)
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend(
+        onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in {"w1": (4, 3, 3, 3), "w2": (2, 4, 1, 1)}.items()
+    )
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        # Paddle's export: a literal -1 batch and symbols inference would keep over the given sizes
+        {"c": [-1, 4, "unk__0", "unk__1"], "r": [-1, 4, "unk__0", "unk__1"]},
+        # stale static shapes from a batch-1 export
+        {"c": [1, 4, 8, 8], "r": [1, 4, 8, 8]},
+    ],
+    ids=["minus-one", "stale-batch-1"],
+)
+def test_stored_intermediate_shapes_are_reinferred(stored: dict[str, list[int | str]]) -> None:
+    model = _two_convs(stored)
+    for batch in (1, 3):
+        info = inspect_model(model, {"x": (batch, 3, 8, 8)})
+        assert info["macs"] == batch * _TWO_CONVS_MACS and info["macs_unknown_nodes"] == 0
+
+
+def test_literal_minus_one_input_dim_counts_as_dynamic() -> None:
+    """An input declared ``[-1, 3, 8, 8]`` (no ``--shape``) counts one image, never -1 of them."""
+    model = _two_convs({"c": [-1, 4, 8, 8]})
+    model.graph.inputs[0].shape = ir.Shape([-1, 3, 8, 8])
+    info = inspect_model(model)
+    assert info["macs"] == _TWO_CONVS_MACS and info["macs_unknown_nodes"] == 0
+    assert inspect_model(model, {"x": (2, 3, 8, 8)})["macs"] == 2 * _TWO_CONVS_MACS
+
+
+def test_stored_shape_fills_in_where_inference_cannot() -> None:
+    """Past a custom op inference knows nothing; a stored static shape is used, a ``-1`` is not."""
+    body = "c = my.domain.Mystery(x)\n y = MatMul(c, w)"
+    io = "(float[2,5] x) => (float[2,7] y)"
+    good = _model(io, body, {"w": (5, 7)}, domains=', "my.domain" : 1')
+    mystery = good.graph.node(0).outputs[0]
+    mystery.type, mystery.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([2, 5])
+    assert inspect_model(good)["macs"] == 70
+    bad = _model(io, body, {"w": (5, 7)}, domains=', "my.domain" : 1')
+    mystery = bad.graph.node(0).outputs[0]
+    mystery.type, mystery.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([-1, 5])
+    bad.graph.outputs[0].shape = ir.Shape([-1, 7])
+    info = inspect_model(bad)
+    assert info["macs"] == 0 and info["macs_unknown_nodes"] == 1
+
+
+def _mini_bert() -> ir.Model:
+    """BERT's embeddings and attention mask in miniature, each a shape onnx inference leaves open at
+    batch 1 (a 1 broadcast with an unknown dim stays unknown):
+
+    - ``position_ids[:, :S]``: a Slice whose end is ``Shape(ids)[1]``;
+    - ``arange(S)`` positions: a Range, whose inference reads constant inputs only (its shape is
+      needed at any batch);
+    - a mask ``arange(N)`` whose N is ``Shape(h)[0]`` of a value known only once the above are.
+    """
+    proto = onnx.parser.parse_model(
+        '<ir_version: 10, opset_import: ["" : 17]> '
+        "g (int64[N,S] ids) => (float[N,S,4] y, float[N,S,8] att, float[S,4] py) "
+        "<int64[1] zero = {0}, int64[1] one = {1}, int64[2] inner = {1, 2}, "
+        "int64 axis = {1}, int64 start = {0}, int64 step = {1}> {"
+        " shape = Shape(ids)\n seq = Gather <axis = 0> (shape, axis)\n end = Unsqueeze(seq, zero)\n"
+        " pos = Slice(positions, zero, end, one, one)\n"
+        " arange = Range(start, seq, step)\n"
+        " token = Gather(tokens, ids)\n place = Gather(places, pos)\n aplace = Gather(places, arange)\n"
+        " t = Add(token, place)\n h = Add(t, aplace)\n"
+        " y = MatMul(h, w)\n py = MatMul(aplace, w)\n"
+        " ht = Transpose <perm = [0, 2, 1]> (h)\n scores = MatMul(h, ht)\n"
+        " hshape = Shape(h)\n batch = Gather <axis = 0> (hshape, start)\n brange = Range(start, batch, step)\n"
+        " bmask = Unsqueeze(brange, inner)\n mask = Cast <to = 1> (bmask)\n masked = Add(scores, mask)\n"
+        " att = MatMul(masked, h) }"
+    )
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend(
+        [
+            # 2 KiB: past the weightless limit, so shape inference sees it as an input, as in BERT
+            onnx.numpy_helper.from_array(np.arange(256, dtype=np.int64)[None], "positions"),
+            onnx.numpy_helper.from_array(rng.standard_normal((30, 8)).astype(np.float32), "tokens"),
+            onnx.numpy_helper.from_array(rng.standard_normal((256, 8)).astype(np.float32), "places"),
+            onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"),
+        ]
+    )
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 1), (1, 12), (3, 12)])
+def test_shape_arithmetic_behind_slice_and_range_is_resolved(batch: int, seq: int) -> None:
+    """Per token: h @ w is 4 x 8; h @ hᵀ and (scores + mask) @ h are S x 8 each; arange(S) @ w
+    is S x 4 x 8 once per batch."""
+    info = inspect_model(_mini_bert(), {"ids": (batch, seq)})
+    assert info["macs_unknown_nodes"] == 0
+    assert info["macs"] == batch * seq * (4 * 8 + 2 * seq * 8) + seq * 4 * 8
+    # the graph really runs, with the shapes counted
+    session = ort.InferenceSession(ir.serde.serialize_model(_mini_bert()).SerializeToString())
+    y, att, py = session.run(None, {"ids": np.zeros((batch, seq), np.int64)})
+    assert y.shape == (batch, seq, 4) and att.shape == (batch, seq, 8) and py.shape == (seq, 4)
