@@ -123,6 +123,11 @@ def _key(node: ir.Node, index: int) -> str:
     return node.name or f"{node.op_type}#{index}"
 
 
+def _from_constants(node: ir.Node) -> bool:
+    """True when every input of ``node`` is a constant (a Constant node has none): fold computes it."""
+    return all(value is None or value.const_value is not None for value in node.inputs)
+
+
 def _layer(node: ir.Node, key: str) -> _Layer | str:
     """The node as a :class:`_Layer`, or why it has no prunable weight."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
@@ -130,6 +135,10 @@ def _layer(node: ir.Node, key: str) -> _Layer | str:
         return "no weight input"
     tensor = weight.const_value
     if tensor is None or not weight.is_initializer():
+        producer = weight.producer()
+        if producer is not None and producer.op_type != "DequantizeLinear" and _from_constants(producer):
+            where = f"{producer.op_type} '{producer.name}'" if producer.name else producer.op_type
+            return f"weight '{weight.name}' is computed from constants by {where}: run fold first"
         return f"weight '{weight.name}' is not a constant initializer"
     if weight.is_graph_input():
         return f"weight '{weight.name}' is also a graph input, so callers may override it"

@@ -402,3 +402,16 @@ def test_sensitivity_reads_a_single_use_reader_once() -> None:
     result = onnxshrink.shrink(_amplified_pair(), [spec], calibration=_OnceReader(_calibration()), verify=False)
     assert result.report["passes"][0]["stats"]["allocation"]["chosen"] == "sensitivity"
     assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_weight_in_a_constant_node_asks_for_fold_first() -> None:
+    weight = np.random.default_rng(5).standard_normal((32, 32)).astype(np.float32)
+    nodes = [
+        oh.make_node("Constant", [], ["B"], value=onnx.numpy_helper.from_array(weight, "B")),
+        oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm"),
+    ]
+    model = _model(nodes, {}, {"X": (2, 32)})
+    _, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    assert record["stats"]["skipped"] == {"mm": "weight 'B' is computed from constants by Constant: run fold first"}
+    result = onnxshrink.shrink(model, ["fold", "prune:min-size=0,keep-first-last=false"], verify=False)
+    assert result.report["passes"][1]["stats"]["sparsity"] == 0.5
