@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxshrink._channel_types import _ONNX, _attr_ints, _const
 from onnxshrink.errors import UsageError
+from onnxshrink.graphs import add_initializer
 
 if TYPE_CHECKING:
     from onnxshrink.channels import ChannelGroup, ChannelPlan, Purpose, Site
@@ -116,16 +117,7 @@ def set_constant_input(model: ir.Model, node: ir.Node, index: int, array: np.nda
         node.resize_inputs(index + 1)
     editor = _Editor(model, "remove")
     if node.inputs[index] is None:
-        from onnxshrink.graphs import fresh_name
-
-        name = fresh_name(editor.taken, f"{node.name or node.op_type}_bias")
-        value = ir.Value(
-            name=name,
-            const_value=ir.Tensor(array, name=name),
-            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-            shape=ir.Shape(array.shape),
-        )
-        model.graph.register_initializer(value)
+        value = add_initializer(model.graph, editor.taken, f"{node.name or node.op_type}_bias", array)
         node.replace_input_with(index, value)
     else:
         editor.write(node, index, array)
@@ -215,16 +207,7 @@ class _Editor:
             old.const_value = ir.Tensor(array, name=old.name, doc_string=doc)
             old.shape = ir.Shape(array.shape)
         else:
-            from onnxshrink.graphs import fresh_name
-
-            name = fresh_name(self.taken, old.name or "channels")
-            new = ir.Value(
-                name=name,
-                const_value=ir.Tensor(array, name=name),
-                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                shape=ir.Shape(array.shape),
-            )
-            self.graph.register_initializer(new)
+            new = add_initializer(self.graph, self.taken, old.name or "channels", array)
             node.replace_input_with(index, new)
             self.release(old)
         self.count += 1
@@ -247,12 +230,8 @@ class _Editor:
             if len(node.inputs) < 2:
                 node.resize_inputs(2)
             if node.inputs[1] is None:
-                from onnxshrink.graphs import fresh_name
-
-                name = fresh_name(self.taken, f"{node.name or 'split'}_sizes")
-                value = ir.Value(name=name, const_value=ir.Tensor(np.array(sizes, dtype=np.int64), name=name))
-                value.type, value.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([len(sizes)])
-                self.graph.register_initializer(value)
+                base = f"{node.name or 'split'}_sizes"
+                value = add_initializer(self.graph, self.taken, base, np.array(sizes, dtype=np.int64))
                 node.replace_input_with(1, value)
             else:
                 self.write(node, 1, np.array(sizes, dtype=np.int64))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -144,3 +145,14 @@ def fresh_name(taken: set[str], base: str) -> str:
         name = f"{base}__{index}"
     taken.add(name)
     return name
+
+
+def add_initializer(graph: ir.Graph, taken: set[str], base: str, data: np.ndarray | ir.Tensor) -> ir.Value:
+    """Registers ``data`` as a new initializer of ``graph``, typed and shaped, named ``base`` or
+    the first free :func:`fresh_name` after it, and returns its value."""
+    name = fresh_name(taken, base)
+    tensor = data if isinstance(data, ir.Tensor) else ir.Tensor(data, name=name)
+    tensor.name = name
+    value = ir.Value(name=name, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape))
+    graph.register_initializer(value)
+    return value

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.calib_stats import QParams
-from onnxshrink.graphs import fresh_name, take_over_output
+from onnxshrink.graphs import add_initializer, fresh_name, take_over_output
 from onnxshrink.passes._qdq_plan import GraphView, QuantPlan, quantize_weight
 
 _INT32_MAX = 2**31 - 1
@@ -37,12 +37,7 @@ class QdqWriter:
         self.counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
 
     def constant(self, array: np.ndarray | ir.Tensor, base: str) -> ir.Value:
-        name = fresh_name(self.taken, base)
-        tensor = array if isinstance(array, ir.Tensor) else ir.Tensor(array, name=name)
-        tensor.name = name
-        value = ir.Value(name=name, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape))
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, self.taken, base, array)
 
     def _dq(self, source: ir.Value, scale: ir.Value, zero: ir.Value | None, base: str, **attrs: int) -> ir.Node:
         inputs = [source, scale] if zero is None else [source, scale, zero]

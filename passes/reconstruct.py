@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from onnxshrink.activations import capture
 from onnxshrink.errors import UsageError
-from onnxshrink.graphs import fresh_name
+from onnxshrink.graphs import add_initializer
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes import _lstsq as lstsq
 from onnxshrink.passes import _reconstruct_layers as refit_layers
@@ -225,10 +225,8 @@ def _write(model: ir.Model, layer: refit_layers.Layer, matrix: np.ndarray, edits
         return
     # No bias yet, or one shared with other nodes: this layer gets its own.
     taken = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs if v.name}
-    name = fresh_name(taken, f"{layer.weight.name}.bias" if current is None else f"{current.name}.refit")
-    tensor = ir.Tensor(bias, name=name)
-    value = ir.Value(name=name, shape=ir.Shape(bias.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-    model.graph.register_initializer(value)
+    base = f"{layer.weight.name}.bias" if current is None else f"{current.name}.refit"
+    value = add_initializer(model.graph, taken, base, bias)
     edits.inputs.append((layer.node, len(layer.node.inputs), current, value))
     if len(layer.node.inputs) < 3:
         layer.node.resize_inputs(3)
