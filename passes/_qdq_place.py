@@ -30,9 +30,9 @@ from onnxshrink.passes._qdq_plan import (
     is_constant,
     is_float,
     layer_problem,
-    matches,
     weight_axis,
 )
+from onnxshrink.selection import selection_reason
 
 
 def trt_skip_reason(node: ir.Node, first: bool) -> str | None:
@@ -211,10 +211,8 @@ def plan_static(
         if activation_matmuls and not tensorrt and is_activation_matmul(node):
             two_activations.add(key)
         why = None if key in two_activations else layer_problem(node)
-        if why is None and include and matches(node, key, include) is None:
-            why = f"not matched by include={','.join(include)}"
-        if why is None and (pattern := matches(node, key, exclude)) is not None:
-            why = f"excluded by '{pattern}'"
+        if why is None:
+            why = selection_reason(node, key, include, exclude)
         if why is None and key in forced_float:
             why = "kept float by the accuracy budget"
         if why is None and tensorrt:

@@ -8,7 +8,6 @@ the model. The placement that fills it is in ``_qdq_place``.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -130,11 +129,6 @@ def activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
     if node.op_type in MOVES or node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         inputs = inputs[:1]
     return [(i, v) for i, v in inputs if v is not None and not is_constant(v) and is_float(v)]
-
-
-def matches(node: ir.Node, key: str, patterns: Iterable[str]) -> str | None:
-    """The first pattern equal to the node's op type or matching its key as a glob."""
-    return next((p for p in patterns if p == node.op_type or fnmatch.fnmatchcase(key, p)), None)
 
 
 def constant_scalar(value: ir.Value | None) -> float | None:

@@ -4,11 +4,12 @@ the point of the input model each layer's output must reproduce."""
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from typing import Any, Protocol
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxshrink.selection import matching_pattern
 
 _ONNX = ("", "ai.onnx")
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -171,9 +172,9 @@ class TeacherPoints:
 
 def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoints) -> Layer | str:
     """The node as a :class:`Layer`, or why it is not refit."""
-    if options.include and not _matches(node, key, options.include):
+    if options.include and matching_pattern(node, key, options.include) is None:
         return f"not matched by include={','.join(options.include)}"
-    if _matches(node, key, options.exclude):
+    if matching_pattern(node, key, options.exclude) is not None:
         return "excluded"
     data, weight = (node.inputs[0], node.inputs[1]) if len(node.inputs) > 1 else (None, None)
     if data is None or weight is None or not data.name or not node.outputs[0].name:
@@ -211,10 +212,6 @@ def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoi
         broadcast_row = shape is None or shape in ((columns,), (1, columns))
         fit_bias = fit_bias and broadcast_row and (beta is None or beta.as_float() != 0)
     return Layer(key, node, weight, bias, fit_bias, data.name, output, grid)
-
-
-def _matches(node: ir.Node, key: str, patterns: tuple[str, ...]) -> bool:
-    return any(p == node.op_type or fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[list[Layer], dict[str, str]]:

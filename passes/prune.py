@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import re
 import time
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from onnxshrink.passes import _prune_plan as plan
 from onnxshrink.passes import _prune_sensitivity as sensitivity
 from onnxshrink.registry import register_pass
 from onnxshrink.runtime import RuntimeUnavailable
+from onnxshrink.selection import selection_reason
 from onnxshrink.sparsity import reduction_axis
 
 _ONNX = ("", "ai.onnx")
@@ -161,16 +161,10 @@ def _layer(node: ir.Node, key: str) -> _Layer | str:
     return _Layer(key, node, weight, axis, out_channels, in_channels)
 
 
-def _matches(node: ir.Node, key: str, patterns: tuple[str, ...]) -> str | None:
-    return next((p for p in patterns if p == node.op_type or fnmatch.fnmatchcase(key, p)), None)
-
-
 def _selection_reason(layer: _Layer, options: MagnitudePruneOptions) -> str | None:
     """Why the options leave ``layer`` dense, or None when they select it."""
-    if options.include and _matches(layer.node, layer.key, options.include) is None:
-        return f"not matched by include={','.join(options.include)}"
-    if (pattern := _matches(layer.node, layer.key, options.exclude)) is not None:
-        return f"excluded by '{pattern}'"
+    if (why := selection_reason(layer.node, layer.key, options.include, options.exclude)) is not None:
+        return why
     size = layer.weight.const_value.size if layer.weight.const_value is not None else 0
     if size < options.min_size:
         return f"{size} weights < min-size {options.min_size}"

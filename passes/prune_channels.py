@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.passes._dead_channels import remove_dead
 from onnxshrink.registry import register_pass
+from onnxshrink.selection import matching_pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +128,7 @@ def _producer_axis(site: Site, rank: int) -> int:
 def _matches(site: Site, patterns: tuple[str, ...]) -> str | None:
     node = site.node
     assert node is not None
-    name = node.name or ""
-    return next((p for p in patterns if p == node.op_type or fnmatch.fnmatchcase(name, p)), None)
+    return matching_pattern(node, node.name or "", patterns)
 
 
 def _keep_count(size: int, removed: int, options: PruneChannelsOptions, width: int = 1) -> int:

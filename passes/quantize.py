@@ -20,6 +20,7 @@ from onnxshrink.passes import _qdq_plan as placement
 from onnxshrink.passes import _qdq_rewrite as rewrite
 from onnxshrink.passes._qdq_opset import require_opset
 from onnxshrink.registry import register_pass
+from onnxshrink.selection import selection_reason
 
 logger = logging.getLogger(__name__)
 
@@ -316,11 +317,9 @@ class QuantizePass(ShrinkPass):
         for key, node in view.nodes.items():
             if not view.is_onnx(node, placement.TRT_LAYERS):
                 continue
-            why = budget.weight_layer_problem(node, options.mode, bits)
-            if why is None and options.include and placement.matches(node, key, options.include) is None:
-                why = f"not matched by include={','.join(options.include)}"
-            if why is None and (pattern := placement.matches(node, key, options.exclude)) is not None:
-                why = f"excluded by '{pattern}'"
+            why = budget.weight_layer_problem(node, options.mode, bits) or selection_reason(
+                node, key, options.include, options.exclude
+            )
             if why is not None:
                 left_float[key] = why
                 continue
@@ -353,11 +352,7 @@ class QuantizePass(ShrinkPass):
         for key, node in view.nodes.items():
             if not view.is_onnx(node, ("Gather",)):
                 continue
-            why = rewrite.gather_table_problem(node)
-            if why is None and options.include and placement.matches(node, key, options.include) is None:
-                why = f"not matched by include={','.join(options.include)}"
-            if why is None and (pattern := placement.matches(node, key, options.exclude)) is not None:
-                why = f"excluded by '{pattern}'"
+            why = rewrite.gather_table_problem(node) or selection_reason(node, key, options.include, options.exclude)
             if why is not None:
                 if node.inputs[0] is not None and node.inputs[0].const_value is not None:
                     left_float[key] = why  # only tables: a Gather of activations is no candidate
