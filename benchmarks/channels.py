@@ -80,7 +80,7 @@ from prune import _text_lines  # noqa: E402
 
 import onnxshrink  # noqa: E402
 from onnxshrink.api import ShrinkResult  # noqa: E402
-from onnxshrink.inspection import inspect_model  # noqa: E402
+from onnxshrink.inspect.summary import inspect_model  # noqa: E402
 from onnxshrink.runtime import create_session  # noqa: E402
 
 RESNET_RATIOS = (0.25, 0.5)

@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import real_models  # noqa: E402
 
 import onnxshrink  # noqa: E402
-from onnxshrink.benchmarking import measure_latency  # noqa: E402
-from onnxshrink.inspection import _compressed_size  # noqa: E402
+from onnxshrink.inspect.summary import _compressed_size  # noqa: E402
+from onnxshrink.latency import measure_latency  # noqa: E402
 from onnxshrink.registry import passes as registered_passes  # noqa: E402
 
 SPARSITIES = (0.5, 0.7, 0.9)

@@ -13,16 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from onnxshrink._version import __version__
 
-# In a source checkout the passes live in ``passes/`` beside this package (the wheel installs
-# them as ``onnxshrink.passes``); let ``python -m onnxshrink.cli`` from the checkout find them.
-_here = __import__("pathlib").Path(__file__).resolve().parent
-if (
-    (_here.parent / "pyproject.toml").is_file()
-    and (_here.parent / "passes" / "__init__.py").is_file()
-    and not (_here / "passes").exists()
-):
-    __path__.append(str(_here.parent))
-
 if TYPE_CHECKING:
     from onnxshrink.api import ShrinkResult, shrink
 

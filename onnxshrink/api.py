@@ -18,8 +18,8 @@ from onnxshrink._version import __version__
 from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError, VerificationError
-from onnxshrink.graphs import totals
 from onnxshrink.inputs import generate_inputs, input_specs, load_npz, split_labels
+from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import PassRecord, Pipeline
 from onnxshrink.runtime import RuntimeUnavailable, model_source

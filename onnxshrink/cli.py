@@ -287,10 +287,10 @@ def inspect_command(
 
     from onnxshrink.errors import VerificationError
     from onnxshrink.inputs import parse_shapes
-    from onnxshrink.inspection import format_inspection, inspect_model, value_shapes
-    from onnxshrink.kernels import format_kernels, kernel_report
+    from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
+    from onnxshrink.inspect.summary import format_inspection, inspect_model, value_shapes
+    from onnxshrink.inspect.tensorrt_lint import LintFinding, lint_tensorrt
     from onnxshrink.loading import load_model
-    from onnxshrink.trt_lint import LintFinding, lint_tensorrt
 
     if provider is not None and not kernels:
         raise UsageError("--provider applies to --kernels only; add --kernels")
@@ -412,8 +412,8 @@ def bench_command(
     as_json: bool,
 ) -> None:
     """Measure onnxruntime latency: warm-up, then the median of timed runs."""
-    from onnxshrink.benchmarking import measure_latency
     from onnxshrink.inputs import parse_shapes
+    from onnxshrink.latency import measure_latency
 
     result = measure_latency(
         model,

@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxshrink.checks import onnx_checker_problem, structural_problems, weightless_proto
 from onnxshrink.errors import InvalidModelError
+from onnxshrink.ir.checks import onnx_checker_problem, structural_problems, weightless_proto
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,22 @@ class ShrinkPassResult(ir.passes.PassResult):
 
 
 @dataclasses.dataclass(frozen=True)
+class NoMatch:
+    """Why a pattern, rule or layer does not apply: the one "no match" answer of every pass.
+
+    A pure match step returns either what to do or a ``NoMatch``; the rewrite step only ever sees
+    the former. ``missing_facts`` is True when the answer could change once a dtype or shape that
+    is unknown now becomes known (shape inference may tell), False when the graph rules it out.
+    """
+
+    reason: str
+    missing_facts: bool = False
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclasses.dataclass(frozen=True)
 class NoOptions:
     """Options of a pass that takes none."""
 

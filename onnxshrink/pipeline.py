@@ -17,10 +17,10 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxshrink import registry
-from onnxshrink.checks import model_problems
 from onnxshrink.context import PassContext
 from onnxshrink.errors import PassFailure, ShrinkError
-from onnxshrink.graphs import all_nodes, totals
+from onnxshrink.ir.checks import model_problems
+from onnxshrink.ir.graphs import all_nodes, totals
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 from onnxshrink.spec import PassSpec, build_options
 

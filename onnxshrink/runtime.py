@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.graphs import all_tensors, count_bytes
+from onnxshrink.ir.graphs import all_tensors, count_bytes
 
 logger = logging.getLogger(__name__)
 

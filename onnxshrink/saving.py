@@ -22,9 +22,9 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink._version import __version__
-from onnxshrink.checks import onnx_checker_problem, weightless_proto
 from onnxshrink.errors import PassFailure, UsageError
-from onnxshrink.graphs import count_bytes
+from onnxshrink.ir.checks import onnx_checker_problem, weightless_proto
+from onnxshrink.ir.graphs import count_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Sparsity facts about weights: zero fractions and N:M patterns along the reduction axis."""
+"""Sparsity of weights: zero fractions, N:M patterns along the reduction axis, and the masks that keep them."""
 
 from __future__ import annotations
 
@@ -63,3 +63,25 @@ def satisfies_nm(weight: np.ndarray, n: int, m: int, axis: int) -> bool:
 def patterns_of(weight: np.ndarray, axis: int) -> list[str]:
     """The N:M patterns (of :data:`PATTERNS`) the weight satisfies along ``axis``."""
     return [f"{n}:{m}" for n, m in PATTERNS if satisfies_nm(weight, n, m, axis)]
+
+
+def magnitude(weight: np.ndarray) -> np.ndarray:
+    """``|w|`` in float32 (float16/bfloat16 included), the score every criterion ranks by."""
+    return np.abs(weight.astype(np.float32))
+
+
+def nm_mask(weight: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """Keeps the ``n`` largest of every ``m`` consecutive elements along ``axis`` (its size % m == 0)."""
+    moved = np.moveaxis(magnitude(weight), axis, -1)
+    groups = moved.reshape(-1, m)
+    drop = np.argsort(groups, axis=1, kind="stable")[:, : m - n]
+    keep = np.ones(groups.shape, dtype=bool)
+    np.put_along_axis(keep, drop, False, axis=1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+def kept_magnitude(weight: np.ndarray, keep: np.ndarray) -> float:
+    """The fraction of the layer's total ``|w|`` the mask keeps (1.0 for an all-zero layer)."""
+    score = magnitude(weight).astype(np.float64)
+    total = float(score.sum())
+    return float(score[keep].sum()) / total if total > 0 else 1.0

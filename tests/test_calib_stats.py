@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from onnxshrink.calib_stats import (
+from onnxshrink.errors import UsageError
+from onnxshrink.passes.quantize.statistics import (
     CALIBRATORS,
     StatsCollector,
     TensorStats,
@@ -15,7 +16,6 @@ from onnxshrink.calib_stats import (
     qparams,
     weight_scales,
 )
-from onnxshrink.errors import UsageError
 
 
 def _stats(values: np.ndarray, batches: int = 1, bins: int = 4096) -> TensorStats:

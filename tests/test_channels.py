@@ -12,8 +12,8 @@ import onnx_ir as ir
 import pytest
 from ort_check import assert_outputs_close, run
 
-from onnxshrink import channels
 from onnxshrink.errors import UsageError
+from onnxshrink.passes import channels
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from ort_check import assert_outputs_close, run
 
 import onnxshrink
-from onnxshrink.passes._facts import Facts
-from onnxshrink.passes._rewrites import NoMatch, RuleContext, keeps_shape, match_node
-from onnxshrink.passes._rules_arith import casts_exactly
+from onnxshrink.passes.cleanup.facts import Facts
+from onnxshrink.passes.cleanup.rules import NoMatch, RuleContext, keeps_shape, match_node
+from onnxshrink.passes.cleanup.rules_arith import casts_exactly
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 INT64_MAX = 2**63 - 1

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from onnxshrink.cli import main
 from onnxshrink.errors import UsageError
-from onnxshrink.inspection import inspect_model
+from onnxshrink.inspect.summary import inspect_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"

@@ -21,8 +21,15 @@ from click.testing import CliRunner
 
 import onnxshrink
 from onnxshrink.cli import main
-from onnxshrink.kernels import KernelReport, NodeKernel, _OptimizedGraph, _totals, format_kernels, kernel_report
-from onnxshrink.trt_lint import lint_tensorrt
+from onnxshrink.inspect.int_kernels import (
+    KernelReport,
+    NodeKernel,
+    _OptimizedGraph,
+    _totals,
+    format_kernels,
+    kernel_report,
+)
+from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)

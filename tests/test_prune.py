@@ -16,7 +16,7 @@ from ort_check import run
 import onnxshrink
 import onnxshrink.passes.prune  # registers the pass
 from onnxshrink.errors import UsageError
-from onnxshrink.passes import _prune_sensitivity as sensitivity
+from onnxshrink.passes.prune import sensitivity as sensitivity
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT = onnx.TensorProto.FLOAT

@@ -22,8 +22,8 @@ from real_models import REAL_MODELS, RealModel, fetch, make_inputs
 from test_channels import CASES, build, by_label, feed
 
 import onnxshrink
-from onnxshrink import channels
 from onnxshrink.errors import UsageError
+from onnxshrink.passes import channels
 
 
 def zeroed_reference(

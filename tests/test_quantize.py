@@ -281,7 +281,7 @@ def test_tensorrt_placement_passes_the_lint(tmp_path: Path) -> None:
     """TensorRT: zero points 0, float bias, no output Q, Q/DQ on the residual input of the Add."""
     import onnx_ir as ir
 
-    from onnxshrink.trt_lint import lint_tensorrt
+    from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
     body, weights, inputs = RESIDUAL
     model = _model(body, weights)

@@ -18,8 +18,8 @@ from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
 from onnxshrink.passes import reconstruct
-from onnxshrink.passes._lstsq import NormalEquations, kept_columns, solve
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass
+from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, solve
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxshrink.cli import main
-from onnxshrink.inspection import value_shapes
-from onnxshrink.trt_lint import LintFinding, lint_tensorrt
+from onnxshrink.inspect.summary import value_shapes
+from onnxshrink.inspect.tensorrt_lint import LintFinding, lint_tensorrt
 
 RNG = np.random.default_rng(0)
 IO = "(float[1,4,8,8] x) => (float[1,8,8,8] y)"

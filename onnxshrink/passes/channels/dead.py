@@ -1,0 +1,298 @@
+"""``prune-channels:dead=only``: channels that are provably constant, folded into the consumers' biases.
+
+A channel is dead when its producers' weight slices are all zero: it then carries its bias,
+mapped through the ops on its way (BatchNormalization, activations, per-channel constants, pools,
+depthwise Conv), as one constant ``k`` at every consumer. :func:`remove_dead` folds ``k`` into the
+consumers' biases where that is exact and plans the channels' removal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxshrink.passes import channels
+from onnxshrink.passes.channels import ChannelGroup, Site
+
+
+def _const(site: Site) -> np.ndarray:
+    return site.constant().astype(np.float64)
+
+
+_SAME = frozenset(
+    (
+        *("Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Reshape", "Concat"),
+        *("Split", "Slice", "GlobalAveragePool", "GlobalMaxPool", "MaxPool", "Resize", "Upsample"),
+        *("ReduceMean", "ReduceMax", "ReduceMin"),
+    )
+)
+
+
+def _unary(op: str, node: ir.Node, v: np.ndarray) -> np.ndarray | None:
+    def attr(name: str, default: float) -> float:
+        found = node.attributes.get(name)
+        return found.as_float() if found is not None else default
+
+    with np.errstate(all="ignore"):
+        table = {
+            "Relu": lambda: np.maximum(v, 0.0),
+            "LeakyRelu": lambda: np.where(v >= 0, v, v * attr("alpha", 0.01)),
+            "Sigmoid": lambda: 1.0 / (1.0 + np.exp(-v)),
+            "HardSigmoid": lambda: np.clip(attr("alpha", 0.2) * v + attr("beta", 0.5), 0.0, 1.0),
+            "HardSwish": lambda: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+            "Tanh": lambda: np.tanh(v),
+            "Abs": lambda: np.abs(v),
+            "Neg": lambda: -v,
+            "Exp": lambda: np.exp(v),
+            "Softplus": lambda: np.log1p(np.exp(v)),
+            "Elu": lambda: np.where(v >= 0, v, attr("alpha", 1.0) * (np.exp(v) - 1.0)),
+        }
+        return table[op]() if op in table else None
+
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Pow": np.power,
+    "Max": np.maximum,
+    "Min": np.minimum,
+    "Sum": np.add,
+    "PRelu": lambda x, s: np.where(x >= 0, x, x * s),
+}
+
+
+def _no_padding(node: ir.Node) -> bool:
+    pads = node.attributes.get("pads")
+    auto = node.attributes.get("auto_pad")
+    return (pads is None or not any(pads.as_ints())) and (auto is None or auto.as_string() in ("NOTSET", "VALID"))
+
+
+class _DeadChannels:
+    """Per channel class, the constant each value holds (NaN where it is not provably constant)."""
+
+    def __init__(self, model: ir.Model, plan: channels.ChannelPlan) -> None:
+        self.model = model
+        self.values: dict[ir.Value, np.ndarray] = {}
+        self.params: dict[tuple[int, int], Site] = {}
+        self.producers: dict[int, Site] = {}
+        for group in plan.groups:
+            for site in group.sites:
+                if site.kind == "value" and site.value is not None:
+                    self.values[site.value] = site.classes
+                elif site.kind == "param" and site.node is not None:
+                    self.params[(id(site.node), site.index)] = site
+                elif site.kind == "producer" and site.node is not None:
+                    self.producers[id(site.node)] = site
+        self.const: dict[ir.Value, dict[int, float]] = {}
+        self.arrays: dict[int, np.ndarray] = {}  # per site: its constant, read once
+        self.alive: dict[int, np.ndarray] = {}
+        self.scalars: dict[ir.Value, float] = {}
+
+    def array(self, site: Site) -> np.ndarray:
+        if id(site) not in self.arrays:
+            self.arrays[id(site)] = _const(site)
+        return self.arrays[id(site)]
+
+    def run(self) -> None:
+        for node in self.model.graph:
+            for output in node.outputs:
+                if output in self.values:
+                    classes = self.values[output]
+                    found = {int(c): self.evaluate(node, int(c), p) for p, c in enumerate(classes.tolist())}
+                    self.const[output] = {c: v for c, v in found.items() if np.isfinite(v)}
+
+    def operand(self, node: ir.Node, index: int, klass: int) -> float:
+        value = node.inputs[index]
+        if value is None:
+            return float("nan")
+        if value in self.values:
+            return self.const.get(value, {}).get(klass, float("nan"))
+        site = self.params.get((id(node), index))
+        if site is not None:
+            return self.param(site, klass)
+        if value not in self.scalars:  # a constant that is the same everywhere, else NaN
+            array = _constant(value)
+            uniform = array is not None and array.size and np.all(array == array.reshape(-1)[0])
+            self.scalars[value] = float(array.reshape(-1)[0]) if uniform and array is not None else float("nan")
+        return self.scalars[value]
+
+    def param(self, site: Site, klass: int) -> float:
+        positions = np.flatnonzero(site.classes == klass)
+        values = np.take(
+            self.array(site), (positions[:, None] * site.inner + np.arange(site.inner)).reshape(-1), axis=site.axis
+        )
+        flat = values.reshape(-1)
+        return float(flat[0]) if flat.size and np.all(flat == flat[0]) else float("nan")
+
+    def evaluate(self, node: ir.Node, klass: int, position: int) -> float:
+        op = node.op_type
+        if id(node) in self.producers and node.outputs[0] in self.values:
+            return self.produced(node, position)
+        if op == "Concat":
+            # Every input that holds the channel (all of them off the channel axis) must agree.
+            found = [
+                self.operand(node, i, klass)
+                for i, v in enumerate(node.inputs)
+                if v is not None and (v not in self.values or klass in self.values[v])
+            ]
+            same = bool(found) and all(np.isfinite(v) and v == found[0] for v in found)
+            return found[0] if same else float("nan")
+        if op in _SAME:
+            return self.operand(node, 0, klass)
+        if op == "AveragePool":
+            include = node.attributes.get("count_include_pad")
+            padded = not _no_padding(node) and include is not None and include.as_int()
+            return float("nan") if padded else self.operand(node, 0, klass)
+        if op == "Pad":
+            mode = node.attributes.get("mode")
+            v = self.operand(node, 0, klass)
+            if mode is not None and mode.as_string() in ("reflect", "edge"):
+                return v
+            fill = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
+            return v if v == fill else float("nan")
+        if op == "BatchNormalization":
+            x, scale, bias, mean, var = (self.operand(node, i, klass) for i in range(5))
+            eps = node.attributes["epsilon"].as_float() if "epsilon" in node.attributes else 1e-5
+            return float((x - mean) / np.sqrt(var + eps) * scale + bias)
+        if op == "Clip":
+            x = self.operand(node, 0, klass)
+            low = self.operand(node, 1, klass) if len(node.inputs) > 1 and node.inputs[1] is not None else -np.inf
+            high = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else np.inf
+            return float(np.clip(x, low, high))
+        if op == "Conv" and (id(node), 1) in self.params:  # depthwise: a constant in, a constant out
+            x = self.operand(node, 0, klass)
+            bias = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
+            if x == 0:
+                return bias
+            site = self.params[(id(node), 1)]
+            total = float(np.take(self.array(site), np.flatnonzero(site.classes == klass), axis=0).sum())
+            return x * total + bias if _no_padding(node) else float("nan")
+        if op in _BINARY:
+            operands = [self.operand(node, i, klass) for i in range(len(node.inputs))]
+            combine = _BINARY[op]
+            with np.errstate(all="ignore"):
+                total = operands[0]
+                for other in operands[1:]:
+                    total = float(combine(total, other))
+            return total
+        applied = _unary(op, node, np.array(self.operand(node, 0, klass)))
+        return float(applied) if applied is not None else float("nan")
+
+    def produced(self, node: ir.Node, position: int) -> float:
+        """A producer's channel is the constant bias when its weight slice is all zero."""
+        site = self.producers[id(node)]
+        if id(site) not in self.alive:  # per channel: does any weight of the slice differ from zero
+            weight = self.array(site)
+            self.alive[id(site)] = np.asarray(
+                np.moveaxis(weight, site.axis, 0).reshape(len(site.classes), -1).any(axis=1)
+            )
+        if self.alive[id(site)][position]:
+            return float("nan")
+        bias = self.params.get((id(node), 2))
+        return self.param(bias, int(site.classes[position])) if bias is not None else 0.0
+
+
+def _constant(value: ir.Value) -> np.ndarray | None:
+    if value.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy().astype(np.float64)
+
+
+def _fold(site: Site, klass: int, k: float) -> tuple[int, np.ndarray]:
+    """Which bias input of the consumer absorbs the constant channel, and by how much per output."""
+    node = site.node
+    assert node is not None
+    weight = _const(site)
+    position = int(np.flatnonzero(site.classes == klass)[0])
+    if node.op_type == "Conv":
+        groups = int(site.extra.get("groups", 1))
+        per, rows = len(site.classes) // groups, weight.shape[0] // groups
+        g = position // per
+        delta = np.zeros(weight.shape[0])
+        delta[g * rows : (g + 1) * rows] = k * weight[g * rows : (g + 1) * rows, position - g * per].reshape(
+            rows, -1
+        ).sum(axis=1)
+        return 2, delta
+    features = np.take(weight, np.arange(position * site.inner, (position + 1) * site.inner), axis=site.axis)
+    alpha = node.attributes["alpha"].as_float() if "alpha" in node.attributes else 1.0
+    beta = node.attributes["beta"].as_float() if "beta" in node.attributes else 1.0
+    return 2, alpha * k * features.sum(axis=site.axis) / beta
+
+
+def _foldable(site: Site, k: float) -> bool:
+    node = site.node
+    assert node is not None
+    if k == 0:
+        return True
+    if node.op_type == "Conv":
+        return _no_padding(node)
+    beta = node.attributes["beta"].as_float() if "beta" in node.attributes else 1.0
+    return node.op_type == "Gemm" and beta != 0
+
+
+def remove_dead(
+    model: ir.Model, plan: channels.ChannelPlan, chosen: list[ChannelGroup]
+) -> tuple[channels.ChannelPlan, dict[int, np.ndarray], int]:
+    """Folds provably constant channels into their consumers' biases and plans their removal."""
+    evaluator = _DeadChannels(model, plan)
+    evaluator.run()
+    dead: list[tuple[ir.Node, int]] = []  # (a producer of the class, its position there)
+    deltas: dict[tuple[int, int], tuple[ir.Node, np.ndarray]] = {}
+    for group in chosen:
+        consumers = group.of_kind("consumer")
+        found: list[tuple[int, list[tuple[Site, float]]]] = []
+        for local, klass in enumerate(group.classes.tolist()):
+            pending: list[tuple[Site, float]] = []
+            for site in consumers:
+                if klass not in site.classes:
+                    continue
+                assert site.node is not None
+                k = evaluator.const.get(site.node.inputs[0], {}).get(klass, float("nan"))  # type: ignore[arg-type]
+                if not np.isfinite(k) or not _foldable(site, k):
+                    break
+                pending.append((site, k))
+            else:
+                found.append((local, pending))
+        if len(found) == group.size:
+            found = found[1:]  # a group keeps at least one channel: that one stays as it is
+        for local, pending in found:
+            klass = int(group.classes[local])
+            producer = next(s for s in group.of_kind("producer") if klass in s.classes)
+            assert producer.node is not None
+            dead.append((producer.node, int(np.flatnonzero(producer.classes == klass)[0])))
+            for site, k in pending:
+                if k == 0:
+                    continue
+                index, delta = _fold(site, klass, k)
+                assert site.node is not None
+                key = (id(site.node), index)
+                node_delta = deltas.get(key, (site.node, np.zeros_like(delta)))[1]
+                deltas[key] = (site.node, node_delta + delta)
+    for (_, index), (node, delta) in deltas.items():
+        old = node.inputs[index] if index < len(node.inputs) else None
+        weight = ir.convenience.get_const_tensor(node.inputs[1])  # type: ignore[arg-type]
+        assert weight is not None
+        dtype = weight.numpy().dtype
+        base = _constant(old) if old is not None else np.zeros(delta.shape)
+        assert base is not None
+        channels.set_constant_input(model, node, index, (base + delta).astype(dtype))
+    plan = channels.analyze(model, "remove") if deltas else plan
+    keeps: dict[int, np.ndarray] = {}
+    dead_at: dict[int, list[int]] = {}
+    for node, position in dead:
+        dead_at.setdefault(id(node), []).append(position)
+    for group in channels.iter_ok(plan):
+        gone: set[int] = set()
+        for site in group.of_kind("producer"):
+            if id(site.node) in dead_at:
+                where = group.local(site)
+                gone.update(int(where[p]) for p in dead_at[id(site.node)])
+        if gone:
+            keeps[group.index] = np.array([c for c in range(group.size) if c not in gone], dtype=np.int64)
+    return plan, keeps, len(deltas)

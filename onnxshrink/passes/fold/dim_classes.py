@@ -1,0 +1,230 @@
+"""Which tensor dimensions are provably equal: a union-find over (value, axis) pairs.
+
+Seeded by symbolic dim names (the same name is the same size, by ONNX convention) and by op
+semantics that guarantee equality: an elementwise op keeps its input's dims, MatMul keeps A's
+rows and B's columns and contracts equal sizes, Transpose permutes, Concat keeps the other
+axes... A broadcast only ties an output dim to the one input that is not provably 1 there: two
+symbolic dims meeting in a broadcast are *not* tied, since either may be 1 at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxshrink.ir.graphs import subgraphs_of
+
+Key = Union[tuple[str, int, int], tuple[str, str]]  # noqa: UP007 - a runtime alias
+Rule = Callable[["DimClasses", ir.Node], None]
+_RULES: dict[str, Rule] = {}
+
+_SAME_SHAPE = (
+    "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Softplus",
+    "Softsign", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN",
+    "IsInf", "Cast", "CastLike", "Identity", "Dropout", "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization",
+    "BatchNormalization", "InstanceNormalization", "LpNormalization", "Clip", "Mish", "Sin", "Cos", "CumSum",
+)  # fmt: skip
+_BROADCAST = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where", "And", "Or", "Xor",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "PRelu", "BitShift",
+)  # fmt: skip
+
+
+def rule(*op_types: str) -> Callable[[Rule], Rule]:
+    def decorate(func: Rule) -> Rule:
+        for op_type in op_types:
+            _RULES[op_type] = func
+        return func
+
+    return decorate
+
+
+def _dims(value: ir.Value | None) -> tuple[Any, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    return tuple(value.shape)
+
+
+def _is_one(dim: Any) -> bool:
+    return isinstance(dim, int) and dim == 1
+
+
+def _const_ints(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return [int(v) for v in np.asarray(value.const_value.numpy()).reshape(-1)]
+
+
+class DimClasses:
+    """Equivalence classes of dims across a model."""
+
+    def __init__(self) -> None:
+        self._parent: dict[Key, Key] = {}
+        self._pinned: dict[int, ir.Value] = {}  # keeps ids stable while keys refer to values
+
+    def key(self, value: ir.Value, axis: int) -> Key:
+        self._pinned[id(value)] = value
+        return ("dim", id(value), axis)
+
+    def find(self, key: Key) -> Key:
+        parent = self._parent.setdefault(key, key)
+        if parent == key:
+            return key
+        root = self.find(parent)
+        self._parent[key] = root
+        return root
+
+    def union(self, a: Key, b: Key) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[ra] = rb
+
+    def tie(self, a: ir.Value | None, i: int, b: ir.Value | None, j: int) -> None:
+        """Records that dim ``i`` of ``a`` equals dim ``j`` of ``b`` (negative axes allowed)."""
+        da, db = _dims(a), _dims(b)
+        if a is None or b is None or da is None or db is None:
+            return
+        if not (-len(da) <= i < len(da) and -len(db) <= j < len(db)):
+            return
+        self.union(self.key(a, i % len(da)), self.key(b, j % len(db)))
+
+    def same(self, a: Key, b: Key) -> bool:
+        return self.find(a) == self.find(b)
+
+    def build(self, graphs: Iterable[ir.Graph | ir.Function]) -> DimClasses:
+        for graph in graphs:
+            self._seed_names(graph.inputs)
+            for node in graph:
+                self._seed_names(node.outputs)
+                if node.domain in ("", "ai.onnx"):
+                    handler = _RULES.get(node.op_type)
+                    if handler is not None:
+                        handler(self, node)
+                for sub in subgraphs_of(node):
+                    self.build([sub])
+        return self
+
+    def _seed_names(self, values: Iterable[ir.Value]) -> None:
+        for value in values:
+            for axis, dim in enumerate(_dims(value) or ()):
+                if isinstance(dim, ir.SymbolicDim) and dim.value:
+                    self.union(self.key(value, axis), ("sym", dim.value))
+
+
+@rule(*_SAME_SHAPE)
+def _same_shape(classes: DimClasses, node: ir.Node) -> None:
+    dims = _dims(node.inputs[0]) if node.inputs else None
+    out = _dims(node.outputs[0]) if node.outputs else None
+    if dims is None or out is None or len(dims) != len(out):
+        return
+    for axis in range(len(dims)):
+        classes.tie(node.outputs[0], axis, node.inputs[0], axis)
+
+
+@rule(*_BROADCAST)
+def _broadcast(classes: DimClasses, node: ir.Node) -> None:
+    out = _dims(node.outputs[0])
+    inputs = [(v, _dims(v)) for v in node.inputs if v is not None]
+    if out is None or any(d is None for _, d in inputs):
+        return
+    rank = len(out)
+    for axis in range(rank):
+        covering = []
+        for value, dims in inputs:
+            assert dims is not None
+            j = axis - (rank - len(dims))
+            if j >= 0 and not _is_one(dims[j]):
+                covering.append((value, j))
+        if len(covering) == 1:  # every other input is 1 (or absent) here: the output is this dim
+            value, j = covering[0]
+            classes.tie(node.outputs[0], axis, value, j)
+
+
+@rule("MatMul")
+def _matmul(classes: DimClasses, node: ir.Node) -> None:
+    a, b = node.inputs[0], node.inputs[1]
+    da, db, out = _dims(a), _dims(b), _dims(node.outputs[0])
+    if da is None or db is None or out is None or len(da) < 2 or len(db) < 2:
+        return
+    result = node.outputs[0]
+    classes.tie(a, -1, b, -2)  # the contracted sizes must match exactly
+    classes.tie(result, -2, a, -2)
+    classes.tie(result, -1, b, -1)
+    if len(db) == 2:
+        for axis in range(len(da) - 2):
+            classes.tie(result, axis, a, axis)
+    elif len(da) == 2:
+        for axis in range(len(db) - 2):
+            classes.tie(result, axis, b, axis)
+
+
+@rule("Transpose")
+def _transpose(classes: DimClasses, node: ir.Node) -> None:
+    dims = _dims(node.inputs[0])
+    if dims is None:
+        return
+    perm_attr = node.attributes.get("perm")
+    perm = list(perm_attr.as_ints()) if perm_attr is not None else list(reversed(range(len(dims))))
+    for axis, source in enumerate(perm):
+        classes.tie(node.outputs[0], axis, node.inputs[0], source)
+
+
+@rule("Reshape")
+def _reshape(classes: DimClasses, node: ir.Node) -> None:
+    target = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+    allowzero = node.attributes.get("allowzero")
+    if target is None or (allowzero is not None and allowzero.as_int()):
+        return
+    for axis, size in enumerate(target):
+        if size == 0:
+            classes.tie(node.outputs[0], axis, node.inputs[0], axis)
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    attr = node.attributes.get("axes")
+    if attr is not None:
+        return list(attr.as_ints())
+    return _const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+
+
+@rule("Unsqueeze", "Squeeze")
+def _unsqueeze(classes: DimClasses, node: ir.Node) -> None:
+    small, big = (node.inputs[0], node.outputs[0]) if node.op_type == "Unsqueeze" else (node.outputs[0], node.inputs[0])
+    axes, dims_big = _axes(node), _dims(big)
+    if axes is None or dims_big is None:
+        return
+    removed = {a % len(dims_big) for a in axes}
+    kept = [axis for axis in range(len(dims_big)) if axis not in removed]
+    for small_axis, big_axis in enumerate(kept):
+        classes.tie(small, small_axis, big, big_axis)
+
+
+@rule("Concat")
+def _concat(classes: DimClasses, node: ir.Node) -> None:
+    out = _dims(node.outputs[0])
+    axis_attr = node.attributes.get("axis")
+    if out is None or axis_attr is None:
+        return
+    concat_axis = axis_attr.as_int() % len(out) if out else 0
+    for value in node.inputs:
+        for axis in range(len(out)):
+            if axis != concat_axis:
+                classes.tie(node.outputs[0], axis, value, axis)
+
+
+@rule("Gather")
+def _gather(classes: DimClasses, node: ir.Node) -> None:
+    data, indices = _dims(node.inputs[0]), _dims(node.inputs[1])
+    axis_attr = node.attributes.get("axis")
+    if data is None or indices is None:
+        return
+    axis = (axis_attr.as_int() if axis_attr is not None else 0) % len(data)
+    for i in range(axis):
+        classes.tie(node.outputs[0], i, node.inputs[0], i)
+    for i in range(len(indices)):
+        classes.tie(node.outputs[0], axis + i, node.inputs[1], i)
+    for i in range(axis + 1, len(data)):
+        classes.tie(node.outputs[0], i + len(indices) - 1, node.inputs[0], i)

@@ -1,0 +1,183 @@
+"""Sensitivity allocation for ``prune``: measure what each layer's sparsity costs, then share the budget.
+
+Measurement (:class:`Probe`): one onnxruntime session of the model in which every measured weight
+is also a graph input, so a pruned copy can be fed in place of the stored weight without building
+a session per trial. The calibration inputs (at most ``samples``) are read once and run batch by
+batch, activations never kept; per batch the dense outputs are
+computed once, then each layer alone is pruned to each sparsity of :data:`GRID`. A layer's damage
+at sparsity ``s`` is ``sum ||y_s - y||^2 / sum ||y||^2`` over every float output and sample: the
+relative squared error of the *model's* outputs, so a layer whose errors the rest of the network
+amplifies counts as sensitive, and one whose errors it absorbs does not.
+
+Allocation (:func:`allocate`): choose per-layer sparsities ``s_l`` with
+``sum n_l s_l = target * sum n_l`` (``n_l`` = the layer's weight count) that minimise
+``sum damage_l(s_l)``, damages assumed additive. Each curve is interpolated on a 1 % grid, made
+monotone, and replaced by its lower convex hull; taking hull segments in order of damage per
+pruned weight is then the exact optimum of the convexified problem, and the last segment is cut
+to meet the target exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxshrink.context import PassContext
+from onnxshrink.passes.prune import plan as plan
+from onnxshrink.runtime import run
+
+GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+MAX_SPARSITY = GRID[-1]  # no layer is pruned harder than this: an emptied layer cuts the network
+_STEP = 0.01
+
+
+@dataclasses.dataclass
+class Curve:
+    """The measured damage of one weight at each sparsity of :data:`GRID`."""
+
+    name: str
+    size: int
+    damage: np.ndarray
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"sparsity": list(GRID), "damage": [float(d) for d in self.damage]}
+
+
+class _Pruner:
+    """Pruned copies of one weight at any sparsity, from one stable magnitude order."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = weight
+        self.order = np.argsort(plan.magnitude(weight).ravel(), kind="stable")
+
+    def at(self, sparsity: float) -> np.ndarray:
+        flat = self.weight.ravel().copy()
+        flat[self.order[: round(sparsity * flat.size)]] = 0
+        return flat.reshape(self.weight.shape)
+
+
+def _probe(model: ir.Model, names: Sequence[str]) -> ir.Model:
+    """A copy of ``model`` in which the named initializers are also graph inputs (overridable)."""
+    probe = model.clone()
+    for name in names:
+        probe.graph.inputs.append(probe.graph.initializers[name])
+    return probe
+
+
+def _float_outputs(outputs: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+    for value in outputs.values():
+        array = np.asarray(value)
+        if array.dtype.kind == "f":
+            yield np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _squared_error(outputs: dict[str, np.ndarray], reference: list[np.ndarray]) -> float:
+    return float(sum(np.sum((out - ref) ** 2) for out, ref in zip(_float_outputs(outputs), reference, strict=True)))
+
+
+class Probe:
+    """One session of the model in which the given main-graph weights can be replaced per run."""
+
+    def __init__(
+        self,
+        context: PassContext,
+        model: ir.Model,
+        weights: dict[str, np.ndarray],
+        *,
+        pass_name: str,
+        samples: int,
+        batch_size: int = 64,
+    ) -> None:
+        """Opens the session and reads the calibration inputs.
+
+        Raises:
+            UsageError: No calibration data, or it lacks a model input.
+            RuntimeUnavailable: onnxruntime cannot load the model.
+        """
+        self.weights = weights
+        self._session = context.session(_probe(model, list(weights)))[0]
+        self._inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+        # Read once (at most ``samples`` inputs, no activations): every trial reuses the same
+        # feeds, and a reader that can be read only once still serves several passes over them.
+        self._feeds = list(context.calibration_batches(pass_name, self._inputs, samples=samples, batch_size=batch_size))
+
+    def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+        """Calibration feeds with the dense model's float outputs."""
+        for feed in self._feeds:
+            yield feed, list(_float_outputs(run(self._session, feed)))
+
+    def curves(self, base: dict[str, np.ndarray] | None = None) -> list[Curve]:
+        """Each weight pruned to each sparsity of :data:`GRID`: relative output damage vs the dense model.
+
+        With ``base``, every other weight is replaced by its ``base`` array during a weight's trials,
+        so the curves measure each layer in the company of the others' current pruning.
+
+        Raises:
+            UsageError: No calibration data, or it lacks a model input.
+            RuntimeUnavailable: onnxruntime cannot run the model.
+        """
+        names = list(self.weights)
+        pruners = {name: _Pruner(self.weights[name]) for name in names}
+        damage = np.zeros((len(names), len(GRID)))
+        energy = 0.0
+        for feed, reference in self._batches():
+            energy += float(sum(np.sum(ref**2) for ref in reference))
+            for row, name in enumerate(names):
+                others = {key: value for key, value in (base or {}).items() if key != name}
+                start = 0 if others else 1  # with others pruned, even a dense layer has damage
+                for column, sparsity in enumerate(GRID[start:], start=start):
+                    pruned = run(self._session, {**feed, **others, name: pruners[name].at(sparsity)})
+                    damage[row, column] += _squared_error(pruned, reference)
+        scale = 1.0 / energy if energy > 0 else 0.0
+        return [Curve(name, self.weights[name].size, damage[row] * scale) for row, name in enumerate(names)]
+
+    def errors(self, trials: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+        """The relative squared output error of each named set of replacement weights, run together."""
+        totals = dict.fromkeys(trials, 0.0)
+        energy = 0.0
+        for feed, reference in self._batches():
+            energy += float(sum(np.sum(ref**2) for ref in reference))
+            for label, replacement in trials.items():
+                totals[label] += _squared_error(run(self._session, {**feed, **replacement}), reference)
+        return {label: total / energy if energy > 0 else 0.0 for label, total in totals.items()}
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of points sorted by ``x`` (Andrew's monotone chain)."""
+    hull: list[int] = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
+
+
+def allocate(curves: Sequence[Curve], target: float) -> dict[str, float]:
+    """Per-weight sparsities meeting ``target`` over all curves' weights with the least summed damage."""
+    fine = np.round(np.arange(0.0, MAX_SPARSITY + _STEP / 2, _STEP), 6)
+    segments: list[tuple[float, int, float, float]] = []  # (damage per weight, curve, from, to)
+    for index, curve in enumerate(curves):
+        damage = np.maximum.accumulate(np.interp(fine, GRID, curve.damage))
+        hull = _lower_hull(fine, damage)
+        for a, b in itertools.pairwise(hull):
+            slope = (damage[b] - damage[a]) / ((fine[b] - fine[a]) * max(curve.size, 1))
+            segments.append((float(slope), index, float(fine[a]), float(fine[b])))
+    segments.sort(key=lambda segment: segment[0])  # stable: a curve's own segments keep their order
+    chosen = [0.0] * len(curves)
+    needed = target * sum(curve.size for curve in curves)
+    for _, index, start, stop in segments:
+        if needed <= 0:
+            break
+        size = curves[index].size
+        take = min((stop - start) * size, needed)
+        chosen[index] = start + take / size
+        needed -= take
+    return {curve.name: min(sparsity, MAX_SPARSITY) for curve, sparsity in zip(curves, chosen, strict=True)}

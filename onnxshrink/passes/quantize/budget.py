@@ -1,0 +1,168 @@
+"""The accuracy budget of ``quantize`` (per-layer sensitivity, float fallback) and its report helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxshrink.context import PassContext
+from onnxshrink.errors import UsageError
+from onnxshrink.passes.quantize import plan as placement
+from onnxshrink.runtime import run
+from onnxshrink.verify import compare_output
+
+# Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
+_JUDGE_SAMPLES = 256
+# The speed check: one calibration batch of at most this many samples, timed this many rounds.
+_SPEED_BATCH, _SPEED_ROUNDS = 32, 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """How far a candidate's outputs are from the float model's on the judged samples."""
+
+    cosine: float
+    disagreement: float | None  # 1 - top-1 agreement, for classifier-like outputs
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"cosine": self.cosine, "disagreement": self.disagreement}
+
+    @property
+    def order(self) -> tuple[float, float]:
+        return (self.disagreement or 0.0, 1.0 - self.cosine)
+
+
+class Judge:
+    """Runs candidates on the first calibration samples and checks them against the budget."""
+
+    def __init__(
+        self,
+        context: PassContext,
+        model: ir.Model,
+        pass_name: str,
+        samples: int,
+        max_drop: float | None,
+        min_cosine: float | None,
+    ) -> None:
+        self.context = context
+        self.model = model
+        self.max_drop = max_drop
+        self.min_cosine = min_cosine
+        inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+        count = min(samples, _JUDGE_SAMPLES)
+        batches = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count))
+        self.feed = {name: np.concatenate([b[name] for b in batches]) for name in inputs}
+        self.reference = run(context.session(model)[0], self.feed)
+        if max_drop is not None and not any(
+            np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in self.reference.values()
+        ):
+            raise UsageError("quantize: max-drop needs a classifier-like output (top-1); use min-cosine")
+
+    def measure(self, candidate: ir.Model) -> Damage:
+        outputs = run(self.context.session(candidate)[0], self.feed)
+        metrics = [compare_output(n, self.reference[n], outputs[n], rtol=0.0, atol=0.0) for n in self.reference]
+        agreements = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
+        cosine = min((m.cosine for m in metrics), default=1.0)
+        return Damage(cosine, 1.0 - min(agreements) if agreements else None)
+
+    def holds(self, damage: Damage) -> bool:
+        if self.min_cosine is not None and damage.cosine < self.min_cosine:
+            return False
+        drop = damage.disagreement
+        return self.max_drop is None or drop is None or drop <= self.max_drop
+
+
+def fit_budget(
+    judge: Judge,
+    plan: placement.QuantPlan,
+    make_plan: Callable[[tuple[str, ...]], placement.QuantPlan],
+    applied: Callable[[ir.Model, placement.QuantPlan], ir.Model],
+) -> tuple[placement.QuantPlan, dict[str, Any]]:
+    """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
+    layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
+    sensitivity: dict[str, Damage] = {}
+    for key in layers:
+        alone = make_plan(tuple(k for k in layers if k != key))
+        sensitivity[key] = judge.measure(applied(judge.model, alone))
+    order = sorted(layers, key=lambda k: sensitivity[k].order, reverse=True)
+    kept_float: list[str] = []
+    current = judge.measure(applied(judge.model, plan))
+    first = current
+    while not judge.holds(current) and len(kept_float) < len(order):
+        kept_float.append(order[len(kept_float)])
+        plan = make_plan(tuple(kept_float))
+        current = judge.measure(applied(judge.model, plan))
+    record = {
+        "max_drop": judge.max_drop,
+        "min_cosine": judge.min_cosine,
+        "samples": int(next(iter(judge.feed.values())).shape[0]) if judge.feed else 0,
+        "all_quantized": first.to_json(),
+        "result": current.to_json(),
+        "met": judge.holds(current),
+        "layers": {
+            key: {**sensitivity[key].to_json(), "decision": "float" if key in kept_float else "int8"} for key in layers
+        },
+    }
+    return plan, record
+
+
+def node_summaries(plan: placement.QuantPlan) -> dict[str, dict[str, Any]]:
+    """Per quantized node: op, input/output qparams, weight and bias kinds."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for key, layer in plan.layers.items():
+        entry: dict[str, Any] = {"op": layer.op_type}
+        entry["inputs"] = [plan.activations[n].params.to_json() for n in layer.inputs if n in plan.activations]
+        if layer.output is not None and layer.output in plan.activations:
+            entry["output"] = plan.activations[layer.output].params.to_json()
+        if layer.weight is not None:
+            axis = layer.weight.axis
+            entry["weight"] = f"s8 symmetric, per-channel axis {axis}" if axis is not None else "s8 per-tensor"
+            entry["bias"] = layer.bias
+        summaries[key] = entry
+    return summaries
+
+
+def weight_layer_problem(node: ir.Node, mode: str, bits: str) -> str | None:
+    """Why a layer cannot take dynamic or weight-only quantization, or None."""
+    if node.op_type not in ("MatMul", "Gemm"):
+        return f"{mode}: only MatMul/Gemm (ConvInteger has no fast CPU kernel)"
+    why = placement.layer_problem(node)
+    if why is not None:
+        return why
+    if node.op_type == "Gemm":
+        alpha = node.attributes["alpha"].as_float() if "alpha" in node.attributes else 1.0
+        beta = node.attributes["beta"].as_float() if "beta" in node.attributes else 1.0
+        if (mode == "dynamic" or bits != "s8") and (alpha != 1.0 or beta != 1.0):
+            return f"Gemm with alpha={alpha}, beta={beta}"
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if mode == "dynamic" and bias is not None and not placement.is_constant(bias):
+            return "Gemm bias is not a constant"
+    return None
+
+
+def measure_speedup(
+    context: PassContext, original: ir.Model, quantized: ir.Model, pass_name: str, samples: int
+) -> dict[str, float]:
+    """Median run time of the float and the quantized model on one calibration batch, timed
+    interleaved (round-robin) so machine noise hits both alike."""
+    inputs = [v.name for v in original.graph.inputs if v.name and v.name not in original.graph.initializers]
+    count = min(samples, _SPEED_BATCH)
+    feed = next(iter(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count)))
+    sessions = [context.session(original)[0], context.session(quantized)[0]]
+    times: list[list[float]] = [[], []]
+    for session in sessions:
+        run(session, feed)  # warm-up
+    for _ in range(_SPEED_ROUNDS):
+        for session, spent in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            run(session, feed)
+            spent.append((time.perf_counter() - started) * 1e3)
+    float_ms, quantized_ms = statistics.median(times[0]), statistics.median(times[1])
+    count = len(next(iter(feed.values()))) if feed else 0
+    return {"batch": count, "float_ms": float_ms, "quantized_ms": quantized_ms, "speedup": float_ms / quantized_ms}

@@ -1,0 +1,329 @@
+"""Where Q/DQ go, per target (../shared/QDQ_RULES.md): fills a :class:`QuantPlan` before the
+graph is touched."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
+
+import onnx_ir as ir
+
+from onnxshrink.passes.quantize.plan import (
+    FOLDABLE,
+    MOVES,
+    NEIGHBOURS,
+    ORT_LAYERS,
+    TRT_LAYERS,
+    TRT_MIN_CHANNELS,
+    ActivationQ,
+    GraphView,
+    LayerQ,
+    QuantPlan,
+    Target,
+    WeightQ,
+    activation_inputs,
+    constant_scalar,
+    fold_candidate,
+    is_activation_matmul,
+    is_constant,
+    is_float,
+    layer_problem,
+    weight_axis,
+)
+from onnxshrink.passes.quantize.statistics import QParams, qparams
+from onnxshrink.selection import selection_reason
+
+
+def trt_skip_reason(node: ir.Node, first: bool) -> str | None:
+    """TensorRT rule 11: tiny GEMMs and low-channel convolutions stay float."""
+    weight = node.inputs[1]
+    assert weight is not None and weight.const_value is not None
+    shape = [int(d) for d in weight.const_value.shape.numpy()]
+    if node.op_type in ("MatMul", "Gemm"):
+        axis = weight_axis(node, 2)
+        n, k = shape[axis if axis is not None else 1], shape[1 - (axis if axis is not None else 1)]
+        if min(n, k) < TRT_MIN_CHANNELS:
+            return f"GEMM with K={k}, N={n} < {TRT_MIN_CHANNELS} (TensorRT rule 11)"
+        return None
+    group = node.attributes["group"].as_int() if "group" in node.attributes else 1
+    out_ch, in_ch = (shape[0], shape[1] * group) if node.op_type == "Conv" else (shape[1] * group, shape[0])
+    if min(out_ch, in_ch) >= TRT_MIN_CHANNELS or first:
+        return None
+    square = len(set(shape[2:])) <= 1
+    if group == 1 and out_ch % 8 == 0 and in_ch % 8 == 0 and square:
+        return None
+    return f"{in_ch}->{out_ch} channels < {TRT_MIN_CHANNELS} (TensorRT rule 11)"
+
+
+RangeOf = Callable[[str], "tuple[float, float] | None"]
+
+
+class OrtPlacement:
+    """ORT CPU placement (rules 1-8): integer kernels with Q on their outputs, int8 through
+    data movement, QLinear elementwise ops only between int8 neighbours."""
+
+    def __init__(self, view: GraphView, layers: list[str], range_of: RangeOf) -> None:
+        self.view = view
+        self.range_of = range_of
+        self.layers = frozenset(layers)
+        self.quantized: set[str] = set(layers)
+
+    def _has_range(self, value: ir.Value) -> bool:
+        return value.name is not None and self.range_of(value.name) is not None
+
+    def _reaches_int8(self, value: ir.Value, seen: set[int] | None = None) -> bool:
+        """Whether a quantized node reads ``value``, directly or through data movement."""
+        seen = seen if seen is not None else set()
+        for user, index in value.uses():
+            if id(user) in seen or user.graph is not self.view.graph:
+                continue
+            seen.add(id(user))
+            key = self.view.key(user)
+            if key in self.quantized and any(i == index for i, _ in activation_inputs(user)):
+                return True
+            moves_on = self.view.is_onnx(user, MOVES) and index == 0
+            if moves_on and any(self._reaches_int8(out, seen) for out in user.outputs):
+                return True
+        return False
+
+    def output_q(self, node: ir.Node) -> bool:
+        """Rule 1: a Conv/elementwise kernel needs a Q on its output; MatMul/Gemm only when int8 is read."""
+        effective, _ = fold_candidate(node)
+        if node.op_type in ("MatMul", "Gemm"):
+            return self._has_range(effective) and self._reaches_int8(effective)
+        return True
+
+    def _int8_tensors(self) -> dict[str, ir.Value]:
+        """Tensors that get a Q→DQ under the current node set."""
+        tensors: dict[str, ir.Value] = {}
+        for key in self.quantized:
+            node = self.view.nodes[key]
+            for _, value in activation_inputs(node):
+                tensors[value.name or ""] = value
+            if self.output_q(node):
+                effective, _ = fold_candidate(node)
+                tensors[effective.name or ""] = effective
+        # Rule 6: the input of a data-movement op whose output is int8 shares its qparams.
+        pending = list(tensors.values())
+        while pending:
+            value = pending.pop()
+            producer = value.producer()
+            if producer is None or not self.view.is_onnx(producer, MOVES) or producer.graph is not self.view.graph:
+                continue
+            source = producer.inputs[0]
+            if source is None or is_constant(source) or not is_float(source) or source.name in tensors:
+                continue
+            if self._has_range(source):
+                tensors[source.name or ""] = source
+                pending.append(source)
+        return tensors
+
+    def _int8_without(self, value: ir.Value, reader: str) -> bool:
+        """Whether ``value`` is int8 without ``reader``'s own Q: the (folded) output of another
+        quantized node with an output Q, or an input of a quantized layer, maybe through data movement."""
+        if any(self.view.key(user) in self.layers for user, _ in value.uses() if user.graph is self.view.graph):
+            return True
+        producer = value.producer()
+        if producer is None or producer.graph is not self.view.graph:
+            return False
+        if self.view.is_onnx(producer, MOVES) and producer.inputs[0] is not None:
+            return self._int8_without(producer.inputs[0], reader)
+        source = producer
+        if producer.op_type in FOLDABLE and producer.inputs[0] is not None:
+            before = producer.inputs[0].producer()
+            if before is not None and before.graph is self.view.graph and fold_candidate(before)[1] is producer:
+                source = before
+        key = self.view.key(source)
+        return key != reader and key in self.quantized and self.output_q(source)
+
+    def grow(self) -> dict[str, ir.Value]:
+        """Elementwise/pool nodes all of whose neighbours are int8 (rule 7): every candidate is
+        assumed quantized, then those lacking an int8 neighbour are dropped until none is (so
+        chains such as Add → GlobalAveragePool → Gemm are found together)."""
+        candidates = []
+        for key, node in self.view.nodes.items():
+            if not self.view.is_onnx(node, NEIGHBOURS):
+                continue
+            inputs = activation_inputs(node)
+            if len(inputs) != len([v for v in node.inputs if v is not None]):
+                continue  # a constant operand would need a quantized constant of its own
+            effective, _ = fold_candidate(node)
+            if self._has_range(effective) and all(self._has_range(v) for _, v in inputs):
+                candidates.append(key)
+        self.quantized.update(candidates)
+        changed = True
+        while changed:
+            changed = False
+            for key in candidates:
+                if key not in self.quantized:
+                    continue
+                node = self.view.nodes[key]
+                effective, _ = fold_candidate(node)
+                inputs_int8 = all(self._int8_without(v, key) for _, v in activation_inputs(node))
+                if not (inputs_int8 and self._reaches_int8(effective)):
+                    self.quantized.discard(key)
+                    changed = True
+        return self._int8_tensors()
+
+
+def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], view: GraphView) -> ir.Value:
+    """The upstream-most int8 tensor linked to ``value`` through data-movement ops."""
+    while True:
+        producer = value.producer()
+        if producer is None or not view.is_onnx(producer, MOVES) or producer.inputs[0] is None:
+            return value
+        source = producer.inputs[0]
+        if source.name not in tensors:
+            return value
+        value = source
+
+
+def plan_static(
+    model: ir.Model,
+    *,
+    target: Target,
+    dtype: str,
+    per_channel: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    range_of: RangeOf,
+    float_layers: Iterable[str] = (),
+    activation_matmuls: bool = False,
+) -> QuantPlan:
+    """The placement for ``target`` given each tensor's calibrated range (None: no finite value).
+
+    With ``activation_matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
+    QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
+    kernel reads its output, else MatMulIntegerToFloat."""
+    view = GraphView(model.graph)
+    tensorrt = target == "tensorrt"
+    symmetric = tensorrt or target == "ort-cuda"
+    plan = QuantPlan(target=target)
+    forced_float = set(float_layers)
+    layer_ops = TRT_LAYERS if tensorrt else ORT_LAYERS
+    layers: list[str] = []
+    two_activations: set[str] = set()
+    first = True
+    for key, node in view.nodes.items():
+        if not view.is_onnx(node, layer_ops):
+            continue
+        if activation_matmuls and not tensorrt and is_activation_matmul(node):
+            two_activations.add(key)
+        why = None if key in two_activations else layer_problem(node)
+        if why is None:
+            why = selection_reason(node, key, include, exclude)
+        if why is None and key in forced_float:
+            why = "kept float by the accuracy budget"
+        if why is None and tensorrt:
+            why = trt_skip_reason(node, first)
+        effective, _ = fold_candidate(node)
+        if why is None and not all(v.name and range_of(v.name) for _, v in activation_inputs(node)):
+            why = "input has no finite calibration value"
+        if (
+            why is None
+            and not tensorrt
+            and node.op_type == "Conv"
+            and not (effective.name and range_of(effective.name))
+        ):
+            why = "output has no finite calibration value"
+        first = first and node.op_type not in ("Conv", "ConvTranspose")
+        if why is not None:
+            plan.left_float[key] = why
+        else:
+            layers.append(key)
+
+    def params(value: ir.Value) -> QParams:
+        assert value.name is not None
+        found = range_of(value.name)
+        assert found is not None
+        return qparams(found[0], found[1], "s8" if symmetric else dtype, symmetric=symmetric)  # type: ignore[arg-type]
+
+    if tensorrt:
+        _place_tensorrt(view, layers, plan, params, range_of)
+    else:
+        _place_ort(view, layers, plan, params, range_of)
+    for key in layers:
+        if key in two_activations:
+            continue  # no constant weight
+        node = view.nodes[key]
+        weight = node.inputs[1]
+        assert weight is not None and weight.const_value is not None
+        axis = weight_axis(node, len(weight.const_value.shape)) if per_channel else None
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+        bias: Literal["int32", "float", "none"] = "none"
+        if has_bias:
+            bias = "int32" if not tensorrt and is_constant(node.inputs[2]) else "float"
+        previous = plan.layers[key]
+        plan.layers[key] = dataclasses.replace(previous, weight=WeightQ(1, axis), bias=bias)
+    return plan
+
+
+def _place_ort(
+    view: GraphView,
+    layers: list[str],
+    plan: QuantPlan,
+    params: Callable[[ir.Value], QParams],
+    range_of: RangeOf,
+) -> None:
+    placement = OrtPlacement(view, layers, range_of)
+    tensors = placement.grow()
+    for name, value in tensors.items():
+        root = _move_root(value, tensors, view)
+        plan.activations[name] = ActivationQ(params(root), None, root.name or name)
+    for key in sorted(placement.quantized, key=list(view.nodes).index):
+        node = view.nodes[key]
+        output_q = placement.output_q(node)
+        effective, fold = fold_candidate(node)
+        inputs = tuple(v.name or "" for _, v in activation_inputs(node))
+        output = effective.name if output_q else None
+        plan.layers[key] = LayerQ(key, node.op_type, None, "none", output_q, inputs, output)
+        if fold is not None and output_q and effective.name in plan.activations:
+            q = plan.activations[effective.name]
+            clip_max = constant_scalar(fold.inputs[2]) if fold.op_type == "Clip" and len(fold.inputs) > 2 else None
+            represented_max = q.params.scale * (
+                255 - q.params.zero_point if q.params.dtype == "u8" else 127 - q.params.zero_point
+            )
+            # Rule 5: drop the Relu/Clip only when the computed zero point already clips at 0.
+            if q.params.clips_below_zero and (clip_max is None or clip_max >= represented_max):
+                plan.folds.append(view.key(fold))
+    for key, node in view.nodes.items():
+        if view.is_onnx(node, NEIGHBOURS) and key not in placement.quantized:
+            plan.left_float.setdefault(key, "a neighbour is float: QLinear kernel would add conversions (rule 7)")
+
+
+def _place_tensorrt(
+    view: GraphView, layers: list[str], plan: QuantPlan, params: Callable[[ir.Value], QParams], range_of: RangeOf
+) -> None:
+    readers: dict[str, list[tuple[str, int]]] = {}
+    values: dict[str, ir.Value] = {}
+    for key in layers:
+        node = view.nodes[key]
+        names = tuple(v.name or "" for _, v in activation_inputs(node))
+        plan.layers[key] = LayerQ(key, node.op_type, None, "none", False, names)
+        for index, value in activation_inputs(node):
+            readers.setdefault(value.name or "", []).append((key, index))
+            values[value.name or ""] = value
+    chosen = set(layers)
+    # Rule 10: an Add fed by a fusible layer gets Q/DQ on its other (residual) input only.
+    for key, node in view.nodes.items():
+        if not view.is_onnx(node, ("Add",)) or len(activation_inputs(node)) != 2:
+            continue
+        fused = [
+            index
+            for index, value in activation_inputs(node)
+            if (p := value.producer()) is not None
+            and p.graph is view.graph
+            and view.key(p) in chosen
+            and len(list(value.uses())) == 1
+        ]
+        if len(fused) != 1:
+            continue
+        residual_index = 1 - fused[0]
+        residual = node.inputs[residual_index]
+        if residual is None or not residual.name or range_of(residual.name) is None:
+            continue
+        readers.setdefault(residual.name, []).append((key, residual_index))
+        values[residual.name] = residual
+    for name, value in values.items():
+        plan.activations[name] = ActivationQ(params(value), tuple(readers[name]), name)

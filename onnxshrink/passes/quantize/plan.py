@@ -1,0 +1,204 @@
+"""The static quantization plan as data, and the graph facts placement reads.
+
+The plan names nodes by key (node name, or op type and position) and tensors by name, so it can
+be printed, tested and re-made with other exclusions (the accuracy fallback) on a fresh copy of
+the model. The placement that fills it is in ``place``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxshrink.passes.quantize.statistics import QParams
+
+_ONNX = ("", "ai.onnx")
+Target = Literal["ort-cpu", "ort-cuda", "tensorrt"]
+
+# Nodes with an integer kernel of their own: their weight (input 1) is a constant.
+ORT_LAYERS = ("Conv", "MatMul", "Gemm")
+TRT_LAYERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Rule 7: QLinear kernels worth using only when every neighbour is int8 already.
+NEIGHBOURS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
+# Rule 6: data movement; the Q after them takes the DQ's qparams so ORT runs them on int8.
+MOVES = (
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
+    "Expand", "Tile", "MaxPool", "Resize", "Split",
+)  # fmt: skip
+# Rule 5: activations a following Q can absorb when its zero point clips at 0.
+FOLDABLE = ("Relu", "Clip")
+# TensorRT rule 11: tiny layers run faster in float.
+TRT_MIN_CHANNELS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightQ:
+    """How one layer's constant weight is quantized: input index and per-channel axis (None: per tensor)."""
+
+    index: int
+    axis: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerQ:
+    """One node that runs quantized: its weight, its bias kind and whether its output gets a Q."""
+
+    key: str
+    op_type: str
+    weight: WeightQ | None
+    bias: Literal["int32", "float", "none"]
+    output_q: bool
+    inputs: tuple[str, ...] = ()  # activation tensors read through a DQ
+    output: str | None = None  # the tensor its output Q quantizes
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQ:
+    """A Q→DQ pair after tensor ``name``; ``readers`` are the (node key, input) that read the DQ
+    (None: every reader, so the Q is the producer's only consumer), ``root`` the tensor whose
+    range set the qparams (differs through data-movement ops)."""
+
+    params: QParams
+    readers: tuple[tuple[str, int], ...] | None
+    root: str
+
+
+@dataclasses.dataclass
+class QuantPlan:
+    """Everything the rewrite needs, and why each layer was left float."""
+
+    target: str
+    layers: dict[str, LayerQ] = dataclasses.field(default_factory=dict)
+    activations: dict[str, ActivationQ] = dataclasses.field(default_factory=dict)
+    folds: list[str] = dataclasses.field(default_factory=list)
+    left_float: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": {key: dataclasses.asdict(layer) for key, layer in self.layers.items()},
+            "activations": {
+                name: {**q.params.to_json(), "root": q.root, "readers": "all" if q.readers is None else len(q.readers)}
+                for name, q in self.activations.items()
+            },
+            "folded": list(self.folds),
+            "left_float": dict(self.left_float),
+        }
+
+
+class GraphView:
+    """Stable keys for the main graph's nodes and the small queries placement asks."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self.nodes: dict[str, ir.Node] = {}
+        self.keys: dict[int, str] = {}
+        for index, node in enumerate(graph):
+            key = node.name or f"{node.op_type}#{index}"
+            if key in self.nodes:
+                key = f"{key}#{index}"
+            self.nodes[key] = node
+            self.keys[id(node)] = key
+        self.values: dict[str, ir.Value] = {v.name: v for v in graph.inputs if v.name}
+        for node in graph:
+            for output in node.outputs:
+                if output.name:
+                    self.values[output.name] = output
+
+    def key(self, node: ir.Node) -> str:
+        return self.keys[id(node)]
+
+    def is_onnx(self, node: ir.Node, ops: Iterable[str]) -> bool:
+        return node.domain in _ONNX and node.op_type in ops
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None
+
+
+def is_float(value: ir.Value) -> bool:
+    return value.dtype is None or value.dtype.is_floating_point()
+
+
+def activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
+    """Non-constant float inputs that carry activations (data input only for data-movement ops)."""
+    inputs = list(enumerate(node.inputs))
+    if node.op_type in MOVES or node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        inputs = inputs[:1]
+    return [(i, v) for i, v in inputs if v is not None and not is_constant(v) and is_float(v)]
+
+
+def constant_scalar(value: ir.Value | None) -> float | None:
+    if value is None or value.const_value is None or value.const_value.size != 1:
+        return None
+    return float(value.const_value.numpy().reshape(()))
+
+
+def fold_candidate(node: ir.Node) -> tuple[ir.Value, ir.Node | None]:
+    """The node's effective output: after a lone Relu/Clip(0, max) it reads, else its own."""
+    output = node.outputs[0]
+    uses = list(output.uses())
+    if len(uses) != 1 or output.is_graph_output():
+        return output, None
+    user = uses[0][0]
+    if user.domain not in _ONNX or user.op_type not in FOLDABLE:
+        return output, None
+    if user.op_type == "Clip":
+        low = constant_scalar(user.inputs[1]) if len(user.inputs) > 1 else None
+        if low != 0.0 or (len(user.inputs) > 2 and user.inputs[2] is not None and not is_constant(user.inputs[2])):
+            return output, None
+    return user.outputs[0], user
+
+
+def weight_axis(node: ir.Node, rank: int) -> int | None:
+    """The output-channel axis of a layer's weight (rules 4 and TensorRT 8)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = node.attributes.get("transB")
+        return 0 if trans_b is not None and trans_b.as_int() else 1
+    return 1 if rank == 2 else None
+
+
+def is_activation_matmul(node: ir.Node) -> bool:
+    """A MatMul whose two inputs are float activations (attention's QKᵀ, probabilities·V)."""
+    if node.op_type != "MatMul" or len(node.inputs) != 2:
+        return False
+    return all(v is not None and not is_constant(v) and is_float(v) for v in node.inputs)
+
+
+def layer_problem(node: ir.Node) -> str | None:
+    """Why a Conv/ConvTranspose/Gemm/MatMul cannot be quantized, or None."""
+    if len(node.inputs) < 2 or not is_constant(node.inputs[1]):
+        return "weight (input 1) is not a constant initializer"
+    weight = node.inputs[1]
+    assert weight is not None and weight.const_value is not None
+    if weight.const_value.dtype != ir.DataType.FLOAT:
+        return f"weight has dtype {weight.const_value.dtype.name}, not float32"
+    rank = len(weight.const_value.shape)
+    if node.op_type in ("MatMul", "Gemm") and rank != 2:
+        return f"weight of rank {rank}, not 2"
+    if node.inputs[0] is None or is_constant(node.inputs[0]):
+        return "activation input is a constant (run fold first)"
+    if node.op_type == "Gemm" and node.attributes.get("transA") is not None and node.attributes["transA"].as_int():
+        return "Gemm with transA=1"
+    return None
+
+
+def quantize_weight(array: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric narrow-range int8 weights (``bits`` < 8: values in ``±(2**(bits-1) - 1)``) and
+    their scales (per ``axis``, or one scale)."""
+    from onnxshrink.passes.quantize.statistics import weight_scales
+
+    scales = weight_scales(array, axis, bits=bits)
+    shape = [1] * array.ndim
+    if axis is not None:
+        shape[axis] = -1
+    limit = 2 ** (bits - 1) - 1
+    quantized = np.clip(np.rint(array / scales.reshape(shape)), -limit, limit).astype(np.int8)
+    return quantized, scales
