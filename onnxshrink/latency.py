@@ -1,11 +1,16 @@
-"""``onnxshrink bench``: onnxruntime latency of one model, warm-up then median of timed runs."""
+"""Latency measured one way everywhere: ``onnxshrink bench``, ``quantize:min-speedup`` and the benchmarks.
+
+:func:`interleaved_latency` times several runnables in rotating round-robin order, so machine
+noise (another process, frequency changes) hits every candidate alike; :func:`measure_latency`
+is ``onnxshrink bench``'s single-model form of it.
+"""
 
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -15,6 +20,42 @@ from onnxshrink.errors import UsageError
 from onnxshrink.inputs import generate_inputs
 from onnxshrink.loading import load_model
 from onnxshrink.runtime import RuntimeUnavailable, create_session, run
+
+
+def interleaved_latency(
+    runners: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    runs_per_round: int = 1,
+    warmup: int = 1,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, ``rounds`` samples each, timed interleaved.
+
+    Every runner is first called ``warmup`` times. Each round then calls every runner
+    ``runs_per_round`` times and records the median of those calls; the order rotates by one
+    position every round, so each runner takes every position equally often (a fixed order
+    measured the same network 5-8 % apart on a shared machine). ``on_round(i)`` is called after
+    each round (progress display).
+    """
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            call = runners[name]
+            samples = []
+            for _ in range(runs_per_round):
+                started = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - started) * 1000)
+            times[name].append(statistics.median(samples))
+        if on_round is not None:
+            on_round(index)
+    return times
 
 
 def measure_latency(
@@ -33,14 +74,10 @@ def measure_latency(
     feed = generate_inputs(loaded.model, shapes or {}, batch=batch)
     try:
         session, choice = create_session(str(path), provider, threads=threads)
-        for _ in range(warmup):
-            run(session, feed)
-        timings = []
-        with click.progressbar(range(runs), label="timing", file=None) if progress else _plain(runs) as steps:
-            for _ in steps:
-                start = time.perf_counter()
-                run(session, feed)
-                timings.append((time.perf_counter() - start) * 1000)
+        with click.progressbar(length=runs, label="timing", file=None) if progress else _plain(runs) as bar:
+            timings = interleaved_latency(
+                {"model": lambda: run(session, feed)}, rounds=runs, warmup=warmup, on_round=lambda _: bar.update(1)
+            )["model"]
     except RuntimeUnavailable as error:
         raise UsageError(f"onnxruntime cannot run {path}: {error}") from None
     ordered = np.sort(np.asarray(timings))
@@ -64,8 +101,11 @@ class _plain:
     def __init__(self, count: int) -> None:
         self.count = count
 
-    def __enter__(self) -> range:
-        return range(self.count)
+    def __enter__(self) -> _plain:
+        return self
+
+    def update(self, steps: int) -> None:
+        return None
 
     def __exit__(self, *exc: object) -> None:
         return None

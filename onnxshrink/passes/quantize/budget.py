@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import onnx_ir as ir
 
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
+from onnxshrink.latency import interleaved_latency
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.runtime import run
 from onnxshrink.verify import compare_output
@@ -154,15 +154,11 @@ def measure_speedup(
     inputs = [v.name for v in original.graph.inputs if v.name and v.name not in original.graph.initializers]
     count = min(samples, _SPEED_BATCH)
     feed = next(iter(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count)))
-    sessions = [context.session(original)[0], context.session(quantized)[0]]
-    times: list[list[float]] = [[], []]
-    for session in sessions:
-        run(session, feed)  # warm-up
-    for _ in range(_SPEED_ROUNDS):
-        for session, spent in zip(sessions, times, strict=True):
-            started = time.perf_counter()
-            run(session, feed)
-            spent.append((time.perf_counter() - started) * 1e3)
-    float_ms, quantized_ms = statistics.median(times[0]), statistics.median(times[1])
+    float_session, quantized_session = context.session(original)[0], context.session(quantized)[0]
+    times = interleaved_latency(
+        {"float": lambda: run(float_session, feed), "quantized": lambda: run(quantized_session, feed)},
+        rounds=_SPEED_ROUNDS,
+    )
+    float_ms, quantized_ms = statistics.median(times["float"]), statistics.median(times["quantized"])
     count = len(next(iter(feed.values()))) if feed else 0
     return {"batch": count, "float_ms": float_ms, "quantized_ms": quantized_ms, "speedup": float_ms / quantized_ms}
