@@ -44,6 +44,7 @@ class PassRecord:
     preset: str | None = None
     round: int | None = None
     diff: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,6 +55,15 @@ def _node_snapshot(model: ir.Model) -> dict[int, ir.Node]:
     return {id(node): node for node in all_nodes(model)}
 
 
+def _opsets(model: ir.Model) -> list[tuple[str, dict[str, int]]]:
+    """The opset imports of the model and of each function: a pass that raises one changed the model."""
+    scopes = [("", dict(model.opset_imports))]
+    scopes += [
+        (f"{key}", dict(f.opset_imports)) for key, f in sorted(model.functions.items(), key=lambda kv: str(kv[0]))
+    ]
+    return scopes
+
+
 def _label(node: ir.Node) -> str:
     """A node as the diff names it: its name, else its op type and first output's name."""
     if node.name:
@@ -62,7 +72,7 @@ def _label(node: ir.Node) -> str:
     return f"{node.op_type}->{output}"
 
 
-def _options_json(pass_: ShrinkPass) -> dict[str, Any]:
+def _options_json(pass_: ShrinkPass[Any]) -> dict[str, Any]:
     """A pass's options keyed as a recipe takes them: ``for``, not the dataclass field ``for_``."""
     options: dict[str, Any] = {}
     for info in registry.options_of(type(pass_)):
@@ -77,7 +87,7 @@ AfterPass = Callable[[ir.Model, PassRecord, Sequence[PassRecord]], None]
 @dataclasses.dataclass(frozen=True)
 class _FixedPoint:
     preset: str
-    passes: tuple[ShrinkPass, ...]
+    passes: tuple[ShrinkPass[Any], ...]
     max_steps: int
 
 
@@ -103,13 +113,13 @@ class Pipeline:
         self.context = context or PassContext()
         self.full_checks = full_checks
         self.after_pass = after_pass
-        self._steps: list[ShrinkPass | _FixedPoint] = [self._build(spec) for spec in self.specs]
+        self._steps: list[ShrinkPass[Any] | _FixedPoint] = [self._build(spec) for spec in self.specs]
 
-    def _instantiate(self, spec: PassSpec) -> ShrinkPass:
+    def _instantiate(self, spec: PassSpec) -> ShrinkPass[Any]:
         cls = registry.get_pass(spec.name)
         return cls(build_options(spec), self.context)
 
-    def _build(self, spec: PassSpec) -> ShrinkPass | _FixedPoint:
+    def _build(self, spec: PassSpec) -> ShrinkPass[Any] | _FixedPoint:
         preset = registry.presets().get(spec.name)
         if preset is None:
             return self._instantiate(spec)
@@ -147,7 +157,7 @@ class Pipeline:
 
     def _run_one(
         self,
-        pass_: ShrinkPass,
+        pass_: ShrinkPass[Any],
         model: ir.Model,
         records: list[PassRecord],
         *,
@@ -156,6 +166,7 @@ class Pipeline:
     ) -> PassRecord:
         before_names = [r.name for r in records]
         before = totals(model)
+        opsets_before = _opsets(model)
         nodes_before = _node_snapshot(model)
         start = time.perf_counter()
         try:
@@ -167,7 +178,12 @@ class Pipeline:
                 f"pass '{pass_.name}' failed: {type(error).__name__}: {error} (passes before it: {before_names})"
             ) from error
         seconds = time.perf_counter() - start
-        stats = result.stats if isinstance(result, ShrinkPassResult) else {}
+        stats, timings = {}, {}
+        if isinstance(result, ShrinkPassResult):
+            stats = dict(result.stats)
+            timings = dict(result.timings)
+            if result.skipped:
+                stats["skipped"] = dict(result.skipped)
         after = totals(model)
         nodes_after = _node_snapshot(model)
         record = PassRecord(
@@ -183,6 +199,7 @@ class Pipeline:
             stats=stats,
             preset=preset,
             round=round_,
+            timings=timings,
             diff={
                 "removed": [_label(n) for key, n in nodes_before.items() if key not in nodes_after],
                 "added": [_label(n) for key, n in nodes_after.items() if key not in nodes_before],
@@ -190,9 +207,10 @@ class Pipeline:
         )
         records.append(record)
         logger.info("pass %s: modified=%s in %.3fs", pass_.name, record.modified, seconds)
-        if not record.modified and (record.nodes_before, record.bytes_before) != (
+        if not record.modified and (record.nodes_before, record.bytes_before, opsets_before) != (
             record.nodes_after,
             record.bytes_after,
+            _opsets(model),
         ):
             raise PassFailure(f"pass '{pass_.name}' changed the model but reported modified=False")
         problems = model_problems(model, full=self.full_checks)

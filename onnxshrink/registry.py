@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from onnxshrink.errors import UsageError
-from onnxshrink.passbase import ShrinkPass
+from onnxshrink.passbase import ShrinkPass, option_key
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
-PassT = TypeVar("PassT", bound=type[ShrinkPass])
+PassT = TypeVar("PassT", bound=type[ShrinkPass[Any]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +32,13 @@ class OptionInfo:
     type: Any
     default: Any
     help: str
+    choices: tuple[Any, ...] | None = None
 
     @property
     def type_name(self) -> str:
+        if self.choices is not None:
+            listed = "|".join(map(str, self.choices))
+            return f"list of {listed}" if typing.get_origin(self.type) in (tuple, list) else listed
         return describe_type(self.type)
 
 
@@ -49,7 +53,7 @@ class Preset:
     doc: str
 
 
-_PASSES: dict[str, type[ShrinkPass]] = {}
+_PASSES: dict[str, type[ShrinkPass[Any]]] = {}
 _PRESETS: dict[str, Preset] = {}
 _LOADED = False
 
@@ -96,7 +100,7 @@ def _ensure_loaded() -> None:
         _LOADED = True
 
 
-def passes() -> Mapping[str, type[ShrinkPass]]:
+def passes() -> Mapping[str, type[ShrinkPass[Any]]]:
     """All registered passes by name."""
     _ensure_loaded()
     return dict(sorted(_PASSES.items()))
@@ -112,7 +116,7 @@ def known_names() -> list[str]:
     return sorted([*passes(), *presets()])
 
 
-def get_pass(name: str) -> type[ShrinkPass]:
+def get_pass(name: str) -> type[ShrinkPass[Any]]:
     """Looks a pass up by name; an unknown name is a usage error listing the valid ones."""
     registered = passes()
     if name not in registered:
@@ -120,12 +124,12 @@ def get_pass(name: str) -> type[ShrinkPass]:
     return registered[name]
 
 
-def summary(cls: type[ShrinkPass]) -> str:
+def summary(cls: type[ShrinkPass[Any]]) -> str:
     """The first line of a pass's docstring."""
     return inspect.cleandoc(cls.__doc__ or "").splitlines()[0]
 
 
-def options_of(cls: type[ShrinkPass]) -> list[OptionInfo]:
+def options_of(cls: type[ShrinkPass[Any]]) -> list[OptionInfo]:
     """The options of a pass, in declaration order, with their types, defaults and help."""
     hints = typing.get_type_hints(cls.Options)
     infos = []
@@ -138,11 +142,12 @@ def options_of(cls: type[ShrinkPass]) -> list[OptionInfo]:
             default = None
         infos.append(
             OptionInfo(
-                key=f.name.rstrip("_").replace("_", "-"),  # `for_` (a Python keyword) is typed `for`
+                key=option_key(f.name),
                 field=f.name,
                 type=hints[f.name],
                 default=default,
                 help=str(f.metadata.get("help", "")),
+                choices=f.metadata.get("choices"),
             )
         )
     return infos

@@ -16,6 +16,7 @@ from typing import Any
 
 from onnxshrink import registry
 from onnxshrink.errors import UsageError
+from onnxshrink.passbase import check_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,14 +94,18 @@ def make_spec(name: str, values: Mapping[str, Any], *, source: str | None = None
             raise UsageError(f"unknown option '{key}' for pass '{name}' in {where}; valid options: {valid}")
         info = infos[norm]
         typed[norm] = coerce(value, info.type, f"option '{norm}' of pass '{name}'")
-    return PassSpec(name, typed)
+    spec = PassSpec(name, typed)
+    build_options(spec)  # bad values fail here, before any model is read
+    return spec
 
 
 def build_options(spec: PassSpec) -> Any:
-    """The pass's options dataclass instance for a spec."""
+    """The pass's options dataclass instance for a spec, checked against the options' metadata."""
     cls = registry.get_pass(spec.name)
     fields = {info.field: spec.options[info.key] for info in registry.options_of(cls) if info.key in spec.options}
-    return cls.Options(**fields)
+    options = cls.Options(**fields)
+    check_options(spec.name, options)
+    return options
 
 
 def coerce(value: Any, tp: Any, what: str) -> Any:
