@@ -18,7 +18,8 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.context import PassContext
-from onnxshrink.data import open_samples, verification_feed
+from onnxshrink.data.readers import open_samples
+from onnxshrink.data.samples import verification_feed
 from onnxshrink.errors import UsageError, VerificationError
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto

@@ -181,7 +181,7 @@ def run(
 ) -> None:
     """Run passes on MODEL and write the verified result to OUTPUT."""
     from onnxshrink.api import shrink
-    from onnxshrink.data import parse_shapes
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.spec import load_recipe, parse_specs
     from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -285,7 +285,7 @@ def inspect_command(
     """
     from collections import Counter
 
-    from onnxshrink.data import parse_shapes
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.errors import VerificationError
     from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
     from onnxshrink.inspect.summary import format_inspection, inspect_model, value_shapes
@@ -351,7 +351,9 @@ def verify_command(
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same inputs; exit 1 when they differ."""
-    from onnxshrink.data import open_samples, parse_shapes, verification_feed
+    from onnxshrink.data.model_inputs import parse_shapes
+    from onnxshrink.data.readers import open_samples
+    from onnxshrink.data.samples import verification_feed
     from onnxshrink.errors import VerificationError
     from onnxshrink.loading import load_model
     from onnxshrink.runtime import RuntimeUnavailable
@@ -411,7 +413,7 @@ def bench_command(
     as_json: bool,
 ) -> None:
     """Measure onnxruntime latency: warm-up, then the median of timed runs."""
-    from onnxshrink.data import parse_shapes
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.latency import measure_latency
 
     result = measure_latency(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx_ir as ir
 
-    from onnxshrink.data import Samples
+    from onnxshrink.data.samples import Samples
     from onnxshrink.runtime import ProviderChoice
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.data import Feed
+from onnxshrink.data.samples import Feed
 from onnxshrink.errors import VerificationError
 from onnxshrink.runtime import RuntimeUnavailable, create_session, model_source, run, run_batched
 
@@ -254,13 +254,8 @@ class Verifier:
             raise RuntimeUnavailable(
                 "the input model lives only in memory with external weights; pass it as a path to verify"
             )
+        chunk = self.feed.run_size(candidate)
         with model_source(candidate) as source:
             return verify(
-                self.reference,
-                source,
-                self.feed,
-                provider=self.provider,
-                rtol=self.rtol,
-                atol=self.atol,
-                chunk=self.feed.run_size(candidate),
+                self.reference, source, self.feed, provider=self.provider, rtol=self.rtol, atol=self.atol, chunk=chunk
             )

@@ -9,7 +9,7 @@ import pytest
 
 from onnxshrink.activations import capture
 from onnxshrink.context import PassContext
-from onnxshrink.data import open_samples
+from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
 
 _TEXT = """
