@@ -105,7 +105,7 @@ class Samples:
             yield dict(batch)
 
     def take(self, count: int | None = None) -> dict[str, np.ndarray]:
-        """The first ``count`` samples in one batch, or every batch as it is when ``count`` is None.
+        """The first ``count`` samples (every sample when None) in one batch, labels and other keys kept.
 
         Raises:
             UsageError: ``count`` was given and the source holds no samples.
