@@ -1,4 +1,7 @@
-"""The Python API: ``onnxshrink.shrink(model, passes, ...)``."""
+"""The Python API: ``onnxshrink.shrink(model, passes, ...)``.
+
+It orchestrates: open the data, load the model, run the pipeline, verify, build the result.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxshrink._version import __version__
-from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
+from onnxshrink.data.readers import open_samples
+from onnxshrink.data.samples import verification_feed
 from onnxshrink.errors import UsageError, VerificationError
-from onnxshrink.inputs import generate_inputs, input_specs, load_npz, split_labels
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import PassRecord, Pipeline
-from onnxshrink.runtime import RuntimeUnavailable, model_source
+from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.saving import SavedFiles, external_files, record_provenance, save_model, to_proto
 from onnxshrink.spec import PassSpec, parse_specs
-from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerificationReport, verify
+from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verifier
 
 logger = logging.getLogger(__name__)
-
-VERIFY_SAMPLES = 32
 
 
 @dataclasses.dataclass
@@ -93,110 +93,6 @@ def _summary(model: ir.Model) -> dict[str, Any]:
     return {"nodes": counted.nodes, "params": counted.params, "bytes": counted.bytes}
 
 
-@dataclasses.dataclass
-class VerificationInputs:
-    """The feed both models run on, optional labels, and where the feed came from."""
-
-    arrays: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    description: str
-
-
-def verification_inputs(
-    model: ir.Model,
-    inputs: Any,
-    calibration: CalibrationSource | None,
-    shapes: Mapping[str, tuple[int, ...]],
-) -> VerificationInputs:
-    """``inputs`` (npz or arrays) first, else the first calibration samples, else generated."""
-    if inputs is not None:
-        from_file = isinstance(inputs, (str, os.PathLike))
-        arrays = load_npz(inputs) if from_file else dict(inputs)
-        source = f"npz {inputs}" if from_file else "given arrays"
-        feed, labels = split_labels(model, arrays, f"inputs {source}")
-        return VerificationInputs(feed, labels, source)
-    if calibration is not None:
-        arrays = calibration.take(VERIFY_SAMPLES)
-        feed, labels = split_labels(model, arrays, f"calibration data {calibration.description}")
-        source = f"calibration {calibration.description} (first {VERIFY_SAMPLES} samples)"
-        return VerificationInputs(feed, labels, source)
-    return VerificationInputs(generate_inputs(model, shapes), None, "generated")
-
-
-def _chunk(model: ir.Model, feed: Mapping[str, np.ndarray]) -> int | None:
-    """Samples per run when the feed holds more samples than one run takes, else None.
-
-    Splitting is only safe when every input is batched on its first axis: all of them dynamic
-    there (runs of up to 64), or all fixed to the same size ``k`` that divides the sample count.
-    """
-    specs = input_specs(model)
-    sizes = {len(v) if np.ndim(v) > 0 else -1 for v in feed.values()}
-    if not specs or len(sizes) != 1 or -1 in sizes:
-        return None
-    (total,) = sizes
-    if all(s.dynamic_batch for s in specs):
-        return 64 if total > 64 else None
-    fixed = {s.dims[0] for s in specs if s.dims}
-    if len(fixed) == 1 and not any(s.dynamic_batch for s in specs):
-        (k,) = fixed
-        if isinstance(k, int) and 0 < k < total and total % k == 0:
-            return k
-    return None
-
-
-class Verifier:
-    """Compares candidates against the input model with one feed and provider."""
-
-    def __init__(self, loaded: LoadedModel, feed: VerificationInputs, provider: str, rtol: float, atol: float) -> None:
-        self.loaded = loaded
-        self.feed = feed
-        self.provider = provider
-        self.rtol = rtol
-        self.atol = atol
-        self._reference: str | bytes
-        if loaded.path is not None:
-            self._reference = str(loaded.path)
-        elif loaded.proto_bytes is not None:
-            self._reference = loaded.proto_bytes
-        else:
-            self._reference = b""
-
-    def compare(self, candidate: ir.Model) -> VerificationReport:
-        if not self._reference:
-            raise RuntimeUnavailable(
-                "the input model lives only in memory with external weights; pass it as a path to verify"
-            )
-        with model_source(candidate) as source:
-            return verify(
-                self._reference,
-                source,
-                self.feed.arrays,
-                provider=self.provider,
-                rtol=self.rtol,
-                atol=self.atol,
-                labels=self.feed.labels,
-                inputs_description=self.feed.description,
-                chunk=_chunk(candidate, self.feed.arrays),
-            )
-
-
-def _budget_failure(
-    report: VerificationReport, exact: bool, max_drop: float | None, min_cosine: float | None
-) -> str | None:
-    if exact and not report.within_tolerance:
-        worst = report.worst()
-        return (
-            f"output '{worst.name}' differs by {worst.max_abs:.3g} (tolerance {worst.tolerance:.3g}, "
-            f"rtol={report.rtol:g}, atol={report.atol:g}){' - ' + worst.note if worst.note else ''}"
-        )
-    if min_cosine is not None and report.min_cosine < min_cosine:
-        return f"cosine similarity {report.min_cosine:.6f} is below --min-cosine {min_cosine}"
-    drop = report.accuracy_drop
-    if max_drop is not None and drop is not None and drop > max_drop:
-        return f"accuracy dropped by {drop:.4f} (from {report.accuracy_reference:.4f}), past --max-drop {max_drop}"
-    return None
-
-
 def shrink(
     model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | Any,
     passes: Sequence[str | PassSpec],
@@ -237,19 +133,20 @@ def shrink(
     if not specs:
         raise UsageError("no passes given; name at least one with -p (see 'onnxshrink passes')")
     shapes = dict(shapes or {})
-    calib = CalibrationSource.from_spec(calibration) if calibration is not None else None
+    calib = open_samples(calibration) if calibration is not None else None
     loaded = _load_any(model)
     work = loaded.model
     load_seconds = time.perf_counter() - started
     # The input's files, listed before any pass swaps a weight out: saving never overwrites them.
     protected = (loaded.path, *sorted(external_files(work))) if loaded.path is not None else ()
-    reference = str(loaded.path) if loaded.path is not None else loaded.proto_bytes
-    context = PassContext(calibration=calib, provider=provider, shapes=shapes, reference=reference)
+    context = PassContext(calibration=calib, provider=provider, shapes=shapes, reference=loaded.source)
     input_summary = _summary(work)
 
     verifier: Verifier | None = None
     if verify or verify_each:
-        verifier = Verifier(loaded, verification_inputs(work, inputs, calib, shapes), provider, rtol, atol)
+        given = open_samples(inputs, role="inputs") if inputs is not None else None
+        feed = verification_feed(work, given, calib, shapes)
+        verifier = Verifier(loaded.source, feed, provider, rtol, atol)
     each_reports: list[dict[str, Any]] = []
 
     def after_pass(candidate: ir.Model, record: PassRecord, records: Sequence[PassRecord]) -> None:
@@ -261,7 +158,7 @@ def shrink(
             return
         each_reports.append({"pass": record.name, **report.to_json()})
         exact_so_far = all(r.exact for r in records)
-        failure = _budget_failure(report, exact_so_far, max_drop, min_cosine)
+        failure = report.failure(exact=exact_so_far, max_drop=max_drop, min_cosine=min_cosine)
         if failure:
             names = [r.name for r in records]
             raise VerificationError(f"numerics broke at pass '{record.name}' (passes so far: {names}): {failure}")
@@ -284,7 +181,7 @@ def shrink(
             verification = {"skipped": f"onnxruntime cannot run the model: {error}{hint}"}
             logger.warning("verification skipped: onnxruntime cannot run the model: %s", error)
         else:
-            failure = _budget_failure(report, pipeline.exact, max_drop, min_cosine)
+            failure = report.failure(exact=pipeline.exact, max_drop=max_drop, min_cosine=min_cosine)
             verification = {**report.to_json(), "passed": failure is None, "exact_pipeline": pipeline.exact}
             if failure:
                 raise VerificationError(f"verification failed, nothing written: {failure}")

@@ -181,7 +181,7 @@ def run(
 ) -> None:
     """Run passes on MODEL and write the verified result to OUTPUT."""
     from onnxshrink.api import shrink
-    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.spec import load_recipe, parse_specs
     from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -285,8 +285,8 @@ def inspect_command(
     """
     from collections import Counter
 
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.errors import VerificationError
-    from onnxshrink.inputs import parse_shapes
     from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
     from onnxshrink.inspect.summary import format_inspection, inspect_model, value_shapes
     from onnxshrink.inspect.tensorrt_lint import LintFinding, lint_tensorrt
@@ -351,20 +351,21 @@ def verify_command(
     as_json: bool,
 ) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same inputs; exit 1 when they differ."""
-    from onnxshrink.api import Verifier, verification_inputs
-    from onnxshrink.calibration import CalibrationSource
+    from onnxshrink.data.model_inputs import parse_shapes
+    from onnxshrink.data.readers import open_samples
+    from onnxshrink.data.samples import verification_feed
     from onnxshrink.errors import VerificationError
-    from onnxshrink.inputs import parse_shapes
     from onnxshrink.loading import load_model
     from onnxshrink.runtime import RuntimeUnavailable
-    from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
+    from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verifier
 
     ref = load_model(reference)
     cand = load_model(candidate)
-    source = CalibrationSource.from_spec(calib) if calib else None
-    feed = verification_inputs(ref.model, inputs, source, parse_shapes(shapes))
+    given = open_samples(inputs, role="inputs") if inputs is not None else None
+    calibration = open_samples(calib) if calib else None
+    feed = verification_feed(ref.model, given, calibration, parse_shapes(shapes))
     verifier = Verifier(
-        ref, feed, provider, DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol
+        ref.source, feed, provider, DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol
     )
     try:
         report = verifier.compare(cand.model)
@@ -412,7 +413,7 @@ def bench_command(
     as_json: bool,
 ) -> None:
     """Measure onnxruntime latency: warm-up, then the median of timed runs."""
-    from onnxshrink.inputs import parse_shapes
+    from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.latency import measure_latency
 
     result = measure_latency(

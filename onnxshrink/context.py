@@ -10,14 +10,13 @@ import dataclasses
 from collections.abc import Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from onnxshrink.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx_ir as ir
 
-    from onnxshrink.calibration import CalibrationSource
+    from onnxshrink.data.samples import Samples
     from onnxshrink.runtime import ProviderChoice
 
 
@@ -33,13 +32,13 @@ class PassContext:
             bytes), kept for passes that use the input model as teacher; None when unknown.
     """
 
-    calibration: CalibrationSource | None = None
+    calibration: Samples | None = None
     provider: str = "auto"
     shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     reference: str | bytes | None = None
 
-    def require_calibration(self, pass_name: str) -> CalibrationSource:
-        """Returns the calibration source, or fails with a usage error naming the pass."""
+    def require_calibration(self, pass_name: str) -> Samples:
+        """Returns the calibration samples, or fails with a usage error naming the pass."""
         if self.calibration is None:
             raise UsageError(
                 f"pass '{pass_name}' needs calibration data: pass --calib FILE.npz "
@@ -88,24 +87,6 @@ class PassContext:
         Keys that are not model inputs (such as ``labels``) are dropped; a model input missing from
         the data is a usage error naming it. At most ``samples`` samples are read when given.
         """
-        source = self.require_calibration(pass_name)
-        wanted = list(input_names)
-        left = samples if samples is not None else None
-        for batch in source.batches():
-            missing = [name for name in wanted if name not in batch]
-            if missing:
-                raise UsageError(
-                    f"pass '{pass_name}': calibration data {source.description} has no input "
-                    f"{missing[0]!r} (it has {sorted(batch)})"
-                )
-            feed = {name: np.asarray(batch[name]) for name in wanted}
-            count = min((len(v) for v in feed.values()), default=0)
-            for start in range(0, count, batch_size):
-                stop = min(count, start + batch_size)
-                if left is not None:
-                    stop = min(stop, start + left)
-                yield {name: value[start:stop] for name, value in feed.items()}
-                if left is not None:
-                    left -= stop - start
-                    if left <= 0:
-                        return
+        calibration = self.require_calibration(pass_name)
+        consumer = f"pass '{pass_name}'"
+        yield from calibration.feeds(input_names, consumer=consumer, samples=samples, batch_size=batch_size)

@@ -39,6 +39,11 @@ class LoadedModel:
     path: Path | None = None
     proto_bytes: bytes | None = None
 
+    @property
+    def source(self) -> str | bytes | None:
+        """The untouched input as onnxruntime opens it (path or bytes), or None when there is none."""
+        return str(self.path) if self.path is not None else self.proto_bytes
+
 
 def _tensors_in_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer

@@ -4,6 +4,9 @@ Tolerance scales with the output's magnitude: an output passes when
 ``max|cand - ref| <= atol + rtol * max|ref|``. A fixed absolute tolerance is wrong for large
 logits (onnxruntime disagrees with itself by 5.8e-4 on resnet50 logits of 1.3e3).
 Non-float outputs must match exactly.
+
+:class:`Verifier` holds what every comparison of one run shares (reference, feed, provider,
+tolerance); :meth:`VerificationReport.failure` applies the budget of exact and lossy pipelines.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
+from onnxshrink.data.samples import Feed
 from onnxshrink.errors import VerificationError
-from onnxshrink.runtime import create_session, run, run_batched
+from onnxshrink.runtime import RuntimeUnavailable, create_session, model_source, run, run_batched
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -78,9 +83,29 @@ class VerificationReport:
         return data
 
     def worst(self) -> OutputMetrics:
+        """The failing output with the largest relative error (any output when none fails)."""
         failing = [o for o in self.outputs if not o.within_tolerance]
         pool = failing or self.outputs
         return max(pool, key=lambda o: o.max_rel)
+
+    def failure(self, *, exact: bool, max_drop: float | None, min_cosine: float | None) -> str | None:
+        """Why the candidate fails its budget, or None when it passes.
+
+        An exact pipeline must stay within tolerance; a lossy one fails only past the budget the
+        user gave (``max_drop`` of accuracy, ``min_cosine`` of every output).
+        """
+        if exact and not self.within_tolerance:
+            worst = self.worst()
+            return (
+                f"output '{worst.name}' differs by {worst.max_abs:.3g} (tolerance {worst.tolerance:.3g}, "
+                f"rtol={self.rtol:g}, atol={self.atol:g}){' - ' + worst.note if worst.note else ''}"
+            )
+        if min_cosine is not None and self.min_cosine < min_cosine:
+            return f"cosine similarity {self.min_cosine:.6f} is below --min-cosine {min_cosine}"
+        drop = self.accuracy_drop
+        if max_drop is not None and drop is not None and drop > max_drop:
+            return f"accuracy dropped by {drop:.4f} (from {self.accuracy_reference:.4f}), past --max-drop {max_drop}"
+        return None
 
 
 def is_classifier_like(value: np.ndarray) -> bool:
@@ -148,25 +173,24 @@ def accuracy(outputs: Mapping[str, Any], labels: np.ndarray) -> float | None:
     return None
 
 
-def _sample_count(feed: Mapping[str, np.ndarray]) -> int:
-    """Samples in a feed: the shared first-axis size when every input has one, else 1."""
-    sizes = {len(v) if np.ndim(v) > 0 else -1 for v in feed.values()}
-    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else 1
-
-
 def verify(
     reference: str | bytes,
     candidate: str | bytes,
-    feed: Mapping[str, np.ndarray],
+    feed: Feed,
     *,
     provider: str = "auto",
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
-    labels: np.ndarray | None = None,
-    inputs_description: str = "generated",
     chunk: int | None = None,
 ) -> VerificationReport:
     """Runs both models on the same feed and provider and compares every output.
+
+    Args:
+        reference, candidate: Models as onnxruntime opens them (a path or serialized bytes).
+        feed: The inputs (and labels for accuracy).
+        provider: ``auto``, ``cpu`` or ``cuda``; the candidate runs where the reference ran.
+        rtol, atol: Tolerance: ``|d| <= atol + rtol * max|ref|`` per output.
+        chunk: Samples per run when the feed is split into several runs, else None.
 
     Raises:
         RuntimeUnavailable: onnxruntime cannot run one of the models.
@@ -175,10 +199,11 @@ def verify(
     ref_session, choice = create_session(reference, provider)
     # The candidate runs on exactly the provider the reference ran on.
     cand_session, _ = create_session(candidate, "cuda" if choice.used.startswith("CUDA") else "cpu")
+    arrays = feed.arrays
     if chunk is None:
-        ref_out, cand_out = run(ref_session, feed), run(cand_session, feed)
+        ref_out, cand_out = run(ref_session, arrays), run(cand_session, arrays)
     else:
-        ref_out, cand_out = run_batched(ref_session, feed, chunk), run_batched(cand_session, feed, chunk)
+        ref_out, cand_out = run_batched(ref_session, arrays, chunk), run_batched(cand_session, arrays, chunk)
     ref_names = [o.name for o in ref_session.get_outputs()]
     cand_names = [o.name for o in cand_session.get_outputs()]
     if ref_names != cand_names:
@@ -187,14 +212,50 @@ def verify(
     report = VerificationReport(
         provider=choice.used,
         provider_reason=choice.reason,
-        inputs=inputs_description,
-        samples=_sample_count(feed),
+        inputs=feed.description,
+        samples=feed.samples,
         rtol=rtol,
         atol=atol,
         outputs=metrics,
     )
-    if labels is not None:
-        report.accuracy_reference = accuracy(ref_out, labels)
-        report.accuracy_candidate = accuracy(cand_out, labels)
+    if feed.labels is not None:
+        report.accuracy_reference = accuracy(ref_out, feed.labels)
+        report.accuracy_candidate = accuracy(cand_out, feed.labels)
     report.seconds = time.perf_counter() - start
     return report
+
+
+class Verifier:
+    """Compares candidates against the input model with one feed, provider and tolerance.
+
+    Args:
+        reference: The input model as onnxruntime opens it (``LoadedModel.source``); None when it
+            lives only in memory with external weights, which cannot be compared.
+        feed: What both models run on (:func:`onnxshrink.data.verification_feed`).
+        provider: ``auto``, ``cpu`` or ``cuda``.
+        rtol, atol: Tolerance of exact pipelines.
+    """
+
+    def __init__(self, reference: str | bytes | None, feed: Feed, provider: str, rtol: float, atol: float) -> None:
+        self.reference = reference
+        self.feed = feed
+        self.provider = provider
+        self.rtol = rtol
+        self.atol = atol
+
+    def compare(self, candidate: ir.Model) -> VerificationReport:
+        """Runs the reference and ``candidate`` on the feed and compares every output.
+
+        Raises:
+            RuntimeUnavailable: onnxruntime cannot load or run one of the models, or the
+                reference is not available.
+        """
+        if not self.reference:
+            raise RuntimeUnavailable(
+                "the input model lives only in memory with external weights; pass it as a path to verify"
+            )
+        chunk = self.feed.run_size(candidate)
+        with model_source(candidate) as source:
+            return verify(
+                self.reference, source, self.feed, provider=self.provider, rtol=self.rtol, atol=self.atol, chunk=chunk
+            )

@@ -8,8 +8,8 @@ import onnx_ir as ir
 import pytest
 
 from onnxshrink.activations import capture
-from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
+from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
 
 _TEXT = """
@@ -28,7 +28,7 @@ def _model() -> ir.Model:
 def _context(samples: int) -> PassContext:
     rng = np.random.default_rng(0)
     data = {"x": rng.standard_normal((samples, 4)).astype(np.float32), "labels": np.zeros(samples, np.int64)}
-    return PassContext(calibration=CalibrationSource.from_spec(data))
+    return PassContext(calibration=open_samples(data))
 
 
 def test_capture_streams_batches_of_intermediate_values_and_leaves_the_model_alone() -> None:

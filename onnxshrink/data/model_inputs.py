@@ -1,4 +1,5 @@
-"""Model inputs for verification and benchmarks: from an npz, calibration data, or generated.
+"""The model's side of the data: its runtime inputs, ``--shape`` sizes, generated values, and
+checking a feed against the inputs (the ``labels`` key is split off).
 
 Generated inputs have the right dtype; dynamic dimensions come from ``--shape NAME=DIMS`` or 1;
 integer inputs stay in a small safe range (they are often indices); sizes are capped so an
@@ -8,16 +9,15 @@ untrusted model cannot make us allocate without bound.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.calibration import LABELS_KEY
 from onnxshrink.errors import UsageError
 
+LABELS_KEY = "labels"
 MAX_GENERATED_ELEMENTS = 64 * 1024 * 1024
 _SHAPE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:[x,]\d+)*)\s*$")
 
@@ -32,6 +32,7 @@ class InputSpec:
 
     @property
     def dynamic_batch(self) -> bool:
+        """Whether the first axis (the samples axis of a batched input) has no fixed size."""
         return bool(self.dims) and not isinstance(self.dims[0], int)
 
 
@@ -126,21 +127,17 @@ def _random_array(rng: np.random.Generator, spec: InputSpec, dims: tuple[int, ..
     raise UsageError(f"cannot generate values for input '{spec.name}' of type {dtype}; pass --inputs")
 
 
-def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Reads an npz of inputs (and optionally ``labels``)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise UsageError(f"inputs file not found: {path}") from None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read inputs file {path}: {error}") from None
-
-
 def split_labels(
     model: ir.Model, arrays: Mapping[str, np.ndarray], source: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Separates the feed from an optional ``labels`` array and checks names against the model."""
+    """Separates the feed from an optional ``labels`` array and checks names against the model.
+
+    Keys that are not model inputs are dropped; ``labels`` is kept aside unless the model has an
+    input of that name.
+
+    Raises:
+        UsageError: A model input is missing; ``source`` names where the arrays came from.
+    """
     names = [s.name for s in input_specs(model)]
     feed = {k: v for k, v in arrays.items() if k in names}
     labels = arrays.get(LABELS_KEY) if LABELS_KEY not in names else None

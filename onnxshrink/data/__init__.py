@@ -1,0 +1,8 @@
+"""Calibration, verification and evaluation data: one type, ``Samples``, for all three.
+
+- ``readers``: where samples come from (npz, folder of npz, ``module:attribute`` reader, arrays):
+  ``open_samples``.
+- ``samples``: ``Samples`` (streamed, batched, checked against a model, labels split off) and
+  ``Feed``, the arrays one comparison runs on; ``verification_feed`` picks them.
+- ``model_inputs``: the model's runtime inputs, ``--shape`` sizes, generated values.
+"""
