@@ -16,8 +16,8 @@ from typing import Any
 import click
 import numpy as np
 
+from onnxshrink.data.model_inputs import generate_inputs
 from onnxshrink.errors import UsageError
-from onnxshrink.inputs import generate_inputs
 from onnxshrink.loading import load_model
 from onnxshrink.runtime import RuntimeUnavailable, create_session, run
 

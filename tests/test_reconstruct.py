@@ -14,8 +14,8 @@ import pytest
 from ort_check import run
 
 import onnxshrink
-from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
+from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.passes import reconstruct
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass
@@ -137,7 +137,7 @@ def _teacher_and_student(case: str, keep_fraction: float, noise: float) -> tuple
 def _reconstruct(
     teacher: onnx.ModelProto, student: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, **options: Any
 ) -> tuple[onnx.ModelProto, dict[str, Any], bool]:
-    source = CalibrationSource.from_spec(calibration) if calibration is not None else None
+    source = open_samples(calibration) if calibration is not None else None
     context = PassContext(calibration=source, provider="cpu", reference=teacher.SerializeToString())
     model = ir.serde.deserialize_model(student)
     result = ReconstructPass(ReconstructOptions(**options), context)(model)
