@@ -33,7 +33,8 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.ir.checks import weightless_proto
+from onnxshrink.ir.graphs import ONNX_DOMAINS, is_onnx_op
+from onnxshrink.ir.shapes import inferred_copy
 from onnxshrink.runtime import RuntimeUnavailable, create_session, model_source
 
 # Integer kernel → the float op it implements.
@@ -191,10 +192,8 @@ def _from_dequantize(value: ir.Value) -> bool:
 def _original_dtypes(model: ir.Model) -> dict[str, int]:
     """Element type of every main-graph value, from the model and onnx type inference."""
     dtypes: dict[str, int] = {}
-    try:
-        proto = onnx.shape_inference.infer_shapes(weightless_proto(model), check_type=False, strict_mode=False)
-    except Exception:  # inference gives up on some custom graphs; declared types remain
-        proto = None
+    # Inference gives up on some custom graphs; declared types remain. Types need no data propagation.
+    proto = inferred_copy(model, purpose="inspect --kernels: element types", data_prop=False)
     if proto is not None:
         graph = proto.graph
         for info in [*graph.input, *graph.value_info, *graph.output]:
@@ -214,7 +213,7 @@ def _is_candidate(node: ir.Node, dtypes: dict[str, int]) -> bool:
     block-quantized kernel written into the model as such (GatherBlockQuantized, MatMulNBits)."""
     if node.domain == "com.microsoft" and node.op_type in _WRITTEN_KERNELS:
         return True
-    if node.domain not in ("", "ai.onnx") or not node.inputs or not node.outputs:
+    if not is_onnx_op(node) or not node.inputs or not node.outputs:
         return False
     if node.op_type not in COMPUTE_OPS and node.op_type not in DATA_MOVEMENT_OPS:
         return False
@@ -410,4 +409,4 @@ def kernel_report(model: ir.Model, provider: str = "cpu") -> KernelReport:
 
 
 def _qualified(node: onnx.NodeProto) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    return node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}::{node.op_type}"
