@@ -473,6 +473,30 @@ def test_function_rewrite_that_would_add_nodes_is_skipped() -> None:
     assert _ops(out.functions[0]) == _ops(model.functions[0])
 
 
+def test_function_batchnorm_that_would_add_nodes_is_reported() -> None:
+    # Both BatchNormalizations share their statistics and both Convs their weight: fusing either
+    # removes one node and adds two Constant nodes (the new weight and bias).
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    g (float[2,3,5,5] x) => (float[2,4,5,5] y, float[2,4,5,5] z) {{ y, z = local.block(x) }}
+    <domain: "local", opset_import: ["" : 17]>
+    block (x) => (y, z) {{
+        c = Conv <{PADS}> (x, w)  y = {BN}  d = Conv <{PADS}> (x, w)  z = {BN.replace("(c,", "(d,")} }}
+    """
+    model = onnx.parser.parse_model(text)
+    _prepend_constants(model, {**_weights(_rng(), w=(4, 3, 3, 3)), **_bn(_rng(), 4)})
+    out, record = _fuse(model)
+    assert record["modified"] is False
+    assert _ops(out.functions[0]) == _ops(model.functions[0])
+    no_gain = "folding would add constant nodes to the function body"
+    assert record["stats"] == {
+        "skipped": {
+            "BatchNormalization->y": f"after 'Conv->c': {no_gain}",
+            "BatchNormalization->z": f"after 'Conv->d': {no_gain}",
+        }
+    }
+
+
 def test_digits_cnn_all_batchnorms_fused_accuracy_unchanged() -> None:
     path = ROOT / "models" / "digits_cnn.onnx"
     test = np.load(ROOT / "models" / "digits_test.npz")
