@@ -21,14 +21,8 @@ from click.testing import CliRunner
 
 import onnxshrink
 from onnxshrink.cli import main
-from onnxshrink.inspect.int_kernels import (
-    KernelReport,
-    NodeKernel,
-    _OptimizedGraph,
-    _totals,
-    format_kernels,
-    kernel_report,
-)
+from onnxshrink.inspect.int_kernels import KernelReport, NodeKernel, _totals, format_kernels, kernel_report
+from onnxshrink.inspect.kernel_match import OptimizedGraph
 from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -380,7 +374,7 @@ def test_unmatched_nodes_are_counted_by_op_type() -> None:
         NodeKernel("second", "Conv", None, "unknown", "none"),
         NodeKernel("third", "Conv", None, "unknown", "none"),
     ]
-    (totals,) = _totals(rows, set(), _OptimizedGraph(optimized))
+    (totals,) = _totals(rows, set(), OptimizedGraph(optimized))
     assert (totals.nodes, totals.integer, totals.unmatched, totals.integer_by_op_count) == (3, 0, 3, 2)
     assert totals.describe() == "Conv: 2/3 int8; 3 not matched, of which 2 counted as integer by op type"
 
