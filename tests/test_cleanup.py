@@ -100,6 +100,22 @@ CHANGES = {
         {"If": 1},
         {"identity_removed": 1},
     ),
+    "identity_inside_loop_body": (
+        # The body's own input-to-output Identity stays (rule 1); the one in between goes.
+        """g (float[2] x) => (float[2] y) <int64 n = {2}, bool go = {1}> {
+            y = Loop(n, go, x) <body = b (int64 i, bool cin, float[2] v) => (bool cout, float[2] vo) {
+                cout = Identity(cin)  p = Identity(v)  vo = Relu(p) }>
+        }""",
+        {"Loop": 1},
+        {"identity_removed": 1},
+    ),
+    "dropout_training_off_by_constant_node": (
+        # A Constant node's output is a constant (onnxshrink.ir.constants): training_mode is off.
+        """g (float[2] x) => (float[2] y) <float r = {0.5}> {
+            a = Relu(x)  t = Constant <value = bool {0}> ()  y = Dropout(a, r, t) }""",
+        {"Relu": 1},
+        {"dropout_removed": 1, "dead_nodes_removed": 1, "initializers_removed": 1},
+    ),
 }
 
 
@@ -128,6 +144,8 @@ LEAVES_ALONE = {
     "identity_of_another_output": """g (float[2] x) => (float[2] y, float[2] z) { y = Relu(x)  z = Identity(y) }""",
     "dropout_mask_used": """g (float[2] x) => (float[2] y, bool[2] m) { y, m = Dropout(x) }""",
     "dropout_training_on": """g (float[2] x, bool t) => (float[2] y) <float r = {0.5}> { y = Dropout(x, r, t) }""",
+    "dropout_training_overridable": """g (float[2] x, bool t) => (float[2] y) <float r = {0.5}, bool t = {0}> {
+        a = Relu(x)  y = Dropout(a, r, t) }""",
     "random_ops_not_merged": """g (float[2] x) => (float[2] y) {
         a = RandomNormalLike <seed = 1.0> (x)  b = RandomNormalLike <seed = 1.0> (x)  y = Add(a, b) }""",
     "two_outputs_same_expression": """g (float[2] x) => (float[2] y, float[2] z) { y = Relu(x)  z = Relu(x) }""",

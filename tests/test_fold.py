@@ -249,6 +249,56 @@ def test_function_kept_with_never_folds_inside() -> None:
     _same_numerics(model, out)
 
 
+def test_loop_body_folds_outer_and_body_constants() -> None:
+    model = _model(
+        """g (float[2] x) => (float[2] y) <float[2] k = {1.0, 2.0}, int64 n = {2}, bool go = {1}> {
+            y = Loop(n, go, x) <body = b (int64 i, bool cin, float[2] v) => (bool cout, float[2] vo) {
+                cout = Identity(cin)  two = Constant <value = float {2.0}> ()  m = Mul(k, two)  vo = Add(v, m) }> }"""
+    )
+    out, record = _fold(model)
+    assert record["modified"] is True
+    assert record["stats"]["constants_lifted"] == 1 and record["stats"]["nodes_folded"] == 1
+    body = next(a.g for a in out.graph.node[0].attribute if a.name == "body")
+    assert Counter(n.op_type for n in body.node) == {"Identity": 1, "Add": 1}
+    assert [o.name for o in body.output] == ["cout", "vo"]
+    assert [o.name for o in out.graph.output] == ["y"]
+    _same_numerics(model, out)
+    _, again = _fold(out)
+    assert again["modified"] is False, again["stats"]
+
+
+def test_constant_nodes_fold_inside_a_kept_function() -> None:
+    # Function bodies hold no initializers: a Constant node's output is their constant.
+    model = _model(
+        """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[2] x) => (float[2] y) { y = local.scale(x) }
+        <domain: "local", opset_import: ["" : 17]>
+        scale (a) => (c) {
+            two = Constant <value = float {2.0}> ()  three = Constant <value = float {3.0}> ()
+            six = Mul(two, three)  c = Mul(a, six) }"""
+    )
+    out, record = _fold(model, "fold:inline-functions=never")
+    (function,) = out.functions
+    assert Counter(n.op_type for n in function.node) == {"Constant": 1, "Mul": 1}
+    assert record["stats"]["nodes_folded"] == 1
+    _same_numerics(model, out)
+
+
+def test_function_fed_a_constant_node_is_inlined() -> None:
+    # Called twice, so only "fed constants" inlines it: a Constant node's output counts.
+    model = _model(
+        FUNCTION_MODEL.replace(
+            "<float[2] k = {1.0, 2.0}> { y = local.scale(x, k) }",
+            "{ k = Constant <value = float[2] {1.0, 2.0}> ()  a = local.scale(x, k)  y = local.scale(a, k) }",
+        )
+    )
+    out, record = _fold(model)
+    assert not out.functions
+    assert _ops(out) == {"Mul": 2}
+    assert record["stats"]["functions_inlined"] == 1
+    _same_numerics(model, out)
+
+
 def test_digits_model_is_unchanged_numerically() -> None:
     result = onnxshrink.shrink("models/digits_cnn.onnx", ["fold"], inputs="models/digits_test.npz")
     assert result.report["verification"]["passed"] is True

@@ -298,12 +298,31 @@ LEAVES_ALONE: dict[str, tuple[str, Callable[[np.random.Generator], Arrays]]] = {
 }
 
 
+# Why each BatchNormalization that stays was left alone (``skipped``, the rest: no BN to report).
+KEPT_BECAUSE = {
+    "conv_output_used_twice": "after 'Conv->c': 'c' has 2 uses",
+    "conv_output_is_graph_output": "after 'Conv->c': 'c' is a graph output",
+    "bn_training_mode": "training_mode or spatial is not at its inference default",
+    "bn_scale_not_constant": "scale, bias, mean and var are not all constant float [4] vectors",
+    "weight_overridable_by_input": "the Conv weight is not a non-empty float constant",
+    "bn_after_relu": "its input comes from 'Relu->c', not a layer it may fold into",
+    "matmul_3d_bn_on_other_axis": "after 'MatMul->c': it does not normalize the layer's channel axis",
+}
+
+
 @pytest.mark.parametrize("name", sorted(LEAVES_ALONE))
 def test_fuse_leaves_alone(name: str) -> None:
     text, make = LEAVES_ALONE[name]
     model = _model(text, make(_rng()))
     out, record = _fuse(model)
     assert record["modified"] is False, record["stats"]
+    skipped = record["stats"].pop("skipped", {})
+    assert record["stats"] == {}
+    if name in KEPT_BECAUSE:
+        assert list(skipped) == ["BatchNormalization->y"]
+        assert KEPT_BECAUSE[name] in skipped["BatchNormalization->y"]
+    else:
+        assert skipped == {}
     assert _ops(out.graph) == _ops(model.graph)
     _assert_same_signature(model, out)
     if name != "bn_training_mode":  # training mode computes batch statistics; not an inference graph
@@ -322,7 +341,7 @@ def test_options_restrict_rules() -> None:
     text, arrays, _, _ = _gemm_bn(trans_b=1)(_rng())
     _, record = _fuse(_model(text, arrays), "fuse-bn:into=Conv,ConvTranspose")
     assert record["modified"] is False
-    with pytest.raises(UsageError, match="cannot fold into Relu"):
+    with pytest.raises(UsageError, match="fuse-bn: option into: 'Relu' is not one of Conv"):
         _fuse(_model(text, arrays), "fuse-bn:into=Conv,Relu")
 
 
@@ -348,6 +367,31 @@ def test_inside_if_branch_with_outer_weights() -> None:
     for cond in (True, False):
         feed = {**_feed(model), "cond": np.array(cond)}
         assert_outputs_close(run(model, feed), run(out, feed), context=f"cond={cond}")
+    _, again = _fuse(out)
+    assert again["modified"] is False
+
+
+def test_inside_loop_body_with_outer_weights() -> None:
+    rng = _rng()
+    arrays = {**_weights(rng, w=(4, 4, 3, 3)), **_bn(rng, 4)}
+    model = _model(
+        f"""g (int64 n, bool go, float[2,4,5,5] x) => (float[2,4,5,5] y) {{
+            y = Loop(n, go, x) <body = b (int64 i, bool cin, float[2,4,5,5] v) => (bool cout, float[2,4,5,5] vo) {{
+                cout = Identity(cin)  c = Conv <{PADS}> (v, w)  vo = {BN} }}> }}""",
+        arrays,
+    )
+    out, record = _fuse(model)
+    assert record["modified"] is True
+    assert record["stats"] == {"batchnorm_fused": 1}
+    body = next(a.g for a in out.graph.node[0].attribute if a.name == "body")
+    assert _ops(body) == {"Identity": 1, "Conv": 1}
+    assert [o.name for o in body.output] == ["cout", "vo"]
+    # The fused weight is the body's own: the outer 'w' is no longer read and goes.
+    assert {i.name for i in body.initializer} == {"w", "w_bias"} and not out.graph.initializer
+    _assert_same_signature(model, out)
+    # One trip: the fused weights round differently, and each further trip amplifies that.
+    feed = {**_feed(model), "n": np.array(1, dtype=np.int64), "go": np.array(True)}
+    assert_outputs_close(run(model, feed), run(out, feed))
     _, again = _fuse(out)
     assert again["modified"] is False
 
@@ -427,6 +471,30 @@ def test_function_rewrite_that_would_add_nodes_is_skipped() -> None:
     out, record = _fuse(model)
     assert record["modified"] is False
     assert _ops(out.functions[0]) == _ops(model.functions[0])
+
+
+def test_function_batchnorm_that_would_add_nodes_is_reported() -> None:
+    # Both BatchNormalizations share their statistics and both Convs their weight: fusing either
+    # removes one node and adds two Constant nodes (the new weight and bias).
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    g (float[2,3,5,5] x) => (float[2,4,5,5] y, float[2,4,5,5] z) {{ y, z = local.block(x) }}
+    <domain: "local", opset_import: ["" : 17]>
+    block (x) => (y, z) {{
+        c = Conv <{PADS}> (x, w)  y = {BN}  d = Conv <{PADS}> (x, w)  z = {BN.replace("(c,", "(d,")} }}
+    """
+    model = onnx.parser.parse_model(text)
+    _prepend_constants(model, {**_weights(_rng(), w=(4, 3, 3, 3)), **_bn(_rng(), 4)})
+    out, record = _fuse(model)
+    assert record["modified"] is False
+    assert _ops(out.functions[0]) == _ops(model.functions[0])
+    no_gain = "folding would add constant nodes to the function body"
+    assert record["stats"] == {
+        "skipped": {
+            "BatchNormalization->y": f"after 'Conv->c': {no_gain}",
+            "BatchNormalization->z": f"after 'Conv->d': {no_gain}",
+        }
+    }
 
 
 def test_digits_cnn_all_batchnorms_fused_accuracy_unchanged() -> None:

@@ -1,4 +1,4 @@
-"""``inspect --kernels``: each ORT-CPU row of QDQ_RULES.md as a tiny hand-written QDQ graph.
+"""``inspect --kernels``: each ORT-CPU row of docs/quantization.md as a tiny hand-written QDQ graph.
 
 Every case is built in ONNX text (opset 21), optimized by a real onnxruntime CPU session, and the
 test asserts which kernel the node named ``target`` became and whether it runs on integers.
@@ -21,14 +21,8 @@ from click.testing import CliRunner
 
 import onnxshrink
 from onnxshrink.cli import main
-from onnxshrink.inspect.int_kernels import (
-    KernelReport,
-    NodeKernel,
-    _OptimizedGraph,
-    _totals,
-    format_kernels,
-    kernel_report,
-)
+from onnxshrink.inspect.int_kernels import KernelReport, NodeKernel, _totals, format_kernels, kernel_report
+from onnxshrink.inspect.kernel_match import OptimizedGraph
 from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -380,7 +374,7 @@ def test_unmatched_nodes_are_counted_by_op_type() -> None:
         NodeKernel("second", "Conv", None, "unknown", "none"),
         NodeKernel("third", "Conv", None, "unknown", "none"),
     ]
-    (totals,) = _totals(rows, set(), _OptimizedGraph(optimized))
+    (totals,) = _totals(rows, set(), OptimizedGraph(optimized))
     assert (totals.nodes, totals.integer, totals.unmatched, totals.integer_by_op_count) == (3, 0, 3, 2)
     assert totals.describe() == "Conv: 2/3 int8; 3 not matched, of which 2 counted as integer by op type"
 
@@ -458,7 +452,7 @@ def _quantize_digits(path: Path, *, symmetric_s8: bool) -> ir.Model:
 def test_onnxruntime_quantizer_output_on_digits(tmp_path: Path) -> None:
     """u8 activations: every Conv/Gemm fuses. Symmetric s8 activations (the TensorRT-friendly
     graph, which passes the lint): the Convs whose input DequantizeLinear fans out stay float,
-    as QDQ_RULES.md rule 2 observed on resnet18."""
+    as the ORT-CPU rule 2 of docs/quantization.md observed on resnet18."""
     asymmetric = kernel_report(_quantize_digits(tmp_path / "u8.onnx", symmetric_s8=False), "cpu")
     totals = {t.op: t for t in asymmetric.totals}
     assert (totals["Conv"].nodes, totals["Conv"].integer) == (6, 6)

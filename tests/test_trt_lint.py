@@ -209,3 +209,18 @@ def test_cli_lint_unknown_target_is_a_usage_error(tmp_path: Path) -> None:
     good = _save(_model(), tmp_path / "good.onnx")
     result = CliRunner().invoke(main, ["inspect", str(good), "--lint", "openvino"])
     assert result.exit_code == 2 and "openvino" in result.stderr
+
+
+def test_scale_overridable_by_a_graph_input_is_not_a_constant() -> None:
+    """The one constant policy (``onnxshrink.ir.constants``): an initializer that is also a graph
+    input can be replaced at run time, so the parser cannot rely on it; a Constant node can."""
+    model = _model()
+    model.graph.inputs.append(model.graph.initializers["ws"])
+    assert _rules(lint_tensorrt(model, value_shapes(model, {}))) == {("wd_node", "scale-constant")}
+
+    scales = ", ".join(["0.01"] * 8)
+    body = f"[ws_node] wsc = Constant <value = float[8] {{{scales}}}> ()\n" + GOOD.replace(
+        "(w, ws, wz)", "(w, wsc, wz)"
+    )
+    model = _model(body)
+    assert lint_tensorrt(model, value_shapes(model, {})) == []

@@ -33,69 +33,22 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.ir.checks import weightless_proto
+from onnxshrink.inspect.kernel_match import (
+    COMPUTE_OPS,
+    DATA_MOVEMENT_OPS,
+    FLOAT_TYPES,
+    INTEGER_KERNELS,
+    WRITTEN_KERNELS,
+    OptimizedGraph,
+    absorbing_producer,
+    match_node,
+    qualified_op,
+)
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.ir.shapes import inferred_copy
 from onnxshrink.runtime import RuntimeUnavailable, create_session, model_source
 
-# Integer kernel → the float op it implements.
-INTEGER_KERNELS: dict[str, str] = {
-    "QLinearConv": "Conv",
-    "ConvInteger": "Conv",
-    "QLinearConvTranspose": "ConvTranspose",
-    "QLinearMatMul": "MatMul",
-    "MatMulInteger": "MatMul",
-    "MatMulIntegerToFloat": "MatMul",
-    "DynamicQuantizeMatMul": "MatMul",
-    "MatMulNBits": "MatMul",
-    "QGemm": "Gemm",
-    "QLinearAdd": "Add",
-    "QLinearMul": "Mul",
-    "QLinearConcat": "Concat",
-    "QLinearWhere": "Where",
-    "QLinearAveragePool": "AveragePool",
-    "QLinearGlobalAveragePool": "GlobalAveragePool",
-    "QLinearSigmoid": "Sigmoid",
-    "QLinearSoftmax": "Softmax",
-    "QLinearLeakyRelu": "LeakyRelu",
-    "QLinearReduceMean": "ReduceMean",
-}
-# Ops that only move or select data: int8 when onnxruntime dropped the Q/DQ pair around them.
-DATA_MOVEMENT_OPS = frozenset(
-    {
-        "Reshape",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Flatten",
-        "Slice",
-        "Gather",
-        "Expand",
-        "Tile",
-        "MaxPool",
-        "GlobalMaxPool",
-        "Resize",
-        "Split",
-        "DepthToSpace",
-        "SpaceToDepth",
-    }
-)
-COMPUTE_OPS = frozenset(INTEGER_KERNELS.values())
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.DOUBLE,
-    }
-)
-# Nodes a fusion absorbs after the compute node (activation, bias Add of MatMul+Add → Gemm,
-# the output Q): followed to find the fused node's output.
-_ABSORBED = frozenset({"Relu", "Clip", "Add", "QuantizeLinear"})
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
-# Integer kernels a quantizer may write directly (not produced by onnxruntime's fusions).
-_WRITTEN_KERNELS = frozenset({"GatherBlockQuantized", "MatMulNBits"})
 _LISTED = 40  # float nodes listed in the text output
-# Optimized ops whose output is a quantized tensor (a data-movement op reading it runs on int8).
-_INT_PRODUCERS = frozenset({"QuantizeLinear", *INTEGER_KERNELS}) - {"MatMulIntegerToFloat", "MatMulNBits", "QGemm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,10 +144,8 @@ def _from_dequantize(value: ir.Value) -> bool:
 def _original_dtypes(model: ir.Model) -> dict[str, int]:
     """Element type of every main-graph value, from the model and onnx type inference."""
     dtypes: dict[str, int] = {}
-    try:
-        proto = onnx.shape_inference.infer_shapes(weightless_proto(model), check_type=False, strict_mode=False)
-    except Exception:  # inference gives up on some custom graphs; declared types remain
-        proto = None
+    # Inference gives up on some custom graphs; declared types remain. Types need no data propagation.
+    proto = inferred_copy(model, purpose="inspect --kernels: element types", data_prop=False)
     if proto is not None:
         graph = proto.graph
         for info in [*graph.input, *graph.value_info, *graph.output]:
@@ -212,9 +163,9 @@ def _original_dtypes(model: ir.Model) -> dict[str, int]:
 def _is_candidate(node: ir.Node, dtypes: dict[str, int]) -> bool:
     """A compute or data-movement node working on float (or dequantized) data, or a
     block-quantized kernel written into the model as such (GatherBlockQuantized, MatMulNBits)."""
-    if node.domain == "com.microsoft" and node.op_type in _WRITTEN_KERNELS:
+    if node.domain == "com.microsoft" and node.op_type in WRITTEN_KERNELS:
         return True
-    if node.domain not in ("", "ai.onnx") or not node.inputs or not node.outputs:
+    if not is_onnx_op(node) or not node.inputs or not node.outputs:
         return False
     if node.op_type not in COMPUTE_OPS and node.op_type not in DATA_MOVEMENT_OPS:
         return False
@@ -226,101 +177,10 @@ def _is_candidate(node: ir.Node, dtypes: dict[str, int]) -> bool:
         return False
     if node.op_type == "Where":
         data = data[1:]
-    return any(dtypes.get(v.name or "") in _FLOAT_TYPES for v in data)
+    return any(dtypes.get(v.name or "") in FLOAT_TYPES for v in data)
 
 
-def _output_chain(node: ir.Node) -> list[str]:
-    """The node's output, then outputs of the sole-consumer chain a fusion absorbs (Relu, Q)."""
-    names: list[str] = []
-    current = node
-    for _ in range(3):
-        out = current.outputs[0]
-        if out.name:
-            names.append(out.name)
-        uses = list(out.uses())
-        if len(uses) != 1 or out.is_graph_output():
-            break
-        consumer = uses[0].node
-        if consumer.op_type not in _ABSORBED:
-            break
-        current = consumer
-        if consumer.op_type == "QuantizeLinear":
-            if consumer.outputs[0].name:
-                names.append(consumer.outputs[0].name)
-            break
-    return names
-
-
-class _OptimizedGraph:
-    """The optimized main graph, indexed by node name and by output name."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.nodes = list(graph.node)
-        self.by_name: dict[str, onnx.NodeProto] = {}
-        self.by_output: dict[str, onnx.NodeProto] = {}
-        for node in self.nodes:
-            if node.name:
-                self.by_name[node.name] = node
-                base, sep, _ = node.name.rpartition("_token_")
-                if sep:
-                    self.by_name.setdefault(base, node)
-            for output in node.output:
-                if output:
-                    self.by_output[output] = node
-
-    def precision(self, node: onnx.NodeProto) -> str:
-        if node.op_type in _WRITTEN_KERNELS:
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            return f"int{bits}"
-        if node.op_type in INTEGER_KERNELS:
-            return "int8"
-        if node.op_type in DATA_MOVEMENT_OPS and node.input:
-            producer = self._source_producer(node.input[0])
-            if producer is not None and (
-                producer.op_type in _INT_PRODUCERS
-                # QGemm quantizes its output only when given y_scale (input 7)
-                or (producer.op_type == "QGemm" and len(producer.input) > 7 and producer.input[7])
-            ):
-                return "int8"
-        return "float"
-
-    def _source_producer(self, name: str) -> onnx.NodeProto | None:
-        """The producer of a tensor, looking through chains of data-movement ops."""
-        seen = 0
-        producer = self.by_output.get(name)
-        while producer is not None and producer.op_type in DATA_MOVEMENT_OPS and producer.input and seen < 64:
-            producer = self.by_output.get(producer.input[0])
-            seen += 1
-        return producer
-
-
-def _match(node: ir.Node, optimized: _OptimizedGraph, unique_names: set[str]) -> tuple[onnx.NodeProto | None, str]:
-    if node.name in unique_names:
-        found = optimized.by_name.get(node.name)
-        if found is not None and found.op_type not in _QDQ:
-            return found, "name"
-    for name in _output_chain(node):
-        found = optimized.by_output.get(name)
-        if found is not None:
-            return (None, "none") if found.op_type in _QDQ else (found, "output")
-    return None, "none"
-
-
-def _absorbing_producer(node: ir.Node, found_for: dict[ir.Node, onnx.NodeProto]) -> onnx.NodeProto | None:
-    """The kernel of a matched producer this node was folded into (Conv + bias Add → Conv).
-
-    Only a producer whose output this node alone reads can have absorbed it.
-    """
-    for value in node.inputs:
-        if value is None or len(list(value.uses())) != 1:
-            continue
-        producer = value.producer()
-        if producer is not None and producer in found_for:
-            return found_for[producer]
-    return None
-
-
-def _totals(rows: list[NodeKernel], claimed: set[int], optimized: _OptimizedGraph) -> list[OpTotals]:
+def _totals(rows: list[NodeKernel], claimed: set[int], optimized: OptimizedGraph) -> list[OpTotals]:
     free: Counter[str] = Counter(
         INTEGER_KERNELS[n.op_type] for n in optimized.nodes if n.op_type in INTEGER_KERNELS and id(n) not in claimed
     )
@@ -379,7 +239,7 @@ def kernel_report(model: ir.Model, provider: str = "cpu") -> KernelReport:
     """
     with tempfile.TemporaryDirectory(prefix="onnxshrink-kernels-") as tmp:
         proto, used, reason = _optimize(model, provider, Path(tmp))
-    optimized = _OptimizedGraph(proto.graph)
+    optimized = OptimizedGraph(proto.graph)
     dtypes = _original_dtypes(model)
     names = Counter(n.name for n in model.graph if n.name)
     unique = {name for name, count in names.items() if count == 1}
@@ -389,25 +249,21 @@ def kernel_report(model: ir.Model, provider: str = "cpu") -> KernelReport:
     for node in model.graph:
         if not _is_candidate(node, dtypes):
             continue
-        found, how = _match(node, optimized, unique)
+        found, how = match_node(node, optimized, unique)
         if found is None:
-            found = _absorbing_producer(node, found_for)
+            found = absorbing_producer(node, found_for)
             how = "producer"
         if found is None:
             rows.append(NodeKernel(_label(node), node.op_type, None, "unknown", "none"))
             continue
         found_for[node] = found
         claimed.add(id(found))
-        rows.append(NodeKernel(_label(node), node.op_type, _qualified(found), optimized.precision(found), how))
+        rows.append(NodeKernel(_label(node), node.op_type, qualified_op(found), optimized.precision(found), how))
     return KernelReport(
         provider=used,
         provider_reason=reason,
         optimization_level="extended",
         nodes=rows,
         totals=_totals(rows, claimed, optimized),
-        optimized_ops=dict(sorted(Counter(_qualified(n) for n in optimized.nodes).items())),
+        optimized_ops=dict(sorted(Counter(qualified_op(n) for n in optimized.nodes).items())),
     )
-
-
-def _qualified(node: onnx.NodeProto) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"

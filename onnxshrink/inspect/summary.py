@@ -20,7 +20,8 @@ import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.checks import weightless_proto
-from onnxshrink.ir.graphs import all_nodes, all_tensors, count_bytes, count_params, tensor_nbytes
+from onnxshrink.ir.graphs import all_nodes, all_tensors, count_bytes, count_params, is_onnx_op, tensor_nbytes
+from onnxshrink.ir.shapes import inferred_proto
 from onnxshrink.sparsity import layer_weights, patterns_of
 
 _QUANTIZED_TYPES = {
@@ -148,10 +149,8 @@ def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict
         if output.type.HasField("tensor_type"):
             output.type.tensor_type.ClearField("shape")
     proto = _fold_shape_arithmetic(proto)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # shape inference fails on some custom ops; MACs are then partial
-        inferred = proto
+    # Inference fails on some custom ops; MACs are then partial.
+    inferred = inferred_proto(proto, purpose="inspect: value shapes for MACs") or proto
     graph = inferred.graph
     result = stored | _static_shapes([*graph.input, *graph.value_info, *graph.output])
     for init in graph.initializer:
@@ -209,9 +208,7 @@ def _float_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
 
 def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
     """A JSON-serializable summary of the model."""
-    ops = Counter(
-        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in all_nodes(model)
-    )
+    ops = Counter(n.op_type if is_onnx_op(n) else f"{n.domain}::{n.op_type}" for n in all_nodes(model))
     tensors = list(all_tensors(model))
     zeros = elements = 0
     for tensor in _float_tensors(model):
@@ -232,7 +229,7 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
     except Exception:  # serialization of exotic models; MACs are then unknown
         shape_of = {}
     for node in model.graph:
-        if node.op_type in _MAC_OPS and node.domain in ("", "ai.onnx"):
+        if is_onnx_op(node, *_MAC_OPS):
             macs = _macs(node, shape_of)
             if macs is None:
                 unknown += 1

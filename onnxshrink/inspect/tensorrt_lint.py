@@ -1,7 +1,8 @@
 """``onnxshrink inspect --lint tensorrt``: TensorRT's ONNX-parser rules for Q/DQ nodes.
 
-Violations of these rules make TensorRT's parser refuse the model (see QDQ_RULES.md, from
-onnx-tensorrt's QDQ importer). Each QuantizeLinear / DequantizeLinear node is checked for:
+Violations of these rules make TensorRT's parser refuse the model (see the TensorRT target in
+``docs/quantization.md``; the rules come from onnx-tensorrt's QDQ importer). Each QuantizeLinear /
+DequantizeLinear node is checked for:
 
 1. ``dtype``: the quantized type is INT8, INT4, FP8 (E4M3FN) or FP4 (E2M1). ``uint8``: UINT8 is
    only accepted for DLA; elsewhere TensorRT re-reads the zero point as INT8.
@@ -27,7 +28,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.ir.graphs import all_nodes
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.ir.graphs import all_nodes, is_onnx_op
 
 _ALLOWED = {ir.DataType.INT8, ir.DataType.INT4, ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT4E2M1}
 _FOUR_BIT = {ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.FLOAT4E2M1}
@@ -55,13 +57,6 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if len(node.inputs) > index else None
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
-
-
 def _quantized_dtype(node: ir.Node) -> ir.DataType | None:
     """The integer/FP8 side's element type: Q's output, DQ's input."""
     zero_point = _input(node, 2)
@@ -76,7 +71,7 @@ def _quantized_dtype(node: ir.Node) -> ir.DataType | None:
     if data is not None and data.dtype is not None:
         return data.dtype
     producer = data.producer() if data is not None else None
-    if producer is not None and producer.op_type == "QuantizeLinear" and producer.domain in ("", "ai.onnx"):
+    if producer is not None and is_onnx_op(producer, "QuantizeLinear"):
         return _quantized_dtype(producer)
     return zero_point.dtype if zero_point is not None else None
 
@@ -109,7 +104,7 @@ def _check_zero_point(node: ir.Node, scale: np.ndarray | None) -> Iterator[tuple
     value = _input(node, 2)
     if value is None:
         return
-    zero_point = _constant(value)
+    zero_point = constant_array(value)
     if zero_point is None:
         yield "zero-point-constant", f"zero point '{value.name}' is not a constant"
         return
@@ -193,10 +188,10 @@ def lint_tensorrt(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
     shapes = shapes or {}
     findings: list[LintFinding] = []
     for node in all_nodes(model):
-        if node.op_type not in _QDQ or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        if not is_onnx_op(node, *_QDQ) or len(node.inputs) < 2:
             continue
         dtype = _quantized_dtype(node)
-        scale = _constant(node.inputs[1])
+        scale = constant_array(node.inputs[1])
         rules = [*_check_dtype(dtype), *_check_scale(node, scale), *_check_zero_point(node, scale)]
         if scale is not None:
             rules.extend(_check_granularity(node, scale, dtype, shapes))

@@ -2,8 +2,8 @@
 
 * Domains and opsets: :data:`ONNX_DOMAINS`, :func:`canonical_domain`, :func:`is_onnx_op`,
   :func:`opset_version` (one policy for a missing import).
-* Graph scopes: :func:`graph_likes` (main graph, subgraphs, functions), :func:`subgraphs_of`,
-  :func:`all_nodes`, :func:`all_tensors`.
+* Graph scopes: :func:`graph_likes` (main graph, subgraphs, functions), :func:`scoped_graph_likes`
+  (each with the function it lies in), :func:`subgraphs_of`, :func:`all_nodes`, :func:`all_tensors`.
 * Names: :func:`taken_names` reserves every name in use, :func:`fresh_name` hands out new ones,
   :func:`add_initializer` registers a new named weight, :func:`take_over_output` renames in place.
 * Counts: :func:`totals` reads only shapes and dtypes, never tensor data, so it is cheap on
@@ -51,11 +51,31 @@ def opset_version(model: ir.Model, domain: str = "", scope: ir.Graph | ir.Functi
 
 def graph_likes(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph, every model-local function and their subgraphs."""
-    yield from model.graphs()
+    for graph, _ in scoped_graph_likes(model):
+        yield graph
+
+
+def scoped_graph_likes(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, ir.Function | None]]:
+    """Each graph-like of :func:`graph_likes` with the model-local function it lies in.
+
+    The function is None for the main graph and its subgraphs. It is what a pass needs to know
+    which opset the scope's nodes run under (``opset_version(model, scope=function)``) and whether
+    the scope can hold initializers (a function body, and any graph inside one, cannot). Parents
+    come before their subgraphs.
+    """
+    for graph in _graph_tree(model.graph):
+        yield graph, None
     for function in model.functions.values():
-        yield function
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            yield from subgraphs_of(node)
+        for graph in _graph_tree(function):
+            yield graph, function
+
+
+def _graph_tree(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+    """``graph`` and every subgraph under it, parents first (cheaper than onnx-ir's iterator)."""
+    yield graph
+    for node in graph:
+        for sub in subgraphs_of(node):
+            yield from _graph_tree(sub)
 
 
 def subgraphs_of(node: ir.Node) -> Iterator[ir.Graph]:

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxshrink.ir.graphs import graph_likes, subgraphs_of, take_over_output
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.ir.graphs import (
+    graph_likes,
+    is_onnx_op,
+    opset_version,
+    scoped_graph_likes,
+    subgraphs_of,
+    take_over_output,
+)
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.cleanup import rules_arith, rules_layout  # noqa: F401 - importing them fills the rule table
 from onnxshrink.passes.cleanup.dedupe import dedupe_initializers
 from onnxshrink.passes.cleanup.facts import Facts, infer_facts
 from onnxshrink.passes.cleanup.rules import Bypass, Decision, FormGemm, NoMatch, Replace, RuleContext, match_node
 from onnxshrink.registry import register_pass
 
-_ONNX_DOMAINS = ("", "ai.onnx")
 _NONDETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"})
 # Rules, CSE and dead-code removal feed one another (a merge can leave a MatMul with one use);
 # they repeat until a round changes nothing, at most this often.
@@ -28,13 +35,11 @@ _MAX_ROUNDS = 8
 
 @dataclasses.dataclass(frozen=True)
 class CleanupOptions:
-    cse: bool = dataclasses.field(default=True, metadata={"help": "merge nodes computing the same thing"})
-    cse_max_constant: int = dataclasses.field(
-        default=1024, metadata={"help": "largest tensor attribute (elements) compared by CSE"}
-    )
-    dedupe_initializers: bool = dataclasses.field(
-        default=True, metadata={"help": "merge initializers with identical dtype, shape and bytes"}
-    )
+    """Options of ``cleanup``; every rule is exact, these only turn the costlier ones off."""
+
+    cse: bool = option(True, "merge nodes computing the same thing")
+    cse_max_constant: int = option(1024, "largest tensor attribute (elements) compared by CSE", minimum=0)
+    dedupe_initializers: bool = option(True, "merge initializers with identical dtype, shape and bytes")
 
 
 def _is_graph_output(value: ir.Value) -> bool:
@@ -66,16 +71,16 @@ def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
 
 
 def _constant_bool(value: ir.Value | None) -> bool | None:
+    """An optional flag input: False when absent, its value when constant, None when unknown."""
     if value is None:
         return False
-    if value.const_value is None or value.is_graph_input():
-        return None
-    return bool(np.asarray(value.const_value.numpy()).reshape(-1)[0])
+    array = constant_array(value, max_elements=1)
+    return None if array is None or array.size != 1 else bool(array.reshape(-1)[0])
 
 
 def _remove_identity_like(graph: ir.Graph | ir.Function, stats: Counter[str]) -> None:
     for node in list(graph):
-        if node.domain not in _ONNX_DOMAINS or not node.inputs or node.inputs[0] is None:
+        if not is_onnx_op(node) or not node.inputs or node.inputs[0] is None:
             continue
         if node.op_type == "Identity" and len(node.outputs) == 1:
             if _bypass(node, node.inputs[0], node.outputs[0]):
@@ -89,24 +94,9 @@ def _remove_identity_like(graph: ir.Graph | ir.Function, stats: Counter[str]) ->
                 stats["dropout_removed"] += 1
 
 
-def _rule_scopes(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, int]]:
+def _rule_scopes(model: ir.Model) -> list[tuple[ir.Graph | ir.Function, int]]:
     """Every graph-like with the version of the ONNX domain its nodes run at."""
-    imports = model.opset_imports
-    version = imports.get("", imports.get("ai.onnx", 1))
-    for graph in _graph_tree(model.graph):
-        yield graph, version
-    for function in model.functions.values():
-        function_version = function.opset_imports.get("", function.opset_imports.get("ai.onnx", version))
-        for graph in _graph_tree(function):
-            yield graph, function_version
-
-
-def _graph_tree(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
-    """``graph`` and every subgraph under it, parents first (cheaper than onnx-ir's iterator)."""
-    yield graph
-    for node in graph:
-        for sub in subgraphs_of(node):
-            yield from _graph_tree(sub)
+    return [(graph, opset_version(model, scope=function)) for graph, function in scoped_graph_likes(model)]
 
 
 def _apply(node: ir.Node, decision: Decision, facts: Facts) -> bool:
@@ -200,7 +190,7 @@ def _attribute_key(attr: ir.Attr, max_constant: int) -> Hashable | None:
 def _eliminate_common_subexpressions(graph: ir.Graph | ir.Function, max_constant: int, stats: Counter[str]) -> None:
     seen: dict[Hashable, ir.Node] = {}
     for node in list(graph):
-        if node.op_type in _NONDETERMINISTIC and node.domain in _ONNX_DOMAINS:
+        if is_onnx_op(node, *_NONDETERMINISTIC):
             continue
         attrs = []
         for name, attr in sorted(node.attributes.items()):
@@ -259,7 +249,7 @@ def _remove_unused_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
 
 
 @register_pass
-class CleanupPass(ShrinkPass):
+class CleanupPass(ShrinkPass[CleanupOptions]):
     """Removes what a deployed model does not compute, keeping the signature.
 
     Rules, applied in every graph, subgraph (If/Loop/Scan) and model-local function:
@@ -277,7 +267,7 @@ class CleanupPass(ShrinkPass):
     5. Nodes whose outputs are never used and are not graph outputs are removed, then unused
        initializers, unused model-local functions and unused opset imports.
 
-    Algebraic rules (``passes/_rules_*.py``), each only where the dtypes, dims and constants
+    Algebraic rules (``rules_arith.py``, ``rules_layout.py``), each only where the dtypes, dims and constants
     that make it exact are known: declared by the model or, when missing, found by onnx shape
     inference on a weight-free copy (the model is not annotated). A removed node's output is
     replaced like an Identity's (rule 1).
@@ -317,10 +307,10 @@ class CleanupPass(ShrinkPass):
 
     name = "cleanup"
     exact = True
-    Options = CleanupOptions
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
-        options: CleanupOptions = self.options
+        """Runs the rules to a fixed point; ``modified`` is True when any count is non-zero."""
+        options = self.options
         stats: Counter[str] = Counter()
         for graph in list(graph_likes(model)):
             _remove_identity_like(graph, stats)
@@ -330,7 +320,7 @@ class CleanupPass(ShrinkPass):
         facts, inferred = Facts(), False
         for round_index in range(_MAX_ROUNDS):
             before = sum(stats.values())
-            scopes = list(_rule_scopes(model))  # the graph-likes, with the opset each runs at
+            scopes = _rule_scopes(model)  # the graph-likes, with the opset each runs at
             missing_facts = _sweep(scopes, facts, stats)
             if missing_facts and not inferred:
                 facts, inferred = infer_facts(model), True  # once, and only when a rule asked

@@ -4,7 +4,8 @@ Facts come from what the model declares (graph inputs/outputs, ``value_info``, i
 ``Constant`` nodes). When a rule would need a fact the model does not declare, onnx shape
 inference runs once on a weightless proto (:func:`onnxshrink.ir.checks.weightless_proto`), and its
 results are kept here, beside the model: the model itself is not annotated, so a ``cleanup``
-that rewrites nothing leaves it as it was.
+that rewrites nothing leaves it as it was. What counts as a constant is
+:mod:`onnxshrink.ir.constants`' policy (an initializer that is also a graph input is not one).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxshrink.ir.checks import weightless_proto
+from onnxshrink.ir.constants import constant_source
+from onnxshrink.ir.shapes import inferred_copy
 
 logger = logging.getLogger(__name__)
 
 Dim = Union[int, str, None]  # noqa: UP007 - runtime alias; a static size, a symbolic name, or unknown
 Dims = tuple[Dim, ...]
 
-ONNX_DOMAINS = ("", "ai.onnx")
 # Reading a constant's data is bounded: rules only ever need small ones (axes, perms, shapes,
 # neutral operands that do not enlarge their partner).
 MAX_CONSTANT_ELEMENTS = 1 << 20
@@ -42,34 +43,6 @@ def _dims_of_shape(shape: ir.Shape | None) -> Dims | None:
         else:
             dims.append(dim.value)  # SymbolicDim: a name or None
     return tuple(dims)
-
-
-def _constant_node_tensor(node: ir.Node) -> ir.TensorProtocol | np.ndarray | None:
-    """The value a ``Constant`` node holds, or None when it is not a plain tensor."""
-    for name, attr in node.attributes.items():
-        if attr.is_ref():
-            return None
-        # .value, not as_tensor(): the protocol check behind it is slow and this runs often.
-        if name == "value" and attr.type == ir.AttributeType.TENSOR:
-            return attr.value
-        if name in ("value_float", "value_floats"):
-            return np.asarray(attr.value, dtype=np.float32)
-        if name in ("value_int", "value_ints"):
-            return np.asarray(attr.value, dtype=np.int64)
-    return None
-
-
-def constant_source(value: ir.Value | None) -> ir.TensorProtocol | np.ndarray | None:
-    """The tensor a value always holds: a true initializer or a ``Constant`` node's output."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        # An initializer that is also a graph input can be overridden at run time.
-        return None if value.is_graph_input() else value.const_value
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.domain in ONNX_DOMAINS:
-        return _constant_node_tensor(producer)
-    return None
 
 
 def _source_dims(source: ir.TensorProtocol | np.ndarray) -> tuple[int, ...]:
@@ -218,15 +191,16 @@ def _graph_pairs(graph: ir.Graph, proto: onnx.GraphProto) -> Iterator[tuple[ir.G
 
 def _infer(model: ir.Model) -> dict[ir.Value, tuple[ir.DataType | None, Dims | None]]:
     facts: dict[ir.Value, tuple[ir.DataType | None, Dims | None]] = {}
+    inferred = inferred_copy(model, purpose="cleanup: dtypes and dims its rules need")
+    if inferred is None:
+        return facts
     try:
-        proto = weightless_proto(model)
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
         for graph, graph_proto in _graph_pairs(model.graph, inferred.graph):
             by_name = _proto_facts(graph_proto)
             for value in [*graph.inputs, *(v for node in graph for v in node.outputs)]:
                 if value.name in by_name:
                     facts[value] = by_name[value.name]
-    except Exception as error:  # custom ops, malformed subgraphs, unknown dtypes: declared facts only
-        logger.debug("shape inference for cleanup failed: %s", error)
+    except ValueError as error:  # an element type this onnx-ir does not know: declared facts only
+        logger.debug("shape inference result unreadable for cleanup: %s", error)
         return {}
     return facts

@@ -1,11 +1,13 @@
-"""``cleanup``'s algebraic rules: a table of pure match functions keyed by (domain, op type).
+"""``cleanup``'s algebraic rules: an :class:`~onnxshrink.ir.optable.OpTable` of pure match functions.
 
 A match function looks at one node (and the nodes that produce its inputs) and returns a
 decision (what to rewrite) or :class:`NoMatch` with the reason it does not apply; it never
 changes the graph. ``cleanup`` applies decisions (the rewrite step). Every rule is exact: it
 fires only when the facts that make it so (dtypes, dims, constant contents) are known.
 
-The rules live in ``rules_arith.py`` and ``rules_layout.py``; importing them fills the table.
+The table is keyed by (domain, op type, opset range): a rule registered ``since=5`` is only
+tried on nodes that run at opset 5 or later. The rules live in ``rules_arith.py`` and
+``rules_layout.py``; importing them fills the table.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Union
 
 import onnx_ir as ir
 
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.ir.optable import OpTable
 from onnxshrink.passbase import NoMatch
-from onnxshrink.passes.cleanup.facts import ONNX_DOMAINS, Dims, Facts
+from onnxshrink.passes.cleanup.facts import Dims, Facts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,45 +79,23 @@ Decision = Union[Bypass, Rewire, FormGemm, Replace]  # noqa: UP007 - a runtime a
 Match = Callable[[ir.Node, RuleContext], "Decision | NoMatch"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    domain: str
-    op_type: str
-    match: Match
-    since: int  # first opset of the domain the rule may fire in
-
-
-RULES: dict[tuple[str, str], list[Rule]] = {}
-
-
-def rule(*op_types: str, domain: str = "", since: int = 1) -> Callable[[Match], Match]:
-    """Registers a match function for each of ``op_types`` in ``domain``."""
-
-    def register(match: Match) -> Match:
-        for op_type in op_types:
-            RULES.setdefault((domain, op_type), []).append(Rule(domain, op_type, match, since))
-        return match
-
-    return register
-
-
-def rules_for(node: ir.Node) -> list[Rule]:
-    domain = "" if node.domain in ONNX_DOMAINS else node.domain
-    return RULES.get((domain, node.op_type), [])
+RULES: OpTable[Match] = OpTable("cleanup rules")
+"""Every algebraic rule, registered with ``@RULES.register(op_type, ..., since=opset)``."""
 
 
 def match_node(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """The first decision a rule for ``node`` takes, or why none applies."""
     reasons = []
     missing = False
-    for entry in rules_for(node):
-        if context.opset < entry.since:
-            reasons.append(f"{entry.match.__name__}: needs opset {entry.since}")
+    for entry in RULES.entries(node):
+        if not entry.applies_to(context.opset):
+            until = f" to {entry.until}" if entry.until is not None else ""
+            reasons.append(f"{entry.entry.__name__}: needs opset {entry.since}{until}")
             continue
-        decision = entry.match(node, context)
+        decision = entry.entry(node, context)
         if not isinstance(decision, NoMatch):
             return decision
-        reasons.append(f"{entry.match.__name__}: {decision.reason}")
+        reasons.append(f"{entry.entry.__name__}: {decision.reason}")
         missing = missing or decision.missing_facts
     return NoMatch("; ".join(reasons) or "no rule for this op", missing)
 
@@ -129,7 +111,7 @@ def unknown(what: str) -> NoMatch:
 def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
     """The node computing ``value`` when it is one of ``op_types`` in the ONNX domain."""
     node = value.producer() if value is not None else None
-    if node is None or node.op_type not in op_types or node.domain not in ONNX_DOMAINS:
+    if node is None or not is_onnx_op(node, *op_types):
         return None
     return node
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from onnxshrink.passes.cleanup.rules import (
+    RULES,
     Bypass,
     Decision,
     FormGemm,
@@ -16,7 +17,6 @@ from onnxshrink.passes.cleanup.rules import (
     int_attr,
     keeps_shape,
     producer,
-    rule,
     unknown,
 )
 
@@ -87,7 +87,7 @@ def _dtype_or_none(code: int) -> ir.DataType | None:
         return None
 
 
-@rule("Cast")
+@RULES.register("Cast")
 def cast_noop_or_chain(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """Cast to the input's own dtype is removed; an exact Cast chain reads the first input."""
     x = node.inputs[0]
@@ -116,7 +116,7 @@ def cast_noop_or_chain(node: ir.Node, context: RuleContext) -> Decision | NoMatc
     return Bypass(inner.inputs[0], "casts_merged", rewire if feeds_only(x) else None)
 
 
-@rule("CastLike", since=15)
+@RULES.register("CastLike", since=15)
 def castlike_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     x, like = node.inputs[0], input_at(node, 1)
     dtype, like_dtype = context.facts.dtype(x), context.facts.dtype(like)
@@ -130,7 +130,7 @@ def castlike_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
 # --------------------------------------------------------------------------- single-input variadics
 
 
-@rule("Concat", "Sum", "Max", "Min", "Mean")
+@RULES.register("Concat", "Sum", "Max", "Min", "Mean")
 def single_input_variadic(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     if len(node.inputs) != 1 or node.inputs[0] is None:
         return NoMatch("more than one input")
@@ -143,7 +143,7 @@ def single_input_variadic(node: ir.Node, context: RuleContext) -> Decision | NoM
 _NEUTRAL = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,))}
 
 
-@rule("Add", "Sub", "Mul", "Div")
+@RULES.register("Add", "Sub", "Mul", "Div")
 def neutral_operand(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """x+0, 0+x, x-0, x*1, 1*x and x/1 are x when the constant cannot broadcast x larger.
 
@@ -178,7 +178,7 @@ def neutral_operand(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
 _GEMM_TYPES = {ir.DataType.FLOAT: 7, ir.DataType.DOUBLE: 7, ir.DataType.FLOAT16: 7, ir.DataType.BFLOAT16: 13}
 
 
-@rule("Add", since=7)
+@RULES.register("Add", since=7)
 def matmul_add_to_gemm(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """``Add(MatMul(A, W), b)`` with A of rank 2, W a constant [K, N] and b a constant [N] or [1, N]."""
     if len(node.inputs) != 2:

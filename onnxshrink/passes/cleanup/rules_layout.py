@@ -8,6 +8,7 @@ import onnx_ir as ir
 
 from onnxshrink.passes.cleanup.facts import Dims, Facts
 from onnxshrink.passes.cleanup.rules import (
+    RULES,
     Bypass,
     Decision,
     NoMatch,
@@ -20,7 +21,6 @@ from onnxshrink.passes.cleanup.rules import (
     ints_attr,
     keeps_shape,
     producer,
-    rule,
     unknown,
 )
 
@@ -71,7 +71,7 @@ def _same_dims(a: Dims, b: Dims) -> bool:
     return len(a) == len(b) and all(x == y and x is not None for x, y in zip(a, b, strict=True))
 
 
-@rule("Reshape", since=5)
+@RULES.register("Reshape", since=5)
 def reshape_noop_or_merge(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """Reshape to the input's own dims is removed; Reshape of a view reads the view's input."""
     facts = context.facts
@@ -97,7 +97,7 @@ def reshape_noop_or_merge(node: ir.Node, context: RuleContext) -> Decision | NoM
     return NoMatch(f"target {target} does not reproduce the input dims {dims}")
 
 
-@rule("Flatten")
+@RULES.register("Flatten")
 def flatten_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     x = node.inputs[0]
     dims = context.facts.dims(x)
@@ -144,12 +144,15 @@ def _undo_pair(node: ir.Node, inverse: str, context: RuleContext) -> Decision | 
     return Bypass(inner.inputs[0], "squeeze_pairs_removed")
 
 
-@rule("Squeeze")
+@RULES.register("Squeeze", "Unsqueeze")
 def squeeze_noop_or_pair(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Squeeze of no 1 and Unsqueeze of no axis are removed; so is a Squeeze/Unsqueeze pair."""
     x = node.inputs[0]
     axes = _axes_of(node, context.facts)
     if x is None or isinstance(axes, NoMatch):
         return NoMatch("axes not constant")
+    if node.op_type == "Unsqueeze":
+        return Bypass(x, "noop_removed") if axes == [] else _undo_pair(node, "Squeeze", context)
     if not axes:
         static = context.facts.static_dims(x)
         if static is not None and 1 not in static:
@@ -159,18 +162,7 @@ def squeeze_noop_or_pair(node: ir.Node, context: RuleContext) -> Decision | NoMa
     return _undo_pair(node, "Unsqueeze", context)
 
 
-@rule("Unsqueeze")
-def unsqueeze_noop_or_pair(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
-    x = node.inputs[0]
-    axes = _axes_of(node, context.facts)
-    if x is None or isinstance(axes, NoMatch):
-        return NoMatch("axes not constant")
-    if axes == []:
-        return Bypass(x, "noop_removed")
-    return _undo_pair(node, "Squeeze", context)
-
-
-@rule("Squeeze")
+@RULES.register("Squeeze")
 def squeeze_transposed_unsqueeze(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """Squeeze(Transpose(Unsqueeze(x, [u]), p), [s]) with p[s] == u is one Transpose of x.
 
@@ -206,7 +198,7 @@ def _perm(node: ir.Node, rank: int | None) -> list[int] | None:
     return None if rank is None else list(reversed(range(rank)))
 
 
-@rule("Transpose")
+@RULES.register("Transpose")
 def transpose_noop_or_merge(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """Identity perms are removed; Transpose(Transpose(x, p1), p2) is Transpose(x, p1[p2])."""
     x = node.inputs[0]
@@ -254,7 +246,7 @@ def _slice_spec(node: ir.Node, facts: Facts) -> tuple[list[int], list[int], list
     return starts, ends, axes, steps
 
 
-@rule("Slice")
+@RULES.register("Slice")
 def slice_whole(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """A Slice that starts at 0 and ends at or past every sliced dim with step 1 is removed."""
     x = node.inputs[0]
@@ -282,7 +274,7 @@ def slice_whole(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     return Bypass(x, "noop_removed")
 
 
-@rule("Pad")
+@RULES.register("Pad")
 def pad_zero(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     x = node.inputs[0]
     if len(node.inputs) > 1:
@@ -296,7 +288,7 @@ def pad_zero(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     return Bypass(x, "noop_removed")
 
 
-@rule("Expand", since=8)
+@RULES.register("Expand", since=8)
 def expand_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     x = node.inputs[0]
     shape = context.facts.constant_ints(input_at(node, 1))

@@ -13,9 +13,10 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxshrink.ir.graphs import fresh_name, graph_likes, subgraphs_of
+from onnxshrink.ir.constants import constant_array, is_constant
+from onnxshrink.ir.graphs import fresh_name, graph_likes, is_onnx_op, opset_version, subgraphs_of, taken_names
 from onnxshrink.ir.shapes import infer_shapes
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.passbase import ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.fold.dim_classes import DimClasses
 from onnxshrink.passes.fold.evaluators import NotEvaluable, evaluate, output_elements
 from onnxshrink.passes.fold.partial_shapes import Partial, propagate, reshape_target
@@ -23,7 +24,6 @@ from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
-_ONNX = ("", "ai.onnx")
 _NEVER_FOLD = frozenset(
     {
         # Random ops differ per run; Q/DQ pairs are what quantized kernels match on.
@@ -40,24 +40,21 @@ _HARD_ELEMENT_CAP = 1 << 31
 
 @dataclasses.dataclass(frozen=True)
 class FoldOptions:
-    max_growth: int = dataclasses.field(
-        default=1024,
-        metadata={"help": "bytes a folded output may exceed its constant inputs by (the size guard)"},
+    """Options of ``fold``."""
+
+    max_growth: int = option(
+        1024, "bytes a folded output may exceed its constant inputs by (the size guard)", minimum=0
     )
-    shapes: bool = dataclasses.field(
-        default=True, metadata={"help": "infer shapes and fold Shape arithmetic on partly dynamic shapes"}
-    )
-    inline_functions: Literal["auto", "always", "never"] = dataclasses.field(
-        default="auto",
-        metadata={"help": "inline model-local functions: auto = those called once or fed constants"},
+    shapes: bool = option(True, "infer shapes and fold Shape arithmetic on partly dynamic shapes")
+    inline_functions: Literal["auto", "always", "never"] = option(
+        "auto",
+        "inline model-local functions: auto = those called once or fed constants",
+        choices=("auto", "always", "never"),
     )
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value's data when it is a true constant (an initializer no caller can override)."""
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
+def _label(node: ir.Node) -> str:
+    return node.name or f"{node.op_type}->{node.outputs[0].name if node.outputs else ''}"
 
 
 class _Folder:
@@ -67,41 +64,38 @@ class _Folder:
         self.model = model
         self.options = options
         self.stats: Counter[str] = Counter()
+        self.skipped: dict[str, str] = {}
         self.partials: dict[ir.Value, Partial] = {}
         self.classes = DimClasses().build(graph_likes(model)) if options.shapes else DimClasses()
-        self.taken_names = {
-            v.name for g in graph_likes(model) for v in (*g.inputs, *_outputs_of(g), *_initializers_of(g)) if v.name
-        }
-
-    def opset(self) -> int:
-        return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 17))
+        self.taken_names = taken_names(model)
 
     def unique_name(self, base: str) -> str:
         return fresh_name(self.taken_names, base)
 
-    def fold_graph(self, graph: ir.Graph | ir.Function) -> None:
+    def fold_graph(self, graph: ir.Graph | ir.Function, opset: int) -> None:
+        """Folds ``graph`` and its subgraphs, whose ONNX nodes run at ``opset``."""
         for node in list(graph):
             if node.graph is None:  # removed while folding an earlier node
                 continue
             for sub in subgraphs_of(node):
-                self.fold_graph(sub)
-            self.fold_node(node, graph)
+                self.fold_graph(sub, opset)
+            self.fold_node(node, graph, opset)
 
-    def fold_node(self, node: ir.Node, graph: ir.Graph | ir.Function) -> None:
-        if node.domain not in _ONNX or node.op_type in _NEVER_FOLD:
+    def fold_node(self, node: ir.Node, graph: ir.Graph | ir.Function, opset: int) -> None:
+        if not is_onnx_op(node) or node.op_type in _NEVER_FOLD:
             return
         if node.op_type == "Constant":
             if isinstance(graph, ir.Graph) and "value" in node.attributes:
                 self.lift_constant(node, graph)
             elif isinstance(graph, ir.Graph) and "sparse_value" not in node.attributes:
-                self.lift_value_attribute(node, graph)
+                self.lift_value_attribute(node, graph, opset)
             return
         values: list[Any] = [self.known(v) for v in node.inputs]
         if all(not isinstance(v, Partial) for v in values) and all(
             v is not None for v, inp in zip(values, node.inputs, strict=True) if inp is not None
         ):
             if node.inputs or node.op_type in ("ConstantOfShape", "Range"):
-                self.try_evaluate(node, graph, values)
+                self.try_evaluate(node, graph, values, opset)
             return
         if not self.options.shapes:
             return
@@ -120,12 +114,12 @@ class _Folder:
     def known(self, value: ir.Value | None) -> Any:
         if value is None:
             return None
-        array = _constant(value)
+        array = constant_array(value)
         if array is not None:
             return array
         return self.partials.get(value)
 
-    def try_evaluate(self, node: ir.Node, graph: ir.Graph | ir.Function, arrays: list[Any]) -> None:
+    def try_evaluate(self, node: ir.Node, graph: ir.Graph | ir.Function, arrays: list[Any], opset: int) -> None:
         # Only inputs this node is the last user of leave the file when it folds.
         in_bytes = sum(
             np.asarray(a).nbytes
@@ -134,15 +128,16 @@ class _Folder:
         )
         expected = output_elements(node, arrays)
         if expected is not None and (expected < 0 or expected * 8 > in_bytes + self.options.max_growth):
-            self.stats["skipped_size_guard"] += 1
+            self.skip_size_guard(node, "its output may be large" if expected < 0 else f"{expected} elements")
             return
         if any(np.size(a) > _HARD_ELEMENT_CAP for a in arrays if a is not None):
             return
         try:
-            results = evaluate(node, arrays, self.opset())
+            results = evaluate(node, arrays, opset)
         except NotEvaluable as reason:
             logger.debug("not folding %s: %s", node.name or node.op_type, reason)
             self.stats["not_evaluable"] += 1
+            self.skipped[_label(node)] = f"not evaluable: {reason}"
             return
         finally:
             arrays.clear()  # drop our views of memory-mapped inputs so they can be unmapped
@@ -151,13 +146,17 @@ class _Folder:
             return
         out_bytes = sum(r.nbytes for r in results)
         if out_bytes > in_bytes + self.options.max_growth:
-            self.stats["skipped_size_guard"] += 1
+            self.skip_size_guard(node, f"{out_bytes} bytes")
             return
         for result, value in zip(results, node.outputs, strict=True):
             if value.dtype is not None and value.dtype.is_floating_point() != (result.dtype.kind == "f"):
                 return  # the evaluator disagrees with the declared type: leave it
         self.replace_with_constants(node, graph, results)
         self.stats["nodes_folded"] += 1
+
+    def skip_size_guard(self, node: ir.Node, size: str) -> None:
+        self.stats["skipped_size_guard"] += 1
+        self.skipped[_label(node)] = f"size guard: {size} would exceed its freed inputs by more than max-growth"
 
     def replace_with_constants(
         self, node: ir.Node, graph: ir.Graph | ir.Function, arrays: Sequence[np.ndarray]
@@ -198,10 +197,10 @@ class _Folder:
         graph.remove(node, safe=True)
         self.stats["constants_lifted"] += 1
 
-    def lift_value_attribute(self, node: ir.Node, graph: ir.Graph) -> None:
+    def lift_value_attribute(self, node: ir.Node, graph: ir.Graph, opset: int) -> None:
         """``Constant <value_float(s)/value_int(s)/value_string(s)>``: the data is in the file already."""
         try:
-            results = evaluate(node, [], self.opset())
+            results = evaluate(node, [], opset)
         except NotEvaluable:
             return
         self.replace_with_constants(node, graph, results)
@@ -237,7 +236,7 @@ class _Folder:
             for sub in subgraphs_of(node):
                 self.remove_orphans(sub)
             if (
-                node.domain in _ONNX
+                is_onnx_op(node)
                 and node.op_type not in _NEVER_FOLD
                 and not any(v.uses() or v.is_graph_output() for v in node.outputs)
             ):
@@ -261,14 +260,6 @@ def _structure(model: ir.Model) -> int:
             for node in ir.traversal.RecursiveGraphIterator(model.graph)
         )
     )
-
-
-def _outputs_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
-    return [value for node in graph for value in node.outputs]
-
-
-def _initializers_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
-    return list(graph.initializers.values()) if isinstance(graph, ir.Graph) else []
 
 
 def _freed_by(value: ir.Value, node: ir.Node) -> bool:
@@ -316,7 +307,7 @@ def _functions_to_inline(model: ir.Model, mode: str) -> set[ir.OperatorIdentifie
         op = node.op_identifier()
         if op in model.functions:
             calls[op] += 1
-            if any(_constant(v) is not None for v in node.inputs):
+            if any(is_constant(v) for v in node.inputs):
                 fed_constants.add(op)
     for function in model.functions.values():
         for node in ir.traversal.RecursiveGraphIterator(function):
@@ -326,7 +317,7 @@ def _functions_to_inline(model: ir.Model, mode: str) -> set[ir.OperatorIdentifie
 
 
 @register_pass
-class FoldPass(ShrinkPass):
+class FoldPass(ShrinkPass[FoldOptions]):
     """Evaluates what does not depend on the model's inputs and stores the result.
 
     Rules, in every graph, If/Loop/Scan body and model-local function:
@@ -350,10 +341,10 @@ class FoldPass(ShrinkPass):
 
     name = "fold"
     exact = True
-    Options = FoldOptions
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
-        options: FoldOptions = self.options
+        """Folds every scope; ``skipped`` names the nodes with constant inputs left unfolded, and why."""
+        options = self.options
         stats: Counter[str] = Counter()
         inline = _functions_to_inline(model, options.inline_functions)
         if inline:
@@ -365,9 +356,9 @@ class FoldPass(ShrinkPass):
         fresh = model.meta.get(_INFERRED_FOR) != fingerprint
         shapes_changed = options.shapes and fresh and infer_shapes(model)
         folder = _Folder(model, options)
-        folder.fold_graph(model.graph)
+        folder.fold_graph(model.graph, opset_version(model))
         for function in model.functions.values():
-            folder.fold_graph(function)
+            folder.fold_graph(function, opset_version(model, scope=function))
         folder.remove_orphans(model.graph)
         for function in model.functions.values():
             folder.remove_orphans(function)
@@ -377,4 +368,6 @@ class FoldPass(ShrinkPass):
         report = {k: v for k, v in sorted(stats.items()) if v}
         if shapes_changed:
             report["shapes_refined"] = 1
-        return ShrinkPassResult(model, modified=bool(changed) or shapes_changed, stats=report)
+        return ShrinkPassResult(
+            model, modified=bool(changed) or shapes_changed, stats=report, skipped=dict(sorted(folder.skipped.items()))
+        )

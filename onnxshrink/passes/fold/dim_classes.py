@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
-import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.constants import constant_ints
 from onnxshrink.ir.graphs import subgraphs_of
+from onnxshrink.ir.optable import OpTable
 
 Key = Union[tuple[str, int, int], tuple[str, str]]  # noqa: UP007 - a runtime alias
 Rule = Callable[["DimClasses", ir.Node], None]
-_RULES: dict[str, Rule] = {}
+DIM_RULES: OpTable[Rule] = OpTable("fold dim classes")
+"""What each op ties: registered with ``@DIM_RULES.register(op_type, ...)``, looked up at any opset."""
 
 _SAME_SHAPE = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Softplus",
@@ -33,15 +35,6 @@ _BROADCAST = (
 )  # fmt: skip
 
 
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    def decorate(func: Rule) -> Rule:
-        for op_type in op_types:
-            _RULES[op_type] = func
-        return func
-
-    return decorate
-
-
 def _dims(value: ir.Value | None) -> tuple[Any, ...] | None:
     if value is None or value.shape is None:
         return None
@@ -50,12 +43,6 @@ def _dims(value: ir.Value | None) -> tuple[Any, ...] | None:
 
 def _is_one(dim: Any) -> bool:
     return isinstance(dim, int) and dim == 1
-
-
-def _const_ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return [int(v) for v in np.asarray(value.const_value.numpy()).reshape(-1)]
 
 
 class DimClasses:
@@ -99,10 +86,9 @@ class DimClasses:
             self._seed_names(graph.inputs)
             for node in graph:
                 self._seed_names(node.outputs)
-                if node.domain in ("", "ai.onnx"):
-                    handler = _RULES.get(node.op_type)
-                    if handler is not None:
-                        handler(self, node)
+                handler = DIM_RULES.lookup(node, None)
+                if handler is not None:
+                    handler(self, node)
                 for sub in subgraphs_of(node):
                     self.build([sub])
         return self
@@ -114,7 +100,7 @@ class DimClasses:
                     self.union(self.key(value, axis), ("sym", dim.value))
 
 
-@rule(*_SAME_SHAPE)
+@DIM_RULES.register(*_SAME_SHAPE)
 def _same_shape(classes: DimClasses, node: ir.Node) -> None:
     dims = _dims(node.inputs[0]) if node.inputs else None
     out = _dims(node.outputs[0]) if node.outputs else None
@@ -124,7 +110,7 @@ def _same_shape(classes: DimClasses, node: ir.Node) -> None:
         classes.tie(node.outputs[0], axis, node.inputs[0], axis)
 
 
-@rule(*_BROADCAST)
+@DIM_RULES.register(*_BROADCAST)
 def _broadcast(classes: DimClasses, node: ir.Node) -> None:
     out = _dims(node.outputs[0])
     inputs = [(v, _dims(v)) for v in node.inputs if v is not None]
@@ -143,7 +129,7 @@ def _broadcast(classes: DimClasses, node: ir.Node) -> None:
             classes.tie(node.outputs[0], axis, value, j)
 
 
-@rule("MatMul")
+@DIM_RULES.register("MatMul")
 def _matmul(classes: DimClasses, node: ir.Node) -> None:
     a, b = node.inputs[0], node.inputs[1]
     da, db, out = _dims(a), _dims(b), _dims(node.outputs[0])
@@ -161,7 +147,7 @@ def _matmul(classes: DimClasses, node: ir.Node) -> None:
             classes.tie(result, axis, b, axis)
 
 
-@rule("Transpose")
+@DIM_RULES.register("Transpose")
 def _transpose(classes: DimClasses, node: ir.Node) -> None:
     dims = _dims(node.inputs[0])
     if dims is None:
@@ -172,9 +158,9 @@ def _transpose(classes: DimClasses, node: ir.Node) -> None:
         classes.tie(node.outputs[0], axis, node.inputs[0], source)
 
 
-@rule("Reshape")
+@DIM_RULES.register("Reshape")
 def _reshape(classes: DimClasses, node: ir.Node) -> None:
-    target = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+    target = constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
     allowzero = node.attributes.get("allowzero")
     if target is None or (allowzero is not None and allowzero.as_int()):
         return
@@ -187,10 +173,10 @@ def _axes(node: ir.Node) -> list[int] | None:
     attr = node.attributes.get("axes")
     if attr is not None:
         return list(attr.as_ints())
-    return _const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+    return constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
 
 
-@rule("Unsqueeze", "Squeeze")
+@DIM_RULES.register("Unsqueeze", "Squeeze")
 def _unsqueeze(classes: DimClasses, node: ir.Node) -> None:
     small, big = (node.inputs[0], node.outputs[0]) if node.op_type == "Unsqueeze" else (node.outputs[0], node.inputs[0])
     axes, dims_big = _axes(node), _dims(big)
@@ -202,7 +188,7 @@ def _unsqueeze(classes: DimClasses, node: ir.Node) -> None:
         classes.tie(small, small_axis, big, big_axis)
 
 
-@rule("Concat")
+@DIM_RULES.register("Concat")
 def _concat(classes: DimClasses, node: ir.Node) -> None:
     out = _dims(node.outputs[0])
     axis_attr = node.attributes.get("axis")
@@ -215,7 +201,7 @@ def _concat(classes: DimClasses, node: ir.Node) -> None:
                 classes.tie(node.outputs[0], axis, value, axis)
 
 
-@rule("Gather")
+@DIM_RULES.register("Gather")
 def _gather(classes: DimClasses, node: ir.Node) -> None:
     data, indices = _dims(node.inputs[0]), _dims(node.inputs[1])
     axis_attr = node.attributes.get("axis")

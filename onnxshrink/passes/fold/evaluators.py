@@ -1,6 +1,6 @@
 """Evaluating one ONNX node on constant inputs, for ``fold``.
 
-A table of numpy evaluators keyed by (domain, op type) covers the ops that carry shape
+An :class:`~onnxshrink.ir.optable.OpTable` of numpy evaluators (:data:`EVALUATORS`) covers the ops that carry shape
 arithmetic and weight layout changes; everything else in the ONNX domain goes through
 ``onnx.reference`` on a one-node model. Neither is ever asked to run custom-domain ops.
 """
@@ -15,25 +15,17 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxshrink.ir.optable import OpTable
+
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[ir.Node, Sequence[Any]], list[np.ndarray]]
-_EVALUATORS: dict[tuple[str, str], Evaluator] = {}
+EVALUATORS: OpTable[Evaluator] = OpTable("fold evaluators")
+"""Numpy evaluators, registered with ``@EVALUATORS.register(op_type, ...)``; may raise :class:`NotEvaluable`."""
 
 
 class NotEvaluable(Exception):
     """The node cannot be evaluated here (the reason is the message)."""
-
-
-def register(*op_types: str, domain: str = "") -> Callable[[Evaluator], Evaluator]:
-    """Registers a numpy evaluator for ONNX-domain op types."""
-
-    def decorate(func: Evaluator) -> Evaluator:
-        for op_type in op_types:
-            _EVALUATORS[(domain, op_type)] = func
-        return func
-
-    return decorate
 
 
 def _ints(node: ir.Node, name: str, default: Sequence[int] | None = None) -> list[int] | None:
@@ -46,30 +38,30 @@ def _int(node: ir.Node, name: str, default: int) -> int:
     return attr.as_int() if attr is not None else default
 
 
-@register("Identity")
+@EVALUATORS.register("Identity")
 def _identity(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.asarray(x[0])]
 
 
-@register("Shape")
+@EVALUATORS.register("Shape")
 def _shape(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     dims = np.array(np.shape(x[0]), dtype=np.int64)
     start, end = _int(node, "start", 0), node.attributes.get("end")
     return [dims[start : end.as_int() if end is not None else None]]
 
 
-@register("Size")
+@EVALUATORS.register("Size")
 def _size(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.array(np.size(x[0]), dtype=np.int64)]
 
 
-@register("Transpose")
+@EVALUATORS.register("Transpose")
 def _transpose(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     perm = _ints(node, "perm")
     return [np.ascontiguousarray(np.transpose(x[0], perm))]
 
 
-@register("Reshape")
+@EVALUATORS.register("Reshape")
 def _reshape(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data, shape = np.asarray(x[0]), [int(d) for d in np.asarray(x[1]).reshape(-1)]
     if not _int(node, "allowzero", 0):
@@ -77,7 +69,7 @@ def _reshape(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [data.reshape(shape)]
 
 
-@register("Unsqueeze")
+@EVALUATORS.register("Unsqueeze")
 def _unsqueeze(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     axes = _ints(node, "axes") if len(x) < 2 else [int(a) for a in np.asarray(x[1]).reshape(-1)]
     data = np.asarray(x[0])
@@ -88,25 +80,25 @@ def _unsqueeze(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [result]
 
 
-@register("Squeeze")
+@EVALUATORS.register("Squeeze")
 def _squeeze(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data = np.asarray(x[0])
     axes = _ints(node, "axes") if len(x) < 2 or x[1] is None else [int(a) for a in np.asarray(x[1]).reshape(-1)]
     return [np.squeeze(data, axis=tuple(axes)) if axes else np.squeeze(data)]
 
 
-@register("Concat")
+@EVALUATORS.register("Concat")
 def _concat(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(v) for v in x], axis=_int(node, "axis", 0))]
 
 
-@register("Gather")
+@EVALUATORS.register("Gather")
 def _gather(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data, indices = np.asarray(x[0]), np.asarray(x[1]).astype(np.int64)
     return [np.take(data, indices, axis=_int(node, "axis", 0))]
 
 
-@register("Slice")
+@EVALUATORS.register("Slice")
 def _slice(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data = np.asarray(x[0])
     if len(x) >= 3:
@@ -138,7 +130,7 @@ _CAST: dict[int, Any] = {
 }
 
 
-@register("Cast")
+@EVALUATORS.register("Cast")
 def _cast(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     to = _int(node, "to", 0)
     data = np.asarray(x[0])
@@ -162,12 +154,12 @@ def _binary(func: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
     return evaluate
 
 
-register("Add")(_binary(np.add))
-register("Sub")(_binary(np.subtract))
-register("Mul")(_binary(np.multiply))
+EVALUATORS.add("Add", _binary(np.add))
+EVALUATORS.add("Sub", _binary(np.subtract))
+EVALUATORS.add("Mul", _binary(np.multiply))
 
 
-@register("Div")
+@EVALUATORS.register("Div")
 def _div(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     a, b = np.asarray(x[0]), np.asarray(x[1])
     if a.dtype != b.dtype:
@@ -181,24 +173,24 @@ def _div(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
         return [np.divide(a, b).astype(a.dtype, copy=False)]
 
 
-@register("Equal", "Less", "Greater")
+@EVALUATORS.register("Equal", "Less", "Greater")
 def _compare(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     a, b = np.asarray(x[0]), np.asarray(x[1])
     func = {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[node.op_type]
     return [func(a, b)]
 
 
-@register("Not")
+@EVALUATORS.register("Not")
 def _not(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.logical_not(x[0])]
 
 
-@register("Where")
+@EVALUATORS.register("Where")
 def _where(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.where(np.asarray(x[0]), np.asarray(x[1]), np.asarray(x[2]))]
 
 
-@register("ConstantOfShape")
+@EVALUATORS.register("ConstantOfShape")
 def _constant_of_shape(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     attr = node.attributes.get("value")
     fill = attr.as_tensor().numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
@@ -206,25 +198,25 @@ def _constant_of_shape(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.full(shape, fill[0], dtype=fill.dtype)]
 
 
-@register("Range")
+@EVALUATORS.register("Range")
 def _range(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     start, limit, delta = (np.asarray(v) for v in x)
     return [np.asarray(np.arange(start.item(), limit.item(), delta.item()), dtype=start.dtype)]
 
 
-@register("Expand")
+@EVALUATORS.register("Expand")
 def _expand(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data = np.asarray(x[0])
     shape = [int(d) for d in np.asarray(x[1]).reshape(-1)]
     return [data * np.ones(shape, dtype=data.dtype)]
 
 
-@register("Neg")
+@EVALUATORS.register("Neg")
 def _neg(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     return [np.negative(x[0])]
 
 
-@register("ReduceProd")
+@EVALUATORS.register("ReduceProd")
 def _reduce_prod(node: ir.Node, x: Sequence[Any]) -> list[np.ndarray]:
     data = np.asarray(x[0])
     axes = _ints(node, "axes") if len(x) < 2 else [int(a) for a in np.asarray(x[1]).reshape(-1)]
@@ -283,7 +275,7 @@ def _reference(node: ir.Node, arrays: Sequence[Any], opset: int) -> list[np.ndar
 
 def evaluate(node: ir.Node, arrays: Sequence[Any], opset: int) -> list[np.ndarray]:
     """The node's outputs on constant inputs; raises NotEvaluable when it cannot say."""
-    evaluator = _EVALUATORS.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
+    evaluator = EVALUATORS.lookup(node, opset)
     if evaluator is not None:
         try:
             return evaluator(node, arrays)

@@ -15,6 +15,7 @@ from typing import Any, Union
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.optable import OpTable
 from onnxshrink.passes.fold.dim_classes import DimClasses
 
 # A number, a dim of some tensor (a DimClasses key: equal when provably the same size), or unknown.
@@ -38,16 +39,8 @@ class Partial:
 
 
 Rule = Callable[[ir.Node, Sequence[Any], DimClasses], Partial | None]
-_RULES: dict[str, Rule] = {}
-
-
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    def decorate(func: Rule) -> Rule:
-        for op_type in op_types:
-            _RULES[op_type] = func
-        return func
-
-    return decorate
+PARTIAL_RULES: OpTable[Rule] = OpTable("fold partial shapes")
+"""How each op carries partial values: registered with ``@PARTIAL_RULES.register(op_type, ...)``."""
 
 
 def as_partial(value: Any) -> Partial | None:
@@ -69,7 +62,7 @@ def dims_of(value: ir.Value, classes: DimClasses) -> tuple[Element, ...] | None:
     return tuple(d if isinstance(d, int) else classes.key(value, axis) for axis, d in enumerate(value.shape))
 
 
-@rule("Shape")
+@PARTIAL_RULES.register("Shape")
 def _shape(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     dims = dims_of(node.inputs[0], classes) if node.inputs[0] is not None else None
     if dims is None:
@@ -80,7 +73,7 @@ def _shape(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial
     return Partial(dims[start:end])
 
 
-@rule("Identity", "Cast")
+@PARTIAL_RULES.register("Identity", "Cast")
 def _same(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     if node.op_type == "Cast":
         to = node.attributes.get("to")
@@ -89,7 +82,7 @@ def _same(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial 
     return as_partial(inputs[0])
 
 
-@rule("Gather")
+@PARTIAL_RULES.register("Gather")
 def _gather(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data, indices = as_partial(inputs[0]), inputs[1]
     axis = node.attributes.get("axis")
@@ -105,7 +98,7 @@ def _gather(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partia
     return Partial(chosen, scalar=picks.ndim == 0)
 
 
-@rule("Slice")
+@PARTIAL_RULES.register("Slice")
 def _slice(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     if data is None or data.scalar or len(inputs) < 3:
@@ -121,7 +114,7 @@ def _slice(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial
     return Partial(data.elements[int(starts[0]) : int(max(min(ends[0], 2**62), -(2**62))) : int(steps[0])])
 
 
-@rule("Concat")
+@PARTIAL_RULES.register("Concat")
 def _concat(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     parts = [as_partial(v) for v in inputs]
     if any(p is None or p.scalar for p in parts):
@@ -129,7 +122,7 @@ def _concat(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partia
     return Partial(tuple(e for p in parts for e in p.elements))  # type: ignore[union-attr]
 
 
-@rule("Unsqueeze")
+@PARTIAL_RULES.register("Unsqueeze")
 def _unsqueeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     axes = node.attributes.get("axes")
@@ -147,7 +140,7 @@ def _unsqueeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Par
     return Partial(data.elements)
 
 
-@rule("Squeeze")
+@PARTIAL_RULES.register("Squeeze")
 def _squeeze(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     data = as_partial(inputs[0])
     if data is None or data.scalar or len(data.elements) != 1:
@@ -164,7 +157,7 @@ _ARITHMETIC: dict[str, Callable[[int, int], int | None]] = {
 }
 
 
-@rule(*_ARITHMETIC)
+@PARTIAL_RULES.register(*_ARITHMETIC)
 def _arithmetic(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     """Element-wise integer arithmetic: known elements are computed, the others stay unknown."""
     a, b = as_partial(inputs[0]), as_partial(inputs[1]) if len(inputs) > 1 else None
@@ -184,9 +177,9 @@ def _arithmetic(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Pa
 
 def propagate(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     """The node's output as a Partial, when a rule knows how (inputs: arrays, Partials or None)."""
-    if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+    if len(node.outputs) != 1:
         return None
-    handler = _RULES.get(node.op_type)
+    handler = PARTIAL_RULES.lookup(node, None)
     return handler(node, inputs, classes) if handler is not None else None
 
 

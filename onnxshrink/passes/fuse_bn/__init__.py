@@ -4,36 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.errors import UsageError
-from onnxshrink.ir.graphs import fresh_name, graph_likes, subgraphs_of, take_over_output
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.ir.graphs import (
+    fresh_name,
+    is_onnx_op,
+    opset_version,
+    scoped_graph_likes,
+    take_over_output,
+    taken_names,
+)
+from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.fuse_bn.affine_chain import Plan, body_of, match_layer, plan_after, plan_before
 from onnxshrink.registry import register_pass
 
-_ONNX = ("", "ai.onnx")
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclasses.dataclass(frozen=True)
 class FuseBatchNormOptions:
-    into: tuple[str, ...] = dataclasses.field(
-        default=_LAYERS,
-        metadata={"help": "layers that may absorb what follows (or precedes) them: " + ", ".join(_LAYERS)},
-    )
-    fold_affine: bool = dataclasses.field(
-        default=True,
-        metadata={"help": "also fold constant per-channel Mul/Add/Sub after a layer and before a Conv"},
-    )
+    """Options of ``fuse-bn``."""
 
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.into) - set(_LAYERS))
-        if unknown:
-            raise UsageError(f"fuse-bn cannot fold into {', '.join(unknown)}; valid: {', '.join(_LAYERS)}")
+    into: tuple[str, ...] = option(
+        _LAYERS, "layers that may absorb what follows (or precedes) them: " + ", ".join(_LAYERS), choices=_LAYERS
+    )
+    fold_affine: bool = option(True, "also fold constant per-channel Mul/Add/Sub after a layer and before a Conv")
 
 
 class _Constants:
@@ -146,36 +143,44 @@ def _apply(plan: Plan, graph: ir.Graph | ir.Function, constants: _Constants, sta
             constants.release(value)
 
 
-def _taken_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for graph in graph_likes(model):
-        values = [*graph.inputs, *graph.outputs]
-        if isinstance(graph, ir.Graph):
-            values.extend(graph.initializers.values())
-        for node in graph:
-            values.extend(node.outputs)
-        names.update(v.name for v in values if v.name)
-    return names
+def _label(node: ir.Node) -> str:
+    return node.name or f"{node.op_type}->{node.outputs[0].name}"
 
 
-def _opset(imports: dict[str, int]) -> int:
-    return next((imports[domain] for domain in _ONNX if domain in imports), 0)
+def _plan(
+    layer_node: ir.Node, graph: ir.Graph | ir.Function, opset: int, options: FuseBatchNormOptions, *, after: bool
+) -> Plan | NoMatch:
+    """The rewrite for one layer (rules 1-2 with ``after``, rule 3 without), or why there is none."""
+    layer = match_layer(layer_node)
+    if isinstance(layer, NoMatch):
+        return layer
+    return plan_after(layer, graph, opset, options.fold_affine) if after else plan_before(layer, graph, opset)
 
 
-def _scopes(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, int, bool]]:
-    """Every graph with its ONNX opset and whether it lies in a function (no initializers there)."""
-    for graph in model.graphs():
-        yield graph, _opset(model.opset_imports), False
-    for function in model.functions.values():
-        opset = _opset(function.opset_imports) or _opset(model.opset_imports)
-        yield function, opset, True
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            for sub in subgraphs_of(node):
-                yield sub, opset, True
+def _why_kept(batchnorm: ir.Node, graph: ir.Graph | ir.Function, opset: int, options: FuseBatchNormOptions) -> str:
+    """Why a BatchNormalization still stands after the pass: what its neighbours answered."""
+    data = batchnorm.inputs[0] if batchnorm.inputs else None
+    source = data.producer() if data is not None else None
+    if source is None or source.graph is not batchnorm.graph or not is_onnx_op(source, *options.into):
+        where = f"'{_label(source)}'" if source is not None else "outside this graph"
+        reasons = [f"its input comes from {where}, not a layer it may fold into ({', '.join(options.into)})"]
+    else:
+        plan = _plan(source, graph, opset, options, after=True)
+        reasons = [f"after '{_label(source)}': {plan if isinstance(plan, NoMatch) else _NO_GAIN}"]
+    uses = batchnorm.outputs[0].uses()
+    if options.fold_affine and "Conv" in options.into and len(uses) == 1:
+        user, index = next(iter(uses))
+        if index == 0 and is_onnx_op(user, "Conv") and user.graph is batchnorm.graph:
+            plan = _plan(user, graph, opset, options, after=False)
+            reasons.append(f"before '{_label(user)}': {plan if isinstance(plan, NoMatch) else _NO_GAIN}")
+    return "; ".join(reasons)
+
+
+_NO_GAIN = "folding would add constant nodes to the function body"
 
 
 @register_pass
-class FuseBatchNormPass(ShrinkPass):
+class FuseBatchNormPass(ShrinkPass[FuseBatchNormOptions]):
     """Folds BatchNormalization and constant per-channel Mul/Add/Sub into the weights beside them.
 
     Rules, in every graph, If/Loop/Scan body and model-local function (weights may be
@@ -202,30 +207,34 @@ class FuseBatchNormPass(ShrinkPass):
     function, the new weights are ``Constant`` nodes too). New constants never overwrite
     shared tensors; a replaced constant nothing else reads is dropped and its name reused.
     The last folded node's output name, type and shape stay when it is a graph output.
+    Every BatchNormalization left in place is reported in ``skipped`` with what its neighbours
+    answered.
     """
 
     name = "fuse-bn"
     exact = True
-    Options = FuseBatchNormOptions
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
-        options: FuseBatchNormOptions = self.options
+        """Applies rules 1-2, then rule 3, scope by scope; ``modified`` when anything folded."""
+        options = self.options
         stats: Counter[str] = Counter()
-        taken = _taken_names(model)
-        for graph, opset, in_function in list(_scopes(model)):
+        skipped: dict[str, str] = {}
+        taken = taken_names(model)
+        for graph, function in list(scoped_graph_likes(model)):
+            opset, in_function = opset_version(model, scope=function), function is not None
             constants = _Constants(graph, taken, in_function=in_function)
             body = body_of(graph)
-            for node in list(graph):
-                if node.graph is body and node.op_type in options.into and (layer := match_layer(node)):
-                    plan = plan_after(layer, graph, opset, options.fold_affine)
-                    if plan is not None and _shrinks(plan, in_function):
-                        _apply(plan, graph, constants, stats)
-            if not options.fold_affine or "Conv" not in options.into:
-                continue
-            for node in list(graph):
-                if node.graph is body and node.op_type == "Conv" and (layer := match_layer(node)):
-                    plan = plan_before(layer, graph, opset)
-                    if plan is not None and _shrinks(plan, in_function):
-                        _apply(plan, graph, constants, stats)
+            rules = [(True, options.into)]
+            if options.fold_affine and "Conv" in options.into:
+                rules.append((False, ("Conv",)))
+            for after, layers in rules:
+                for node in list(graph):
+                    if node.graph is body and is_onnx_op(node, *layers):
+                        plan = _plan(node, graph, opset, options, after=after)
+                        if not isinstance(plan, NoMatch) and _shrinks(plan, in_function):
+                            _apply(plan, graph, constants, stats)
+            for node in graph:
+                if is_onnx_op(node, "BatchNormalization"):
+                    skipped[_label(node)] = _why_kept(node, graph, opset, options)
         fused = {key: count for key, count in sorted(stats.items()) if count}
-        return ShrinkPassResult(model, modified=bool(fused), stats=fused)
+        return ShrinkPassResult(model, modified=bool(fused), stats=fused, skipped=skipped)
