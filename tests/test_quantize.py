@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from ort_check import run
@@ -279,8 +280,6 @@ def test_nonfinite_activations_are_counted_and_every_scale_is_finite() -> None:
 
 def test_tensorrt_placement_passes_the_lint(tmp_path: Path) -> None:
     """TensorRT: zero points 0, float bias, no output Q, Q/DQ on the residual input of the Add."""
-    import onnx_ir as ir
-
     from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
     body, weights, inputs = RESIDUAL
@@ -713,3 +712,33 @@ def test_layers_in_loop_bodies_and_functions_stay_float_and_are_reported(spec: s
     assert [(n.op_type, n.input[1:]) for n in loop.attribute[0].g.node][1] == ("MatMul", ["W1"])
     assert [n.op_type for n in out.functions[0].node] == ["MatMul"]
     assert _close_to_float(model, out, {"x": calib["x"][:4]}) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("opset", "node", "target", "refused"),
+    [
+        (11, "y = Dropout(h)", 13, True),  # ratio became an input at 12
+        (12, "y = Dropout(h)", 13, False),
+        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 13, False),  # changes at 18, after 13
+        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 21, True),
+        (11, "y = Softmax <axis = -1> (h)", 13, False),
+        (17, "y = GroupNormalization <num_groups = 1> (h, S, S)", 21, True),
+        (13, "y = Unsqueeze(h, Axes)", 21, False),  # already the opset-13 form
+    ],
+)
+def test_opset_is_raised_only_where_no_op_changes_meaning(opset: int, node: str, target: int, refused: bool) -> None:
+    from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
+
+    text = f"g (float[N, 8, 4] x) => (float[N, 8, 4] y) {{ h = Relu(x)  {node} }}"
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
+    model.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(np.ones(8, np.float32), "S"), onnx.numpy_helper.from_array(np.array([1]), "Axes")]
+    )
+    graph = ir.serde.deserialize_model(model)
+    if refused:
+        with pytest.raises(UsageError, match=r"changed meaning after opset"):
+            opset_needed(graph, target, "test")
+        return
+    assert opset_needed(graph, target, "test") == target and graph.opset_imports[""] == opset  # nothing changed yet
+    assert raise_opset(graph, target) == f"{opset}->{target}" and graph.opset_imports[""] == target
+    assert raise_opset(graph, target) is None and graph.ir_version == (10 if target >= 21 else 8)

@@ -148,17 +148,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return ranges[name]
 
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
-            return place.plan_static(
-                float_model,
-                target=options.target,
-                dtype=options.activations,
-                per_channel=options.per_channel,
-                include=options.include,
-                exclude=options.exclude,
-                range_of=range_of,
-                float_layers=float_layers,
-                activation_matmuls=options.activation_matmuls,
-            )
+            return place.plan_static(float_model, options, range_of, float_layers)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them (BERT-base: ~50 of 429 float activations).

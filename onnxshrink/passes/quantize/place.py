@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.plan import (
     FOLDABLE,
     MOVES,
@@ -169,7 +170,7 @@ class OrtPlacement:
         return self._int8_tensors()
 
 
-def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], view: GraphView) -> ir.Value:
+def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
     """The upstream-most int8 tensor linked to ``value`` through data-movement ops."""
     while True:
         producer = value.producer()
@@ -182,22 +183,17 @@ def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], view: GraphView
 
 
 def plan_static(
-    model: ir.Model,
-    *,
-    target: Target,
-    dtype: str,
-    per_channel: bool,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    range_of: RangeOf,
-    float_layers: Iterable[str] = (),
-    activation_matmuls: bool = False,
+    model: ir.Model, options: QuantizeOptions, range_of: RangeOf, float_layers: Iterable[str] = ()
 ) -> QuantPlan:
-    """The placement for ``target`` given each tensor's calibrated range (None: no finite value).
+    """The placement for ``options.target`` given each tensor's calibrated range (None: no finite
+    value); ``float_layers`` are kept float (the accuracy budget).
 
-    With ``activation_matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
+    With ``activation-matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
     QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
     kernel reads its output, else MatMulIntegerToFloat."""
+    target: Target = options.target
+    dtype, per_channel, activation_matmuls = options.activations, options.per_channel, options.activation_matmuls
+    include, exclude = options.include, options.exclude
     view = GraphView(model.graph)
     tensorrt = target == "tensorrt"
     symmetric = tensorrt or target == "ort-cuda"
@@ -239,7 +235,7 @@ def plan_static(
         assert value.name is not None
         found = range_of(value.name)
         assert found is not None
-        return qparams(found[0], found[1], "s8" if symmetric else dtype, symmetric=symmetric)  # type: ignore[arg-type]
+        return qparams(found[0], found[1], "s8" if symmetric else dtype, symmetric=symmetric)
 
     if tensorrt:
         _place_tensorrt(view, layers, plan, params, range_of)
@@ -271,7 +267,7 @@ def _place_ort(
     placement = OrtPlacement(view, layers, range_of)
     tensors = placement.grow()
     for name, value in tensors.items():
-        root = _move_root(value, tensors, view)
+        root = _move_root(value, tensors)
         plan.activations[name] = ActivationQ(params(root), None, root.name or name)
     for key in sorted(placement.quantized, key=list(view.nodes).index):
         node = view.nodes[key]

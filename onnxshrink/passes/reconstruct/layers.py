@@ -199,8 +199,8 @@ def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoi
     fit_bias = options.bias and node.op_type != "MatMul"
     if bias is not None and _constant(bias, "bias") is not None:
         if constant_or_dequantized(bias) is None:
-            why = "also a graph input, so callers may override it" if bias.is_graph_input() else "not a constant"
-            return NoMatch(f"bias '{bias.name}' is {why}")
+            what = "also a graph input, so callers may override it" if bias.is_graph_input() else "not a constant"
+            return NoMatch(f"bias '{bias.name}' is {what}")
         fit_bias = False  # a quantized (or otherwise computed) bias stays; its value is subtracted
     if node.op_type == "Gemm":
         beta = node.attributes.get("beta")
