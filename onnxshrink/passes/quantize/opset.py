@@ -14,7 +14,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.ir.graphs import is_onnx_op, opset_version
+from onnxshrink.ir.graphs import ONNX_DOMAINS, is_onnx_op, opset_version
 from onnxshrink.ir.optable import OpTable
 
 
@@ -83,7 +83,8 @@ def raise_opset(model: ir.Model, version: int | None) -> str | None:
     current = opset_version(model)
     if version is None or current >= version:
         return None
-    spelling = "ai.onnx" if "ai.onnx" in model.opset_imports and "" not in model.opset_imports else ""
+    # Keep the model's own spelling of the default domain, so that it is not imported twice.
+    spelling = next((domain for domain in ONNX_DOMAINS if domain in model.opset_imports), "")
     model.opset_imports[spelling] = version
     if version >= 21 and (model.ir_version or 0) < 10:
         model.ir_version = 10
