@@ -14,7 +14,11 @@ def matching_pattern(node: ir.Node, key: str, patterns: Iterable[str]) -> str | 
 
 
 def selection_reason(node: ir.Node, key: str, include: Sequence[str], exclude: Sequence[str]) -> str | None:
-    """Why ``include``/``exclude`` leave the node out, or None when they select it."""
+    """Why ``include``/``exclude`` leave the node out, or None when they select it.
+
+    A core helper: it sits below :mod:`onnxshrink.passbase` in the import layers, so passes wrap
+    the reason in their ``NoMatch``.
+    """
     if include and matching_pattern(node, key, include) is None:
         return f"not matched by include={','.join(include)}"
     if (pattern := matching_pattern(node, key, exclude)) is not None:

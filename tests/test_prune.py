@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx.numpy_helper
+import onnx.parser
 import onnx.shape_inference
 import pytest
 from ort_check import run
@@ -366,6 +367,7 @@ def test_sensitivity_protects_the_layer_the_output_amplifies() -> None:
     assert errors["sensitivity"] < errors["uniform"]
     curve = layers["amplified"]["sensitivity"]
     assert len(curve) == len(allocation["sensitivity_grid"]) and curve[0] == 0.0 and curve[-1] > curve[1] > 0
+    assert "seconds" not in allocation and result.report["passes"][0]["timings"]["allocation"] > 0
 
 
 def test_sensitivity_needs_calibration_data() -> None:
@@ -415,3 +417,48 @@ def test_weight_in_a_constant_node_asks_for_fold_first() -> None:
     assert record["stats"]["skipped"] == {"mm": "weight 'B' is computed from constants by Constant: run fold first"}
     result = onnxshrink.shrink(model, ["fold", "prune:min-size=0,keep-first-last=false"], verify=False)
     assert result.report["passes"][1]["stats"]["sparsity"] == 0.5
+
+
+LOOP_AND_FUNCTION = """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[2, 32] X) => (float[2, 32] Y, float[2, 32] Z) {
+    trip = Constant <value = int64 {2}> ()
+    cond = Constant <value = bool {1}> ()
+    Y = Loop(trip, cond, X) <body = body (int64 i, bool c_in, float[2, 32] acc) => (bool c_out, float[2, 32] next) {
+        c_out = Identity(c_in)
+        [in_loop] next = MatMul(acc, W)
+    }>
+    Z = local.Dense(X, V)
+}
+<domain: "local", opset_import: ["" : 17]>
+Dense (a, w) => (b) {
+    b = MatMul(a, w)
+}
+"""
+
+
+def test_a_loop_body_layer_is_pruned_and_a_function_layer_is_left_alone_with_a_reason() -> None:
+    """Rule 1: a Loop body reads its weight from the main graph's initializers, so it is pruned; a
+    function's weight comes in as a parameter (no initializer of its own), so the call site's is kept."""
+    model = onnx.parser.parse_model(LOOP_AND_FUNCTION)
+    rng = np.random.default_rng(6)
+    weights = {name: (rng.standard_normal((32, 32)) / 6).astype(np.float32) for name in ("W", "V")}
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
+    onnx.checker.check_model(model)
+    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    assert record["modified"] is True and set(record["stats"]["layers"]) == {"in_loop"}
+    assert record["stats"]["skipped"] == {"Dense/MatMul#0": "in function 'Dense': function bodies hold no initializers"}
+    pruned = _weights(out)
+    assert np.count_nonzero(pruned["W"] == 0) == 512 and np.array_equal(pruned["V"], weights["V"])
+    x = _feed((2, 32))["X"]
+    y, z = run(out, {"X": x})
+    np.testing.assert_allclose(y, x @ pruned["W"] @ pruned["W"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z, x @ weights["V"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_weight_that_is_also_a_graph_input_is_not_pruned() -> None:
+    model = _layer("matmul")
+    model.graph.input.append(oh.make_tensor_value_info("W", FLOAT, (32, 24)))
+    out, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    assert record["modified"] is False
+    assert record["stats"]["skipped"] == {"layer": "weight 'W' is also a graph input, so callers may override it"}
+    np.testing.assert_array_equal(_weights(out)["W"], _weights(model)["W"])

@@ -1,4 +1,4 @@
-"""``quantize`` on tiny ONNX-text graphs, each ORT-CPU row of QDQ_RULES.md checked in ORT's
+"""``quantize`` on tiny ONNX-text graphs, each ORT-CPU rule of docs/quantization.md checked in ORT's
 optimized model, the TensorRT placement through the TensorRT lint, and the digits CNN."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from ort_check import run
@@ -177,7 +178,7 @@ def test_ort_cpu_patterns_become_integer_kernels(
         assert ops[op] == count, (op, ops)
     for op in gone:
         assert ops[op] == 0, (op, ops)
-    assert stats["left_float"] == {}
+    assert "skipped" not in stats  # nothing left float
     feed = {name: value[:4] for name, value in calib.items()}
     assert _close_to_float(model, out, feed) > 0.999
     # Rule 1: a quantized node's only consumer is its output Q (when it has one).
@@ -236,7 +237,7 @@ def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_
     model = _model(body, {"W": (16, 16), "G": (16,), "Bt": (16,)})
     out, stats, modified = _quantize(model, "quantize", _calib({"x": (1, 16), "z": (1, 16)}))
     assert modified is True
-    assert "rule 7" in stats["left_float"]["Add#2"]
+    assert "rule 7" in stats["skipped"]["Add#2"]
     quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
     assert quantized == {"x"}  # MatMul's input only: its output feeds float LayerNorm → MatMulIntegerToFloat
     only_float = _model("g (float[N, 4] x) => (float[N, 4] y) { a = Sigmoid(x)  y = Relu(a) }", {})
@@ -249,7 +250,7 @@ def test_include_and_exclude_select_layers(tmp_path: Path) -> None:
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)
     out, stats, _ = _quantize(model, "quantize:exclude=Conv#2", _calib(inputs))
-    assert stats["left_float"] == {"Conv#2": "excluded by 'Conv#2'"}
+    assert stats["skipped"] == {"Conv#2": "excluded by 'Conv#2'"}
     ops = _optimized(out, tmp_path)
     assert ops["QLinearConv"] == 1 and ops["Conv"] + ops["FusedConv"] == 1
 
@@ -279,8 +280,6 @@ def test_nonfinite_activations_are_counted_and_every_scale_is_finite() -> None:
 
 def test_tensorrt_placement_passes_the_lint(tmp_path: Path) -> None:
     """TensorRT: zero points 0, float bias, no output Q, Q/DQ on the residual input of the Add."""
-    import onnx_ir as ir
-
     from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
     body, weights, inputs = RESIDUAL
@@ -311,7 +310,7 @@ def test_tensorrt_leaves_low_channel_layers_float() -> None:
     model = _model(body, {"W0": (6, 16, 3, 3), "W1": (4, 3, 3, 3)})
     _out, stats, _ = _quantize(model, "quantize:target=tensorrt", _calib({"x": (1, 16, 6, 6)}))
     assert set(stats["nodes"]) == {"Conv#0"}  # the first layer is kept by the rule's exception
-    assert "TensorRT rule 11" in stats["left_float"]["Conv#1"]
+    assert "TensorRT rule 11" in stats["skipped"]["Conv#1"]
 
 
 def test_dynamic_mode_quantizes_matmul_only(tmp_path: Path) -> None:
@@ -324,7 +323,7 @@ def test_dynamic_mode_quantizes_matmul_only(tmp_path: Path) -> None:
     model = _model(body, {"Wc": (8, 4, 3, 3), "W1": (128, 32), "W2": (24, 32), "C2": (24,)})
     out, stats, modified = _quantize(model, "quantize:mode=dynamic")  # no calibration needed
     assert modified is True and stats["quantized_nodes"] == 2
-    assert "ConvInteger" in stats["left_float"]["Conv#0"]
+    assert "ConvInteger" in stats["skipped"]["Conv#0"]
     ops = _optimized(out, tmp_path)
     assert ops["DynamicQuantizeMatMul"] == 2 and ops["MatMul"] == ops["Gemm"] == 0, ops
     feed = {"x": np.random.default_rng(3).standard_normal((4, 4, 6, 6)).astype(np.float32)}
@@ -400,7 +399,7 @@ def test_digits_accuracy_within_0_2_points_with_every_calibrator(calibrator: str
     assert verification["accuracy_reference"] - verification["accuracy_candidate"] <= 0.002
     stats = report["passes"][-1]["stats"]
     assert stats["calibrator"] == calibrator and stats["samples"] == 128
-    assert stats["quantized_nodes"] == 10 and stats["left_float"] == {}  # 6 Conv, 2 Gemm, Add, Concat
+    assert stats["quantized_nodes"] == 10 and "skipped" not in stats  # 6 Conv, 2 Gemm, Add, Concat
     assert stats["statistics_bytes"] == stats["calibration_tensors"] * 4096 * 8
     assert {entry["op"] for entry in stats["nodes"].values()} == {"Conv", "Gemm", "Add", "Concat"}
 
@@ -424,7 +423,7 @@ def test_digits_budget_keeps_the_most_sensitive_layers_float(spec: str, budget: 
     assert set(kept) == set(by_damage[: len(kept)])  # the most damaging first
     assert bool(kept) == (record["all_quantized"]["cosine"] < budget) and len(kept) < len(layers)
     stats = report["passes"][-1]["stats"]
-    assert all(stats["left_float"][key] == "kept float by the accuracy budget" for key in kept)
+    assert all(stats["skipped"][key] == "kept float by the accuracy budget" for key in kept)
 
 
 def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
@@ -478,9 +477,10 @@ def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() ->
     _, stats, _ = _quantize(model, "quantize", _Reader(batches))
     assert stats["samples"] == 40
     assert set(stats) >= {
-        "mode", "target", "calibrator", "samples", "calibration_seconds", "nonfinite", "nodes",
-        "left_float", "budget", "q_nodes", "dq_nodes", "weights_quantized", "seconds",
+        "mode", "target", "calibrator", "samples", "nonfinite", "nodes", "budget", "q_nodes", "dq_nodes",
+        "weights_quantized", "opset_raised",
     }  # fmt: skip
+    assert not any("seconds" in key for key in stats)  # timings go to the pass record's "timings"
     assert stats["nodes"]["MatMul#0"]["inputs"][0]["dtype"] == "u8"
     assert stats["nodes"]["MatMul#0"]["weight"] == "s8 symmetric, per-channel axis 1"
 
@@ -501,6 +501,7 @@ def test_subgraphs_stay_float_and_the_main_graph_is_quantized(tmp_path: Path) ->
     calib = _calib({"x": (1, 16)})
     out, stats, modified = _quantize(model, "quantize", calib)
     assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
+    assert stats["skipped"] == {"t/MatMul#0": "in subgraph 't': quantize works on the main graph only"}
     branch = next(n for n in out.graph.node if n.op_type == "If").attribute[0].g
     assert [n.op_type for n in branch.node] == ["MatMul"] and branch.node[0].input[1] == "W2"
     for sign in (1.0, -1.0):
@@ -550,10 +551,10 @@ def test_gathers_that_are_no_embedding_table_stay_float() -> None:
     out, stats, modified = _quantize(model, "quantize:mode=weight-only,weights=s4")
     assert modified is False
     assert "GatherBlockQuantized" not in [n.op_type for n in out.graph.node]
-    assert stats["left_float"] == {"Gather#1": "Gather along axis 1, not 0"}
+    assert stats["skipped"] == {"Gather#1": "Gather along axis 1, not 0"}
     excluded = _model(EMBEDDING.format(hidden=32), {"T": (50, 32), "W": (32, 8)})
     out, stats, _ = _quantize(excluded, "quantize:mode=weight-only,exclude=Gather")
-    assert stats["left_float"] == {"Gather#0": "excluded by 'Gather'"}
+    assert stats["skipped"] == {"Gather#0": "excluded by 'Gather'"}
     assert [n.op_type for n in out.graph.node].count("Gather") == 1
 
 
@@ -586,7 +587,7 @@ def test_matmuls_of_two_activations_become_integer_kernels(spec: str, enabled: b
         assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["DynamicQuantizeMatMul"] == 6, ops
         assert ops["QLinearMatMul"] >= 1, ops
     else:
-        assert stats["left_float"]["MatMul#4"] == "weight (input 1) is not a constant initializer"
+        assert stats["skipped"]["MatMul#4"] == "weight (input 1) is not a constant initializer"
         assert ops["MatMul"] + ops["FusedMatMul"] == 2, ops  # kt folds into FusedMatMul
     scales = [
         onnx.numpy_helper.to_array(t) for t in out.graph.initializer if t.name.endswith("_scale") and t.data_type == 1
@@ -618,10 +619,126 @@ def test_static_and_dynamic_store_embedding_tables_as_s8_on_ort_cpu(spec: str, t
 def test_min_speedup_times_both_models_and_keeps_float_below_it(threshold: float, kept: bool) -> None:
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)
-    out, stats, modified = _quantize(model, f"quantize:min-speedup={threshold}", _calib(inputs))
+    result = onnxshrink.shrink(model, [f"quantize:min-speedup={threshold}"], calibration=_calib(inputs), verify=False)
+    out, record = result.to_proto(), result.report["passes"][0]
+    stats, modified, timings = record["stats"], record["modified"], record["timings"]
     speed = stats["speed"]
-    assert speed["batch"] == 16 and speed["float_ms"] > 0 and speed["quantized_ms"] > 0
-    assert speed["speedup"] == pytest.approx(speed["float_ms"] / speed["quantized_ms"])
+    assert speed["batch"] == 16 and timings["float_run"] > 0 and timings["quantized_run"] > 0
+    assert speed["speedup"] == pytest.approx(timings["float_run"] / timings["quantized_run"])
+    assert speed["min_speedup"] == threshold and timings["calibration"] > 0 and timings["speed_check"] > 0
     ops = [n.op_type for n in out.graph.node]
     assert modified is kept and ("QuantizeLinear" in ops) is kept
     assert speed["decision"] == ("quantized" if kept else "kept float: below min-speedup")
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return {o.domain: o.version for o in model.opset_import}[""]
+
+
+def test_min_speedup_below_the_ratio_leaves_an_opset_11_model_as_it_was() -> None:
+    """The candidate is quantized (and raised to opset 13) on a copy: the model keeps opset 11 and its graph."""
+    body, weights, inputs = CONV_RELU_CONV
+    model = _model(body, weights, opset=11)
+    out, stats, modified = _quantize(model, "quantize:min-speedup=1000", _calib(inputs))
+    assert modified is False and stats["speed"]["decision"] == "kept float: below min-speedup"
+    assert _opset(out) == 11 and stats["opset_raised"] is None
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Relu", "Conv"]
+    assert {t.name for t in out.graph.initializer} == {"W1", "B1", "W2", "B2"}
+    out, stats, modified = _quantize(model, "quantize:min-speedup=1e-6", _calib(inputs))
+    assert modified is True and _opset(out) == 13 and stats["opset_raised"] == "11->13"
+    assert _close_to_float(model, out, _calib(inputs, samples=4, seed=2)) > 0.999
+
+
+@pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only,weights=s4", "quantize:mode=dynamic"])
+def test_nothing_to_quantize_keeps_the_opset_and_reports_modified_false(spec: str) -> None:
+    model = _model("g (float[N, 4] x) => (float[N, 4] y) { a = Sigmoid(x)  y = Relu(a) }", {}, opset=11)
+    out, stats, modified = _quantize(model, spec, _calib({"x": (1, 4)}))
+    assert modified is False and _opset(out) == 11 and stats["opset_raised"] is None
+    assert stats["q_nodes"] == stats["weights_quantized"] == 0
+    assert out.ir_version == model.ir_version and [n.op_type for n in out.graph.node] == ["Sigmoid", "Relu"]
+
+
+def test_a_weight_that_is_also_a_graph_input_stays_float() -> None:
+    """Policy of onnxshrink.ir.constants: callers may override such an initializer, so it is no constant
+    weight (before, quantize baked the stored default into int8 and ignored what callers fed)."""
+    body = """g (float[N, 32] x, float[32, 48] W1) => (float[N, 24] y) {
+        h = MatMul(x, W1)
+        r = Relu(h)
+        y = MatMul(r, W2)
+    }"""
+    model = _model(body, {"W1": (32, 48), "W2": (48, 24)})
+    out, stats, modified = _quantize(model, "quantize", _calib({"x": (1, 32)}))
+    assert modified is True and set(stats["nodes"]) == {"MatMul#2"}
+    assert stats["skipped"] == {"MatMul#0": "weight (input 1) 'W1' is also a graph input, so callers may override it"}
+    assert "W1" in {t.name for t in out.graph.initializer}
+    _, stats, modified = _quantize(model, "quantize:mode=weight-only")
+    assert set(stats["nodes"]) == {"MatMul#2"} and "graph input" in stats["skipped"]["MatMul#0"]
+
+
+LOOP_AND_FUNCTION = """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[N, 16] x) => (float[N, 16] y, float[N, 16] z) {
+    h = MatMul(x, W0)
+    trip = Constant <value = int64 {2}> ()
+    cond = Constant <value = bool {1}> ()
+    y = Loop(trip, cond, h) <body = body (int64 i, bool c_in, float[N, 16] acc) => (bool c_out, float[N, 16] next) {
+        c_out = Identity(c_in)
+        next = MatMul(acc, W1)
+    }>
+    z = local.Dense(h, W2)
+}
+<domain: "local", opset_import: ["" : 17]>
+Dense (a, w) => (b) {
+    b = MatMul(a, w)
+}
+"""
+
+
+@pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only", "quantize:mode=dynamic"])
+def test_layers_in_loop_bodies_and_functions_stay_float_and_are_reported(spec: str) -> None:
+    model = onnx.parser.parse_model(LOOP_AND_FUNCTION)
+    rng = np.random.default_rng(0)
+    for name in ("W0", "W1", "W2"):
+        array = (rng.standard_normal((16, 16)) / 4).astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    onnx.checker.check_model(model)
+    calib = _calib({"x": (1, 16)})
+    out, stats, modified = _quantize(model, spec, calib)
+    assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
+    assert stats["skipped"] == {
+        "body/MatMul#1": "in subgraph 'body': quantize works on the main graph only",
+        "Dense/MatMul#0": "in function 'Dense': quantize works on the main graph only",
+    }
+    loop = next(n for n in out.graph.node if n.op_type == "Loop")
+    assert [(n.op_type, n.input[1:]) for n in loop.attribute[0].g.node][1] == ("MatMul", ["W1"])
+    assert [n.op_type for n in out.functions[0].node] == ["MatMul"]
+    assert _close_to_float(model, out, {"x": calib["x"][:4]}) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("opset", "node", "target", "refused"),
+    [
+        (11, "y = Dropout(h)", 13, True),  # ratio became an input at 12
+        (12, "y = Dropout(h)", 13, False),
+        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 13, False),  # changes at 18, after 13
+        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 21, True),
+        (11, "y = Softmax <axis = -1> (h)", 13, False),
+        (17, "y = GroupNormalization <num_groups = 1> (h, S, S)", 21, True),
+        (13, "y = Unsqueeze(h, Axes)", 21, False),  # already the opset-13 form
+    ],
+)
+def test_opset_is_raised_only_where_no_op_changes_meaning(opset: int, node: str, target: int, refused: bool) -> None:
+    from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
+
+    text = f"g (float[N, 8, 4] x) => (float[N, 8, 4] y) {{ h = Relu(x)  {node} }}"
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
+    model.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(np.ones(8, np.float32), "S"), onnx.numpy_helper.from_array(np.array([1]), "Axes")]
+    )
+    graph = ir.serde.deserialize_model(model)
+    if refused:
+        with pytest.raises(UsageError, match=r"changed meaning after opset"):
+            opset_needed(graph, target, "test")
+        return
+    assert opset_needed(graph, target, "test") == target and graph.opset_imports[""] == opset  # nothing changed yet
+    assert raise_opset(graph, target) == f"{opset}->{target}" and graph.opset_imports[""] == target
+    assert raise_opset(graph, target) is None and graph.ir_version == (10 if target >= 21 else 8)

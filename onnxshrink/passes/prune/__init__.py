@@ -11,7 +11,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.ir.constants import is_constant
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.prune import plan as plan
 from onnxshrink.passes.prune import sensitivity as sensitivity
 from onnxshrink.registry import register_pass
@@ -19,86 +21,74 @@ from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.selection import selection_reason
 from onnxshrink.sparsity import reduction_axis
 
-_ONNX = ("", "ai.onnx")
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _NM = re.compile(r"^(\d+):(\d+)$")
 # NVIDIA ASP sparsifies a layer only when these divide its output and reduction channels.
 _ASP_OUT, _ASP_IN = 8, 16
 
 
+def _is_number(value: object) -> str | None:
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{value!r} is not a number"
+
+
+def _keeps_fewer(pattern: str) -> str | None:
+    match = _NM.match(pattern)
+    if match is not None and not 0 < int(match.group(1)) < int(match.group(2)):
+        return f"{pattern} needs 0 < N < M (keep N of every M weights)"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class MagnitudePruneOptions:
-    sparsity: float = dataclasses.field(
-        default=0.5, metadata={"help": "fraction of weights zeroed, 0 <= s < 1 (unstructured only)"}
+    """What ``prune`` zeroes and how it chooses."""
+
+    sparsity: float = option(
+        0.5, "fraction of weights zeroed, 0 <= s < 1 (unstructured only)", minimum=0.0, below=1.0, check=_is_number
     )
-    pattern: str = dataclasses.field(
-        default="unstructured", metadata={"help": "'unstructured' or N:M (keep N of every M), e.g. 2:4, 4:8"}
+    pattern: str = option(
+        "unstructured",
+        "'unstructured' or N:M (keep N of every M), e.g. 2:4, 4:8",
+        pattern=r"unstructured|\d+:\d+",
+        check=_keeps_fewer,
     )
-    scope: Literal["layer", "global"] = dataclasses.field(
-        default="layer", metadata={"help": "layer: each layer at the target; global: one threshold (unstructured)"}
+    scope: Literal["layer", "global"] = option(
+        "layer", "layer: each layer at the target; global: one threshold (unstructured)", choices=("layer", "global")
     )
-    criterion: Literal["l1", "l2"] = dataclasses.field(
-        default="l1", metadata={"help": "layer norm that global scope divides |w| by: mean |w| or RMS"}
+    criterion: Literal["l1", "l2"] = option(
+        "l1", "layer norm that global scope divides |w| by: mean |w| or RMS", choices=("l1", "l2")
     )
-    include: tuple[str, ...] = dataclasses.field(
-        default=(), metadata={"help": "prune only layers whose op type or node-name glob matches (empty: all)"}
+    include: tuple[str, ...] = option((), "prune only layers whose op type or node-name glob matches (empty: all)")
+    exclude: tuple[str, ...] = option((), "never prune layers whose op type or node-name glob matches")
+    min_size: int = option(1024, "skip weights with fewer elements", minimum=0)
+    keep_first_last: bool = option(True, "leave the model's first and last weight layers dense")
+    allocation: Literal["uniform", "sensitivity"] = option(
+        "uniform",
+        "uniform: every layer at the target; sensitivity: per-layer sparsities that meet the "
+        "target with the least output damage, measured on calibration data (unstructured, layer scope)",
+        choices=("uniform", "sensitivity"),
     )
-    exclude: tuple[str, ...] = dataclasses.field(
-        default=(), metadata={"help": "never prune layers whose op type or node-name glob matches"}
-    )
-    min_size: int = dataclasses.field(default=1024, metadata={"help": "skip weights with fewer elements"})
-    keep_first_last: bool = dataclasses.field(
-        default=True, metadata={"help": "leave the model's first and last weight layers dense"}
-    )
-    allocation: Literal["uniform", "sensitivity"] = dataclasses.field(
-        default="uniform",
-        metadata={
-            "help": "uniform: every layer at the target; sensitivity: per-layer sparsities that meet the "
-            "target with the least output damage, measured on calibration data (unstructured, layer scope)"
-        },
-    )
-    samples: int = dataclasses.field(
-        default=128, metadata={"help": "calibration samples measured by allocation=sensitivity"}
-    )
-    rounds: int = dataclasses.field(
-        default=1,
-        metadata={
-            "help": "allocation=sensitivity: measurement rounds; each after the first re-measures "
-            "every layer with the others pruned as last chosen"
-        },
+    samples: int = option(128, "calibration samples measured by allocation=sensitivity", minimum=1)
+    rounds: int = option(
+        1,
+        "allocation=sensitivity: measurement rounds; each after the first re-measures "
+        "every layer with the others pruned as last chosen",
+        minimum=1,
     )
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
-            raise UsageError(f"prune: sparsity must be a number with 0 <= sparsity < 1, got {self.sparsity!r}")
+    def problem(self) -> str | None:
+        """What is wrong with the options together (each alone is checked by its metadata)."""
+        if self.allocation != "sensitivity":
+            return None
         if self.pattern != "unstructured":
-            match = _NM.match(self.pattern)
-            if match is None:
-                raise UsageError(f"prune: pattern must be 'unstructured' or N:M such as 2:4, got {self.pattern!r}")
-            n, m = int(match.group(1)), int(match.group(2))
-            if not 0 < n < m:
-                raise UsageError(f"prune: pattern {self.pattern} needs 0 < N < M (keep N of every M weights)")
-        for key, value, valid in (
-            ("scope", self.scope, ("layer", "global")),
-            ("criterion", self.criterion, ("l1", "l2")),
-            ("allocation", self.allocation, ("uniform", "sensitivity")),
-        ):
-            if value not in valid:
-                raise UsageError(f"prune: bad {key} {value!r}; valid: {', '.join(valid)}")
-        if self.allocation == "sensitivity":
-            if self.pattern != "unstructured":
-                raise UsageError(f"prune: allocation=sensitivity needs pattern=unstructured ({self.pattern} fixes it)")
-            if self.scope != "layer":
-                raise UsageError("prune: allocation=sensitivity chooses per-layer sparsities; use scope=layer")
-            if self.sparsity > sensitivity.MAX_SPARSITY:
-                raise UsageError(
-                    f"prune: allocation=sensitivity caps each layer at {sensitivity.MAX_SPARSITY}, "
-                    f"so sparsity {self.sparsity} cannot be met"
-                )
-            if self.samples < 1 or self.rounds < 1:
-                raise UsageError(f"prune: samples and rounds must be >= 1, got {self.samples} and {self.rounds}")
-        if self.min_size < 0:
-            raise UsageError(f"prune: min-size must be >= 0, got {self.min_size}")
+            return f"allocation=sensitivity needs pattern=unstructured ({self.pattern} fixes it)"
+        if self.scope != "layer":
+            return "allocation=sensitivity chooses per-layer sparsities; use scope=layer"
+        if self.sparsity > sensitivity.MAX_SPARSITY:
+            return (
+                f"allocation=sensitivity caps each layer at {sensitivity.MAX_SPARSITY}, "
+                f"so sparsity {self.sparsity} cannot be met"
+            )
+        return None
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -125,31 +115,31 @@ def _key(node: ir.Node, index: int) -> str:
 
 def _from_constants(node: ir.Node) -> bool:
     """True when every input of ``node`` is a constant (a Constant node has none): fold computes it."""
-    return all(value is None or value.const_value is not None for value in node.inputs)
+    return all(value is None or is_constant(value) for value in node.inputs)
 
 
-def _layer(node: ir.Node, key: str) -> _Layer | str:
+def _layer(node: ir.Node, key: str) -> _Layer | NoMatch:
     """The node as a :class:`_Layer`, or why it has no prunable weight."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if weight is None:
-        return "no weight input"
+        return NoMatch("no weight input")
     tensor = weight.const_value
     if tensor is None or not weight.is_initializer():
         producer = weight.producer()
         if producer is not None and producer.op_type != "DequantizeLinear" and _from_constants(producer):
             where = f"{producer.op_type} '{producer.name}'" if producer.name else producer.op_type
-            return f"weight '{weight.name}' is computed from constants by {where}: run fold first"
-        return f"weight '{weight.name}' is not a constant initializer"
-    if weight.is_graph_input():
-        return f"weight '{weight.name}' is also a graph input, so callers may override it"
+            return NoMatch(f"weight '{weight.name}' is computed from constants by {where}: run fold first")
+        return NoMatch(f"weight '{weight.name}' is not a constant initializer")
+    if not is_constant(weight):
+        return NoMatch(f"weight '{weight.name}' is also a graph input, so callers may override it")
     if weight.is_graph_output():
-        return f"weight '{weight.name}' is a graph output"
+        return NoMatch(f"weight '{weight.name}' is a graph output")
     if not tensor.dtype.is_floating_point():
-        return f"weight '{weight.name}' has non-float dtype {tensor.dtype.name}"
+        return NoMatch(f"weight '{weight.name}' has non-float dtype {tensor.dtype.name}")
     shape = tuple(int(d) for d in tensor.shape.numpy())
     axis = reduction_axis(node, len(shape))
     if axis is None or (node.op_type == "Gemm" and len(shape) != 2):
-        return f"weight '{weight.name}' of shape {list(shape)} has no reduction axis for {node.op_type}"
+        return NoMatch(f"weight '{weight.name}' of shape {list(shape)} has no reduction axis for {node.op_type}")
     group_attr = node.attributes.get("group")
     group = group_attr.as_int() if group_attr is not None else 1
     if node.op_type == "Conv":
@@ -161,20 +151,20 @@ def _layer(node: ir.Node, key: str) -> _Layer | str:
     return _Layer(key, node, weight, axis, out_channels, in_channels)
 
 
-def _selection_reason(layer: _Layer, options: MagnitudePruneOptions) -> str | None:
+def _unselected(layer: _Layer, options: MagnitudePruneOptions) -> NoMatch | None:
     """Why the options leave ``layer`` dense, or None when they select it."""
     if (why := selection_reason(layer.node, layer.key, options.include, options.exclude)) is not None:
-        return why
+        return NoMatch(why)
     size = layer.weight.const_value.size if layer.weight.const_value is not None else 0
     if size < options.min_size:
-        return f"{size} weights < min-size {options.min_size}"
+        return NoMatch(f"{size} weights < min-size {options.min_size}")
     nm = options.nm
     if nm is not None:
         if layer.out_channels % _ASP_OUT:
-            return f"{layer.out_channels} output channels, not a multiple of {_ASP_OUT} ({options.pattern})"
+            return NoMatch(f"{layer.out_channels} output channels, not a multiple of {_ASP_OUT} ({options.pattern})")
         if layer.in_channels % _ASP_IN or layer.in_channels % nm[1]:
             step = np.lcm(_ASP_IN, nm[1])
-            return f"{layer.in_channels} reduction channels, not a multiple of {step} ({options.pattern})"
+            return NoMatch(f"{layer.in_channels} reduction channels, not a multiple of {step} ({options.pattern})")
     return None
 
 
@@ -183,18 +173,18 @@ def _plan_layers(model: ir.Model, options: MagnitudePruneOptions) -> tuple[list[
     skipped: dict[str, str] = {}
     layers: list[_Layer] = []
     for index, node in enumerate(ir.traversal.RecursiveGraphIterator(model.graph)):
-        if node.domain not in _ONNX or node.op_type not in _LAYERS:
+        if not is_onnx_op(node, *_LAYERS):
             continue
         key = _key(node, index)
         found = _layer(node, key)
-        if isinstance(found, str):
-            skipped[key] = found
+        if isinstance(found, NoMatch):
+            skipped[key] = found.reason
         else:
             layers.append(found)
-    reasons = {layer.key: _selection_reason(layer, options) for layer in layers}
+    reasons = {layer.key: _unselected(layer, options) for layer in layers}
     if options.keep_first_last and layers:
-        reasons[layers[0].key] = "first weight layer (keep-first-last)"
-        reasons[layers[-1].key] = "last weight layer (keep-first-last)"
+        reasons[layers[0].key] = NoMatch("first weight layer (keep-first-last)")
+        reasons[layers[-1].key] = NoMatch("last weight layer (keep-first-last)")
     by_weight: dict[int, list[_Layer]] = {}
     for layer in layers:
         by_weight.setdefault(id(layer.weight), []).append(layer)
@@ -214,7 +204,13 @@ def _plan_layers(model: ir.Model, options: MagnitudePruneOptions) -> tuple[list[
             targets.append(users)
             continue
         for layer in users:
-            skipped[layer.key] = reasons[layer.key] or why
+            own = reasons[layer.key]
+            skipped[layer.key] = own.reason if own is not None else why
+    for function in model.functions.values():
+        for index, node in enumerate(function):
+            if is_onnx_op(node, *_LAYERS):
+                where = f"in function '{function.name}'"
+                skipped[f"{function.name}/{_key(node, index)}"] = f"{where}: function bodies hold no initializers"
     return targets, skipped
 
 
@@ -234,11 +230,11 @@ def _array(value: ir.Value) -> np.ndarray:
 
 
 @register_pass
-class MagnitudePrunePass(ShrinkPass):
+class MagnitudePrunePass(ShrinkPass[MagnitudePruneOptions]):
     """Zeroes the smallest-magnitude weights of Conv, ConvTranspose, Gemm and MatMul layers (lossy).
 
-    Rules, in the main graph and its If/Loop/Scan bodies (function bodies hold no initializers
-    and are left alone):
+    Rules, in the main graph and its If/Loop/Scan bodies (function bodies hold no initializers:
+    their layers are left alone, each named in ``skipped``):
 
     1. A layer is a Conv, ConvTranspose, Gemm or MatMul whose input 1 is a constant float
        initializer (of its graph or an outer one) that is neither a graph input nor a graph
@@ -269,20 +265,18 @@ class MagnitudePrunePass(ShrinkPass):
        meet ``sparsity`` over the selected weights with the least summed damage. Weights in
        subgraphs keep ``sparsity``. Both allocations are then run whole on the calibration
        data, and the uniform one is kept if it does better (the damages need not add up).
-    Every layer left dense gets its reason in ``stats["skipped"]``. Weights are replaced by
+    Every layer left dense gets its reason in ``skipped``. Weights are replaced by
     new tensors of the same dtype and name; nothing is changed in place.
     """
 
     name = "prune"
     exact = False
-    Options = MagnitudePruneOptions
 
     def _sensitivity_masks(
         self, model: ir.Model, targets: list[list[_Layer]]
     ) -> tuple[list[np.ndarray], dict[str, Any], dict[str, list[float]]]:
         """Masks at per-layer sparsities chosen from measured damage (rule 6), stats, and curves by key."""
-        options: MagnitudePruneOptions = self.options
-        started = time.perf_counter()
+        options = self.options
         weights = [_array(users[0].weight) for users in targets]
         measured: dict[str, int] = {}
         for index, users in enumerate(targets):
@@ -325,20 +319,22 @@ class MagnitudePrunePass(ShrinkPass):
             "chosen": "sensitivity" if better else "uniform",
             "calibration_output_error": errors,
             "samples": options.samples,
-            "seconds": time.perf_counter() - started,
         }
         keys = {curve.name: targets[measured[curve.name]][0].key for curve in curves}
         return (allocated if better else uniform), stats, {keys[c.name]: c.to_json()["damage"] for c in curves}
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
-        options: MagnitudePruneOptions = self.options
+        options = self.options
+        timings: dict[str, float] = {}
         if options.allocation == "sensitivity":
             self.context.require_calibration(self.name)
         targets, skipped = _plan_layers(model, options)
         allocation: dict[str, Any] | None = None
         curves: dict[str, list[float]] = {}
         if options.allocation == "sensitivity" and targets:
+            started = time.perf_counter()
             masks, allocation, curves = self._sensitivity_masks(model, targets)
+            timings["allocation"] = time.perf_counter() - started
         else:
             masks = _masks(targets, options)
         per_layer: dict[str, dict[str, Any]] = {}
@@ -370,8 +366,7 @@ class MagnitudePrunePass(ShrinkPass):
             "weights_zeroed": zeroed,
             "sparsity": zeros / total if total else 0.0,
             "layers": per_layer,
-            "skipped": skipped,
         }
         if allocation is not None:
             stats["allocation"] = {**allocation, "sensitivity_grid": list(sensitivity.GRID)}
-        return ShrinkPassResult(model, modified=zeroed > 0, stats=stats)
+        return ShrinkPassResult(model, modified=zeroed > 0, stats=stats, skipped=skipped, timings=timings)

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
 from onnxshrink.latency import interleaved_latency
+from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.runtime import run
 from onnxshrink.verify import compare_output
@@ -128,21 +129,21 @@ def node_summaries(plan: placement.QuantPlan) -> dict[str, dict[str, Any]]:
     return summaries
 
 
-def weight_layer_problem(node: ir.Node, mode: str, bits: str) -> str | None:
-    """Why a layer cannot take dynamic or weight-only quantization, or None."""
+def weight_layer_problem(node: ir.Node, mode: str, bits: str) -> NoMatch | None:
+    """Why a layer cannot take dynamic or weight-only quantization, or None when it can."""
     if node.op_type not in ("MatMul", "Gemm"):
-        return f"{mode}: only MatMul/Gemm (ConvInteger has no fast CPU kernel)"
+        return NoMatch(f"{mode}: only MatMul/Gemm (ConvInteger has no fast CPU kernel)")
     why = placement.layer_problem(node)
     if why is not None:
         return why
     if node.op_type == "Gemm":
-        alpha = node.attributes["alpha"].as_float() if "alpha" in node.attributes else 1.0
-        beta = node.attributes["beta"].as_float() if "beta" in node.attributes else 1.0
+        alpha = node.attributes.get_float("alpha", 1.0)
+        beta = node.attributes.get_float("beta", 1.0)
         if (mode == "dynamic" or bits != "s8") and (alpha != 1.0 or beta != 1.0):
-            return f"Gemm with alpha={alpha}, beta={beta}"
+            return NoMatch(f"Gemm with alpha={alpha}, beta={beta}")
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         if mode == "dynamic" and bias is not None and not placement.is_constant(bias):
-            return "Gemm bias is not a constant"
+            return NoMatch("Gemm bias is not a constant")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Where Q/DQ go, per target (../shared/QDQ_RULES.md): fills a :class:`QuantPlan` before the
+"""Where Q/DQ go, per target (docs/quantization.md): fills a :class:`QuantPlan` before the
 graph is touched."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from typing import Literal
 
 import onnx_ir as ir
 
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.plan import (
     FOLDABLE,
     MOVES,
@@ -29,13 +32,13 @@ from onnxshrink.passes.quantize.plan import (
     is_constant,
     is_float,
     layer_problem,
+    unselected,
     weight_axis,
 )
 from onnxshrink.passes.quantize.statistics import QParams, qparams
-from onnxshrink.selection import selection_reason
 
 
-def trt_skip_reason(node: ir.Node, first: bool) -> str | None:
+def trt_skip_reason(node: ir.Node, first: bool) -> NoMatch | None:
     """TensorRT rule 11: tiny GEMMs and low-channel convolutions stay float."""
     weight = node.inputs[1]
     assert weight is not None and weight.const_value is not None
@@ -44,7 +47,7 @@ def trt_skip_reason(node: ir.Node, first: bool) -> str | None:
         axis = weight_axis(node, 2)
         n, k = shape[axis if axis is not None else 1], shape[1 - (axis if axis is not None else 1)]
         if min(n, k) < TRT_MIN_CHANNELS:
-            return f"GEMM with K={k}, N={n} < {TRT_MIN_CHANNELS} (TensorRT rule 11)"
+            return NoMatch(f"GEMM with K={k}, N={n} < {TRT_MIN_CHANNELS} (TensorRT rule 11)")
         return None
     group = node.attributes["group"].as_int() if "group" in node.attributes else 1
     out_ch, in_ch = (shape[0], shape[1] * group) if node.op_type == "Conv" else (shape[1] * group, shape[0])
@@ -53,7 +56,7 @@ def trt_skip_reason(node: ir.Node, first: bool) -> str | None:
     square = len(set(shape[2:])) <= 1
     if group == 1 and out_ch % 8 == 0 and in_ch % 8 == 0 and square:
         return None
-    return f"{in_ch}->{out_ch} channels < {TRT_MIN_CHANNELS} (TensorRT rule 11)"
+    return NoMatch(f"{in_ch}->{out_ch} channels < {TRT_MIN_CHANNELS} (TensorRT rule 11)")
 
 
 RangeOf = Callable[[str], "tuple[float, float] | None"]
@@ -82,7 +85,7 @@ class OrtPlacement:
             key = self.view.key(user)
             if key in self.quantized and any(i == index for i, _ in activation_inputs(user)):
                 return True
-            moves_on = self.view.is_onnx(user, MOVES) and index == 0
+            moves_on = is_onnx_op(user, *MOVES) and index == 0
             if moves_on and any(self._reaches_int8(out, seen) for out in user.outputs):
                 return True
         return False
@@ -109,7 +112,7 @@ class OrtPlacement:
         while pending:
             value = pending.pop()
             producer = value.producer()
-            if producer is None or not self.view.is_onnx(producer, MOVES) or producer.graph is not self.view.graph:
+            if producer is None or not is_onnx_op(producer, *MOVES) or producer.graph is not self.view.graph:
                 continue
             source = producer.inputs[0]
             if source is None or is_constant(source) or not is_float(source) or source.name in tensors:
@@ -127,7 +130,7 @@ class OrtPlacement:
         producer = value.producer()
         if producer is None or producer.graph is not self.view.graph:
             return False
-        if self.view.is_onnx(producer, MOVES) and producer.inputs[0] is not None:
+        if is_onnx_op(producer, *MOVES) and producer.inputs[0] is not None:
             return self._int8_without(producer.inputs[0], reader)
         source = producer
         if producer.op_type in FOLDABLE and producer.inputs[0] is not None:
@@ -143,7 +146,7 @@ class OrtPlacement:
         chains such as Add → GlobalAveragePool → Gemm are found together)."""
         candidates = []
         for key, node in self.view.nodes.items():
-            if not self.view.is_onnx(node, NEIGHBOURS):
+            if not is_onnx_op(node, *NEIGHBOURS):
                 continue
             inputs = activation_inputs(node)
             if len(inputs) != len([v for v in node.inputs if v is not None]):
@@ -167,11 +170,11 @@ class OrtPlacement:
         return self._int8_tensors()
 
 
-def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], view: GraphView) -> ir.Value:
+def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
     """The upstream-most int8 tensor linked to ``value`` through data-movement ops."""
     while True:
         producer = value.producer()
-        if producer is None or not view.is_onnx(producer, MOVES) or producer.inputs[0] is None:
+        if producer is None or not is_onnx_op(producer, *MOVES) or producer.inputs[0] is None:
             return value
         source = producer.inputs[0]
         if source.name not in tensors:
@@ -180,22 +183,17 @@ def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], view: GraphView
 
 
 def plan_static(
-    model: ir.Model,
-    *,
-    target: Target,
-    dtype: str,
-    per_channel: bool,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    range_of: RangeOf,
-    float_layers: Iterable[str] = (),
-    activation_matmuls: bool = False,
+    model: ir.Model, options: QuantizeOptions, range_of: RangeOf, float_layers: Iterable[str] = ()
 ) -> QuantPlan:
-    """The placement for ``target`` given each tensor's calibrated range (None: no finite value).
+    """The placement for ``options.target`` given each tensor's calibrated range (None: no finite
+    value); ``float_layers`` are kept float (the accuracy budget).
 
-    With ``activation_matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
+    With ``activation-matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
     QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
     kernel reads its output, else MatMulIntegerToFloat."""
+    target: Target = options.target
+    dtype, per_channel, activation_matmuls = options.activations, options.per_channel, options.activation_matmuls
+    include, exclude = options.include, options.exclude
     view = GraphView(model.graph)
     tensorrt = target == "tensorrt"
     symmetric = tensorrt or target == "ort-cuda"
@@ -206,30 +204,30 @@ def plan_static(
     two_activations: set[str] = set()
     first = True
     for key, node in view.nodes.items():
-        if not view.is_onnx(node, layer_ops):
+        if not is_onnx_op(node, *layer_ops):
             continue
         if activation_matmuls and not tensorrt and is_activation_matmul(node):
             two_activations.add(key)
         why = None if key in two_activations else layer_problem(node)
         if why is None:
-            why = selection_reason(node, key, include, exclude)
+            why = unselected(node, key, include, exclude)
         if why is None and key in forced_float:
-            why = "kept float by the accuracy budget"
+            why = NoMatch("kept float by the accuracy budget")
         if why is None and tensorrt:
             why = trt_skip_reason(node, first)
         effective, _ = fold_candidate(node)
         if why is None and not all(v.name and range_of(v.name) for _, v in activation_inputs(node)):
-            why = "input has no finite calibration value"
+            why = NoMatch("input has no finite calibration value")
         if (
             why is None
             and not tensorrt
             and node.op_type == "Conv"
             and not (effective.name and range_of(effective.name))
         ):
-            why = "output has no finite calibration value"
+            why = NoMatch("output has no finite calibration value")
         first = first and node.op_type not in ("Conv", "ConvTranspose")
         if why is not None:
-            plan.left_float[key] = why
+            plan.left_float[key] = why.reason
         else:
             layers.append(key)
 
@@ -237,7 +235,7 @@ def plan_static(
         assert value.name is not None
         found = range_of(value.name)
         assert found is not None
-        return qparams(found[0], found[1], "s8" if symmetric else dtype, symmetric=symmetric)  # type: ignore[arg-type]
+        return qparams(found[0], found[1], "s8" if symmetric else dtype, symmetric=symmetric)
 
     if tensorrt:
         _place_tensorrt(view, layers, plan, params, range_of)
@@ -269,7 +267,7 @@ def _place_ort(
     placement = OrtPlacement(view, layers, range_of)
     tensors = placement.grow()
     for name, value in tensors.items():
-        root = _move_root(value, tensors, view)
+        root = _move_root(value, tensors)
         plan.activations[name] = ActivationQ(params(root), None, root.name or name)
     for key in sorted(placement.quantized, key=list(view.nodes).index):
         node = view.nodes[key]
@@ -288,7 +286,7 @@ def _place_ort(
             if q.params.clips_below_zero and (clip_max is None or clip_max >= represented_max):
                 plan.folds.append(view.key(fold))
     for key, node in view.nodes.items():
-        if view.is_onnx(node, NEIGHBOURS) and key not in placement.quantized:
+        if is_onnx_op(node, *NEIGHBOURS) and key not in placement.quantized:
             plan.left_float.setdefault(key, "a neighbour is float: QLinear kernel would add conversions (rule 7)")
 
 
@@ -307,7 +305,7 @@ def _place_tensorrt(
     chosen = set(layers)
     # Rule 10: an Add fed by a fusible layer gets Q/DQ on its other (residual) input only.
     for key, node in view.nodes.items():
-        if not view.is_onnx(node, ("Add",)) or len(activation_inputs(node)) != 2:
+        if not is_onnx_op(node, "Add") or len(activation_inputs(node)) != 2:
             continue
         fused = [
             index

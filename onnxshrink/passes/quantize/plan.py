@@ -8,15 +8,19 @@ the model. The placement that fills it is in ``place``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.constants import constant_scalar, is_constant
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.statistics import QParams
+from onnxshrink.selection import selection_reason
 
-_ONNX = ("", "ai.onnx")
+__all__ = ["constant_scalar", "is_constant"]  # re-exported for placement
+
 Target = Literal["ort-cpu", "ort-cuda", "tensorrt"]
 
 # Nodes with an integer kernel of their own: their weight (input 1) is a constant.
@@ -111,13 +115,6 @@ class GraphView:
     def key(self, node: ir.Node) -> str:
         return self.keys[id(node)]
 
-    def is_onnx(self, node: ir.Node, ops: Iterable[str]) -> bool:
-        return node.domain in _ONNX and node.op_type in ops
-
-
-def is_constant(value: ir.Value | None) -> bool:
-    return value is not None and value.const_value is not None
-
 
 def is_float(value: ir.Value) -> bool:
     return value.dtype is None or value.dtype.is_floating_point()
@@ -131,12 +128,6 @@ def activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
     return [(i, v) for i, v in inputs if v is not None and not is_constant(v) and is_float(v)]
 
 
-def constant_scalar(value: ir.Value | None) -> float | None:
-    if value is None or value.const_value is None or value.const_value.size != 1:
-        return None
-    return float(value.const_value.numpy().reshape(()))
-
-
 def fold_candidate(node: ir.Node) -> tuple[ir.Value, ir.Node | None]:
     """The node's effective output: after a lone Relu/Clip(0, max) it reads, else its own."""
     output = node.outputs[0]
@@ -144,7 +135,7 @@ def fold_candidate(node: ir.Node) -> tuple[ir.Value, ir.Node | None]:
     if len(uses) != 1 or output.is_graph_output():
         return output, None
     user = uses[0][0]
-    if user.domain not in _ONNX or user.op_type not in FOLDABLE:
+    if not is_onnx_op(user, *FOLDABLE):
         return output, None
     if user.op_type == "Clip":
         low = constant_scalar(user.inputs[1]) if len(user.inputs) > 1 else None
@@ -172,22 +163,40 @@ def is_activation_matmul(node: ir.Node) -> bool:
     return all(v is not None and not is_constant(v) and is_float(v) for v in node.inputs)
 
 
-def layer_problem(node: ir.Node) -> str | None:
-    """Why a Conv/ConvTranspose/Gemm/MatMul cannot be quantized, or None."""
-    if len(node.inputs) < 2 or not is_constant(node.inputs[1]):
-        return "weight (input 1) is not a constant initializer"
-    weight = node.inputs[1]
-    assert weight is not None and weight.const_value is not None
-    if weight.const_value.dtype != ir.DataType.FLOAT:
-        return f"weight has dtype {weight.const_value.dtype.name}, not float32"
-    rank = len(weight.const_value.shape)
+def constant_initializer(value: ir.Value | None, what: str) -> ir.TensorProtocol | NoMatch:
+    """The tensor a constant initializer holds, or why ``value`` is none.
+
+    An initializer that is also a graph input is not a constant (callers may override it), and a
+    ``Constant`` node's output is left to fold, which makes it an initializer.
+    """
+    if value is None or value.const_value is None or not value.is_initializer():
+        return NoMatch(f"{what} is not a constant initializer")
+    if not is_constant(value):
+        return NoMatch(f"{what} '{value.name}' is also a graph input, so callers may override it")
+    return value.const_value
+
+
+def layer_problem(node: ir.Node) -> NoMatch | None:
+    """Why a Conv/ConvTranspose/Gemm/MatMul cannot be quantized, or None when it can."""
+    weight = constant_initializer(node.inputs[1] if len(node.inputs) > 1 else None, "weight (input 1)")
+    if isinstance(weight, NoMatch):
+        return weight
+    if weight.dtype != ir.DataType.FLOAT:
+        return NoMatch(f"weight has dtype {weight.dtype.name}, not float32")
+    rank = len(weight.shape)
     if node.op_type in ("MatMul", "Gemm") and rank != 2:
-        return f"weight of rank {rank}, not 2"
+        return NoMatch(f"weight of rank {rank}, not 2")
     if node.inputs[0] is None or is_constant(node.inputs[0]):
-        return "activation input is a constant (run fold first)"
-    if node.op_type == "Gemm" and node.attributes.get("transA") is not None and node.attributes["transA"].as_int():
-        return "Gemm with transA=1"
+        return NoMatch("activation input is a constant (run fold first)")
+    if node.op_type == "Gemm" and node.attributes.get_int("transA"):
+        return NoMatch("Gemm with transA=1")
     return None
+
+
+def unselected(node: ir.Node, key: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> NoMatch | None:
+    """Why ``include``/``exclude`` leave the node float, or None when they select it."""
+    why = selection_reason(node, key, include, exclude)
+    return None if why is None else NoMatch(why)
 
 
 def quantize_weight(array: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,10 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.ir.graphs import add_initializer, fresh_name, take_over_output
-from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weight
+from onnxshrink.ir.constants import constant_array, is_constant
+from onnxshrink.ir.graphs import add_initializer, fresh_name, take_over_output, taken_names
+from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, constant_initializer, quantize_weight
 from onnxshrink.passes.quantize.statistics import QParams
 
 _INT32_MAX = 2**31 - 1
@@ -22,17 +24,12 @@ _NUMPY_QTYPE = {"u8": np.uint8, "s8": np.int8}
 
 
 class QdqWriter:
-    """Creates initializers and Q/DQ nodes in one graph with fresh names."""
+    """Creates initializers and Q/DQ nodes in the main graph, with names no other part of the model uses."""
 
-    def __init__(self, graph: ir.Graph, weight_bits: int = 8) -> None:
-        self.graph = graph
+    def __init__(self, model: ir.Model, weight_bits: int = 8) -> None:
+        self.graph = model.graph
         self.weight_bits = weight_bits
-        self.taken: set[str] = set(graph.initializers)
-        self.taken.update(v.name for v in graph.inputs if v.name)
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self.taken.update(o.name for o in node.outputs if o.name)
-            if node.name:
-                self.taken.add(node.name)
+        self.taken = taken_names(model)
         self._weights: dict[tuple[str, int | None], tuple[ir.Value, np.ndarray]] = {}
         self.counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
 
@@ -73,8 +70,9 @@ class QdqWriter:
     def bias(self, node: ir.Node, index: int, input_scale: float, weight_scales_: np.ndarray) -> bool:
         """Rule 3: int32 bias with scale x_scale * w_scale, zp 0; False (float kept) if it would overflow."""
         value = node.inputs[index]
-        assert value is not None and value.const_value is not None and value.name
-        bias = value.const_value.numpy().astype(np.float64)
+        array = constant_array(value)
+        assert value is not None and array is not None and value.name
+        bias = array.astype(np.float64)
         if bias.ndim != 1:
             return False
         scales = (np.float32(input_scale) * weight_scales_.astype(np.float32)).astype(np.float32)
@@ -132,7 +130,7 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
         name: None if q.readers is None else [(view.nodes[key], index) for key, index in q.readers]
         for name, q in plan.activations.items()
     }
-    writer = QdqWriter(graph, weight_bits)
+    writer = QdqWriter(model, weight_bits)
     for key in plan.folds:
         fold = view.nodes[key]
         source, folded = fold.inputs[0], fold.outputs[0]
@@ -156,11 +154,11 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
     values = GraphView(graph).values
     for name, q in plan.activations.items():
         writer.activation(values[name], q.params, reader_nodes[name])
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return {**writer.counts, "bias_int32": bias_kinds["int32"], "bias_float": bias_kinds["float"]}
 
 
-def _drop_unused_initializers(graph: ir.Graph) -> None:
+def drop_unused_initializers(graph: ir.Graph) -> None:
     for name in list(graph.initializers):
         value = graph.initializers[name]
         if not list(value.uses()) and not value.is_graph_output() and not value.is_graph_input():
@@ -200,23 +198,24 @@ def block_quantize(weight: np.ndarray, block_size: int, dtype: str) -> tuple[ir.
     return _int4_tensor(values, dtype), scales, None if zero is None else _int4_tensor(zero, dtype)
 
 
-def gather_table_problem(node: ir.Node) -> str | None:
-    """Why a Gather's data cannot become a quantized table, or None."""
-    table, indices = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
-    if table is None or table.const_value is None:
-        return "data (input 0) is not a constant initializer"
-    if table.const_value.dtype != ir.DataType.FLOAT:
-        return f"table has dtype {table.const_value.dtype.name}, not float32"
-    if len(table.const_value.shape) != 2:
-        return f"table of rank {len(table.const_value.shape)}, not 2"
-    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+def gather_table_problem(node: ir.Node) -> NoMatch | None:
+    """Why a Gather's data cannot become a quantized table, or None when it can."""
+    table = constant_initializer(node.inputs[0], "data (input 0)")
+    indices = node.inputs[1] if len(node.inputs) > 1 else None
+    if isinstance(table, NoMatch):
+        return table
+    if table.dtype != ir.DataType.FLOAT:
+        return NoMatch(f"table has dtype {table.dtype.name}, not float32")
+    if len(table.shape) != 2:
+        return NoMatch(f"table of rank {len(table.shape)}, not 2")
+    axis = node.attributes.get_int("axis", 0)
     if axis not in (0, -2):
-        return f"Gather along axis {axis}, not 0"
-    if indices is None or indices.const_value is not None:
-        return "indices are a constant (run fold first)"
-    hidden = int(table.const_value.shape.numpy()[1])
+        return NoMatch(f"Gather along axis {axis}, not 0")
+    if indices is None or is_constant(indices):
+        return NoMatch("indices are a constant (run fold first)")
+    hidden = int(table.shape.numpy()[1])
     if hidden < 16:
-        return f"rows of {hidden} values < 16"
+        return NoMatch(f"rows of {hidden} values < 16")
     return None
 
 

@@ -9,9 +9,11 @@ from typing import Any, Protocol
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.constants import constant_array, is_constant
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.passbase import NoMatch
 from onnxshrink.selection import matching_pattern
 
-_ONNX = ("", "ai.onnx")
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CONVS = ("Conv", "ConvTranspose")
 # Nodes fuse-bn folds into the layer before them (the layer keeps its own output name).
@@ -49,22 +51,22 @@ class _Grid:
         return np.where(keep, steps, self.zero_point).astype(dtype)
 
 
-def _grid(dequantize: ir.Node) -> _Grid | str:
+def _grid(dequantize: ir.Node) -> _Grid | NoMatch:
     """The grid of a DequantizeLinear that reads constants only, or why it is not refit."""
     values, scale = dequantize.inputs[0], dequantize.inputs[1] if len(dequantize.inputs) > 1 else None
     zero_point = dequantize.inputs[2] if len(dequantize.inputs) > 2 else None
     if values is None or scale is None or values.const_value is None or not values.is_initializer():
-        return "weight comes out of a DequantizeLinear whose input is not a constant initializer"
+        return NoMatch("weight comes out of a DequantizeLinear whose input is not a constant initializer")
     if values.is_graph_input() or values.is_graph_output() or len(values.uses()) > 1:
-        return f"quantized weight '{values.name}' is a graph input or output, or read by other nodes too"
+        return NoMatch(f"quantized weight '{values.name}' is a graph input or output, or read by other nodes too")
     if dequantize.attributes.get_int("block_size", 0):
-        return "blocked quantization (block_size) is not refit"
+        return NoMatch("blocked quantization (block_size) is not refit")
     q = values.const_value.numpy()
     if q.dtype.kind not in "iu":
-        return f"quantized weight '{values.name}' has dtype {q.dtype}, not an integer type"
+        return NoMatch(f"quantized weight '{values.name}' has dtype {q.dtype}, not an integer type")
     scales, zeros = constant_array(scale), constant_array(zero_point) if zero_point is not None else np.zeros(1)
     if scales is None or zeros is None or np.any(scales == 0):
-        return "the DequantizeLinear's scale or zero point is not a constant (or a scale is 0)"
+        return NoMatch("the DequantizeLinear's scale or zero point is not a constant (or a scale is 0)")
     shape = [1] * q.ndim
     if scales.size > 1:
         shape[dequantize.attributes.get_int("axis", 1) % q.ndim] = -1
@@ -73,16 +75,15 @@ def _grid(dequantize: ir.Node) -> _Grid | str:
     )
 
 
-def constant_array(value: ir.Value) -> np.ndarray | None:
-    """The value's data when it is a constant or the DequantizeLinear of constants, else None."""
-    if value.const_value is not None:
-        return value.const_value.numpy()
+def constant_or_dequantized(value: ir.Value) -> np.ndarray | None:
+    """The value's data when it is a constant (:mod:`onnxshrink.ir.constants`) or the
+    DequantizeLinear of constants, else None."""
+    array = constant_array(value)
+    if array is not None:
+        return array
     producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        attr = producer.attributes.get("value")
-        return attr.as_tensor().numpy() if attr is not None else None
-    if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain in _ONNX:
-        grid = _grid(producer) if all(v is None or v.const_value is not None for v in producer.inputs) else None
+    if producer is not None and is_onnx_op(producer, "DequantizeLinear"):
+        grid = _grid(producer) if all(v is None or is_constant(v) for v in producer.inputs) else None
         return grid.dequantize() if isinstance(grid, _Grid) else None
     return None
 
@@ -127,20 +128,15 @@ def weight_shape(layer: Layer) -> tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape.numpy())
 
 
-def _constant(value: ir.Value, what: str) -> str | None:
-    """Why ``value`` cannot be rewritten as a constant initializer, or None."""
+def _constant(value: ir.Value, what: str) -> NoMatch | None:
+    """Why ``value`` cannot be rewritten as a constant initializer, or None when it can."""
     if value.const_value is None or not value.is_initializer():
-        return f"{what} '{value.name}' is not a constant initializer"
-    if value.is_graph_input() or value.is_graph_output():
-        return f"{what} '{value.name}' is a graph input or output"
+        return NoMatch(f"{what} '{value.name}' is not a constant initializer")
+    if not is_constant(value) or value.is_graph_output():
+        return NoMatch(f"{what} '{value.name}' is a graph input or output")
     if not value.const_value.dtype.is_floating_point():
-        return f"{what} '{value.name}' has non-float dtype {value.const_value.dtype.name}"
+        return NoMatch(f"{what} '{value.name}' has non-float dtype {value.const_value.dtype.name}")
     return None
-
-
-def _is_constant(value: ir.Value) -> bool:
-    producer = value.producer()
-    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
 
 
 class TeacherPoints:
@@ -162,48 +158,49 @@ class TeacherPoints:
         while value is not None and not value.is_graph_output() and len(value.uses()) == 1:
             consumer, _ = next(iter(value.uses()))
             following = consumer.outputs[0]
-            if consumer.domain not in _ONNX or consumer.op_type not in _FOLDED or following.name in self.student:
+            if not is_onnx_op(consumer, *_FOLDED) or following.name in self.student:
                 break
-            if not all(_is_constant(v) for v in consumer.inputs if v is not None and v is not value):
+            if not all(is_constant(v) for v in consumer.inputs if v is not None and v is not value):
                 break
             value = following
         return value.name if value is not None else None
 
 
-def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoints) -> Layer | str:
+def _find_layer(node: ir.Node, key: str, options: Selection, teacher: TeacherPoints) -> Layer | NoMatch:
     """The node as a :class:`Layer`, or why it is not refit."""
     if options.include and matching_pattern(node, key, options.include) is None:
-        return f"not matched by include={','.join(options.include)}"
+        return NoMatch(f"not matched by include={','.join(options.include)}")
     if matching_pattern(node, key, options.exclude) is not None:
-        return "excluded"
+        return NoMatch("excluded")
     data, weight = (node.inputs[0], node.inputs[1]) if len(node.inputs) > 1 else (None, None)
     if data is None or weight is None or not data.name or not node.outputs[0].name:
-        return "no named input or no weight"
+        return NoMatch("no named input or no weight")
     producer = weight.producer()
-    grid: _Grid | str | None = None
+    grid: _Grid | NoMatch | None = None
     if weight.const_value is None and producer is not None and producer.op_type == "DequantizeLinear":
-        grid = _grid(producer) if producer.domain in _ONNX else "custom-domain DequantizeLinear"
+        grid = _grid(producer) if is_onnx_op(producer) else NoMatch("custom-domain DequantizeLinear")
     elif (why := _constant(weight, "weight")) is not None:
         return why
-    if isinstance(grid, str):
+    if isinstance(grid, NoMatch):
         return grid
     if len(weight.uses()) > 1:
-        return f"weight '{weight.name}' is read by other nodes too"
+        return NoMatch(f"weight '{weight.name}' is read by other nodes too")
     tensor = weight.const_value if grid is None else grid.values.const_value
     assert tensor is not None
     rank = len(tensor.shape)
     if (node.op_type in CONVS and rank < 3) or (node.op_type not in CONVS and rank != 2):
-        return f"weight '{weight.name}' of rank {rank} is not a {node.op_type} weight this pass refits"
+        return NoMatch(f"weight '{weight.name}' of rank {rank} is not a {node.op_type} weight this pass refits")
     if node.op_type == "ConvTranspose" and ("output_shape" in node.attributes or auto_pad(node) != "NOTSET"):
-        return "ConvTranspose with output_shape or auto_pad SAME_* is not refit"
+        return NoMatch("ConvTranspose with output_shape or auto_pad SAME_* is not refit")
     output = teacher.find(node.outputs[0].name)
     if output is None:
-        return f"no value '{node.outputs[0].name}' in the input model to match"
+        return NoMatch(f"no value '{node.outputs[0].name}' in the input model to match")
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     fit_bias = options.bias and node.op_type != "MatMul"
     if bias is not None and _constant(bias, "bias") is not None:
-        if constant_array(bias) is None:
-            return f"bias '{bias.name}' is not a constant"
+        if constant_or_dequantized(bias) is None:
+            what = "also a graph input, so callers may override it" if bias.is_graph_input() else "not a constant"
+            return NoMatch(f"bias '{bias.name}' is {what}")
         fit_bias = False  # a quantized (or otherwise computed) bias stays; its value is subtracted
     if node.op_type == "Gemm":
         beta = node.attributes.get("beta")
@@ -221,15 +218,15 @@ def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[l
     depth: dict[ir.Value, int] = {}
     for index, node in enumerate(model.graph):
         stage = max((depth.get(v, 0) for v in node.inputs if v is not None), default=0)
-        found: Layer | str | None = None
-        if node.domain in _ONNX and node.op_type in LAYERS:
+        found: Layer | NoMatch | None = None
+        if is_onnx_op(node, *LAYERS):
             found = _find_layer(node, node.name or f"{node.op_type}#{index}", options, teacher)
         if isinstance(found, Layer):
             found.stage = stage
             layers.append(found)
             stage += 1
-        elif isinstance(found, str):
-            skipped[node.name or f"{node.op_type}#{index}"] = found
+        elif isinstance(found, NoMatch):
+            skipped[node.name or f"{node.op_type}#{index}"] = found.reason
         for output in node.outputs:
             depth[output] = stage
     return layers, skipped

@@ -1,0 +1,95 @@
+"""The options of ``quantize``, each declared with what users may give (checked once by the pass base)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from onnxshrink.passbase import option
+from onnxshrink.passes.quantize.statistics import CALIBRATORS, DEFAULT_PERCENTILE
+
+MODES = ("static", "dynamic", "weight-only")
+TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
+
+
+def _block_size_problem(value: int) -> str | None:
+    if value >= 16 and not value & (value - 1):
+        return None
+    return f"must be a power of 2 >= 16, got {value}"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    """What ``quantize`` does; the placement rules per target are in docs/quantization.md."""
+
+    mode: Literal["static", "dynamic", "weight-only"] = option(
+        "static",
+        "static: calibrated QDQ; dynamic: MatMul/Gemm with runtime activation scales; weight-only",
+        choices=MODES,
+    )
+    target: Literal["ort-cpu", "ort-cuda", "tensorrt"] = option(
+        "ort-cpu", "runtime whose placement rules to follow (docs/quantization.md)", choices=TARGETS
+    )
+    activations: Literal["u8", "s8"] = option(
+        "u8", "activation type on ort-cpu (tensorrt and ort-cuda: always symmetric s8)", choices=("u8", "s8")
+    )
+    weights: Literal["s8", "s4", "u4"] = option(
+        "s8", "weight type; s4/u4 only with mode=weight-only (MatMulNBits)", choices=("s8", "s4", "u4")
+    )
+    per_channel: bool = option(True, "one weight scale per output channel")
+    reduce_range: Literal["auto", "on", "off"] = option(
+        "auto",
+        "7-bit weights [-63, 63]: exact on x86 without VNNI, where u8 x s8 int16 pair sums "
+        "saturate; auto: on for ort-cpu with u8 activations (static) or dynamic mode",
+        choices=("auto", "on", "off"),
+    )
+    activation_matmuls: bool = option(
+        False,
+        "static ort-cpu/ort-cuda: also MatMuls of two activations (attention QK^T, probs x V); "
+        "off by default: on AVX2 BERT-base it was no faster and tripled calibration time",
+    )
+    block_size: int = option(32, "4-bit block length along K: a power of 2, >= 16", check=_block_size_problem)
+    calibrate: Literal["minmax", "percentile", "entropy", "mse"] = option(
+        "minmax", "how activation ranges are chosen from the streamed statistics", choices=tuple(CALIBRATORS)
+    )
+    percentile: float = option(
+        DEFAULT_PERCENTILE, "percentile kept by calibrate=percentile, 50 < p <= 100", above=50.0, maximum=100.0
+    )
+    samples: int = option(128, "calibration samples read (static mode)", minimum=1)
+    include: tuple[str, ...] = option((), "quantize only layers whose op type or node-name glob matches (empty: all)")
+    exclude: tuple[str, ...] = option((), "never quantize layers whose op type or node-name glob matches")
+    max_drop: float | None = option(
+        None,
+        "budget: top-1 disagreement with the float model on calibration samples (static)",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    min_cosine: float | None = option(
+        None, "budget: output cosine with the float model on calibration samples (static)", minimum=-1.0, maximum=1.0
+    )
+    min_speedup: float | None = option(
+        None,
+        "static: time float and quantized model on a calibration batch; below this speedup "
+        "the model is returned unchanged (int8 kernels can be slower than float on some CPUs)",
+        above=0.0,
+    )
+
+    def problem(self) -> str | None:
+        """What is wrong with the options together (each alone is checked by its metadata)."""
+        if self.weights != "s8" and self.mode != "weight-only":
+            return f"weights={self.weights} needs mode=weight-only (4-bit runs as MatMulNBits)"
+        if (self.max_drop is not None or self.min_cosine is not None) and self.mode != "static":
+            return "max-drop/min-cosine apply to mode=static only"
+        if self.min_speedup is not None and self.mode != "static":
+            return f"min-speedup needs mode=static, got mode={self.mode}"
+        return None
+
+    @property
+    def weight_bits(self) -> int:
+        """7 where u8 x s8 products could saturate int16 pair sums (x86 AVX2 kernels), else 8."""
+        if self.mode == "weight-only":
+            return 8  # activations stay float: no integer products
+        if self.reduce_range == "auto":
+            u8 = self.mode == "dynamic" or self.activations == "u8"
+            return 7 if self.target == "ort-cpu" and u8 else 8
+        return 7 if self.reduce_range == "on" else 8
