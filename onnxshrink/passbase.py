@@ -29,6 +29,9 @@ import onnx_ir as ir
 
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
+from onnxshrink.matching import NoMatch
+
+__all__ = ["NoMatch", "NoOptions", "ShrinkPass", "ShrinkPassResult", "check_options", "option", "option_key"]
 
 OptionsT = TypeVar("OptionsT")
 
@@ -48,22 +51,6 @@ class ShrinkPassResult(ir.passes.PassResult):
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class NoMatch:
-    """Why a pattern, rule or layer does not apply: the one "no match" answer of every pass.
-
-    A pure match step returns either what to do or a ``NoMatch``; the rewrite step only ever sees
-    the former. ``missing_facts`` is True when the answer could change once a dtype or shape that
-    is unknown now becomes known (shape inference may tell), False when the graph rules it out.
-    """
-
-    reason: str
-    missing_facts: bool = False
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def option(

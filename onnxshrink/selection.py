@@ -7,20 +7,18 @@ from collections.abc import Iterable, Sequence
 
 import onnx_ir as ir
 
+from onnxshrink.matching import NoMatch
+
 
 def matching_pattern(node: ir.Node, key: str, patterns: Iterable[str]) -> str | None:
     """The first pattern equal to the node's op type or matching ``key`` (its name) as a glob."""
     return next((p for p in patterns if p == node.op_type or fnmatch.fnmatchcase(key, p)), None)
 
 
-def selection_reason(node: ir.Node, key: str, include: Sequence[str], exclude: Sequence[str]) -> str | None:
-    """Why ``include``/``exclude`` leave the node out, or None when they select it.
-
-    A core helper: it sits below :mod:`onnxshrink.passbase` in the import layers, so passes wrap
-    the reason in their ``NoMatch``.
-    """
+def unselected(node: ir.Node, key: str, include: Sequence[str], exclude: Sequence[str]) -> NoMatch | None:
+    """Why ``include``/``exclude`` leave the node out, or None when they select it."""
     if include and matching_pattern(node, key, include) is None:
-        return f"not matched by include={','.join(include)}"
+        return NoMatch(f"not matched by include={','.join(include)}")
     if (pattern := matching_pattern(node, key, exclude)) is not None:
-        return f"excluded by '{pattern}'"
+        return NoMatch(f"excluded by '{pattern}'")
     return None

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.graphs import is_onnx_op
+
 PATTERNS = ((2, 4), (4, 8), (1, 4))
-_ONNX = ("", "ai.onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ def reduction_axis(node: ir.Node, rank: int) -> int | None:
 def layer_weights(model: ir.Model) -> Iterator[LayerWeight]:
     """Conv/ConvTranspose/Gemm/MatMul nodes of the main graph whose weight is a constant."""
     for node in model.graph:
-        if node.domain not in _ONNX or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if not is_onnx_op(node, "Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         if len(node.inputs) < 2 or node.inputs[1] is None:
             continue

@@ -18,7 +18,7 @@ from onnxshrink.passes.prune import plan as plan
 from onnxshrink.passes.prune import sensitivity as sensitivity
 from onnxshrink.registry import register_pass
 from onnxshrink.runtime import RuntimeUnavailable
-from onnxshrink.selection import selection_reason
+from onnxshrink.selection import unselected
 from onnxshrink.sparsity import reduction_axis
 
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -153,8 +153,8 @@ def _layer(node: ir.Node, key: str) -> _Layer | NoMatch:
 
 def _unselected(layer: _Layer, options: MagnitudePruneOptions) -> NoMatch | None:
     """Why the options leave ``layer`` dense, or None when they select it."""
-    if (why := selection_reason(layer.node, layer.key, options.include, options.exclude)) is not None:
-        return NoMatch(why)
+    if (why := unselected(layer.node, layer.key, options.include, options.exclude)) is not None:
+        return why
     size = layer.weight.const_value.size if layer.weight.const_value is not None else 0
     if size < options.min_size:
         return NoMatch(f"{size} weights < min-size {options.min_size}")

@@ -21,6 +21,7 @@ from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
 from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
 from onnxshrink.registry import register_pass
+from onnxshrink.selection import unselected
 
 __all__ = ["QuantizeOptions", "QuantizePass"]
 
@@ -263,7 +264,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         for key, node in placement.GraphView(model.graph).nodes.items():
             if not is_onnx_op(node, *placement.TRT_LAYERS):
                 continue
-            why = budget.weight_layer_problem(node, options.mode, bits) or placement.unselected(
+            why = budget.weight_layer_problem(node, options.mode, bits) or unselected(
                 node, key, options.include, options.exclude
             )
             if why is not None:
@@ -294,7 +295,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         for key, node in placement.GraphView(model.graph).nodes.items():
             if not is_onnx_op(node, "Gather"):
                 continue
-            why: NoMatch | None = rewrite.gather_table_problem(node) or placement.unselected(
+            why: NoMatch | None = rewrite.gather_table_problem(node) or unselected(
                 node, key, options.include, options.exclude
             )
             if why is not None:

@@ -32,10 +32,10 @@ from onnxshrink.passes.quantize.plan import (
     is_constant,
     is_float,
     layer_problem,
-    unselected,
     weight_axis,
 )
 from onnxshrink.passes.quantize.statistics import QParams, qparams
+from onnxshrink.selection import unselected
 
 
 def trt_skip_reason(node: ir.Node, first: bool) -> NoMatch | None:

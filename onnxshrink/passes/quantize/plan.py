@@ -17,7 +17,6 @@ from onnxshrink.ir.constants import constant_scalar, is_constant
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.statistics import QParams
-from onnxshrink.selection import selection_reason
 
 __all__ = ["constant_scalar", "is_constant"]  # re-exported for placement
 
@@ -191,12 +190,6 @@ def layer_problem(node: ir.Node) -> NoMatch | None:
     if node.op_type == "Gemm" and node.attributes.get_int("transA"):
         return NoMatch("Gemm with transA=1")
     return None
-
-
-def unselected(node: ir.Node, key: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> NoMatch | None:
-    """Why ``include``/``exclude`` leave the node float, or None when they select it."""
-    why = selection_reason(node, key, include, exclude)
-    return None if why is None else NoMatch(why)
 
 
 def quantize_weight(array: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
