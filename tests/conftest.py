@@ -89,21 +89,15 @@ def model_file(tmp_path: Path) -> ModelFile:
 @pytest.fixture
 def registrations() -> Iterator[PassRegistrations]:
     """Register passes and presets for one test; they are unregistered when it ends."""
-    scratch = PassRegistrations()
-    try:
+    with PassRegistrations() as scratch:
         yield scratch
-    finally:
-        scratch.close()
 
 
 @pytest.fixture(scope="module")
 def module_registrations() -> Iterator[PassRegistrations]:
     """Register passes and presets for one test module; unregistered after its last test."""
-    scratch = PassRegistrations()
-    try:
+    with PassRegistrations() as scratch:
         yield scratch
-    finally:
-        scratch.close()
 
 
 # --------------------------------------------------------------------------- ONNX node suite tally

@@ -2,8 +2,10 @@
 
 * Models from ONNX text: :func:`parse_model` (a ``ModelProto`` passing the ONNX full checker) and
   :func:`parse_ir_model` (the same as an ``onnx_ir.Model``); :func:`random_arrays` for weights.
-* Inputs: :func:`random_feed` (dtype and shape aware, seeded, dynamic dims by a sizes map).
-* :func:`op_counts` of a graph.
+* Inputs: :func:`random_feed` (dtype and shape aware, seeded, dynamic dims by a sizes map),
+  :class:`OnceReader` (a calibration reader), :func:`node_cases` and :func:`node_case_feed` (the
+  ONNX backend node suite).
+* Looking at results: :func:`op_counts`, :func:`initializer_arrays`, :func:`assert_same_signature`.
 * :func:`run_pass`: passes through the real pipeline with every check on, returning a :class:`PassRun`.
 * onnxruntime: :func:`session`, :func:`run`, :func:`assert_outputs_close` and :func:`assert_close`,
   the one tolerance helper (fp32 exact passes: rtol 1e-5, atol 1e-6 unless a test writes down why).
@@ -19,6 +21,7 @@ model into the cache and runs it once with onnxruntime.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -142,6 +146,17 @@ def as_proto(model: ModelLike) -> onnx.ModelProto:
     return onnx.load(os.fspath(model), load_external_data=False)
 
 
+def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The main graph's initializers as arrays, by name."""
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def assert_same_signature(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
+    """Graph inputs and outputs keep their names, order, types and shapes."""
+    assert [(v.name, v.type) for v in result.graph.input] == [(v.name, v.type) for v in original.graph.input]
+    assert [(v.name, v.type) for v in result.graph.output] == [(v.name, v.type) for v in original.graph.output]
+
+
 def op_counts(graph: onnx.ModelProto | onnx.GraphProto | onnx.FunctionProto | ir.Model | ir.Graph) -> Counter[str]:
     """How many nodes of each op type a graph holds (its own nodes, not those of its subgraphs)."""
     if isinstance(graph, onnx.ModelProto):
@@ -208,6 +223,44 @@ def random_feed(
                 data.reshape(-1)[:2] = [np.nan, -0.0]
             feed[value.name] = data
     return feed
+
+
+class OnceReader:
+    """An onnxruntime-style calibration reader: one feed per ``get_next()``, then None; no rewind."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._batches = iter([dict(b) for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+@functools.cache
+def node_cases() -> dict[str, Any]:
+    """The ONNX backend node test cases (``onnx.backend.test``), by name, collected once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case.node import collect_testcases
+
+        return {case.name: case for case in collect_testcases(None)}
+
+
+def node_case_feed(case: Any) -> dict[str, Any]:
+    """The first data set's inputs of a node test case, as onnxruntime takes them."""
+    inputs, _ = case.data_sets[0]
+    initializers = {t.name for t in case.model.graph.initializer}
+    names = [i.name for i in case.model.graph.input if i.name not in initializers]
+    return {name: _runtime_value(value) for name, value in zip(names, inputs, strict=False)}
+
+
+def _runtime_value(value: Any) -> Any:
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    if isinstance(value, list):
+        return [_runtime_value(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- running passes
@@ -287,7 +340,11 @@ def run_pass(
         shapes=dict(shapes or {}),
         reference=source,
     )
-    strict_before = _passes_full_check(to_proto(loaded.model))
+    if loaded.path is not None:
+        stat = loaded.path.stat()
+        strict_before = _file_passes_full_check(str(loaded.path), stat.st_mtime_ns, stat.st_size)
+    else:
+        strict_before = _passes_full_check(to_proto(loaded.model))
     records = Pipeline(specs, context, full_checks=True).run(loaded.model)
     out = to_proto(loaded.model)
     onnx.checker.check_model(out, full_check=strict_before)
@@ -302,7 +359,7 @@ def _load(model: ModelLike) -> LoadedModel:
     return load_proto(as_proto(model))
 
 
-def _passes_full_check(model: onnx.ModelProto) -> bool:
+def _passes_full_check(model: onnx.ModelProto | str) -> bool:
     # Some real exports declare shapes strict inference disagrees with; a pass is not blamed for that.
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -311,22 +368,25 @@ def _passes_full_check(model: onnx.ModelProto) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=64)
+def _file_passes_full_check(path: str, mtime_ns: int, size: int) -> bool:
+    # Real models go through many tests; check each file once (keyed by its stat, in case it changes).
+    return _passes_full_check(path)
+
+
 # --------------------------------------------------------------------------- onnxruntime
 
 
 def session(model: ModelLike) -> ort.InferenceSession:
     """A CPU session with full graph optimizations, as users run models."""
-    if isinstance(model, ir.Model):
-        model = to_proto(model)
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+    source: str | bytes
+    if isinstance(model, (bytes, str, os.PathLike)):
+        source = model if isinstance(model, bytes) else os.fspath(model)
+    else:
+        source = as_proto(model).SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model if isinstance(model, bytes) else os.fspath(model),
-        sess_options=options,
-        providers=["CPUExecutionProvider"],
-    )
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def run(model: ModelLike, feed: Mapping[str, Any]) -> list[Any]:
@@ -404,10 +464,19 @@ def assert_close(
 
 
 class PassRegistrations:
-    """Passes and presets registered for a test; :meth:`close` unregisters them, newest first."""
+    """Passes and presets registered for a test; :meth:`close` unregisters them, newest first.
+
+    A context manager: ``with PassRegistrations() as scratch: scratch.add_pass(MyPass)``.
+    """
 
     def __init__(self) -> None:
         self._names: list[str] = []
+
+    def __enter__(self) -> PassRegistrations:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def add_pass(self, cls: type[ShrinkPass[Any]]) -> type[ShrinkPass[Any]]:
         """Registers a pass class (checked as ``@register_pass`` checks it) and returns it."""
@@ -422,6 +491,7 @@ class PassRegistrations:
         return preset
 
     def close(self) -> None:
+        """Unregisters everything this object registered (``registry.unregister``), newest first."""
         while self._names:
             registry.unregister(self._names.pop())
 

@@ -9,52 +9,31 @@ of the session.
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
+from typing import Any, NoReturn
 
-import numpy as np
 import onnx
 import pytest
-from helpers import NodeSuiteTally, assert_outputs_close, run
+from helpers import NodeSuiteTally, assert_outputs_close, node_case_feed, node_cases, run
 
 import onnxshrink
 from onnxshrink.loading import load_proto
 from onnxshrink.saving import save_model
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    CASES = {case.name: case for case in collect_testcases(None)}
-
-
-def _as_runtime_value(value):
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if isinstance(value, np.generic):
-        return np.asarray(value)
-    if isinstance(value, list):
-        return [_as_runtime_value(v) for v in value]
-    return value
-
-
-def _feed(case, model: onnx.ModelProto) -> dict:
-    inputs, _ = case.data_sets[0]
-    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    return {name: _as_runtime_value(value) for name, value in zip(names, inputs, strict=False)}
+CASES = node_cases()
 
 
 @functools.lru_cache(maxsize=4)
-def _reference(name: str):
+def _reference(name: str) -> tuple[list[Any] | None, str | None]:
     case = CASES[name]
     try:
-        return run(case.model, _feed(case, case.model)), None
+        return run(case.model, node_case_feed(case)), None
     except Exception as error:  # onnxruntime cannot load or run this case
         reason = str(error).strip().splitlines()[0][:80] if str(error).strip() else type(error).__name__
         return None, reason
 
 
-def _skip(tally: NodeSuiteTally, reason: str) -> None:
+def _skip(tally: NodeSuiteTally, reason: str) -> NoReturn:
     # "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find..." -> "NOT_IMPLEMENTED"
     parts = [p.strip() for p in reason.split(":")]
     key = parts[2] if reason.startswith("[ONNXRuntimeError]") and len(parts) > 2 else reason[:60]
@@ -69,7 +48,7 @@ def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path, node_sui
     expected, reason = _reference(name)
     if expected is None:
         _skip(node_suite_tally, reason or "unknown")
-    feed = _feed(case, case.model)
+    feed = node_case_feed(case)
 
     saved = tmp_path / "round_trip.onnx"
     save_model(load_proto(case.model).model, saved)
