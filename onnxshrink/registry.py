@@ -92,6 +92,33 @@ def register_preset(
     return preset
 
 
+def unregister(name: str) -> None:
+    """Removes a registered pass or preset, so that its name is free again.
+
+    Meant for tests that register a pass or preset of their own and must leave the registry as
+    they found it. A pass that a registered preset still names cannot be removed: the preset
+    would point at nothing; unregister the preset first.
+
+    Args:
+        name: The pass or preset name, as registered.
+
+    Raises:
+        KeyError: No pass or preset has that name.
+        ValueError: ``name`` is a pass that a registered preset still uses.
+    """
+    _ensure_loaded()
+    if name in _PRESETS:
+        del _PRESETS[name]
+        return
+    if name not in _PASSES:
+        registered = ", ".join(known_names())
+        raise KeyError(f"cannot unregister '{name}': no pass or preset has that name; registered: {registered}")
+    users = sorted(preset.name for preset in _PRESETS.values() if name in preset.steps)
+    if users:
+        raise ValueError(f"cannot unregister pass '{name}': preset(s) {', '.join(users)} still use it")
+    del _PASSES[name]
+
+
 def _ensure_loaded() -> None:
     global _LOADED
     if not _LOADED:

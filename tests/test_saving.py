@@ -8,54 +8,49 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import pytest
-from ort_check import assert_outputs_close, run
+from helpers import ModelFile, assert_close, random_feed
 
 import onnxshrink
 from onnxshrink.errors import UsageError
 from onnxshrink.loading import load_model
 from onnxshrink.saving import PROVENANCE_PIPELINE_KEY, PROVENANCE_VERSION_KEY, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
+
+def _feed(digits: Path) -> dict:
+    return random_feed(digits, sizes={"N": 4})
 
 
-def _feed() -> dict:
-    import numpy as np
-
-    return {"input": np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)}
-
-
-def test_same_input_same_pipeline_gives_identical_bytes(tmp_path: Path) -> None:
+def test_same_input_same_pipeline_gives_identical_bytes(digits_path: Path, tmp_path: Path) -> None:
     for name in ("a.onnx", "b.onnx"):
-        onnxshrink.shrink(DIGITS, ["cleanup"], verify=False).save(tmp_path / name)
+        onnxshrink.shrink(digits_path, ["cleanup"], verify=False).save(tmp_path / name)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
-def test_provenance_is_recorded(tmp_path: Path) -> None:
+def test_provenance_is_recorded(digits_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
-    onnxshrink.shrink(DIGITS, ["cleanup:cse=false"], verify=False).save(out)
+    onnxshrink.shrink(digits_path, ["cleanup:cse=false"], verify=False).save(out)
     props = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert props[PROVENANCE_VERSION_KEY] == onnxshrink.__version__
     assert json.loads(props[PROVENANCE_PIPELINE_KEY]) == [{"name": "cleanup", "options": {"cse": False}}]
 
 
-def test_external_data_round_trip(tmp_path: Path) -> None:
+def test_external_data_round_trip(digits_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "ext.onnx"
-    saved = onnxshrink.shrink(DIGITS, ["cleanup"], verify=False).save(out, external_data=True)
+    saved = onnxshrink.shrink(digits_path, ["cleanup"], verify=False).save(out, external_data=True)
     assert saved.external_data == tmp_path / "ext.onnx.data"
     assert saved.external_data.stat().st_size > 150_000
     assert out.stat().st_size < 20_000
-    assert_outputs_close(run(str(DIGITS), _feed()), run(str(out), _feed()))
+    assert_close(digits_path, out, _feed(digits_path))
     # Re-saving the external model inline reads the weights through the memory map.
     inline = tmp_path / "inline.onnx"
     save_model(load_model(out).model, inline, external_data=False)
-    assert_outputs_close(run(str(DIGITS), _feed()), run(str(inline), _feed()))
+    assert_close(digits_path, inline, _feed(digits_path))
 
 
-def test_failed_write_leaves_destination_untouched(tmp_path: Path) -> None:
+def test_failed_write_leaves_destination_untouched(digits_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous contents")
-    model = load_model(DIGITS).model
+    model = load_model(digits_path).model
     written = []
 
     def fail_midway(tensor: ir.TensorProtocol, info: object) -> None:
@@ -69,9 +64,8 @@ def test_failed_write_leaves_destination_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
 
 
-def test_input_files_are_protected(tmp_path: Path) -> None:
-    source = tmp_path / "model.onnx"
-    onnx.save_model(onnx.load(DIGITS), source, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+def test_input_files_are_protected(digits_path: Path, model_file: ModelFile, tmp_path: Path) -> None:
+    source = model_file(onnx.load(digits_path), external_data="model.onnx.data")
     result = onnxshrink.shrink(source, ["cleanup"], verify=False)
     data_before = (tmp_path / "model.onnx.data").read_bytes()
     with pytest.raises(UsageError, match="refusing to overwrite"):
@@ -79,23 +73,22 @@ def test_input_files_are_protected(tmp_path: Path) -> None:
     assert (tmp_path / "model.onnx.data").read_bytes() == data_before
 
 
-def test_output_may_be_the_input_when_named(tmp_path: Path) -> None:
-    source = tmp_path / "model.onnx"
-    onnx.save_model(onnx.load(DIGITS), source, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+def test_output_may_be_the_input_when_named(digits_path: Path, model_file: ModelFile) -> None:
+    source = model_file(onnx.load(digits_path), external_data="model.onnx.data")
     onnxshrink.shrink(source, ["cleanup"], verify=False).save(source, external_data=True)
-    assert_outputs_close(run(str(DIGITS), _feed()), run(str(source), _feed()))
+    assert_close(digits_path, source, _feed(digits_path))
 
 
-def test_missing_output_folder_is_a_usage_error(tmp_path: Path) -> None:
+def test_missing_output_folder_is_a_usage_error(digits_path: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="output folder does not exist"):
-        onnxshrink.shrink(DIGITS, ["cleanup"], verify=False).save(tmp_path / "no" / "out.onnx")
+        onnxshrink.shrink(digits_path, ["cleanup"], verify=False).save(tmp_path / "no" / "out.onnx")
 
 
-def test_streaming_write_parses_to_what_onnx_ir_writes(tmp_path: Path) -> None:
+def test_streaming_write_parses_to_what_onnx_ir_writes(digits_path: Path, tmp_path: Path) -> None:
     """Weights are written one initializer at a time; the file means the same as ``ir.save``'s."""
     from onnxshrink.saving import write_streaming
 
-    model = load_model(DIGITS).model
+    model = load_model(digits_path).model
     model.graph.initializers["conv3.0.weight"].const_value = ir.Tensor(
         model.graph.initializers["conv3.0.weight"].const_value.numpy() * 2, name="conv3.0.weight"
     )  # one in-memory tensor beside the loaded ones

@@ -6,7 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+import onnx_ir as ir
 import pytest
+from helpers import PassRegistrations
 
 from onnxshrink import registry
 from onnxshrink.errors import UsageError
@@ -24,24 +26,23 @@ class _ToyOptions:
     on: bool = True
 
 
+class _ToyPass(ShrinkPass):
+    """A pass that only exists in this test module.
+
+    1. Changes nothing.
+    """
+
+    name = "toy-spec"
+    exact = True
+    Options = _ToyOptions
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        return ShrinkPassResult(model, modified=False)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def toy_pass():
-    @registry.register_pass
-    class ToyPass(ShrinkPass):
-        """A pass that only exists in this test module.
-
-        1. Changes nothing.
-        """
-
-        name = "toy-spec"
-        exact = True
-        Options = _ToyOptions
-
-        def call(self, model):
-            return ShrinkPassResult(model, modified=False)
-
-    yield ToyPass
-    registry._PASSES.pop("toy-spec")
+def toy_pass(module_registrations: PassRegistrations) -> type[ShrinkPass]:
+    return module_registrations.add_pass(_ToyPass)
 
 
 def test_parses_typed_values() -> None:
@@ -116,3 +117,26 @@ def test_recipe(tmp_path: Path) -> None:
     recipe.write_text("[[pass]\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_recipe(recipe)
+
+
+def test_unregister_frees_the_name_and_refuses_unknown_or_used_names(registrations: PassRegistrations) -> None:
+    class Scratch(_ToyPass):
+        """A second toy pass, registered and removed inside this test.
+
+        1. Changes nothing.
+        """
+
+        name = "toy-scratch"
+
+    registry.register_pass(Scratch)
+    registry.register_preset("toy-twice", ("toy-scratch", "toy-scratch"), doc="toy twice")
+    with pytest.raises(ValueError, match="preset\\(s\\) toy-twice still use it"):
+        registry.unregister("toy-scratch")
+    registry.unregister("toy-twice")
+    registry.unregister("toy-scratch")
+    assert "toy-scratch" not in registry.passes() and "toy-twice" not in registry.presets()
+    with pytest.raises(KeyError, match="cannot unregister 'toy-scratch': no pass or preset has that name"):
+        registry.unregister("toy-scratch")
+    # The name is free again: the fixture registers it anew and removes it after the test.
+    registrations.add_pass(Scratch)
+    assert registry.get_pass("toy-scratch") is Scratch
