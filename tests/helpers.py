@@ -43,8 +43,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxshrink import registry
-from onnxshrink.calibration import CalibrationSource
 from onnxshrink.context import PassContext
+from onnxshrink.data.readers import open_samples
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.passbase import ShrinkPass
 from onnxshrink.pipeline import Pipeline
@@ -335,7 +335,7 @@ def run_pass(
     else:
         source = as_proto(reference).SerializeToString()
     context = PassContext(
-        calibration=CalibrationSource.from_spec(calibration) if calibration is not None else None,
+        calibration=open_samples(calibration) if calibration is not None else None,
         provider=provider,
         shapes=dict(shapes or {}),
         reference=source,
