@@ -14,13 +14,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.passes import channels
-from onnxshrink.passes.channels import ChannelGroup, Site
-
-
-def _const(site: Site) -> np.ndarray:
-    return site.constant().astype(np.float64)
-
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.passes.channels.analysis import analyze
+from onnxshrink.passes.channels.edits import set_constant_input
+from onnxshrink.passes.channels.groups import ChannelGroup, ChannelPlan, iter_ok
+from onnxshrink.passes.channels.types import Site
 
 _SAME = frozenset(
     (
@@ -75,7 +73,7 @@ def _no_padding(node: ir.Node) -> bool:
 class _DeadChannels:
     """Per channel class, the constant each value holds (NaN where it is not provably constant)."""
 
-    def __init__(self, model: ir.Model, plan: channels.ChannelPlan) -> None:
+    def __init__(self, model: ir.Model, plan: ChannelPlan) -> None:
         self.model = model
         self.values: dict[ir.Value, np.ndarray] = {}
         self.params: dict[tuple[int, int], Site] = {}
@@ -95,7 +93,7 @@ class _DeadChannels:
 
     def array(self, site: Site) -> np.ndarray:
         if id(site) not in self.arrays:
-            self.arrays[id(site)] = _const(site)
+            self.arrays[id(site)] = site.constant().astype(np.float64)
         return self.arrays[id(site)]
 
     def run(self) -> None:
@@ -116,7 +114,7 @@ class _DeadChannels:
         if site is not None:
             return self.param(site, klass)
         if value not in self.scalars:  # a constant that is the same everywhere, else NaN
-            array = _constant(value)
+            array = constant_array(value)
             uniform = array is not None and array.size and np.all(array == array.reshape(-1)[0])
             self.scalars[value] = float(array.reshape(-1)[0]) if uniform and array is not None else float("nan")
         return self.scalars[value]
@@ -197,18 +195,11 @@ class _DeadChannels:
         return self.param(bias, int(site.classes[position])) if bias is not None else 0.0
 
 
-def _constant(value: ir.Value) -> np.ndarray | None:
-    if value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy().astype(np.float64)
-
-
 def _fold(site: Site, klass: int, k: float) -> tuple[int, np.ndarray]:
     """Which bias input of the consumer absorbs the constant channel, and by how much per output."""
     node = site.node
     assert node is not None
-    weight = _const(site)
+    weight = site.constant().astype(np.float64)
     position = int(np.flatnonzero(site.classes == klass)[0])
     if node.op_type == "Conv":
         groups = int(site.extra.get("groups", 1))
@@ -237,8 +228,8 @@ def _foldable(site: Site, k: float) -> bool:
 
 
 def remove_dead(
-    model: ir.Model, plan: channels.ChannelPlan, chosen: list[ChannelGroup]
-) -> tuple[channels.ChannelPlan, dict[int, np.ndarray], int]:
+    model: ir.Model, plan: ChannelPlan, chosen: list[ChannelGroup]
+) -> tuple[ChannelPlan, dict[int, np.ndarray], int]:
     """Folds provably constant channels into their consumers' biases and plans their removal."""
     evaluator = _DeadChannels(model, plan)
     evaluator.run()
@@ -276,18 +267,16 @@ def remove_dead(
                 deltas[key] = (site.node, node_delta + delta)
     for (_, index), (node, delta) in deltas.items():
         old = node.inputs[index] if index < len(node.inputs) else None
-        weight = ir.convenience.get_const_tensor(node.inputs[1])  # type: ignore[arg-type]
-        assert weight is not None
-        dtype = weight.numpy().dtype
-        base = _constant(old) if old is not None else np.zeros(delta.shape)
-        assert base is not None
-        channels.set_constant_input(model, node, index, (base + delta).astype(dtype))
-    plan = channels.analyze(model, "remove") if deltas else plan
+        weight = constant_array(node.inputs[1])
+        base = constant_array(old) if old is not None else np.zeros(delta.shape)
+        assert weight is not None and base is not None
+        set_constant_input(model, node, index, (base.astype(np.float64) + delta).astype(weight.dtype))
+    plan = analyze(model, "remove") if deltas else plan
     keeps: dict[int, np.ndarray] = {}
     dead_at: dict[int, list[int]] = {}
     for node, position in dead:
         dead_at.setdefault(id(node), []).append(position)
-    for group in channels.iter_ok(plan):
+    for group in iter_ok(plan):
         gone: set[int] = set()
         for site in group.of_kind("producer"):
             if id(site.node) in dead_at:
