@@ -418,7 +418,7 @@ def test_groups_follow_the_rule_table(name: str) -> None:
         assert group.size == size
         assert sorted(len(b) for b in group.blocks) == sorted(blocks)
         assert {site.node_label for site in group.of_kind("consumer")} == consumers
-        assert (group.reasons[0] if group.reasons else None) == reason
+        assert (group.reasons[0].reason if group.reasons else None) == reason
     described = plan.describe()
     assert [d["label"] for d in described] == [g.label for g in plan.groups]
 
@@ -471,12 +471,12 @@ def test_removal_refuses_what_permutation_allows() -> None:
     model = ir.serde.deserialize_model(build("spatial-gate"))
     assert by_label(channels.analyze(model, "permute"))["Conv 'A'"].ok
     refused = by_label(channels.analyze(model, "remove"))["Conv 'A'"]
-    assert refused.reasons == ["ReduceMean 'T' reduces over the channel axis (lossy)"]
+    assert [r.reason for r in refused.reasons] == ["ReduceMean 'T' reduces over the channel axis (lossy)"]
 
 
 def test_heads_read_through_shape_are_refused_for_removal_only_where_the_count_is_read() -> None:
     plan = channels.analyze(ir.serde.deserialize_model(build("attention-reads-head-count")), "remove")
-    assert by_label(plan)["MatMul 'Q0' (+2)"].reasons[0] == "Shape 'CS' reads the channel count"
+    assert by_label(plan)["MatMul 'Q0' (+2)"].reasons[0].reason == "Shape 'CS' reads the channel count"
     # The same Shape read at the batch axis only (attention-dynamic) leaves the heads removable.
     plan = channels.analyze(ir.serde.deserialize_model(build("attention-dynamic")), "remove")
     assert by_label(plan)["MatMul 'Q0' (+2)"].ok
@@ -545,4 +545,4 @@ def test_a_channel_read_inside_a_subgraph_refuses_its_group() -> None:
         )
     model = ir.serde.deserialize_model(proto)
     group = by_label(channels.analyze(model, "permute"))["Conv 'A'"]
-    assert group.reasons == ["'A' is read inside a subgraph (Relu)"]
+    assert [r.reason for r in group.reasons] == ["'A' is read inside a subgraph (Relu)"]

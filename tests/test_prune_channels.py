@@ -179,7 +179,7 @@ def test_pass_removes_the_lowest_scores_and_keeps_the_invariant(criterion: str) 
     stats = record["stats"]
     assert stats["channels"] == {"Conv 'A'": {"before": 16, "after": 8}}
     assert stats["channels_removed"] == 8 and stats["groups_pruned"] == 1
-    assert stats["refused"] == {"Conv 'Y'": "reaches graph output 'Y'"}
+    assert stats["skipped"] == {"Conv 'Y'": "reaches graph output 'Y'"}
     _assert_invariant(original, out, "W2", removed)
 
 
@@ -220,7 +220,7 @@ def test_attention_loses_whole_heads_and_keeps_the_invariant() -> None:
     np.testing.assert_array_equal(after["merge_heads"], [0, 0, 8])
     stats = record["stats"]
     assert stats["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
-    assert stats["refused"] == {"MatMul 'O0'": "reaches graph output 'Y'"}
+    assert stats["skipped"] == {"MatMul 'O0'": "reaches graph output 'Y'"}
     reference = onnx.ModelProto()
     reference.CopyFrom(original)
     for tensor in reference.graph.initializer:
@@ -246,7 +246,7 @@ def test_heads_round_to_whole_channel_multiples() -> None:
 
 def test_residual_stream_and_ffn_neurons() -> None:
     _, record = _prune(build("attention-residual-stream"), "prune-channels:ratio=0.5,round-to=1,min-channels=1")
-    assert record["stats"]["refused"] == {
+    assert record["stats"]["skipped"] == {
         "MatMul 'O0'": "Add 'R' couples channels with 'X', which no prunable layer makes"
     }
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
@@ -277,7 +277,8 @@ def test_include_exclude_and_bn_gamma_skips() -> None:
     original = build("concat")
     _, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,exclude=Conv")
     assert record["modified"] is False
-    assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'"}
+    # Refused groups are reported beside the ones include/exclude left alone.
+    assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'", "reaches graph output 'Y'"}
     _, record = _prune(original, "prune-channels:ratio=0.5,criterion=bn-gamma")
     assert record["stats"]["skipped"]["Conv 'A'"] == "criterion bn-gamma: no BatchNormalization on its channels"
     _, record = _prune(original, "prune-channels:ratio=0")

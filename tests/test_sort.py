@@ -61,7 +61,7 @@ def test_sort_keeps_the_function(name: str, spec: str) -> None:
     assert [v.name for v in out.graph.output] == [v.name for v in original.graph.output]
     stats = passes[0]["stats"]
     refused = [label for label, (_, _, _, reason) in CASES[name].groups.items() if reason]
-    assert set(refused) <= set(stats["refused"])
+    assert set(refused) <= set(stats.get("skipped", {}))
     assert passes[0]["modified"] == (stats["tensors_rewritten"] > 0)
 
 
@@ -84,7 +84,8 @@ def test_for_nm_raises_kept_magnitude_on_a_wide_layer() -> None:
     layer = stats["layers"]["Conv#2"]  # unnamed nodes are named as prune names them
     assert layer["kept_after"] > layer["kept_before"] + 0.01, layer
     assert stats["kept_after"] == pytest.approx(layer["kept_after"])
-    assert stats["search_seconds"] < 10
+    assert passes[0]["timings"]["search"] < 10
+    assert "search_seconds" not in stats  # timings stay out of the (deterministic) stats
     assert passes[0]["modified"] is True
     assert_same_function(original, out, "for=2:4")
 
