@@ -13,7 +13,7 @@ from onnxshrink.passes.channels import index_rules, rules
 from onnxshrink.passes.channels.groups import ChannelPlan, group_sites
 from onnxshrink.passes.channels.ruleset import CHANNEL_RULES
 from onnxshrink.passes.channels.types import Purpose
-from onnxshrink.passes.channels.walk import ChannelWalker, inferred_shapes
+from onnxshrink.passes.channels.walk import ChannelWalker, inferred_shapes, producers_outside
 
 # The rule modules register their rules in CHANNEL_RULES when imported; the walk needs them all.
 _RULE_MODULES = (rules, index_rules)
@@ -28,8 +28,9 @@ def analyze(model: ir.Model, purpose: Purpose = "remove") -> ChannelPlan:
     size, so the loop ends.
 
     Args:
-        model: The model to analyze (its main graph; subgraphs and functions are not entered,
-            and a channel used inside one refuses its group).
+        model: The model to analyze (its main graph; subgraphs and functions are not entered:
+            a channel used inside one refuses its group, and their own producers are listed in
+            :attr:`ChannelPlan.outside`).
         purpose: ``permute`` accepts ops that are permutation-equivariant but lossy for removal
             (reductions and Softmax over the channel axis, Shape); ``remove`` refuses them.
     """
@@ -40,5 +41,7 @@ def analyze(model: ir.Model, purpose: Purpose = "remove") -> ChannelPlan:
         walker.run()
         wanted = walker.head_sizes()
         if not wanted:
-            return group_sites(walker.sites, walker.atoms, purpose)
+            plan = group_sites(walker.sites, walker.atoms, purpose)
+            plan.outside = producers_outside(model)
+            return plan
         heads.update(wanted)

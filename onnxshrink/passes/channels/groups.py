@@ -78,18 +78,29 @@ class ChannelGroup:
 
 @dataclasses.dataclass
 class ChannelPlan:
-    """The channel groups of a model for one purpose (``permute`` or ``remove``)."""
+    """The channel groups of a model for one purpose (``permute`` or ``remove``).
+
+    Attributes:
+        purpose: What the groups were built for.
+        groups: The main graph's groups.
+        outside: Producers the analysis does not enter (in subgraphs and model-local functions),
+            by label, each with where it is.
+    """
 
     purpose: Purpose
     groups: list[ChannelGroup]
+    outside: dict[str, NoMatch] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> list[dict[str, Any]]:
         """Every group's :meth:`ChannelGroup.describe`."""
         return [group.describe() for group in self.groups]
 
     def refused(self) -> dict[str, str]:
-        """``{group label: first reason}`` for every refused group (what a pass reports as skipped)."""
-        return {group.label: group.reasons[0].reason for group in self.groups if not group.ok}
+        """``{label: reason}`` for every refused group (its first reason) and every producer outside
+        the main graph: what a pass leaves alone and reports as skipped."""
+        found = {group.label: group.reasons[0].reason for group in self.groups if not group.ok}
+        found.update((label, reason.reason) for label, reason in self.outside.items() if label not in found)
+        return found
 
 
 def iter_ok(plan: ChannelPlan) -> Iterator[ChannelGroup]:

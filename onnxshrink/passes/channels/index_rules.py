@@ -158,7 +158,7 @@ def _reshape(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
             w.kill(x, NoMatch(f"{where} merges dims of unknown size into the channel axis", missing_facts=True))
         return
     if target is None or in_shape is None or out_shape is None or len(in_shape) != x.rank:
-        w.kill(x, NoMatch(f"{where} has a non-constant target or unknown shapes", missing_facts=True))
+        w.kill(x, NoMatch(f"{where} has a non-constant target or unknown shapes", missing_facts=target is not None))
         return
     a = x.axis
     count = len(x.atoms) * x.inner

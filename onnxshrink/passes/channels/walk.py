@@ -17,12 +17,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.ir.constants import constant_array
-from onnxshrink.ir.graphs import is_onnx_op, opset_version
+from onnxshrink.ir.graphs import is_onnx_op, opset_version, subgraphs_of
 from onnxshrink.ir.optable import OpTable
 from onnxshrink.ir.shapes import inferred_copy
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.channels.ruleset import ChannelRule
 from onnxshrink.passes.channels.types import Atoms, Dim, Layout, Purpose, Site, node_name
+
+PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""The ops that mint channels (with a constant weight)."""
 
 # Ops whose output dim is 1 wherever all their inputs' dims are (broadcasting or elementwise).
 _BROADCASTING = frozenset(
@@ -102,6 +105,29 @@ def inferred_shapes(model: ir.Model) -> dict[str, list[Dim]]:
     return shapes
 
 
+def producers_outside(model: ir.Model) -> dict[str, NoMatch]:
+    """The producers the walk does not enter, by label: those in subgraphs (If branches, Loop and
+    Scan bodies) and in model-local functions, each with where it is."""
+    found: dict[str, NoMatch] = {}
+
+    def visit_subgraphs(node: ir.Node) -> None:
+        for sub in subgraphs_of(node):
+            visit(sub, f"subgraph '{sub.name}' of {node.op_type} '{node_name(node)}'")
+
+    def visit(graph: ir.Graph | ir.Function, where: str) -> None:
+        for node in graph:
+            if is_onnx_op(node, *PRODUCERS):
+                reason = f"inside {where}: channel groups are built for the main graph only"
+                found.setdefault(f"{node.op_type} '{node_name(node)}'", NoMatch(reason))
+            visit_subgraphs(node)
+
+    for node in model.graph:
+        visit_subgraphs(node)
+    for function in model.functions.values():
+        visit(function, f"model-local function '{function.domain}::{function.name}'")
+    return found
+
+
 class ChannelWalker:
     """Propagates layouts through the main graph and records every site (see :class:`Site`).
 
@@ -139,7 +165,7 @@ class ChannelWalker:
         """Walks the graph once: every node's rule, then the values' sites and what refuses them."""
         for node in self.graph:
             ins = [self.layouts.get(v) if v is not None else None for v in node.inputs]
-            if not any(ins) and node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if not any(ins) and node.op_type not in PRODUCERS:
                 continue
             if not is_onnx_op(node):
                 self.kill_all(ins, NoMatch(f"custom op {node.domain}::{node.op_type} '{node_name(node)}'"))
