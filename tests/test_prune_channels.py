@@ -1,6 +1,6 @@
 """Channel removal: the invariant on one tiny graph per rule, and the ``prune-channels`` pass.
 
-Invariant (CHANNEL_RULES.md): the shrunk model computes what the original computes once only the
+Invariant (docs/channels.md): the shrunk model computes what the original computes once only the
 Stop consumers' input-weight slices of the removed channels are set to zero.
 """
 

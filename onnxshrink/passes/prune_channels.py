@@ -130,6 +130,8 @@ class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
     1. A group is refused, with its reason in ``stats["skipped"]``, when it reaches a graph input
        or output, a subgraph, an op without a removal rule, or an op for which removal is
        lossy beyond the consumer (reductions, Softmax or LayerNormalization over channels, Shape).
+       Subgraphs (If, Loop) and model-local functions are not entered: their producers are
+       listed in ``stats["skipped"]`` with where they are.
     2. ``include``/``exclude`` select groups by their producers' op types or node-name globs.
     3. Each channel gets a score: the l1 (or l2, the default) norm of all its weight slices,
        producer rows and consumer input columns together (Torch-Pruning's group norm: on the

@@ -11,11 +11,11 @@ import onnx_ir as ir
 
 from onnxshrink.passes.channels import index_rules, rules
 from onnxshrink.passes.channels.groups import ChannelPlan, group_sites
-from onnxshrink.passes.channels.ruleset import CHANNEL_RULES
+from onnxshrink.passes.channels.ruleset import CHANNEL_RULE_TABLE
 from onnxshrink.passes.channels.types import Purpose
 from onnxshrink.passes.channels.walk import ChannelWalker, inferred_shapes, producers_outside
 
-# The rule modules register their rules in CHANNEL_RULES when imported; the walk needs them all.
+# The rule modules register their rules in CHANNEL_RULE_TABLE when imported; the walk needs them all.
 _RULE_MODULES = (rules, index_rules)
 
 
@@ -37,7 +37,7 @@ def analyze(model: ir.Model, purpose: Purpose = "remove") -> ChannelPlan:
     shapes = inferred_shapes(model)
     heads: dict[int, int] = {}
     while True:
-        walker = ChannelWalker(model, purpose, CHANNEL_RULES, shapes, heads)
+        walker = ChannelWalker(model, purpose, CHANNEL_RULE_TABLE, shapes, heads)
         walker.run()
         wanted = walker.head_sizes()
         if not wanted:

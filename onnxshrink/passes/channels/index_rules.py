@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxshrink.ir.constants import constant_ints, is_constant
 from onnxshrink.passbase import NoMatch
-from onnxshrink.passes.channels.ruleset import CHANNEL_RULES, ChannelWalk
+from onnxshrink.passes.channels.ruleset import CHANNEL_RULE_TABLE, ChannelWalk
 from onnxshrink.passes.channels.types import Dim, Layout, input_at, node_name
 
 AxesReader = Callable[[ir.Node], "list[int] | None"]
@@ -75,7 +75,7 @@ def couple(
     w.out(node, Layout(axis, rank, first.atoms, first.inner))
 
 
-@CHANNEL_RULES.register("Transpose")
+@CHANNEL_RULE_TABLE.register("Transpose")
 def _transpose(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -114,13 +114,13 @@ def _unsqueeze(w: ChannelWalk, node: ir.Node, ins: list[Layout | None], read_axe
 
 
 # Squeeze and Unsqueeze read their axes from an attribute until opset 13 made them an input.
-CHANNEL_RULES.add("Squeeze", functools.partial(_squeeze, read_axes=axes_attribute), until=12)
-CHANNEL_RULES.add("Squeeze", _squeeze, since=13)
-CHANNEL_RULES.add("Unsqueeze", functools.partial(_unsqueeze, read_axes=axes_attribute), until=12)
-CHANNEL_RULES.add("Unsqueeze", _unsqueeze, since=13)
+CHANNEL_RULE_TABLE.add("Squeeze", functools.partial(_squeeze, read_axes=axes_attribute), until=12)
+CHANNEL_RULE_TABLE.add("Squeeze", _squeeze, since=13)
+CHANNEL_RULE_TABLE.add("Unsqueeze", functools.partial(_unsqueeze, read_axes=axes_attribute), until=12)
+CHANNEL_RULE_TABLE.add("Unsqueeze", _unsqueeze, since=13)
 
 
-@CHANNEL_RULES.register("Flatten")
+@CHANNEL_RULE_TABLE.register("Flatten")
 def _flatten(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -138,7 +138,7 @@ def _flatten(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, Layout(1, 2, x.atoms, inner))
 
 
-@CHANNEL_RULES.register("Reshape")
+@CHANNEL_RULE_TABLE.register("Reshape")
 def _reshape(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -201,7 +201,7 @@ def _splits_heads(in_shape: list[Dim], out_shape: list[Dim], axis: int, count: i
     )
 
 
-@CHANNEL_RULES.register("Concat")
+@CHANNEL_RULE_TABLE.register("Concat")
 def _concat(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     carried = [layout for layout in ins if layout is not None]
     rank = carried[0].rank
@@ -235,7 +235,7 @@ def _concat(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, carried[0])
 
 
-@CHANNEL_RULES.register("Split")
+@CHANNEL_RULE_TABLE.register("Split")
 def _split(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -266,7 +266,7 @@ def _split(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
         w.out(node, Layout(x.axis, x.rank, part), index)
 
 
-@CHANNEL_RULES.register("Slice")
+@CHANNEL_RULE_TABLE.register("Slice")
 def _slice(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -317,7 +317,7 @@ def matmul_activations(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) 
     couple(w, node, ins, [other for _, other in carried], axis, out_rank)
 
 
-@CHANNEL_RULES.register("Shape", "Size")
+@CHANNEL_RULE_TABLE.register("Shape", "Size")
 def _shape_of(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     if w.purpose == "remove" and x is not None and not _reads_other_dims(node, x):

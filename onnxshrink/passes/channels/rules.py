@@ -1,7 +1,7 @@
 """Channel propagation rules for producers and consumers, pass-through, coupling and lossy ops.
 
 Each rule follows the contract of :mod:`onnxshrink.passes.channels.ruleset` and registers itself in
-its :data:`~onnxshrink.passes.channels.ruleset.CHANNEL_RULES` table; ``docs/channels.md`` lists the
+its :data:`~onnxshrink.passes.channels.ruleset.CHANNEL_RULE_TABLE` table; ``docs/channels.md`` lists the
 rules for users. The rules that remap channel indices (Transpose, Squeeze, Unsqueeze, Flatten,
 Reshape, Concat, Split, Slice) and carry attention heads (a MatMul of two activations, a Shape read
 past the heads) live in :mod:`onnxshrink.passes.channels.index_rules`.
@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnxshrink.ir.constants import constant_array, constant_ints
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.channels.index_rules import AxesReader, axes_attribute, axes_input, couple, matmul_activations
-from onnxshrink.passes.channels.ruleset import CHANNEL_RULES, ChannelWalk
+from onnxshrink.passes.channels.ruleset import CHANNEL_RULE_TABLE, ChannelWalk
 from onnxshrink.passes.channels.types import Layout, input_at, node_name
 
 _UNARY = (
@@ -49,7 +49,7 @@ def _sole(w: ChannelWalk, ins: list[Layout | None], reason: NoMatch) -> Layout |
     return x
 
 
-@CHANNEL_RULES.register("Conv")
+@CHANNEL_RULE_TABLE.register("Conv")
 def _conv(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     weight = constant_array(input_at(node, 1))
     x = ins[0]
@@ -83,7 +83,7 @@ def _conv(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
             w.site("segment", node, -1, 0, part)
 
 
-@CHANNEL_RULES.register("ConvTranspose")
+@CHANNEL_RULE_TABLE.register("ConvTranspose")
 def _conv_transpose(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     weight = constant_array(input_at(node, 1))
     x = ins[0]
@@ -98,7 +98,7 @@ def _conv_transpose(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> 
     w.producer(node, 1, weight.shape[1], weight.ndim, 2)
 
 
-@CHANNEL_RULES.register("Gemm")
+@CHANNEL_RULE_TABLE.register("Gemm")
 def _gemm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     weight = constant_array(node.inputs[1])
     x = ins[0]
@@ -115,7 +115,7 @@ def _gemm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.producer(node, 1 - k_axis, weight.shape[1 - k_axis], 2, 2)
 
 
-@CHANNEL_RULES.register("MatMul")
+@CHANNEL_RULE_TABLE.register("MatMul")
 def _matmul(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     weight = constant_array(node.inputs[1])
     x = ins[0]
@@ -136,7 +136,7 @@ def _matmul(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.producer(node, 1, weight.shape[1], rank, None)
 
 
-@CHANNEL_RULES.register(*_UNARY)
+@CHANNEL_RULE_TABLE.register(*_UNARY)
 def _unary(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = _sole(w, ins, NoMatch(f"{node.op_type} '{node_name(node)}' mixes channels"))
     if x is None:
@@ -145,7 +145,7 @@ def _unary(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
         w.out(node, x, index)
 
 
-@CHANNEL_RULES.register("Clip")
+@CHANNEL_RULE_TABLE.register("Clip")
 def _clip(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     for bound in node.inputs[1:]:
         shape = w.shape(bound) if bound is not None else []
@@ -155,7 +155,7 @@ def _clip(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     _unary(w, node, ins)
 
 
-@CHANNEL_RULES.register(*_ELEMENTWISE)
+@CHANNEL_RULE_TABLE.register(*_ELEMENTWISE)
 def _elementwise(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     where = f"{node.op_type} '{node_name(node)}'"
     ranks = [w.rank(v, layout) for v, layout in zip(node.inputs, ins, strict=True)]
@@ -180,7 +180,7 @@ def _elementwise(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> Non
     couple(w, node, ins, [other for _, other in carried], out_axis, out_rank, params=True)
 
 
-@CHANNEL_RULES.register("BatchNormalization", "InstanceNormalization")
+@CHANNEL_RULE_TABLE.register("BatchNormalization", "InstanceNormalization")
 def _batch_norm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     where = f"{node.op_type} '{node_name(node)}'"
@@ -199,7 +199,7 @@ def _batch_norm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None
     w.out(node, x)
 
 
-@CHANNEL_RULES.register(*_POOLS)
+@CHANNEL_RULE_TABLE.register(*_POOLS)
 def _pool(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     if x is None or x.axis != 1 or x.inner != 1 or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
@@ -208,7 +208,7 @@ def _pool(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, x)
 
 
-@CHANNEL_RULES.register("Resize", "Upsample")
+@CHANNEL_RULE_TABLE.register("Resize", "Upsample")
 def _resize(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     where = f"{node.op_type} '{node_name(node)}'"
     x = _sole(w, ins, NoMatch(f"{where} resizes by an activation"))
@@ -231,7 +231,7 @@ def _resize(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, x)
 
 
-@CHANNEL_RULES.register("Pad")
+@CHANNEL_RULE_TABLE.register("Pad")
 def _pad(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     where = f"Pad '{node_name(node)}'"
     x = _sole(w, ins, NoMatch(f"{where} pads by an activation"))
@@ -273,14 +273,14 @@ def _register_reductions() -> None:
     """Reductions read their axes from an attribute until the opset that made them an input."""
     for op in _REDUCE:
         since = 13 if op == "ReduceSum" else 18
-        CHANNEL_RULES.add(op, functools.partial(_reduce, read_axes=axes_attribute), until=since - 1)
-        CHANNEL_RULES.add(op, _reduce, since=since)
+        CHANNEL_RULE_TABLE.add(op, functools.partial(_reduce, read_axes=axes_attribute), until=since - 1)
+        CHANNEL_RULE_TABLE.add(op, _reduce, since=since)
 
 
 _register_reductions()
 
 
-@CHANNEL_RULES.register("ArgMax", "ArgMin")
+@CHANNEL_RULE_TABLE.register("ArgMax", "ArgMin")
 def _arg(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -292,7 +292,7 @@ def _arg(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, x if keep else Layout(x.axis - (axis < x.axis), x.rank - 1, x.atoms, x.inner))
 
 
-@CHANNEL_RULES.register("Softmax", "LogSoftmax", "Hardmax")
+@CHANNEL_RULE_TABLE.register("Softmax", "LogSoftmax", "Hardmax")
 def _softmax(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     assert x is not None
@@ -304,7 +304,7 @@ def _softmax(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     w.out(node, x)
 
 
-@CHANNEL_RULES.register("LayerNormalization")
+@CHANNEL_RULE_TABLE.register("LayerNormalization")
 def _layer_norm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     where = f"LayerNormalization '{node_name(node)}'"
@@ -325,7 +325,7 @@ def _layer_norm(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None
     w.out(node, x)
 
 
-@CHANNEL_RULES.register("QuantizeLinear", "DequantizeLinear")
+@CHANNEL_RULE_TABLE.register("QuantizeLinear", "DequantizeLinear")
 def _quantize(w: ChannelWalk, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0]
     where = f"{node.op_type} '{node_name(node)}'"

@@ -6,7 +6,7 @@ A rule is a function ``rule(walk, node, ins)``: ``ins`` holds the :class:`Layout
 atoms it cannot carry (``walk.kill`` with a :class:`~onnxshrink.passbase.NoMatch`). Rules see the
 walk only through :class:`ChannelWalk`, so the rule modules never import the walker.
 
-:data:`CHANNEL_RULES` is the table the walker dispatches on, keyed by (domain, op type, opset
+:data:`CHANNEL_RULE_TABLE` is the table the walker dispatches on, keyed by (domain, op type, opset
 range); ``onnxshrink.passes.channels.rules`` and ``onnxshrink.passes.channels.index_rules`` fill it
 when imported. ``docs/channels.md`` describes the rules for users.
 """
@@ -77,5 +77,5 @@ class ChannelWalk(Protocol):
 ChannelRule = Callable[[ChannelWalk, ir.Node, list[Layout | None]], None]
 """``rule(walk, node, ins)``: propagates layouts through one node."""
 
-CHANNEL_RULES: OpTable[ChannelRule] = OpTable("channel rules")
+CHANNEL_RULE_TABLE: OpTable[ChannelRule] = OpTable("channel rules")
 """The channel rule of every supported op, filled by the rule modules."""
