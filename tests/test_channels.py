@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import onnx.helper
 import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
@@ -14,6 +15,7 @@ from ort_check import assert_outputs_close, run
 
 from onnxshrink.errors import UsageError
 from onnxshrink.passes import channels
+from onnxshrink.passes.channels import Purpose
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -418,7 +420,7 @@ def test_groups_follow_the_rule_table(name: str) -> None:
         assert group.size == size
         assert sorted(len(b) for b in group.blocks) == sorted(blocks)
         assert {site.node_label for site in group.of_kind("consumer")} == consumers
-        assert (group.reasons[0] if group.reasons else None) == reason
+        assert (group.reasons[0].reason if group.reasons else None) == reason
     described = plan.describe()
     assert [d["label"] for d in described] == [g.label for g in plan.groups]
 
@@ -471,12 +473,12 @@ def test_removal_refuses_what_permutation_allows() -> None:
     model = ir.serde.deserialize_model(build("spatial-gate"))
     assert by_label(channels.analyze(model, "permute"))["Conv 'A'"].ok
     refused = by_label(channels.analyze(model, "remove"))["Conv 'A'"]
-    assert refused.reasons == ["ReduceMean 'T' reduces over the channel axis (lossy)"]
+    assert [r.reason for r in refused.reasons] == ["ReduceMean 'T' reduces over the channel axis (lossy)"]
 
 
 def test_heads_read_through_shape_are_refused_for_removal_only_where_the_count_is_read() -> None:
     plan = channels.analyze(ir.serde.deserialize_model(build("attention-reads-head-count")), "remove")
-    assert by_label(plan)["MatMul 'Q0' (+2)"].reasons[0] == "Shape 'CS' reads the channel count"
+    assert by_label(plan)["MatMul 'Q0' (+2)"].reasons[0].reason == "Shape 'CS' reads the channel count"
     # The same Shape read at the batch axis only (attention-dynamic) leaves the heads removable.
     plan = channels.analyze(ir.serde.deserialize_model(build("attention-dynamic")), "remove")
     assert by_label(plan)["MatMul 'Q0' (+2)"].ok
@@ -545,4 +547,94 @@ def test_a_channel_read_inside_a_subgraph_refuses_its_group() -> None:
         )
     model = ir.serde.deserialize_model(proto)
     group = by_label(channels.analyze(model, "permute"))["Conv 'A'"]
-    assert group.reasons == ["'A' is read inside a subgraph (Relu)"]
+    assert [r.reason for r in group.reasons] == ["'A' is read inside a subgraph (Relu)"]
+
+
+# A Conv chain (A -> Relu -> B) inside an If branch, a Loop body and a model-local function, with
+# (``main=True``) a Conv chain P -> Relu -> Q of the main graph beside it. The analysis enters
+# neither subgraphs nor functions: their producers are listed in ``plan.outside`` with where they are.
+SCOPED_HEADER = '<ir_version: 8, opset_import: ["" : 17, "local" : 1]>'
+SCOPED_MAIN = """
+        P = Conv (X, Wp)
+        PR = Relu (P)
+        Z = Conv (PR, Wq)"""
+SCOPED = {
+    "if": """g (float[1,8,6,6] X, bool C) => (float[1,8,6,6] Y{z}) {{{main}
+        Y = If (C) <
+            then_branch = t () => (float[1,8,6,6] B) {{ A = Conv (X, Wa)  R = Relu (A)  B = Conv (R, Wb) }},
+            else_branch = e () => (float[1,8,6,6] N) {{ N = Neg (X) }}
+        >
+    }}""",
+    "loop": """g (float[1,8,6,6] X, bool C) => (float[1,8,6,6] Y{z}) {{{main}
+        T = Constant <value = int64 {{2}}> ()
+        Y = Loop (T, C, X) <body = body (int64 i, bool c, float[1,8,6,6] x) => (bool co, float[1,8,6,6] B) {{
+            co = Identity (c)
+            A = Conv (x, Wa)
+            R = Relu (A)
+            B = Conv (R, Wb)
+        }}>
+    }}""",
+    "function": """g (float[1,8,6,6] X, bool C) => (float[1,8,6,6] Y{z}) {{{main}
+        Y = local.ConvChain (X, Wa, Wb)
+    }}
+    <domain: "local", opset_import: ["" : 17]>
+    ConvChain (x, wa, wb) => (B) {{
+        A = Conv (x, wa)
+        R = Relu (A)
+        B = Conv (R, wb)
+    }}""",
+}
+SCOPED_WHERE = {
+    "if": "inside subgraph 't' of If 'Y'",
+    "loop": "inside subgraph 'body' of Loop 'Y'",
+    "function": "inside model-local function 'local::ConvChain'",
+}
+
+
+def build_scoped(name: str, main: bool) -> onnx.ModelProto:
+    """The scoped case ``name`` with random weights, checked by onnx."""
+    text = SCOPED[name].format(main=SCOPED_MAIN if main else "", z=", float[1,4,6,6] Z" if main else "")
+    model = onnx.parser.parse_model(f"{SCOPED_HEADER}\n{text}")
+    rng = np.random.default_rng(0)
+    shapes = {"Wa": (16, 8, 1, 1), "Wb": (8, 16, 1, 1), **({"Wp": (16, 8, 1, 1), "Wq": (4, 16, 1, 1)} if main else {})}
+    for weight, shape in shapes.items():
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), weight)
+        )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def scoped_feeds(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Inputs that take each way through the construct (If branch, Loop run or not)."""
+    x = np.random.default_rng(1).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    return [{"X": x, "C": np.array(flag)} for flag in (True, False)]
+
+
+@pytest.mark.parametrize("purpose", ["permute", "remove"])
+@pytest.mark.parametrize("name", sorted(SCOPED))
+def test_producers_in_subgraphs_and_functions_are_listed_outside(name: str, purpose: Purpose) -> None:
+    model = ir.serde.deserialize_model(build_scoped(name, main=True))
+    plan = channels.analyze(model, purpose)
+    reason = f"{SCOPED_WHERE[name]}: channel groups are built for the main graph only"
+    assert {label: r.reason for label, r in plan.outside.items()} == {"Conv 'A'": reason, "Conv 'B'": reason}
+    assert [group.label for group in plan.groups] == ["Conv 'P'", "Conv 'Z'"]
+    assert by_label(plan)["Conv 'P'"].ok
+    assert plan.refused() == {"Conv 'Z'": "reaches graph output 'Z'", "Conv 'A'": reason, "Conv 'B'": reason}
+
+
+def test_an_overridable_initializer_is_not_a_constant() -> None:
+    """A Reshape target that is also a graph input can change at run time: the group is refused.
+
+    (Before onnxshrink.ir.constants, the integer readers took such an initializer as a constant
+    and a removal rewrote it into a new initializer, cutting the caller's override off.)
+    """
+    proto = build("reshape-matmul")
+    plan = channels.analyze(ir.serde.deserialize_model(proto), "remove")
+    assert by_label(plan)["Conv 'A'"].ok
+    shape = next(t for t in proto.graph.initializer if t.name == "shape")
+    proto.graph.input.append(onnx.helper.make_tensor_value_info("shape", shape.data_type, list(shape.dims)))
+    plan = channels.analyze(ir.serde.deserialize_model(proto), "remove")
+    group = by_label(plan)["Conv 'A'"]
+    assert [r.reason for r in group.reasons] == ["Reshape 'F' has a non-constant target or unknown shapes"]
+    assert not group.reasons[0].missing_facts  # no shape could make it constant

@@ -1,11 +1,12 @@
 """Channel removal: the invariant on one tiny graph per rule, and the ``prune-channels`` pass.
 
-Invariant (CHANNEL_RULES.md): the shrunk model computes what the original computes once only the
+Invariant (docs/channels.md): the shrunk model computes what the original computes once only the
 Stop consumers' input-weight slices of the removed channels are set to zero.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
+import onnx.printer
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from ort_check import ATOL, assert_outputs_close, run
 from real_models import REAL_MODELS, RealModel, fetch, make_inputs
-from test_channels import CASES, build, by_label, feed
+from test_channels import CASES, SCOPED, SCOPED_WHERE, build, build_scoped, by_label, feed, scoped_feeds
 
 import onnxshrink
 from onnxshrink.errors import UsageError
@@ -179,7 +181,7 @@ def test_pass_removes_the_lowest_scores_and_keeps_the_invariant(criterion: str) 
     stats = record["stats"]
     assert stats["channels"] == {"Conv 'A'": {"before": 16, "after": 8}}
     assert stats["channels_removed"] == 8 and stats["groups_pruned"] == 1
-    assert stats["refused"] == {"Conv 'Y'": "reaches graph output 'Y'"}
+    assert stats["skipped"] == {"Conv 'Y'": "reaches graph output 'Y'"}
     _assert_invariant(original, out, "W2", removed)
 
 
@@ -220,7 +222,7 @@ def test_attention_loses_whole_heads_and_keeps_the_invariant() -> None:
     np.testing.assert_array_equal(after["merge_heads"], [0, 0, 8])
     stats = record["stats"]
     assert stats["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
-    assert stats["refused"] == {"MatMul 'O0'": "reaches graph output 'Y'"}
+    assert stats["skipped"] == {"MatMul 'O0'": "reaches graph output 'Y'"}
     reference = onnx.ModelProto()
     reference.CopyFrom(original)
     for tensor in reference.graph.initializer:
@@ -246,7 +248,7 @@ def test_heads_round_to_whole_channel_multiples() -> None:
 
 def test_residual_stream_and_ffn_neurons() -> None:
     _, record = _prune(build("attention-residual-stream"), "prune-channels:ratio=0.5,round-to=1,min-channels=1")
-    assert record["stats"]["refused"] == {
+    assert record["stats"]["skipped"] == {
         "MatMul 'O0'": "Add 'R' couples channels with 'X', which no prunable layer makes"
     }
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
@@ -277,7 +279,8 @@ def test_include_exclude_and_bn_gamma_skips() -> None:
     original = build("concat")
     _, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,exclude=Conv")
     assert record["modified"] is False
-    assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'"}
+    # Refused groups are reported beside the ones include/exclude left alone.
+    assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'", "reaches graph output 'Y'"}
     _, record = _prune(original, "prune-channels:ratio=0.5,criterion=bn-gamma")
     assert record["stats"]["skipped"]["Conv 'A'"] == "criterion bn-gamma: no BatchNormalization on its channels"
     _, record = _prune(original, "prune-channels:ratio=0")
@@ -302,9 +305,18 @@ def test_activation_criterion_reads_calibration_data() -> None:
         _prune(original, "prune-channels:criterion=activation")
 
 
-@pytest.mark.parametrize("spec", ["prune-channels:ratio=1", "prune-channels:round-to=0", "prune-channels:criterion=l3"])
-def test_bad_options_are_usage_errors(spec: str) -> None:
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("prune-channels:ratio=1", "prune-channels: option ratio: must be < 1, got 1"),
+        ("prune-channels:round-to=0", "prune-channels: option round-to: must be >= 1, got 0"),
+        ("prune-channels:min-channels=0", "prune-channels: option min-channels: must be >= 1, got 0"),
+        ("prune-channels:criterion=l3", "bad value 'l3' for option 'criterion' of pass 'prune-channels'"),
+        ("prune-channels:dead=all", "bad value 'all' for option 'dead' of pass 'prune-channels'"),
+    ],
+)
+def test_bad_options_are_usage_errors(spec: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
         onnxshrink.shrink(build("concat"), [spec], verify=False)
 
 
@@ -473,3 +485,28 @@ def test_dead_only_keeps_a_dead_channel_a_spatial_gate_scales() -> None:
     assert record["modified"] is False
     assert record["stats"]["channels_removed"] == 0
     _assert_exact(original, out, "dead gated")
+
+
+@pytest.mark.parametrize("spec", ["prune-channels:ratio=0.5,round-to=1,min-channels=1", "prune-channels:dead=only"])
+@pytest.mark.parametrize("main", [False, True], ids=["alone", "beside-main-chain"])
+@pytest.mark.parametrize("name", sorted(SCOPED))
+def test_chains_in_subgraphs_and_functions_are_left_alone_with_reasons(name: str, main: bool, spec: str) -> None:
+    original = build_scoped(name, main)
+    out, record = _prune(original, spec)
+    reason = f"{SCOPED_WHERE[name]}: channel groups are built for the main graph only"
+    assert record["stats"]["skipped"]["Conv 'A'"] == reason
+    assert record["stats"]["skipped"]["Conv 'B'"] == reason
+    pruned_main = main and "ratio" in spec  # only the main graph's chain P -> Q loses channels
+    assert record["modified"] is pruned_main
+    before, after = _weights(original), _weights(out)
+    for weight in ("Wa", "Wb"):
+        np.testing.assert_array_equal(after[weight], before[weight])
+    if pruned_main:
+        assert after["Wp"].shape == (8, 8, 1, 1) and after["Wq"].shape == (4, 8, 1, 1)
+    assert [onnx.printer.to_text(f) for f in out.functions] == [onnx.printer.to_text(f) for f in original.functions]
+    assert [v.SerializeToString() for v in out.graph.output] == [v.SerializeToString() for v in original.graph.output]
+    for inputs in scoped_feeds(original):
+        want, got = run(original, inputs), run(out, inputs)
+        # Y comes out of the construct: exact. Z (main chain) is exact unless its channels went.
+        compared = 1 if pruned_main else len(want)
+        assert_outputs_close(want[:compared], got[:compared], rtol=1e-5, atol=ATOL, context=name)

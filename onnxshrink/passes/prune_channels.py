@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from onnxshrink.activations import capture
 from onnxshrink.errors import UsageError
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes import channels
 from onnxshrink.passes.channels import ChannelGroup, Site
 from onnxshrink.passes.channels.dead import remove_dead
@@ -21,58 +21,31 @@ from onnxshrink.selection import matching_pattern
 
 @dataclasses.dataclass(frozen=True)
 class PruneChannelsOptions:
-    ratio: float = dataclasses.field(
-        default=0.25, metadata={"help": "fraction of each group's channels removed, 0 <= ratio < 1"}
-    )
-    criterion: Literal["l1", "l2", "bn-gamma", "activation"] = dataclasses.field(
-        default="l2",
-        metadata={
-            "help": "channel importance: norm of its producer and consumer weight slices (l1, l2), "
-            "|BatchNormalization scale| (bn-gamma), or mean |output| on calibration data (activation, needs --calib)"
-        },
-    )
-    round_to: int = dataclasses.field(
-        default=8, metadata={"help": "channels kept per group are a multiple of this (1: no rounding)"}
-    )
-    scope: Literal["layer", "global"] = dataclasses.field(
-        default="layer",
-        metadata={"help": "layer: every group loses `ratio`; global: one threshold over all groups' scores"},
-    )
-    include: tuple[str, ...] = dataclasses.field(
-        default=(), metadata={"help": "prune only groups with a producer whose op type or name glob matches"}
-    )
-    exclude: tuple[str, ...] = dataclasses.field(
-        default=(), metadata={"help": "never prune groups with a producer whose op type or name glob matches"}
-    )
-    min_channels: int = dataclasses.field(default=8, metadata={"help": "never keep fewer channels in a group"})
-    samples: int = dataclasses.field(default=256, metadata={"help": "calibration samples read (activation)"})
-    dead: Literal["off", "only"] = dataclasses.field(
-        default="off",
-        metadata={
-            "help": "only: remove just the channels that are provably constant (all-zero weights), folding "
-            "their value into the consumers' biases; exact (ratio and criterion are ignored)"
-        },
-    )
+    """Options of ``prune-channels``."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
-            raise UsageError(f"prune-channels: ratio must be a number with 0 <= ratio < 1, got {self.ratio!r}")
-        if self.criterion not in ("l1", "l2", "bn-gamma", "activation"):
-            raise UsageError(f"prune-channels: bad criterion {self.criterion!r}; valid: l1, l2, bn-gamma, activation")
-        if self.scope not in ("layer", "global"):
-            raise UsageError(f"prune-channels: bad scope {self.scope!r}; valid: layer, global")
-        if self.round_to < 1:
-            raise UsageError(f"prune-channels: round-to must be >= 1, got {self.round_to}")
-        if self.min_channels < 1:
-            raise UsageError(f"prune-channels: min-channels must be >= 1, got {self.min_channels}")
-        if self.samples < 1:
-            raise UsageError(f"prune-channels: samples must be >= 1, got {self.samples}")
-        if self.dead not in ("off", "only"):
-            raise UsageError(f"prune-channels: bad dead {self.dead!r}; valid: off, only")
-
-
-def _const(site: Site) -> np.ndarray:
-    return site.constant().astype(np.float64)
+    ratio: float = option(0.25, "fraction of each group's channels removed, 0 <= ratio < 1", minimum=0, below=1)
+    criterion: Literal["l1", "l2", "bn-gamma", "activation"] = option(
+        "l2",
+        "channel importance: norm of its producer and consumer weight slices (l1, l2), "
+        "|BatchNormalization scale| (bn-gamma), or mean |output| on calibration data (activation, needs --calib)",
+        choices=("l1", "l2", "bn-gamma", "activation"),
+    )
+    round_to: int = option(8, "channels kept per group are a multiple of this (1: no rounding)", minimum=1)
+    scope: Literal["layer", "global"] = option(
+        "layer",
+        "layer: every group loses `ratio`; global: one threshold over all groups' scores",
+        choices=("layer", "global"),
+    )
+    include: tuple[str, ...] = option((), "prune only groups with a producer whose op type or name glob matches")
+    exclude: tuple[str, ...] = option((), "never prune groups with a producer whose op type or name glob matches")
+    min_channels: int = option(8, "never keep fewer channels in a group", minimum=1)
+    samples: int = option(256, "calibration samples read (activation)", minimum=1)
+    dead: Literal["off", "only"] = option(
+        "off",
+        "only: remove just the channels that are provably constant (all-zero weights), folding "
+        "their value into the consumers' biases; exact (ratio and criterion are ignored)",
+        choices=("off", "only"),
+    )
 
 
 def _per_channel(group: ChannelGroup, site: Site, values: np.ndarray) -> np.ndarray:
@@ -85,7 +58,7 @@ def _per_channel(group: ChannelGroup, site: Site, values: np.ndarray) -> np.ndar
 
 def _slices(site: Site) -> np.ndarray:
     """The site's weight as ``[channel position, everything else]`` (a flattened channel's features joined)."""
-    weight = _const(site)
+    weight = site.constant().astype(np.float64)
     groups = int(site.extra.get("groups", 1))
     if site.kind == "consumer" and groups > 1:  # grouped Conv: position p reads W[rows of its group, p % per]
         rows = weight.shape[0] // groups
@@ -105,12 +78,13 @@ def _weight_scores(group: ChannelGroup, criterion: str) -> np.ndarray:
     return total if criterion == "l1" else np.sqrt(total)
 
 
-def _gamma_scores(group: ChannelGroup) -> np.ndarray | None:
+def _gamma_scores(group: ChannelGroup) -> np.ndarray | NoMatch:
+    """Per channel: the sum of ``|scale|`` over the group's BatchNormalizations."""
     sites = [s for s in group.of_kind("param") if s.node is not None and s.node.op_type == "BatchNormalization"]
     scales = [s for s in sites if s.index == 1]
     if not scales:
-        return None
-    return sum((_per_channel(group, s, np.abs(_const(s))) for s in scales), np.zeros(group.size))
+        return NoMatch("criterion bn-gamma: no BatchNormalization on its channels")
+    return sum((_per_channel(group, s, np.abs(s.constant().astype(np.float64))) for s in scales), np.zeros(group.size))
 
 
 def _static_batch(model: ir.Model) -> int:
@@ -125,10 +99,13 @@ def _producer_axis(site: Site, rank: int) -> int:
     return 1 if site.node.op_type in ("Conv", "ConvTranspose") else rank - 1
 
 
-def _matches(site: Site, patterns: tuple[str, ...]) -> str | None:
-    node = site.node
-    assert node is not None
-    return matching_pattern(node, node.name or "", patterns)
+def _select(group: ChannelGroup, options: PruneChannelsOptions) -> ChannelGroup | NoMatch:
+    """The group when ``include``/``exclude`` select it through one of its producers, else why not."""
+    producers = [site.node for site in group.of_kind("producer") if site.node is not None]
+    if options.include and not any(matching_pattern(n, n.name or "", options.include) for n in producers):
+        return NoMatch(f"not matched by include={','.join(options.include)}")
+    hit = next((p for n in producers if (p := matching_pattern(n, n.name or "", options.exclude))), None)
+    return group if hit is None else NoMatch(f"excluded by '{hit}'")
 
 
 def _keep_count(size: int, removed: int, options: PruneChannelsOptions, width: int = 1) -> int:
@@ -145,14 +122,16 @@ def _keep_count(size: int, removed: int, options: PruneChannelsOptions, width: i
 
 
 @register_pass
-class PruneChannelsPass(ShrinkPass):
+class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
     """Removes whole channels (lossy): producer outputs and every tensor that carries them.
 
     Rules (channel groups from ``onnxshrink.passes.channels``, built for removal):
 
-    1. A group is refused, with its reason in ``stats["refused"]``, when it reaches a graph input
+    1. A group is refused, with its reason in ``stats["skipped"]``, when it reaches a graph input
        or output, a subgraph, an op without a removal rule, or an op for which removal is
        lossy beyond the consumer (reductions, Softmax or LayerNormalization over channels, Shape).
+       Subgraphs (If, Loop) and model-local functions are not entered: their producers are
+       listed in ``stats["skipped"]`` with where they are.
     2. ``include``/``exclude`` select groups by their producers' op types or node-name globs.
     3. Each channel gets a score: the l1 (or l2, the default) norm of all its weight slices,
        producer rows and consumer input columns together (Torch-Pruning's group norm: on the
@@ -186,22 +165,18 @@ class PruneChannelsPass(ShrinkPass):
 
     name = "prune-channels"
     exact = False
-    Options = PruneChannelsOptions
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
-        options: PruneChannelsOptions = self.options
+        options = self.options
         plan = channels.analyze(model, "remove")
-        refused = {g.label: g.reasons[0] for g in plan.groups if not g.ok}
-        skipped: dict[str, str] = {}
+        skipped = plan.refused()
         chosen: list[ChannelGroup] = []
         for group in channels.iter_ok(plan):
-            producers = group.of_kind("producer")
-            if options.include and not any(_matches(s, options.include) for s in producers):
-                skipped[group.label] = f"not matched by include={','.join(options.include)}"
-            elif options.exclude and (hit := next((p for s in producers if (p := _matches(s, options.exclude))), None)):
-                skipped[group.label] = f"excluded by '{hit}'"
+            selected = _select(group, options)
+            if isinstance(selected, NoMatch):
+                skipped[group.label] = selected.reason
             else:
-                chosen.append(group)
+                chosen.append(selected)
         folded = 0
         if options.dead == "only":
             plan, keeps, folded = remove_dead(model, plan, chosen)
@@ -226,10 +201,8 @@ class PruneChannelsPass(ShrinkPass):
             "tensors_rewritten": rewritten,
             "biases_folded": folded,
             "channels": per_group,
-            "refused": refused,
-            "skipped": skipped,
         }
-        return ShrinkPassResult(model, modified=rewritten + folded > 0, stats=stats)
+        return ShrinkPassResult(model, modified=rewritten + folded > 0, stats=stats, skipped=skipped)
 
     def _scores(
         self, model: ir.Model, groups: list[ChannelGroup], options: PruneChannelsOptions, skipped: dict[str, str]
@@ -240,8 +213,8 @@ class PruneChannelsPass(ShrinkPass):
         for group in groups:
             if options.criterion == "bn-gamma":
                 gamma = _gamma_scores(group)
-                if gamma is None:
-                    skipped[group.label] = "criterion bn-gamma: no BatchNormalization on its channels"
+                if isinstance(gamma, NoMatch):
+                    skipped[group.label] = gamma.reason
                     continue
                 scores[group.index] = gamma
             else:

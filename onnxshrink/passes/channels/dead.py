@@ -8,62 +8,138 @@ consumers' biases where that is exact and plans the channels' removal.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.passes import channels
-from onnxshrink.passes.channels import ChannelGroup, Site
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.ir.optable import OpTable
+from onnxshrink.passes.channels.analysis import analyze
+from onnxshrink.passes.channels.edits import set_constant_input
+from onnxshrink.passes.channels.groups import ChannelGroup, ChannelPlan, iter_ok
+from onnxshrink.passes.channels.types import Site
+
+ValueRule = Callable[["_DeadChannels", ir.Node, int], float]
+"""``rule(dead, node, klass)``: the constant the node's output holds on channel class ``klass``, or NaN."""
+
+_VALUE_RULES: OpTable[ValueRule] = OpTable("dead-channel values")
 
 
-def _const(site: Site) -> np.ndarray:
-    return site.constant().astype(np.float64)
-
-
-_SAME = frozenset(
-    (
-        *("Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Reshape", "Concat"),
-        *("Split", "Slice", "GlobalAveragePool", "GlobalMaxPool", "MaxPool", "Resize", "Upsample"),
-        *("ReduceMean", "ReduceMax", "ReduceMin"),
-    )
+@_VALUE_RULES.register(
+    *("Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Reshape"),
+    *("Split", "Slice", "GlobalAveragePool", "GlobalMaxPool", "MaxPool", "Resize", "Upsample"),
+    *("ReduceMean", "ReduceMax", "ReduceMin"),
 )
+def _same(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    return dead.operand(node, 0, klass)
 
 
-def _unary(op: str, node: ir.Node, v: np.ndarray) -> np.ndarray | None:
-    def attr(name: str, default: float) -> float:
-        found = node.attributes.get(name)
-        return found.as_float() if found is not None else default
+@_VALUE_RULES.register("Concat")
+def _concat(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    # Every input that holds the channel (all of them off the channel axis) must agree.
+    found = [
+        dead.operand(node, i, klass)
+        for i, v in enumerate(node.inputs)
+        if v is not None and (v not in dead.values or klass in dead.values[v])
+    ]
+    same = bool(found) and all(np.isfinite(v) and v == found[0] for v in found)
+    return found[0] if same else float("nan")
 
+
+@_VALUE_RULES.register("AveragePool")
+def _average_pool(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    return float("nan") if include_pad and not _no_padding(node) else dead.operand(node, 0, klass)
+
+
+@_VALUE_RULES.register("Pad")
+def _pad(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    v = dead.operand(node, 0, klass)
+    if node.attributes.get_string("mode", "constant") in ("reflect", "edge"):
+        return v
+    return v if v == dead.operand(node, 2, klass, default=0.0) else float("nan")
+
+
+@_VALUE_RULES.register("BatchNormalization")
+def _batch_norm(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    x, scale, bias, mean, var = (dead.operand(node, i, klass) for i in range(5))
+    eps = node.attributes.get_float("epsilon", 1e-5)
+    return float((x - mean) / np.sqrt(var + eps) * scale + bias)
+
+
+@_VALUE_RULES.register("Clip")
+def _clip(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    x = dead.operand(node, 0, klass)
+    low, high = dead.operand(node, 1, klass, default=-np.inf), dead.operand(node, 2, klass, default=np.inf)
+    return float(np.clip(x, low, high))
+
+
+@_VALUE_RULES.register("Conv")
+def _depthwise(dead: _DeadChannels, node: ir.Node, klass: int) -> float:
+    """A depthwise Conv (its filter is a param of the group): a constant in, a constant out."""
+    site = dead.params.get((id(node), 1))
+    if site is None:
+        return float("nan")
+    x = dead.operand(node, 0, klass)
+    bias = dead.operand(node, 2, klass, default=0.0)
+    if x == 0:
+        return bias
+    total = float(np.take(dead.array(site), np.flatnonzero(site.classes == klass), axis=0).sum())
+    return x * total + bias if _no_padding(node) else float("nan")
+
+
+def _binary(dead: _DeadChannels, node: ir.Node, klass: int, combine: Callable[[Any, Any], Any]) -> float:
+    operands = [dead.operand(node, i, klass) for i in range(len(node.inputs))]
     with np.errstate(all="ignore"):
-        table = {
-            "Relu": lambda: np.maximum(v, 0.0),
-            "LeakyRelu": lambda: np.where(v >= 0, v, v * attr("alpha", 0.01)),
-            "Sigmoid": lambda: 1.0 / (1.0 + np.exp(-v)),
-            "HardSigmoid": lambda: np.clip(attr("alpha", 0.2) * v + attr("beta", 0.5), 0.0, 1.0),
-            "HardSwish": lambda: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
-            "Tanh": lambda: np.tanh(v),
-            "Abs": lambda: np.abs(v),
-            "Neg": lambda: -v,
-            "Exp": lambda: np.exp(v),
-            "Softplus": lambda: np.log1p(np.exp(v)),
-            "Elu": lambda: np.where(v >= 0, v, attr("alpha", 1.0) * (np.exp(v) - 1.0)),
-        }
-        return table[op]() if op in table else None
+        total = operands[0]
+        for other in operands[1:]:
+            total = float(combine(total, other))
+    return total
 
 
-_BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Mul": np.multiply,
-    "Div": np.divide,
-    "Pow": np.power,
-    "Max": np.maximum,
-    "Min": np.minimum,
-    "Sum": np.add,
-    "PRelu": lambda x, s: np.where(x >= 0, x, x * s),
-}
+def _unary(dead: _DeadChannels, node: ir.Node, klass: int, apply: Callable[[ir.Node, np.ndarray], Any]) -> float:
+    with np.errstate(all="ignore"):
+        return float(apply(node, np.array(dead.operand(node, 0, klass))))
+
+
+def _attr_float(node: ir.Node, name: str, default: float) -> float:
+    return float(node.attributes.get_float(name, default))
+
+
+def _register_elementwise() -> None:
+    """Binary ops combine their operands' constants; unary activations map theirs."""
+    binary: list[tuple[str, Callable[[Any, Any], Any]]] = [
+        *[("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", np.divide), ("Pow", np.power)],
+        *[("Max", np.maximum), ("Min", np.minimum), ("Sum", np.add)],
+        ("PRelu", lambda x, s: np.where(x >= 0, x, x * s)),
+    ]
+    for op, combine in binary:
+        _VALUE_RULES.add(op, functools.partial(_binary, combine=combine))
+    unary: list[tuple[str, Callable[[ir.Node, np.ndarray], Any]]] = [
+        ("Relu", lambda node, v: np.maximum(v, 0.0)),
+        ("LeakyRelu", lambda node, v: np.where(v >= 0, v, v * _attr_float(node, "alpha", 0.01))),
+        ("Sigmoid", lambda node, v: 1.0 / (1.0 + np.exp(-v))),
+        (
+            "HardSigmoid",
+            lambda node, v: np.clip(_attr_float(node, "alpha", 0.2) * v + _attr_float(node, "beta", 0.5), 0, 1),
+        ),
+        ("HardSwish", lambda node, v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0)),
+        ("Tanh", lambda node, v: np.tanh(v)),
+        ("Abs", lambda node, v: np.abs(v)),
+        ("Neg", lambda node, v: -v),
+        ("Exp", lambda node, v: np.exp(v)),
+        ("Softplus", lambda node, v: np.log1p(np.exp(v))),
+        ("Elu", lambda node, v: np.where(v >= 0, v, _attr_float(node, "alpha", 1.0) * (np.exp(v) - 1.0))),
+    ]
+    for op, apply in unary:
+        _VALUE_RULES.add(op, functools.partial(_unary, apply=apply))
+
+
+_register_elementwise()
 
 
 def _no_padding(node: ir.Node) -> bool:
@@ -75,7 +151,7 @@ def _no_padding(node: ir.Node) -> bool:
 class _DeadChannels:
     """Per channel class, the constant each value holds (NaN where it is not provably constant)."""
 
-    def __init__(self, model: ir.Model, plan: channels.ChannelPlan) -> None:
+    def __init__(self, model: ir.Model, plan: ChannelPlan) -> None:
         self.model = model
         self.values: dict[ir.Value, np.ndarray] = {}
         self.params: dict[tuple[int, int], Site] = {}
@@ -95,7 +171,7 @@ class _DeadChannels:
 
     def array(self, site: Site) -> np.ndarray:
         if id(site) not in self.arrays:
-            self.arrays[id(site)] = _const(site)
+            self.arrays[id(site)] = site.constant().astype(np.float64)
         return self.arrays[id(site)]
 
     def run(self) -> None:
@@ -106,17 +182,19 @@ class _DeadChannels:
                     found = {int(c): self.evaluate(node, int(c), p) for p, c in enumerate(classes.tolist())}
                     self.const[output] = {c: v for c, v in found.items() if np.isfinite(v)}
 
-    def operand(self, node: ir.Node, index: int, klass: int) -> float:
-        value = node.inputs[index]
+    def operand(self, node: ir.Node, index: int, klass: int, default: float = float("nan")) -> float:
+        """The constant input ``index`` holds on channel class ``klass`` (``default`` when the input
+        is missing), or NaN when it is not provably constant."""
+        value = node.inputs[index] if index < len(node.inputs) else None
         if value is None:
-            return float("nan")
+            return default
         if value in self.values:
             return self.const.get(value, {}).get(klass, float("nan"))
         site = self.params.get((id(node), index))
         if site is not None:
             return self.param(site, klass)
         if value not in self.scalars:  # a constant that is the same everywhere, else NaN
-            array = _constant(value)
+            array = constant_array(value)
             uniform = array is not None and array.size and np.all(array == array.reshape(-1)[0])
             self.scalars[value] = float(array.reshape(-1)[0]) if uniform and array is not None else float("nan")
         return self.scalars[value]
@@ -130,58 +208,11 @@ class _DeadChannels:
         return float(flat[0]) if flat.size and np.all(flat == flat[0]) else float("nan")
 
     def evaluate(self, node: ir.Node, klass: int, position: int) -> float:
-        op = node.op_type
+        """The constant the node's output holds on channel class ``klass`` (at ``position``), or NaN."""
         if id(node) in self.producers and node.outputs[0] in self.values:
             return self.produced(node, position)
-        if op == "Concat":
-            # Every input that holds the channel (all of them off the channel axis) must agree.
-            found = [
-                self.operand(node, i, klass)
-                for i, v in enumerate(node.inputs)
-                if v is not None and (v not in self.values or klass in self.values[v])
-            ]
-            same = bool(found) and all(np.isfinite(v) and v == found[0] for v in found)
-            return found[0] if same else float("nan")
-        if op in _SAME:
-            return self.operand(node, 0, klass)
-        if op == "AveragePool":
-            include = node.attributes.get("count_include_pad")
-            padded = not _no_padding(node) and include is not None and include.as_int()
-            return float("nan") if padded else self.operand(node, 0, klass)
-        if op == "Pad":
-            mode = node.attributes.get("mode")
-            v = self.operand(node, 0, klass)
-            if mode is not None and mode.as_string() in ("reflect", "edge"):
-                return v
-            fill = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
-            return v if v == fill else float("nan")
-        if op == "BatchNormalization":
-            x, scale, bias, mean, var = (self.operand(node, i, klass) for i in range(5))
-            eps = node.attributes["epsilon"].as_float() if "epsilon" in node.attributes else 1e-5
-            return float((x - mean) / np.sqrt(var + eps) * scale + bias)
-        if op == "Clip":
-            x = self.operand(node, 0, klass)
-            low = self.operand(node, 1, klass) if len(node.inputs) > 1 and node.inputs[1] is not None else -np.inf
-            high = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else np.inf
-            return float(np.clip(x, low, high))
-        if op == "Conv" and (id(node), 1) in self.params:  # depthwise: a constant in, a constant out
-            x = self.operand(node, 0, klass)
-            bias = self.operand(node, 2, klass) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
-            if x == 0:
-                return bias
-            site = self.params[(id(node), 1)]
-            total = float(np.take(self.array(site), np.flatnonzero(site.classes == klass), axis=0).sum())
-            return x * total + bias if _no_padding(node) else float("nan")
-        if op in _BINARY:
-            operands = [self.operand(node, i, klass) for i in range(len(node.inputs))]
-            combine = _BINARY[op]
-            with np.errstate(all="ignore"):
-                total = operands[0]
-                for other in operands[1:]:
-                    total = float(combine(total, other))
-            return total
-        applied = _unary(op, node, np.array(self.operand(node, 0, klass)))
-        return float(applied) if applied is not None else float("nan")
+        rule = _VALUE_RULES.lookup(node, None) if is_onnx_op(node) else None
+        return rule(self, node, klass) if rule is not None else float("nan")
 
     def produced(self, node: ir.Node, position: int) -> float:
         """A producer's channel is the constant bias when its weight slice is all zero."""
@@ -197,18 +228,11 @@ class _DeadChannels:
         return self.param(bias, int(site.classes[position])) if bias is not None else 0.0
 
 
-def _constant(value: ir.Value) -> np.ndarray | None:
-    if value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy().astype(np.float64)
-
-
 def _fold(site: Site, klass: int, k: float) -> tuple[int, np.ndarray]:
     """Which bias input of the consumer absorbs the constant channel, and by how much per output."""
     node = site.node
     assert node is not None
-    weight = _const(site)
+    weight = site.constant().astype(np.float64)
     position = int(np.flatnonzero(site.classes == klass)[0])
     if node.op_type == "Conv":
         groups = int(site.extra.get("groups", 1))
@@ -237,8 +261,8 @@ def _foldable(site: Site, k: float) -> bool:
 
 
 def remove_dead(
-    model: ir.Model, plan: channels.ChannelPlan, chosen: list[ChannelGroup]
-) -> tuple[channels.ChannelPlan, dict[int, np.ndarray], int]:
+    model: ir.Model, plan: ChannelPlan, chosen: list[ChannelGroup]
+) -> tuple[ChannelPlan, dict[int, np.ndarray], int]:
     """Folds provably constant channels into their consumers' biases and plans their removal."""
     evaluator = _DeadChannels(model, plan)
     evaluator.run()
@@ -276,18 +300,16 @@ def remove_dead(
                 deltas[key] = (site.node, node_delta + delta)
     for (_, index), (node, delta) in deltas.items():
         old = node.inputs[index] if index < len(node.inputs) else None
-        weight = ir.convenience.get_const_tensor(node.inputs[1])  # type: ignore[arg-type]
-        assert weight is not None
-        dtype = weight.numpy().dtype
-        base = _constant(old) if old is not None else np.zeros(delta.shape)
-        assert base is not None
-        channels.set_constant_input(model, node, index, (base + delta).astype(dtype))
-    plan = channels.analyze(model, "remove") if deltas else plan
+        weight = constant_array(node.inputs[1])
+        base = constant_array(old) if old is not None else np.zeros(delta.shape)
+        assert weight is not None and base is not None
+        set_constant_input(model, node, index, (base.astype(np.float64) + delta).astype(weight.dtype))
+    plan = analyze(model, "remove") if deltas else plan
     keeps: dict[int, np.ndarray] = {}
     dead_at: dict[int, list[int]] = {}
     for node, position in dead:
         dead_at.setdefault(id(node), []).append(position)
-    for group in channels.iter_ok(plan):
+    for group in iter_ok(plan):
         gone: set[int] = set()
         for site in group.of_kind("producer"):
             if id(site.node) in dead_at:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.ir.graphs import add_initializer
-from onnxshrink.passes.channels.types import _ONNX, _attr_ints, _const
-
-if TYPE_CHECKING:
-    from onnxshrink.passes.channels import ChannelGroup, ChannelPlan, Purpose, Site
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.ir.graphs import add_initializer, opset_version, taken_names
+from onnxshrink.passes.channels.groups import ChannelGroup, ChannelPlan
+from onnxshrink.passes.channels.types import Purpose, Site
 
 
 def permute(model: ir.Model, plan: ChannelPlan, orders: Mapping[int, np.ndarray]) -> int:
@@ -70,7 +68,7 @@ def _usable(plan: ChannelPlan, index: int) -> ChannelGroup:
     return group
 
 
-def _block_ids(plan: ChannelPlan, chosen: Mapping[int, Any]) -> dict[int, int]:
+def _block_ids(plan: ChannelPlan, chosen: Mapping[int, np.ndarray]) -> dict[int, int]:
     ids: dict[int, int] = {}
     for index in chosen:
         group = plan.groups[index]
@@ -92,7 +90,9 @@ def _permuted_positions(classes: np.ndarray, ranks: Mapping[int, int], blocks: M
     return np.array([where[int(c)] for c in new.tolist()], dtype=np.int64)
 
 
-def _rewrite(model: ir.Model, plan: ChannelPlan, chosen: Mapping[int, Any], positions: Any) -> int:
+def _rewrite(
+    model: ir.Model, plan: ChannelPlan, chosen: Mapping[int, np.ndarray], positions: Callable[[np.ndarray], np.ndarray]
+) -> int:
     seen: set[int] = set()
     work: list[tuple[Site, np.ndarray]] = []
     for index in chosen:
@@ -149,13 +149,10 @@ class _Editor:
 
     def __init__(self, model: ir.Model, purpose: Purpose) -> None:
         self.graph = model.graph
-        self.opset = next((model.opset_imports[d] for d in _ONNX if d in model.opset_imports), 1)
+        self.opset = opset_version(model)
         self.purpose = purpose
         self.count = 0
-        self.taken = {v.name for v in [*self.graph.inputs, *self.graph.initializers.values()] if v.name}
-        self.taken.update(
-            o.name for node in ir.traversal.RecursiveGraphIterator(self.graph) for o in node.outputs if o.name
-        )
+        self.taken = taken_names(model)
 
     def apply(self, site: Site, src: np.ndarray) -> None:
         if site.kind in ("producer", "param", "consumer"):
@@ -178,8 +175,7 @@ class _Editor:
     def tensor(self, site: Site, src: np.ndarray) -> None:
         node = site.node
         assert node is not None
-        array = _const(node.inputs[site.index])
-        assert array is not None, site.describe()
+        array = site.constant()
         groups = int(site.extra.get("groups", 1))
         per = len(site.atoms) // groups
         if site.kind == "consumer" and groups > 1:
@@ -248,11 +244,11 @@ class _Editor:
         new_end = new_start + int(np.count_nonzero((src >= start) & (src < end)))
         for index, key, bound in ((1, "starts", new_start), (2, "ends", new_end)):
             if site.extra["attrs"]:
-                values = _attr_ints(node, key) or []
+                values = list(node.attributes.get_ints(key, []))
                 values[entry] = bound
                 node.attributes[key] = ir.AttrInt64s(key, values)
             else:
-                array = _const(node.inputs[index])
+                array = constant_array(node.inputs[index])
                 assert array is not None
                 array = array.copy()
                 array.reshape(-1)[entry] = bound
@@ -264,7 +260,7 @@ class _Editor:
         assert node is not None
         if site.extra["entry"] <= 0:
             return
-        array = _const(node.inputs[1])
+        array = constant_array(node.inputs[1])
         assert array is not None
         array = array.copy()
         array[site.axis] = len(src) * site.inner

@@ -1,21 +1,26 @@
 """What the channel walk carries and records: layouts, sites and the atom union-find.
 
 A :class:`Layout` says which axis of a value holds channels and which atom sits at each position, a
-:class:`Site` is one place a group's channels live, and :class:`_Atoms` unifies atoms into classes.
-The constant and attribute readers here are shared by the rules (``onnxshrink.passes.channels.rules``,
-``onnxshrink.passes.channels.index_rules``), the walk (``onnxshrink.passes.channels.walk``) and the graph edits
-(``onnxshrink.passes.channels.edits``). ``onnxshrink.passes.channels`` re-exports the public names.
+:class:`Site` is one place a group's channels live, and :class:`Atoms` unifies atoms into classes
+and keeps the first reason (a :class:`~onnxshrink.passbase.NoMatch`) an atom may not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
 
-_ONNX = ("", "ai.onnx")
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.passbase import NoMatch
+
+Purpose = Literal["permute", "remove"]
+"""What a channel plan is built for: ``permute`` (exact reordering) or ``remove`` (lossy removal)."""
+
+Dim = int | str | None
+"""One dim of a shape: a size, a symbol, or None when unknown."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,31 +33,14 @@ class Layout:
     inner: int = 1
 
 
-Dim = int | str | None
+def node_name(node: ir.Node) -> str:
+    """The node's name, else its first output's name, else its op type (for reasons and labels)."""
+    return node.name or (node.outputs[0].name or node.op_type if node.outputs else node.op_type)
 
 
-def _ints(value: ir.Value | None) -> list[int] | None:
-    if value is None:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else [int(v) for v in tensor.numpy().reshape(-1).tolist()]
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
-
-
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
-def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return [int(v) for v in attr.as_ints()] if attr is not None else None
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """The node's input ``index``, or None when the node has fewer inputs (or it is omitted)."""
+    return node.inputs[index] if index < len(node.inputs) else None
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,6 +70,7 @@ class Site:
 
     @property
     def node_label(self) -> str:
+        """``op 'name'`` of the site's node, or ``value 'name'`` for a value site."""
         if self.node is None:
             return f"value '{self.value.name if self.value is not None else '?'}'"
         return f"{self.node.op_type} '{self.node.name or self.node.outputs[0].name}'"
@@ -89,12 +78,12 @@ class Site:
     def constant(self) -> np.ndarray:
         """The constant tensor this site rewrites (a weight, bias or parameter)."""
         assert self.node is not None, self.describe()
-        value = self.node.inputs[self.index]
-        tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-        assert tensor is not None, self.describe()
-        return tensor.numpy()
+        array = constant_array(self.node.inputs[self.index])
+        assert array is not None, self.describe()
+        return array
 
     def describe(self) -> str:
+        """One line naming the node, the input rewritten and its channel axis."""
         where = self.node_label
         if self.kind in ("producer", "param", "consumer") and self.node is not None:
             tensor = self.node.inputs[self.index]
@@ -105,23 +94,24 @@ class Site:
         return text + (f" x{self.inner}" if self.inner > 1 else "")
 
 
-class _Atoms:
+class Atoms:
     """Union-find over channel atoms, with the first reason an atom may not change."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
-        self.poison: dict[int, str] = {}
+        self.poison: dict[int, NoMatch] = {}
 
-    def new(self, count: int, reason: str | None = None) -> np.ndarray:
+    def new(self, count: int, reason: NoMatch | None = None) -> np.ndarray:
+        """Mints ``count`` atoms, refused for ``reason`` when one is given."""
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
         atoms = np.arange(start, start + count, dtype=np.int64)
         if reason is not None:
-            for atom in atoms.tolist():
-                self.poison.setdefault(atom, reason)
+            self.mark(atoms, reason)
         return atoms
 
     def find(self, atom: int) -> int:
+        """The root of the atom's class (paths are compressed on the way)."""
         root = atom
         while self.parent[root] != root:
             root = self.parent[root]
@@ -130,14 +120,17 @@ class _Atoms:
         return root
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Ties ``a[i]`` and ``b[i]`` into one class, position by position."""
         for x, y in zip(a.tolist(), b.tolist(), strict=True):
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[max(rx, ry)] = min(rx, ry)
 
-    def mark(self, atoms: np.ndarray, reason: str) -> None:
+    def mark(self, atoms: np.ndarray, reason: NoMatch) -> None:
+        """Refuses the atoms for ``reason`` (an atom keeps its first reason)."""
         for atom in atoms.tolist():
             self.poison.setdefault(atom, reason)
 
     def roots(self, atoms: np.ndarray) -> np.ndarray:
+        """The class root of each atom."""
         return np.array([self.find(a) for a in atoms.tolist()], dtype=np.int64)
