@@ -119,8 +119,10 @@ def shrink(
         verify: Compare the result against the input model.
         verify_each: Also compare after every pass; the first pass that breaks numerics is named.
         shapes: Sizes for dynamic input dims of generated inputs.
-        rtol, atol: Tolerance of exact pipelines: ``|d| <= atol + rtol * max|ref|``.
-        max_drop, min_cosine: The accuracy budget of lossy pipelines.
+        rtol: Relative tolerance of exact pipelines: ``|d| <= atol + rtol * max|ref|``.
+        atol: Absolute tolerance of exact pipelines (see ``rtol``).
+        max_drop: Lossy pipelines: the largest top-1 accuracy drop accepted (checked when the data has labels).
+        min_cosine: Lossy pipelines: the smallest cosine similarity of outputs accepted.
 
     Raises:
         UsageError: Bad pass spec, option or data.

@@ -153,6 +153,14 @@ class ShrinkPass(ir.passes.InPlacePass, Generic[OptionsT]):
 
     Subclass as ``class FoldPass(ShrinkPass[FoldOptions])``: ``Options`` is then ``FoldOptions``
     and ``self.options`` is typed as one.
+
+    Args:
+        options: The pass options, checked here; None for the defaults.
+        context: Data and settings the pipeline offers (calibration, provider, shapes); None for
+            an empty context.
+
+    Raises:
+        UsageError: An option is out of its declared range or choices.
     """
 
     name: ClassVar[str]
@@ -177,4 +185,9 @@ class ShrinkPass(ir.passes.InPlacePass, Generic[OptionsT]):
         return f"{type(self).__name__}({self.options!r})"
 
     def call(self, model: ir.Model) -> ShrinkPassResult:  # pragma: no cover - abstract
+        """Rewrites ``model`` in place and says exactly whether anything changed.
+
+        Raises:
+            UsageError: The model or the data does not suit the pass (named in the message).
+        """
         raise NotImplementedError

@@ -47,6 +47,7 @@ class PassRecord:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the record as plain JSON data, one key per field."""
         return dataclasses.asdict(self)
 
 

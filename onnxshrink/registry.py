@@ -36,6 +36,7 @@ class OptionInfo:
 
     @property
     def type_name(self) -> str:
+        """How help texts name the option's type: ``int``, ``a|b|c`` or ``list of a|b``."""
         if self.choices is not None:
             listed = "|".join(map(str, self.choices))
             return f"list of {listed}" if typing.get_origin(self.type) in (tuple, list) else listed
@@ -140,6 +141,7 @@ def presets() -> Mapping[str, Preset]:
 
 
 def known_names() -> list[str]:
+    """Returns every registered pass and preset name, sorted."""
     return sorted([*passes(), *presets()])
 
 

@@ -48,6 +48,7 @@ class ProviderChoice:
     reason: str
 
     def to_json(self) -> dict[str, str]:
+        """Returns the choice as plain JSON data (``requested``, ``used``, ``reason``)."""
         return dataclasses.asdict(self)
 
 

@@ -45,9 +45,11 @@ class PassSpec:
 
     @property
     def is_preset(self) -> bool:
+        """Whether the name is a registered preset rather than a pass."""
         return self.name in registry.presets()
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the spec as plain JSON data: its name and options (tuples as lists)."""
         return {"name": self.name, "options": {k: _jsonable(v) for k, v in self.options.items()}}
 
 

@@ -63,19 +63,23 @@ class VerificationReport:
 
     @property
     def within_tolerance(self) -> bool:
+        """Whether every output is within ``atol + rtol * max|ref|``."""
         return all(o.within_tolerance for o in self.outputs)
 
     @property
     def min_cosine(self) -> float:
+        """The lowest cosine similarity of any output (1.0 when there are none)."""
         return min((o.cosine for o in self.outputs), default=1.0)
 
     @property
     def accuracy_drop(self) -> float | None:
+        """Top-1 accuracy lost by the candidate, or None when the feed has no labels."""
         if self.accuracy_reference is None or self.accuracy_candidate is None:
             return None
         return self.accuracy_reference - self.accuracy_candidate
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the report as plain JSON data, with the derived verdicts added."""
         data = dataclasses.asdict(self)
         data["within_tolerance"] = self.within_tolerance
         data["min_cosine"] = self.min_cosine
@@ -109,6 +113,7 @@ class VerificationReport:
 
 
 def is_classifier_like(value: np.ndarray) -> bool:
+    """Whether an output looks like class scores: floats shaped ``[..., classes]``, 2 to 100k classes."""
     return np.issubdtype(value.dtype, np.floating) and value.ndim >= 2 and 2 <= value.shape[-1] <= _MAX_CLASSES
 
 
@@ -186,10 +191,12 @@ def verify(
     """Runs both models on the same feed and provider and compares every output.
 
     Args:
-        reference, candidate: Models as onnxruntime opens them (a path or serialized bytes).
+        reference: The model compared against, as onnxruntime opens it (a path or serialized bytes).
+        candidate: The model compared, in the same form.
         feed: The inputs (and labels for accuracy).
         provider: ``auto``, ``cpu`` or ``cuda``; the candidate runs where the reference ran.
-        rtol, atol: Tolerance: ``|d| <= atol + rtol * max|ref|`` per output.
+        rtol: Relative tolerance per output: ``|d| <= atol + rtol * max|ref|``.
+        atol: Absolute tolerance per output (see ``rtol``).
         chunk: Samples per run when the feed is split into several runs, else None.
 
     Raises:
@@ -233,7 +240,8 @@ class Verifier:
             lives only in memory with external weights, which cannot be compared.
         feed: What both models run on (:func:`onnxshrink.data.verification_feed`).
         provider: ``auto``, ``cpu`` or ``cuda``.
-        rtol, atol: Tolerance of exact pipelines.
+        rtol: Relative tolerance of exact pipelines.
+        atol: Absolute tolerance of exact pipelines.
     """
 
     def __init__(self, reference: str | bytes | None, feed: Feed, provider: str, rtol: float, atol: float) -> None:

@@ -1,6 +1,6 @@
-"""The model's side of the data: its runtime inputs, ``--shape`` sizes, generated values, and
-checking a feed against the inputs (the ``labels`` key is split off).
+"""The model's side of the data: its runtime inputs, their sizes, generated values, feed checks.
 
+A feed is checked against the inputs after its ``labels`` key is split off.
 Generated inputs have the right dtype; dynamic dimensions come from ``--shape NAME=DIMS`` or 1;
 integer inputs stay in a small safe range (they are often indices); sizes are capped so an
 untrusted model cannot make us allocate without bound.

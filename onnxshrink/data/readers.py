@@ -1,9 +1,10 @@
-"""Where samples come from: an ``.npz`` (keys = input names, first axis = samples), a folder of
-them, ``module:attribute`` naming an onnxruntime-style ``CalibrationDataReader`` (or a class or
-factory returning one), a reader instance, or arrays in memory.
+"""Where samples come from: npz files and folders, readers, or arrays in memory.
 
-Every source becomes a :class:`~onnxshrink.data.samples.Samples`; files are read when samples
-are first asked for, one file at a time.
+A source is an ``.npz`` (keys = input names, first axis = samples), a folder of them,
+``module:attribute`` naming an onnxruntime-style ``CalibrationDataReader`` (or a class or
+factory returning one), a reader instance, or a dict of arrays. Every source becomes a
+:class:`~onnxshrink.data.samples.Samples`; files are read when samples are first asked for, one
+file at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from onnxshrink.errors import UsageError
 class CalibrationDataReader(Protocol):
     """onnxruntime's reader protocol: ``get_next()`` returns one feed dict, then None."""
 
-    def get_next(self) -> Mapping[str, np.ndarray] | None: ...
+    def get_next(self) -> Mapping[str, np.ndarray] | None:
+        """Returns the next feed dict (input name to array), or None when the data is exhausted."""
+        ...
 
 
 def open_samples(spec: Any, *, role: Role = "calibration") -> Samples:

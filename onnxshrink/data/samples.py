@@ -1,5 +1,7 @@
-"""The one data type: :class:`Samples`, a re-iterable stream of sample batches, and :class:`Feed`,
-the concrete arrays (and labels) one comparison runs on.
+"""The one data type, :class:`Samples`, and :class:`Feed`, the arrays one comparison runs on.
+
+:class:`Samples` is a re-iterable stream of sample batches; a :class:`Feed` holds the concrete
+arrays (and labels) of one comparison.
 
 Calibration data (passes read it through ``PassContext.calibration_batches``), verification
 inputs and evaluation data are all :class:`Samples`, whatever they were read from
@@ -73,8 +75,10 @@ def _shared_size(arrays: Mapping[str, np.ndarray]) -> int | None:
 
 
 class Samples:
-    """A re-iterable stream of sample batches: dicts of arrays keyed by input name (first axis =
-    samples), possibly with a ``labels`` array.
+    """A re-iterable stream of sample batches.
+
+    Each batch is a dict of arrays keyed by input name (first axis = samples), possibly with a
+    ``labels`` array. ``make_batches`` starts a fresh pass over the source each time it is called.
 
     Attributes:
         description: Where the samples come from (``npz data.npz``, ``reader my_module:Reader``...).
@@ -180,8 +184,10 @@ def verification_feed(
     calibration: Samples | None,
     shapes: Mapping[str, tuple[int, ...]],
 ) -> Feed:
-    """What verification runs on: every sample of ``inputs``, else the first calibration samples,
-    else generated values (dynamic dims from ``shapes`` or 1).
+    """Returns the feed verification runs on.
+
+    That is every sample of ``inputs``, else the first calibration samples, else generated values
+    (dynamic dims from ``shapes`` or 1).
 
     Raises:
         UsageError: The data does not fit the model's inputs.

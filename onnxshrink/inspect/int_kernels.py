@@ -63,6 +63,7 @@ class NodeKernel:
 
     @property
     def integer(self) -> bool:
+        """Whether the node runs as an integer kernel (int8, uint8, int4...)."""
         return self.precision.startswith(("int", "uint"))
 
 
@@ -79,6 +80,7 @@ class OpTotals:
     precisions: dict[str, int]
 
     def describe(self) -> str:
+        """Returns one line such as ``Conv: 20/20 int8`` or ``MaxPool: 0/1 integer; 1 not matched``."""
         counted = self.integer + self.integer_by_op_count
         kinds = sorted(self.precisions)
         label = kinds[0] if len(kinds) == 1 else "integer"  # "Conv: 20/20 int8", "MaxPool: 0/1 integer"
@@ -104,6 +106,7 @@ class KernelReport:
     optimized_ops: dict[str, int]
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the report as plain JSON data, with totals keyed by op type."""
         return {
             "provider": self.provider,
             "provider_reason": self.provider_reason,
@@ -161,8 +164,11 @@ def _original_dtypes(model: ir.Model) -> dict[str, int]:
 
 
 def _is_candidate(node: ir.Node, dtypes: dict[str, int]) -> bool:
-    """A compute or data-movement node working on float (or dequantized) data, or a
-    block-quantized kernel written into the model as such (GatherBlockQuantized, MatMulNBits)."""
+    """Whether ``node`` is worth a kernel check.
+
+    It is when it computes or moves float (or dequantized) data, or is a block-quantized kernel
+    written into the model as such (GatherBlockQuantized, MatMulNBits).
+    """
     if node.domain == "com.microsoft" and node.op_type in WRITTEN_KERNELS:
         return True
     if not is_onnx_op(node) or not node.inputs or not node.outputs:

@@ -113,6 +113,7 @@ class OptimizedGraph:
                     self.by_output[output] = node
 
     def precision(self, node: onnx.NodeProto) -> str:
+        """Returns what ``node`` of the optimized graph computes in: ``int8``, ``int4``... or ``float``."""
         if node.op_type in WRITTEN_KERNELS:
             bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
             return f"int{bits}"

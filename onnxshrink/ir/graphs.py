@@ -223,8 +223,11 @@ def fresh_name(taken: set[str], base: str) -> str:
 
 
 def add_initializer(graph: ir.Graph, taken: set[str], base: str, data: np.ndarray | ir.Tensor) -> ir.Value:
-    """Registers ``data`` as a new initializer of ``graph``, typed and shaped, named ``base`` or
-    the first free :func:`fresh_name` after it, and returns its value."""
+    """Registers ``data`` as a new, typed and shaped initializer of ``graph`` and returns its value.
+
+    The initializer is named ``base``, or the first free :func:`fresh_name` after it; the name is
+    added to ``taken``.
+    """
     name = fresh_name(taken, base)
     tensor = data if isinstance(data, ir.Tensor) else ir.Tensor(data, name=name)
     tensor.name = name

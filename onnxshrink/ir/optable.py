@@ -46,7 +46,11 @@ class OpEntry(Generic[EntryT]):
 
 
 class OpTable(Generic[EntryT]):
-    """A table of per-op entries keyed by (domain, op type) with an opset range each."""
+    """A table of per-op entries keyed by (domain, op type) with an opset range each.
+
+    Args:
+        name: What the table holds (``fold evaluators``), for messages and ``repr``.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name

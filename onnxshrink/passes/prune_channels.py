@@ -167,6 +167,7 @@ class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
     exact = False
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
+        """Removes the lowest-scoring channels; ``skipped`` names the groups left whole, and why."""
         options = self.options
         plan = channels.analyze(model, "remove")
         skipped = plan.refused()

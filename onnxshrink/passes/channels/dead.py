@@ -183,8 +183,10 @@ class _DeadChannels:
                     self.const[output] = {c: v for c, v in found.items() if np.isfinite(v)}
 
     def operand(self, node: ir.Node, index: int, klass: int, default: float = float("nan")) -> float:
-        """The constant input ``index`` holds on channel class ``klass`` (``default`` when the input
-        is missing), or NaN when it is not provably constant."""
+        """Returns the constant that input ``index`` of ``node`` holds on channel class ``klass``.
+
+        A missing input gives ``default``; an input not provably constant there gives NaN.
+        """
         value = node.inputs[index] if index < len(node.inputs) else None
         if value is None:
             return default

@@ -96,8 +96,10 @@ class ChannelPlan:
         return [group.describe() for group in self.groups]
 
     def refused(self) -> dict[str, str]:
-        """``{label: reason}`` for every refused group (its first reason) and every producer outside
-        the main graph: what a pass leaves alone and reports as skipped."""
+        """Returns ``{label: reason}`` for what a pass leaves alone and reports as skipped.
+
+        That is every refused group (with its first reason) and every producer outside the main graph.
+        """
         found = {group.label: group.reasons[0].reason for group in self.groups if not group.ok}
         found.update((label, reason.reason) for label, reason in self.outside.items() if label not in found)
         return found

@@ -37,8 +37,11 @@ _BROADCASTING = frozenset(
 
 
 def shape_element(walker: ChannelWalker, value: ir.Value | None, index: int, depth: int) -> Dim:
-    """Element ``index`` of a small integer tensor (a shape being computed) when it is provably known:
-    an int, or the symbol of an inferred dim it reads through Shape and Gather; None otherwise."""
+    """Returns element ``index`` of a small integer tensor (a shape being computed), when provably known.
+
+    A known element is an int, or the symbol of an inferred dim it reads through Shape and Gather;
+    anything else is None.
+    """
     if value is None or depth == 0:
         return None
     array = constant_array(value)
@@ -106,8 +109,11 @@ def inferred_shapes(model: ir.Model) -> dict[str, list[Dim]]:
 
 
 def producers_outside(model: ir.Model) -> dict[str, NoMatch]:
-    """The producers the walk does not enter, by label: those in subgraphs (If branches, Loop and
-    Scan bodies) and in model-local functions, each with where it is."""
+    """Returns the producers the walk does not enter, by label, each with where it is.
+
+    Those are the producers in subgraphs (If branches, Loop and Scan bodies) and in model-local
+    functions.
+    """
     found: dict[str, NoMatch] = {}
 
     def visit_subgraphs(node: ir.Node) -> None:
@@ -223,8 +229,9 @@ class ChannelWalker:
         return False
 
     def keeps_shape(self, target: ir.Value | None, dims: list[Dim], axis: int) -> bool:
-        """Whether a computed Reshape target is ``dims[: axis + 1]`` with -1 (or 0) at ``axis``: a
-        Reshape that keeps (or, when shorter, merges the dims after ``axis`` into) the channel axis
+        """Whether a computed Reshape target is ``dims[: axis + 1]`` with -1 (or 0) at ``axis``.
+
+        Such a Reshape keeps (or, when shorter, merges the dims after ``axis`` into) the channel axis
         and stays right after the channel count changes.
 
         Torch's attention exports rebuild ``[B, -1, S, D]`` from Shape/Gather of other tensors;

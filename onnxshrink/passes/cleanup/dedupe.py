@@ -48,6 +48,11 @@ def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
 
 
 def dedupe_initializers(graph: ir.Graph, stats: Counter[str]) -> None:
+    """Merges the initializers of ``graph`` with equal dtype, shape and bytes into one.
+
+    Initializers that are graph inputs or outputs are left alone: they are part of the signature.
+    ``stats`` counts what was merged.
+    """
     by_layout: dict[tuple[Any, ...], list[ir.Value]] = {}
     for value in graph.initializers.values():
         if value.const_value is None or value.is_graph_input() or value.is_graph_output():

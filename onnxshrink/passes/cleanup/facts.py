@@ -58,7 +58,11 @@ def _dtype_of_source(source: ir.TensorProtocol | np.ndarray) -> ir.DataType | No
 
 
 class Facts:
-    """Dtypes, dims and constant contents of values, declared first, inferred otherwise."""
+    """Dtypes, dims and constant contents of values, declared first, inferred otherwise.
+
+    Args:
+        inferred: Dtype and dims per value from shape inference; None when inference was not run.
+    """
 
     def __init__(self, inferred: dict[ir.Value, tuple[ir.DataType | None, Dims | None]] | None = None) -> None:
         self._inferred = inferred or {}
@@ -74,6 +78,7 @@ class Facts:
         return self._constants[value]
 
     def is_constant(self, value: ir.Value | None) -> bool:
+        """Whether ``value`` is a constant (see :mod:`onnxshrink.ir.constants`)."""
         return value is not None and self._constant(value) is not None
 
     def carry_over(self, old: ir.Value, new: ir.Value) -> None:
@@ -82,6 +87,7 @@ class Facts:
             self._inferred[new] = self._inferred[old]
 
     def dtype(self, value: ir.Value | None) -> ir.DataType | None:
+        """Returns the value's dtype: declared, else from its constant, else inferred; None if unknown."""
         if value is None:
             return None
         if value.dtype is not None:
@@ -111,6 +117,7 @@ class Facts:
         )
 
     def rank(self, value: ir.Value | None) -> int | None:
+        """Returns the value's rank, or None when it is unknown."""
         dims = self.dims(value)
         return None if dims is None else len(dims)
 

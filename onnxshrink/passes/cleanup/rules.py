@@ -117,6 +117,7 @@ def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
 
 
 def ints_attr(node: ir.Node, name: str) -> list[int] | None:
+    """Returns the INTS attribute ``name`` of ``node``; None when absent, of another type or a reference."""
     attr = node.attributes.get(name)
     if attr is None or attr.is_ref() or attr.type != ir.AttributeType.INTS:
         return None
@@ -129,6 +130,10 @@ def feeds_only(value: ir.Value) -> bool:
 
 
 def int_attr(node: ir.Node, name: str, default: int) -> int | None:
+    """Returns the INT attribute ``name`` of ``node``, ``default`` when absent, None when unusable.
+
+    An attribute of another type, or a reference to a function attribute, is unusable.
+    """
     attr = node.attributes.get(name)
     if attr is None:
         return default
@@ -138,6 +143,7 @@ def int_attr(node: ir.Node, name: str, default: int) -> int | None:
 
 
 def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """Returns input ``index`` of ``node``, or None when the node has fewer inputs or it is empty."""
     return node.inputs[index] if len(node.inputs) > index else None
 
 

@@ -118,6 +118,7 @@ def cast_noop_or_chain(node: ir.Node, context: RuleContext) -> Decision | NoMatc
 
 @RULES.register("CastLike", since=15)
 def castlike_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """CastLike to the input's own dtype is removed."""
     x, like = node.inputs[0], input_at(node, 1)
     dtype, like_dtype = context.facts.dtype(x), context.facts.dtype(like)
     if x is None or dtype is None or like_dtype is None:
@@ -132,6 +133,7 @@ def castlike_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
 
 @RULES.register("Concat", "Sum", "Max", "Min", "Mean")
 def single_input_variadic(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Concat, Sum, Max, Min or Mean of a single input is that input."""
     if len(node.inputs) != 1 or node.inputs[0] is None:
         return NoMatch("more than one input")
     return Bypass(node.inputs[0], "noop_removed")

@@ -99,6 +99,7 @@ def reshape_noop_or_merge(node: ir.Node, context: RuleContext) -> Decision | NoM
 
 @RULES.register("Flatten")
 def flatten_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Flatten whose output dims equal its input's (a rank-2 input at axis 1, or static dims) is removed."""
     x = node.inputs[0]
     dims = context.facts.dims(x)
     axis = int_attr(node, "axis", 1)
@@ -276,6 +277,7 @@ def slice_whole(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
 
 @RULES.register("Pad")
 def pad_zero(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Pad with constant pads that are all zero is removed."""
     x = node.inputs[0]
     if len(node.inputs) > 1:
         pads = context.facts.constant_ints(node.inputs[1])
@@ -290,6 +292,7 @@ def pad_zero(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
 
 @RULES.register("Expand", since=8)
 def expand_noop(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """Expand to a constant shape that broadcasting cannot make larger than the input is removed."""
     x = node.inputs[0]
     shape = context.facts.constant_ints(input_at(node, 1))
     if x is None or shape is None:

@@ -46,17 +46,22 @@ def _is_one(dim: Any) -> bool:
 
 
 class DimClasses:
-    """Equivalence classes of dims across a model."""
+    """Equivalence classes of dims across a model: dims in one class are provably the same size.
+
+    A dim is keyed ``("dim", id(value), axis)``; a symbolic dim name is keyed ``("sym", name)``.
+    """
 
     def __init__(self) -> None:
         self._parent: dict[Key, Key] = {}
         self._pinned: dict[int, ir.Value] = {}  # keeps ids stable while keys refer to values
 
     def key(self, value: ir.Value, axis: int) -> Key:
+        """Returns the key of dim ``axis`` of ``value`` (the value is held so its id stays its own)."""
         self._pinned[id(value)] = value
         return ("dim", id(value), axis)
 
     def find(self, key: Key) -> Key:
+        """Returns the representative of ``key``'s class."""
         parent = self._parent.setdefault(key, key)
         if parent == key:
             return key
@@ -65,6 +70,7 @@ class DimClasses:
         return root
 
     def union(self, a: Key, b: Key) -> None:
+        """Records that ``a`` and ``b`` are the same size."""
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self._parent[ra] = rb
@@ -79,9 +85,11 @@ class DimClasses:
         self.union(self.key(a, i % len(da)), self.key(b, j % len(db)))
 
     def same(self, a: Key, b: Key) -> bool:
+        """Whether ``a`` and ``b`` are provably the same size."""
         return self.find(a) == self.find(b)
 
     def build(self, graphs: Iterable[ir.Graph | ir.Function]) -> DimClasses:
+        """Ties the dims of ``graphs`` and their subgraphs: shared symbols and per-op rules; returns self."""
         for graph in graphs:
             self._seed_names(graph.inputs)
             for node in graph:

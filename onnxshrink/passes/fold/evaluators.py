@@ -250,26 +250,47 @@ def output_elements(node: ir.Node, arrays: Sequence[Any]) -> int | None:
     return None
 
 
+def _one_node_model(node: ir.Node, arrays: Sequence[Any], opset: int) -> onnx.ModelProto:
+    """Builds a model that runs ``node`` alone, on inputs ``in<i>`` typed from ``arrays``.
+
+    The copy shares ``node``'s attributes (an IR attribute has no owner, so ``node`` stays as it was).
+    Its outputs are ``out<i>``, untyped; an output ``node`` leaves unnamed stays unnamed, so the
+    reference evaluator computes exactly the outputs the graph asks for.
+    """
+    inputs = [
+        None
+        if a is None
+        else ir.Value(
+            name=f"in{i}", type=ir.TensorType(ir.DataType.from_numpy(np.asarray(a).dtype)), shape=ir.Shape(np.shape(a))
+        )
+        for i, a in enumerate(arrays)
+    ]
+    one = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attributes=list(node.attributes.values()),
+        overload=node.overload,
+        num_outputs=len(node.outputs),
+    )
+    for i, (output, original) in enumerate(zip(one.outputs, node.outputs, strict=True)):
+        output.name = f"out{i}" if original.name else ""
+    graph = ir.Graph(
+        [v for v in inputs if v is not None],
+        [v for v in one.outputs if v.name],
+        nodes=[one],
+        name="fold",
+        opset_imports={"": opset},
+    )
+    one.name = node.name  # the graph names anonymous nodes; keep the reference evaluator's messages as before
+    return ir.serde.serialize_model(ir.Model(graph, ir_version=onnx.IR_VERSION))
+
+
 def _reference(node: ir.Node, arrays: Sequence[Any], opset: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
-    proto = ir.serde.serialize_node(node)
-    del proto.input[:]
-    proto.input.extend(names)
-    del proto.output[:]
-    out_names = [f"out{i}" if v.name else "" for i, v in enumerate(node.outputs)]
-    proto.output.extend(out_names)
-    inputs = [
-        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype), np.shape(a))
-        for n, a in zip(names, arrays, strict=True)
-        if a is not None
-    ]
-    outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in out_names if n]
-    graph = onnx.helper.make_graph([proto], "fold", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    feed = {n: np.asarray(a) for n, a in zip(names, arrays, strict=True) if a is not None}
-    results = ReferenceEvaluator(model).run(None, feed)
+    feed = {f"in{i}": np.asarray(a) for i, a in enumerate(arrays) if a is not None}
+    results = ReferenceEvaluator(_one_node_model(node, arrays, opset)).run(None, feed)
     return [np.asarray(r) for r in results]
 
 

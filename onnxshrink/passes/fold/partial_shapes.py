@@ -31,9 +31,11 @@ class Partial:
 
     @property
     def known(self) -> bool:
+        """Whether every element is a number."""
         return all(isinstance(e, int) for e in self.elements)
 
     def to_array(self) -> np.ndarray:
+        """Returns the int64 array of a :attr:`known` value (rank 0 when ``scalar``)."""
         array = np.array(self.elements, dtype=np.int64)
         return array.reshape(()) if self.scalar else array
 

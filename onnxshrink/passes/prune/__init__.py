@@ -324,6 +324,7 @@ class MagnitudePrunePass(ShrinkPass[MagnitudePruneOptions]):
         return (allocated if better else uniform), stats, {keys[c.name]: c.to_json()["damage"] for c in curves}
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
+        """Prunes the selected weights in place; ``skipped`` names the layers left dense, and why."""
         options = self.options
         timings: dict[str, float] = {}
         if options.allocation == "sensitivity":

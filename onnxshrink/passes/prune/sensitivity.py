@@ -44,6 +44,7 @@ class Curve:
     damage: np.ndarray
 
     def to_json(self) -> dict[str, list[float]]:
+        """Returns the curve as plain JSON data: the sparsity grid and the damage at each point."""
         return {"sparsity": list(GRID), "damage": [float(d) for d in self.damage]}
 
 

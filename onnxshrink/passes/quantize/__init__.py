@@ -112,6 +112,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     exact = False
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
+        """Quantizes the model per ``mode``; ``skipped`` names the layers left float, and why."""
         result = self._static(model) if self.options.mode == "static" else self._weights_only(model)
         result.skipped.update(_nested_layers(model))
         return result
@@ -129,8 +130,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     def _static_plan(
         self, float_model: ir.Model, timings: dict[str, float]
     ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None]:
-        """Calibrates ``float_model`` (never changed) and fits the budget: the plan, the statistics
-        and the budget's record (rules 2 and 10)."""
+        """Calibrates ``float_model`` (never changed) and fits the budget (rules 2 and 10).
+
+        Returns:
+            The plan, the calibration statistics, and the budget's record (None without a budget).
+        """
         options = self.options
         symmetric = options.target != "ort-cpu"
         ranges: dict[str, tuple[float, float] | None] = {}

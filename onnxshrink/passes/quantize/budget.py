@@ -32,15 +32,29 @@ class Damage:
     disagreement: float | None  # 1 - top-1 agreement, for classifier-like outputs
 
     def to_json(self) -> dict[str, float | None]:
+        """Returns the damage as plain JSON data (``cosine``, ``disagreement``)."""
         return {"cosine": self.cosine, "disagreement": self.disagreement}
 
     @property
     def order(self) -> tuple[float, float]:
+        """Sort key, larger is worse: top-1 disagreement first, then the cosine lost."""
         return (self.disagreement or 0.0, 1.0 - self.cosine)
 
 
 class Judge:
-    """Runs candidates on the first calibration samples and checks them against the budget."""
+    """Runs candidates on the first calibration samples and checks them against the budget.
+
+    Args:
+        context: Where the calibration data and the onnxruntime sessions come from.
+        model: The float model; its outputs on the judged samples are the reference.
+        pass_name: The pass asking, for messages.
+        samples: Calibration samples the pass may read (at most 256 are judged).
+        max_drop: The largest top-1 disagreement accepted, or None.
+        min_cosine: The smallest cosine similarity of any output accepted, or None.
+
+    Raises:
+        UsageError: ``max_drop`` is given but no output is classifier-like.
+    """
 
     def __init__(
         self,
@@ -66,6 +80,7 @@ class Judge:
             raise UsageError("quantize: max-drop needs a classifier-like output (top-1); use min-cosine")
 
     def measure(self, candidate: ir.Model) -> Damage:
+        """Runs ``candidate`` on the judged samples and returns how far it is from the float model."""
         outputs = run(self.context.session(candidate)[0], self.feed)
         metrics = [compare_output(n, self.reference[n], outputs[n], rtol=0.0, atol=0.0) for n in self.reference]
         agreements = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
@@ -73,6 +88,7 @@ class Judge:
         return Damage(cosine, 1.0 - min(agreements) if agreements else None)
 
     def holds(self, damage: Damage) -> bool:
+        """Whether ``damage`` is within the budget (``min_cosine`` and ``max_drop``, where given)."""
         if self.min_cosine is not None and damage.cosine < self.min_cosine:
             return False
         drop = damage.disagreement
@@ -150,8 +166,10 @@ def weight_layer_problem(node: ir.Node, mode: str, bits: str) -> NoMatch | None:
 def measure_speedup(
     context: PassContext, original: ir.Model, quantized: ir.Model, pass_name: str, samples: int
 ) -> dict[str, float]:
-    """Median run time of the float and the quantized model on one calibration batch, timed
-    interleaved (round-robin) so machine noise hits both alike."""
+    """Returns the median run time of the float and the quantized model on one calibration batch.
+
+    The two are timed interleaved (round-robin) so machine noise hits both alike.
+    """
     inputs = [v.name for v in original.graph.inputs if v.name and v.name not in original.graph.initializers]
     count = min(samples, _SPEED_BATCH)
     feed = next(iter(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count)))

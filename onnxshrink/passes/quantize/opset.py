@@ -1,9 +1,9 @@
-"""Raising a model's default-domain opset for Q/DQ (per-channel needs 13, 4-bit needs 21) when
-no op in it changes meaning between the two versions.
+"""Raising a model's default-domain opset for Q/DQ, when no op in it changes meaning on the way.
 
-Deciding and raising are separate: :func:`opset_needed` checks the whole model up front (and
-refuses it before anything is computed), :func:`raise_opset` is applied only to the model the pass
-keeps, so a pass that ends up quantizing nothing leaves the opset as it was.
+Per-channel Q/DQ needs opset 13, 4-bit needs 21. Deciding and raising are separate:
+:func:`opset_needed` checks the whole model up front (and refuses it before anything is
+computed), :func:`raise_opset` is applied only to the model the pass keeps, so a pass that ends
+up quantizing nothing leaves the opset as it was.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Where Q/DQ go, per target (docs/quantization.md): fills a :class:`QuantPlan` before the
-graph is touched."""
+"""Where Q/DQ go, per target (docs/quantization.md).
+
+Placement fills a :class:`QuantPlan` before the graph is touched.
+"""
 
 from __future__ import annotations
 
@@ -63,8 +65,16 @@ RangeOf = Callable[[str], "tuple[float, float] | None"]
 
 
 class OrtPlacement:
-    """ORT CPU placement (rules 1-8): integer kernels with Q on their outputs, int8 through
-    data movement, QLinear elementwise ops only between int8 neighbours."""
+    """ORT CPU placement (rules 1-8).
+
+    Integer kernels get Q on their outputs, int8 flows through data movement, and QLinear
+    elementwise ops are used only between int8 neighbours.
+
+    Args:
+        view: The main graph, indexed by node key.
+        layers: Keys of the layers to quantize.
+        range_of: Each tensor's calibrated range (None: no finite value seen).
+    """
 
     def __init__(self, view: GraphView, layers: list[str], range_of: RangeOf) -> None:
         self.view = view
@@ -123,8 +133,11 @@ class OrtPlacement:
         return tensors
 
     def _int8_without(self, value: ir.Value, reader: str) -> bool:
-        """Whether ``value`` is int8 without ``reader``'s own Q: the (folded) output of another
-        quantized node with an output Q, or an input of a quantized layer, maybe through data movement."""
+        """Whether ``value`` is int8 without ``reader``'s own Q.
+
+        It is when it is the (folded) output of another quantized node with an output Q, or an
+        input of a quantized layer, maybe through data movement.
+        """
         if any(self.view.key(user) in self.layers for user, _ in value.uses() if user.graph is self.view.graph):
             return True
         producer = value.producer()
@@ -141,9 +154,11 @@ class OrtPlacement:
         return key != reader and key in self.quantized and self.output_q(source)
 
     def grow(self) -> dict[str, ir.Value]:
-        """Elementwise/pool nodes all of whose neighbours are int8 (rule 7): every candidate is
-        assumed quantized, then those lacking an int8 neighbour are dropped until none is (so
-        chains such as Add → GlobalAveragePool → Gemm are found together)."""
+        """Returns the elementwise and pool nodes all of whose neighbours are int8 (rule 7).
+
+        Every candidate is assumed quantized, then those lacking an int8 neighbour are dropped
+        until none is, so chains such as Add → GlobalAveragePool → Gemm are found together.
+        """
         candidates = []
         for key, node in self.view.nodes.items():
             if not is_onnx_op(node, *NEIGHBOURS):
@@ -185,12 +200,18 @@ def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
 def plan_static(
     model: ir.Model, options: QuantizeOptions, range_of: RangeOf, float_layers: Iterable[str] = ()
 ) -> QuantPlan:
-    """The placement for ``options.target`` given each tensor's calibrated range (None: no finite
-    value); ``float_layers`` are kept float (the accuracy budget).
+    """Returns the placement for ``options.target`` given each tensor's calibrated range.
 
     With ``activation-matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
     QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
-    kernel reads its output, else MatMulIntegerToFloat."""
+    kernel reads its output, else MatMulIntegerToFloat.
+
+    Args:
+        model: The float model (not changed).
+        options: The quantize options (target, dtypes, include/exclude...).
+        range_of: Each tensor's calibrated range; None when no finite value was seen.
+        float_layers: Layers kept float (the accuracy budget).
+    """
     target: Target = options.target
     dtype, per_channel, activation_matmuls = options.activations, options.per_channel, options.activation_matmuls
     include, exclude = options.include, options.exclude

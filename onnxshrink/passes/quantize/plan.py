@@ -61,9 +61,14 @@ class LayerQ:
 
 @dataclasses.dataclass(frozen=True)
 class ActivationQ:
-    """A Q→DQ pair after tensor ``name``; ``readers`` are the (node key, input) that read the DQ
-    (None: every reader, so the Q is the producer's only consumer), ``root`` the tensor whose
-    range set the qparams (differs through data-movement ops)."""
+    """A Q→DQ pair after one tensor.
+
+    Attributes:
+        params: The Q's scale, zero point and dtype.
+        readers: The (node key, input index) pairs that read the DQ; None for every reader, so
+            the Q is the producer's only consumer.
+        root: The tensor whose range set ``params`` (another one through data-movement ops).
+    """
 
     params: QParams
     readers: tuple[tuple[str, int], ...] | None
@@ -193,8 +198,11 @@ def layer_problem(node: ir.Node) -> NoMatch | None:
 
 
 def quantize_weight(array: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric narrow-range int8 weights (``bits`` < 8: values in ``±(2**(bits-1) - 1)``) and
-    their scales (per ``axis``, or one scale)."""
+    """Quantizes ``array`` to symmetric narrow-range int8 values and returns them with their scales.
+
+    With ``bits`` < 8 the values stay within ``±(2**(bits-1) - 1)``; there is one scale per slice
+    along ``axis``, or one scale when ``axis`` is None.
+    """
     from onnxshrink.passes.quantize.statistics import weight_scales
 
     scales = weight_scales(array, axis, bits=bits)

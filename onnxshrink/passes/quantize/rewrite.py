@@ -24,7 +24,12 @@ _NUMPY_QTYPE = {"u8": np.uint8, "s8": np.int8}
 
 
 class QdqWriter:
-    """Creates initializers and Q/DQ nodes in the main graph, with names no other part of the model uses."""
+    """Creates initializers and Q/DQ nodes in the main graph, with names no other part of the model uses.
+
+    Args:
+        model: The model written into (its main graph).
+        weight_bits: Bits of quantized int8 weights: 8, or 7 with reduce-range.
+    """
 
     def __init__(self, model: ir.Model, weight_bits: int = 8) -> None:
         self.graph = model.graph
@@ -34,6 +39,7 @@ class QdqWriter:
         self.counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
 
     def constant(self, array: np.ndarray | ir.Tensor, base: str) -> ir.Value:
+        """Adds ``array`` as an initializer named ``base`` (or the first free name after it)."""
         return add_initializer(self.graph, self.taken, base, array)
 
     def _dq(self, source: ir.Value, scale: ir.Value, zero: ir.Value | None, base: str, **attrs: int) -> ir.Node:
@@ -159,6 +165,7 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
 
 
 def drop_unused_initializers(graph: ir.Graph) -> None:
+    """Removes the initializers of ``graph`` that nothing reads and that are not graph inputs or outputs."""
     for name in list(graph.initializers):
         value = graph.initializers[name]
         if not list(value.uses()) and not value.is_graph_output() and not value.is_graph_input():
@@ -166,8 +173,12 @@ def drop_unused_initializers(graph: ir.Graph) -> None:
 
 
 def _block_values(weight: np.ndarray, block_size: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Blocks of ``block_size`` along axis 0 of ``[K, N]``: 4-bit values as int8/uint8 ``[K, N]``,
-    scales ``[ceil(K/b), N]`` and zero points (u4 only; s4 is symmetric with zp 0)."""
+    """Quantizes ``weight`` ``[K, N]`` in blocks of ``block_size`` along axis 0.
+
+    Returns:
+        4-bit values as int8/uint8 ``[K, N]``, scales ``[ceil(K/b), N]`` and zero points (u4
+        only; s4 is symmetric with zero point 0, so None).
+    """
     k, n = weight.shape
     blocks = -(-k // block_size)
     padded = np.zeros((blocks * block_size, n), np.float64)
@@ -192,8 +203,12 @@ def _int4_tensor(values: np.ndarray, dtype: str) -> ir.Tensor:
 
 
 def block_quantize(weight: np.ndarray, block_size: int, dtype: str) -> tuple[ir.Tensor, np.ndarray, ir.Tensor | None]:
-    """Blocks of ``block_size`` along axis 0 of ``[K, N]``: 4-bit values, scales ``[ceil(K/b), N]``
-    and zero points (u4 only; s4 is symmetric with zp 0)."""
+    """Quantizes ``weight`` ``[K, N]`` to 4-bit tensors in blocks of ``block_size`` along axis 0.
+
+    Returns:
+        The 4-bit values, scales ``[ceil(K/b), N]`` and zero points (u4 only; s4 is symmetric
+        with zero point 0, so None).
+    """
     values, scales, zero = _block_values(weight, block_size, dtype)
     return _int4_tensor(values, dtype), scales, None if zero is None else _int4_tensor(zero, dtype)
 
@@ -220,12 +235,14 @@ def gather_table_problem(node: ir.Node) -> NoMatch | None:
 
 
 def gather_table(node: ir.Node, writer: QdqWriter, bits: str, block_size: int) -> str:
-    """A Gather from a constant ``[rows, hidden]`` table → com.microsoft GatherBlockQuantized
-    (gather axis 0) on a table quantized in blocks along the hidden axis: 4-bit (``s4``/``u4``)
-    blocks of ``block_size``, or ``s8`` stored as u8 with zero point 128 in blocks of the largest
-    power of 2 (>= 16) dividing the row, so one block is the whole row where the length allows.
-    (DequantizeLinear → Gather dequantizes the whole table on every run: 60-130 ms on BERT-base's
-    30522 x 768 table, against 1-2 ms for GatherBlockQuantized.)"""
+    """Rewrites a Gather from a constant ``[rows, hidden]`` table as com.microsoft GatherBlockQuantized.
+
+    The new node gathers along axis 0 from a table quantized in blocks along the hidden axis:
+    4-bit (``s4``/``u4``) blocks of ``block_size``, or ``s8`` stored as u8 with zero point 128 in
+    blocks of the largest power of 2 (>= 16) dividing the row, so one block is the whole row where
+    the length allows. (DequantizeLinear → Gather dequantizes the whole table on every run:
+    60-130 ms on BERT-base's 30522 x 768 table, against 1-2 ms for GatherBlockQuantized.)
+    """
     table = node.inputs[0]
     assert table is not None and table.const_value is not None and table.name
     array = table.const_value.numpy().astype(np.float32)
@@ -299,8 +316,10 @@ def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, 
 
 
 def dynamic_matmul(node: ir.Node, writer: QdqWriter, per_channel: bool, bits: int = 8) -> str:
-    """MatMul/Gemm → DynamicQuantizeLinear + MatMulInteger + Cast + Mul (ORT fuses it into
-    DynamicQuantizeMatMul); a Gemm's bias becomes an Add."""
+    """Rewrites a MatMul/Gemm as DynamicQuantizeLinear + MatMulInteger + Cast + Mul.
+
+    onnxruntime fuses these into DynamicQuantizeMatMul; a Gemm's bias becomes an Add.
+    """
     weight, activation = node.inputs[1], node.inputs[0]
     assert weight is not None and weight.const_value is not None and activation is not None and weight.name
     array = weight.const_value.numpy().astype(np.float32)

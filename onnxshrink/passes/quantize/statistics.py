@@ -134,6 +134,7 @@ class TensorStats:
         return self.count > 0
 
     def bin_centers(self) -> np.ndarray:
+        """Returns the center of every histogram bin over ``[-A, A]``."""
         width = 2.0 * self.half_range / self.bins
         return -self.half_range + width * (np.arange(self.bins) + 0.5)
 
@@ -198,8 +199,11 @@ def _kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def entropy_range(stats: TensorStats, symmetric: bool, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
-    """TensorRT's KL calibration on the ``|x|`` histogram: the threshold whose quantized
-    distribution (``levels`` steps) diverges least from the clipped original."""
+    """Returns the range from TensorRT's KL calibration on the ``|x|`` histogram.
+
+    The threshold is the one whose quantized distribution (``levels`` steps) diverges least from
+    the clipped original.
+    """
     folded, width = stats.abs_histogram()
     folded = folded.copy()
     folded[0] -= min(stats.zeros, int(folded[0]))  # exact zeros: represented exactly at any threshold
@@ -228,8 +232,11 @@ def entropy_range(stats: TensorStats, symmetric: bool, percentile: float = DEFAU
 
 
 def mse_range(stats: TensorStats, symmetric: bool, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
-    """The ``|x|`` threshold minimizing expected squared error: clipping error past it plus the
-    uniform rounding error ``step**2 / 12`` inside it, all computed from the histogram."""
+    """Returns the range whose ``|x|`` threshold minimizes the expected squared error.
+
+    The error is the clipping error past the threshold plus the uniform rounding error
+    ``step**2 / 12`` inside it, all computed from the histogram.
+    """
     folded, width = stats.abs_histogram()
     if stats.half_range == 0.0:
         return stats.minimum, stats.maximum
@@ -279,6 +286,7 @@ class QParams:
     dtype: QDtype
 
     def to_json(self) -> dict[str, float | int | str]:
+        """Returns the parameters as plain JSON data (``scale``, ``zero_point``, ``dtype``)."""
         return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
 
     @property
@@ -312,8 +320,10 @@ def qparams(low: float, high: float, dtype: QDtype, *, symmetric: bool) -> QPara
 
 
 def weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
-    """Symmetric narrow-range scales ``max|w| / (2**(bits-1) - 1)`` per slice along ``axis``
-    (per tensor when None); zero or non-finite maxima get scale 1."""
+    """Returns symmetric narrow-range scales ``max|w| / (2**(bits-1) - 1)`` per slice along ``axis``.
+
+    ``axis`` None gives one scale for the tensor; zero or non-finite maxima get scale 1.
+    """
     magnitude = np.abs(weight.astype(np.float64))
     if axis is None:
         amax = np.asarray(magnitude.max() if magnitude.size else 0.0)
@@ -325,7 +335,12 @@ def weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.
 
 
 class StatsCollector:
-    """Statistics of many tensors, fed one batch at a time."""
+    """Statistics of many tensors, fed one batch at a time.
+
+    Args:
+        names: The tensors to follow.
+        bins: Histogram bins per tensor.
+    """
 
     def __init__(self, names: list[str], bins: int = DEFAULT_BINS) -> None:
         self.stats: dict[str, TensorStats] = {name: TensorStats(bins=bins) for name in names}
@@ -340,6 +355,7 @@ class StatsCollector:
 
     @property
     def nbytes(self) -> int:
+        """Memory held by the histograms, in bytes."""
         return sum(stats.nbytes for stats in self.stats.values())
 
     def nonfinite(self) -> dict[str, int]:

@@ -134,6 +134,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
     exact = False
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
+        """Refits the layers stage by stage; ``skipped`` names the layers left as they were, and why."""
         options = self.options
         self.context.require_calibration(self.name)
         teacher = self.context.reference_model(self.name)
@@ -187,8 +188,15 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         outputs: list[str],
         error: _OutputError,
     ) -> tuple[dict[str, lstsq.NormalEquations], dict[str, str]]:
-        """Streams calibration rows of ``layers`` into normal equations (one per layer), and the
-        difference of the named model outputs into ``error``; two sessions, one pass over the data."""
+        """Streams the calibration data once through ``model`` and ``teacher`` (two sessions).
+
+        Each layer's input rows and teacher values go into its normal equations; the difference of
+        the named model ``outputs`` goes into ``error``.
+
+        Returns:
+            The normal equations by layer key, and the layers that could not be accumulated with
+            the reason.
+        """
         samples = self.options.samples
         inputs = [layer.input_name for layer in layers]
         points = [layer.output_name for layer in layers]

@@ -1,5 +1,8 @@
-"""What ``reconstruct`` refits: its layers, their weights (plain or behind a DequantizeLinear) and
-the point of the input model each layer's output must reproduce."""
+"""What ``reconstruct`` refits: its layers, their weights, and the values they must reproduce.
+
+A weight is a plain constant or sits behind a DequantizeLinear; each layer's output must
+reproduce a point (a value) of the input model.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +27,19 @@ class Selection(Protocol):
     """The options that choose layers (``reconstruct``'s options)."""
 
     @property
-    def include(self) -> tuple[str, ...]: ...
+    def include(self) -> tuple[str, ...]:
+        """Op types or node-name globs a layer must match (empty: every layer)."""
+        ...
+
     @property
-    def exclude(self) -> tuple[str, ...]: ...
+    def exclude(self) -> tuple[str, ...]:
+        """Op types or node-name globs of layers never refit."""
+        ...
+
     @property
-    def bias(self) -> bool: ...
+    def bias(self) -> bool:
+        """Whether biases are refit too (a layer without one gains one)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +87,10 @@ def _grid(dequantize: ir.Node) -> _Grid | NoMatch:
 
 
 def constant_or_dequantized(value: ir.Value) -> np.ndarray | None:
-    """The value's data when it is a constant (:mod:`onnxshrink.ir.constants`) or the
-    DequantizeLinear of constants, else None."""
+    """Returns the value's data when it is a constant or the DequantizeLinear of constants, else None.
+
+    What counts as a constant is :mod:`onnxshrink.ir.constants`'s policy.
+    """
     array = constant_array(value)
     if array is not None:
         return array
@@ -104,14 +117,17 @@ class Layer:
 
     @property
     def op(self) -> str:
+        """The layer node's op type (``Conv``, ``ConvTranspose``, ``Gemm`` or ``MatMul``)."""
         return self.node.op_type
 
     def attr(self, name: str, default: Any) -> Any:
+        """Returns the value of the node's attribute ``name``, or ``default`` when it is absent."""
         found = self.node.attributes.get(name)
         return found.value if found is not None else default
 
 
 def array_of(value: ir.Value) -> np.ndarray:
+    """Returns the data of ``value``, which must hold a constant tensor."""
     assert value.const_value is not None
     return value.const_value.numpy()
 
@@ -145,6 +161,10 @@ class TeacherPoints:
     It is the value of the same name, moved past the per-channel affine nodes (BatchNormalization,
     Mul/Add/Sub/Div by a constant) that follow it there but whose outputs the student no longer has:
     fuse-bn folded them into the layer, which keeps its own output name.
+
+    Args:
+        teacher: The input model (the pipeline's input).
+        student: The model being refit.
     """
 
     def __init__(self, teacher: ir.Model, student: ir.Model) -> None:
@@ -154,6 +174,7 @@ class TeacherPoints:
         self.outputs = {v.name for v in graph.outputs}
 
     def find(self, name: str | None) -> str | None:
+        """Returns the name of the teacher value that student value ``name`` must reproduce, or None."""
         value = self.values.get(name) if name else None
         while value is not None and not value.is_graph_output() and len(value.uses()) == 1:
             consumer, _ = next(iter(value.uses()))
@@ -233,5 +254,9 @@ def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[l
 
 
 def auto_pad(node: ir.Node) -> str:
+    """Returns the node's ``auto_pad``, with ``VALID`` and an empty value read as ``NOTSET``.
+
+    ``VALID`` means no padding, which is what ``NOTSET`` with the default (zero) pads computes.
+    """
     mode = node.attributes.get_string("auto_pad", "NOTSET")
     return "NOTSET" if mode in ("", "VALID") else mode

@@ -32,6 +32,7 @@ class NormalEquations:
 
     @classmethod
     def zeros(cls, groups: int, inputs: int, outputs: int) -> NormalEquations:
+        """Returns empty sums for ``groups`` groups of ``inputs`` columns and ``outputs`` targets."""
         return cls(
             np.zeros((groups, inputs, inputs)),
             np.zeros((groups, inputs, outputs)),
@@ -64,8 +65,10 @@ class NormalEquations:
 
 
 def kept_columns(equations: NormalEquations, weights: np.ndarray) -> np.ndarray | None:
-    """Which target column each output of ``weights [1, O, K]`` reproduces, when the targets have
-    more columns than the layer has outputs (a layer that lost output channels, kept in order).
+    """Returns which target column each output of ``weights [1, O, K]`` reproduces.
+
+    This is for targets with more columns than the layer has outputs: a layer that lost output
+    channels, and kept the others in order.
 
     The columns are the increasing sequence that maximises the summed cosine similarity of the
     layer's current outputs with the targets, computed from the sums alone; None when no such
@@ -188,8 +191,11 @@ def conv_rows(
     dilations: Sequence[int],
     group: int,
 ) -> np.ndarray:
-    """im2col: ``x [N, C, *S]`` to ``[N·∏out, group, (C/group)·∏kernel]``, columns ordered as the
-    Conv weight ``[O, C/group, *kernel]`` flattens (channel, then kernel positions)."""
+    """Returns the im2col rows of ``x [N, C, *S]``: ``[N·∏out, group, (C/group)·∏kernel]``.
+
+    The columns are ordered as the Conv weight ``[O, C/group, *kernel]`` flattens (channel, then
+    kernel positions).
+    """
     spatial = x.ndim - 2
     widths = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     padded = np.pad(x, [(0, 0), (0, 0), *((pads[i], pads[i + spatial]) for i in range(spatial))])
@@ -226,9 +232,12 @@ def transposed_as_conv(
     dilations: Sequence[int],
     output_padding: Sequence[int],
 ) -> tuple[np.ndarray, list[int]]:
-    """ConvTranspose as a stride-1 Conv with the spatially flipped kernel: the input with
-    ``stride - 1`` zeros between samples (cropped where the equivalent padding is negative),
-    and the pads of that Conv."""
+    """Rewrites a ConvTranspose input for a stride-1 Conv with the spatially flipped kernel.
+
+    Returns:
+        The input with ``stride - 1`` zeros between samples (cropped where the equivalent padding
+        is negative), and the pads of that Conv.
+    """
     spatial = x.ndim - 2
     upsampled = np.zeros((*x.shape[:2], *((n - 1) * s + 1 for n, s in zip(x.shape[2:], strides, strict=True))), x.dtype)
     every: tuple[slice, ...] = (slice(None), slice(None))
@@ -244,8 +253,10 @@ def transposed_as_conv(
 
 
 def transposed_weight_matrix(weight: np.ndarray, group: int) -> np.ndarray:
-    """A ConvTranspose weight ``[C, O/g, *k]`` as the ``[g, O/g, (C/g)·∏k]`` matrix of its equivalent
-    Conv (kernel flipped), in the column order of :func:`conv_rows`."""
+    """Returns a ConvTranspose weight ``[C, O/g, *k]`` as the matrix of its equivalent Conv.
+
+    The matrix is ``[g, O/g, (C/g)·∏k]`` (kernel flipped), in the column order of :func:`conv_rows`.
+    """
     spatial = weight.ndim - 2
     flip = (slice(None), slice(None)) + (slice(None, None, -1),) * spatial
     flipped = weight[flip]

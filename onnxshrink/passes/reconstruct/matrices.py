@@ -1,5 +1,8 @@
-"""A ``reconstruct`` layer as a least-squares problem: its calibration rows and targets, its
-effective weight matrix ``[g, O, K(+1)]``, and writing a refit matrix back (undoably)."""
+"""A ``reconstruct`` layer as a least-squares problem.
+
+Its calibration rows and targets, its effective weight matrix ``[g, O, K(+1)]``, and writing a
+refit matrix back (undoably).
+"""
 
 from __future__ import annotations
 
@@ -55,8 +58,10 @@ def pieces(layer: refit_layers.Layer, x: np.ndarray, y: np.ndarray) -> Iterator[
 
 
 def _wider(layer: refit_layers.Layer, shape: tuple[int, ...], expected: tuple[int, ...], axis: int) -> bool:
-    """The teacher value has more channels than the layer (it lost output channels) and is
-    otherwise the same shape; then all teacher channels are summed and matched after the pass."""
+    """Whether the teacher value has more channels than the layer and is otherwise the same shape.
+
+    The layer lost output channels; all teacher channels are then summed and matched after the pass.
+    """
     same_elsewhere = len(shape) == len(expected) and all(
         a == b for i, (a, b) in enumerate(zip(shape, expected, strict=True)) if i != axis
     )
@@ -133,11 +138,13 @@ class Edits:
     inputs: list[tuple[ir.Node, int, ir.Value | None, ir.Value]] = dataclasses.field(default_factory=list)
 
     def set_tensor(self, value: ir.Value, array: np.ndarray) -> None:
+        """Replaces the data of ``value`` with ``array``, keeping the old tensor to undo it."""
         self.tensors.append((value, value.const_value))
         doc = value.const_value.doc_string if value.const_value is not None else None
         value.const_value = ir.Tensor(array, name=value.name, doc_string=doc)
 
     def mark(self) -> tuple[int, int]:
+        """Returns a point to :meth:`revert` to: the edits made so far."""
         return len(self.tensors), len(self.inputs)
 
     def revert(self, model: ir.Model, since: tuple[int, int] = (0, 0)) -> None:
@@ -154,8 +161,11 @@ class Edits:
 
 
 def write(model: ir.Model, layer: refit_layers.Layer, matrix: np.ndarray, edits: Edits, taken: set[str]) -> None:
-    """Stores refit effective weights back into the layer's initializers (same names and dtypes);
-    a new bias takes a name from ``taken`` (see :func:`onnxshrink.ir.graphs.taken_names`)."""
+    """Stores refit effective weights back into the layer's initializers (same names and dtypes).
+
+    A new bias takes a name from ``taken`` (see :func:`onnxshrink.ir.graphs.taken_names`); every
+    change is recorded in ``edits``.
+    """
     old = refit_layers.weight_of(layer)
     weights = matrix[..., :-1] if layer.fit_bias else matrix
     if layer.op == "Conv":

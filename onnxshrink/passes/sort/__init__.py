@@ -160,6 +160,7 @@ class SortPass(ShrinkPass[SortOptions]):
     exact = True
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
+        """Permutes the channels of every group it may; ``skipped`` names the groups left as they are."""
         options = self.options
         plan = channels.analyze(model, "permute")
         stats: dict[str, Any] = {"groups": len(plan.groups)}

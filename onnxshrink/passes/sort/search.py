@@ -106,7 +106,8 @@ def search(
 
     Args:
         matrices: ``|W|`` of each layer as ``[rows, K]``, the same K channels as columns.
-        n, m: The pattern (keep ``n`` of every ``m``); K must be a multiple of ``m``.
+        n: The pattern keeps ``n`` of every ``m`` weights.
+        m: The pattern's group size; K must be a multiple of ``m``.
         chunk: Channels searched together (a multiple of ``m``).
         rounds: Regroupings of the stripes (contiguous, strided, shuffled, shuffled, ...).
         seconds: Wall-time cap for this call, or None; when it cuts the search, the best order
