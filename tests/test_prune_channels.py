@@ -20,7 +20,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from ort_check import ATOL, assert_outputs_close, run
-from real_models import REAL_MODELS, RealModel, fetch, make_inputs
+from helpers import REAL_MODELS, RealModel, fetch, real_model_feed
 from test_channels import CASES, SCOPED, SCOPED_WHERE, build, build_scoped, by_label, feed, scoped_feeds
 
 import onnxshrink
@@ -339,7 +339,7 @@ def test_real_models_keep_the_invariant(real_model: tuple[RealModel, Path]) -> N
     channels.remove(model, plan, keeps)
     shrunk = ir.serde.serialize_model(model)
     onnx.checker.check_model(shrunk)
-    inputs = make_inputs(spec, path)
+    inputs = real_model_feed(spec, path)
     want, got = run(reference, inputs), run(shrunk, inputs)
     scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
     # Half the channels gone, rapidocr-rec's attention amplifies float rounding to ~5e-5 on its
@@ -365,7 +365,7 @@ def test_real_models_run_after_the_pass(real_model: tuple[RealModel, Path], spec
     result = onnxshrink.shrink(path, [spec], verify=False)
     out = result.to_proto()
     onnx.checker.check_model(out)
-    inputs = make_inputs(model, path)
+    inputs = real_model_feed(model, path)
     want, got = run(str(path), inputs), run(out, inputs)
     assert [np.asarray(w).shape for w in want] == [np.asarray(g).shape for g in got]
     stats = result.report["passes"][0]["stats"]
@@ -472,7 +472,7 @@ def test_real_models_dead_only_is_exact(real_model: tuple[RealModel, Path]) -> N
     original = ir.serde.serialize_model(model)
     result = onnxshrink.shrink(original, ["prune-channels:dead=only"], verify=False)
     assert result.report["passes"][0]["stats"]["channels_removed"] > 0
-    inputs = make_inputs(spec, path)
+    inputs = real_model_feed(spec, path)
     want, got = run(original, inputs), run(result.to_proto(), inputs)
     scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
     assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale), context=spec.id)

@@ -14,7 +14,7 @@ import onnx.parser
 import onnx.printer
 import pytest
 from ort_check import ATOL, assert_outputs_close, run
-from real_models import REAL_MODELS, RealModel, fetch, make_inputs
+from helpers import REAL_MODELS, RealModel, fetch, real_model_feed
 from test_channels import CASES, HEADER, SCOPED, SCOPED_WHERE, assert_same_function, build, build_scoped, scoped_feeds
 
 import onnxshrink
@@ -178,7 +178,7 @@ def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
 @pytest.mark.parametrize("spec", ["sort", "sort:for=2:4,seconds=1"])  # exactness does not need a long search
 def test_real_models_keep_outputs(real_model: tuple[RealModel, Path], spec: str) -> None:
     model, path = real_model
-    feed = make_inputs(model, path)
+    feed = real_model_feed(model, path)
     out, passes = _sort(path, [spec])
     want, got = run(str(path), feed), run(out, feed)
     scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
