@@ -19,9 +19,10 @@ import onnx.printer
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from ort_check import ATOL, assert_outputs_close, run
 from helpers import REAL_MODELS, RealModel, fetch, real_model_feed
-from test_channels import CASES, SCOPED, SCOPED_WHERE, build, build_scoped, by_label, feed, scoped_feeds
+from helpers.channel_cases import CASES, SCOPED, SCOPED_WHERE, build, build_scoped, by_label, scoped_feeds
+from helpers.channel_cases import case_feed as feed
+from ort_check import ATOL, assert_outputs_close, run
 
 import onnxshrink
 from onnxshrink.errors import UsageError

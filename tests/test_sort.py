@@ -13,9 +13,18 @@ import onnx.numpy_helper
 import onnx.parser
 import onnx.printer
 import pytest
-from ort_check import ATOL, assert_outputs_close, run
 from helpers import REAL_MODELS, RealModel, fetch, real_model_feed
-from test_channels import CASES, HEADER, SCOPED, SCOPED_WHERE, assert_same_function, build, build_scoped, scoped_feeds
+from helpers.channel_cases import (
+    CASES,
+    HEADER,
+    SCOPED,
+    SCOPED_WHERE,
+    assert_same_function,
+    build,
+    build_scoped,
+    scoped_feeds,
+)
+from ort_check import ATOL, assert_outputs_close, run
 
 import onnxshrink
 from onnxshrink.errors import UsageError
