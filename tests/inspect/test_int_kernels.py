@@ -25,7 +25,7 @@ from onnxshrink.inspect.int_kernels import KernelReport, NodeKernel, _totals, fo
 from onnxshrink.inspect.kernel_match import OptimizedGraph
 from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
 
 # Shared quantization parameters: u8 activations at zp 128 (asymmetric), s8 weights at zp 0.

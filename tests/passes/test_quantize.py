@@ -20,7 +20,7 @@ import onnxshrink
 import onnxshrink.passes.quantize  # registers the pass
 from onnxshrink.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
 DIGITS_CALIB = ROOT / "models" / "digits_calib.npz"
 DIGITS_TEST = ROOT / "models" / "digits_test.npz"

@@ -22,7 +22,7 @@ from onnxshrink.passbase import ShrinkPassResult
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, matrices
 from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, solve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
 CALIB = ROOT / "models" / "digits_calib.npz"
 TEST = ROOT / "models" / "digits_test.npz"

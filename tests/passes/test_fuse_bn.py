@@ -17,7 +17,7 @@ import onnxshrink
 import onnxshrink.passes.fuse_bn  # registers the pass
 from onnxshrink.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 PADS = "pads = [1, 1, 1, 1]"
 BN = "BatchNormalization <epsilon = 0.001> (c, gamma, beta, mean, var)"

@@ -19,7 +19,7 @@ import onnxshrink.passes.prune  # registers the pass
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.prune import sensitivity as sensitivity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOAT = onnx.TensorProto.FLOAT
 
 # (op, weight shape, attributes, input shape, reduction axis of the weight)

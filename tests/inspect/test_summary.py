@@ -19,7 +19,7 @@ from onnxshrink.cli import main
 from onnxshrink.errors import UsageError
 from onnxshrink.inspect.summary import inspect_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
 
 
