@@ -18,9 +18,6 @@ from .feeds import random_feed
 from .models import parse_model, random_arrays
 from .numerics import assert_close
 
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
-
-
 # BERT-style self-attention as torch exports it: 4 heads of 4 over a 16-wide stream, a mask added
 # to the scores; ``tail`` ends it: the output projection alone, or the residual stream X + O0 and
 # its LayerNormalization.
