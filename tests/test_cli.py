@@ -12,13 +12,9 @@ import onnx
 import onnx.parser
 import pytest
 from click.testing import CliRunner
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, ROOT
 
 from onnxshrink.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-TEST_NPZ = ROOT / "models" / "digits_test.npz"
-CALIB_NPZ = ROOT / "models" / "digits_calib.npz"
 
 
 def _invoke(*args: object) -> tuple[int, str, str]:
@@ -47,7 +43,7 @@ def test_readme_run_command_works(tmp_path: Path) -> None:
 def test_run_with_report_and_labels(tmp_path: Path) -> None:
     out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
     code, stdout, stderr = _invoke(
-        "run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", TEST_NPZ, "--report", report_path
+        "run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", DIGITS_TEST, "--report", report_path
     )
     assert code == 0, stderr
     assert "accuracy 0.9963 -> 0.9963" in stdout
@@ -64,7 +60,7 @@ def test_run_with_report_and_labels(tmp_path: Path) -> None:
 def test_run_with_calibration_and_verify_each(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     code, stdout, stderr = _invoke(
-        "run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", CALIB_NPZ, "--verify-each"
+        "run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", DIGITS_CALIB, "--verify-each"
     )
     assert code == 0, stderr
     assert "calibration" in stdout
@@ -120,7 +116,7 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path) -> None
     code, stdout, stderr = _invoke("verify", DIGITS, cand)
     assert code == 1
     assert "DIFFERS" in stdout and "differ beyond tolerance" in stderr
-    code, _, _ = _invoke("verify", DIGITS, DIGITS, "--inputs", TEST_NPZ)
+    code, _, _ = _invoke("verify", DIGITS, DIGITS, "--inputs", DIGITS_TEST)
     assert code == 0
 
 
