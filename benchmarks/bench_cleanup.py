@@ -1,5 +1,5 @@
 """Benchmark of the foundation: load/save round trip, the ``cleanup`` pass against its anchors, and
-the cost of verification, on the digits model and every model in ``tests/real_models.REAL_MODELS``.
+the cost of verification, on the digits model and every model in ``tests/helpers/real_models.REAL_MODELS``.
 
 One run measures, per model:
 
@@ -31,7 +31,7 @@ One run measures, per model:
    inputs=<feed>)`` (median of ``--repeats``), next to the pass time; plus whether verification on
    onnxshrink's own generated inputs (no ``inputs=``) passes.
 4. **ORT check** - every tool's saved output is run with onnxruntime (CPU, graph optimizations off)
-   on the feed from ``real_models.make_inputs`` and compared with the original model: max abs
+   on the feed from ``real_models.real_model_feed`` and compared with the original model: max abs
    difference over all outputs; ``OK`` when every output is within ``1e-5 + 1e-4 * max|ref|`` and
    the graph's input/output names are unchanged.
 
@@ -71,7 +71,7 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import real_models  # noqa: E402
+from helpers import real_models  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -387,7 +387,7 @@ def bench_model(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"model": model.id, "path": str(path)}
-    feed = real_models.make_inputs(model, path)
+    feed = real_models.real_model_feed(model, path)
     reference = ort_run(path, feed)
     ref_sig = signature(path)
     row["original"] = counts(path)

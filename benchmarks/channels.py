@@ -21,7 +21,7 @@ Four sections, each a markdown table (medians, same-run ratios):
    ``round-to`` 8 (the default) and 1, criterion ``l2`` and ``activation``, with and without
    ``reconstruct`` (the input model as teacher, calibration data).
 3. ``ocr-cls``: rapidocr-onnxruntime's PP-OCR text-direction classifier (fetched with
-   tests/real_models.py into ``$ONNXSHRINK_TEST_CACHE``). Inputs are Pillow-rendered text lines, half
+   tests/helpers/real_models.py into ``$ONNXSHRINK_TEST_CACHE``). Inputs are Pillow-rendered text lines, half
    rotated by 180 degrees, the rotation being the label (``_text_lines`` from benchmarks/prune.py):
    calibration seed 1, test seed 2 (400 lines). ``simplify`` → ``prune-channels`` (R = 0.25, 0.5)
    with and without ``reconstruct``: accuracy, agreement, cosine, latency at batch 1 and 8.
@@ -75,7 +75,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
-import real_models  # noqa: E402
+from helpers import real_models  # noqa: E402
 from prune import _text_lines  # noqa: E402
 
 import onnxshrink  # noqa: E402
@@ -472,7 +472,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
-    model = real_models.fetch(real_models.get("rapidocr-cls"))
+    model = real_models.fetch(real_models.get_real_model("rapidocr-cls"))
     samples = 32 if args.quick else 128
     calib_x, _ = _text_lines(samples, seed=1)
     test_x, test_y = _text_lines(400, seed=2)

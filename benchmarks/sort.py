@@ -13,7 +13,7 @@ for every layer the search scored with >= 64 input channels, the fraction of ``|
 magnitude prune keeps without and with the permutation, their average, the search time, the
 whole pass time, and the max |output difference| against the original model through onnxruntime
 (CPU, graph optimizations off, seeded N(0, 1) inputs, batch 2), relative to the output scale.
-The same row is printed for trained third-party models of ``tests/real_models.py`` (``--real``;
+The same row is printed for trained third-party models of ``tests/helpers/real_models.py`` (``--real``;
 their inputs from ``make_inputs``), where channels differ in scale as they do after training.
 Goals (issue 4): average gain >= +1 point, search < 60 s, max diff <= 1e-5 x output scale
 (rapidocr-det's sigmoid map is ~5e-7 everywhere on random input, so its ratio only shows float
@@ -150,7 +150,7 @@ def main() -> int:
         "--real",
         nargs="*",
         default=["rapidocr-det", "rapidocr-rec", "oww-embedding", "captcha-crnn"],
-        help="trained models from tests/real_models.py to measure too (fetched into $ONNXSHRINK_TEST_CACHE)",
+        help="trained models from tests/helpers/real_models.py to measure too (fetched into $ONNXSHRINK_TEST_CACHE)",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
@@ -158,12 +158,12 @@ def main() -> int:
     feed = {"input": np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)}
     numbers = {"resnet50": measure(path, args.spec, feed, verbose=True)}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import real_models
+    from helpers import real_models
 
     for model_id in args.real:
-        spec = real_models.get(model_id)
+        spec = real_models.get_real_model(model_id)
         model_path = real_models.fetch(spec)
-        numbers[model_id] = measure(model_path, args.spec, real_models.make_inputs(spec, model_path), verbose=False)
+        numbers[model_id] = measure(model_path, args.spec, real_models.real_model_feed(spec, model_path), verbose=False)
 
     print()
     first = numbers["resnet50"]

@@ -1,7 +1,7 @@
 """Shared fixtures, and the node-suite summary printed at the end of a run.
 
-The helpers these fixtures use are in ``helpers.py``; test modules import them from there, never
-from one another.
+The helpers these fixtures use are in the ``helpers`` package; test modules import them from
+there, never from one another.
 """
 
 from __future__ import annotations

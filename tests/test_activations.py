@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 import pytest
+from helpers import parse_ir_model
 
 from onnxshrink.activations import capture
 from onnxshrink.context import PassContext
@@ -21,10 +20,6 @@ g (float[N, 4] x) => (float[N, 3] y) <float[4, 3] w = {1,0,0, 0,1,0, 0,0,1, 1,1,
 """
 
 
-def _model() -> ir.Model:
-    return ir.serde.deserialize_model(onnx.parser.parse_model(_TEXT))
-
-
 def _context(samples: int) -> PassContext:
     rng = np.random.default_rng(0)
     data = {"x": rng.standard_normal((samples, 4)).astype(np.float32), "labels": np.zeros(samples, np.int64)}
@@ -32,7 +27,7 @@ def _context(samples: int) -> PassContext:
 
 
 def test_capture_streams_batches_of_intermediate_values_and_leaves_the_model_alone() -> None:
-    model = _model()
+    model = parse_ir_model(_TEXT)
     context = _context(10)
     seen = []
     for feed, arrays in capture(context, model, ["h", "x", "w"], pass_name="t", batch_size=4):
@@ -53,6 +48,6 @@ def test_missing_input_and_unknown_value_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="no input 'z'"):
         list(_context(4).calibration_batches("t", ["z"]))
     with pytest.raises(UsageError, match="no value named 'nope'"):
-        list(capture(_context(4), _model(), ["nope"], pass_name="t"))
+        list(capture(_context(4), parse_ir_model(_TEXT), ["nope"], pass_name="t"))
     with pytest.raises(UsageError, match="needs calibration data"):
-        list(capture(PassContext(), _model(), ["h"], pass_name="t"))
+        list(capture(PassContext(), parse_ir_model(_TEXT), ["h"], pass_name="t"))

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from ort_check import assert_outputs_close, run
+from helpers import DIGITS, DIGITS_CALIB, PassRegistrations, assert_close, parse_model, random_feed
 
 import onnxshrink
 from onnxshrink import registry
@@ -19,12 +19,7 @@ from onnxshrink.cli import main
 from onnxshrink.errors import PassFailure, VerificationError
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "models" / "digits_calib.npz"
-WITH_IDENTITY = onnx.parser.parse_model(
-    '<ir_version: 8, opset_import: ["" : 17]> g (float[N, 4] x) => (float[N, 4] y) { a = Identity(x)  y = Relu(a) }'
-)
+WITH_IDENTITY = parse_model("g (float[N, 4] x) => (float[N, 4] y) { a = Identity(x)  y = Relu(a) }")
 
 
 class _SignFlip(ShrinkPass):
@@ -73,18 +68,12 @@ class _Liar(ShrinkPass):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def test_passes():
+def _broken_passes(module_registrations: PassRegistrations) -> None:
     for cls in (_SignFlip, _Dangler, _Liar):
-        registry.register_pass(cls)
-    registry.register_preset("test-tidy", ("cleanup", "cleanup"), doc="cleanup twice, to a fixed point", max_steps=3)
-    yield
-    for cls in (_SignFlip, _Dangler, _Liar):
-        registry._PASSES.pop(cls.name)
-    registry._PRESETS.pop("test-tidy")
-
-
-def _feed(n: int = 3) -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)}
+        module_registrations.add_pass(cls)
+    module_registrations.add_preset(
+        "test-tidy", ("cleanup", "cleanup"), doc="cleanup twice, to a fixed point", max_steps=3
+    )
 
 
 @pytest.mark.parametrize("kind", ["path", "proto", "ir", "graphsurgeon"])
@@ -100,7 +89,7 @@ def test_shrink_accepts_every_model_kind(kind: str, tmp_path: Path) -> None:
     result = onnxshrink.shrink(given, ["cleanup"])
     assert result.report["verification"]["passed"] is True
     assert [n.op_type for n in result.model.graph] == ["Relu"]
-    assert_outputs_close(run(WITH_IDENTITY, _feed()), run(result.to_proto(), _feed()))
+    assert_close(WITH_IDENTITY, result.to_proto(), random_feed(WITH_IDENTITY, sizes={"N": 3}))
     graph = result.to_graphsurgeon()
     assert [n.op for n in graph.nodes] == ["Relu"]
     if kind == "ir":
@@ -129,7 +118,7 @@ def test_verify_each_names_the_first_breaking_pass() -> None:
         VerificationError,
         match=r"numerics broke at pass 'test-sign-flip' \(passes so far: \['cleanup', 'test-sign-flip'\]\)",
     ):
-        onnxshrink.shrink(DIGITS, ["cleanup", "test-sign-flip", "cleanup"], verify_each=True, calibration=CALIB)
+        onnxshrink.shrink(DIGITS, ["cleanup", "test-sign-flip", "cleanup"], verify_each=True, calibration=DIGITS_CALIB)
 
 
 def test_cli_writes_nothing_when_verification_fails(tmp_path: Path) -> None:
@@ -154,7 +143,7 @@ def test_calibration_from_folder_and_reader_module(tmp_path: Path, monkeypatch: 
     folder = tmp_path / "calib"
     folder.mkdir()
     for i in range(2):
-        np.savez(folder / f"part{i}.npz", x=_feed(5)["x"])
+        np.savez(folder / f"part{i}.npz", x=random_feed(WITH_IDENTITY, sizes={"N": 5})["x"])
     result = onnxshrink.shrink(WITH_IDENTITY, ["cleanup"], calibration=folder)
     assert result.report["verification"]["samples"] == 10
     (tmp_path / "my_reader.py").write_text(

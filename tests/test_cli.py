@@ -12,13 +12,9 @@ import onnx
 import onnx.parser
 import pytest
 from click.testing import CliRunner
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, ROOT, ModelFile, parse_model
 
 from onnxshrink.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-TEST_NPZ = ROOT / "models" / "digits_test.npz"
-CALIB_NPZ = ROOT / "models" / "digits_calib.npz"
 
 
 def _invoke(*args: object) -> tuple[int, str, str]:
@@ -47,7 +43,7 @@ def test_readme_run_command_works(tmp_path: Path) -> None:
 def test_run_with_report_and_labels(tmp_path: Path) -> None:
     out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
     code, stdout, stderr = _invoke(
-        "run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", TEST_NPZ, "--report", report_path
+        "run", DIGITS, "-o", out, "-p", "cleanup", "--inputs", DIGITS_TEST, "--report", report_path
     )
     assert code == 0, stderr
     assert "accuracy 0.9963 -> 0.9963" in stdout
@@ -64,19 +60,19 @@ def test_run_with_report_and_labels(tmp_path: Path) -> None:
 def test_run_with_calibration_and_verify_each(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     code, stdout, stderr = _invoke(
-        "run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", CALIB_NPZ, "--verify-each"
+        "run", DIGITS, "-o", out, "-p", "cleanup", "-p", "cleanup", "--calib", DIGITS_CALIB, "--verify-each"
     )
     assert code == 0, stderr
     assert "calibration" in stdout
 
 
-def test_custom_domain_op_is_kept_and_verification_skipped(tmp_path: Path) -> None:
-    model = onnx.parser.parse_model(
+def test_custom_domain_op_is_kept_and_verification_skipped(model_file: ModelFile, tmp_path: Path) -> None:
+    path = model_file(
         '<ir_version: 8, opset_import: ["" : 17, "my.custom" : 1]> g (float[2] x) => (float[2] y) '
-        "{ a = Identity(x)  b = my.custom.Frobnicate(a)  c = Relu(b)  d = Relu(b)  y = Add(c, d) }"
+        "{ a = Identity(x)  b = my.custom.Frobnicate(a)  c = Relu(b)  d = Relu(b)  y = Add(c, d) }",
+        "custom.onnx",
     )
-    path, out, report_path = tmp_path / "custom.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
-    onnx.save(model, path)
+    out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
     code, stdout, stderr = _invoke("run", path, "-o", out, "-p", "cleanup", "--report", report_path)
     assert code == 0, stderr
     assert "not verified: onnxruntime cannot run the model" in stdout and "Frobnicate" in stdout
@@ -120,7 +116,7 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path) -> None
     code, stdout, stderr = _invoke("verify", DIGITS, cand)
     assert code == 1
     assert "DIFFERS" in stdout and "differ beyond tolerance" in stderr
-    code, _, _ = _invoke("verify", DIGITS, DIGITS, "--inputs", TEST_NPZ)
+    code, _, _ = _invoke("verify", DIGITS, DIGITS, "--inputs", DIGITS_TEST)
     assert code == 0
 
 
@@ -173,12 +169,8 @@ def test_passes_is_a_plain_subpackage() -> None:
     assert Path(onnxshrink.passes.__file__).parent == Path(onnxshrink.__file__).parent / "passes"
 
 
-def test_generated_inputs_respect_shape_option(tmp_path: Path) -> None:
-    model = onnx.parser.parse_model(
-        '<ir_version: 8, opset_import: ["" : 17]> g (float[N, M] x) => (float[N, M] y) { y = Relu(x) }'
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
+def test_generated_inputs_respect_shape_option(model_file: ModelFile) -> None:
+    path = model_file(parse_model("g (float[N, M] x) => (float[N, M] y) { y = Relu(x) }"), "m.onnx")
     code, stdout, stderr = _invoke("bench", path, "--shape", "x=3x5", "--runs", "1", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["input_shapes"] == {"x": [3, 5]}

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import ROOT
 
 from onnxshrink import registry
 from onnxshrink.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(path.name for path in DOCS.glob("*.md"))
 # Pointers to files that live outside the project (developer background, not shipped).
@@ -122,11 +122,7 @@ def _run_python(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         del sys.modules[name]
         for added in set(registry.passes()) - before:
-            unregister = getattr(registry, "unregister", None)
-            if unregister is not None:
-                unregister(added)
-            else:
-                registry._PASSES.pop(added)
+            registry.unregister(added)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
-import onnx
-import onnx.parser
 import onnx_ir as ir
 import pytest
-from ort_check import run
+from helpers import PassRegistrations, assert_close, parse_model
 
 import onnxshrink
 from onnxshrink import registry
@@ -32,7 +29,7 @@ from onnxshrink.passes.prune import MagnitudePruneOptions, MagnitudePrunePass
 from onnxshrink.passes.quantize import QuantizeOptions, QuantizePass
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass
 
-MODEL = onnx.parser.parse_model(
+MODEL = parse_model(
     '<ir_version: 8, opset_import: ["" : 11, "local" : 1]>\n'
     "g (float[N, 4] x) => (float[N, 4] y, float[N, 4] z) { a = Relu(x)  y = Neg(a)  z = local.Twice(a) }\n"
     '<domain: "local", opset_import: ["" : 11]>\n'
@@ -116,19 +113,10 @@ class UntypedPass(ShrinkPass):  # type: ignore[type-arg]
 
 
 @pytest.fixture(autouse=True)
-def test_passes() -> Iterator[None]:
-    """Registers the test passes for one test, then restores the registry as it was.
-
-    The registry has no ``unregister`` yet, so its private table is restored in a ``finally``.
-    """
-    saved = dict(registry.passes())  # also loads the real passes before the snapshot
-    try:
-        for cls in (ToyPass, RaiseOpsetPass, UntypedPass):
-            registry.register_pass(cls)
-        yield
-    finally:
-        registry._PASSES.clear()
-        registry._PASSES.update(saved)
+def _contract_passes(registrations: PassRegistrations) -> None:
+    """Registers the test passes for one test; the fixture unregisters them after it."""
+    for cls in (ToyPass, RaiseOpsetPass, UntypedPass):
+        registrations.add_pass(cls)
 
 
 def test_options_come_from_the_type_argument_and_are_typed() -> None:
@@ -225,8 +213,7 @@ def test_a_pass_that_raises_an_opset_and_reports_modified_false_fails(scope: str
     opsets = out.opset_import if scope == "model" else out.functions[0].opset_import
     assert {o.domain: o.version for o in opsets}[""] == 13
     feed = {"x": np.arange(8, dtype=np.float32).reshape(2, 4) - 4}
-    for want, got in zip(run(MODEL, feed), run(out, feed), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_close(MODEL, out, feed)
 
 
 def test_no_match_carries_its_reason() -> None:

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnxruntime as ort
 import pytest
+from helpers import DIGITS
 
 from onnxshrink.errors import UsageError
 from onnxshrink.runtime import CPU, CUDA, create_session
 
-DIGITS = (Path(__file__).resolve().parents[1] / "models" / "digits_cnn.onnx").read_bytes()
+DIGITS_BYTES = DIGITS.read_bytes()
 HAS_CUDA = CUDA in ort.get_available_providers()
 
 
 def test_cpu_when_cuda_is_not_listed() -> None:
-    session, choice = create_session(DIGITS, "auto", available=[CPU])
+    session, choice = create_session(DIGITS_BYTES, "auto", available=[CPU])
     assert choice.used == CPU and choice.reason == "CUDAExecutionProvider not available"
     assert session.get_providers() == [CPU]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="needs an onnxruntime where CUDA cannot actually run")
 def test_cuda_listed_but_unusable_falls_back_to_cpu() -> None:
-    session, choice = create_session(DIGITS, "auto", available=[CUDA, CPU])
+    session, choice = create_session(DIGITS_BYTES, "auto", available=[CUDA, CPU])
     assert choice.used == CPU
     assert "CUDA" in choice.reason and "did not use it" in choice.reason
     assert session.get_providers() == [CPU]
@@ -31,22 +30,22 @@ def test_cuda_listed_but_unusable_falls_back_to_cpu() -> None:
 @pytest.mark.skipif(HAS_CUDA, reason="needs an onnxruntime without CUDA")
 def test_explicit_cuda_without_cuda_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="no CUDAExecutionProvider"):
-        create_session(DIGITS, "cuda")
+        create_session(DIGITS_BYTES, "cuda")
     with pytest.raises(UsageError, match="--provider cuda"):
-        create_session(DIGITS, "cuda", available=[CUDA, CPU])
+        create_session(DIGITS_BYTES, "cuda", available=[CUDA, CPU])
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
 def test_auto_picks_cuda_when_usable() -> None:
-    session, choice = create_session(DIGITS, "auto")
+    session, choice = create_session(DIGITS_BYTES, "auto")
     assert choice.used == CUDA and session.get_providers()[0] == CUDA
 
 
 def test_explicit_cpu() -> None:
-    _, choice = create_session(DIGITS, "cpu")
+    _, choice = create_session(DIGITS_BYTES, "cpu")
     assert choice == type(choice)("cpu", CPU, "requested")
 
 
 def test_unknown_provider() -> None:
     with pytest.raises(UsageError, match="valid: auto, cpu, cuda"):
-        create_session(DIGITS, "tpu")
+        create_session(DIGITS_BYTES, "tpu")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
+from helpers import ModelFile, parse_model
 
 from onnxshrink.cli import main
 from onnxshrink.sparsity import patterns_of, reduction_axis, satisfies_nm
@@ -48,19 +48,10 @@ def test_reduction_axes() -> None:
     assert reduction_axis(matmul, 2) == 0 and reduction_axis(matmul, 3) is None
 
 
-def test_inspect_reports_layers_and_patterns(tmp_path: Path) -> None:
+def test_inspect_reports_layers_and_patterns(model_file: ModelFile) -> None:
     weight = _two_four((16, 32), 0)  # MatMul B is [K, N]: groups run along K
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16])
-    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32])
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "g",
-        [x],
-        [y],
-        [onnx.numpy_helper.from_array(weight, "w")],
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), path)
+    model = parse_model("g (float[1, 16] x) => (float[1, 32] y) { [mm] y = MatMul(x, w) }", initializers={"w": weight})
+    path = model_file(model, "m.onnx")
     result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
     assert result.exit_code == 0, result.stderr
     (layer,) = json.loads(result.stdout)["layers"]

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from helpers import parse_model
 
 from onnxshrink.data.samples import Feed
 from onnxshrink.runtime import RuntimeUnavailable
@@ -75,7 +76,7 @@ g (float[4, 3] x) => (float[4, 3] y) <float[3] b = {0.5, -1, 2}> { y = Add(x, b)
 
 
 def _fixed_batch(bias: list[float] | None = None) -> ir.Model:
-    proto = onnx.parser.parse_model(_FIXED_BATCH)
+    proto = parse_model(_FIXED_BATCH)
     if bias is not None:
         proto.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(np.array(bias, np.float32), "b"))
     return ir.serde.deserialize_model(proto)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import onnx
 import onnx.helper
@@ -12,20 +9,13 @@ import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
 import pytest
-from ort_check import run
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, initializer_arrays, parse_model, run, run_pass
 
 import onnxshrink
-from onnxshrink.context import PassContext
-from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
-from onnxshrink.passbase import ShrinkPassResult
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, matrices
 from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, solve
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "models" / "digits_calib.npz"
-TEST = ROOT / "models" / "digits_test.npz"
+from onnxshrink.spec import PassSpec
 
 # name: (graph text, weight shapes, per-sample input shape). Weights are graph inputs in the text
 # and become initializers in _model.
@@ -96,7 +86,7 @@ LAYERS: dict[str, tuple[str, dict[str, tuple[int, ...]], tuple[int, ...]]] = {
 
 def _model(text: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The graph ``text`` with its weight inputs turned into initializers holding ``weights``."""
-    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {text}')
+    model = parse_model(f"g {text}", check=False)  # checked once the weights are initializers
     keep = [v for v in model.graph.input if v.name not in weights]
     del model.graph.input[:]
     model.graph.input.extend(keep)
@@ -135,31 +125,6 @@ def _teacher_and_student(case: str, keep_fraction: float, noise: float) -> tuple
     return _model(text, teacher), _model(text, student)
 
 
-def _run_pass(
-    teacher: onnx.ModelProto, student: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, **options: Any
-) -> tuple[onnx.ModelProto, ShrinkPassResult]:
-    source = open_samples(calibration) if calibration is not None else None
-    context = PassContext(calibration=source, provider="cpu", reference=teacher.SerializeToString())
-    model = ir.serde.deserialize_model(student)
-    result = ReconstructPass(ReconstructOptions(**options), context)(model)
-    assert isinstance(result, ShrinkPassResult)
-    out = ir.serde.serialize_model(result.model)
-    onnx.checker.check_model(out, full_check=True)
-    return out, result
-
-
-def _reconstruct(
-    teacher: onnx.ModelProto, student: onnx.ModelProto, calibration: dict[str, np.ndarray] | None, **options: Any
-) -> tuple[onnx.ModelProto, dict[str, Any], bool]:
-    """The refit model, its stats with ``skipped`` folded in as the pipeline reports them, and ``modified``."""
-    out, result = _run_pass(teacher, student, calibration, **options)
-    return out, {**result.stats, "skipped": result.skipped}, result.modified
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
 def _relative_error(model: onnx.ModelProto, teacher: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
     want, got = run(teacher, feed)[0], run(model, feed)[0]
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
@@ -168,9 +133,12 @@ def _relative_error(model: onnx.ModelProto, teacher: onnx.ModelProto, feed: dict
 @pytest.mark.parametrize("case", sorted(LAYERS))
 def test_dense_refit_recovers_the_teacher_weights(case: str) -> None:
     teacher, student = _teacher_and_student(case, keep_fraction=1.0, noise=0.5)
-    out, stats, modified = _reconstruct(teacher, student, _data(LAYERS[case][2], 64, 1), ridge=0.0)
+    result = run_pass(
+        student, PassSpec("reconstruct", {"ridge": 0.0}), calibration=_data(LAYERS[case][2], 64, 1), reference=teacher
+    )
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["layers_refit"] == 1
-    want, got = _weights(teacher), _weights(out)
+    want, got = initializer_arrays(teacher), initializer_arrays(out)
     np.testing.assert_allclose(got["W"], want["W"], rtol=1e-3, atol=1e-3)
     bias = next((n for n in ("B", "C") if n in want), None)
     if bias is not None:
@@ -185,9 +153,15 @@ def test_dense_refit_recovers_the_teacher_weights(case: str) -> None:
 @pytest.mark.parametrize("method", ["lstsq", "obs"])
 def test_pruned_refit_keeps_the_mask_and_lowers_the_error(case: str, method: str) -> None:
     teacher, student = _teacher_and_student(case, keep_fraction=0.5, noise=0.3)
-    out, stats, modified = _reconstruct(teacher, student, _data(LAYERS[case][2], 64, 1), method=method)
+    result = run_pass(
+        student,
+        PassSpec("reconstruct", {"method": method}),
+        calibration=_data(LAYERS[case][2], 64, 1),
+        reference=teacher,
+    )
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True
-    before, after = _weights(student)["W"], _weights(out)["W"]
+    before, after = initializer_arrays(student)["W"], initializer_arrays(out)["W"]
     np.testing.assert_array_equal(after == 0, before == 0)
     assert not np.array_equal(after, before)
     held_out = _data(LAYERS[case][2], 16, 2)
@@ -231,10 +205,18 @@ def test_rank_deficient_inputs_without_ridge_still_solve_and_keep_the_mask(metho
 
 def test_a_conv_without_bias_gets_one_and_bias_false_leaves_it_out() -> None:
     teacher, student = _teacher_and_student("conv-dilations-no-bias", keep_fraction=0.5, noise=0.3)
-    out, _, _ = _reconstruct(teacher, student, _data(LAYERS["conv-dilations-no-bias"][2], 32, 1))
+    out = run_pass(
+        student, "reconstruct", calibration=_data(LAYERS["conv-dilations-no-bias"][2], 32, 1), reference=teacher
+    ).model
     (node,) = out.graph.node
-    assert len(node.input) == 3 and node.input[2] in _weights(out)
-    out, _, modified = _reconstruct(teacher, student, _data(LAYERS["conv-dilations-no-bias"][2], 32, 1), bias=False)
+    assert len(node.input) == 3 and node.input[2] in initializer_arrays(out)
+    result = run_pass(
+        student,
+        PassSpec("reconstruct", {"bias": False}),
+        calibration=_data(LAYERS["conv-dilations-no-bias"][2], 32, 1),
+        reference=teacher,
+    )
+    out, modified = result.model, result.modified
     assert modified is True and len(out.graph.node[0].input) == 2
 
 
@@ -248,21 +230,28 @@ def test_layers_fit_in_stages_so_later_layers_see_earlier_refits() -> None:
     pruned = {n: (w * (rng.random(w.shape) < 0.5)).astype(np.float32) for n, w in dense.items()}
     teacher = _model(text, {n: w.astype(np.float32) for n, w in dense.items()})
     student = _model(text, pruned)
-    out, stats, _ = _reconstruct(teacher, student, _data((12,), 128, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((12,), 128, 1), reference=teacher)
+    out, stats = result.model, result.stats
     assert stats["stages"] == 2 and stats["layers_refit"] == 2
     held_out = _data((12,), 32, 2)
     assert _relative_error(out, teacher, held_out) < 0.8 * _relative_error(student, teacher, held_out)
     # Fitting the second layer on the refit first layer beats fitting it on the pruned one.
-    only_second, _, _ = _reconstruct(teacher, student, _data((12,), 128, 1), exclude=("MatMul#0",))
+    only_second = run_pass(
+        student,
+        PassSpec("reconstruct", {"exclude": ("MatMul#0",)}),
+        calibration=_data((12,), 128, 1),
+        reference=teacher,
+    ).model
     assert _relative_error(out, teacher, held_out) < _relative_error(only_second, teacher, held_out)
 
 
 def test_a_model_that_matches_its_teacher_is_left_alone() -> None:
     teacher, _ = _teacher_and_student("gemm-transb", keep_fraction=1.0, noise=0.0)
-    out, stats, modified = _reconstruct(teacher, teacher, _data((12,), 16, 1))
+    result = run_pass(teacher, "reconstruct", calibration=_data((12,), 16, 1), reference=teacher)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and stats["layers_refit"] == 0
     assert "already matches" in stats["skipped"]["Gemm#0"]
-    np.testing.assert_array_equal(_weights(out)["W"], _weights(teacher)["W"])
+    np.testing.assert_array_equal(initializer_arrays(out)["W"], initializer_arrays(teacher)["W"])
 
 
 def test_include_exclude_shared_weights_and_missing_teacher_points_are_skipped_with_reasons() -> None:
@@ -277,16 +266,21 @@ def test_include_exclude_shared_weights_and_missing_teacher_points_are_skipped_w
     }
     teacher = _model(text, weights)
     student = _model(text, {**weights, "V": weights["V"] * 0.5})
-    _, stats, modified = _reconstruct(teacher, student, _data((12,), 16, 1), exclude=("MatMul",))
+    result = run_pass(
+        student, PassSpec("reconstruct", {"exclude": ("MatMul",)}), calibration=_data((12,), 16, 1), reference=teacher
+    )
+    stats, modified = result.stats, result.modified
     assert modified is False and set(stats["skipped"].values()) == {"excluded"}
-    _, stats, modified = _reconstruct(teacher, student, _data((12,), 16, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((12,), 16, 1), reference=teacher)
+    stats, modified = result.stats, result.modified
     assert modified is True and stats["layers_refit"] == 1
     assert "read by other nodes" in stats["skipped"]["MatMul#0"]
     renamed = onnx.ModelProto()
     renamed.CopyFrom(teacher)
     renamed.graph.node[2].output[0] = "z"
     renamed.graph.output[0].name = "z"
-    _, stats, modified = _reconstruct(renamed, student, _data((12,), 16, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((12,), 16, 1), reference=renamed)
+    stats, modified = result.stats, result.modified
     assert modified is False and "no value 'y' in the input model" in stats["skipped"]["MatMul#2"]
 
 
@@ -322,7 +316,7 @@ def test_fused_conv_is_fit_to_the_batchnorm_output_of_the_input_model() -> None:
 def test_no_calibration_data_and_bad_options_are_one_line_usage_errors() -> None:
     teacher, student = _teacher_and_student("gemm-transb", keep_fraction=0.5, noise=0.0)
     with pytest.raises(UsageError, match="pass 'reconstruct' needs calibration data"):
-        _reconstruct(teacher, student, None)
+        run_pass(student, "reconstruct", calibration=None, reference=teacher)
     with pytest.raises(UsageError, match=r"^reconstruct: option ridge: must be >= 0.0, got -1.0$"):
         onnxshrink.shrink(teacher, ["reconstruct:ridge=-1"], calibration=_data((12,), 4, 1))
     with pytest.raises(UsageError, match=r"^reconstruct: option ridge: 'much' is not a number$"):
@@ -333,12 +327,12 @@ def test_no_calibration_data_and_bad_options_are_one_line_usage_errors() -> None
 
 def test_digits_recovers_accuracy_after_90_percent_pruning() -> None:
     prune = "prune:sparsity=0.9,keep-first-last=false"
-    alone = onnxshrink.shrink(DIGITS, [prune], calibration=CALIB, inputs=TEST)
-    refit = onnxshrink.shrink(DIGITS, [prune, "reconstruct"], calibration=CALIB, inputs=TEST)
+    alone = onnxshrink.shrink(DIGITS, [prune], calibration=DIGITS_CALIB, inputs=DIGITS_TEST)
+    refit = onnxshrink.shrink(DIGITS, [prune, "reconstruct"], calibration=DIGITS_CALIB, inputs=DIGITS_TEST)
     before = alone.report["verification"]["accuracy_candidate"]
     after = refit.report["verification"]["accuracy_candidate"]
     assert after >= 0.95 and after > before + 0.3
-    pruned, refit_weights = _weights(alone.to_proto()), _weights(refit.to_proto())
+    pruned, refit_weights = initializer_arrays(alone.to_proto()), initializer_arrays(refit.to_proto())
     for name, weight in pruned.items():
         if name.endswith("weight") and np.mean(weight == 0) > 0.5:
             np.testing.assert_array_equal(refit_weights[name] == 0, weight == 0, err_msg=name)
@@ -357,7 +351,10 @@ def test_refits_that_make_the_model_outputs_worse_are_all_reverted() -> None:
     compensating = np.linalg.solve(changed, w1 @ w2)
     teacher = _model(text, {"W1": w1.astype(np.float32), "W2": w2.astype(np.float32)})
     student = _model(text, {"W1": changed.astype(np.float32), "W2": compensating.astype(np.float32)})
-    out, stats, modified = _reconstruct(teacher, student, _data((8,), 64, 1), exclude=("MatMul",))
+    result = run_pass(
+        student, PassSpec("reconstruct", {"exclude": ("MatMul",)}), calibration=_data((8,), 64, 1), reference=teacher
+    )
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and stats["layers_refit"] == 0 and "reverted" in stats
     assert stats["output_error_after"] > stats["output_error_before"]
     assert stats["layers"]["Gemm#0"]["error_after"] < stats["layers"]["Gemm#0"]["error_before"]
@@ -368,12 +365,13 @@ def test_refits_that_make_the_model_outputs_worse_are_all_reverted() -> None:
 def test_large_conv_batches_are_split_without_changing_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     teacher, student = _teacher_and_student("conv-pads-strides", keep_fraction=0.5, noise=0.3)
     data = _data(LAYERS["conv-pads-strides"][2], 32, 1)
-    whole, _, _ = _reconstruct(teacher, student, data)
+    whole = run_pass(student, "reconstruct", calibration=data, reference=teacher).model
     monkeypatch.setattr(matrices, "_ROWS_BUDGET", 4 * 7 * 7 * 9 * 3)  # three samples per piece
-    split, stats, _ = _reconstruct(teacher, student, data)
+    result = run_pass(student, "reconstruct", calibration=data, reference=teacher)
+    split, stats = result.model, result.stats
     (entry,) = stats["layers"].values()
     assert entry["rows"] == 32 * 4 * 4
-    np.testing.assert_allclose(_weights(split)["W"], _weights(whole)["W"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(initializer_arrays(split)["W"], initializer_arrays(whole)["W"], rtol=1e-6, atol=1e-7)
 
 
 def test_bias_false_keeps_an_existing_bias_and_fits_the_weights_around_it() -> None:
@@ -383,10 +381,16 @@ def test_bias_false_keeps_an_existing_bias_and_fits_the_weights_around_it() -> N
     noisy = teacher_weights["W"] + 0.5 * rng.standard_normal(shapes["W"]).astype(np.float32)
     teacher = _model(text, teacher_weights)
     student = _model(text, {**teacher_weights, "W": noisy})
-    out, _, modified = _reconstruct(teacher, student, _data(sample, 64, 1), bias=False, ridge=0.0)
+    result = run_pass(
+        student,
+        PassSpec("reconstruct", {"bias": False, "ridge": 0.0}),
+        calibration=_data(sample, 64, 1),
+        reference=teacher,
+    )
+    out, modified = result.model, result.modified
     assert modified is True
-    np.testing.assert_array_equal(_weights(out)["B"], teacher_weights["B"])
-    np.testing.assert_allclose(_weights(out)["W"], teacher_weights["W"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(initializer_arrays(out)["B"], teacher_weights["B"])
+    np.testing.assert_allclose(initializer_arrays(out)["W"], teacher_weights["W"], rtol=1e-3, atol=1e-3)
 
 
 def test_a_teacher_value_of_another_shape_is_skipped_with_a_reason() -> None:
@@ -394,7 +398,8 @@ def test_a_teacher_value_of_another_shape_is_skipped_with_a_reason() -> None:
     rng = np.random.default_rng(0)
     teacher = _model(text.format(6), {"W": rng.standard_normal((6, 4, 3, 3)).astype(np.float32)})
     student = _model(text.format(8), {"W": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)})
-    _, stats, modified = _reconstruct(teacher, student, _data((4, 5, 5), 8, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((4, 5, 5), 8, 1), reference=teacher)
+    stats, modified = result.stats, result.modified
     assert modified is False
     assert "has shape [8, 6, 3, 3], not [8, 8, 3, 3]" in stats["skipped"]["Conv#0"]
 
@@ -415,9 +420,10 @@ def test_a_weight_behind_dequantize_linear_is_refit_on_its_integer_grid() -> Non
     grid = {"S": scale.astype(np.float32), "Z": np.full(6, 128, np.uint8), "B": bias.astype(np.float32)}
     teacher = _model(teacher_text, {"W": weight.astype(np.float32), "B": bias.astype(np.float32)})
     student = _model(student_text, {"Q": steps.astype(np.uint8), **grid})
-    out, stats, modified = _reconstruct(teacher, student, _data((4, 7, 7), 64, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((4, 7, 7), 64, 1), reference=teacher)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["layers_refit"] == 1
-    before, after = _weights(student), _weights(out)
+    before, after = initializer_arrays(student), initializer_arrays(out)
     assert after["Q"].dtype == np.uint8 and not np.array_equal(after["Q"], before["Q"])
     # Pruned weights stay at the zero point; a kept one may round onto it too.
     assert np.all(after["Q"][before["Q"] == 128] == 128)
@@ -439,9 +445,12 @@ def test_a_layer_that_lost_output_channels_is_fit_to_the_teacher_channels_it_kep
     noisy = w1[kept] + 0.3 * rng.standard_normal((6, 4, 3, 3))
     teacher = _model(text.format(8), {"W1": w1.astype(np.float32), "W2": w2.astype(np.float32)})
     student = _model(text.format(6), {"W1": noisy.astype(np.float32), "W2": w2[:, kept].astype(np.float32)})
-    out, stats, modified = _reconstruct(teacher, student, _data((4, 6, 6), 64, 1), ridge=0.0)
+    result = run_pass(
+        student, PassSpec("reconstruct", {"ridge": 0.0}), calibration=_data((4, 6, 6), 64, 1), reference=teacher
+    )
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["layers"]["Conv#0"]["teacher_channels"] == kept
-    np.testing.assert_allclose(_weights(out)["W1"], w1[kept], atol=1e-3)
+    np.testing.assert_allclose(initializer_arrays(out)["W1"], w1[kept], atol=1e-3)
     held_out = _data((4, 6, 6), 16, 2)
     assert _relative_error(out, teacher, held_out) < 0.8 * _relative_error(student, teacher, held_out)
 
@@ -481,10 +490,7 @@ Dense (a, w) => (b) {
 
 
 def _nested(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(NESTED)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return parse_model(NESTED, initializers=weights)
 
 
 def test_layers_in_if_and_loop_bodies_and_functions_are_left_alone_with_reasons() -> None:
@@ -494,14 +500,15 @@ def test_layers_in_if_and_loop_bodies_and_functions_are_left_alone_with_reasons(
         n: w + (0.5 if n == "W0" else 0.01) * rng.standard_normal(w.shape).astype(np.float32)
         for n, w in teacher.items()
     }
-    out, stats, modified = _reconstruct(_nested(teacher), _nested(student), _data((12,), 64, 1))
+    result = run_pass(_nested(student), "reconstruct", calibration=_data((12,), 64, 1), reference=_nested(teacher))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["layers_refit"] == 1 and set(stats["layers"]) == {"MatMul#0"}
     assert stats["skipped"] == {
         "then_graph/MatMul#0": "in subgraph 'then_graph': reconstruct refits main-graph layers only",
         "body/MatMul#1": "in subgraph 'body': reconstruct refits main-graph layers only",
         "Dense/MatMul#0": "in function 'Dense': reconstruct refits main-graph layers only",
     }
-    refit = _weights(out)
+    refit = initializer_arrays(out)
     for name in ("W1", "W2", "W3"):
         np.testing.assert_array_equal(refit[name], student[name])
     held_out = _data((12,), 16, 2)
@@ -512,8 +519,9 @@ def test_layers_in_if_and_loop_bodies_and_functions_are_left_alone_with_reasons(
 
 def test_timings_name_the_capture_and_each_refit_and_stay_out_of_the_stats() -> None:
     teacher, student = _teacher_and_student("gemm-transb", keep_fraction=0.5, noise=0.3)
-    _, result = _run_pass(teacher, student, _data((12,), 16, 1))
-    assert set(result.timings) == {"capture", "refit.Gemm#0"} and all(t > 0 for t in result.timings.values())
+    result = run_pass(student, "reconstruct", calibration=_data((12,), 16, 1), reference=teacher)
+    timings = result.record["timings"]
+    assert set(timings) == {"capture", "refit.Gemm#0"} and all(t > 0 for t in timings.values())
     assert not any("seconds" in key for key in result.stats)
 
 
@@ -523,8 +531,9 @@ def test_a_bias_that_is_also_a_graph_input_leaves_its_layer_alone() -> None:
     teacher, student = _teacher_and_student("gemm-transb", keep_fraction=0.5, noise=0.3)
     for model in (teacher, student):
         model.graph.input.append(onnx.helper.make_tensor_value_info("C", onnx.TensorProto.FLOAT, (5,)))
-    out, stats, modified = _reconstruct(teacher, student, _data((12,), 16, 1))
+    result = run_pass(student, "reconstruct", calibration=_data((12,), 16, 1), reference=teacher)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and stats["skipped"] == {
         "Gemm#0": "bias 'C' is also a graph input, so callers may override it"
     }
-    np.testing.assert_array_equal(_weights(out)["W"], _weights(student)["W"])
+    np.testing.assert_array_equal(initializer_arrays(out)["W"], initializer_arrays(student)["W"])

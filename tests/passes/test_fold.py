@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import onnx
-import onnx.parser
 import pytest
-from ort_check import assert_outputs_close, run
+from helpers import DIGITS, DIGITS_TEST, assert_close, op_counts, parse_model, random_feed, run_pass
 
 import onnxshrink
 
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
-
-
-def _model(text: str) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else HEADER + text)
-    onnx.checker.check_model(model)
-    return model
-
-
-def _ops(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(n.op_type for n in model.graph.node)
-
-
-def _fold(model: onnx.ModelProto, spec: str = "fold") -> tuple[onnx.ModelProto, dict]:
-    result = onnxshrink.shrink(model, [spec], verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out, full_check=True)
-    return out, result.report["passes"][0]
-
-
-def _feed(model: onnx.ModelProto, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feed = {}
-    for value in model.graph.input:
-        dims = [d.dim_value or (sizes or {}).get(d.dim_param, 3) for d in value.type.tensor_type.shape.dim]
-        feed[value.name] = rng.standard_normal(dims).astype(np.float32)
-    return feed
-
 
 def _same_numerics(model: onnx.ModelProto, out: onnx.ModelProto, sizes: dict[str, int] | None = None) -> None:
+    """Outputs agree with dynamic dims at ``sizes`` (default 3), then at each size + 2."""
     for scale in (None, {k: v + 2 for k, v in (sizes or {"N": 3, "S": 3}).items()}):
-        feed = _feed(model, scale or sizes)
-        assert_outputs_close(run(model, feed), run(out, feed))
+        assert_close(model, out, random_feed(model, sizes=scale or sizes, dynamic_size=3))
 
 
 FOLDS = {
@@ -97,25 +66,27 @@ FOLDS = {
 @pytest.mark.parametrize("name", sorted(FOLDS))
 def test_fold_changes(name: str) -> None:
     text, ops_after = FOLDS[name]
-    model = _model(text)
-    out, record = _fold(model)
-    assert dict(_ops(out)) == ops_after
+    model = parse_model(text)
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
+    assert dict(op_counts(out)) == ops_after
     assert record["modified"] is True
     assert [v.name for v in out.graph.output] == [v.name for v in model.graph.output]
     if "c" in {i.name for i in model.graph.input}:
-        feed = _feed(model)
+        feed = random_feed(model, dynamic_size=3)
         for cond in (True, False):
             feed["c"] = np.array(cond)
-            assert_outputs_close(run(model, feed), run(out, feed))
+            assert_close(model, out, feed)
     else:
         _same_numerics(model, out)
-    _, again = _fold(out)
+    again = run_pass(out, "fold").record
     assert again["modified"] is False, again["stats"]
 
 
 def test_reshape_target_becomes_zero_and_minus_one() -> None:
-    model = _model(FOLDS["partial_reshape_target"][0])
-    out, record = _fold(model)
+    model = parse_model(FOLDS["partial_reshape_target"][0])
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
     (target,) = [i for i in out.graph.initializer if i.name.endswith("_shape")]
     assert onnx.numpy_helper.to_array(target).tolist() == [0, 2, 4]
     assert record["stats"]["reshape_targets_folded"] == 1
@@ -123,14 +94,14 @@ def test_reshape_target_becomes_zero_and_minus_one() -> None:
 
 def test_symbolic_product_becomes_the_one_minus_one() -> None:
     # [N, 6, 4] -> [N * 6, 4]: the product has no name, so it is the target's single -1.
-    model = _model(
+    model = parse_model(
         """g (float[N, 6, 4] x) => (float[M, 4] y) <int64 i0 = {0}, int64 six = {6}, int64[1] four = {4},
             int64[1] zero = {0}> {
             s = Shape(x)  n = Gather(s, i0)  m = Mul(n, six)  mu = Unsqueeze(m, zero)
             t = Concat <axis = 0> (mu, four)  y = Reshape(x, t) }"""
     )
-    out, _ = _fold(model)
-    assert _ops(out) == {"Reshape": 1}
+    out = run_pass(model, "fold").model
+    assert op_counts(out) == {"Reshape": 1}
     (target,) = [i for i in out.graph.initializer if i.name.endswith("_shape")]
     assert onnx.numpy_helper.to_array(target).tolist() == [-1, 4]
     _same_numerics(model, out)
@@ -138,24 +109,25 @@ def test_symbolic_product_becomes_the_one_minus_one() -> None:
 
 def test_two_unprovable_dims_are_left_alone() -> None:
     # The target takes dims of another input: nothing proves they equal x's dims.
-    model = _model(
+    model = parse_model(
         """g (float[N, M] x, float[A, B] z) => (float[A, B] y) {
             s = Shape(z)  y = Reshape(x, s) }"""
     )
-    out, record = _fold(model)
-    assert _ops(out) == {"Shape": 1, "Reshape": 1}
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
+    assert op_counts(out) == {"Shape": 1, "Reshape": 1}
     assert "reshape_targets_folded" not in record["stats"]
 
 
 def test_broadcast_of_two_symbols_ties_nothing() -> None:
     # Add(a[N, P], b[M, Q]) may broadcast either way on both axes: nothing ties c's dims to a's,
     # so Reshape(c, Shape(a)) has two unknowns and must stay as it is.
-    model = _model(
+    model = parse_model(
         """g (float[N, P] a, float[M, Q] b) => (float[K, L] y) {
             c = Add(a, b)  s = Shape(a)  y = Reshape(c, s) }"""
     )
-    out, _ = _fold(model)
-    assert _ops(out) == {"Add": 1, "Shape": 1, "Reshape": 1}
+    out = run_pass(model, "fold").model
+    assert op_counts(out) == {"Add": 1, "Shape": 1, "Reshape": 1}
 
 
 @pytest.mark.parametrize(
@@ -178,49 +150,47 @@ def test_broadcast_of_two_symbols_ties_nothing() -> None:
     ],
 )
 def test_size_guard_keeps_large_outputs_unfolded(text: str, op: str) -> None:
-    model = _model(text)
-    out, record = _fold(model)
-    assert _ops(out)[op] == 1
+    model = parse_model(text)
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
+    assert op_counts(out)[op] == 1
     assert record["stats"].get("skipped_size_guard", 0) >= 1
     assert out.ByteSize() < 10_000
-    big, _ = _fold(model, "fold:max-growth=100000000")
-    assert _ops(big)[op] == 0
+    big = run_pass(model, "fold:max-growth=100000000").model
+    assert op_counts(big)[op] == 0
 
 
 def test_a_shared_weight_is_not_duplicated_by_folding() -> None:
     # Folding Transpose(w) while w stays in use would store the weight twice.
-    w = onnx.numpy_helper.from_array(np.arange(1024, dtype=np.float32).reshape(32, 32), "w")
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 32])
-    outputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 32]) for n in ("y", "z")]
-    nodes = [
-        onnx.helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
-        onnx.helper.make_node("MatMul", ["x", "wt"], ["y"]),
-        onnx.helper.make_node("MatMul", ["x", "w"], ["z"]),
-    ]
-    graph = onnx.helper.make_graph(nodes, "g", [x], outputs, [w])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
-    out, record = _fold(model)
-    assert _ops(out)["Transpose"] == 1
+    model = parse_model(
+        """g (float[2, 32] x) => (float[2, 32] y, float[2, 32] z) {
+            wt = Transpose <perm = [1, 0]> (w)  y = MatMul(x, wt)  z = MatMul(x, w) }""",
+        initializers={"w": np.arange(1024, dtype=np.float32).reshape(32, 32)},
+    )
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
+    assert op_counts(out)["Transpose"] == 1
     assert record["stats"]["skipped_size_guard"] == 1
 
 
 def test_quantize_dequantize_and_random_are_never_folded() -> None:
-    model = _model(
+    model = parse_model(
         """g (float[2] x) => (float[2] y, float[2] r) <int8[2] q = {1, 2}, float s = {0.5}, int8 z = {0}> {
             w = DequantizeLinear(q, s, z)  y = Add(x, w)  r = RandomNormalLike(x) }"""
     )
-    out, _ = _fold(model)
-    assert _ops(out) == {"DequantizeLinear": 1, "Add": 1, "RandomNormalLike": 1}
+    out = run_pass(model, "fold").model
+    assert op_counts(out) == {"DequantizeLinear": 1, "Add": 1, "RandomNormalLike": 1}
 
 
 def test_custom_domain_ops_are_folded_around() -> None:
-    model = _model(
+    model = parse_model(
         """<ir_version: 8, opset_import: ["" : 17, "my.ops" : 1]>
         g (float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}> {
             c = Neg(a)  k = my.ops.Custom(c)  d = Abs(a)  y = my.ops.Other(x, k, d) }"""
     )
-    out, record = _fold(model)
-    assert _ops(out) == {"Custom": 1, "Other": 1}
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
+    assert op_counts(out) == {"Custom": 1, "Other": 1}
     assert record["stats"]["nodes_folded"] == 2
 
 
@@ -233,43 +203,45 @@ scale (a, b) => (c) { two = Constant <value = float {2.0}> ()  bb = Mul(b, two) 
 
 
 def test_function_fed_constants_is_inlined_and_folded() -> None:
-    model = _model(FUNCTION_MODEL)
-    out, record = _fold(model)
+    model = parse_model(FUNCTION_MODEL)
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
     assert not out.functions
-    assert _ops(out) == {"Mul": 1}
+    assert op_counts(out) == {"Mul": 1}
     assert record["stats"]["functions_inlined"] == 1
     _same_numerics(model, out)
 
 
 def test_function_kept_with_never_folds_inside() -> None:
-    model = _model(FUNCTION_MODEL)
-    out, _ = _fold(model, "fold:inline-functions=never")
+    model = parse_model(FUNCTION_MODEL)
+    out = run_pass(model, "fold:inline-functions=never").model
     (function,) = out.functions
-    assert Counter(n.op_type for n in function.node) == {"Constant": 1, "Mul": 2}
+    assert op_counts(function) == {"Constant": 1, "Mul": 2}
     _same_numerics(model, out)
 
 
 def test_loop_body_folds_outer_and_body_constants() -> None:
-    model = _model(
+    model = parse_model(
         """g (float[2] x) => (float[2] y) <float[2] k = {1.0, 2.0}, int64 n = {2}, bool go = {1}> {
             y = Loop(n, go, x) <body = b (int64 i, bool cin, float[2] v) => (bool cout, float[2] vo) {
                 cout = Identity(cin)  two = Constant <value = float {2.0}> ()  m = Mul(k, two)  vo = Add(v, m) }> }"""
     )
-    out, record = _fold(model)
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
     assert record["modified"] is True
     assert record["stats"]["constants_lifted"] == 1 and record["stats"]["nodes_folded"] == 1
     body = next(a.g for a in out.graph.node[0].attribute if a.name == "body")
-    assert Counter(n.op_type for n in body.node) == {"Identity": 1, "Add": 1}
+    assert op_counts(body) == {"Identity": 1, "Add": 1}
     assert [o.name for o in body.output] == ["cout", "vo"]
     assert [o.name for o in out.graph.output] == ["y"]
     _same_numerics(model, out)
-    _, again = _fold(out)
+    again = run_pass(out, "fold").record
     assert again["modified"] is False, again["stats"]
 
 
 def test_constant_nodes_fold_inside_a_kept_function() -> None:
     # Function bodies hold no initializers: a Constant node's output is their constant.
-    model = _model(
+    model = parse_model(
         """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
         g (float[2] x) => (float[2] y) { y = local.scale(x) }
         <domain: "local", opset_import: ["" : 17]>
@@ -277,29 +249,31 @@ def test_constant_nodes_fold_inside_a_kept_function() -> None:
             two = Constant <value = float {2.0}> ()  three = Constant <value = float {3.0}> ()
             six = Mul(two, three)  c = Mul(a, six) }"""
     )
-    out, record = _fold(model, "fold:inline-functions=never")
+    folded = run_pass(model, "fold:inline-functions=never")
+    out, record = folded.model, folded.record
     (function,) = out.functions
-    assert Counter(n.op_type for n in function.node) == {"Constant": 1, "Mul": 1}
+    assert op_counts(function) == {"Constant": 1, "Mul": 1}
     assert record["stats"]["nodes_folded"] == 1
     _same_numerics(model, out)
 
 
 def test_function_fed_a_constant_node_is_inlined() -> None:
     # Called twice, so only "fed constants" inlines it: a Constant node's output counts.
-    model = _model(
+    model = parse_model(
         FUNCTION_MODEL.replace(
             "<float[2] k = {1.0, 2.0}> { y = local.scale(x, k) }",
             "{ k = Constant <value = float[2] {1.0, 2.0}> ()  a = local.scale(x, k)  y = local.scale(a, k) }",
         )
     )
-    out, record = _fold(model)
+    folded = run_pass(model, "fold")
+    out, record = folded.model, folded.record
     assert not out.functions
-    assert _ops(out) == {"Mul": 2}
+    assert op_counts(out) == {"Mul": 2}
     assert record["stats"]["functions_inlined"] == 1
     _same_numerics(model, out)
 
 
 def test_digits_model_is_unchanged_numerically() -> None:
-    result = onnxshrink.shrink("models/digits_cnn.onnx", ["fold"], inputs="models/digits_test.npz")
+    result = onnxshrink.shrink(DIGITS, ["fold"], inputs=DIGITS_TEST)
     assert result.report["verification"]["passed"] is True
     assert result.report["verification"]["accuracy_candidate"] == result.report["verification"]["accuracy_reference"]

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import onnx.parser
 import pytest
-from ort_check import assert_outputs_close, run
+from helpers import (
+    DIGITS,
+    DIGITS_TEST,
+    assert_close,
+    assert_same_signature,
+    op_counts,
+    parse_model,
+    random_feed,
+    run,
+    run_pass,
+)
 
 import onnxshrink
 import onnxshrink.passes.fuse_bn  # registers the pass
 from onnxshrink.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[1]
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 PADS = "pads = [1, 1, 1, 1]"
 BN = "BatchNormalization <epsilon = 0.001> (c, gamma, beta, mean, var)"
 
@@ -41,44 +46,6 @@ def _bn(rng: np.random.Generator, channels: int, dtype: type = np.float32) -> Ar
         "mean": rng.uniform(-1, 1, channels).astype(dtype),
         "var": rng.uniform(0.5, 2.0, channels).astype(dtype),
     }
-
-
-def _model(text: str, arrays: Arrays) -> onnx.ModelProto:
-    """Parses ``text`` and adds ``arrays`` as main-graph initializers."""
-    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else HEADER + text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, name) for name, a in arrays.items())
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _ops(graph: onnx.GraphProto | onnx.FunctionProto) -> dict[str, int]:
-    return dict(Counter(n.op_type for n in graph.node))
-
-
-def _feed(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feed = {}
-    initializers = {i.name for i in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feed[value.name] = np.asarray(rng.integers(0, 2, dims) if dtype == np.bool_ else rng.standard_normal(dims))
-        feed[value.name] = feed[value.name].astype(dtype)
-    return feed
-
-
-def _fuse(model: onnx.ModelProto, spec: str = "fuse-bn") -> tuple[onnx.ModelProto, dict]:
-    result = onnxshrink.shrink(model, [spec], verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out, full_check=True)
-    return out, result.report["passes"][0]
-
-
-def _assert_same_signature(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    assert [(v.name, v.type) for v in out.graph.input] == [(v.name, v.type) for v in model.graph.input]
-    assert [(v.name, v.type) for v in out.graph.output] == [(v.name, v.type) for v in model.graph.output]
 
 
 Case = Callable[[np.random.Generator], tuple[str, Arrays, dict[str, int], dict[str, int]]]
@@ -202,23 +169,23 @@ CHANGES: dict[str, Case] = {
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_fuse_changes(name: str) -> None:
     text, arrays, ops_after, stats = CHANGES[name](_rng())
-    model = _model(text, arrays)
-    out, record = _fuse(model)
-    assert _ops(out.graph) == ops_after
+    model = parse_model(text, initializers=arrays)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
+    assert op_counts(out.graph) == ops_after
     assert record["modified"] is True
     assert record["stats"] == stats
-    _assert_same_signature(model, out)
+    assert_same_signature(model, out)
     assert len(out.graph.initializer) <= len(model.graph.initializer), "replaced constants must not linger"
-    feed = _feed(model)
-    assert_outputs_close(run(model, feed), run(out, feed), context=name)
-    _, again = _fuse(out)
+    assert_close(model, out, random_feed(model, seed=1), context=name)
+    again = run_pass(out, "fuse-bn").record
     assert again["modified"] is False and again["stats"] == {}
 
 
 def test_fused_weights_keep_names_and_shared_weight_is_not_touched() -> None:
     text, arrays, _, _ = _shared_weight(_rng())
-    model = _model(text, arrays)
-    out, _ = _fuse(model)
+    model = parse_model(text, initializers=arrays)
+    out = run_pass(model, "fuse-bn").model
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
     conv_y, conv_z = (n for n in out.graph.node if n.op_type == "Conv")
     # The Conv that kept its plain output still reads the original tensor, unchanged.
@@ -227,7 +194,7 @@ def test_fused_weights_keep_names_and_shared_weight_is_not_touched() -> None:
     assert conv_y.output[0] == "y"
 
     text, arrays, _, _ = _conv_bn(bias=True, group=1)(_rng())
-    out, _ = _fuse(_model(text, arrays))
+    out = run_pass(parse_model(text, initializers=arrays), "fuse-bn").model
     # A weight nothing else reads is replaced under its own name.
     assert sorted(i.name for i in out.graph.initializer) == ["b", "w"]
 
@@ -236,14 +203,14 @@ def test_float16_weights() -> None:
     rng = _rng()
     arrays = {**_weights(rng, np.float16, w=(4, 3, 3, 3)), **_bn(rng, 4, np.float16)}
     text = f"""g (float16[2,3,5,5] x) => (float16[2,4,5,5] y) {{ c = Conv <{PADS}> (x, w)  y = {BN} }}"""
-    model = _model(text, arrays)
-    out, record = _fuse(model)
+    model = parse_model(text, initializers=arrays)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["stats"] == {"batchnorm_fused": 1}
     assert {i.data_type for i in out.graph.initializer} == {onnx.TensorProto.FLOAT16}
-    feed = _feed(model)
     # float16 keeps 11 significant bits: the folded weights are rounded to float16 once, where
     # the original rounds the Conv output and again each BN step; a few ulps of ~1 differ.
-    assert_outputs_close(run(model, feed), run(out, feed), rtol=1e-2, atol=1e-2)
+    assert_close(model, out, random_feed(model, seed=1), rtol=1e-2, atol=1e-2)
 
 
 LEAVES_ALONE: dict[str, tuple[str, Callable[[np.random.Generator], Arrays]]] = {
@@ -313,8 +280,9 @@ KEPT_BECAUSE = {
 @pytest.mark.parametrize("name", sorted(LEAVES_ALONE))
 def test_fuse_leaves_alone(name: str) -> None:
     text, make = LEAVES_ALONE[name]
-    model = _model(text, make(_rng()))
-    out, record = _fuse(model)
+    model = parse_model(text, initializers=make(_rng()))
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["modified"] is False, record["stats"]
     skipped = record["stats"].pop("skipped", {})
     assert record["stats"] == {}
@@ -323,76 +291,78 @@ def test_fuse_leaves_alone(name: str) -> None:
         assert KEPT_BECAUSE[name] in skipped["BatchNormalization->y"]
     else:
         assert skipped == {}
-    assert _ops(out.graph) == _ops(model.graph)
-    _assert_same_signature(model, out)
+    assert op_counts(out.graph) == op_counts(model.graph)
+    assert_same_signature(model, out)
     if name != "bn_training_mode":  # training mode computes batch statistics; not an inference graph
-        feed = _feed(model)
-        assert_outputs_close(run(model, feed), run(out, feed), context=name)
+        assert_close(model, out, random_feed(model, seed=1), context=name)
 
 
 def test_options_restrict_rules() -> None:
     text, arrays, _, _ = _conv_bn_mul_sub(_rng())
-    model = _model(text, arrays)
-    out, record = _fuse(model, "fuse-bn:fold-affine=false")
+    model = parse_model(text, initializers=arrays)
+    fused = run_pass(model, "fuse-bn:fold-affine=false")
+    out, record = fused.model, fused.record
     assert record["stats"] == {"batchnorm_fused": 1}
-    assert _ops(out.graph) == {"Conv": 1, "Mul": 1, "Sub": 1}
+    assert op_counts(out.graph) == {"Conv": 1, "Mul": 1, "Sub": 1}
     assert record["options"] == {"into": ["Conv", "ConvTranspose", "Gemm", "MatMul"], "fold_affine": False}
 
     text, arrays, _, _ = _gemm_bn(trans_b=1)(_rng())
-    _, record = _fuse(_model(text, arrays), "fuse-bn:into=Conv,ConvTranspose")
+    record = run_pass(parse_model(text, initializers=arrays), "fuse-bn:into=Conv,ConvTranspose").record
     assert record["modified"] is False
     with pytest.raises(UsageError, match="fuse-bn: option into: 'Relu' is not one of Conv"):
-        _fuse(_model(text, arrays), "fuse-bn:into=Conv,Relu")
+        run_pass(parse_model(text, initializers=arrays), "fuse-bn:into=Conv,Relu")
 
 
 def test_inside_if_branch_with_outer_weights() -> None:
     rng = _rng()
     arrays = {**_weights(rng, w=(4, 3, 3, 3), k=(4, 1, 1)), **_bn(rng, 4)}
-    model = _model(
+    model = parse_model(
         f"""g (bool cond, float[2,3,5,5] x) => (float[2,4,5,5] y) {{
             y = If(cond) <
                 then_branch = t () => (float[2,4,5,5] ty) {{ c = Conv <{PADS}> (x, w)  n = {BN}  ty = Mul(n, k) }},
                 else_branch = e () => (float[2,4,5,5] ey) {{ ey = Conv <{PADS}> (x, w) }}> }}""",
-        arrays,
+        initializers=arrays,
     )
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["stats"] == {"batchnorm_fused": 1, "affine_fused": 1}
     then_branch = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
-    assert _ops(then_branch) == {"Conv": 1}
+    assert op_counts(then_branch) == {"Conv": 1}
     assert [o.name for o in then_branch.output] == ["ty"]
     # The else branch still reads the outer weight, so the then branch got its own.
     assert {i.name for i in then_branch.initializer} == {"w__1", "w_bias"}
     assert {i.name for i in out.graph.initializer} == {"w"}
-    _assert_same_signature(model, out)
+    assert_same_signature(model, out)
     for cond in (True, False):
-        feed = {**_feed(model), "cond": np.array(cond)}
-        assert_outputs_close(run(model, feed), run(out, feed), context=f"cond={cond}")
-    _, again = _fuse(out)
+        feed = {**random_feed(model, seed=1), "cond": np.array(cond)}
+        assert_close(model, out, feed, context=f"cond={cond}")
+    again = run_pass(out, "fuse-bn").record
     assert again["modified"] is False
 
 
 def test_inside_loop_body_with_outer_weights() -> None:
     rng = _rng()
     arrays = {**_weights(rng, w=(4, 4, 3, 3)), **_bn(rng, 4)}
-    model = _model(
+    model = parse_model(
         f"""g (int64 n, bool go, float[2,4,5,5] x) => (float[2,4,5,5] y) {{
             y = Loop(n, go, x) <body = b (int64 i, bool cin, float[2,4,5,5] v) => (bool cout, float[2,4,5,5] vo) {{
                 cout = Identity(cin)  c = Conv <{PADS}> (v, w)  vo = {BN} }}> }}""",
-        arrays,
+        initializers=arrays,
     )
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["modified"] is True
     assert record["stats"] == {"batchnorm_fused": 1}
     body = next(a.g for a in out.graph.node[0].attribute if a.name == "body")
-    assert _ops(body) == {"Identity": 1, "Conv": 1}
+    assert op_counts(body) == {"Identity": 1, "Conv": 1}
     assert [o.name for o in body.output] == ["cout", "vo"]
     # The fused weight is the body's own: the outer 'w' is no longer read and goes.
     assert {i.name for i in body.initializer} == {"w", "w_bias"} and not out.graph.initializer
-    _assert_same_signature(model, out)
+    assert_same_signature(model, out)
     # One trip: the fused weights round differently, and each further trip amplifies that.
-    feed = {**_feed(model), "n": np.array(1, dtype=np.int64), "go": np.array(True)}
-    assert_outputs_close(run(model, feed), run(out, feed))
-    _, again = _fuse(out)
+    feed = {**random_feed(model, seed=1), "n": np.array(1, dtype=np.int64), "go": np.array(True)}
+    assert_close(model, out, feed)
+    again = run_pass(out, "fuse-bn").record
     assert again["modified"] is False
 
 
@@ -420,17 +390,17 @@ def _prepend_constants(model: onnx.ModelProto, arrays: Arrays) -> None:
 def test_inside_function_with_constant_nodes() -> None:
     rng = _rng()
     arrays = {**_weights(rng, w=(4, 3, 3, 3), t=(4, 1, 1)), **_bn(rng, 4)}
-    model = onnx.parser.parse_model(FUNCTION_MODEL)
+    model = parse_model(FUNCTION_MODEL, check=False)  # weights come as Constant nodes next
     _prepend_constants(model, arrays)
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["stats"] == {"batchnorm_fused": 1, "affine_fused": 1}
     (body,) = out.functions
-    assert _ops(body) == {"Constant": 2, "Conv": 1}
+    assert op_counts(body) == {"Constant": 2, "Conv": 1}
     assert list(body.output) == ["y"]
-    _assert_same_signature(model, out)
-    feed = _feed(model)
-    assert_outputs_close(run(model, feed), run(out, feed))
-    _, again = _fuse(out)
+    assert_same_signature(model, out)
+    assert_close(model, out, random_feed(model, seed=1))
+    again = run_pass(out, "fuse-bn").record
     assert again["modified"] is False
 
 
@@ -444,16 +414,17 @@ def test_if_branch_inside_function_gets_constant_nodes() -> None:
             then_branch = t () => (float[2,4,5,5] ty) {{ c = Conv <{PADS}> (x, w)  ty = {BN} }},
             else_branch = e () => (float[2,4,5,5] ey) {{ ey = Conv <{PADS}> (x, w) }}> }}
     """
-    model = onnx.parser.parse_model(text)
+    model = parse_model(text, check=False)  # weights come as Constant nodes next
     _prepend_constants(model, {**_weights(_rng(), w=(4, 3, 3, 3)), **_bn(_rng(), 4)})
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["stats"] == {"batchnorm_fused": 1}
     then_branch = next(a.g for a in out.functions[0].node[-1].attribute if a.name == "then_branch")
     # A graph inside a function body holds no initializers: the new weights are Constant nodes.
-    assert _ops(then_branch) == {"Constant": 2, "Conv": 1} and not then_branch.initializer
+    assert op_counts(then_branch) == {"Constant": 2, "Conv": 1} and not then_branch.initializer
     for cond in (True, False):
-        feed = {**_feed(model), "cond": np.array(cond)}
-        assert_outputs_close(run(model, feed), run(out, feed), context=f"cond={cond}")
+        feed = {**random_feed(model, seed=1), "cond": np.array(cond)}
+        assert_close(model, out, feed, context=f"cond={cond}")
 
 
 def test_function_rewrite_that_would_add_nodes_is_skipped() -> None:
@@ -466,11 +437,12 @@ def test_function_rewrite_that_would_add_nodes_is_skipped() -> None:
     block (x) => (y, z) {{
         c = Conv <{PADS}> (x, w)  y = Mul(c, s)  d = Conv <{PADS}> (x, w)  r = Relu(d)  z = Mul(r, s) }}
     """
-    model = onnx.parser.parse_model(text)
+    model = parse_model(text, check=False)  # weights come as Constant nodes next
     _prepend_constants(model, _weights(_rng(), w=(4, 3, 3, 3), s=(4, 1, 1)))
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["modified"] is False
-    assert _ops(out.functions[0]) == _ops(model.functions[0])
+    assert op_counts(out.functions[0]) == op_counts(model.functions[0])
 
 
 def test_function_batchnorm_that_would_add_nodes_is_reported() -> None:
@@ -483,11 +455,12 @@ def test_function_batchnorm_that_would_add_nodes_is_reported() -> None:
     block (x) => (y, z) {{
         c = Conv <{PADS}> (x, w)  y = {BN}  d = Conv <{PADS}> (x, w)  z = {BN.replace("(c,", "(d,")} }}
     """
-    model = onnx.parser.parse_model(text)
+    model = parse_model(text, check=False)  # weights come as Constant nodes next
     _prepend_constants(model, {**_weights(_rng(), w=(4, 3, 3, 3)), **_bn(_rng(), 4)})
-    out, record = _fuse(model)
+    fused = run_pass(model, "fuse-bn")
+    out, record = fused.model, fused.record
     assert record["modified"] is False
-    assert _ops(out.functions[0]) == _ops(model.functions[0])
+    assert op_counts(out.functions[0]) == op_counts(model.functions[0])
     no_gain = "folding would add constant nodes to the function body"
     assert record["stats"] == {
         "skipped": {
@@ -498,15 +471,15 @@ def test_function_batchnorm_that_would_add_nodes_is_reported() -> None:
 
 
 def test_digits_cnn_all_batchnorms_fused_accuracy_unchanged() -> None:
-    path = ROOT / "models" / "digits_cnn.onnx"
-    test = np.load(ROOT / "models" / "digits_test.npz")
-    result = onnxshrink.shrink(path, ["fuse-bn"], inputs=ROOT / "models" / "digits_test.npz")
+    path = DIGITS
+    test = np.load(DIGITS_TEST)
+    result = onnxshrink.shrink(path, ["fuse-bn"], inputs=DIGITS_TEST)
     verification = result.report["verification"]
     assert verification["passed"] is True
     assert verification["accuracy_candidate"] == verification["accuracy_reference"]
     assert result.report["passes"][0]["stats"] == {"batchnorm_fused": 6}
     out = result.to_proto()
-    assert "BatchNormalization" not in _ops(out.graph) and _ops(out.graph)["Conv"] == 6
+    assert "BatchNormalization" not in op_counts(out.graph) and op_counts(out.graph)["Conv"] == 6
     (before,) = run(path, {"input": test["input"]})
     (after,) = run(out, {"input": test["input"]})
     assert np.array_equal(before.argmax(axis=1), after.argmax(axis=1))

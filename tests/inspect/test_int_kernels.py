@@ -18,14 +18,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from helpers import DIGITS, DIGITS_CALIB, ModelFile, parse_ir_model, parse_model, random_arrays, run_pass
 
-import onnxshrink
 from onnxshrink.cli import main
 from onnxshrink.inspect.int_kernels import KernelReport, NodeKernel, _totals, format_kernels, kernel_report
 from onnxshrink.inspect.kernel_match import OptimizedGraph
 from onnxshrink.inspect.tensorrt_lint import lint_tensorrt
 
-ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 
 # Shared quantization parameters: u8 activations at zp 128 (asymmetric), s8 weights at zp 0.
@@ -57,10 +56,8 @@ class Case:
 
 
 def _model(case: Case) -> ir.Model:
-    proto = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : 21]> g {case.io} {{ {case.body} }}')
-    proto.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in case.weights.items())
-    onnx.checker.check_model(proto, full_check=True)
-    return ir.serde.deserialize_model(proto)
+    text = f'<ir_version: 10, opset_import: ["" : 21]> g {case.io} {{ {case.body} }}'
+    return parse_ir_model(text, initializers=case.weights)
 
 
 CASES = {
@@ -277,13 +274,6 @@ def _int4_weights(case: Case, name: str) -> Case:
 def _build(name: str, case: Case) -> ir.Model:
     if "block" in name:
         case = _int4_weights(case, name)
-        proto = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : 21]> g {case.io} {{ {case.body} }}')
-        for key, value in case.weights.items():
-            tensor = value if isinstance(value, onnx.TensorProto) else onnx.numpy_helper.from_array(np.asarray(value))
-            tensor.name = key
-            proto.graph.initializer.append(tensor)
-        onnx.checker.check_model(proto, full_check=True)
-        return ir.serde.deserialize_model(proto)
     return _model(case)
 
 
@@ -337,7 +327,7 @@ def test_totals_text_and_json_on_a_mixed_graph() -> None:
 
 def test_float_model_and_shape_arithmetic() -> None:
     """The bundled float CNN: every Conv/Gemm stays float; int64 shape ops are not listed."""
-    report = kernel_report(ir.load(ROOT / "models" / "digits_cnn.onnx"), "cpu")
+    report = kernel_report(ir.load(DIGITS), "cpu")
     assert report.nodes and not any(r.integer for r in report.nodes)
     assert {t.op for t in report.totals} >= {"Conv"}
     assert all(t.integer == 0 and t.unmatched == 0 for t in report.totals)
@@ -401,21 +391,18 @@ def test_cli_kernels_text_and_json(tmp_path: Path) -> None:
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
 def test_cli_kernels_cuda_unavailable_is_a_usage_error() -> None:
-    result = CliRunner().invoke(
-        main, ["inspect", str(ROOT / "models" / "digits_cnn.onnx"), "--kernels", "--provider", "cuda"]
-    )
+    result = CliRunner().invoke(main, ["inspect", str(DIGITS), "--kernels", "--provider", "cuda"])
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "--provider cuda" in line and "CUDAExecutionProvider" in line
 
 
-def test_cli_kernels_on_a_model_onnxruntime_cannot_load(tmp_path: Path) -> None:
-    proto = onnx.parser.parse_model(
+def test_cli_kernels_on_a_model_onnxruntime_cannot_load(model_file: ModelFile) -> None:
+    path = model_file(
         '<ir_version: 10, opset_import: ["" : 21, "my.domain" : 1]> g (float[2] x) => (float[2] y)'
-        " { [odd] y = my.domain.Mystery(x) }"
+        " { [odd] y = my.domain.Mystery(x) }",
+        "custom.onnx",
     )
-    path = tmp_path / "custom.onnx"
-    onnx.save(proto, path)
     result = CliRunner().invoke(main, ["inspect", str(path), "--kernels"])
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
@@ -426,7 +413,7 @@ def _quantize_digits(path: Path, *, symmetric_s8: bool) -> ir.Model:
     """The bundled CNN through onnxruntime's own static QDQ quantizer (independent of ours)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    calib = np.load(ROOT / "models" / "digits_calib.npz")["input"][:32]
+    calib = np.load(DIGITS_CALIB)["input"][:32]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -437,7 +424,7 @@ def _quantize_digits(path: Path, *, symmetric_s8: bool) -> ir.Model:
 
     options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if symmetric_s8 else {}
     quantize_static(
-        str(ROOT / "models" / "digits_cnn.onnx"),
+        str(DIGITS),
         str(path),
         Reader(),
         quant_format=QuantFormat.QDQ,
@@ -500,7 +487,7 @@ def test_model_with_external_data(tmp_path: Path) -> None:
 
 
 def test_cli_provider_without_kernels_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["inspect", str(ROOT / "models" / "digits_cnn.onnx"), "--provider", "cpu"])
+    result = CliRunner().invoke(main, ["inspect", str(DIGITS), "--provider", "cpu"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "onnxshrink: error: --provider applies to --kernels only; add --kernels"
 
@@ -511,13 +498,8 @@ def test_block_quantized_gather_written_by_quantize_is_an_integer_kernel() -> No
         e = Gather(table, ids)
         y = MatMul(e, w)
     }"""
-    proto = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for init in (("table", (32, 64)), ("w", (64, 8))):
-        proto.graph.initializer.append(
-            onnx.numpy_helper.from_array(rng.standard_normal(init[1]).astype(np.float32), init[0])
-        )
-    quantized = onnxshrink.shrink(proto, ["quantize:mode=weight-only,weights=s4,block-size=16"], verify=False).model
+    proto = parse_model(text, initializers=random_arrays({"table": (32, 64), "w": (64, 8)}))
+    quantized = run_pass(proto, "quantize:mode=weight-only,weights=s4,block-size=16").ir_model
     assert "GatherBlockQuantized" in {n.op_type for n in quantized.graph}
     report = kernel_report(quantized, provider="cpu")
     gathers = [row for row in report.nodes if row.op == "GatherBlockQuantized"]

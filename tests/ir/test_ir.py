@@ -6,6 +6,7 @@ import onnx
 import onnx.parser
 import onnx_ir as ir
 import pytest
+from helpers import parse_ir_model
 
 from onnxshrink.ir.constants import constant_array, constant_ints, constant_scalar, is_constant
 from onnxshrink.ir.graphs import (
@@ -20,6 +21,8 @@ from onnxshrink.ir.graphs import (
 from onnxshrink.ir.optable import OpTable
 from onnxshrink.ir.shapes import inferred_copy
 
+# Unchecked where used: the checker wants a function to import the model's default-domain opset,
+# and opset_version must still answer for one that does not.
 NESTED = """
 <ir_version: 8, opset_import: ["" : 13, "local" : 1]>
 main (bool c, float[2] x) => (float[2] y) <float[2] w = {1.0, 2.0}> {
@@ -33,17 +36,8 @@ f (c, v) => (o) {
 """
 
 
-def _ir(text: str, *, check: bool = True) -> ir.Model:
-    proto = onnx.parser.parse_model(text)
-    # The checker wants a function to import the model's default-domain opset; opset_version must
-    # still answer for one that does not.
-    if check:
-        onnx.checker.check_model(proto)
-    return ir.serde.deserialize_model(proto)
-
-
 def test_scoped_graph_likes_names_the_function_and_its_opset() -> None:
-    model = _ir(NESTED, check=False)
+    model = parse_ir_model(NESTED, check=False)
     scopes = [
         (graph.name, None if function is None else function.name) for graph, function in scoped_graph_likes(model)
     ]
@@ -54,7 +48,7 @@ def test_scoped_graph_likes_names_the_function_and_its_opset() -> None:
 
 
 def test_opset_version_policy_for_missing_imports() -> None:
-    model = _ir('<ir_version: 8, opset_import: ["ai.onnx" : 11]> g (float x) => (float y) { y = Relu(x) }')
+    model = parse_ir_model('<ir_version: 8, opset_import: ["ai.onnx" : 11]> g (float x) => (float y) { y = Relu(x) }')
     assert opset_version(model) == 11  # either spelling of the default domain
     assert opset_version(model, "com.microsoft") == 1
     del model.opset_imports["ai.onnx"]
@@ -62,7 +56,7 @@ def test_opset_version_policy_for_missing_imports() -> None:
 
 
 def test_domains_and_names() -> None:
-    model = _ir(NESTED, check=False)
+    model = parse_ir_model(NESTED, check=False)
     node = next(iter(model.graph))
     assert is_onnx_op(node) and is_onnx_op(node, "If") and not is_onnx_op(node, "Loop")
     assert canonical_domain("ai.onnx") == "" and canonical_domain("local") == "local"
@@ -73,7 +67,7 @@ def test_domains_and_names() -> None:
 
 
 def test_constant_policy_overridable_initializer_and_constant_nodes() -> None:
-    model = _ir(
+    model = parse_ir_model(
         """<ir_version: 8, opset_import: ["" : 17]>
         g (float[2] x, float[2] o) => (float[2] y) <float[2] w = {1.0, 2.0}, float[2] o = {0.0, 0.0}> {
             k = Constant <value_ints = [3, 4]> ()  s = Constant <value_float = 2.5> ()
@@ -104,7 +98,7 @@ def test_op_table_opset_ranges_domains_and_order() -> None:
 
 
 def test_inferred_copy_leaves_the_model_alone() -> None:
-    model = _ir(
+    model = parse_ir_model(
         """<ir_version: 8, opset_import: ["" : 17]>
         g (float[2, 3] x) => (float[3, 2] y) { t = Relu(x)  y = Transpose(t) }"""
     )

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx.numpy_helper
-import onnx.parser
 import onnx.shape_inference
 import pytest
-from ort_check import run
+from helpers import (
+    DIGITS,
+    DIGITS_CALIB,
+    DIGITS_TEST,
+    OnceReader,
+    initializer_arrays,
+    parse_model,
+    random_feed,
+    run,
+    run_pass,
+)
 
 import onnxshrink
 import onnxshrink.passes.prune  # registers the pass
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.prune import sensitivity as sensitivity
 
-ROOT = Path(__file__).resolve().parents[1]
 FLOAT = onnx.TensorProto.FLOAT
 
 # (op, weight shape, attributes, input shape, reduction axis of the weight)
@@ -40,7 +47,7 @@ def satisfies_nm(weight: np.ndarray, n: int, m: int, axis: int) -> bool:
     return bool(np.all(np.count_nonzero(groups, axis=1) <= n))
 
 
-def _model(
+def _layers_model(
     nodes: list[onnx.NodeProto],
     weights: dict[str, np.ndarray],
     inputs: dict[str, tuple[int, ...]],
@@ -65,7 +72,7 @@ def _layer(case: str, dtype: type = np.float32) -> onnx.ModelProto:
     op, shape, attrs, x_shape, _ = LAYERS[case]
     weight: np.ndarray = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     node = oh.make_node(op, ["X", "W"], ["Y"], name="layer", **attrs)
-    return _model([node], {"W": weight}, {"X": x_shape})
+    return _layers_model([node], {"W": weight}, {"X": x_shape})
 
 
 def _chain(count: int = 3, size: int = 32) -> onnx.ModelProto:
@@ -79,30 +86,16 @@ def _chain(count: int = 3, size: int = 32) -> onnx.ModelProto:
         nodes.append(oh.make_node(op, [previous, f"W{index}"], [out], name=name))
         weights[f"W{index}"] = rng.standard_normal((size, size)).astype(np.float32)
         previous = out
-    return _model(nodes, weights, {"X": (2, size)})
-
-
-def _prune(model: onnx.ModelProto, spec: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    result = onnxshrink.shrink(model, [spec], verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out)
-    return out, result.report["passes"][0]
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
-def _feed(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    return {"X": np.random.default_rng(2).standard_normal(shape).astype(np.float32)}
+    return _layers_model(nodes, weights, {"X": (2, size)})
 
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
 def test_unstructured_reaches_the_target_per_layer(case: str, sparsity: float) -> None:
     model = _layer(case)
-    out, record = _prune(model, f"prune:sparsity={sparsity},min-size=0,keep-first-last=false")
-    before, after = _weights(model)["W"], _weights(out)["W"]
+    result = run_pass(model, f"prune:sparsity={sparsity},min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
+    before, after = initializer_arrays(model)["W"], initializer_arrays(out)["W"]
     assert after.dtype == before.dtype and after.shape == before.shape
     assert abs(np.count_nonzero(after == 0) - sparsity * after.size) <= 1
     kept = after != 0
@@ -113,7 +106,8 @@ def test_unstructured_reaches_the_target_per_layer(case: str, sparsity: float) -
     assert stats["layers_pruned"] == 1 and stats["weights_zeroed"] == np.count_nonzero(after == 0)
     assert stats["layers"]["layer"]["sparsity"] == pytest.approx(sparsity, abs=1 / after.size)
     assert 0 < stats["layers"]["layer"]["kept_magnitude"] < 1
-    assert run(out, _feed(LAYERS[case][3]))[0].shape == run(model, _feed(LAYERS[case][3]))[0].shape
+    feed = random_feed(model, seed=2)
+    assert run(out, feed)[0].shape == run(model, feed)[0].shape
 
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
@@ -121,8 +115,9 @@ def test_unstructured_reaches_the_target_per_layer(case: str, sparsity: float) -
 def test_nm_along_the_reduction_axis(case: str, n: int, m: int) -> None:
     model = _layer(case)
     axis = LAYERS[case][4]
-    out, record = _prune(model, f"prune:pattern={n}:{m},min-size=0,keep-first-last=false")
-    before, after = _weights(model)["W"], _weights(out)["W"]
+    result = run_pass(model, f"prune:pattern={n}:{m},min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
+    before, after = initializer_arrays(model)["W"], initializer_arrays(out)["W"]
     assert satisfies_nm(after, n, m, axis)
     groups_after = np.moveaxis(after, axis, -1).reshape(-1, m)
     groups_before = np.moveaxis(before, axis, -1).reshape(-1, m)
@@ -142,11 +137,14 @@ def test_nm_along_the_reduction_axis(case: str, n: int, m: int) -> None:
 )
 def test_nm_skips_layers_asp_cannot_sparsify(shape: tuple[int, ...], reason: str) -> None:
     weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    model = _model([oh.make_node("Conv", ["X", "W"], ["Y"], name="c")], {"W": weight}, {"X": (1, shape[1], 4, 4)})
-    out, record = _prune(model, "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    model = _layers_model(
+        [oh.make_node("Conv", ["X", "W"], ["Y"], name="c")], {"W": weight}, {"X": (1, shape[1], 4, 4)}
+    )
+    result = run_pass(model, "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
     assert reason in record["stats"]["skipped"]["c"]
     assert record["modified"] is False and record["stats"]["layers_pruned"] == 0
-    np.testing.assert_array_equal(_weights(out)["W"], weight)
+    np.testing.assert_array_equal(initializer_arrays(out)["W"], weight)
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
@@ -157,23 +155,24 @@ def test_global_scope_one_threshold_over_normalised_layers(criterion: str) -> No
     w1 = scaled.graph.initializer[1]
     w1.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w1) * 100, w1.name))
     spec = f"prune:sparsity=0.6,scope=global,criterion={criterion},min-size=0,keep-first-last=false"
-    out, record = _prune(model, spec)
-    out_scaled, _ = _prune(scaled, spec)
-    zeros = {name: int(np.count_nonzero(w == 0)) for name, w in _weights(out).items()}
+    result = run_pass(model, spec)
+    out, record = result.model, result.record
+    out_scaled = run_pass(scaled, spec).model
+    zeros = {name: int(np.count_nonzero(w == 0)) for name, w in initializer_arrays(out).items()}
     assert sum(zeros.values()) == round(0.6 * 3 * 32 * 32)
     assert len(set(zeros.values())) > 1  # one threshold, not the same count per layer
     # Dividing by the layer's norm makes a layer's share independent of its scale.
-    for name, weight in _weights(out_scaled).items():
-        np.testing.assert_array_equal(weight == 0, _weights(out)[name] == 0)
+    for name, weight in initializer_arrays(out_scaled).items():
+        np.testing.assert_array_equal(weight == 0, initializer_arrays(out)[name] == 0)
     assert record["stats"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
 
 
 def test_l1_and_l2_differ_only_through_the_layer_norm() -> None:
     spec = "prune:sparsity=0.5,min-size=0,keep-first-last=false,criterion="
-    layer_l1, _ = _prune(_chain(3), spec + "l1")
-    layer_l2, _ = _prune(_chain(3), spec + "l2")
-    for name, weight in _weights(layer_l1).items():
-        np.testing.assert_array_equal(weight, _weights(layer_l2)[name])
+    layer_l1 = run_pass(_chain(3), spec + "l1").model
+    layer_l2 = run_pass(_chain(3), spec + "l2").model
+    for name, weight in initializer_arrays(layer_l1).items():
+        np.testing.assert_array_equal(weight, initializer_arrays(layer_l2)[name])
 
 
 @pytest.mark.parametrize(
@@ -189,8 +188,11 @@ def test_l1_and_l2_differ_only_through_the_layer_norm() -> None:
 )
 def test_include_and_exclude_by_op_type_and_glob(options: str, pruned: set[str]) -> None:
     model = _chain(3)
-    out, record = _prune(model, f"prune:{options},min-size=0,keep-first-last=false")
-    changed = {name for name, w in _weights(out).items() if not np.array_equal(w, _weights(model)[name])}
+    result = run_pass(model, f"prune:{options},min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
+    changed = {
+        name for name, w in initializer_arrays(out).items() if not np.array_equal(w, initializer_arrays(model)[name])
+    }
     assert changed == pruned
     skipped = record["stats"]["skipped"]
     layer_of = {"W0": "mm0", "W1": "gemm1", "W2": "mm2"}
@@ -200,13 +202,14 @@ def test_include_and_exclude_by_op_type_and_glob(options: str, pruned: set[str])
 
 def test_min_size_and_keep_first_last() -> None:
     model = _chain(3)
-    _, record = _prune(model, "prune:min-size=1025,keep-first-last=false")
+    record = run_pass(model, "prune:min-size=1025,keep-first-last=false").record
     assert record["modified"] is False
     assert record["stats"]["skipped"] == dict.fromkeys(["mm0", "gemm1", "mm2"], "1024 weights < min-size 1025")
-    out, record = _prune(model, "prune:min-size=1024")
+    result = run_pass(model, "prune:min-size=1024")
+    out, record = result.model, result.record
     assert set(record["stats"]["layers"]) == {"gemm1"}
     assert "first" in record["stats"]["skipped"]["mm0"] and "last" in record["stats"]["skipped"]["mm2"]
-    np.testing.assert_array_equal(_weights(out)["W0"], _weights(model)["W0"])
+    np.testing.assert_array_equal(initializer_arrays(out)["W0"], initializer_arrays(model)["W0"])
 
 
 def test_shared_weight_is_pruned_once() -> None:
@@ -215,13 +218,14 @@ def test_shared_weight_is_pruned_once() -> None:
         oh.make_node("MatMul", ["X", "W"], ["h"], name="a"),
         oh.make_node("MatMul", ["h", "W"], ["Y"], name="b"),
     ]
-    model = _model(nodes, {"W": weight}, {"X": (2, 32)})
-    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    model = _layers_model(nodes, {"W": weight}, {"X": (2, 32)})
+    result = run_pass(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
     assert record["stats"]["layers"] == {
         "a": {"sparsity": 0.5, "kept_magnitude": pytest.approx(0.8, abs=0.05), "shared_with": ["b"]}
     }
     assert record["stats"]["weights_zeroed"] == 512 and len(out.graph.initializer) == 1
-    _, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false,exclude=b")
+    record = run_pass(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false,exclude=b").record
     assert record["modified"] is False
     assert record["stats"]["skipped"] == {"a": "weight 'W' is shared with skipped layer 'b'", "b": "excluded by 'b'"}
 
@@ -246,29 +250,32 @@ def test_layer_in_an_if_branch() -> None:
         [onnx.numpy_helper.from_array(weight, "W")],
     )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
-    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    result = run_pass(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
     assert set(record["stats"]["layers"]) == {"inner"}
-    assert np.count_nonzero(_weights(out)["W"] == 0) == 512
-    feed = {**_feed((2, 32)), "cond": np.array(True)}
+    assert np.count_nonzero(initializer_arrays(out)["W"] == 0) == 512
+    feed = {**random_feed(model, seed=2), "cond": np.array(True)}
     x = feed["X"]
-    np.testing.assert_allclose(run(out, feed)[0], x @ _weights(out)["W"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(out, feed)[0], x @ initializer_arrays(out)["W"], rtol=1e-5, atol=1e-5)
 
 
 def test_dynamic_weight_and_small_dtype() -> None:
     nodes = [oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm")]
-    model = _model(nodes, {}, {"X": (2, 32), "B": (32, 32)})
-    _, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    model = _layers_model(nodes, {}, {"X": (2, 32), "B": (32, 32)})
+    record = run_pass(model, "prune:min-size=0,keep-first-last=false").record
     assert record["modified"] is False
     assert record["stats"]["skipped"] == {"mm": "weight 'B' is not a constant initializer"}
     half = _layer("gemm", dtype=np.float16)
-    out, record = _prune(half, "prune:min-size=0,keep-first-last=false")
-    assert _weights(out)["W"].dtype == np.float16 and record["stats"]["sparsity"] == 0.5
+    result = run_pass(half, "prune:min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
+    assert initializer_arrays(out)["W"].dtype == np.float16 and record["stats"]["sparsity"] == 0.5
 
 
 def test_already_sparse_weights_leave_modified_false() -> None:
-    out, first = _prune(_layer("conv"), "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    result = run_pass(_layer("conv"), "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    out, first = result.model, result.record
     assert first["modified"] is True
-    _, again = _prune(out, "prune:pattern=2:4,min-size=0,keep-first-last=false")
+    again = run_pass(out, "prune:pattern=2:4,min-size=0,keep-first-last=false").record
     assert again["modified"] is False and again["stats"]["weights_zeroed"] == 0
     assert again["stats"]["layers"]["layer"]["kept_magnitude"] == 1.0
 
@@ -276,9 +283,9 @@ def test_already_sparse_weights_leave_modified_false() -> None:
 @pytest.mark.parametrize(("spec", "sparsity"), [("sparsity=0.5", 0.5), ("pattern=2:4", 0.5)])
 def test_digits_cnn_keeps_its_accuracy(spec: str, sparsity: float) -> None:
     result = onnxshrink.shrink(
-        ROOT / "models" / "digits_cnn.onnx",
+        DIGITS,
         [f"prune:{spec},keep-first-last=false"],
-        inputs=str(ROOT / "models" / "digits_test.npz"),
+        inputs=str(DIGITS_TEST),
     )
     assert result.report["verification"]["accuracy_candidate"] >= 0.95
     stats = result.report["passes"][0]["stats"]
@@ -347,7 +354,7 @@ def _amplified_pair() -> onnx.ModelProto:
         "Wb": rng.standard_normal((64, 32)).astype(np.float32),
         "k": np.array(100, dtype=np.float32),
     }
-    return _model(nodes, weights, {"X": ("N", 64)})
+    return _layers_model(nodes, weights, {"X": ("N", 64)})
 
 
 def _calibration(samples: int = 48) -> dict[str, np.ndarray]:
@@ -379,29 +386,19 @@ def test_sensitivity_beats_uniform_on_the_digits_cnn() -> None:
     accuracy = {}
     for allocation in ("uniform", "sensitivity"):
         result = onnxshrink.shrink(
-            ROOT / "models" / "digits_cnn.onnx",
+            DIGITS,
             [f"prune:sparsity=0.7,keep-first-last=false,allocation={allocation},samples=64"],
-            calibration=str(ROOT / "models" / "digits_calib.npz"),
-            inputs=str(ROOT / "models" / "digits_test.npz"),
+            calibration=str(DIGITS_CALIB),
+            inputs=str(DIGITS_TEST),
         )
         accuracy[allocation] = result.report["verification"]["accuracy_candidate"]
         assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.7, abs=2e-3)
     assert accuracy["sensitivity"] > accuracy["uniform"] + 0.03
 
 
-class _OnceReader:
-    """An onnxruntime-style reader instance without rewind(): it can be read only once."""
-
-    def __init__(self, data: dict[str, np.ndarray]) -> None:
-        self._batches = iter([data])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 def test_sensitivity_reads_a_single_use_reader_once() -> None:
     spec = "prune:sparsity=0.5,keep-first-last=false,min-size=0,allocation=sensitivity,rounds=2"
-    result = onnxshrink.shrink(_amplified_pair(), [spec], calibration=_OnceReader(_calibration()), verify=False)
+    result = onnxshrink.shrink(_amplified_pair(), [spec], calibration=OnceReader([_calibration()]), verify=False)
     assert result.report["passes"][0]["stats"]["allocation"]["chosen"] == "sensitivity"
     assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
@@ -412,8 +409,8 @@ def test_weight_in_a_constant_node_asks_for_fold_first() -> None:
         oh.make_node("Constant", [], ["B"], value=onnx.numpy_helper.from_array(weight, "B")),
         oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm"),
     ]
-    model = _model(nodes, {}, {"X": (2, 32)})
-    _, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    model = _layers_model(nodes, {}, {"X": (2, 32)})
+    record = run_pass(model, "prune:min-size=0,keep-first-last=false").record
     assert record["stats"]["skipped"] == {"mm": "weight 'B' is computed from constants by Constant: run fold first"}
     result = onnxshrink.shrink(model, ["fold", "prune:min-size=0,keep-first-last=false"], verify=False)
     assert result.report["passes"][1]["stats"]["sparsity"] == 0.5
@@ -439,17 +436,16 @@ Dense (a, w) => (b) {
 def test_a_loop_body_layer_is_pruned_and_a_function_layer_is_left_alone_with_a_reason() -> None:
     """Rule 1: a Loop body reads its weight from the main graph's initializers, so it is pruned; a
     function's weight comes in as a parameter (no initializer of its own), so the call site's is kept."""
-    model = onnx.parser.parse_model(LOOP_AND_FUNCTION)
     rng = np.random.default_rng(6)
     weights = {name: (rng.standard_normal((32, 32)) / 6).astype(np.float32) for name in ("W", "V")}
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
-    onnx.checker.check_model(model)
-    out, record = _prune(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    model = parse_model(LOOP_AND_FUNCTION, initializers=weights)
+    result = run_pass(model, "prune:sparsity=0.5,min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
     assert record["modified"] is True and set(record["stats"]["layers"]) == {"in_loop"}
     assert record["stats"]["skipped"] == {"Dense/MatMul#0": "in function 'Dense': function bodies hold no initializers"}
-    pruned = _weights(out)
+    pruned = initializer_arrays(out)
     assert np.count_nonzero(pruned["W"] == 0) == 512 and np.array_equal(pruned["V"], weights["V"])
-    x = _feed((2, 32))["X"]
+    x = random_feed(model, seed=2)["X"]
     y, z = run(out, {"X": x})
     np.testing.assert_allclose(y, x @ pruned["W"] @ pruned["W"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z, x @ weights["V"], rtol=1e-5, atol=1e-6)
@@ -458,7 +454,8 @@ def test_a_loop_body_layer_is_pruned_and_a_function_layer_is_left_alone_with_a_r
 def test_a_weight_that_is_also_a_graph_input_is_not_pruned() -> None:
     model = _layer("matmul")
     model.graph.input.append(oh.make_tensor_value_info("W", FLOAT, (32, 24)))
-    out, record = _prune(model, "prune:min-size=0,keep-first-last=false")
+    result = run_pass(model, "prune:min-size=0,keep-first-last=false")
+    out, record = result.model, result.record
     assert record["modified"] is False
     assert record["stats"]["skipped"] == {"layer": "weight 'W' is also a graph input, so callers may override it"}
-    np.testing.assert_array_equal(_weights(out)["W"], _weights(model)["W"])
+    np.testing.assert_array_equal(initializer_arrays(out)["W"], initializer_arrays(model)["W"])

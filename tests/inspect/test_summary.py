@@ -4,34 +4,25 @@ digits CNN, dynamic dims from ``--shape``, and the CLI's text and JSON."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from helpers import DIGITS, parse_ir_model, parse_model, random_arrays, session
 
 from onnxshrink.cli import main
 from onnxshrink.errors import UsageError
 from onnxshrink.inspect.summary import inspect_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-
 
 def _model(io: str, body: str, weights: dict[str, tuple[int, ...]], domains: str = "") -> ir.Model:
     """A graph in ONNX text; weights are float initializers of the given shapes."""
-    proto = onnx.parser.parse_model(f'<ir_version: 10, opset_import: ["" : 21{domains}]> g {io} {{ {body} }}')
-    rng = np.random.default_rng(0)
-    proto.graph.initializer.extend(
-        onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        for name, shape in weights.items()
-    )
-    return ir.serde.deserialize_model(proto)
+    text = f'<ir_version: 10, opset_import: ["" : 21{domains}]> g {io} {{ {body} }}'
+    return parse_ir_model(text, initializers=random_arrays(weights))
 
 
 # (io, body, weights, expected MACs by op); each count is worked out in the comment.
@@ -118,19 +109,12 @@ def test_unknown_shape_is_counted_not_guessed() -> None:
 
 
 def test_qlinear_conv_counts_like_conv() -> None:
-    proto = onnx.parser.parse_model(
+    model = parse_ir_model(
         '<ir_version: 10, opset_import: ["" : 21]> g (uint8[1,3,8,8] x) => (uint8[1,4,8,8] y) '
-        "{ y = QLinearConv <pads = [1, 1, 1, 1]> (x, s, z, w, s, wz, s, z) }"
+        "{ y = QLinearConv <pads = [1, 1, 1, 1]> (x, s, z, w, s, wz, s, z) }",
+        initializers={"w": np.ones((4, 3, 3, 3), np.int8), "s": np.float32(0.1), "z": np.uint8(128), "wz": np.int8(0)},
     )
-    proto.graph.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "w"),
-            onnx.numpy_helper.from_array(np.float32(0.1), "s"),
-            onnx.numpy_helper.from_array(np.uint8(128), "z"),
-            onnx.numpy_helper.from_array(np.int8(0), "wz"),
-        ]
-    )
-    info = inspect_model(ir.serde.deserialize_model(proto))
+    info = inspect_model(model)
     assert info["macs_by_op"] == {"QLinearConv": 6912}
 
 
@@ -172,14 +156,9 @@ _TWO_CONVS_MACS = 64 * (4 * 27 + 2 * 4)
 
 
 def _two_convs(stored: dict[str, list[int | str]]) -> ir.Model:
-    proto = onnx.parser.parse_model(_TWO_CONVS)
+    proto = parse_model(_TWO_CONVS, initializers=random_arrays({"w1": (4, 3, 3, 3), "w2": (2, 4, 1, 1)}))
     for name, dims in stored.items():
         _stored_shape(proto, name, dims)
-    rng = np.random.default_rng(0)
-    proto.graph.initializer.extend(
-        onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        for name, shape in {"w1": (4, 3, 3, 3), "w2": (2, 4, 1, 1)}.items()
-    )
     return ir.serde.deserialize_model(proto)
 
 
@@ -234,7 +213,7 @@ def _mini_bert() -> ir.Model:
       needed at any batch);
     - a mask ``arange(N)`` whose N is ``Shape(h)[0]`` of a value known only once the above are.
     """
-    proto = onnx.parser.parse_model(
+    text = (
         '<ir_version: 10, opset_import: ["" : 17]> '
         "g (int64[N,S] ids) => (float[N,S,4] y, float[N,S,8] att, float[S,4] py) "
         "<int64[1] zero = {0}, int64[1] one = {1}, int64[2] inner = {1, 2}, "
@@ -251,16 +230,14 @@ def _mini_bert() -> ir.Model:
         " att = MatMul(masked, h) }"
     )
     rng = np.random.default_rng(0)
-    proto.graph.initializer.extend(
-        [
-            # 2 KiB: past the weightless limit, so shape inference sees it as an input, as in BERT
-            onnx.numpy_helper.from_array(np.arange(256, dtype=np.int64)[None], "positions"),
-            onnx.numpy_helper.from_array(rng.standard_normal((30, 8)).astype(np.float32), "tokens"),
-            onnx.numpy_helper.from_array(rng.standard_normal((256, 8)).astype(np.float32), "places"),
-            onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"),
-        ]
-    )
-    return ir.serde.deserialize_model(proto)
+    weights = {
+        # 2 KiB: past the weightless limit, so shape inference sees it as an input, as in BERT
+        "positions": np.arange(256, dtype=np.int64)[None],
+        "tokens": rng.standard_normal((30, 8)).astype(np.float32),
+        "places": rng.standard_normal((256, 8)).astype(np.float32),
+        "w": rng.standard_normal((8, 4)).astype(np.float32),
+    }
+    return parse_ir_model(text, initializers=weights)
 
 
 @pytest.mark.parametrize("batch, seq", [(1, 1), (1, 12), (3, 12)])
@@ -271,6 +248,5 @@ def test_shape_arithmetic_behind_slice_and_range_is_resolved(batch: int, seq: in
     assert info["macs_unknown_nodes"] == 0
     assert info["macs"] == batch * seq * (4 * 8 + 2 * seq * 8) + seq * 4 * 8
     # the graph really runs, with the shapes counted
-    session = ort.InferenceSession(ir.serde.serialize_model(_mini_bert()).SerializeToString())
-    y, att, py = session.run(None, {"ids": np.zeros((batch, seq), np.int64)})
+    y, att, py = session(_mini_bert()).run(None, {"ids": np.zeros((batch, seq), np.int64)})
     assert y.shape == (batch, seq, 4) and att.shape == (batch, seq, 8) and py.shape == (seq, 4)

@@ -3,7 +3,7 @@ optimized model, the TensorRT placement through the TensorRT lint, and the digit
 
 from __future__ import annotations
 
-import collections
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,17 +14,11 @@ import onnx.numpy_helper
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from ort_check import run
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, OnceReader, op_counts, parse_model, run, run_pass
 
 import onnxshrink
 import onnxshrink.passes.quantize  # registers the pass
 from onnxshrink.errors import UsageError
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-DIGITS_CALIB = ROOT / "models" / "digits_calib.npz"
-DIGITS_TEST = ROOT / "models" / "digits_test.npz"
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
 
 def _model(
@@ -35,16 +29,13 @@ def _model(
     opset: int = 17,
 ) -> onnx.ModelProto:
     """The graph in ONNX text with random float32 initializers of the given shapes (biases small)."""
-    model = onnx.parser.parse_model(f"{HEADER.replace(': 17', f': {opset}')}\n{body}")
-    for name, array in (constants or {}).items():
-        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    arrays = dict(constants or {})
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         array = rng.standard_normal(shape) / np.sqrt(fan_in) if len(shape) > 1 else rng.standard_normal(shape) * 0.1
-        model.graph.initializer.append(onnx.numpy_helper.from_array(array.astype(np.float32), name))
-    onnx.checker.check_model(model)
-    return model
+        arrays[name] = array.astype(np.float32)
+    return parse_model(body, initializers=arrays, opset=opset)
 
 
 def _calib(shapes: Mapping[str, tuple[int, ...]], samples: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
@@ -52,23 +43,13 @@ def _calib(shapes: Mapping[str, tuple[int, ...]], samples: int = 16, seed: int =
     return {name: rng.standard_normal((samples, *shape[1:])).astype(np.float32) for name, shape in shapes.items()}
 
 
-def _quantize(
-    model: onnx.ModelProto, spec: str, calibration: Any = None
-) -> tuple[onnx.ModelProto, dict[str, Any], bool]:
-    result = onnxshrink.shrink(model, [spec], calibration=calibration, verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out)
-    record = result.report["passes"][0]
-    return out, record["stats"], record["modified"]
-
-
-def _optimized(model: onnx.ModelProto, tmp_path: Path) -> collections.Counter[str]:
+def _optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
     """Op types of ORT's optimized model (CPU, extended level: where the QDQ fusions run)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    return op_counts(onnx.load(tmp_path / "optimized.onnx"))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,7 +152,8 @@ def test_ort_cpu_patterns_become_integer_kernels(
     body, weights, inputs = case
     model = _model(body, weights)
     calib = _calib(inputs)
-    out, stats, modified = _quantize(model, "quantize", calib)
+    result = run_pass(model, "quantize", calibration=calib)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True
     ops = _optimized(out, tmp_path)
     for op, count in fused.items():
@@ -191,7 +173,7 @@ def test_ort_cpu_patterns_become_integer_kernels(
 def test_maxpool_and_flatten_pass_int8_through_with_the_same_qparams(tmp_path: Path) -> None:
     """Rule 6: the Q after MaxPool/Flatten has the qparams of the DQ before it, so ORT drops the pair."""
     body, weights, inputs = POOL_CONCAT_HEAD
-    out, _stats, _ = _quantize(_model(body, weights), "quantize", _calib(inputs))
+    out = run_pass(_model(body, weights), "quantize", calibration=_calib(inputs)).model
     activations = {n.input[0]: (n.input[1], n.input[2]) for n in out.graph.node if n.op_type == "QuantizeLinear"}
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
     assert consts[activations["p"][0]] == consts[activations["cat"][0]]
@@ -203,7 +185,8 @@ def test_maxpool_and_flatten_pass_int8_through_with_the_same_qparams(tmp_path: P
 
 def test_int32_bias_has_scale_x_times_w_and_zero_point_zero() -> None:
     body, weights, inputs = CONV_RELU_CONV
-    out, stats, _ = _quantize(_model(body, weights), "quantize", _calib(inputs))
+    result = run_pass(_model(body, weights), "quantize", calibration=_calib(inputs))
+    out, stats = result.model, result.stats
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
     producers = {o: n for n in out.graph.node for o in n.output}
     conv = next(
@@ -221,9 +204,11 @@ def test_relu_is_kept_when_the_zero_point_does_not_clip() -> None:
     """Rule 5: symmetric activations (zp 0) do not imply the Relu, so it stays; u8 (zp 0 = qmin) folds it."""
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)
-    out, stats, _ = _quantize(model, "quantize:target=ort-cuda", _calib(inputs))
+    result = run_pass(model, "quantize:target=ort-cuda", calibration=_calib(inputs))
+    out, stats = result.model, result.stats
     assert "Relu" in [n.op_type for n in out.graph.node] and stats["folded_activations"] == 0
-    out, stats, _ = _quantize(model, "quantize", _calib(inputs))
+    result = run_pass(model, "quantize", calibration=_calib(inputs))
+    out, stats = result.model, result.stats
     assert "Relu" not in [n.op_type for n in out.graph.node] and stats["folded_activations"] == 1
 
 
@@ -235,13 +220,15 @@ def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_
         y = Add(n, z)
     }"""
     model = _model(body, {"W": (16, 16), "G": (16,), "Bt": (16,)})
-    out, stats, modified = _quantize(model, "quantize", _calib({"x": (1, 16), "z": (1, 16)}))
+    result = run_pass(model, "quantize", calibration=_calib({"x": (1, 16), "z": (1, 16)}))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True
     assert "rule 7" in stats["skipped"]["Add#2"]
     quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
     assert quantized == {"x"}  # MatMul's input only: its output feeds float LayerNorm → MatMulIntegerToFloat
     only_float = _model("g (float[N, 4] x) => (float[N, 4] y) { a = Sigmoid(x)  y = Relu(a) }", {})
-    out, stats, modified = _quantize(only_float, "quantize", _calib({"x": (1, 4)}))
+    result = run_pass(only_float, "quantize", calibration=_calib({"x": (1, 4)}))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and stats["q_nodes"] == 0
     assert [n.op_type for n in out.graph.node] == ["Sigmoid", "Relu"]
 
@@ -249,7 +236,8 @@ def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_
 def test_include_and_exclude_select_layers(tmp_path: Path) -> None:
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)
-    out, stats, _ = _quantize(model, "quantize:exclude=Conv#2", _calib(inputs))
+    result = run_pass(model, "quantize:exclude=Conv#2", calibration=_calib(inputs))
+    out, stats = result.model, result.stats
     assert stats["skipped"] == {"Conv#2": "excluded by 'Conv#2'"}
     ops = _optimized(out, tmp_path)
     assert ops["QLinearConv"] == 1 and ops["Conv"] + ops["FusedConv"] == 1
@@ -270,7 +258,8 @@ def test_nonfinite_activations_are_counted_and_every_scale_is_finite() -> None:
     model = _model(body, weights, constants={"Mask": mask})
     calib = _calib({"x": (1, 4, 4, 8)}, samples=10)
     for calibrator in ("minmax", "percentile", "entropy", "mse"):
-        out, stats, _ = _quantize(model, f"quantize:calibrate={calibrator}", calib)
+        result = run_pass(model, f"quantize:calibrate={calibrator}", calibration=calib)
+        out, stats = result.model, result.stats
         assert stats["nonfinite"] == {"m": 10 * 8 * 4 * 4}
         assert "m" in {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
         scales = [onnx.numpy_helper.to_array(t) for t in out.graph.initializer if t.name.endswith("_scale")]
@@ -284,7 +273,8 @@ def test_tensorrt_placement_passes_the_lint(tmp_path: Path) -> None:
 
     body, weights, inputs = RESIDUAL
     model = _model(body, weights)
-    out, stats, modified = _quantize(model, "quantize:target=tensorrt", _calib(inputs))
+    result = run_pass(model, "quantize:target=tensorrt", calibration=_calib(inputs))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True
     assert lint_tensorrt(ir.serde.deserialize_model(out)) == []
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
@@ -308,7 +298,7 @@ def test_tensorrt_leaves_low_channel_layers_float() -> None:
         y = Conv <pads = [1, 1, 1, 1], group = 2> (a, W1)
     }"""
     model = _model(body, {"W0": (6, 16, 3, 3), "W1": (4, 3, 3, 3)})
-    _out, stats, _ = _quantize(model, "quantize:target=tensorrt", _calib({"x": (1, 16, 6, 6)}))
+    stats = run_pass(model, "quantize:target=tensorrt", calibration=_calib({"x": (1, 16, 6, 6)})).stats
     assert set(stats["nodes"]) == {"Conv#0"}  # the first layer is kept by the rule's exception
     assert "TensorRT rule 11" in stats["skipped"]["Conv#1"]
 
@@ -321,7 +311,8 @@ def test_dynamic_mode_quantizes_matmul_only(tmp_path: Path) -> None:
         y = Gemm <transB = 1> (h, W2, C2)
     }"""
     model = _model(body, {"Wc": (8, 4, 3, 3), "W1": (128, 32), "W2": (24, 32), "C2": (24,)})
-    out, stats, modified = _quantize(model, "quantize:mode=dynamic")  # no calibration needed
+    result = run_pass(model, "quantize:mode=dynamic")  # no calibration needed
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["quantized_nodes"] == 2
     assert "ConvInteger" in stats["skipped"]["Conv#0"]
     ops = _optimized(out, tmp_path)
@@ -337,7 +328,8 @@ def test_weight_only_4bit_becomes_matmulnbits(bits: str, tmp_path: Path) -> None
         y = Gemm <transB = 1> (h, W2)
     }"""
     model = _model(body, {"W1": (64, 64), "W2": (32, 64)})
-    out, stats, modified = _quantize(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    result = run_pass(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["opset_raised"] == "17->21"
     assert {o.domain: o.version for o in out.opset_import}[""] == 21
     ops = _optimized(out, tmp_path)
@@ -353,7 +345,8 @@ def test_weight_only_4bit_becomes_matmulnbits(bits: str, tmp_path: Path) -> None
 def test_weight_only_int8_keeps_activations_float() -> None:
     body, weights, inputs = MATMUL_CHAIN
     model = _model(body, weights)
-    out, stats, _ = _quantize(model, "quantize:mode=weight-only")
+    result = run_pass(model, "quantize:mode=weight-only")
+    out, stats = result.model, result.stats
     assert [n.op_type for n in out.graph.node].count("QuantizeLinear") == 0
     assert stats["nodes"] == {"MatMul#0": "s8 per-channel axis 1", "MatMul#2": "s8 per-channel axis 1"}
     stored = {t.name: t.data_type for t in out.graph.initializer}
@@ -375,7 +368,7 @@ def test_weight_only_int8_keeps_activations_float() -> None:
 def test_bad_options_are_one_line_usage_errors(spec: str, message: str) -> None:
     body, weights, _ = MATMUL_CHAIN
     with pytest.raises(UsageError, match=message):
-        onnxshrink.shrink(_model(body, weights), [spec], verify=False)
+        run_pass(_model(body, weights), spec)
 
 
 def test_opset_too_old_for_4bit_with_a_changed_op_is_refused() -> None:
@@ -384,7 +377,7 @@ def test_opset_too_old_for_4bit_with_a_changed_op_is_refused() -> None:
         y = ReduceMean <axes = [1]> (h)
     }"""
     with pytest.raises(UsageError, match="ReduceMean"):
-        _quantize(_model(body, {"W1": (64, 64)}), "quantize:mode=weight-only,weights=s4")
+        run_pass(_model(body, {"W1": (64, 64)}), "quantize:mode=weight-only,weights=s4")
 
 
 def _digits(spec: str) -> dict[str, Any]:
@@ -431,13 +424,14 @@ def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
     model = _model(body, weights)
     model.opset_import[0].version = 10
     with pytest.raises(UsageError, match="opset 10"):
-        _quantize(model, "quantize", _calib(inputs))
+        run_pass(model, "quantize", calibration=_calib(inputs))
     softmax_last = """g (float[N, 32] x) => (float[N, 24] y) {
         h = MatMul(x, W1)
         y = Softmax <axis = 1> (h)
     }"""
     model = _model(softmax_last, {"W1": (32, 24)}, opset=11)
-    out, _, modified = _quantize(model, "quantize", _calib(inputs))
+    result = run_pass(model, "quantize", calibration=_calib(inputs))
+    out, modified = result.model, result.modified
     assert modified and {o.domain: o.version for o in out.opset_import}[""] == 13
     assert _close_to_float(model, out, _calib(inputs, samples=4, seed=2)) > 0.999
     changed = {
@@ -454,17 +448,7 @@ def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
     for op, text in changed.items():
         model = _model(text, {"W1": (32 if op == "Unsqueeze" else 8, 24)}, opset=11)
         with pytest.raises(UsageError, match=rf"\({op}\) changed meaning after opset 11"):
-            _quantize(model, "quantize", _calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)}))
-
-
-class _Reader:
-    """An onnxruntime-style CalibrationDataReader: one feed dict per call, then None."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
-        self.batches = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
+            run_pass(model, "quantize", calibration=_calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)}))
 
 
 def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() -> None:
@@ -472,9 +456,9 @@ def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() ->
     model = _model(body, weights)
     calib = _calib(inputs, samples=40)
     batches = [{"x": calib["x"][i : i + 8]} for i in range(0, 40, 8)]
-    _, stats, _ = _quantize(model, "quantize:samples=20", _Reader(batches))
+    stats = run_pass(model, "quantize:samples=20", calibration=OnceReader(batches)).stats
     assert stats["samples"] == 20
-    _, stats, _ = _quantize(model, "quantize", _Reader(batches))
+    stats = run_pass(model, "quantize", calibration=OnceReader(batches)).stats
     assert stats["samples"] == 40
     assert set(stats) >= {
         "mode", "target", "calibrator", "samples", "nonfinite", "nodes", "budget", "q_nodes", "dq_nodes",
@@ -499,7 +483,8 @@ def test_subgraphs_stay_float_and_the_main_graph_is_quantized(tmp_path: Path) ->
     }"""
     model = _model(body, {"W1": (16, 16), "W2": (16, 16)}, constants={"Zero": np.array(0.0, np.float32)})
     calib = _calib({"x": (1, 16)})
-    out, stats, modified = _quantize(model, "quantize", calib)
+    result = run_pass(model, "quantize", calibration=calib)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
     assert stats["skipped"] == {"t/MatMul#0": "in subgraph 't': quantize works on the main graph only"}
     branch = next(n for n in out.graph.node if n.op_type == "If").attribute[0].g
@@ -521,7 +506,8 @@ def test_weight_only_embedding_table_becomes_gather_block_quantized(
 ) -> None:
     rows = 100
     model = _model(EMBEDDING.format(hidden=hidden), {"T": (rows, hidden), "W": (hidden, 8)})
-    out, stats, modified = _quantize(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    result = run_pass(model, f"quantize:mode=weight-only,weights={bits},block-size=16")
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and stats["nodes"]["Gather#0"].startswith(f"{bits} ")
     assert {o.domain: o.version for o in out.opset_import}["com.microsoft"] == 1
     ops = _optimized(out, tmp_path)
@@ -548,12 +534,14 @@ def test_gathers_that_are_no_embedding_table_stay_float() -> None:
     }"""
     ids2 = np.arange(16, dtype=np.int64)
     model = _model(body, {"T": (4, 16)}, constants={"ids2": ids2})
-    out, stats, modified = _quantize(model, "quantize:mode=weight-only,weights=s4")
+    result = run_pass(model, "quantize:mode=weight-only,weights=s4")
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False
     assert "GatherBlockQuantized" not in [n.op_type for n in out.graph.node]
     assert stats["skipped"] == {"Gather#1": "Gather along axis 1, not 0"}
     excluded = _model(EMBEDDING.format(hidden=32), {"T": (50, 32), "W": (32, 8)})
-    out, stats, _ = _quantize(excluded, "quantize:mode=weight-only,exclude=Gather")
+    result = run_pass(excluded, "quantize:mode=weight-only,exclude=Gather")
+    out, stats = result.model, result.stats
     assert stats["skipped"] == {"Gather#0": "excluded by 'Gather'"}
     assert [n.op_type for n in out.graph.node].count("Gather") == 1
 
@@ -579,7 +567,8 @@ def test_matmuls_of_two_activations_become_integer_kernels(spec: str, enabled: b
     body, weights, inputs = ATTENTION
     model = _model(body, weights)
     calib = _calib(inputs, samples=16)
-    out, stats, _ = _quantize(model, spec, calib)
+    result = run_pass(model, spec, calibration=calib)
+    out, stats = result.model, result.stats
     ops = _optimized(out, tmp_path)
     if enabled:
         # probs x V feeds Wo's int8 input: QLinearMatMul; QK^T feeds the float Softmax: MatMulIntegerToFloat.
@@ -602,7 +591,8 @@ def test_static_and_dynamic_store_embedding_tables_as_s8_on_ort_cpu(spec: str, t
     model = _model(EMBEDDING.format(hidden=64), {"T": (100, 64), "W": (64, 8)})
     rng = np.random.default_rng(6)
     calib = {"ids": rng.integers(0, 100, (16, 7)).astype(np.int64)}
-    out, stats, _ = _quantize(model, spec, calib)
+    result = run_pass(model, spec, calibration=calib)
+    out, stats = result.model, result.stats
     ops = _optimized(out, tmp_path)
     tables = stats.get("tables", {k: v for k, v in stats["nodes"].items() if k.startswith("Gather")})
     if "tensorrt" in spec:
@@ -619,8 +609,8 @@ def test_static_and_dynamic_store_embedding_tables_as_s8_on_ort_cpu(spec: str, t
 def test_min_speedup_times_both_models_and_keeps_float_below_it(threshold: float, kept: bool) -> None:
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)
-    result = onnxshrink.shrink(model, [f"quantize:min-speedup={threshold}"], calibration=_calib(inputs), verify=False)
-    out, record = result.to_proto(), result.report["passes"][0]
+    result = run_pass(model, f"quantize:min-speedup={threshold}", calibration=_calib(inputs))
+    out, record = result.model, result.record
     stats, modified, timings = record["stats"], record["modified"], record["timings"]
     speed = stats["speed"]
     assert speed["batch"] == 16 and timings["float_run"] > 0 and timings["quantized_run"] > 0
@@ -639,12 +629,14 @@ def test_min_speedup_below_the_ratio_leaves_an_opset_11_model_as_it_was() -> Non
     """The candidate is quantized (and raised to opset 13) on a copy: the model keeps opset 11 and its graph."""
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights, opset=11)
-    out, stats, modified = _quantize(model, "quantize:min-speedup=1000", _calib(inputs))
+    result = run_pass(model, "quantize:min-speedup=1000", calibration=_calib(inputs))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and stats["speed"]["decision"] == "kept float: below min-speedup"
     assert _opset(out) == 11 and stats["opset_raised"] is None
     assert [n.op_type for n in out.graph.node] == ["Conv", "Relu", "Conv"]
     assert {t.name for t in out.graph.initializer} == {"W1", "B1", "W2", "B2"}
-    out, stats, modified = _quantize(model, "quantize:min-speedup=1e-6", _calib(inputs))
+    result = run_pass(model, "quantize:min-speedup=1e-6", calibration=_calib(inputs))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and _opset(out) == 13 and stats["opset_raised"] == "11->13"
     assert _close_to_float(model, out, _calib(inputs, samples=4, seed=2)) > 0.999
 
@@ -652,7 +644,8 @@ def test_min_speedup_below_the_ratio_leaves_an_opset_11_model_as_it_was() -> Non
 @pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only,weights=s4", "quantize:mode=dynamic"])
 def test_nothing_to_quantize_keeps_the_opset_and_reports_modified_false(spec: str) -> None:
     model = _model("g (float[N, 4] x) => (float[N, 4] y) { a = Sigmoid(x)  y = Relu(a) }", {}, opset=11)
-    out, stats, modified = _quantize(model, spec, _calib({"x": (1, 4)}))
+    result = run_pass(model, spec, calibration=_calib({"x": (1, 4)}))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is False and _opset(out) == 11 and stats["opset_raised"] is None
     assert stats["q_nodes"] == stats["weights_quantized"] == 0
     assert out.ir_version == model.ir_version and [n.op_type for n in out.graph.node] == ["Sigmoid", "Relu"]
@@ -667,11 +660,13 @@ def test_a_weight_that_is_also_a_graph_input_stays_float() -> None:
         y = MatMul(r, W2)
     }"""
     model = _model(body, {"W1": (32, 48), "W2": (48, 24)})
-    out, stats, modified = _quantize(model, "quantize", _calib({"x": (1, 32)}))
+    result = run_pass(model, "quantize", calibration=_calib({"x": (1, 32)}))
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and set(stats["nodes"]) == {"MatMul#2"}
     assert stats["skipped"] == {"MatMul#0": "weight (input 1) 'W1' is also a graph input, so callers may override it"}
     assert "W1" in {t.name for t in out.graph.initializer}
-    _, stats, modified = _quantize(model, "quantize:mode=weight-only")
+    result = run_pass(model, "quantize:mode=weight-only")
+    stats, modified = result.stats, result.modified
     assert set(stats["nodes"]) == {"MatMul#2"} and "graph input" in stats["skipped"]["MatMul#0"]
 
 
@@ -695,14 +690,12 @@ Dense (a, w) => (b) {
 
 @pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only", "quantize:mode=dynamic"])
 def test_layers_in_loop_bodies_and_functions_stay_float_and_are_reported(spec: str) -> None:
-    model = onnx.parser.parse_model(LOOP_AND_FUNCTION)
     rng = np.random.default_rng(0)
-    for name in ("W0", "W1", "W2"):
-        array = (rng.standard_normal((16, 16)) / 4).astype(np.float32)
-        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
-    onnx.checker.check_model(model)
+    weights = {name: (rng.standard_normal((16, 16)) / 4).astype(np.float32) for name in ("W0", "W1", "W2")}
+    model = parse_model(LOOP_AND_FUNCTION, initializers=weights)
     calib = _calib({"x": (1, 16)})
-    out, stats, modified = _quantize(model, spec, calib)
+    result = run_pass(model, spec, calibration=calib)
+    out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
     assert stats["skipped"] == {
         "body/MatMul#1": "in subgraph 'body': quantize works on the main graph only",
@@ -730,10 +723,9 @@ def test_opset_is_raised_only_where_no_op_changes_meaning(opset: int, node: str,
     from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
 
     text = f"g (float[N, 8, 4] x) => (float[N, 8, 4] y) {{ h = Relu(x)  {node} }}"
-    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
-    model.graph.initializer.extend(
-        [onnx.numpy_helper.from_array(np.ones(8, np.float32), "S"), onnx.numpy_helper.from_array(np.array([1]), "Axes")]
-    )
+    # One declared output shape for every op (ReduceMean's differs): only the opset matters here.
+    arrays = {"S": np.ones(8, np.float32), "Axes": np.array([1])}
+    model = parse_model(text, initializers=arrays, opset=opset, check=False)
     graph = ir.serde.deserialize_model(model)
     if refused:
         with pytest.raises(UsageError, match=r"changed meaning after opset"):

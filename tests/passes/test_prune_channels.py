@@ -19,9 +19,30 @@ import onnx.printer
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from ort_check import ATOL, assert_outputs_close, run
-from real_models import REAL_MODELS, RealModel, fetch, make_inputs
-from test_channels import CASES, SCOPED, SCOPED_WHERE, build, build_scoped, by_label, feed, scoped_feeds
+from helpers import (
+    ATOL,
+    RealModel,
+    assert_close,
+    assert_outputs_close,
+    initializer_arrays,
+    output_scale,
+    parse_model,
+    random_arrays,
+    real_model_feed,
+    run,
+    run_pass,
+)
+from helpers.channel_cases import (
+    CASES,
+    SCOPED,
+    SCOPED_WHERE,
+    assert_same_function,
+    build,
+    build_scoped,
+    by_label,
+    case_feed,
+    scoped_feeds,
+)
 
 import onnxshrink
 from onnxshrink.errors import UsageError
@@ -89,10 +110,8 @@ def test_removal_equals_zeroed_consumers(name: str) -> None:
     assert (count > 0) == bool(keeps)
     shrunk = ir.serde.serialize_model(model)
     onnx.checker.check_model(shrunk, full_check=True)
-    inputs = feed(original)
-    want, got = run(reference, inputs), run(shrunk, inputs)
-    scale = max(float(np.abs(w).max()) for w in want)
-    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale, context=name)
+    # Fewer terms in the consumers' float sums change their rounding: 1e-5 x the output scale.
+    assert_close(reference, shrunk, case_feed(original), atol=0.0, scaled_atol=1e-5, context=name)
     before = sum(onnx.numpy_helper.to_array(t).size for t in original.graph.initializer)
     after = sum(onnx.numpy_helper.to_array(t).size for t in shrunk.graph.initializer)
     assert (after < before) == bool(keeps)
@@ -134,17 +153,6 @@ def test_a_refused_removal_changes_nothing() -> None:
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(before), onnx.numpy_helper.to_array(now))
 
 
-def _prune(model: onnx.ModelProto, spec: str, **kwargs: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    result = onnxshrink.shrink(model, [spec], verify=False, **kwargs)
-    out = result.to_proto()
-    onnx.checker.check_model(out, full_check=True)
-    return out, result.report["passes"][0]
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
 def _assert_invariant(original: onnx.ModelProto, shrunk: onnx.ModelProto, consumer: str, removed: np.ndarray) -> None:
     reference = onnx.ModelProto()
     reference.CopyFrom(original)
@@ -153,17 +161,16 @@ def _assert_invariant(original: onnx.ModelProto, shrunk: onnx.ModelProto, consum
             array = onnx.numpy_helper.to_array(tensor).copy()
             array[:, removed] = 0
             tensor.CopyFrom(onnx.numpy_helper.from_array(array, consumer))
-    inputs = feed(original)
-    want, got = run(reference, inputs), run(shrunk, inputs)
-    scale = max(float(np.abs(w).max()) for w in want)
-    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale)
+    # Fewer terms in the consumers' float sums change their rounding: 1e-5 x the output scale.
+    assert_close(reference, shrunk, case_feed(original), atol=0.0, scaled_atol=1e-5)
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "bn-gamma"])
 def test_pass_removes_the_lowest_scores_and_keeps_the_invariant(criterion: str) -> None:
     original = build("conv-bn-relu-conv")
-    out, record = _prune(original, f"prune-channels:ratio=0.5,criterion={criterion}")
-    before, after = _weights(original), _weights(out)
+    result = run_pass(original, f"prune-channels:ratio=0.5,criterion={criterion}")
+    out, record = result.model, result.record
+    before, after = initializer_arrays(original), initializer_arrays(out)
     w1, w2 = before["W1"], before["W2"]
     if criterion == "bn-gamma":
         score = np.abs(before["s"])
@@ -187,24 +194,25 @@ def test_pass_removes_the_lowest_scores_and_keeps_the_invariant(criterion: str) 
 
 def test_round_to_and_min_channels() -> None:
     original = build("concat")  # A: 8 channels, B: 24
-    _, record = _prune(original, "prune-channels:ratio=0.25")
+    record = run_pass(original, "prune-channels:ratio=0.25").record
     assert record["stats"]["channels"] == {
         "Conv 'A'": {"before": 8, "after": 8},
         "Conv 'B'": {"before": 24, "after": 16},
     }
-    _, record = _prune(original, "prune-channels:ratio=0.25,round-to=1,min-channels=1")
+    record = run_pass(original, "prune-channels:ratio=0.25,round-to=1,min-channels=1").record
     assert record["stats"]["channels"] == {
         "Conv 'A'": {"before": 8, "after": 6},
         "Conv 'B'": {"before": 24, "after": 18},
     }
-    _, record = _prune(original, "prune-channels:ratio=0.9,round-to=1,min-channels=5")
+    record = run_pass(original, "prune-channels:ratio=0.9,round-to=1,min-channels=5").record
     assert record["stats"]["channels"]["Conv 'B'"]["after"] == 5
 
 
 def test_attention_loses_whole_heads_and_keeps_the_invariant() -> None:
     original = build("attention-heads")  # 4 heads of d=4
-    out, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,min-channels=1")
-    before, after = _weights(original), _weights(out)
+    result = run_pass(original, "prune-channels:ratio=0.5,round-to=1,min-channels=1")
+    out, record = result.model, result.record
+    before, after = initializer_arrays(original), initializer_arrays(out)
     d = 4
     columns = {name: before[name].reshape(16, 4, d) for name in ("Wq", "Wk", "Wv")}  # [in, head, i]
     score = sum((c**2).sum(axis=(0, 2)) for c in columns.values()) + (before["Wo"].reshape(4, d, 16) ** 2).sum(
@@ -230,32 +238,32 @@ def test_attention_loses_whole_heads_and_keeps_the_invariant() -> None:
             array = onnx.numpy_helper.to_array(tensor).copy()
             array[(removed[:, None] * d + np.arange(d)).reshape(-1)] = 0
             tensor.CopyFrom(onnx.numpy_helper.from_array(array, "Wo"))
-    inputs = feed(original)
-    want, got = run(reference, inputs), run(out, inputs)
-    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * max(float(np.abs(w).max()) for w in want))
+    # Fewer terms in the consumers' float sums change their rounding: 1e-5 x the output scale.
+    assert_close(reference, out, case_feed(original), atol=0.0, scaled_atol=1e-5)
 
 
 def test_heads_round_to_whole_channel_multiples() -> None:
     original = build("attention-heads")
     # round-to=8 and min-channels=8 count channels: 2 heads of 4 is the smallest aligned choice.
-    _, record = _prune(original, "prune-channels:ratio=0.75")
+    record = run_pass(original, "prune-channels:ratio=0.75").record
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
-    _, record = _prune(original, "prune-channels:ratio=0.25,round-to=16")
+    record = run_pass(original, "prune-channels:ratio=0.25,round-to=16").record
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 4}}
-    _, record = _prune(original, "prune-channels:ratio=0.75,round-to=1,min-channels=1")
+    record = run_pass(original, "prune-channels:ratio=0.75,round-to=1,min-channels=1").record
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 1}}
 
 
 def test_residual_stream_and_ffn_neurons() -> None:
-    _, record = _prune(build("attention-residual-stream"), "prune-channels:ratio=0.5,round-to=1,min-channels=1")
+    record = run_pass(build("attention-residual-stream"), "prune-channels:ratio=0.5,round-to=1,min-channels=1").record
     assert record["stats"]["skipped"] == {
         "MatMul 'O0'": "Add 'R' couples channels with 'X', which no prunable layer makes"
     }
     assert record["stats"]["channels"] == {"MatMul 'Q0' (+2)": {"before": 4, "after": 2}}
     original = build("ffn-gelu-erf")
-    out, record = _prune(original, "prune-channels:ratio=0.5")
+    result = run_pass(original, "prune-channels:ratio=0.5")
+    out, record = result.model, result.record
     assert record["stats"]["channels"] == {"MatMul 'H'": {"before": 32, "after": 16}}
-    assert _weights(out)["W1"].shape == (16, 16) and _weights(out)["W2"].shape == (16, 16)
+    assert initializer_arrays(out)["W1"].shape == (16, 16) and initializer_arrays(out)["W2"].shape == (16, 16)
 
 
 def test_global_scope_takes_from_the_weakest_group() -> None:
@@ -267,23 +275,24 @@ def test_global_scope_takes_from_the_weakest_group() -> None:
     columns = onnx.numpy_helper.to_array(weights["Wc"]).copy()
     columns[:, 8:16] *= 0.01  # Concat puts B's channel c at position 8 + c
     weights["Wc"].CopyFrom(onnx.numpy_helper.from_array(columns, "Wc"))
-    out, record = _prune(original, "prune-channels:ratio=0.25,scope=global,round-to=1,min-channels=1")
+    result = run_pass(original, "prune-channels:ratio=0.25,scope=global,round-to=1,min-channels=1")
+    out, record = result.model, result.record
     assert record["stats"]["channels"] == {
         "Conv 'A'": {"before": 8, "after": 8},
         "Conv 'B'": {"before": 24, "after": 16},
     }
-    np.testing.assert_array_equal(_weights(out)["Wb"], weak[8:])
+    np.testing.assert_array_equal(initializer_arrays(out)["Wb"], weak[8:])
 
 
 def test_include_exclude_and_bn_gamma_skips() -> None:
     original = build("concat")
-    _, record = _prune(original, "prune-channels:ratio=0.5,round-to=1,exclude=Conv")
+    record = run_pass(original, "prune-channels:ratio=0.5,round-to=1,exclude=Conv").record
     assert record["modified"] is False
     # Refused groups are reported beside the ones include/exclude left alone.
     assert set(record["stats"]["skipped"].values()) == {"excluded by 'Conv'", "reaches graph output 'Y'"}
-    _, record = _prune(original, "prune-channels:ratio=0.5,criterion=bn-gamma")
+    record = run_pass(original, "prune-channels:ratio=0.5,criterion=bn-gamma").record
     assert record["stats"]["skipped"]["Conv 'A'"] == "criterion bn-gamma: no BatchNormalization on its channels"
-    _, record = _prune(original, "prune-channels:ratio=0")
+    record = run_pass(original, "prune-channels:ratio=0").record
     assert record["modified"] is False
 
 
@@ -291,7 +300,8 @@ def test_activation_criterion_reads_calibration_data() -> None:
     original = build("conv-bn-relu-conv")
     rng = np.random.default_rng(0)
     calibration = {"X": rng.standard_normal((16, 8, 6, 6)).astype(np.float32)}
-    out, record = _prune(original, "prune-channels:ratio=0.5,criterion=activation", calibration=calibration)
+    result = run_pass(original, "prune-channels:ratio=0.5,criterion=activation", calibration=calibration)
+    out, record = result.model, result.record
     assert record["stats"]["channels"] == {"Conv 'A'": {"before": 16, "after": 8}}
     # The kept channels are those with the largest mean |A| (the first Conv's output) on the data.
     exposed = onnx.ModelProto()
@@ -300,9 +310,9 @@ def test_activation_criterion_reads_calibration_data() -> None:
     session_outputs = [run(exposed, {"X": calibration["X"][i : i + 1]})[1] for i in range(16)]
     mean = np.abs(np.concatenate(session_outputs)).mean(axis=(0, 2, 3))
     kept = np.sort(np.argsort(-mean, kind="stable")[:8])
-    np.testing.assert_array_equal(_weights(out)["W1"], _weights(original)["W1"][kept])
+    np.testing.assert_array_equal(initializer_arrays(out)["W1"], initializer_arrays(original)["W1"][kept])
     with pytest.raises(UsageError, match="needs calibration data"):
-        _prune(original, "prune-channels:criterion=activation")
+        run_pass(original, "prune-channels:criterion=activation")
 
 
 @pytest.mark.parametrize(
@@ -317,12 +327,7 @@ def test_activation_criterion_reads_calibration_data() -> None:
 )
 def test_bad_options_are_usage_errors(spec: str, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
-        onnxshrink.shrink(build("concat"), [spec], verify=False)
-
-
-@pytest.fixture(scope="module", params=REAL_MODELS, ids=lambda m: m.id)
-def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
-    return request.param, fetch(request.param)
+        run_pass(build("concat"), spec)
 
 
 def test_real_models_keep_the_invariant(real_model: tuple[RealModel, Path]) -> None:
@@ -339,9 +344,9 @@ def test_real_models_keep_the_invariant(real_model: tuple[RealModel, Path]) -> N
     channels.remove(model, plan, keeps)
     shrunk = ir.serde.serialize_model(model)
     onnx.checker.check_model(shrunk)
-    inputs = make_inputs(spec, path)
+    inputs = real_model_feed(spec, path)
     want, got = run(reference, inputs), run(shrunk, inputs)
-    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
+    scale = output_scale(want)
     # Half the channels gone, rapidocr-rec's attention amplifies float rounding to ~5e-5 on its
     # softmax output: the reference alone moves that much between ORT's optimization levels.
     # The tolerance is four times that spread of the reference itself (a wrong channel gives ~0.1).
@@ -365,7 +370,7 @@ def test_real_models_run_after_the_pass(real_model: tuple[RealModel, Path], spec
     result = onnxshrink.shrink(path, [spec], verify=False)
     out = result.to_proto()
     onnx.checker.check_model(out)
-    inputs = make_inputs(model, path)
+    inputs = real_model_feed(model, path)
     want, got = run(str(path), inputs), run(out, inputs)
     assert [np.asarray(w).shape for w in want] == [np.asarray(g).shape for g in got]
     stats = result.report["passes"][0]["stats"]
@@ -386,22 +391,16 @@ def _with_dead_rows(model: onnx.ModelProto, weight: str, rows: list[int], bias: 
     return out
 
 
-def _assert_exact(original: onnx.ModelProto, shrunk: onnx.ModelProto, context: str) -> None:
-    inputs = feed(original)
-    want, got = run(original, inputs), run(shrunk, inputs)
-    scale = max(float(np.abs(w).max()) for w in want)
-    assert_outputs_close(want, got, rtol=1e-5, atol=1e-5 * scale, context=context)
-
-
 def test_dead_only_removes_constant_channels_and_folds_them_exactly() -> None:
     # Dead rows of W1 give BN's constant (beta - mean * gamma / std), through Relu, into a 1x1 Conv.
     original = _with_dead_rows(build("conv-bn-relu-conv"), "W1", [1, 4, 9], bias="B1")
-    out, record = _prune(original, "prune-channels:dead=only")
+    result = run_pass(original, "prune-channels:dead=only")
+    out, record = result.model, result.record
     assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 13}
     assert record["stats"]["biases_folded"] == 1
     assert record["modified"] is True
-    assert _weights(out)["W2"].shape == (4, 13, 1, 1)
-    _assert_exact(original, out, "dead conv-bn-relu-conv")
+    assert initializer_arrays(out)["W2"].shape == (4, 13, 1, 1)
+    assert_same_function(original, out, "dead conv-bn-relu-conv")
 
 
 def test_dead_only_folds_into_a_gemm_bias_it_creates() -> None:
@@ -411,17 +410,13 @@ def test_dead_only_folds_into_a_gemm_bias_it_creates() -> None:
         F = Flatten (G)
         Y = Gemm <transB=1, alpha=0.5> (F, Wg)
     }"""
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\n{text}')
-    rng = np.random.default_rng(0)
-    for name, shape in {"Wa": (16, 4, 3, 3), "Ba": (16,), "Wg": (6, 16)}.items():
-        proto.graph.initializer.append(
-            onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        )
+    proto = parse_model(text, initializers=random_arrays({"Wa": (16, 4, 3, 3), "Ba": (16,), "Wg": (6, 16)}))
     original = _with_dead_rows(proto, "Wa", [0, 5])  # the bias stays: the channels are the constant Ba[c]
-    out, record = _prune(original, "prune-channels:dead=only")
+    result = run_pass(original, "prune-channels:dead=only")
+    out, record = result.model, result.record
     assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 14}
     assert len(out.graph.node[-1].input) == 3  # a bias C was created
-    _assert_exact(original, out, "dead gap-gemm")
+    assert_same_function(original, out, "dead gap-gemm")
 
 
 def test_dead_only_leaves_channels_a_padded_consumer_would_see_at_its_borders() -> None:
@@ -430,27 +425,28 @@ def test_dead_only_leaves_channels_a_padded_consumer_would_see_at_its_borders() 
         R = Relu (A)
         Y = Conv <pads=[1,1,1,1]> (R, Wy)
     }"""
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\n{text}')
     rng = np.random.default_rng(0)
     bias = np.full(16, 1.0, dtype=np.float32)
     bias[3] = -1.0  # Relu(-1) = 0: this dead channel is zero everywhere, padding or not
     weights = {"Wa": rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "Ba": bias}
     weights["Wy"] = rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
-    proto.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
+    proto = parse_model(text, initializers=weights)
     original = _with_dead_rows(proto, "Wa", [2, 3])
-    out, record = _prune(original, "prune-channels:dead=only")
+    result = run_pass(original, "prune-channels:dead=only")
+    out, record = result.model, result.record
     assert record["stats"]["channels"]["Conv 'A'"] == {"before": 16, "after": 15}  # only channel 3 goes
     assert record["stats"]["biases_folded"] == 0
-    _assert_exact(original, out, "dead padded")
+    assert_same_function(original, out, "dead padded")
 
 
 def test_dead_only_without_dead_channels_changes_nothing() -> None:
     original = build("conv-bn-relu-conv")
-    out, record = _prune(original, "prune-channels:dead=only")
+    result = run_pass(original, "prune-channels:dead=only")
+    out, record = result.model, result.record
     assert record["modified"] is False
-    assert _weights(out).keys() == _weights(original).keys()
-    for name, array in _weights(original).items():
-        np.testing.assert_array_equal(_weights(out)[name], array)
+    assert initializer_arrays(out).keys() == initializer_arrays(original).keys()
+    for name, array in initializer_arrays(original).items():
+        np.testing.assert_array_equal(initializer_arrays(out)[name], array)
 
 
 def test_real_models_dead_only_is_exact(real_model: tuple[RealModel, Path]) -> None:
@@ -470,21 +466,19 @@ def test_real_models_dead_only_is_exact(real_model: tuple[RealModel, Path]) -> N
         weight[tuple(index)] = 0
         channels.set_constant_input(model, site.node, 1, weight)
     original = ir.serde.serialize_model(model)
-    result = onnxshrink.shrink(original, ["prune-channels:dead=only"], verify=False)
-    assert result.report["passes"][0]["stats"]["channels_removed"] > 0
-    inputs = make_inputs(spec, path)
-    want, got = run(original, inputs), run(result.to_proto(), inputs)
-    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
-    assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale), context=spec.id)
+    result = run_pass(original, "prune-channels:dead=only")
+    assert result.stats["channels_removed"] > 0
+    assert_close(original, result.model, real_model_feed(spec, path), scaled_atol=1e-5, context=spec.id)
 
 
 def test_dead_only_keeps_a_dead_channel_a_spatial_gate_scales() -> None:
     # Channel c of A is the constant Ba[c], but the gate multiplies it by a map that varies.
     original = _with_dead_rows(build("conv-gate"), "Wa", [2, 7])
-    out, record = _prune(original, "prune-channels:dead=only")
+    result = run_pass(original, "prune-channels:dead=only")
+    out, record = result.model, result.record
     assert record["modified"] is False
     assert record["stats"]["channels_removed"] == 0
-    _assert_exact(original, out, "dead gated")
+    assert_same_function(original, out, "dead gated")
 
 
 @pytest.mark.parametrize("spec", ["prune-channels:ratio=0.5,round-to=1,min-channels=1", "prune-channels:dead=only"])
@@ -492,13 +486,14 @@ def test_dead_only_keeps_a_dead_channel_a_spatial_gate_scales() -> None:
 @pytest.mark.parametrize("name", sorted(SCOPED))
 def test_chains_in_subgraphs_and_functions_are_left_alone_with_reasons(name: str, main: bool, spec: str) -> None:
     original = build_scoped(name, main)
-    out, record = _prune(original, spec)
+    result = run_pass(original, spec)
+    out, record = result.model, result.record
     reason = f"{SCOPED_WHERE[name]}: channel groups are built for the main graph only"
     assert record["stats"]["skipped"]["Conv 'A'"] == reason
     assert record["stats"]["skipped"]["Conv 'B'"] == reason
     pruned_main = main and "ratio" in spec  # only the main graph's chain P -> Q loses channels
     assert record["modified"] is pruned_main
-    before, after = _weights(original), _weights(out)
+    before, after = initializer_arrays(original), initializer_arrays(out)
     for weight in ("Wa", "Wb"):
         np.testing.assert_array_equal(after[weight], before[weight])
     if pruned_main:

@@ -2,48 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
-import numpy as np
-import onnx
-import onnx.parser
 import onnx_ir as ir
 import pytest
-from ort_check import assert_outputs_close, run
-
-import onnxshrink
-
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
-
-
-def _model(text: str) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else HEADER + text)
-    onnx.checker.check_model(model)
-    return model
-
-
-def _ops(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(n.op_type for n in model.graph.node)
-
-
-def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feed = {}
-    for value in model.graph.input:
-        dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feed[value.name] = (
-            rng.integers(0, 2, dims).astype(dtype) if dtype == np.bool_ else rng.standard_normal(dims).astype(dtype)
-        )
-    return feed
-
-
-def _cleanup(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    result = onnxshrink.shrink(model, ["cleanup"], verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out, full_check=True)
-    return out, result.report["passes"][0]
-
+from helpers import assert_close, assert_same_signature, op_counts, parse_model, run_pass
 
 CHANGES = {
     "identity_chain": (
@@ -122,18 +83,16 @@ CHANGES = {
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_cleanup_changes(name: str) -> None:
     text, ops_after, stats = CHANGES[name]
-    model = _model(text)
-    out, record = _cleanup(model)
-    assert dict(_ops(out)) == ops_after
+    model = parse_model(text)
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
+    assert dict(op_counts(out)) == ops_after
     assert record["modified"] is True
     assert record["stats"] == stats
-    assert [v.name for v in out.graph.input] == [v.name for v in model.graph.input]
-    assert [v.name for v in out.graph.output] == [v.name for v in model.graph.output]
-    assert [v.type for v in out.graph.output] == [v.type for v in model.graph.output]
-    feed = _feed(model)
-    assert_outputs_close(run(model, feed), run(out, feed), context=name)
+    assert_same_signature(model, out)
+    assert_close(model, out, context=name)
     # At the fixed point the flag is exact.
-    _, again = _cleanup(out)
+    again = run_pass(out, "cleanup").record
     assert again["modified"] is False and again["stats"] == {}
 
 
@@ -157,15 +116,14 @@ LEAVES_ALONE = {
 
 @pytest.mark.parametrize("name", sorted(LEAVES_ALONE))
 def test_cleanup_leaves_alone(name: str) -> None:
-    model = _model(LEAVES_ALONE[name])
-    out, record = _cleanup(model)
+    model = parse_model(LEAVES_ALONE[name])
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
     assert record["modified"] is False, record["stats"]
-    assert _ops(out) == _ops(model)
-    assert [v.name for v in out.graph.input] == [v.name for v in model.graph.input]
-    assert [v.name for v in out.graph.output] == [v.name for v in model.graph.output]
+    assert op_counts(out) == op_counts(model)
+    assert_same_signature(model, out)
     if name != "random_ops_not_merged":
-        feed = _feed(model)
-        assert_outputs_close(run(model, feed), run(out, feed), context=name)
+        assert_close(model, out, context=name)
 
 
 FUNCTION_MODEL = """
@@ -179,22 +137,21 @@ never_called (a) => (b) { b = Neg(a) }
 
 
 def test_cleanup_inside_functions_and_unused_functions_and_opsets() -> None:
-    model = _model(FUNCTION_MODEL)
-    out, record = _cleanup(model)
+    model = parse_model(FUNCTION_MODEL)
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
     assert record["modified"] is True
     assert record["stats"] == {"identity_removed": 1, "cse_merged": 1, "functions_removed": 1, "opsets_removed": 1}
     (function,) = out.functions
     assert function.name == "act"
-    assert Counter(n.op_type for n in function.node) == {"Relu": 1, "Add": 1}
+    assert op_counts(function) == {"Relu": 1, "Add": 1}
     assert {o.domain for o in out.opset_import} == {"", "local"}
-    feed = _feed(model)
-    assert_outputs_close(run(model, feed), run(out, feed))
+    assert_close(model, out)
 
 
 def test_options_turn_rules_off() -> None:
-    model = _model(CHANGES["duplicate_initializers_then_cse"][0])
-    result = onnxshrink.shrink(model, ["cleanup:cse=false,dedupe-initializers=false"], verify=False)
-    record = result.report["passes"][0]
+    model = parse_model(CHANGES["duplicate_initializers_then_cse"][0])
+    record = run_pass(model, "cleanup:cse=false,dedupe-initializers=false").record
     assert record["modified"] is False
     assert record["options"] == {"cse": False, "cse_max_constant": 1024, "dedupe_initializers": False}
 
@@ -202,7 +159,7 @@ def test_options_turn_rules_off() -> None:
 def test_runs_inside_an_onnx_ir_pass_manager() -> None:
     from onnxshrink.passes.cleanup import CleanupPass
 
-    model = ir.from_proto(_model(CHANGES["identity_chain"][0]))
+    model = ir.from_proto(parse_model(CHANGES["identity_chain"][0]))
     manager = ir.passes.PassManager([CleanupPass()], steps=3)
     result = manager(model)
     assert result.modified is True

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import onnx.parser
 import onnx.printer
 import pytest
-from ort_check import ATOL, assert_outputs_close, run
-from real_models import REAL_MODELS, RealModel, fetch, make_inputs
-from test_channels import CASES, HEADER, SCOPED, SCOPED_WHERE, assert_same_function, build, build_scoped, scoped_feeds
+from helpers import (
+    RealModel,
+    assert_close,
+    assert_outputs_close,
+    initializer_arrays,
+    node_case_feed,
+    node_cases,
+    parse_model,
+    real_model_feed,
+    run,
+    run_pass,
+)
+from helpers.channel_cases import (
+    CASES,
+    SCOPED,
+    SCOPED_WHERE,
+    assert_same_function,
+    build,
+    build_scoped,
+    scoped_feeds,
+)
 
-import onnxshrink
 from onnxshrink.errors import UsageError
 from onnxshrink.sparsity import satisfies_nm
-
-
-def _sort(model: onnx.ModelProto | Path, specs: list[str]) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    result = onnxshrink.shrink(model, specs, verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out)
-    return out, result.report["passes"]
 
 
 def _wide(in_channels: int = 64, seed: int = 0) -> onnx.ModelProto:
@@ -36,7 +43,6 @@ def _wide(in_channels: int = 64, seed: int = 0) -> onnx.ModelProto:
         R = Relu (A)
         Y = Conv (R, Wy)
     }"""
-    model = onnx.parser.parse_model(f"{HEADER}\n{text}")
     rng = np.random.default_rng(seed)
     # Channels of different scale, as in trained layers, so the order matters.
     scale = rng.lognormal(0.0, 0.7, size=(1, in_channels, 1, 1)).astype(np.float32)
@@ -45,19 +51,15 @@ def _wide(in_channels: int = 64, seed: int = 0) -> onnx.ModelProto:
         "Ba": rng.standard_normal(in_channels).astype(np.float32),
         "Wy": (rng.standard_normal((32, in_channels, 3, 3)) * scale).astype(np.float32),
     }
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, n) for n, a in weights.items())
-    return model
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return parse_model(text, initializers=weights)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("spec", ["sort", "sort:key=l2", "sort:for=2:4"])
 def test_sort_keeps_the_function(name: str, spec: str) -> None:
     original = build(name)
-    out, passes = _sort(original, [spec])
+    result = run_pass(original, [spec])
+    out, passes = result.model, result.records
     assert_same_function(original, out, f"{name} {spec}")
     assert [v.name for v in out.graph.input] == [v.name for v in original.graph.input]
     assert [v.name for v in out.graph.output] == [v.name for v in original.graph.output]
@@ -69,19 +71,21 @@ def test_sort_keeps_the_function(name: str, spec: str) -> None:
 
 def test_key_orders_producer_channels_by_norm_descending() -> None:
     original = build("conv-bn-relu-conv")
-    out, passes = _sort(original, ["sort:key=l1"])
+    result = run_pass(original, ["sort:key=l1"])
+    out, passes = result.model, result.records
     assert passes[0]["modified"] is True and passes[0]["stats"]["groups_permuted"] == 1
-    before, after = _weights(original)["W1"], _weights(out)["W1"]
+    before, after = initializer_arrays(original)["W1"], initializer_arrays(out)["W1"]
     norms = np.abs(after).sum(axis=(1, 2, 3))
     assert np.all(np.diff(norms) <= 0)
     np.testing.assert_array_equal(np.sort(norms), np.sort(np.abs(before).sum(axis=(1, 2, 3))))
-    _, passes = _sort(out, ["sort:key=l1"])
+    passes = run_pass(out, ["sort:key=l1"]).records
     assert passes[0]["modified"] is False  # already sorted: nothing to do
 
 
 def test_for_nm_raises_kept_magnitude_on_a_wide_layer() -> None:
     original = _wide(64)
-    out, passes = _sort(original, ["sort:for=2:4"])
+    result = run_pass(original, ["sort:for=2:4"])
+    out, passes = result.model, result.records
     stats = passes[0]["stats"]
     layer = stats["layers"]["Conv#2"]  # unnamed nodes are named as prune names them
     assert layer["kept_after"] > layer["kept_before"] + 0.01, layer
@@ -93,8 +97,9 @@ def test_for_nm_raises_kept_magnitude_on_a_wide_layer() -> None:
 
 
 def test_for_nm_is_deterministic() -> None:
-    first, passes = _sort(_wide(128, seed=3), ["sort:for=2:4"])
-    second, _ = _sort(_wide(128, seed=3), ["sort:for=2:4"])
+    result = run_pass(_wide(128, seed=3), ["sort:for=2:4"])
+    first, passes = result.model, result.records
+    second = run_pass(_wide(128, seed=3), ["sort:for=2:4"]).model
     assert first.SerializeToString() == second.SerializeToString()
     assert passes[0]["stats"]["search_capped"] is False
 
@@ -102,9 +107,10 @@ def test_for_nm_is_deterministic() -> None:
 def test_sort_then_prune_gives_exact_two_four_and_keeps_more() -> None:
     original = _wide(64)
     prune = "prune:pattern=2:4,min-size=0,keep-first-last=false"
-    sorted_then_pruned, passes = _sort(original, ["sort:for=2:4", prune])
-    _, plain = _sort(original, [prune])
-    weight = _weights(sorted_then_pruned)["Wy"]
+    result = run_pass(original, ["sort:for=2:4", prune])
+    sorted_then_pruned, passes = result.model, result.records
+    plain = run_pass(original, [prune]).records
+    weight = initializer_arrays(sorted_then_pruned)["Wy"]
     assert satisfies_nm(weight, 2, 4, axis=1)
     kept_sorted = passes[1]["stats"]["layers"]["Conv#2"]["kept_magnitude"]
     kept_plain = plain[0]["stats"]["layers"]["Conv#2"]["kept_magnitude"]
@@ -113,9 +119,9 @@ def test_sort_then_prune_gives_exact_two_four_and_keeps_more() -> None:
 
 
 def test_for_nm_skips_ineligible_and_split_groups_with_reasons() -> None:
-    _, passes = _sort(build("split-sizes"), ["sort:for=2:4"])
+    passes = run_pass(build("split-sizes"), ["sort:for=2:4"]).records
     assert "blocks" in passes[0]["stats"]["skipped"]["Conv 'A'"]
-    _, passes = _sort(build("conv-bn-relu-conv"), ["sort:for=2:4"])
+    passes = run_pass(build("conv-bn-relu-conv"), ["sort:for=2:4"]).records
     assert "not N:M eligible" in passes[0]["stats"]["skipped"]["Conv 'A'"]
     assert passes[0]["modified"] is False
 
@@ -131,7 +137,7 @@ def test_for_nm_skips_ineligible_and_split_groups_with_reasons() -> None:
 )
 def test_bad_options_are_usage_errors(spec: str, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
-        onnxshrink.shrink(build("concat"), [spec], verify=False)
+        run_pass(build("concat"), spec)
 
 
 def test_for_is_the_spec_key() -> None:
@@ -141,50 +147,35 @@ def test_for_is_the_spec_key() -> None:
     assert options.nm == (4, 8)
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    NODE_CASES = {
-        case.name: case
-        for case in collect_testcases(None)
-        if any(op in case.name for op in ("_conv", "_gemm", "_matmul")) and "integer" not in case.name
-    }
+NODE_CASES = {
+    name: case
+    for name, case in node_cases().items()
+    if any(op in name for op in ("_conv", "_gemm", "_matmul")) and "integer" not in name
+}
 
 
 @pytest.mark.parametrize("name", sorted(NODE_CASES))
 def test_node_suite_layers_keep_outputs(name: str) -> None:
     case = NODE_CASES[name]
-    inputs, _ = case.data_sets[0]
-    names = [i.name for i in case.model.graph.input]
-    feed = {
-        n: (onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v))
-        for n, v in zip(names, inputs, strict=False)
-    }
+    feed = node_case_feed(case)
     try:
         expected = run(case.model, feed)
     except Exception as error:  # onnxruntime cannot run this case
         pytest.skip(f"onnxruntime cannot run the original: {str(error).splitlines()[0][:80]}")
     for spec in ("sort", "sort:for=2:4"):
-        out, _ = _sort(case.model, [spec])
+        out = run_pass(case.model, [spec]).model
         assert_outputs_close(expected, run(out, feed), context=f"{name} {spec}")
-
-
-@pytest.fixture(scope="module", params=REAL_MODELS, ids=lambda m: m.id)
-def real_model(request: pytest.FixtureRequest) -> tuple[RealModel, Path]:
-    return request.param, fetch(request.param)
 
 
 @pytest.mark.parametrize("spec", ["sort", "sort:for=2:4,seconds=1"])  # exactness does not need a long search
 def test_real_models_keep_outputs(real_model: tuple[RealModel, Path], spec: str) -> None:
     model, path = real_model
-    feed = make_inputs(model, path)
-    out, passes = _sort(path, [spec])
-    want, got = run(str(path), feed), run(out, feed)
-    scale = max((float(np.abs(w).max()) for w in want if np.asarray(w).dtype.kind == "f"), default=1.0)
-    # rapidocr-det's sigmoid map is ~0.005 on random input and carries its logits' rounding
-    # (9e-8): the absolute floor is ort_check's exact-pass ATOL.
-    assert_outputs_close(want, got, rtol=1e-5, atol=max(ATOL, 1e-5 * scale), context=f"{model.id} {spec}")
+    feed = real_model_feed(model, path)
+    result = run_pass(path, [spec])
+    out, passes = result.model, result.records
+    # Permuted channels reorder float sums: 1e-5 x the output scale. rapidocr-det's sigmoid map is
+    # ~0.005 on random input and carries its logits' rounding (9e-8): the floor is the exact-pass ATOL.
+    assert_close(path, out, feed, scaled_atol=1e-5, context=f"{model.id} {spec}")
     stats = passes[0]["stats"]
     assert stats["groups_permuted"] <= stats["groups"]
 
@@ -199,17 +190,18 @@ def _scoped_bodies(model: onnx.ModelProto) -> list[str]:
 @pytest.mark.parametrize("name", sorted(SCOPED))
 def test_chains_in_subgraphs_and_functions_are_left_alone_with_reasons(name: str, main: bool) -> None:
     original = build_scoped(name, main)
-    out, passes = _sort(original, ["sort"])
+    result = run_pass(original, ["sort"])
+    out, passes = result.model, result.records
     record = passes[0]
     reason = f"{SCOPED_WHERE[name]}: channel groups are built for the main graph only"
     assert record["stats"]["skipped"]["Conv 'A'"] == reason
     assert record["stats"]["skipped"]["Conv 'B'"] == reason
     assert record["modified"] is main  # only the main graph's chain P -> Q is sorted
-    before, after = _weights(original), _weights(out)
+    before, after = initializer_arrays(original), initializer_arrays(out)
     for weight in ("Wa", "Wb"):
         np.testing.assert_array_equal(after[weight], before[weight])
     assert _scoped_bodies(out) == _scoped_bodies(original)
     assert [v.SerializeToString() for v in out.graph.input] == [v.SerializeToString() for v in original.graph.input]
     assert [v.SerializeToString() for v in out.graph.output] == [v.SerializeToString() for v in original.graph.output]
     for inputs in scoped_feeds(original):
-        assert_outputs_close(run(original, inputs), run(out, inputs), rtol=1e-5, atol=ATOL, context=name)
+        assert_close(original, out, inputs, context=name)

@@ -4,77 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import onnx.parser
 import onnx.printer
 import onnx_ir as ir
 import pytest
+from helpers import (
+    assert_close,
+    assert_same_signature,
+    op_counts,
+    parse_model,
+    random_feed,
+    run_pass,
+)
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from ort_check import assert_outputs_close, run
 
-import onnxshrink
 from onnxshrink.passes.cleanup.facts import Facts
 from onnxshrink.passes.cleanup.rules import NoMatch, RuleContext, keeps_shape, match_node
 from onnxshrink.passes.cleanup.rules_arith import casts_exactly
 
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 INT64_MAX = 2**63 - 1
-
-
-def _model(text: str) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else HEADER + text)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _ops(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(n.op_type for n in model.graph.node)
-
-
-def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    initializers = {t.name for t in model.graph.initializer}
-    feed = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = [d.dim_value or 3 for d in value.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        if dtype == np.bool_:
-            feed[value.name] = rng.integers(0, 2, dims).astype(dtype)
-        elif dtype.kind in "iu":
-            feed[value.name] = rng.integers(0, 3, dims).astype(dtype)  # also valid pads
-        else:
-            data = rng.standard_normal(dims).astype(dtype)
-            if data.size > 1:
-                data.reshape(-1)[:2] = [np.nan, -0.0]  # NaN and -0.0 travel through the rewrites
-            feed[value.name] = data
-    return feed
-
-
-def _cleanup(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    result = onnxshrink.shrink(model, ["cleanup"], verify=False)
-    out = result.to_proto()
-    onnx.checker.check_model(out, full_check=True)
-    return out, result.report["passes"][0]
-
-
-def _assert_signature(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    assert [v.name for v in out.graph.input] == [v.name for v in model.graph.input]
-    assert [v.type for v in out.graph.input] == [v.type for v in model.graph.input]
-    assert [v.name for v in out.graph.output] == [v.name for v in model.graph.output]
-    assert [v.type for v in out.graph.output] == [v.type for v in model.graph.output]
-
-
-def _assert_signature_and_numerics(model: onnx.ModelProto, out: onnx.ModelProto, name: str) -> None:
-    _assert_signature(model, out)
-    feed = _feed(model)
-    assert_outputs_close(run(model, feed), run(out, feed), rtol=1e-5, atol=1e-6, context=name)
 
 
 # name -> (model text, ops after, stats)
@@ -348,29 +300,31 @@ CHANGES: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_rule_changes(name: str) -> None:
     text, ops_after, stats = CHANGES[name]
-    model = _model(text)
-    out, record = _cleanup(model)
-    assert dict(_ops(out)) == ops_after
+    model = parse_model(text)
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
+    assert dict(op_counts(out)) == ops_after
     assert record["modified"] is True
     assert record["stats"] == stats
-    _assert_signature_and_numerics(model, out, name)
-    _, again = _cleanup(out)
+    assert_same_signature(model, out)
+    assert_close(model, out, random_feed(model, dynamic_size=3, special_values=True), context=name)
+    again = run_pass(out, "cleanup").record
     assert again["modified"] is False and again["stats"] == {}
 
 
 def test_composed_perm_and_merged_reshape_read_the_first_input() -> None:
-    out, _ = _cleanup(_model(CHANGES["transpose_of_transpose"][0]))
+    out = run_pass(parse_model(CHANGES["transpose_of_transpose"][0]), "cleanup").model
     (node,) = out.graph.node
     assert list(node.input) == ["x"] and list(node.attribute[0].ints) == [1, 2, 0]
-    out, _ = _cleanup(_model(CHANGES["reshape_of_reshape"][0]))
+    out = run_pass(parse_model(CHANGES["reshape_of_reshape"][0]), "cleanup").model
     (node,) = out.graph.node
     assert list(node.input) == ["x", "s2"]
 
 
 def test_gemm_keeps_the_add_output_and_the_matmul_name() -> None:
-    model = _model(CHANGES["matmul_add_gemm"][0])
+    model = parse_model(CHANGES["matmul_add_gemm"][0])
     model.graph.node[0].name = "proj"
-    out, _ = _cleanup(model)
+    out = run_pass(model, "cleanup").model
     (gemm,) = out.graph.node
     assert gemm.op_type == "Gemm" and gemm.name == "proj"
     assert list(gemm.input) == ["x", "w", "b"] and list(gemm.output) == ["y"]
@@ -447,15 +401,17 @@ LEAVES_ALONE = {
 
 @pytest.mark.parametrize("name", sorted(LEAVES_ALONE))
 def test_rule_leaves_alone(name: str) -> None:
-    model = _model(LEAVES_ALONE[name])
-    out, record = _cleanup(model)
+    model = parse_model(LEAVES_ALONE[name])
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
     assert record["modified"] is False, record["stats"]
-    assert _ops(out) == _ops(model)
+    assert op_counts(out) == op_counts(model)
     # Facts found by shape inference stay beside the model: no value gets annotated (saving
     # types every initializer, rewrites or not).
     initializers = {t.name for t in model.graph.initializer}
     assert {v.name for v in out.graph.value_info} - initializers == {v.name for v in model.graph.value_info}
-    _assert_signature_and_numerics(model, out, name)
+    assert_same_signature(model, out)
+    assert_close(model, out, random_feed(model, dynamic_size=3, special_values=True), context=name)
 
 
 FUNCTION_MODEL = """
@@ -473,20 +429,22 @@ shuffle (a) => (b) {
 
 
 def test_rules_inside_a_function() -> None:
-    model = _model(FUNCTION_MODEL)
-    out, record = _cleanup(model)
+    model = parse_model(FUNCTION_MODEL)
+    cleaned = run_pass(model, "cleanup")
+    out, record = cleaned.model, cleaned.record
     assert record["modified"] is True
     assert record["stats"] == {"transposes_merged": 1, "noop_removed": 2, "dead_nodes_removed": 2}
     (function,) = out.functions
     assert [n.op_type for n in function.node] == ["Transpose"]
     assert list(function.node[0].attribute[0].ints) == [2, 1, 0]
-    _assert_signature_and_numerics(model, out, "function")
-    _, again = _cleanup(out)
+    assert_same_signature(model, out)
+    assert_close(model, out, random_feed(model, dynamic_size=3, special_values=True), context="function")
+    again = run_pass(out, "cleanup").record
     assert again["modified"] is False
 
 
 def test_a_failed_match_says_why() -> None:
-    model = ir.from_proto(_model(LEAVES_ALONE["matmul_add_rank_3"]))
+    model = ir.from_proto(parse_model(LEAVES_ALONE["matmul_add_rank_3"]))
     add = next(n for n in model.graph if n.op_type == "Add")
     decision = match_node(add, RuleContext(Facts(), opset=17))
     assert isinstance(decision, NoMatch)
@@ -656,10 +614,10 @@ def test_random_rule_chains_keep_outputs_and_reach_a_fixed_point(case: tuple[onn
     model, shape = case
     note(onnx.printer.to_text(model))
     feed = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    out, _ = _cleanup(model)
+    out = run_pass(model, "cleanup").model
     note(onnx.printer.to_text(out))
-    _assert_signature(model, out)
-    assert_outputs_close(run(model, feed), run(out, feed), rtol=1e-5, atol=1e-6, context="chain")
+    assert_same_signature(model, out)
+    assert_close(model, out, feed, context="chain")
     assert len(out.graph.node) <= len(model.graph.node)
-    _, again = _cleanup(out)
+    again = run_pass(out, "cleanup").record
     assert again["modified"] is False, again["stats"]

@@ -9,10 +9,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 import pytest
-from ort_check import assert_outputs_close, run
+from helpers import assert_outputs_close, parse_ir_model, parse_model, run
 
 from onnxshrink.data.model_inputs import generate_inputs, parse_shapes
 from onnxshrink.data.readers import open_samples
@@ -27,14 +25,6 @@ g (float[N, 4] x) => (float[N, 3] y) <float[4, 3] w = {1,0,0, 0,1,0, 0,0,1, 1,1,
 }
 """
 _W = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], np.float32)
-
-
-def _proto(text: str = _TEXT) -> onnx.ModelProto:
-    return onnx.parser.parse_model(text)
-
-
-def _model(text: str = _TEXT) -> ir.Model:
-    return ir.serde.deserialize_model(_proto(text))
 
 
 def _x(samples: int, seed: int = 0) -> np.ndarray:
@@ -76,11 +66,11 @@ def test_npz_file_feeds_the_model(tmp_path: Path) -> None:
     assert samples.description == f"npz {path}" and samples.role == "calibration"
     (batch,) = list(samples.batches())
     assert set(batch) == {"x", "labels"}
-    feed = samples.feed_for(_model(), 4)
+    feed = samples.feed_for(parse_ir_model(_TEXT), 4)
     assert feed.description == f"calibration npz {path} (first 4 samples)"
     assert set(feed.arrays) == {"x"} and feed.samples == 4
     np.testing.assert_array_equal(feed.labels, np.arange(4))
-    assert_outputs_close([_expected(x[:4])], run(_proto(), feed.arrays))
+    assert_outputs_close([_expected(x[:4])], run(parse_model(_TEXT), feed.arrays))
 
 
 def test_folder_is_read_file_by_file_and_take_concatenates(tmp_path: Path) -> None:
@@ -95,7 +85,7 @@ def test_folder_is_read_file_by_file_and_take_concatenates(tmp_path: Path) -> No
     assert [len(b["x"]) for b in samples.batches()] == [5, 5]
     taken = samples.take(7)["x"]
     np.testing.assert_array_equal(taken, np.concatenate(parts)[:7])
-    assert_outputs_close([_expected(taken)], run(_proto(), {"x": taken}))
+    assert_outputs_close([_expected(taken)], run(parse_model(_TEXT), {"x": taken}))
 
 
 def test_empty_folder_and_missing_path_are_usage_errors(tmp_path: Path) -> None:
@@ -111,9 +101,9 @@ def test_reader_class_is_read_afresh_each_time(tmp_path: Path, monkeypatch: pyte
     assert samples.description == f"{module}:Reader"
     for _ in range(2):  # a class gives a fresh reader per pass over the data
         assert [float(b["x"][0, 0]) for b in samples.batches()] == [0.0, 1.0, 2.0]
-    feed = samples.feed_for(_model(), 5)
+    feed = samples.feed_for(parse_ir_model(_TEXT), 5)
     assert feed.samples == 5 and feed.labels is None
-    assert_outputs_close([_expected(feed.arrays["x"])], run(_proto(), feed.arrays))
+    assert_outputs_close([_expected(feed.arrays["x"])], run(parse_model(_TEXT), feed.arrays))
 
 
 def test_reader_instance_without_rewind_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,30 +160,30 @@ def test_arrays_in_memory_name_their_role() -> None:
 def test_inputs_file_is_read_when_used(tmp_path: Path) -> None:
     missing = open_samples(tmp_path / "missing.npz", role="inputs")  # opening reads nothing
     with pytest.raises(UsageError, match=r"^inputs file not found: .*missing\.npz$"):
-        missing.feed_for(_model())
+        missing.feed_for(parse_ir_model(_TEXT))
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not an npz")
     with pytest.raises(UsageError, match=r"cannot read inputs file .*broken\.npz"):
-        open_samples(broken, role="inputs").feed_for(_model())
+        open_samples(broken, role="inputs").feed_for(parse_ir_model(_TEXT))
 
 
 def test_inputs_keep_every_sample_and_split_labels(tmp_path: Path) -> None:
     path = tmp_path / "test.npz"
     x = _x(40)
     np.savez(path, x=x, labels=np.arange(40) % 3, extra=np.zeros(7))
-    feed = open_samples(path, role="inputs").feed_for(_model())
+    feed = open_samples(path, role="inputs").feed_for(parse_ir_model(_TEXT))
     assert feed.description == f"npz {path}" and feed.samples == 40
     assert set(feed.arrays) == {"x"}  # labels split off, keys the model does not take dropped
     np.testing.assert_array_equal(feed.labels, np.arange(40) % 3)
-    assert_outputs_close([_expected(x)], run(_proto(), feed.arrays))
+    assert_outputs_close([_expected(x)], run(parse_model(_TEXT), feed.arrays))
 
 
 def test_an_input_named_labels_is_fed_not_split() -> None:
     text = '<ir_version: 8, opset_import: ["" : 17]> g (float[N] labels) => (float[N] y) { y = Relu(labels) }'
     values = np.array([-1.0, 2.0], np.float32)
-    feed = open_samples({"labels": values}).feed_for(_model(text), 2)
+    feed = open_samples({"labels": values}).feed_for(parse_ir_model(text), 2)
     assert feed.labels is None
-    assert_outputs_close([np.maximum(values, 0)], run(_proto(text), feed.arrays))
+    assert_outputs_close([np.maximum(values, 0)], run(parse_model(text), feed.arrays))
 
 
 def test_data_that_lacks_a_model_input_is_a_usage_error(tmp_path: Path) -> None:
@@ -201,12 +191,12 @@ def test_data_that_lacks_a_model_input_is_a_usage_error(tmp_path: Path) -> None:
     np.savez(path, z=_x(4))
     samples = open_samples(path)
     with pytest.raises(UsageError, match=r"calibration data npz .*wrong\.npz lacks input\(s\) \['x'\]; it has \['z'\]"):
-        samples.feed_for(_model(), 2)
+        samples.feed_for(parse_ir_model(_TEXT), 2)
     with pytest.raises(UsageError, match=r"^pass 'prune': calibration data npz .* has no input 'x' \(it has \['z'\]\)"):
         list(samples.feeds(["x"], consumer="pass 'prune'"))
     given = open_samples({"z": _x(2)}, role="inputs")
     with pytest.raises(UsageError, match=r"^inputs given arrays lacks input\(s\) \['x'\]"):
-        given.feed_for(_model())
+        given.feed_for(parse_ir_model(_TEXT))
 
 
 def test_no_samples_is_a_usage_error() -> None:
@@ -226,7 +216,7 @@ def test_feeds_batch_within_each_source_batch_and_stop_at_the_sample_count(tmp_p
     assert all(set(f) == {"x"} for f in feeds)
     np.testing.assert_array_equal(np.concatenate([f["x"] for f in feeds]), np.concatenate(parts)[:8])
     for feed in feeds:
-        assert_outputs_close([_expected(feed["x"])], run(_proto(), feed))
+        assert_outputs_close([_expected(feed["x"])], run(parse_model(_TEXT), feed))
     everything = list(open_samples(folder).feeds(["x"], consumer="test", batch_size=4))
     assert [len(f["x"]) for f in everything] == [4, 1, 4, 1, 4, 1]
 
@@ -244,17 +234,17 @@ def test_feeds_batch_within_each_source_batch_and_stop_at_the_sample_count(tmp_p
 def test_run_size_splits_only_when_the_model_is_batched(dims: str, samples: int, expected: int | None) -> None:
     text = f'<ir_version: 8, opset_import: ["" : 17]> g (float[{dims}] x) => (float[{dims}] y) {{ y = Relu(x) }}'
     feed = Feed({"x": _x(samples)}, None, "test")
-    assert feed.run_size(_model(text)) == expected
+    assert feed.run_size(parse_ir_model(text)) == expected
 
 
 def test_run_size_needs_one_shared_sample_count() -> None:
     text = '<ir_version: 8, opset_import: ["" : 17]> g (float[N] a, float[N] b) => (float[N] y) { y = Add(a, b) }'
     uneven = Feed({"a": np.zeros(100, np.float32), "b": np.zeros(99, np.float32)}, None, "test")
-    assert uneven.run_size(_model(text)) is None and uneven.samples == 1
+    assert uneven.run_size(parse_ir_model(text)) is None and uneven.samples == 1
 
 
 def test_verification_feed_prefers_inputs_then_calibration_then_generated(tmp_path: Path) -> None:
-    model = _model()
+    model = parse_ir_model(_TEXT)
     inputs = open_samples({"x": _x(3)}, role="inputs")
     calibration = open_samples({"x": _x(50)})
     assert verification_feed(model, inputs, calibration, {}).samples == 3
@@ -263,7 +253,7 @@ def test_verification_feed_prefers_inputs_then_calibration_then_generated(tmp_pa
     assert from_calibration.description == f"calibration in-memory arrays (first {VERIFY_SAMPLES} samples)"
     generated = verification_feed(model, None, None, parse_shapes(["x=6x4"]))
     assert generated.description == "generated" and generated.arrays["x"].shape == (6, 4)
-    assert_outputs_close([_expected(generated.arrays["x"])], run(_proto(), generated.arrays))
+    assert_outputs_close([_expected(generated.arrays["x"])], run(parse_model(_TEXT), generated.arrays))
 
 
 def test_generated_inputs_have_the_right_types_and_a_size_cap() -> None:
@@ -275,13 +265,13 @@ def test_generated_inputs_have_the_right_types_and_a_size_cap() -> None:
         f = Not(flag)
     }
     """
-    feed = generate_inputs(_model(text), batch=5)
+    feed = generate_inputs(parse_ir_model(text), batch=5)
     assert feed["x"].dtype == np.float32 and feed["x"].shape == (5, 3)
     assert feed["ids"].dtype == np.int64 and set(np.unique(feed["ids"])) <= {0, 1, 2, 3}
     assert feed["flag"].dtype == np.bool_
-    outputs = run(_proto(text), feed)
+    outputs = run(parse_model(text), feed)
     np.testing.assert_array_equal(outputs[2], ~feed["flag"])
     with pytest.raises(UsageError, match="past the cap"):
-        generate_inputs(_model(text), {"x": (1 << 25, 3)})
+        generate_inputs(parse_ir_model(text), {"x": (1 << 25, 3)})
     with pytest.raises(UsageError, match="contradicts the model's fixed size 2"):
-        generate_inputs(_model(text), {"ids": (3,)})
+        generate_inputs(parse_ir_model(text), {"ids": (3,)})
