@@ -285,9 +285,13 @@ def fmt_seconds(seconds: float | None) -> str:
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> str:
     """A markdown table, the CPU line above it (and a title above that)."""
+
+    def cells(values: Iterable[Any]) -> str:
+        return "| " + " | ".join(str(value).replace("|", "\\|") for value in values) + " |"
+
     lines = [f"### {title}", ""] if title else []
-    lines += [f"_{cpu_line()}_", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += [f"_{cpu_line()}_", "", cells(headers), "|" + "---|" * len(headers)]
+    lines += [cells(row) for row in rows]
     return "\n".join(lines)
 
 
