@@ -1,4 +1,4 @@
-"""Issue 5's benchmark: structured channel removal (``prune-channels``, ``reconstruct``).
+"""Structured channel removal (``prune-channels``, ``reconstruct``): issue 5's comparison.
 
 Four sections, each a markdown table (medians, same-run ratios):
 
@@ -9,7 +9,7 @@ Four sections, each a markdown table (medians, same-run ratios):
    it anyway). The **ceiling** is the same per-layer widths built directly in torch: the pruned
    model's Conv weight shapes are read by node name (stem, each bottleneck's two inner widths,
    each stage's residual width), a width-parameterised ResNet-50 is built with them
-   (``_export_channels.py resnet-widths``), exported with the same recipe and run through
+   (``export.py resnet-widths``), exported with the same recipe and run through
    ``simplify``. Columns: MACs ratio (``inspect_model``, batch 1), onnxruntime CPU latency at batch 1
    and 8, speedup vs dense and vs the ceiling, top-1 agreement and logit cosine vs dense on 32 random
    images (low by construction: random weights carry no redundancy to remove). The architecture
@@ -22,8 +22,8 @@ Four sections, each a markdown table (medians, same-run ratios):
    ``reconstruct`` (the input model as teacher, calibration data).
 3. ``ocr-cls``: rapidocr-onnxruntime's PP-OCR text-direction classifier (fetched with
    tests/helpers/real_models.py into ``$ONNXSHRINK_TEST_CACHE``). Inputs are Pillow-rendered text lines, half
-   rotated by 180 degrees, the rotation being the label (``_text_lines`` from benchmarks/prune.py):
-   calibration seed 1, test seed 2 (400 lines). ``simplify`` → ``prune-channels`` (R = 0.25, 0.5)
+   rotated by 180 degrees, the rotation being the label (``samples.text_lines``): calibration
+   seed 1, test seed 2 (400 lines). ``simplify`` → ``prune-channels`` (R = 0.25, 0.5)
    with and without ``reconstruct``: accuracy, agreement, cosine, latency at batch 1 and 8.
 4. ``bert-base``: transformers ``BertModel(BertConfig())``, random weights, dynamic batch and
    sequence, opset 17. ``simplify`` → ``prune-channels`` (R = 0.25, 0.5): the groups it prunes (FFN
@@ -34,32 +34,25 @@ Four sections, each a markdown table (medians, same-run ratios):
 
 Each model section ends with the refused groups' reasons, counted by kind (names replaced by …).
 
-Latency: onnxruntime CPU sessions (``--threads`` intra-op threads, default 1 because the 2-core
-benchmark machine is shared and spinning worker threads make multi-threaded timings bimodal there;
-``--threads 0`` is onnxruntime's default; all graph optimizations) held open for every model of a
-comparison; each round times ``--runs`` runs of each model in turn (interleaved, the order rotated
-by one model per round), one median per model per round; a speedup is the median over rounds of the
-same round's ratio.
+Latency (``harness.session_latency``): onnxruntime CPU sessions (``--threads`` intra-op threads,
+default 1 because the 2-core benchmark machine is shared and spinning worker threads make
+multi-threaded timings bimodal there; ``--threads 0`` is onnxruntime's default; all graph
+optimizations) held open for every model of a comparison; each round times ``--runs`` runs of each
+model in turn (interleaved, the order rotated by one model per round), one median per model per
+round; a speedup is the median over rounds of the same round's ratio.
 
-Exports run in the torch environment (``--torch-python``, default ``$ONNXSHRINK_BENCH_TORCH_PYTHON``
-or ``/tmp/benchvenv/bin/python``) in a subprocess and are cached in ``--cache`` (default
-``$ONNXSHRINK_BENCH_CACHE`` or ``~/.cache/onnxshrink-bench``, folder ``channels/``); the shrunk
-models are written there too (about 2 GB). The OCR section needs Pillow, so run it from the torch
-environment, where onnxshrink is installed in editable mode (about 12 minutes on the shared 2-core
-machine, plus 1 minute of exports the first time; ``--bert-reconstruct`` adds about 4)::
+Exports come from ``export.py`` (cached); the shrunk models are written to ``<cache>/channels``
+(about 2 GB). About 12 minutes on a shared 2-core machine, plus 1 minute of exports the first time
+(``--bert-reconstruct`` adds about 4)::
 
-    ONNXSHRINK_TEST_CACHE=/tmp/oscache /tmp/benchvenv/bin/python benchmarks/channels.py [--quick]
-        [--sections resnet50,digits,ocr-cls,bert-base] [--rounds N] [--runs N] [--threads N]
+    python benchmarks/channels.py [--quick] [--sections resnet50,digits,ocr-cls,bert-base]
+        [--rounds N] [--runs N] [--threads N] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -67,21 +60,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import export
+import harness
 import numpy as np
 import onnx_ir as ir
+import samples
+from harness import fmt, median_ms, speedup
+from numerics import cosine, top1_agreement
 
-HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(HERE.parent))
-
-from helpers import real_models  # noqa: E402
-from prune import _text_lines  # noqa: E402
-
-import onnxshrink  # noqa: E402
-from onnxshrink.api import ShrinkResult  # noqa: E402
-from onnxshrink.inspect.summary import inspect_model  # noqa: E402
-from onnxshrink.runtime import create_session  # noqa: E402
+import onnxshrink
+from onnxshrink.inspect.summary import inspect_model
+from onnxshrink.runtime import create_session
 
 RESNET_RATIOS = (0.25, 0.5)
 DIGITS_RATIOS = (0.25, 0.5, 0.75)
@@ -95,32 +84,14 @@ BERT_SEQ = 128
 BERT_VOCAB = 30522
 BERT_HEAD_DIM = 64
 RESNET_STAGES = (3, 4, 6, 3)
-# Issue 5's goals.
-GOAL_SPEEDUP = {0.5: 2.5, 0.25: 1.5}  # resnet50, batch 8, vs dense
-GOAL_CEILING = 0.97  # resnet50 ratio 0.5, batch 8, vs the torch-built widths
-GOAL_DIGITS_DROP = {0.5: 0.005, 0.75: 0.015}  # accuracy points lost with reconstruct
 
 
 # ------------------------------------------------------------------------------------------------
 # helpers
 
 
-def _export(args: argparse.Namespace, kind: str, out: Path, *extra: str) -> Path:
-    """Runs ``_export_channels.py`` in the torch environment unless ``out`` is cached."""
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    command = [args.torch_python, str(HERE.parent / "_export_channels.py"), kind, str(out), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"export {kind} failed:\n{done.stderr[-3000:]}")
-    print(f"(exported {out.name} in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    return out
-
-
-def _stats(result: ShrinkResult, name: str) -> dict[str, Any]:
-    return next(p.get("stats", {}) for p in result.report["passes"] if p["name"] == name)
+def _stats(result: onnxshrink.ShrinkResult, name: str) -> dict[str, Any]:
+    return harness.pass_record(result.report, name).get("stats", {})
 
 
 def _kept_share(stats: dict[str, Any]) -> tuple[int, int]:
@@ -192,34 +163,7 @@ def _latency(
     paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, runs: int, threads: int | None
 ) -> dict[str, list[float]]:
     """Per round and model, the median ms of ``runs`` runs; models interleaved within each round."""
-    sessions = {label: create_session(str(path), "cpu", threads=threads)[0] for label, path in paths.items()}
-    for session in sessions.values():  # warm-up
-        for _ in range(2):
-            session.run(None, feed)
-    times: dict[str, list[float]] = {label: [] for label in paths}
-    labels = list(sessions)
-    for index in range(rounds):
-        # rotate the order each round: every model takes every position (a fixed order measured the
-        # same architecture 5-8 % apart on this shared machine)
-        shift = index % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            session = sessions[label]
-            samples = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                session.run(None, feed)
-                samples.append((time.perf_counter() - started) * 1000)
-            times[label].append(statistics.median(samples))
-    return times
-
-
-def _ratio(times: dict[str, list[float]], base: str, label: str) -> float:
-    """Median over rounds of the same round's ``base / label`` time."""
-    return statistics.median(b / c for b, c in zip(times[base], times[label], strict=True))
-
-
-def _ms(times: dict[str, list[float]], label: str) -> float:
-    return statistics.median(times[label])
+    return harness.session_latency(paths, feed, rounds=rounds, runs_per_round=runs, warmup=2, threads=threads)
 
 
 def _outputs(path: Path, feed: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
@@ -227,23 +171,6 @@ def _outputs(path: Path, feed: dict[str, np.ndarray], batch: int) -> list[np.nda
     count = len(next(iter(feed.values())))
     parts = [session.run(None, {k: v[i : i + batch] for k, v in feed.items()}) for i in range(0, count, batch)]
     return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
-
-
-def _top1(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a.argmax(axis=-1) == b.argmax(axis=-1)))
-
-
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,7 +234,8 @@ def _architecture_check(pruned: Path, ceiling: Path, feed: dict[str, np.ndarray]
 
 def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.cache / "channels"
-    source = _export(args, "resnet50", folder / "resnet50.onnx")
+    folder.mkdir(parents=True, exist_ok=True)
+    source = export.exported("resnet50", args)
     dense = folder / "resnet50_simplified.onnx"
     result = onnxshrink.shrink(source, ["simplify"], verify=False)
     result.save(dense)
@@ -325,9 +253,7 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
         pruned = folder / f"resnet50_pruned_{ratio}.onnx"
         pruned_result.save(pruned)
         widths = _resnet_widths(pruned_result.model)
-        spec = folder / f"resnet50_widths_{ratio}.json"
-        spec.write_text(json.dumps(widths))
-        raw_ceiling = _export(args, "resnet-widths", folder / f"resnet50_ceiling_{ratio}.onnx", str(spec))
+        raw_ceiling = export.exported("resnet-widths", args, widths=widths)
         ceiling = folder / f"resnet50_ceiling_{ratio}_simplified.onnx"
         ceiling_result = onnxshrink.shrink(raw_ceiling, ["simplify"], verify=False)
         ceiling_result.save(ceiling)
@@ -344,8 +270,8 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
             "copied": copied,
             "mismatched": mismatched,
             "rel_diff": rel_diff,
-            "top1": _top1(reference, outputs),
-            "cosine": _cosine(reference, outputs),
+            "top1": top1_agreement(reference, outputs),
+            "cosine": cosine(reference, outputs),
             "paths": {"dense": dense, "pruned": pruned, "ceiling": ceiling},
         }
         rows.append(row)
@@ -359,33 +285,37 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows:
             label = f"{row['ratio']}"
             row[f"b{batch}"] = {
-                "dense_ms": _ms(times, "dense"),
-                "pruned_ms": _ms(times, f"pruned {label}"),
-                "ceiling_ms": _ms(times, f"ceiling {label}"),
-                "speedup": _ratio(times, "dense", f"pruned {label}"),
-                "ceiling_speedup": _ratio(times, "dense", f"ceiling {label}"),
-                "vs_ceiling": _ratio(times, f"ceiling {label}", f"pruned {label}"),
+                "dense_ms": median_ms(times, "dense"),
+                "pruned_ms": median_ms(times, f"pruned {label}"),
+                "ceiling_ms": median_ms(times, f"ceiling {label}"),
+                "speedup": speedup(times, "dense", f"pruned {label}"),
+                "ceiling_speedup": speedup(times, "dense", f"ceiling {label}"),
+                "vs_ceiling": speedup(times, f"ceiling {label}", f"pruned {label}"),
             }
-    print(
-        "\n### resnet50 (torchvision, random weights, BN re-drawn; "
-        f"dense after simplify: {dense_macs / 1e9:.2f} GMACs at batch 1)\n"
-    )
-    print(
-        "| ratio | channels kept | MACs vs dense | ceiling MACs = pruned | b1 dense ms | b1 pruned ms | b1 speedup | "
-        "b1 ceiling speedup | b1 pruned/ceiling | b8 dense ms | b8 pruned ms | b8 speedup | b8 ceiling speedup | "
-        "b8 pruned/ceiling | top-1 agree | cosine | prune s |"
-    )
-    print("|" + "---|" * 17)
+    headers = (
+        "ratio", "channels kept", "MACs vs dense", "ceiling MACs = pruned", "b1 dense ms", "b1 pruned ms",
+        "b1 speedup", "b1 ceiling speedup", "b1 pruned/ceiling", "b8 dense ms", "b8 pruned ms", "b8 speedup",
+        "b8 ceiling speedup", "b8 pruned/ceiling", "top-1 agree", "cosine", "prune s",
+    )  # fmt: skip
+    table = []
     for row in rows:
         before, after = _kept_share(row["stats"])
         b1, b8 = row["b1"], row["b8"]
-        print(
-            f"| {row['ratio']} | {after}/{before} | {row['macs'] / dense_macs:.3f} | "
-            f"{'yes' if row['macs'] == row['ceiling_macs'] else 'NO'} | {b1['dense_ms']:.1f} | {b1['pruned_ms']:.1f} | "
-            f"{b1['speedup']:.2f}x | {b1['ceiling_speedup']:.2f}x | {b1['vs_ceiling']:.3f} | {b8['dense_ms']:.1f} | "
-            f"{b8['pruned_ms']:.1f} | {b8['speedup']:.2f}x | {b8['ceiling_speedup']:.2f}x | {b8['vs_ceiling']:.3f} | "
-            f"{row['top1']:.3f} | {row['cosine']:.4f} | {row['seconds']:.1f} |"
-        )
+        table.append(
+            (
+                row["ratio"], f"{after}/{before}", f"{row['macs'] / dense_macs:.3f}",
+                "yes" if row["macs"] == row["ceiling_macs"] else "no", f"{b1['dense_ms']:.1f}",
+                f"{b1['pruned_ms']:.1f}", f"{b1['speedup']:.2f}x", f"{b1['ceiling_speedup']:.2f}x",
+                f"{b1['vs_ceiling']:.3f}", f"{b8['dense_ms']:.1f}", f"{b8['pruned_ms']:.1f}", f"{b8['speedup']:.2f}x",
+                f"{b8['ceiling_speedup']:.2f}x", f"{b8['vs_ceiling']:.3f}", f"{row['top1']:.3f}",
+                f"{row['cosine']:.4f}", f"{row['seconds']:.1f}",
+            )
+        )  # fmt: skip
+    title = (
+        "resnet50 (torchvision, random weights, BN re-drawn; "
+        f"dense after simplify: {dense_macs / 1e9:.2f} GMACs at batch 1)"
+    )
+    print("\n" + harness.markdown_table(headers, table, title=title))
     print("\nArchitecture check (pruned Conv/Gemm weights copied into the torch-built ceiling by node name):")
     for row in rows:
         widths = row["widths"]
@@ -399,20 +329,7 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
             f"widths stem {widths['stem']}, stages (residual: inner per block) {stages}"
         )
     _print_refused("resnet50", rows[-1]["stats"])
-    goals = []
-    for row in rows:
-        goal = GOAL_SPEEDUP[row["ratio"]]
-        speedup = row["b8"]["speedup"]
-        goals.append(
-            f"{_verdict(speedup >= goal)}  resnet50 ratio {row['ratio']} batch 8 speedup >= {goal}x: {speedup:.2f}x"
-        )
-        if row["ratio"] == 0.5:
-            vs = row["b8"]["vs_ceiling"]
-            goals.append(
-                f"{_verdict(vs >= GOAL_CEILING)}  resnet50 ratio 0.5 batch 8 >= {GOAL_CEILING}x the ceiling: {vs:.3f}x"
-            )
-    print("\n" + "\n".join(goals))
-    return {"rows": rows, "goals": goals}
+    return {"dense_macs": dense_macs, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -420,20 +337,14 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
-    model = ROOT / "models" / "digits_cnn.onnx"
-    calib = str(ROOT / "models" / "digits_calib.npz")
-    test = str(ROOT / "models" / "digits_test.npz")
+    model = harness.ROOT / "models" / "digits_cnn.onnx"
+    calib = str(harness.ROOT / "models" / "digits_calib.npz")
+    test = str(harness.ROOT / "models" / "digits_test.npz")
     dense = onnxshrink.shrink(model, ["simplify"], inputs=test)
     reference = dense.report["verification"]["accuracy_reference"]
-    samples = dense.report["verification"]["samples"]
-    print(f"\n### digits CNN (dense accuracy {reference:.4f} on {samples} test digits, 128 calibration digits)\n")
-    print(
-        "| ratio | options | criterion | channels kept | accuracy | + reconstruct | drop vs dense (with reconstruct) | "
-        "cosine | + reconstruct |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    count = dense.report["verification"]["samples"]
     criteria = ("l2",) if args.quick else ("l1", "l2", "activation")
-    found: dict[tuple[float, str, str], float] = {}
+    rows = []
     last_stats: dict[str, Any] = {}
     for ratio in DIGITS_RATIOS:
         for extra in DIGITS_OPTIONS:
@@ -446,25 +357,21 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
                     cells.append((verification["accuracy_candidate"], verification["outputs"][0]["cosine"]))
                     last_stats = _stats(result, "prune-channels")
                 before, after = _kept_share(last_stats)
-                found[(ratio, extra, criterion)] = cells[1][0]
-                options = extra or "defaults (round-to=8, min-channels=8)"
-                print(
-                    f"| {ratio} | {options} | {criterion} | {after}/{before} | "
-                    f"{cells[0][0]:.4f} | {cells[1][0]:.4f} | {(reference - cells[1][0]) * 100:+.2f} pt | "
-                    f"{cells[0][1]:.4f} | {cells[1][1]:.4f} |"
-                )
+                rows.append(
+                    (
+                        ratio, extra or "defaults (round-to=8, min-channels=8)", criterion, f"{after}/{before}",
+                        f"{cells[0][0]:.4f}", f"{cells[1][0]:.4f}", f"{(reference - cells[1][0]) * 100:+.2f} pt",
+                        f"{cells[0][1]:.4f}", f"{cells[1][1]:.4f}",
+                    )
+                )  # fmt: skip
+    headers = (
+        "ratio", "options", "criterion", "channels kept", "accuracy", "+ reconstruct",
+        "drop vs dense (with reconstruct)", "cosine", "+ reconstruct",
+    )  # fmt: skip
+    title = f"digits CNN (dense accuracy {reference:.4f} on {count} test digits, 128 calibration digits)"
+    print("\n" + harness.markdown_table(headers, rows, title=title))
     _print_refused("digits", last_stats)
-    goals = []
-    for ratio, budget in GOAL_DIGITS_DROP.items():
-        # the goal is about removing that share of channels: no rounding, no floor
-        best = max((acc, key) for key, acc in found.items() if key[0] == ratio and key[1] == DIGITS_OPTIONS[-1])
-        drop = reference - best[0]
-        goals.append(
-            f"{_verdict(drop <= budget + 1e-12)}  digits -{ratio:.0%} channels ({DIGITS_OPTIONS[-1]}) + reconstruct "
-            f"loses <= {budget * 100:.1f} pt: best {drop * 100:.2f} pt (criterion {best[1][2]})"
-        )
-    print("\n" + "\n".join(goals))
-    return {"goals": goals}
+    return {"reference_accuracy": reference, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,12 +379,8 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
-    model = real_models.fetch(real_models.get_real_model("rapidocr-cls"))
-    samples = 32 if args.quick else 128
-    calib_x, _ = _text_lines(samples, seed=1)
-    test_x, test_y = _text_lines(400, seed=2)
-    calib = {"x": calib_x}
-    test = {"x": test_x, "labels": test_y}
+    count = 32 if args.quick else 128
+    model, calib, test = samples.ocr_cls(count)
     folder = args.cache / "channels"
     folder.mkdir(parents=True, exist_ok=True)
     dense_result = onnxshrink.shrink(model, ["simplify"], inputs=test)
@@ -510,51 +413,55 @@ def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
     latency: dict[int, dict[str, list[float]]] = {}
     for batch in BATCHES:
         paths = {"dense": dense, **{r["label"]: r["path"] for r in rows if "reconstruct" not in r["label"]}}
-        latency[batch] = _latency(paths, {"x": test_x[:batch]}, args.rounds, args.runs * 4, args.threads)
-    print(
-        f"\n### ocr-cls (rapidocr PP-OCR direction classifier; {samples} calibration lines, 400 test lines; "
-        f"dense accuracy {reference:.4f}, {dense_macs / 1e6:.1f} MMACs)\n"
-    )
-    print("| setting | channels kept | MACs vs dense | accuracy | top-1 agreement | cosine | b1 speedup | b8 speedup |")
-    print("|---|---|---|---|---|---|---|---|")
+        latency[batch] = _latency(paths, {"x": test["x"][:batch]}, args.rounds, args.runs * 4, args.threads)
+    table = []
     for row in rows:
         label = row["label"].split(" ")[0]
-        speeds = [_fmt(_ratio(latency[b], "dense", label), ".2f") + "x" for b in BATCHES]
+        speeds = [fmt(speedup(latency[b], "dense", label), ".2f") + "x" for b in BATCHES]
         before, after = row["kept"]
-        print(
-            f"| {row['label']} | {after}/{before} | {row['macs'] / dense_macs:.3f} | {row['accuracy']:.4f} | "
-            f"{row['agreement']:.4f} | {row['cosine']:.4f} | {speeds[0]} | {speeds[1]} |"
-        )
+        table.append(
+            (
+                row["label"], f"{after}/{before}", f"{row['macs'] / dense_macs:.3f}", f"{row['accuracy']:.4f}",
+                f"{row['agreement']:.4f}", f"{row['cosine']:.4f}", *speeds,
+            )
+        )  # fmt: skip
+    headers = (
+        "setting",
+        "channels kept",
+        "MACs vs dense",
+        "accuracy",
+        "top-1 agreement",
+        "cosine",
+        "b1 speedup",
+        "b8 speedup",
+    )
+    title = (
+        f"ocr-cls (rapidocr PP-OCR direction classifier; {count} calibration lines, 400 test lines; "
+        f"dense accuracy {reference:.4f}, {dense_macs / 1e6:.1f} MMACs)"
+    )
+    print("\n" + harness.markdown_table(headers, table, title=title))
     print(
         "\ndense latency: "
-        + ", ".join(f"batch {b} {_ms(latency[b], 'dense'):.2f} ms" for b in BATCHES)
+        + ", ".join(f"batch {b} {median_ms(latency[b], 'dense'):.2f} ms" for b in BATCHES)
         + " (reconstruct changes weights only: same latency as its pruned row)"
     )
     _print_refused("ocr-cls", last_stats)
-    return {"rows": rows}
+    return {"dense_macs": dense_macs, "rows": rows, "latency": latency}
 
 
 # ------------------------------------------------------------------------------------------------
 # 4. BERT-base
 
 
-def _bert_feed(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "input_ids": rng.integers(0, BERT_VOCAB, (batch, seq), dtype=np.int64),
-        "attention_mask": np.ones((batch, seq), dtype=np.int64),
-        "token_type_ids": np.zeros((batch, seq), dtype=np.int64),
-    }
-
-
 def bench_bert(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.cache / "channels"
-    source = _export(args, "bert-base", folder / "bert-base.onnx")
+    folder.mkdir(parents=True, exist_ok=True)
+    source = export.exported("bert-base", args, keep_zeros=True)
     dense = folder / "bert-base_simplified.onnx"
     dense_result = onnxshrink.shrink(source, ["simplify"], verify=False)
     dense_result.save(dense)
     dense_macs = _bert_macs(dense_result.model, BERT_SEQ)
-    feed = _bert_feed(8, BERT_SEQ, seed=0)
+    feed = samples.bert_tokens(8, BERT_SEQ, vocab=BERT_VOCAB, seed=0)
     reference = _outputs(dense, feed, 8)
     settings: list[tuple[str, list[str]]] = [(f"{r}", [f"prune-channels:ratio={r}"]) for r in BERT_RATIOS]
     if args.bert_reconstruct:
@@ -564,7 +471,7 @@ def bench_bert(args: argparse.Namespace) -> dict[str, Any]:
         ffn_out = "/inner/encoder/layer.?/output/dense/MatMul,/inner/encoder/layer.??/output/dense/MatMul"
         refit = f"reconstruct:include={ffn_out}"
         settings.append((f"{last} + reconstruct", [f"prune-channels:ratio={last}", refit]))
-    calibration = _bert_feed(args.bert_calib, BERT_SEQ, seed=1)
+    calibration = samples.bert_tokens(args.bert_calib, BERT_SEQ, vocab=BERT_VOCAB, seed=1)
     rows = []
     last_stats: dict[str, Any] = {}
     for label, passes in settings:
@@ -588,45 +495,46 @@ def bench_bert(args: argparse.Namespace) -> dict[str, Any]:
                 "kept": _kept_share(last_stats),
                 "kinds": dict(kinds),
                 "widths": _bert_widths(result.model),
-                "cosine": [_cosine(r, o) for r, o in zip(reference, outputs, strict=True)],
+                "cosine": [cosine(r, o) for r, o in zip(reference, outputs, strict=True)],
             }
         )
     latency = {}
     for batch in BATCHES:
         paths = {"dense": dense, **{r["label"]: r["path"] for r in rows if "reconstruct" not in r["label"]}}
         rounds = args.rounds if batch == 1 else 3  # a multiple of the models: each takes each position
-        latency[batch] = _latency(
-            paths, {k: v[:batch] for k, v in feed.items()}, rounds, max(2, args.runs // 2), args.threads
-        )
-    print(
-        f"\n### bert-base (random weights, seq {BERT_SEQ}; "
-        f"dense after simplify {dense_macs / 1e9:.2f} GMACs at batch 1)\n"
-    )
-    print(
-        "| ratio | groups pruned | layer 0 widths | channels kept | MACs vs dense | b1 ms | b1 speedup | b8 ms | "
-        "b8 speedup | cosine last_hidden_state | cosine pooler_output | shrink s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        batch_feed = {k: v[:batch] for k, v in feed.items()}
+        latency[batch] = _latency(paths, batch_feed, rounds, max(2, args.runs // 2), args.threads)
+    table = []
     for row in rows:
         label = row["label"].split(" ")[0]
         before, after = row["kept"]
-        pruned = ", ".join(f"{n} {k}" for k, n in row["kinds"].items()) or "none"
-        print(
-            f"| {row['label']} | {pruned} | {row['widths']} | {after}/{before} | {row['macs'] / dense_macs:.3f} | "
-            f"{_ms(latency[1], label):.1f} | {_ratio(latency[1], 'dense', label):.2f}x | "
-            f"{_ms(latency[8], label):.1f} | {_ratio(latency[8], 'dense', label):.2f}x | "
-            f"{row['cosine'][0]:.4f} | {row['cosine'][1]:.4f} | {row['seconds']:.1f} |"
-        )
-    print(f"\ndense latency: batch 1 {_ms(latency[1], 'dense'):.1f} ms, batch 8 {_ms(latency[8], 'dense'):.1f} ms")
+        table.append(
+            (
+                row["label"], ", ".join(f"{n} {k}" for k, n in row["kinds"].items()) or "none", row["widths"],
+                f"{after}/{before}", f"{row['macs'] / dense_macs:.3f}", f"{median_ms(latency[1], label):.1f}",
+                f"{speedup(latency[1], 'dense', label):.2f}x", f"{median_ms(latency[8], label):.1f}",
+                f"{speedup(latency[8], 'dense', label):.2f}x", f"{row['cosine'][0]:.4f}", f"{row['cosine'][1]:.4f}",
+                f"{row['seconds']:.1f}",
+            )
+        )  # fmt: skip
+    headers = (
+        "ratio", "groups pruned", "layer 0 widths", "channels kept", "MACs vs dense", "b1 ms", "b1 speedup", "b8 ms",
+        "b8 speedup", "cosine last_hidden_state", "cosine pooler_output", "shrink s",
+    )  # fmt: skip
+    title = f"bert-base (random weights, seq {BERT_SEQ}; dense after simplify {dense_macs / 1e9:.2f} GMACs at batch 1)"
+    print("\n" + harness.markdown_table(headers, table, title=title))
+    dense_b1, dense_b8 = median_ms(latency[1], "dense"), median_ms(latency[8], "dense")
+    print(f"\ndense latency: batch 1 {dense_b1:.1f} ms, batch 8 {dense_b8:.1f} ms")
     _print_refused("bert-base", last_stats)
-    return {"rows": rows}
+    return {"dense_macs": dense_macs, "rows": rows, "latency": latency}
 
 
 SECTIONS = {"resnet50": bench_resnet, "digits": bench_digits, "ocr-cls": bench_ocr, "bert-base": bench_bert}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    export.add_arguments(parser)
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="fewer rounds/runs, l2 only on digits, 32 OCR calib lines")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 5; quick 3)")
@@ -636,28 +544,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--bert-reconstruct", action="store_true", help="also refit BERT's FFN down-projections (slow)")
     parser.add_argument("--bert-calib", type=int, default=16, help="calibration sequences for BERT reconstruct")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(os.environ.get("ONNXSHRINK_BENCH_CACHE", Path.home() / ".cache" / "onnxshrink-bench")),
-    )
-    parser.add_argument(
-        "--torch-python", default=os.environ.get("ONNXSHRINK_BENCH_TORCH_PYTHON", "/tmp/benchvenv/bin/python")
-    )
+    parser.add_argument("--json", metavar="OUT", help="write the raw numbers to this JSON file")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.runs = args.runs or (3 if args.quick else 5)
     args.threads = args.threads or None
-    goals: list[str] = []
-    for name in args.sections.split(","):
-        if name not in SECTIONS:
-            raise SystemExit(f"unknown section {name!r}; valid: {', '.join(SECTIONS)}")
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
+    settings = f"latency: {args.rounds} rounds x {args.runs} runs, {args.threads or 'default'} intra-op threads"
+    environment = harness.print_environment(("Pillow",), settings)
+    results = {}
+    for name in sections:
         started = time.perf_counter()
-        goals += SECTIONS[name](args).get("goals", [])
+        results[name] = SECTIONS[name](args)
         print(f"\n({name}: {time.perf_counter() - started:.0f} s)")
-    if goals:
-        print("\nGOALS (issue 5)\n" + "\n".join(f"  {g}" for g in goals))
+    if args.json:
+        harness.write_json(args.json, {**environment, "sections": results})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
