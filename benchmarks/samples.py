@@ -59,7 +59,7 @@ def text_lines(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def ocr_cls(samples: int) -> tuple[Path, Feed, Feed]:
     """(model, ``samples`` calibration lines, 400 labelled test lines)."""
     models = real_models()
-    path = models.fetch(models.get("rapidocr-cls"))
+    path = models.fetch(models.get_real_model("rapidocr-cls"))
     calib_x, _ = text_lines(samples, seed=1)
     test_x, test_y = text_lines(400, seed=2)
     return path, {"x": calib_x}, {"x": test_x, "labels": test_y}
@@ -82,7 +82,7 @@ def magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: i
 def magika(samples: int) -> tuple[Path, Feed, Feed]:
     """(model, ``samples`` calibration files, 384 test files), files shuffled with seed 0."""
     models = real_models()
-    path = models.fetch(models.get("magika"))
+    path = models.fetch(models.get_real_model("magika"))
     site = Path(np.__file__).resolve().parents[1]
     files = sorted(str(p) for p in site.rglob("*") if p.is_file() and p.stat().st_size > 64)
     random.Random(0).shuffle(files)

@@ -11,7 +11,7 @@ magnitude prune keeps without and with the permutation, their average, the searc
 whole pass time, and the max |output difference| against the original model through onnxruntime
 (CPU, graph optimizations off, seeded N(0, 1) inputs, batch 2), relative to the output scale.
 The same row is printed for trained third-party models of ``tests/helpers/real_models.py`` (``--real``;
-their inputs from ``make_inputs``), where channels differ in scale as they do after training
+their inputs from ``real_model_feed``), where channels differ in scale as they do after training
 (rapidocr-det's sigmoid map is ~5e-7 everywhere on random input, so its ratio only shows float
 rounding of saturated values; its max |diff| is the number to read). Run::
 
