@@ -274,10 +274,12 @@ def fmt(value: Any, spec: str = ".3f", missing: str = "-") -> str:
 
 
 def fmt_ratio(value: float | None) -> str:
+    """A ratio as ``1.23x``; ``-`` when missing or not finite."""
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
 
 
 def fmt_seconds(seconds: float | None) -> str:
+    """Seconds as ``12.3ms`` below one second, else ``1.23s``; ``-`` when missing."""
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"

@@ -66,6 +66,20 @@ def ocr_cls(samples: int) -> tuple[Path, Feed, Feed]:
 
 
 def magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: int = 4096) -> np.ndarray:
+    """Magika's input rows for ``paths``: the first and last bytes of each file, padded with 256.
+
+    Leading whitespace is stripped from the first ``block`` bytes and trailing whitespace from the
+    last ``block`` bytes before the ``beg`` and ``end`` bytes are taken.
+
+    Args:
+        paths: The files to read.
+        beg: Bytes taken from the start.
+        end: Bytes taken from the end.
+        block: How far from each end whitespace is stripped.
+
+    Returns:
+        int32 array [len(paths), beg + end].
+    """
     rows = []
     for path in paths:
         data = Path(path).read_bytes()

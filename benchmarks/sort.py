@@ -101,6 +101,7 @@ def measure(path: Path, spec: str, feed: dict[str, np.ndarray], *, verbose: bool
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measures ``--spec`` on resnet50 and the ``--real`` models and prints one row per model."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     export.add_arguments(parser)
     parser.add_argument("--spec", default="sort:for=2:4")
