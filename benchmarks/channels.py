@@ -32,7 +32,8 @@ Four sections, each a markdown table (medians, same-run ratios):
    zeros); with ``--bert-reconstruct`` also ``reconstruct`` of the FFN down-projections on
    ``--bert-calib`` (16) random calibration sequences.
 
-Each model section ends with the refused groups' reasons, counted by kind (names replaced by …).
+Each model section ends with the reasons of the groups left alone (refused or skipped), counted by kind
+(names replaced by …).
 
 Latency (``harness.session_latency``): onnxruntime CPU sessions (``--threads`` intra-op threads,
 default 1 because the 2-core benchmark machine is shared and spinning worker threads make
@@ -101,12 +102,13 @@ def _kept_share(stats: dict[str, Any]) -> tuple[int, int]:
 
 
 def _print_refused(model: str, stats: dict[str, Any]) -> None:
-    refused: dict[str, str] = stats.get("refused", {})
-    skipped: dict[str, str] = stats.get("skipped", {})
-    print(f"\n{model}: {stats.get('groups', 0)} channel groups, {len(refused)} refused, {len(skipped)} skipped")
-    kinds = Counter(re.sub(r"'[^']*'", "'…'", reason) for reason in refused.values())
+    # prune-channels reports refused groups in ``skipped`` with the ones it chose not to prune
+    # (older reports kept ``refused`` apart): every one of them is a group left as it was.
+    left_alone: dict[str, str] = {**stats.get("refused", {}), **stats.get("skipped", {})}
+    print(f"\n{model}: {stats.get('groups', 0)} channel groups, {len(left_alone)} left alone (refused or skipped)")
+    kinds = Counter(re.sub(r"'[^']*'", "'…'", reason) for reason in left_alone.values())
     for reason, count in kinds.most_common():
-        example = next(f"{g}: {r}" for g, r in refused.items() if re.sub(r"'[^']*'", "'…'", r) == reason)
+        example = next(f"{g}: {r}" for g, r in left_alone.items() if re.sub(r"'[^']*'", "'…'", r) == reason)
         print(f"- {count} × {reason}  (e.g. {example})")
 
 
@@ -471,7 +473,7 @@ def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_bert(args: argparse.Namespace) -> dict[str, Any]:
-    """BERT-base (keep-zeros export) pruned at each ratio: groups pruned and refused, latency, cosine.
+    """BERT-base (keep-zeros export) pruned at each ratio: groups pruned and left alone, latency, cosine.
 
     ``--bert-reconstruct`` adds the last ratio with the FFN down-projections refitted.
     """

@@ -90,9 +90,12 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         result = onnxshrink.shrink(fp32, [f"quantize:{option}"], calibration=calib, verify=False)
         result.save(out)
         record = result.report["passes"][0]
-        keys = ("quantized_nodes", "left_float", "nonfinite", "samples")
-        info = {k: record["stats"][k] for k in keys if k in record["stats"]}
-        info["calibration_seconds"] = harness.pass_timing(record, "calibration_seconds")
+        stats = record["stats"]
+        keys = ("quantized_nodes", "nonfinite", "samples")
+        info = {k: stats[k] for k in keys if k in stats}
+        # What stays float is the pass's ``skipped`` now (older reports: ``left_float``).
+        info["left_float"] = stats.get("left_float", stats.get("skipped", {}))
+        info["calibration_seconds"] = harness.pass_timing(record, "calibration", "calibration_seconds")
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
