@@ -1,6 +1,6 @@
-"""Benchmark of the foundation: load/save round trip, the ``cleanup`` pass against its anchors, and
-the cost of verification, on the digits model and every model in ``tests/helpers/real_models.REAL_MODELS``.
+"""Benchmark of the foundation: load/save round trip, ``cleanup`` against its anchors, verification.
 
+The models are the digits model and every model in ``tests/helpers/real_models.REAL_MODELS``.
 One run measures, per model:
 
 1. **io** - load + save round trip: ``onnx.load`` + ``onnx.save`` against onnxshrink's
@@ -110,12 +110,14 @@ def quiet() -> Iterator[None]:
 
 
 def tool_onnxshrink(path: Path) -> Any:
+    """Runs onnxshrink's ``cleanup`` pass on the file, without verification."""
     import onnxshrink
 
     return onnxshrink.shrink(path, ["cleanup"], verify=False)
 
 
 def save_onnxshrink(result: Any, out: Path) -> None:
+    """Saves an onnxshrink result through its own ``save`` (checks and atomic write)."""
     result.save(out)
 
 
@@ -141,6 +143,15 @@ def onnx_ir_working_passes(path: Path) -> tuple[list[str], str | None]:
 
 
 def tool_onnx_ir(path: Path, passes: list[str]) -> Any:
+    """Loads the file with onnx-ir and runs the given common passes on it.
+
+    Args:
+        path: The model file.
+        passes: Names of ``onnx_ir.passes.common`` classes, run in this order.
+
+    Returns:
+        The optimized ``onnx_ir.Model``.
+    """
     import onnx_ir as ir
     import onnx_ir.passes.common as common
 
@@ -148,12 +159,22 @@ def tool_onnx_ir(path: Path, passes: list[str]) -> Any:
 
 
 def save_ir(model: Any, out: Path) -> None:
+    """Saves an ``onnx_ir.Model`` with ``onnx_ir.save``."""
     import onnx_ir as ir
 
     ir.save(model, out)
 
 
 def tool_slim(path: Path, clean: bool) -> onnx.ModelProto:
+    """Runs onnxslim on the loaded model, quietly.
+
+    Args:
+        path: The model file.
+        clean: Skip constant folding and graph fusion (the ``[clean]`` mode); else onnxslim's defaults.
+
+    Raises:
+        RuntimeError: onnxslim returned no model.
+    """
     import onnxslim
 
     kwargs: dict[str, Any] = {"skip_optimizations": ["constant_folding", "graph_fusion"]} if clean else {}
@@ -165,6 +186,13 @@ def tool_slim(path: Path, clean: bool) -> onnx.ModelProto:
 
 
 def tool_sim(path: Path, clean: bool) -> onnx.ModelProto:
+    """Runs onnxsim on the loaded model, quietly and uncertified.
+
+    Args:
+        path: The model file.
+        clean: No constant folding and only the elimination optimizers of ``ONNXSIM_KEEP``, subgraphs
+            included (the ``[clean]`` mode); else onnxsim's defaults.
+    """
     import onnxsim
     from onnxsim.onnx_simplifier import C
 
@@ -178,10 +206,16 @@ def tool_sim(path: Path, clean: bool) -> onnx.ModelProto:
 
 
 def save_proto(model: onnx.ModelProto, out: Path) -> None:
+    """Saves a ``ModelProto`` with ``onnx.save``."""
     onnx.save(model, str(out))
 
 
 def available_tools() -> tuple[dict[str, Tool], dict[str, str]]:
+    """The tools that can run here, as (run, save) pairs by label.
+
+    Returns:
+        The importable tools (onnxshrink always) and, for each tool left out, a note saying why.
+    """
     tools: dict[str, Tool] = {SHRINK: (tool_onnxshrink, save_onnxshrink)}
     notes: dict[str, str] = {}
     try:
@@ -208,6 +242,11 @@ def available_tools() -> tuple[dict[str, Tool], dict[str, str]]:
 
 
 def bench_io(path: Path, work: Path, repeats: int) -> dict[str, Any]:
+    """Times the load + save round trip: ``onnx`` against onnxshrink's loading and saving.
+
+    Returns:
+        The median seconds of each (``onnx_s``, ``onnxshrink_s``) and every timed run.
+    """
     from onnxshrink.loading import load_model
     from onnxshrink.saving import save_model
 
@@ -218,6 +257,12 @@ def bench_io(path: Path, work: Path, repeats: int) -> dict[str, Any]:
 
 
 def bench_verify(path: Path, feed: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
+    """Times onnxshrink's verification of a cleanup on ``feed``, then tries its generated inputs.
+
+    Returns:
+        Median verify, pass and load seconds, the provider and verdict, and ``generated``: whether
+        verification on onnxshrink's own inputs passed, failed or was skipped (with the reason).
+    """
     import onnxshrink
 
     verify_times, pass_times, load_times = [], [], []
@@ -295,6 +340,17 @@ def bench_tool(name: str, tool: Tool, path: Path, out: Path, reference: list[Any
 
 
 def bench_model(model: Any, path: Path, tools: dict[str, Tool], args: argparse.Namespace) -> dict[str, Any]:
+    """One model's row: the round trip, every tool's cleanup with its ORT check, and verification.
+
+    Args:
+        model: The ``RealModel`` (its id and input ranges make the feed).
+        path: The model file.
+        tools: The tools to run, by label.
+        args: The command line (repeats, ``--debug``).
+
+    Returns:
+        The row; a tool or step that raised holds ``{"error": ...}`` instead of numbers.
+    """
     feed = harness.real_models().real_model_feed(model, path)
     reference = (feed, ort_outputs(path, feed)[2], _signature(path))
     row: dict[str, Any] = {"model": model.id, "path": str(path), "original": harness.model_counts(path), "tools": {}}
@@ -321,6 +377,7 @@ def bench_model(model: Any, path: Path, tools: dict[str, Tool], args: argparse.N
 
 
 def print_model(row: dict[str, Any], tools: list[str]) -> None:
+    """Prints one model's markdown table and the notes under it (tool notes, verify cost)."""
     headers = ("step / tool", "nodes", "inits", "KB", "time", "t/t_shrink", "n/n_shrink", "max|diff|", "ORT")
     orig, io_ = row["original"], row["io"]
     rows: list[tuple[Any, ...]] = [
@@ -368,6 +425,12 @@ def print_model(row: dict[str, Any], tools: list[str]) -> None:
 
 
 def summary(rows: list[dict[str, Any]], tools: list[str]) -> dict[str, Any]:
+    """Geometric means over the models that ran: io ratio, verify/pass ratio, each tool's time and node ratios.
+
+    Returns:
+        ``io_onnx_over_shrink``, ``verify_over_cleanup_pass`` and per tool ``time_ratio``,
+        ``node_ratio`` and ``ort_ok`` (``passed/checked``).
+    """
     ok_rows = [r for r in rows if "error" not in r]
     verify = [r["verify"] for r in ok_rows if r.get("verify", {}).get("passes_s")]
     result: dict[str, Any] = {
@@ -394,6 +457,7 @@ def summary(rows: list[dict[str, Any]], tools: list[str]) -> dict[str, Any]:
 
 
 def print_summary(summ: dict[str, Any]) -> None:
+    """Prints the ``SUMMARY`` line from :func:`summary`'s numbers."""
     parts = [f"io onnx/onnxshrink {fmt_ratio(summ['io_onnx_over_shrink'])}"]
     for tool, values in summ["tools"].items():
         if tool == SHRINK:
@@ -406,6 +470,7 @@ def print_summary(summ: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark over the chosen models and tools and prints a table per model and a summary."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--json", metavar="OUT", help="write the raw numbers to this JSON file")
     parser.add_argument("--models", help="comma-separated model ids (default: digits_cnn and every real model)")

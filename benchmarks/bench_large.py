@@ -26,6 +26,7 @@ onnx.save_model(m, sys.argv[2], save_as_external_data=True, location="plain.onnx
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Builds the 2.4 GB model once, then compares onnx.load+save with onnxshrink's cleanup, process by process."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     export.add_arguments(parser)
     parser.add_argument("--repeat", type=int, default=3)

@@ -32,7 +32,8 @@ Four sections, each a markdown table (medians, same-run ratios):
    zeros); with ``--bert-reconstruct`` also ``reconstruct`` of the FFN down-projections on
    ``--bert-calib`` (16) random calibration sequences.
 
-Each model section ends with the refused groups' reasons, counted by kind (names replaced by …).
+Each model section ends with the reasons of the groups left alone (refused or skipped), counted by kind
+(names replaced by …).
 
 Latency (``harness.session_latency``): onnxruntime CPU sessions (``--threads`` intra-op threads,
 default 1 because the 2-core benchmark machine is shared and spinning worker threads make
@@ -101,12 +102,13 @@ def _kept_share(stats: dict[str, Any]) -> tuple[int, int]:
 
 
 def _print_refused(model: str, stats: dict[str, Any]) -> None:
-    refused: dict[str, str] = stats.get("refused", {})
-    skipped: dict[str, str] = stats.get("skipped", {})
-    print(f"\n{model}: {stats.get('groups', 0)} channel groups, {len(refused)} refused, {len(skipped)} skipped")
-    kinds = Counter(re.sub(r"'[^']*'", "'…'", reason) for reason in refused.values())
+    # prune-channels reports refused groups in ``skipped`` with the ones it chose not to prune
+    # (older reports kept ``refused`` apart): every one of them is a group left as it was.
+    left_alone: dict[str, str] = {**stats.get("refused", {}), **stats.get("skipped", {})}
+    print(f"\n{model}: {stats.get('groups', 0)} channel groups, {len(left_alone)} left alone (refused or skipped)")
+    kinds = Counter(re.sub(r"'[^']*'", "'…'", reason) for reason in left_alone.values())
     for reason, count in kinds.most_common():
-        example = next(f"{g}: {r}" for g, r in refused.items() if re.sub(r"'[^']*'", "'…'", r) == reason)
+        example = next(f"{g}: {r}" for g, r in left_alone.items() if re.sub(r"'[^']*'", "'…'", r) == reason)
         print(f"- {count} × {reason}  (e.g. {example})")
 
 
@@ -233,6 +235,13 @@ def _architecture_check(pruned: Path, ceiling: Path, feed: dict[str, np.ndarray]
 
 
 def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
+    """ResNet-50 pruned at each ratio against the dense model and the torch-built ceiling.
+
+    Returns:
+        ``dense_macs`` and a row per ratio: the pass stats, MACs against the ceiling's, latency at
+        batch 1 and 8 against the dense model and the ceiling, top-1 agreement, cosine and the
+        architecture check (pruned weights copied into the ceiling by node name).
+    """
     folder = args.cache / "channels"
     folder.mkdir(parents=True, exist_ok=True)
     source = export.exported("resnet50", args)
@@ -337,6 +346,10 @@ def bench_resnet(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
+    """Digits accuracy with and without ``reconstruct`` over ratios, options and criteria.
+
+    ``--quick`` keeps the ``l2`` criterion only.
+    """
     model = harness.ROOT / "models" / "digits_cnn.onnx"
     calib = str(harness.ROOT / "models" / "digits_calib.npz")
     test = str(harness.ROOT / "models" / "digits_test.npz")
@@ -379,6 +392,12 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
+    """The PP-OCR direction classifier pruned at each ratio, with and without ``reconstruct``.
+
+    Returns:
+        ``dense_macs``, a row per setting (accuracy, top-1 agreement and cosine against the dense
+        model, MACs, channels kept) and ``latency``: dense and pruned models by batch size.
+    """
     count = 32 if args.quick else 128
     model, calib, test = samples.ocr_cls(count)
     folder = args.cache / "channels"
@@ -454,6 +473,10 @@ def bench_ocr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_bert(args: argparse.Namespace) -> dict[str, Any]:
+    """BERT-base (keep-zeros export) pruned at each ratio: groups pruned and left alone, latency, cosine.
+
+    ``--bert-reconstruct`` adds the last ratio with the FFN down-projections refitted.
+    """
     folder = args.cache / "channels"
     folder.mkdir(parents=True, exist_ok=True)
     source = export.exported("bert-base", args, keep_zeros=True)
@@ -533,6 +556,7 @@ SECTIONS = {"resnet50": bench_resnet, "digits": bench_digits, "ocr-cls": bench_o
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the chosen sections and prints their tables; ``--json`` writes the raw numbers."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     export.add_arguments(parser)
     parser.add_argument("--sections", default=",".join(SECTIONS))

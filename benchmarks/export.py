@@ -58,6 +58,7 @@ BERT_OUTPUTS = ("last_hidden_state", "pooler_output")
 
 
 def default_cache() -> Path:
+    """The benchmark cache: ``$ONNXSHRINK_BENCH_CACHE``, else ``~/.cache/onnxshrink-bench``."""
     return Path(os.environ.get("ONNXSHRINK_BENCH_CACHE", Path.home() / ".cache" / "onnxshrink-bench"))
 
 
@@ -350,6 +351,7 @@ def build_large(name: str, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Child entry point: exports one network, or builds one large model, to ``out``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("model", choices=(*NETWORKS, *LARGE))
     parser.add_argument("out")

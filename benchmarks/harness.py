@@ -274,10 +274,12 @@ def fmt(value: Any, spec: str = ".3f", missing: str = "-") -> str:
 
 
 def fmt_ratio(value: float | None) -> str:
+    """A ratio as ``1.23x``; ``-`` when missing or not finite."""
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
 
 
 def fmt_seconds(seconds: float | None) -> str:
+    """Seconds as ``12.3ms`` below one second, else ``1.23s``; ``-`` when missing."""
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"
@@ -323,15 +325,21 @@ def pass_record(report: Mapping[str, Any], name: str) -> dict[str, Any]:
     return next(dict(r) for r in report["passes"] if r["name"] == name)
 
 
-def pass_timing(record: Mapping[str, Any], key: str) -> float | None:
-    """A pass's timing ``key`` (e.g. ``search_seconds``), from ``record["timings"]`` or ``record["stats"]``.
+def pass_timing(record: Mapping[str, Any], *keys: str) -> float | None:
+    """A pass's timing, from ``record["timings"]`` or, in older reports, ``record["stats"]``.
 
-    Timings moved out of ``stats`` into the record's ``timings``: this reads either layout.
+    Timings moved out of ``stats`` into the record's ``timings`` and lost their ``_seconds``
+    suffix on the way (``stats["search_seconds"]`` became ``timings["search"]``), so a caller
+    names both: ``pass_timing(record, "search", "search_seconds")``.
+
+    Returns:
+        The first of ``keys`` found, timings before stats; None when the record has none of them.
     """
     for where in ("timings", "stats"):
-        value = (record.get(where) or {}).get(key)
-        if value is not None:
-            return float(value)
+        for key in keys:
+            value = (record.get(where) or {}).get(key)
+            if value is not None:
+                return float(value)
     return None
 
 

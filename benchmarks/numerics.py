@@ -92,8 +92,14 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def seeded_feed(path: str | Path) -> dict[str, np.ndarray]:
-    """Seeded inputs for the exported networks: images N=1; BERT N=1, S=16 (ids in [0, 1000), mask ones,
-    token types zeros); any other float input N(0, 1) with its dynamic dims 1 (first) and 16."""
+    """Seeded inputs (seed 1234) for the exported networks, one sample each.
+
+    Dynamic dims become 1 (the first) and 16 (the others): images N=1; BERT N=1, S=16 with ids in
+    [0, 1000), a mask of ones and token types of zeros; any other float input is N(0, 1).
+
+    Raises:
+        ValueError: An input that is neither a BERT input nor float32.
+    """
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

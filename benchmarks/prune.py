@@ -98,6 +98,16 @@ def _table_row(label: str, allocation: str, row: dict[str, Any], dense: dict[str
 
 
 def bench_model(name: str, count: int, latency_runs: int) -> dict[str, Any]:
+    """Prunes one model at every sparsity, allocation and 2:4 pattern; prints and returns its rows.
+
+    Args:
+        name: A key of ``MODELS`` (``digits``, ``ocr-cls``, ``magika``).
+        count: Calibration samples (also the ``samples`` option of ``sensitivity``).
+        latency_runs: onnxruntime runs per latency figure.
+
+    Returns:
+        The rows by setting (``dense``, ``0.5-uniform``, ``2:4``, ...) with quality, size and latency.
+    """
     from onnxshrink.registry import passes as registered_passes
 
     load, extra = MODELS[name]
@@ -150,6 +160,7 @@ def _latency(rows: dict[str, dict[str, Any]], feed: samples.Feed, runs: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the pruning benchmark on the chosen models; ``--json`` writes the raw numbers."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", default="digits,ocr-cls,magika")
     parser.add_argument("--samples", type=int, default=64, help="calibration samples (sensitivity)")

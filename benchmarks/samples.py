@@ -59,13 +59,27 @@ def text_lines(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def ocr_cls(samples: int) -> tuple[Path, Feed, Feed]:
     """(model, ``samples`` calibration lines, 400 labelled test lines)."""
     models = real_models()
-    path = models.fetch(models.get("rapidocr-cls"))
+    path = models.fetch(models.get_real_model("rapidocr-cls"))
     calib_x, _ = text_lines(samples, seed=1)
     test_x, test_y = text_lines(400, seed=2)
     return path, {"x": calib_x}, {"x": test_x, "labels": test_y}
 
 
 def magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: int = 4096) -> np.ndarray:
+    """Magika's input rows for ``paths``: the first and last bytes of each file, padded with 256.
+
+    Leading whitespace is stripped from the first ``block`` bytes and trailing whitespace from the
+    last ``block`` bytes before the ``beg`` and ``end`` bytes are taken.
+
+    Args:
+        paths: The files to read.
+        beg: Bytes taken from the start.
+        end: Bytes taken from the end.
+        block: How far from each end whitespace is stripped.
+
+    Returns:
+        int32 array [len(paths), beg + end].
+    """
     rows = []
     for path in paths:
         data = Path(path).read_bytes()
@@ -82,7 +96,7 @@ def magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: i
 def magika(samples: int) -> tuple[Path, Feed, Feed]:
     """(model, ``samples`` calibration files, 384 test files), files shuffled with seed 0."""
     models = real_models()
-    path = models.fetch(models.get("magika"))
+    path = models.fetch(models.get_real_model("magika"))
     site = Path(np.__file__).resolve().parents[1]
     files = sorted(str(p) for p in site.rglob("*") if p.is_file() and p.stat().st_size > 64)
     random.Random(0).shuffle(files)

@@ -191,6 +191,12 @@ def tool_once(tool: str, model: Path, work: Path, passes: list[str], args: argpa
 
 
 def bench_model(model_id: str, tools: list[str], passes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Runs every tool on one model, round-robin, ``--repeat`` times, each in a fresh process.
+
+    Returns:
+        The model's original counts and export recipe, the reference run, and per tool its runs,
+        medians and numerics against the original (or the failure that stopped it).
+    """
     path = _model_path(model_id, args)
     original = harness.model_counts(path)
     row: dict[str, Any] = {
@@ -242,6 +248,7 @@ def bench_model(model_id: str, tools: list[str], passes: list[str], args: argpar
 
 
 def print_model(row: dict[str, Any], tools: list[str]) -> None:
+    """Prints one model's table (tools against the load+save floor) and the notes under it."""
     orig, meta, fmt = row["original"], row["export"], harness.fmt
     recipe = ", ".join(
         f"{k} {meta[k]}" for k in ("keep_zeros", "static_batch", "bn_redrawn", "zero_params_redrawn") if k in meta
@@ -289,6 +296,7 @@ def print_model(row: dict[str, Any], tools: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs ``simplify`` against the anchors, or one tool when started as ``--child``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         child_tool(argv[1], argv[2], argv[3], json.loads(argv[4]))
