@@ -28,9 +28,9 @@ PyTorch is needed only to *build* the model.  It belongs to the project's
 ``bench``/``dev`` extras and is never a runtime dependency of onnxshrink.
 Use a separate virtual environment, e.g.::
 
-    python3 -m venv /tmp/benchvenv
-    /tmp/benchvenv/bin/pip install torch torchvision onnx onnxruntime scikit-learn numpy
-    /tmp/benchvenv/bin/python models/build_digits.py
+    python3 -m venv ../benchvenv
+    ../benchvenv/bin/pip install -e '.[bench]'
+    ../benchvenv/bin/python models/build_digits.py
 
 (The files in this folder were built with torch 2.14.1, onnx 1.23.2,
 onnxruntime 1.32.0, scikit-learn 1.9.1, numpy 2.4.6.)
