@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +20,7 @@ from onnxshrink.registry import register_pass
 from onnxshrink.selection import matching_pattern
 
 
-def _ratios_problem(ratios: dict[str, float]) -> str | None:
+def _ratios_problem(ratios: Mapping[str, float]) -> str | None:
     bad = next((name for name, ratio in ratios.items() if not 0 <= ratio < 1), None)
     return None if bad is None else f"ratio of '{bad}' must be >= 0 and < 1, got {ratios[bad]}"
 
@@ -43,7 +44,7 @@ class PruneChannelsOptions:
     )
     include: tuple[str, ...] = option((), "prune only groups with a producer whose op type or name glob matches")
     exclude: tuple[str, ...] = option((), "never prune groups with a producer whose op type or name glob matches")
-    ratios: dict[str, float] = option(
+    ratios: Mapping[str, float] = option(
         help="per-group ratios, NAME:RATIO,... keyed by a producer's node name (scope=layer); "
         "groups not named take `ratio`",
         default_factory=dict,
@@ -67,8 +68,9 @@ class PruneChannelsOptions:
     def ratio_of(self, group: ChannelGroup) -> float:
         """The ratio ``ratios`` gives one of the group's producers, else ``ratio``."""
         for site in group.of_kind("producer"):
-            if site.node is not None and site.node.name in self.ratios:
-                return self.ratios[site.node.name]
+            name = site.node.name if site.node is not None else None
+            if name is not None and name in self.ratios:
+                return self.ratios[name]
         return self.ratio
 
 

@@ -1,0 +1,229 @@
+"""Profiles: what each knob setting of each channel group and layer costs and how much it hurts.
+
+Every setting is built alone with the real pass on the simplified input model (``prune-channels``
+with one group's ratio, ``quantize`` with one layer included), so its costs are exact: bytes of
+the serialized model and analytic MACs, as deltas from the simplified model. Its damage is
+measured the way ``quantize:max-drop`` judges candidates (:class:`~onnxshrink.passes.quantize.budget.Judge`):
+``1 - cosine`` of the model's outputs against the simplified model's on calibration samples.
+Damages and costs are then taken as additive across units, which the allocation relies on and
+the measured trials correct.
+
+Profiles are cached as JSON in the study folder, keyed by the hashes of the simplified model, the
+calibration samples read, the knob and its grid, so another target on the same model reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxshrink.api import shrink
+from onnxshrink.context import PassContext
+from onnxshrink.data.samples import Samples
+from onnxshrink.inspect.summary import inspect_model
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.passes import channels
+from onnxshrink.passes.quantize.budget import Judge
+from onnxshrink.spec import PassSpec, make_spec
+
+logger = logging.getLogger(__name__)
+
+KNOBS = ("channels", "int8")
+CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+# Channels kept are a multiple of this, never fewer: finer than prune-channels' default of 8, so
+# small layers have settings between "all" and "half".
+CHANNEL_STEP = 4
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+_JUDGE_SAMPLES = 128
+_VERSION = 2  # bump when what a profile measures changes: old cache entries are then ignored
+
+
+@dataclasses.dataclass
+class Setting:
+    """One setting of a unit: its value and what it changes against the simplified model."""
+
+    value: float | str  # a channel ratio, or "int8" / "float"
+    bytes: int
+    macs: int
+    damage: float
+    layers: dict[str, int] = dataclasses.field(default_factory=dict)  # weight bytes change per layer
+
+
+@dataclasses.dataclass
+class Unit:
+    """A channel group (named by a producer node) or a layer, with its settings; the first is "unchanged"."""
+
+    knob: str
+    name: str
+    settings: list[Setting]
+    weight_bytes: int = 0  # int8 units: the layer's float weight bytes
+
+    def to_json(self) -> dict[str, Any]:
+        settings = [dataclasses.asdict(s) for s in self.settings]
+        return {"knob": self.knob, "name": self.name, "settings": settings, "weight_bytes": self.weight_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Unit:
+        return cls(data["knob"], data["name"], [Setting(**s) for s in data["settings"]], data["weight_bytes"])
+
+
+@dataclasses.dataclass
+class Profile:
+    """The simplified model's size and MACs and every unit's settings."""
+
+    size: int
+    macs: int
+    units: list[Unit]
+    seconds: float
+    cached: list[str]
+    layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "macs": self.macs,
+            "units": [u.to_json() for u in self.units],
+            "seconds": self.seconds,
+            "cached": self.cached,
+            "layer_bytes": self.layer_bytes,
+        }
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(hashlib.sha256(part).digest())
+    return hasher.hexdigest()[:24]
+
+
+def _data_digest(samples: Samples, count: int) -> bytes:
+    arrays = samples.take(count)
+    return b"".join(name.encode() + arrays[name].tobytes() for name in sorted(arrays))
+
+
+def _size(model: ir.Model) -> int:
+    return int(ir.serde.serialize_model(model).ByteSize())
+
+
+def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
+    """Bytes of the constant weight (input 1) of every named Conv, Gemm and MatMul of the main graph."""
+    found = {}
+    for node in model.graph:
+        weight = node.inputs[1] if is_onnx_op(node, *QUANTIZED_OPS) and len(node.inputs) > 1 else None
+        if node.name and weight is not None and weight.const_value is not None:
+            found[node.name] = int(weight.const_value.nbytes)
+    return found
+
+
+class _Builder:
+    """Builds one-setting variants of the simplified model and measures them."""
+
+    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str) -> None:
+        self.base = base
+        self.calibration = calibration
+        self.provider = provider
+        model = ir.serde.deserialize_model(base)
+        self.size = _size(model)
+        self.macs = int(inspect_model(model)["macs"])
+        self.layers = layer_weight_bytes(model)
+        context = PassContext(calibration=calibration, provider=provider)
+        self.judge = Judge(context, model, "auto", _JUDGE_SAMPLES, None, None)
+
+    def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
+        result = shrink(self.base, [spec], calibration=self.calibration, provider=self.provider, verify=False)
+        return result.model, result.report["passes"][-1]
+
+    def setting(self, value: float | str, model: ir.Model) -> Setting:
+        damage = self.judge.measure(model)
+        macs = int(inspect_model(model)["macs"])
+        now = layer_weight_bytes(model)
+        layers = {name: now[name] - size for name, size in self.layers.items() if name in now and now[name] != size}
+        return Setting(value, _size(model) - self.size, macs - self.macs, max(0.0, 1.0 - damage.cosine), layers)
+
+
+def channel_spec(ratios: dict[str, float]) -> PassSpec:
+    """The ``prune-channels`` spec of per-group ratios, as profiles and candidates both build it."""
+    options = {"ratio": 0.0, "ratios": ratios, "round-to": CHANNEL_STEP, "min-channels": CHANNEL_STEP}
+    return make_spec("prune-channels", options)
+
+
+def _channel_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+    units = []
+    for group in channels.iter_ok(channels.analyze(model, "remove")):
+        names = [s.node.name for s in group.of_kind("producer") if s.node is not None and s.node.name]
+        if not names:
+            continue
+        settings = [Setting(0.0, 0, 0, 0.0)]
+        kept_seen: set[int] = set()
+        for ratio in CHANNEL_RATIOS:
+            variant, record = builder.variant(channel_spec({names[0]: ratio}))
+            kept = sum(entry["after"] for entry in record["stats"]["channels"].values())
+            if not record["modified"] or kept in kept_seen:
+                continue  # rounding kept the same channels as a smaller ratio
+            kept_seen.add(kept)
+            settings.append(builder.setting(ratio, variant))
+        if len(settings) > 1:
+            units.append(Unit("channels", names[0], settings))
+    return units
+
+
+def _int8_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+    units = []
+    for node in model.graph:
+        if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
+            continue
+        variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
+        if not record["stats"].get("quantized_nodes"):
+            continue
+        settings = [Setting("float", 0, 0, 0.0), builder.setting("int8", variant)]
+        units.append(Unit("int8", node.name, settings, builder.layers.get(node.name, 0)))
+    return units
+
+
+_MEASURE: dict[str, Callable[[_Builder, ir.Model], list[Unit]]] = {"channels": _channel_units, "int8": _int8_units}
+
+
+def profile(
+    base: ir.Model,
+    calibration: Samples,
+    *,
+    provider: str,
+    knobs: Sequence[str],
+    cache: Path | None,
+) -> Profile:
+    """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``."""
+    started = time.perf_counter()
+    proto = ir.serde.serialize_model(base)
+    builder = _Builder(proto, calibration, provider)
+    model_digest = proto.SerializeToString(deterministic=True)
+    data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
+    units: list[Unit] = []
+    cached: list[str] = []
+    for knob in knobs:
+        grid = json.dumps(
+            {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
+        )
+        path = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
+        if path is not None and path.is_file():
+            units.extend(Unit.from_json(u) for u in json.loads(path.read_text(encoding="utf-8")))
+            cached.append(knob)
+            continue
+        knob_started = time.perf_counter()
+        found = _MEASURE[knob](builder, base)
+        logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
+        units.extend(found)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps([u.to_json() for u in found]), encoding="utf-8")
+            tmp.replace(path)
+    return Profile(builder.size, builder.macs, units, time.perf_counter() - started, cached, builder.layers)

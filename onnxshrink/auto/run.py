@@ -1,0 +1,259 @@
+"""``onnxshrink.auto``: name a target and an accuracy budget, get the best model found.
+
+Orchestration: resolve the inputs into files a trial's child process can read, simplify the model,
+profile it (or read the cached profile), search, and put the chosen trial, its recipe and the
+report together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxshrink._version import __version__
+from onnxshrink.api import ShrinkResult, shrink
+from onnxshrink.auto.goal import Goal, parse_duration, parse_size
+from onnxshrink.auto.measure import load_metric, score
+from onnxshrink.auto.profile import KNOBS, profile
+from onnxshrink.auto.recipe import to_toml
+from onnxshrink.auto.result import AutoResult, choose
+from onnxshrink.auto.search import Search, Settings
+from onnxshrink.auto.study import TrialJournal
+from onnxshrink.auto.trials import default_memory_bytes
+from onnxshrink.data.readers import open_samples
+from onnxshrink.errors import UsageError, VerificationError
+from onnxshrink.inspect.summary import inspect_model
+from onnxshrink.loading import load_model
+from onnxshrink.spec import make_spec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRIALS = 12
+_CALIBRATION_KEPT = 1024  # samples written for a child when calibration is not a file
+
+
+def _model_file(model: Any, folder: Path) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        if not Path(model).is_file():
+            raise UsageError(f"model file not found: {model}")
+        return str(Path(model).resolve())
+    path = folder / "input.onnx"
+    if isinstance(model, onnx.ModelProto):
+        onnx.save(model, path)
+    elif isinstance(model, ir.Model):
+        ir.save(model, path)
+    else:
+        raise UsageError(
+            f"auto reads a model from a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}"
+        )
+    return str(path)
+
+
+def _data_source(data: Any, folder: Path, name: str, role: str, count: int | None) -> str:
+    """A path or ``module:attribute`` a child process can open; arrays and readers are written to npz."""
+    if isinstance(data, (str, os.PathLike)):
+        text = str(data)
+        return str(Path(text).resolve()) if Path(text).exists() else text
+    samples = open_samples(data, role="inputs" if role == "evaluation" else "calibration")
+    path = folder / f"{name}.npz"
+    arrays: dict[str, Any] = samples.take(count)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _study_name(model: str, goal: Goal, knobs: Sequence[str], seed: int, data: Sequence[str | None]) -> str:
+    digest = hashlib.sha256(Path(model).read_bytes())
+    digest.update(json.dumps([goal.to_json(), list(knobs), seed, list(data)], sort_keys=True, default=str).encode())
+    return f"auto-{digest.hexdigest()[:16]}"
+
+
+def _knobs(search: Sequence[str] | str | None) -> list[str]:
+    if search is None:
+        return list(KNOBS)
+    names = [s.strip() for s in (search.split(",") if isinstance(search, str) else search) if s.strip()]
+    unknown = [n for n in names if n not in KNOBS]
+    if unknown or not names:
+        raise UsageError(
+            f"--search: {', '.join(unknown) or 'nothing'} is not a knob auto searches yet; valid: {', '.join(KNOBS)}"
+        )
+    return names
+
+
+def auto(
+    model: str | os.PathLike[str] | onnx.ModelProto | ir.Model,
+    *,
+    calibration: Any,
+    evaluation: Any,
+    max_size: int | str | None = None,
+    max_macs: float | None = None,
+    min_speedup: float | None = None,
+    max_drop: float | None = None,
+    min_agreement: float | None = None,
+    min_cosine: float | None = None,
+    metric: str | Callable[[str, Any], Any] | None = None,
+    time_budget: float | str | None = None,
+    study: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    workers: int = 1,
+    executor: str = "local",
+    seed: int = 0,
+    provider: str = "cpu",
+    batch: int = 1,
+    search: Sequence[str] | str | None = None,
+    max_trials: int = DEFAULT_TRIALS,
+    trial_timeout: float = 600.0,
+    trial_memory: int | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> AutoResult:
+    """Searches channel pruning and int8 placement for the best model meeting a target and budget.
+
+    Args:
+        model: A path, ``onnx.ModelProto`` or ``onnx_ir.Model``.
+        calibration: Calibration data (as for :func:`onnxshrink.shrink`).
+        evaluation: Evaluation data: an npz (with ``labels`` for ``max_drop``) or arrays.
+        max_size: Bytes of the saved model (``"4MB"``, ``"300KB"`` or an int).
+        max_macs: MACs as a fraction of the input's.
+        min_speedup: Latency speedup on ``provider`` at ``batch``.
+        max_drop: Accuracy drop in points (or of ``metric``'s score).
+        min_agreement, min_cosine: Budgets against the input model's outputs.
+        metric: ``module:function`` (or a module-level function) called as ``f(model_path, samples)``,
+            returning a score or ``(score, per_sample_scores)``; higher is better.
+        time_budget: Seconds (or ``"30m"``) after which no new trial starts.
+        study: Folder for the profile cache and trial journal (a temporary one when None).
+        resume: Continue the study's journal instead of starting it over.
+        workers, executor: Only 1 and ``local`` in this version.
+        seed: Seeds the global-knob search; same inputs and seed give the same recipe.
+        provider, batch: Where and at which batch latency is measured.
+        search: Knobs to search (``channels``, ``int8``); all by default.
+        max_trials: Most candidates built.
+        trial_timeout, trial_memory: Limits of each trial's child process (seconds, bytes).
+        progress: Called with each trial's record as it finishes.
+
+    Raises:
+        UsageError: Bad goal, options or data.
+        VerificationError: Every trial failed, so there is no model to return.
+    """
+    started = time.perf_counter()
+    goal = Goal(
+        max_size=parse_size(max_size) if max_size is not None else None,
+        max_macs=max_macs,
+        min_speedup=min_speedup,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        metric=metric if isinstance(metric, str) or metric is None else f"{metric.__module__}:{metric.__name__}",
+    )
+    goal.check()
+    if workers != 1 or executor != "local":
+        raise UsageError("auto runs one local worker in this version (--workers 1, --executor local)")
+    knobs = _knobs(search)
+    budget = parse_duration(time_budget) if time_budget is not None else None
+    temporary = tempfile.TemporaryDirectory(prefix="onnxshrink-auto-") if study is None else None
+    folder = Path(temporary.name if temporary is not None else study).resolve()  # type: ignore[arg-type]
+    folder.mkdir(parents=True, exist_ok=True)
+    model_file = _model_file(model, folder)
+    calib_source = _data_source(calibration, folder, "calibration", "calibration", _CALIBRATION_KEPT)
+    eval_source = _data_source(evaluation, folder, "evaluation", "evaluation", None)
+    calib = open_samples(calib_source)
+    loaded = load_model(model_file).model
+    feed = open_samples(eval_source, role="inputs").feed_for(loaded)
+    if goal.max_drop is not None and goal.metric is None and feed.labels is None:
+        raise UsageError("--max-drop needs labelled evaluation data (a 'labels' array) or --metric")
+    metric_reference = None
+    if metric is not None:
+        try:
+            metric_reference = score(load_metric(metric), model_file, open_samples(eval_source, role="inputs"))
+        except UsageError:
+            raise
+        except Exception as error:
+            raise UsageError(f"--metric failed on the input model: {type(error).__name__}: {error}") from None
+    reference_macs = int(inspect_model(loaded)["macs"])
+    base = shrink(model_file, [make_spec("simplify", {})], verify=False).model
+    measured_profile = profile(base, calib, provider=provider, knobs=knobs, cache=folder / "profiles")
+    name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
+    journal = TrialJournal(folder, name, resume=resume)
+    settings = Settings(
+        model=model_file,
+        calibration=calib_source,
+        evaluation=eval_source,
+        provider=provider,
+        batch=batch,
+        seed=seed,
+        max_trials=max_trials,
+        deadline=time.monotonic() + budget - (time.perf_counter() - started) if budget else float("inf"),
+        trial_timeout=trial_timeout,
+        trial_memory=trial_memory if trial_memory is not None else default_memory_bytes(),
+        reference_macs=reference_macs,
+        reference_size=Path(model_file).stat().st_size,
+        metric=metric if not isinstance(metric, str) else goal.metric,
+        metric_reference=metric_reference,
+        folder=folder,
+        sys_path=tuple(sys.path),
+    )
+    runner = Search(goal, measured_profile, settings, journal, progress)
+    runner.structure()
+    runner.knobs()
+    chosen, feasible = choose(goal, runner.trials, runner.primary)
+    if chosen is None:
+        first = next((t["error"] for t in runner.trials if t.get("error")), "no trial ran")
+        raise VerificationError(f"auto: every trial failed, nothing written; first error: {first}")
+    model_path = Path(chosen["model"])
+    if not model_path.is_file():  # a resumed study whose trial files were removed
+        raise VerificationError(f"auto: the chosen trial's model {model_path} is missing; rerun without --resume")
+    specs = [make_spec(s["name"], s["options"]) for s in chosen["specs"]]
+    header = [
+        f"onnxshrink {__version__} auto: trial {chosen['number']} of study {name}",
+        f"rebuild: onnxshrink run MODEL --recipe THIS.toml --calib {calib_source} -o OUT",
+    ]
+    recipe = to_toml(specs, header)
+    (folder / "best.toml").write_text(recipe, encoding="utf-8")
+    front = runner.front_json()
+    report: dict[str, Any] = {
+        "onnxshrink_version": __version__,
+        "input": {"path": model_file, "size": settings.reference_size, "macs": reference_macs},
+        "goal": goal.to_json(),
+        "search": {"knobs": knobs, "seed": seed, "provider": provider, "batch": batch, "max_trials": max_trials},
+        "study": {"folder": str(folder) if temporary is None else None, "name": name},
+        "profile": {**measured_profile.to_json(), "seconds": measured_profile.seconds},
+        "front": front,
+        "trials": runner.trials,
+        "chosen": {
+            "trial": chosen["number"],
+            "feasible": feasible,
+            "misses": chosen.get("misses", {}),
+            "settings": chosen["settings"],
+            "knobs": chosen["knobs"],
+            "specs": chosen["specs"],
+        },
+        "output": None,
+        "seconds": {"total": time.perf_counter() - started, "profile": measured_profile.seconds},
+    }
+    best = ShrinkResult(load_model(model_path).model, {"trial": chosen})
+    result = AutoResult(
+        best=best,
+        feasible=feasible,
+        misses=dict(chosen.get("misses", {})),
+        front=front,
+        trials=runner.trials,
+        recipe=recipe,
+        report=report,
+        model_file=model_path,
+    )
+    if temporary is not None:
+        # Keep the chosen model readable after the temporary study folder goes.
+        result.model_file = Path(tempfile.mkdtemp(prefix="onnxshrink-auto-best-")) / "best.onnx"
+        result.model_file.write_bytes(model_path.read_bytes())
+        temporary.cleanup()
+    return result
