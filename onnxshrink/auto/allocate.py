@@ -14,7 +14,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from onnxshrink.auto.profile import Profile, Unit
 
 COSTS = ("bytes", "macs")
-_FRONT_POINTS = 24
+_FRONT_POINTS = 32
 _TIE = 1e-9  # per unit of normalized cost: among equal damages, the cheaper setting wins
 
 
@@ -50,10 +50,39 @@ def _columns(profile: Profile) -> tuple[np.ndarray, dict[str, np.ndarray], list[
     return damage, costs, where
 
 
-def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage") -> Point | None:
-    """The allocation minimizing ``objective`` (damage, bytes or macs) with totals within ``caps``.
+def predicted_size(profile: Profile, choice: Sequence[int]) -> int:
+    """Bytes of an allocation with each layer's weight scaled by every cut on it and by int8.
 
-    Caps are totals (model bytes, MACs), not deltas. Returns None when no allocation fits them.
+    The knapsack adds settings' byte savings; where two channel groups cut one layer (its inputs
+    and its outputs) or a cut layer is also quantized, the sum counts a part twice. Here a layer
+    keeps ``prod(1 - cut fraction)`` of its weight, then int8 keeps its profiled share of that.
+    """
+    kept = {layer: 1.0 for layer in profile.layer_bytes}
+    other = 0.0  # what settings change besides layer weights (biases, norms, Q/DQ parameters)
+    int8: dict[str, float] = {}
+    for unit, index in zip(profile.units, choice, strict=True):
+        setting = unit.settings[index]
+        if unit.knob == "int8":
+            if index and unit.weight_bytes:
+                int8[unit.name] = setting.bytes / unit.weight_bytes
+            elif index:
+                other += setting.bytes
+            continue
+        other += setting.bytes - sum(setting.layers.values())
+        for layer, delta in setting.layers.items():
+            if profile.layer_bytes.get(layer):
+                kept[layer] *= 1.0 + delta / profile.layer_bytes[layer]
+    total = float(profile.size) + other
+    for layer, size in profile.layer_bytes.items():
+        total += size * (kept[layer] * (1.0 + int8.get(layer, 0.0)) - 1.0)
+    return round(total)
+
+
+def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage") -> Point | None:
+    """The allocation minimizing ``objective`` (damage, bytes or macs) with summed costs within ``caps``.
+
+    Caps are totals (model bytes, MACs), not deltas; the knapsack sums settings' costs. Returns
+    None when no allocation fits them. The point's size is :func:`predicted_size`.
     """
     if not profile.units:
         return Point((), profile.size, profile.macs, 0.0) if _fits(profile.size, profile.macs, caps) else None
@@ -64,67 +93,22 @@ def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage"
         weights = damage + _TIE * sum(costs[k] / scale[k] for k in COSTS)
     else:
         weights = costs[objective] / scale[objective] + _TIE * damage
-    pairs = _overlaps(profile, where)
-    count = len(where)
-    total = count + len(pairs)
-    rows = np.zeros((len(profile.units), total))
+    rows = np.zeros((len(profile.units), len(where)))
     for column, (owner, _) in enumerate(where):
         rows[owner, column] = 1.0
     constraints = [LinearConstraint(rows, 1.0, 1.0)]
-    # y = a AND b for each overlap: y >= a + b - 1, y <= a, y <= b.
-    links = np.zeros((3 * len(pairs), total))
-    for pair, (a, b, _) in enumerate(pairs):
-        y = count + pair
-        links[3 * pair, [a, b, y]] = (1.0, 1.0, -1.0)
-        links[3 * pair + 1, [y, a]] = (1.0, -1.0)
-        links[3 * pair + 2, [y, b]] = (1.0, -1.0)
-    if pairs:
-        upper = np.tile([1.0, 0.0, 0.0], len(pairs))
-        constraints.append(LinearConstraint(links, -np.inf, upper))
-    bytes_row = np.concatenate([costs["bytes"], [extra for _, _, extra in pairs]])
     for key, cap in caps.items():
-        limit = bytes_row if key == "bytes" else np.concatenate([costs[key], np.zeros(len(pairs))])
-        constraints.append(LinearConstraint(limit[None, :], -np.inf, cap - base[key]))
-    weights = np.concatenate([weights, [_TIE * extra / scale["bytes"] for _, _, extra in pairs]])
-    if objective == "bytes":
-        weights[count:] = [extra / scale["bytes"] for _, _, extra in pairs]
-    result = milp(weights, constraints=constraints, integrality=np.ones(total), bounds=Bounds(0, 1))
+        constraints.append(LinearConstraint(costs[key][None, :], -np.inf, cap - base[key]))
+    result = milp(weights, constraints=constraints, integrality=np.ones(len(where)), bounds=Bounds(0, 1))
     if result.x is None:
         return None
-    picked = np.round(result.x).astype(bool)
-    chosen = picked[:count]
+    chosen = np.round(result.x).astype(bool)
     choice = [0] * len(profile.units)
     for found in np.flatnonzero(chosen):
         owner, setting = where[int(found)]
         choice[owner] = int(setting)
-    size = profile.size + int(bytes_row[picked].sum())
     macs = profile.macs + int(costs["macs"][chosen].sum())
-    return Point(tuple(choice), size, macs, float(damage[chosen].sum()))
-
-
-def _overlaps(profile: Profile, where: Sequence[tuple[int, int]]) -> list[tuple[int, int, float]]:
-    """(channel column, int8 column, bytes counted twice) for each channel setting that shrinks a
-    layer whose int8 setting is also profiled: quantizing a pruned layer saves only on what is left."""
-    int8 = {
-        profile.units[u].name: (column, profile.units[u])
-        for column, (u, s) in enumerate(where)
-        if profile.units[u].knob == "int8" and s == 1
-    }
-    pairs = []
-    shrinking: dict[str, list[tuple[int, int, int]]] = {}  # layer -> (column, unit, bytes delta)
-    for column, (u, s) in enumerate(where):
-        if profile.units[u].knob != "channels":
-            continue
-        for layer, delta in profile.units[u].settings[s].layers.items():
-            if layer in int8:
-                other, unit = int8[layer]
-                pairs.append((column, other, unit.settings[1].bytes * delta / max(unit.weight_bytes, 1)))
-            # Two groups cutting one layer (its inputs and its outputs) remove the corner twice.
-            for first, first_unit, first_delta in shrinking.get(layer, []):
-                if first_unit != u:
-                    pairs.append((first, column, first_delta * delta / max(profile.layer_bytes.get(layer, 1), 1)))
-            shrinking.setdefault(layer, []).append((column, u, delta))
-    return pairs
+    return Point(tuple(choice), predicted_size(profile, choice), macs, float(damage[chosen].sum()))
 
 
 def _fits(size: float, macs: float, caps: Mapping[str, float]) -> bool:
@@ -132,18 +116,31 @@ def _fits(size: float, macs: float, caps: Mapping[str, float]) -> bool:
 
 
 def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Point]:
-    """Least-damage allocations for caps of the primary cost swept from its cap (or the model's
-    own cost) down to the smallest reachable; the other caps hold throughout. Least damage first."""
-    cheapest = solve(profile, caps, objective=primary)
+    """The predicted Pareto front within ``caps``, least damage first.
+
+    The knapsack's summed cost of the primary kind is capped at levels swept from the model's own
+    cost down to the smallest reachable (other caps hold throughout); each point is then judged by
+    its :func:`predicted_size`, and points that another beats on both damage and cost are dropped.
+    """
+    summed = {k: v for k, v in caps.items() if k != "bytes"}
+    cheapest = solve(profile, summed, objective=primary)
     if cheapest is None:
         return []
-    low = float(getattr(cheapest, "size" if primary == "bytes" else "macs"))
-    high = float(min(caps.get(primary, np.inf), profile.size if primary == "bytes" else profile.macs))
-    points: list[Point] = []
-    for cap in np.linspace(max(high, low), low, _FRONT_POINTS):
-        point = solve(profile, {**caps, primary: float(cap)})
+    base = profile.size if primary == "bytes" else profile.macs
+    low = float(base + sum(min(getattr(s, primary) for s in unit.settings) for unit in profile.units))
+    points: list[Point] = [cheapest]
+    for cap in np.linspace(base, low, _FRONT_POINTS):
+        point = solve(profile, {**summed, primary: float(cap)})
         if point is not None and all(point.choice != p.choice for p in points):
             points.append(point)
-    if all(cheapest.choice != p.choice for p in points):
-        points.append(cheapest)
-    return sorted(points, key=lambda p: (p.damage, p.size, p.macs))
+    inside = [p for p in points if _fits(p.size, p.macs, caps)]
+    inside.sort(key=lambda p: (p.damage, _cost(p, primary)))
+    kept: list[Point] = []
+    for point in inside:
+        if not kept or _cost(point, primary) < _cost(kept[-1], primary):
+            kept.append(point)
+    return kept
+
+
+def _cost(point: Point, primary: str) -> int:
+    return point.size if primary == "bytes" else point.macs
