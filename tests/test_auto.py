@@ -1,0 +1,240 @@
+"""``onnxshrink auto``: tiny studies on the bundled digits CNN (real passes, real child processes,
+a real Optuna journal). Profiles are measured once per module and copied into each study folder,
+as a second study on the same model and data reuses them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+from click.testing import CliRunner
+
+import onnxshrink
+from onnxshrink.auto.goal import parse_duration, parse_size
+from onnxshrink.auto.recipe import Knobs, candidate_specs, to_toml
+from onnxshrink.auto.study import TrialJournal
+from onnxshrink.cli import main
+from onnxshrink.spec import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "digits_cnn.onnx"
+CALIB = ROOT / "models" / "digits_calib.npz"
+EVAL = ROOT / "models" / "digits_test.npz"
+INPUT_SIZE = MODEL.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study folder whose profile cache holds both knobs (measured once for the module)."""
+    folder = tmp_path_factory.mktemp("warm")
+    onnxshrink.auto(MODEL, calibration=str(CALIB), evaluation=str(EVAL), max_drop=100.0, study=folder, max_trials=1)
+    return folder / "profiles"
+
+
+def study(tmp_path: Path, profiles: Path, name: str = "study") -> Path:
+    folder = tmp_path / name
+    shutil.copytree(profiles, folder / "profiles")
+    return folder
+
+
+def _auto(folder: Path, **kwargs: object) -> onnxshrink.AutoResult:
+    return onnxshrink.auto(MODEL, calibration=str(CALIB), evaluation=str(EVAL), study=folder, **kwargs)  # type: ignore[arg-type]
+
+
+def test_parse_size_and_duration() -> None:
+    assert parse_size("4MB") == 4_000_000
+    assert parse_size("300KB") == 300_000
+    assert parse_size("2MiB") == 2 * 1024**2
+    assert parse_duration("30m") == 1800.0
+    assert parse_duration("90s") == 90.0
+    with pytest.raises(onnxshrink.errors.UsageError, match="bad size"):
+        parse_size("four megs")
+
+
+def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) -> None:
+    result = _auto(study(tmp_path, profiles), max_drop=1.0, max_trials=3, search="int8")
+    assert result.feasible and result.misses == {}
+    chosen = result.report["trials"][result.report["chosen"]["trial"]]
+    assert chosen["drop"] <= 1.0
+    assert chosen["size"] < INPUT_SIZE / 3  # int8 weights
+    assert result.report["profile"]["cached"] == ["int8"]  # the profile came from the cache
+    assert all(t["seconds"] > 0 and "settings" in t and "specs" in t for t in result.trials)
+    assert result.front and all({"size", "macs", "damage", "settings"} <= set(p) for p in result.front)
+    out = result.save(tmp_path / "best.onnx")
+    onnx.checker.check_model(onnx.load(out))
+
+
+@pytest.mark.parametrize(
+    ("target", "budget", "search"),
+    [
+        ({"max_size": "120KB"}, {"max_drop": 1.0}, "int8"),
+        ({"max_macs": 0.95}, {"min_agreement": 0.9}, "channels"),
+        ({"min_speedup": 0.2}, {"min_cosine": 0.99}, "int8"),
+    ],
+)
+def test_each_target_and_budget_kind(
+    tmp_path: Path, profiles: Path, target: dict[str, object], budget: dict[str, float], search: str
+) -> None:
+    result = _auto(study(tmp_path, profiles), **target, **budget, max_trials=1, search=search)
+    assert result.feasible, result.misses
+    chosen = result.report["trials"][result.report["chosen"]["trial"]]
+    if "max_size" in target:
+        assert chosen["size"] <= 120_000
+    if "max_macs" in target:
+        assert chosen["macs_ratio"] <= 0.95
+    if "min_speedup" in target:
+        assert chosen["speedup"] >= 0.2 and chosen["latency_ms"] > 0
+    if "min_agreement" in budget:
+        assert chosen["agreement"] >= 0.9
+    if "min_cosine" in budget:
+        assert chosen["cosine"] >= 0.99
+
+
+def test_infeasible_writes_the_nearest_and_exits_1(tmp_path: Path, profiles: Path) -> None:
+    out = tmp_path / "out.onnx"
+    args = ["auto", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--eval", str(EVAL)]
+    args += ["--max-size", "1KB", "--max-drop", "1", "--trials", "1", "--search", "int8"]
+    result = CliRunner().invoke(main, [*args, "--study", str(study(tmp_path, profiles))])
+    assert result.exit_code == 1, result.output
+    assert "over --max-size 1000 B" in result.output
+    assert out.is_file() and out.with_suffix(".toml").is_file()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    base = ["auto", str(MODEL), "-o", str(tmp_path / "o.onnx"), "--calib", str(CALIB), "--eval", str(EVAL)]
+    assert CliRunner().invoke(main, base).exit_code == 2  # neither target nor budget
+    assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--resume"]).exit_code == 2
+    assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int3"]).exit_code == 2
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, input=np.load(EVAL)["input"])
+    args = ["auto", str(MODEL), "-o", str(tmp_path / "o.onnx"), "--calib", str(CALIB), "--eval", str(unlabelled)]
+    result = CliRunner().invoke(main, [*args, "--max-drop", "1"])
+    assert result.exit_code == 2 and "labels" in result.output
+
+
+def test_recipe_rebuilds_the_model_byte_for_byte(tmp_path: Path, profiles: Path) -> None:
+    out = tmp_path / "out.onnx"
+    args = ["auto", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--eval", str(EVAL), "--max-size", "60KB"]
+    args += ["--max-drop", "5", "--trials", "1", "--study", str(study(tmp_path, profiles))]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (0, 1), result.output
+    recipe = out.with_suffix(".toml")
+    assert "prune-channels" in recipe.read_text() and "quantize" in recipe.read_text()
+    again = tmp_path / "again.onnx"
+    run = ["run", str(MODEL), "--recipe", str(recipe), "--calib", str(CALIB), "-o", str(again), "--no-verify"]
+    rebuilt = CliRunner().invoke(main, run)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_recipe_round_trips_per_group_and_per_layer_settings(tmp_path: Path, profiles: Path) -> None:
+    result = _auto(study(tmp_path, profiles), max_drop=100.0, max_trials=1)
+    units = result.report["profile"]["units"]
+    assert {u["knob"] for u in units} == {"channels", "int8"}
+    from onnxshrink.auto.profile import Unit
+
+    parsed = [Unit.from_json(u) for u in units]
+    choice = [len(u.settings) - 1 if i % 2 == 0 else 0 for i, u in enumerate(parsed)]
+    specs = candidate_specs(parsed, choice, Knobs(calibrate="percentile", reconstruct=True))
+    path = tmp_path / "r.toml"
+    path.write_text(to_toml(specs, ["a comment"]))
+    assert load_recipe(path) == specs
+
+
+def _write_metric(folder: Path, body: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "my_metric.py").write_text(body)
+    sys.path.insert(0, str(folder))
+    return "my_metric:score"
+
+
+_ACCURACY = """
+import numpy as np
+import onnxruntime as ort
+
+def accuracy(path, samples):
+    data = samples.take()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": data["input"]})[0]
+    per_sample = (logits.argmax(axis=1) == data["labels"]).astype(float)
+    return float(per_sample.mean()), per_sample
+"""
+
+
+def test_user_metric_hook(tmp_path: Path, profiles: Path) -> None:
+    metric = _write_metric(tmp_path / "m1", _ACCURACY + "\nscore = accuracy\n")
+    result = _auto(study(tmp_path, profiles), metric=metric, max_drop=0.01, max_trials=2, search="int8")
+    chosen = result.report["trials"][result.report["chosen"]["trial"]]
+    assert 0.5 < chosen["score_reference"] <= 1.0
+    assert chosen["drop"] == pytest.approx(chosen["score_reference"] - chosen["score"])
+    assert chosen["drop"] <= 0.01
+
+
+def test_a_raising_metric_is_a_failed_trial(tmp_path: Path, profiles: Path) -> None:
+    marker = tmp_path / "raised"
+    body = (
+        _ACCURACY
+        + f"""
+from pathlib import Path
+
+def score(path, samples):
+    if Path(path).name != "digits_cnn.onnx" and not Path({str(marker)!r}).exists():
+        Path({str(marker)!r}).touch()
+        raise RuntimeError("metric exploded")
+    return accuracy(path, samples)
+"""
+    )
+    metric = _write_metric(tmp_path / "m2", body)
+    folder = study(tmp_path, profiles)
+    result = _auto(folder, metric=metric, max_drop=0.05, max_trials=3, search="int8")
+    assert result.trials[0]["error"] == "RuntimeError: metric exploded"
+    assert result.feasible and any(t["error"] is None for t in result.trials)
+    journal = TrialJournal(folder, result.report["study"]["name"], resume=True)
+    states = [t.state for t in journal.study.get_trials()]
+    assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
+
+
+def test_same_seed_same_recipe(tmp_path: Path, profiles: Path) -> None:
+    first = _auto(study(tmp_path, profiles, "a"), max_drop=1.0, max_trials=3, search="int8", seed=3)
+    second = _auto(study(tmp_path, profiles, "b"), max_drop=1.0, max_trials=3, search="int8", seed=3)
+    assert first.recipe == second.recipe
+    assert [t["key"] for t in first.trials] == [t["key"] for t in second.trials]
+
+
+def test_resume_after_kill_runs_no_finished_trial_twice(tmp_path: Path, profiles: Path) -> None:
+    folder = study(tmp_path, profiles)
+    args = [sys.executable, "-m", "onnxshrink.cli", "-v", "auto", str(MODEL), "-o", str(tmp_path / "o.onnx")]
+    args += ["--calib", str(CALIB), "--eval", str(EVAL), "--max-drop", "0.5", "--search", "int8"]
+    args += ["--trials", "6", "--seed", "1", "--study", str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((folder / "trials").glob("*.onnx"))) < 2:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    before = _finished_keys(folder)
+    assert before, "the study was killed before any trial finished"
+    result = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(from the journal)" in result.stderr
+    after = _finished_keys(folder)
+    assert len(after) == len(set(after))  # no finished trial ran twice
+    assert set(before) <= set(after) and len(after) > len(before)
+
+
+def _finished_keys(folder: Path) -> list[str]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "journal.log")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return [t.user_attrs["record"]["key"] for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
