@@ -4,7 +4,10 @@ as a second study on the same model and data reuses them."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -238,3 +241,15 @@ def _finished_keys(folder: Path) -> list[str]:
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     return [t.user_attrs["record"]["key"] for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_readme_auto_command_runs(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    (command,) = [c for c in re.findall(r"^\$ (onnxshrink auto .+)$", text, flags=re.MULTILINE)]
+    args = shlex.split(command.replace("/tmp/", f"{tmp_path}/"))[1:]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "auto.json").read_text())
+    assert {"goal", "profile", "front", "trials", "chosen", "recipe"} <= set(report)
+    assert (tmp_path / "auto.onnx").stat().st_size <= 60_000
+    assert (tmp_path / "study" / "best.toml").read_text() == (tmp_path / "auto.toml").read_text()
