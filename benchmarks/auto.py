@@ -1,5 +1,6 @@
-"""Issue 12's goals for ``onnxshrink auto`` on the bundled digits CNN (labelled): size ratio
-against the fp32 input at ``--max-drop 0.5`` and the wall time (goal: >= 6x smaller in <= 3 min),
+"""Issue 12's goals for ``onnxshrink auto`` on the bundled digits CNN (labelled).
+
+Size ratio against the fp32 input at ``--max-drop 0.5`` and the wall time (goal: >= 6x smaller in <= 3 min),
 beside plain int8 (``simplify`` -> ``quantize``, about 4x), and profile reuse: a second study with
 another target in the same study folder (goal: <= 10 % of the first run's profiling time).
 
@@ -65,6 +66,7 @@ def _auto(folder: Path, trials: int, **goal: Any) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Runs the studies and prints the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12, help="max trials of each auto run")
     parser.add_argument("--repeats", type=int, default=1, help="fresh studies; medians are printed")

@@ -22,9 +22,12 @@ __all__ = ["AutoResult", "auto"]
 
 
 class _CallablePackage(types.ModuleType):
-    """``onnxshrink.auto`` names both this package and the function (the DESIGN's API): Python binds
+    """The ``onnxshrink.auto`` package, callable as :func:`auto`.
+
+    ``onnxshrink.auto`` names both this package and the function (the DESIGN's API): Python binds
     a subpackage over a same-named attribute of its parent whenever it is imported, so the package
-    itself is made callable, and ``onnxshrink.auto(...)`` works whatever was imported first."""
+    itself is made callable, and ``onnxshrink.auto(...)`` works whatever was imported first.
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> AutoResult:
         return auto(*args, **kwargs)

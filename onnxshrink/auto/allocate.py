@@ -1,6 +1,8 @@
-"""Allocation: one setting per unit, the least predicted damage under cost caps, as a
-multiple-choice knapsack solved exactly by ``scipy.optimize.milp`` (HiGHS); sweeping the cap of
-the primary cost gives the predicted Pareto front."""
+"""Allocation: one setting per unit, the least predicted damage under cost caps.
+
+A multiple-choice knapsack solved exactly by ``scipy.optimize.milp`` (HiGHS); sweeping the cap of
+the primary cost gives the predicted Pareto front.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Point:
         return table
 
     def to_json(self, units: Sequence[Unit]) -> dict[str, Any]:
+        """The point as the report shows it."""
         return {"size": self.size, "macs": self.macs, "damage": self.damage, "settings": self.settings(units)}
 
 

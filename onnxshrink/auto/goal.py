@@ -1,5 +1,7 @@
-"""What ``auto`` is asked for: targets (size, MACs, speed), an accuracy budget, and how far a
-measured candidate is from them."""
+"""What ``auto`` is asked for.
+
+Targets (size, MACs, speed), an accuracy budget, and how far a measured candidate is from them.
+"""
 
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ class Goal:
 
     @property
     def has_target(self) -> bool:
+        """Whether a size, MACs or speed target was named."""
         return any(t is not None for t in (self.max_size, self.max_macs, self.min_speedup))
 
     def loss(self, measured: Mapping[str, Any]) -> float:
@@ -143,4 +146,5 @@ class Goal:
         return total
 
     def to_json(self) -> dict[str, Any]:
+        """The goal as the report shows it."""
         return dataclasses.asdict(self)

@@ -1,6 +1,9 @@
-"""One candidate, built and measured: the passes run, the model saved, then its size, MACs,
-latency and accuracy on the evaluation data. This runs inside a trial's child process
-(:mod:`onnxshrink.auto.trials`), so everything it takes and returns is plain data."""
+"""One candidate, built and measured.
+
+The passes run, the model is saved, then its size, MACs, latency and accuracy on the evaluation
+data are measured. This runs inside a trial's child process
+(:mod:`onnxshrink.auto.trials`), so everything it takes and returns is plain data.
+"""
 
 from __future__ import annotations
 
@@ -147,4 +150,5 @@ def spec_dicts(specs: Sequence[Any]) -> tuple[dict[str, Any], ...]:
 
 
 def model_path(path: str | Path) -> str:
+    """The absolute path a child process opens."""
     return str(Path(path).resolve())

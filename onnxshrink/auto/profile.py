@@ -68,11 +68,13 @@ class Unit:
     weight_bytes: int = 0  # int8 units: the layer's float weight bytes
 
     def to_json(self) -> dict[str, Any]:
+        """The unit as the profile cache and the report hold it."""
         settings = [dataclasses.asdict(s) for s in self.settings]
         return {"knob": self.knob, "name": self.name, "settings": settings, "weight_bytes": self.weight_bytes}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Unit:
+        """A unit read back from the profile cache."""
         return cls(data["knob"], data["name"], [Setting(**s) for s in data["settings"]], data["weight_bytes"])
 
 
@@ -88,6 +90,7 @@ class Profile:
     layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The profile as the report shows it."""
         return {
             "size": self.size,
             "macs": self.macs,

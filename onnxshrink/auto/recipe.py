@@ -1,6 +1,9 @@
-"""A candidate as passes: the chosen per-unit settings and global knobs become pass specs
-(``simplify`` -> ``prune-channels`` -> ``reconstruct`` -> ``quantize``), and specs become the
-TOML recipe that ``onnxshrink run --recipe`` turns back into the same model."""
+"""A candidate as passes, and passes as a recipe.
+
+The chosen per-unit settings and global knobs become pass specs (``simplify`` -> ``prune-channels``
+-> ``reconstruct`` -> ``quantize``), and specs become the TOML recipe that ``onnxshrink run
+--recipe`` turns back into the same model.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class Knobs:
     reconstruct: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The knobs as the report shows them."""
         return dataclasses.asdict(self)
 
 

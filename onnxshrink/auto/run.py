@@ -127,18 +127,22 @@ def auto(
         max_macs: MACs as a fraction of the input's.
         min_speedup: Latency speedup on ``provider`` at ``batch``.
         max_drop: Accuracy drop in points (or of ``metric``'s score).
-        min_agreement, min_cosine: Budgets against the input model's outputs.
+        min_agreement: Budget: top-1 agreement with the input model.
+        min_cosine: Budget: smallest output cosine similarity with the input model.
         metric: ``module:function`` (or a module-level function) called as ``f(model_path, samples)``,
             returning a score or ``(score, per_sample_scores)``; higher is better.
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
-        workers, executor: Only 1 and ``local`` in this version.
+        workers: Trials at a time; only 1 in this version.
+        executor: Where trials run; only ``local`` in this version.
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
-        provider, batch: Where and at which batch latency is measured.
+        provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
+        batch: The batch size latency is measured at.
         search: Knobs to search (``channels``, ``int8``); all by default.
         max_trials: Most candidates built.
-        trial_timeout, trial_memory: Limits of each trial's child process (seconds, bytes).
+        trial_timeout: Seconds a trial's child process may run.
+        trial_memory: Bytes of address space a trial's child process may take (default: physical memory).
         progress: Called with each trial's record as it finishes.
 
     Raises:

@@ -1,6 +1,9 @@
-"""The search: profile once, allocate on the predicted front, build and measure the candidates
+"""The search over candidates.
+
+Profile once, allocate on the predicted front, build and measure the candidates
 that decide the answer, correct the prediction with what was measured, then let Optuna search the
-global knobs; every trial is journaled so a study resumes where it stopped."""
+global knobs; every trial is journaled so a study resumes where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ class Search:
 
     @property
     def out_of_time(self) -> bool:
+        """Whether the time budget or the trial count is used up."""
         return time.monotonic() >= self.settings.deadline or len(self.trials) >= self.settings.max_trials
 
     def evaluate(self, point: Point, index: int, knobs: Knobs, phase: str) -> dict[str, Any]:
@@ -237,9 +241,12 @@ class Search:
         return records
 
     def knobs(self) -> None:
-        """Phase 2: Optuna's TPE (seeded) proposes global knobs; each proposal is tried where it can
-        improve the answer: the target point, or a bisection of the front beyond the best point
-        found so far. Stops when time or trials run out, or proposals keep repeating built ones."""
+        """Phase 2: Optuna's TPE (seeded) proposes global knobs.
+
+        Each proposal is tried where it can improve the answer: the target point, or a bisection of
+        the front beyond the best point found so far. Stops when time or trials run out, or
+        proposals keep repeating built ones.
+        """
         if not self.front:
             return
         self.sampler_study.enqueue_trial({"calibrate": "minmax", "reconstruct": True})

@@ -1,6 +1,9 @@
-"""The study folder's trial journal: an Optuna JournalStorage (a file journal) holding every
-finished trial, so ``--resume`` after a crash or ``kill -9`` reuses them instead of running them
-again. A trial is identified by the digest of its pipeline; one study per goal lives in a journal."""
+"""The study folder's trial journal.
+
+An Optuna JournalStorage (a file journal) holds every finished trial, so ``--resume`` after a crash
+or ``kill -9`` reuses them instead of running them again. A trial is identified by the digest of its
+pipeline; one study per goal lives in a journal.
+"""
 
 from __future__ import annotations
 

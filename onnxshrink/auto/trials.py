@@ -1,4 +1,6 @@
-"""Each candidate is built and measured in a child process with a time and a memory limit, so a
+"""Trials in child processes.
+
+Each candidate is built and measured in a child process with a time and a memory limit, so a
 crash, an out-of-memory or a raising metric is a failed trial with its error, not a failed study.
 
 Children come from a ``forkserver`` that has imported onnxshrink once: a fork is cheap, and no
