@@ -435,8 +435,9 @@ def bench_command(
         )
 
 
-def _trial_line(record: dict[str, Any]) -> str:
-    """One progress line per finished trial."""
+def _trial_line(status: dict[str, Any]) -> str:
+    """One progress line per finished trial: the trial, the best so far and what is left."""
+    record = status["trial"]
     if record.get("error"):
         outcome = f"failed: {record['error']}"
     else:
@@ -445,7 +446,14 @@ def _trial_line(record: dict[str, Any]) -> str:
             outcome += f", speedup {record['speedup']:.2f}x"
         outcome += f", loss {record['loss']:.4g}" + (" (misses a constraint)" if record["misses"] else "")
     cached = " (from the journal)" if record.get("resumed") else ""
-    return f"trial {record['number']}{cached}: {outcome} [{record['seconds']:.1f} s]"
+    line = f"trial {record['number'] + 1}/{status['max_trials']}{cached}: {outcome} [{record['seconds']:.1f} s]"
+    best = status["best"]
+    if best is not None:
+        kind = "best" if status["feasible"] else "nearest"
+        line += f"; {kind} so far: trial {best['number'] + 1}, {_human_bytes(best['size'])}, loss {best['loss']:.4g}"
+    if status["seconds_left"] is not None:
+        line += f"; {max(status['seconds_left'], 0):.0f} s left"
+    return line
 
 
 @main.command("auto")
@@ -531,11 +539,11 @@ def auto_command(
     logger = logging.getLogger("onnxshrink.auto")
     tty = sys.stderr.isatty()
 
-    def progress(record: dict[str, Any]) -> None:
+    def progress(status: dict[str, Any]) -> None:
         if tty:
-            click.echo(_trial_line(record), err=True)
+            click.echo(_trial_line(status), err=True)
         else:
-            logger.info("%s", _trial_line(record))
+            logger.info("%s", _trial_line(status))
 
     result = auto(
         model,

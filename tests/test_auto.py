@@ -236,11 +236,16 @@ def test_resume_after_kill_runs_no_finished_trial_twice(tmp_path: Path, profiles
     assert set(before) <= set(after) and len(after) > len(before)
 
 
-def _finished_keys(folder: Path) -> list[str]:
+def _study(folder: Path) -> optuna.Study:
+    """The one study in the folder's journal."""
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "journal.log")))
     (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    return [t.user_attrs["record"]["key"] for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def _finished_keys(folder: Path) -> list[str]:
+    trials = _study(folder).get_trials()
+    return [t.user_attrs["record"]["key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
 def test_readme_auto_command_runs(tmp_path: Path) -> None:
@@ -253,3 +258,17 @@ def test_readme_auto_command_runs(tmp_path: Path) -> None:
     assert {"goal", "profile", "front", "trials", "chosen", "recipe"} <= set(report)
     assert (tmp_path / "auto.onnx").stat().st_size <= 60_000
     assert (tmp_path / "study" / "best.toml").read_text() == (tmp_path / "auto.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("limits", "why"),
+    [({"trial_timeout": 0.01}, "timed out after"), ({"trial_memory": 64 * 1024**2}, "")],
+)
+def test_a_trial_past_its_limits_is_a_failed_trial(
+    tmp_path: Path, profiles: Path, limits: dict[str, float], why: str
+) -> None:
+    folder = study(tmp_path, profiles)
+    with pytest.raises(onnxshrink.errors.VerificationError, match=f"every trial failed.*{why}"):
+        _auto(folder, max_drop=1.0, max_trials=2, search="int8", **limits)
+    failed = [t for t in _study(folder).get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.user_attrs["record"]["error"] for t in failed)

@@ -143,7 +143,8 @@ def auto(
         max_trials: Most candidates built.
         trial_timeout: Seconds a trial's child process may run.
         trial_memory: Bytes of address space a trial's child process may take (default: physical memory).
-        progress: Called with each trial's record as it finishes.
+        progress: Called as each trial finishes with ``{"trial": record, "done": n, "max_trials": n,
+            "best": record or None, "feasible": bool, "seconds_left": float or None}``.
 
     Raises:
         UsageError: Bad goal, options or data.

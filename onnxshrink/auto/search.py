@@ -23,7 +23,7 @@ from onnxshrink.auto.goal import Goal
 from onnxshrink.auto.measure import Job, spec_dicts
 from onnxshrink.auto.profile import Profile
 from onnxshrink.auto.recipe import Knobs, candidate_specs, specs_key
-from onnxshrink.auto.result import rank
+from onnxshrink.auto.result import choose, rank
 from onnxshrink.auto.study import MAX_POINTS, TrialJournal
 from onnxshrink.auto.trials import run_trial
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
@@ -119,7 +119,18 @@ class Search:
         self.trials.append(record)
         self.by_key[key] = record
         if self.progress is not None:
-            self.progress(record)
+            best, feasible = choose(self.goal, self.trials, self.primary)
+            left = self.settings.deadline - time.monotonic()
+            self.progress(
+                {
+                    "trial": record,
+                    "done": len(self.trials),
+                    "max_trials": self.settings.max_trials,
+                    "best": best,
+                    "feasible": feasible,
+                    "seconds_left": left if left != float("inf") else None,
+                }
+            )
         return record
 
     def _run(self, key: str, specs: list[Any], point: Point, knobs: Knobs, phase: str) -> dict[str, Any]:
