@@ -69,7 +69,7 @@ def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) 
     chosen = result.report["trials"][result.report["chosen"]["trial"]]
     assert chosen["drop"] <= 1.0
     assert chosen["size"] < INPUT_SIZE / 3  # int8 weights
-    assert result.report["profile"]["cached"] == ["int8"]  # the profile came from the cache
+    assert result.report["profile"]["cached"] == ["precision"]  # the profile came from the cache
     assert all(t["seconds"] > 0 and "settings" in t and "specs" in t for t in result.trials)
     assert result.front and all({"size", "macs", "damage", "settings"} <= set(p) for p in result.front)
     out = result.save(tmp_path / "best.onnx")
@@ -142,7 +142,7 @@ def test_recipe_rebuilds_the_model_byte_for_byte(tmp_path: Path, profiles: Path)
 def test_recipe_round_trips_per_group_and_per_layer_settings(tmp_path: Path, profiles: Path) -> None:
     result = _auto(study(tmp_path, profiles), max_drop=100.0, max_trials=1)
     units = result.report["profile"]["units"]
-    assert {u["knob"] for u in units} == {"channels", "int8"}
+    assert {u["knob"] for u in units} == {"channels", "precision"}
     from onnxshrink.auto.profile import Unit
 
     parsed = [Unit.from_json(u) for u in units]

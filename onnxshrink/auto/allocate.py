@@ -54,20 +54,20 @@ def _columns(profile: Profile) -> tuple[np.ndarray, dict[str, np.ndarray], list[
 
 
 def predicted_size(profile: Profile, choice: Sequence[int]) -> int:
-    """Bytes of an allocation with each layer's weight scaled by every cut on it and by int8.
+    """Bytes of an allocation with each layer's weight scaled by every cut on it and by its precision.
 
     The knapsack adds settings' byte savings; where two channel groups cut one layer (its inputs
     and its outputs) or a cut layer is also quantized, the sum counts a part twice. Here a layer
-    keeps ``prod(1 - cut fraction)`` of its weight, then int8 keeps its profiled share of that.
+    keeps ``prod(1 - cut fraction)`` of its weight, then int8 or int4 keeps its profiled share of that.
     """
     kept = {layer: 1.0 for layer in profile.layer_bytes}
     other = 0.0  # what settings change besides layer weights (biases, norms, Q/DQ parameters)
-    int8: dict[str, float] = {}
+    precision: dict[str, float] = {}
     for unit, index in zip(profile.units, choice, strict=True):
         setting = unit.settings[index]
-        if unit.knob == "int8":
+        if unit.knob == "precision":
             if index and unit.weight_bytes:
-                int8[unit.name] = setting.bytes / unit.weight_bytes
+                precision[unit.name] = setting.bytes / unit.weight_bytes
             elif index:
                 other += setting.bytes
             continue
@@ -77,7 +77,7 @@ def predicted_size(profile: Profile, choice: Sequence[int]) -> int:
                 kept[layer] *= 1.0 + delta / profile.layer_bytes[layer]
     total = float(profile.size) + other
     for layer, size in profile.layer_bytes.items():
-        total += size * (kept[layer] * (1.0 + int8.get(layer, 0.0)) - 1.0)
+        total += size * (kept[layer] * (1.0 + precision.get(layer, 0.0)) - 1.0)
     return round(total)
 
 

@@ -37,21 +37,24 @@ from onnxshrink.spec import PassSpec, make_spec
 
 logger = logging.getLogger(__name__)
 
-KNOBS = ("channels", "int8")
+KNOBS = ("channels", "int8", "int4")
+# What each profile measures: channel groups, or the precision of each layer (float, int8, int4).
+PROFILES = {"channels": ("channels",), "precision": ("int8", "int4")}
+WEIGHT_ONLY_OPS = ("Gemm", "MatMul")  # int4 runs as MatMulNBits
 CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 # Channels kept are a multiple of this, never fewer: finer than prune-channels' default of 8, so
 # small layers have settings between "all" and "half".
 CHANNEL_STEP = 4
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 _JUDGE_SAMPLES = 128
-_VERSION = 2  # bump when what a profile measures changes: old cache entries are then ignored
+_VERSION = 3  # bump when what a profile measures changes: old cache entries are then ignored
 
 
 @dataclasses.dataclass
 class Setting:
     """One setting of a unit: its value and what it changes against the simplified model."""
 
-    value: float | str  # a channel ratio, or "int8" / "float"
+    value: float | str  # a channel ratio, or "float" / "int8" / "int4"
     bytes: int
     macs: int
     damage: float
@@ -65,7 +68,7 @@ class Unit:
     knob: str
     name: str
     settings: list[Setting]
-    weight_bytes: int = 0  # int8 units: the layer's float weight bytes
+    weight_bytes: int = 0  # precision units: the layer's float weight bytes
 
     def to_json(self) -> dict[str, Any]:
         """The unit as the profile cache and the report hold it."""
@@ -179,20 +182,39 @@ def _channel_units(builder: _Builder, model: ir.Model) -> list[Unit]:
     return units
 
 
-def _int8_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+def int4_spec(layers: tuple[str, ...]) -> PassSpec:
+    """The ``quantize`` spec that stores the named MatMul/Gemm weights as 4-bit blocks (MatMulNBits)."""
+    return make_spec("quantize", {"mode": "weight-only", "weights": "s4", "include": layers})
+
+
+def _precision_units(builder: _Builder, model: ir.Model) -> list[Unit]:
     units = []
     for node in model.graph:
         if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
             continue
+        settings = [Setting("float", 0, 0, 0.0)]
         variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
-        if not record["stats"].get("quantized_nodes"):
-            continue
-        settings = [Setting("float", 0, 0, 0.0), builder.setting("int8", variant)]
-        units.append(Unit("int8", node.name, settings, builder.layers.get(node.name, 0)))
+        if record["stats"].get("quantized_nodes"):
+            settings.append(builder.setting("int8", variant))
+        if is_onnx_op(node, *WEIGHT_ONLY_OPS):
+            variant, record = builder.variant(int4_spec((node.name,)))
+            if record["modified"]:
+                settings.append(builder.setting("int4", variant))
+        if len(settings) > 1:
+            units.append(Unit("precision", node.name, settings, builder.layers.get(node.name, 0)))
     return units
 
 
-_MEASURE: dict[str, Callable[[_Builder, ir.Model], list[Unit]]] = {"channels": _channel_units, "int8": _int8_units}
+_MEASURE: dict[str, Callable[[_Builder, ir.Model], list[Unit]]] = {
+    "channels": _channel_units,
+    "precision": _precision_units,
+}
+
+
+def _only(unit: Unit, knobs: Sequence[str]) -> Unit | None:
+    """The unit with only the settings of the knobs searched (the first, unchanged, always)."""
+    settings = [s for i, s in enumerate(unit.settings) if i == 0 or unit.knob == "channels" or s.value in knobs]
+    return dataclasses.replace(unit, settings=settings) if len(settings) > 1 else None
 
 
 def profile(
@@ -211,22 +233,28 @@ def profile(
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
     cached: list[str] = []
-    for knob in knobs:
+    for knob, covers in PROFILES.items():
+        if not set(covers) & set(knobs):
+            continue
         grid = json.dumps(
             {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
         )
         path = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
         if path is not None and path.is_file():
-            units.extend(Unit.from_json(u) for u in json.loads(path.read_text(encoding="utf-8")))
+            found = [Unit.from_json(u) for u in json.loads(path.read_text(encoding="utf-8"))]
             cached.append(knob)
-            continue
-        knob_started = time.perf_counter()
-        found = _MEASURE[knob](builder, base)
-        logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
-        units.extend(found)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps([u.to_json() for u in found]), encoding="utf-8")
-            tmp.replace(path)
+        else:
+            knob_started = time.perf_counter()
+            found = _MEASURE[knob](builder, base)
+            logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
+            _store(path, found)
+        units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
     return Profile(builder.size, builder.macs, units, time.perf_counter() - started, cached, builder.layers)
+
+
+def _store(path: Path | None, units: list[Unit]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([u.to_json() for u in units]), encoding="utf-8")
+        tmp.replace(path)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxshrink.auto.profile import Unit, channel_spec
+from onnxshrink.auto.profile import Unit, channel_spec, int4_spec
 from onnxshrink.spec import PassSpec, make_spec
 
 
@@ -35,15 +35,18 @@ def candidate_specs(units: Sequence[Unit], choice: Sequence[int], knobs: Knobs) 
     ratios = {
         u.name: float(u.settings[i].value) for u, i in zip(units, choice, strict=True) if u.knob == "channels" and i
     }
-    int8 = [u for u, i in zip(units, choice, strict=True) if u.knob == "int8"]
-    kept_float = tuple(u.name for u, i in zip(units, choice, strict=True) if u.knob == "int8" and not i)
+    precision = {u.name: u.settings[i].value for u, i in zip(units, choice, strict=True) if u.knob == "precision"}
+    int4 = tuple(name for name, value in precision.items() if value == "int4")
+    kept_float = tuple(name for name, value in precision.items() if value == "float")
     specs = [make_spec("simplify", {})]
     if ratios:
         specs.append(channel_spec(ratios))
         if knobs.reconstruct:  # refits what channel removal disturbed; nothing to refit otherwise
             specs.append(make_spec("reconstruct", {}))
-    if len(kept_float) < len(int8):
-        specs.append(make_spec("quantize", {"exclude": kept_float, "calibrate": knobs.calibrate}))
+    if int4:  # weight-only first: the static pass then leaves MatMulNBits alone
+        specs.append(int4_spec(int4))
+    if "int8" in precision.values():
+        specs.append(make_spec("quantize", {"exclude": kept_float + int4, "calibrate": knobs.calibrate}))
     return specs
 
 

@@ -117,7 +117,7 @@ def auto(
     trial_memory: int | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> AutoResult:
-    """Searches channel pruning and int8 placement for the best model meeting a target and budget.
+    """Searches channel pruning and int8/int4 placement for the best model meeting a target and budget.
 
     Args:
         model: A path, ``onnx.ModelProto`` or ``onnx_ir.Model``.
@@ -139,7 +139,7 @@ def auto(
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
         provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
         batch: The batch size latency is measured at.
-        search: Knobs to search (``channels``, ``int8``); all by default.
+        search: Knobs to search (``channels``, ``int8``, ``int4``); all by default.
         max_trials: Most candidates built.
         trial_timeout: Seconds a trial's child process may run.
         trial_memory: Bytes of address space a trial's child process may take (default: physical memory).
