@@ -272,3 +272,17 @@ def test_a_trial_past_its_limits_is_a_failed_trial(
         _auto(folder, max_drop=1.0, max_trials=2, search="int8", **limits)
     failed = [t for t in _study(folder).get_trials() if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all(t.user_attrs["record"]["error"] for t in failed)
+
+
+def test_a_model_proto_without_study_folder_and_a_time_budget(tmp_path: Path) -> None:
+    result = onnxshrink.auto(
+        onnx.load(MODEL),
+        calibration=str(CALIB),
+        evaluation=str(EVAL),
+        max_drop=1.0,
+        search="int8",
+        time_budget="0s",  # no trial starts after the first
+    )
+    assert len(result.trials) == 1 and result.report["study"]["folder"] is None
+    saved = result.save(tmp_path / "m.onnx")
+    assert saved.read_bytes() == result.model_file.read_bytes()

@@ -36,6 +36,8 @@ class AutoResult:
     recipe: str
     report: dict[str, Any]
     model_file: Path
+    # A study without a folder of its own lives in a temporary one until this result goes.
+    temporary: tempfile.TemporaryDirectory[str] | None = dataclasses.field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the chosen model, the very bytes its trial measured, atomically."""

@@ -197,7 +197,7 @@ def auto(
         batch=batch,
         seed=seed,
         max_trials=max_trials,
-        deadline=time.monotonic() + budget - (time.perf_counter() - started) if budget else float("inf"),
+        deadline=time.monotonic() + budget - (time.perf_counter() - started) if budget is not None else float("inf"),
         trial_timeout=trial_timeout,
         trial_memory=trial_memory if trial_memory is not None else default_memory_bytes(),
         reference_macs=reference_macs,
@@ -255,10 +255,6 @@ def auto(
         recipe=recipe,
         report=report,
         model_file=model_path,
+        temporary=temporary,
     )
-    if temporary is not None:
-        # Keep the chosen model readable after the temporary study folder goes.
-        result.model_file = Path(tempfile.mkdtemp(prefix="onnxshrink-auto-best-")) / "best.onnx"
-        result.model_file.write_bytes(model_path.read_bytes())
-        temporary.cleanup()
     return result

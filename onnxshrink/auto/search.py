@@ -98,7 +98,9 @@ class Search:
 
     @property
     def out_of_time(self) -> bool:
-        """Whether the time budget or the trial count is used up."""
+        """Whether the time budget or the trial count is used up (never before the first trial)."""
+        if not self.trials:
+            return False
         return time.monotonic() >= self.settings.deadline or len(self.trials) >= self.settings.max_trials
 
     def evaluate(self, point: Point, index: int, knobs: Knobs, phase: str) -> dict[str, Any]:
