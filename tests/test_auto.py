@@ -96,6 +96,7 @@ def test_each_target_and_budget_kind(
         assert chosen["macs_ratio"] <= 0.95
     if "min_speedup" in target:
         assert chosen["speedup"] >= 0.2 and chosen["latency_ms"] > 0
+        assert result.report["profile"]["latency_ms"] > 0  # the latency table was measured
     if "min_agreement" in budget:
         assert chosen["agreement"] >= 0.9
     if "min_cosine" in budget:

@@ -15,7 +15,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from onnxshrink.auto.profile import Profile, Unit
 
-COSTS = ("bytes", "macs")
+COSTS = ("bytes", "macs", "latency")
 _FRONT_POINTS = 32
 _TIE = 1e-9  # per unit of normalized cost: among equal damages, the cheaper setting wins
 
@@ -28,6 +28,7 @@ class Point:
     size: int
     macs: int
     damage: float
+    latency: float = 0.0  # predicted milliseconds, when the profile is timed
 
     def settings(self, units: Sequence[Unit]) -> dict[str, dict[str, float | str]]:
         """The chosen value of every unit, by knob and unit name (what the report shows)."""
@@ -38,7 +39,17 @@ class Point:
 
     def to_json(self, units: Sequence[Unit]) -> dict[str, Any]:
         """The point as the report shows it."""
-        return {"size": self.size, "macs": self.macs, "damage": self.damage, "settings": self.settings(units)}
+        return {
+            "size": self.size,
+            "macs": self.macs,
+            "latency_ms": self.latency,
+            "damage": self.damage,
+            "settings": self.settings(units),
+        }
+
+    def cost(self, kind: str) -> float:
+        """The predicted total of a cost kind: ``bytes``, ``macs`` or ``latency``."""
+        return float({"bytes": self.size, "macs": self.macs, "latency": self.latency}[kind])
 
 
 def _columns(profile: Profile) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, int]]]:
@@ -49,6 +60,7 @@ def _columns(profile: Profile) -> tuple[np.ndarray, dict[str, np.ndarray], list[
     costs = {
         "bytes": np.array([s.bytes for s in settings], dtype=np.float64),
         "macs": np.array([s.macs for s in settings], dtype=np.float64),
+        "latency": np.array([s.latency for s in settings], dtype=np.float64),
     }
     return damage, costs, where
 
@@ -82,15 +94,16 @@ def predicted_size(profile: Profile, choice: Sequence[int]) -> int:
 
 
 def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage") -> Point | None:
-    """The allocation minimizing ``objective`` (damage, bytes or macs) with summed costs within ``caps``.
+    """The allocation minimizing ``objective`` (damage, bytes, macs or latency) with summed costs within ``caps``.
 
     Caps are totals (model bytes, MACs), not deltas; the knapsack sums settings' costs. Returns
     None when no allocation fits them. The point's size is :func:`predicted_size`.
     """
     if not profile.units:
-        return Point((), profile.size, profile.macs, 0.0) if _fits(profile.size, profile.macs, caps) else None
+        point = Point((), profile.size, profile.macs, 0.0, profile.latency_ms)
+        return point if _fits(point, caps) else None
     damage, costs, where = _columns(profile)
-    base = {"bytes": profile.size, "macs": profile.macs}
+    base = _bases(profile)
     scale = {k: max(float(np.abs(v).max()), 1.0) for k, v in costs.items()}
     if objective == "damage":
         weights = damage + _TIE * sum(costs[k] / scale[k] for k in COSTS)
@@ -111,11 +124,16 @@ def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage"
         owner, setting = where[int(found)]
         choice[owner] = int(setting)
     macs = profile.macs + int(costs["macs"][chosen].sum())
-    return Point(tuple(choice), predicted_size(profile, choice), macs, float(damage[chosen].sum()))
+    latency = profile.latency_ms + float(costs["latency"][chosen].sum())
+    return Point(tuple(choice), predicted_size(profile, choice), macs, float(damage[chosen].sum()), latency)
 
 
-def _fits(size: float, macs: float, caps: Mapping[str, float]) -> bool:
-    return size <= caps.get("bytes", np.inf) and macs <= caps.get("macs", np.inf)
+def _bases(profile: Profile) -> dict[str, float]:
+    return {"bytes": profile.size, "macs": profile.macs, "latency": profile.latency_ms}
+
+
+def _fits(point: Point, caps: Mapping[str, float]) -> bool:
+    return all(point.cost(kind) <= cap for kind, cap in caps.items())
 
 
 def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Point]:
@@ -129,21 +147,17 @@ def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Poi
     cheapest = solve(profile, summed, objective=primary)
     if cheapest is None:
         return []
-    base = profile.size if primary == "bytes" else profile.macs
+    base = _bases(profile)[primary]
     low = float(base + sum(min(getattr(s, primary) for s in unit.settings) for unit in profile.units))
     points: list[Point] = [cheapest]
     for cap in np.linspace(base, low, _FRONT_POINTS):
         point = solve(profile, {**summed, primary: float(cap)})
         if point is not None and all(point.choice != p.choice for p in points):
             points.append(point)
-    inside = [p for p in points if _fits(p.size, p.macs, caps)]
-    inside.sort(key=lambda p: (p.damage, _cost(p, primary)))
+    inside = [p for p in points if _fits(p, caps)]
+    inside.sort(key=lambda p: (p.damage, p.cost(primary)))
     kept: list[Point] = []
     for point in inside:
-        if not kept or _cost(point, primary) < _cost(kept[-1], primary):
+        if not kept or point.cost(primary) < kept[-1].cost(primary):
             kept.append(point)
     return kept
-
-
-def _cost(point: Point, primary: str) -> int:
-    return point.size if primary == "bytes" else point.macs

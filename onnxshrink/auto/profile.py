@@ -18,11 +18,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -31,8 +33,10 @@ from onnxshrink.context import PassContext
 from onnxshrink.data.samples import Samples
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.latency import interleaved_latency
 from onnxshrink.passes import channels
 from onnxshrink.passes.quantize.budget import Judge
+from onnxshrink.runtime import run
 from onnxshrink.spec import PassSpec, make_spec
 
 logger = logging.getLogger(__name__)
@@ -47,7 +51,8 @@ CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 CHANNEL_STEP = 4
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 _JUDGE_SAMPLES = 128
-_VERSION = 3  # bump when what a profile measures changes: old cache entries are then ignored
+_TIMING_ROUNDS, _TIMING_RUNS = 9, 5
+_VERSION = 4  # bump when what a profile measures changes: old cache entries are then ignored
 
 
 @dataclasses.dataclass
@@ -59,6 +64,7 @@ class Setting:
     macs: int
     damage: float
     layers: dict[str, int] = dataclasses.field(default_factory=dict)  # weight bytes change per layer
+    latency: float = 0.0  # milliseconds, when the profile is timed
 
 
 @dataclasses.dataclass
@@ -91,6 +97,7 @@ class Profile:
     seconds: float
     cached: list[str]
     layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    latency_ms: float = 0.0  # the simplified model's, when the profile is timed
 
     def to_json(self) -> dict[str, Any]:
         """The profile as the report shows it."""
@@ -101,6 +108,7 @@ class Profile:
             "seconds": self.seconds,
             "cached": self.cached,
             "layer_bytes": self.layer_bytes,
+            "latency_ms": self.latency_ms,
         }
 
 
@@ -133,7 +141,7 @@ def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
 class _Builder:
     """Builds one-setting variants of the simplified model and measures them."""
 
-    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str) -> None:
+    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str, batch: int | None) -> None:
         self.base = base
         self.calibration = calibration
         self.provider = provider
@@ -141,8 +149,32 @@ class _Builder:
         self.size = _size(model)
         self.macs = int(inspect_model(model)["macs"])
         self.layers = layer_weight_bytes(model)
-        context = PassContext(calibration=calibration, provider=provider)
-        self.judge = Judge(context, model, "auto", _JUDGE_SAMPLES, None, None)
+        self.context = PassContext(calibration=calibration, provider=provider)
+        self.judge = Judge(self.context, model, "auto", _JUDGE_SAMPLES, None, None)
+        self.timing: tuple[Any, dict[str, np.ndarray]] | None = None
+        self.latency = 0.0
+        if batch is not None:
+            names = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+            arrays = calibration.take(batch)
+            feed = {n: np.resize(arrays[n], (batch, *arrays[n].shape[1:])) for n in names}
+            self.timing = (self.context.session(model)[0], feed)
+            self.latency = self._time(None)
+
+    def _time(self, model: ir.Model | None) -> float:
+        """Milliseconds of the simplified model (``model`` None), or what ``model`` adds to them.
+
+        Both are timed interleaved, so machine noise hits them alike; medians are compared.
+        """
+        assert self.timing is not None
+        base, feed = self.timing
+        runners = {"base": lambda: run(base, feed)}
+        if model is not None:
+            session = self.context.session(model)[0]
+            runners["variant"] = lambda: run(session, feed)
+        times = interleaved_latency(runners, rounds=_TIMING_ROUNDS, runs_per_round=_TIMING_RUNS, warmup=2)
+        if model is None:
+            return statistics.median(times["base"])
+        return statistics.median(times["variant"]) - statistics.median(times["base"])
 
     def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
         result = shrink(self.base, [spec], calibration=self.calibration, provider=self.provider, verify=False)
@@ -153,7 +185,9 @@ class _Builder:
         macs = int(inspect_model(model)["macs"])
         now = layer_weight_bytes(model)
         layers = {name: now[name] - size for name, size in self.layers.items() if name in now and now[name] != size}
-        return Setting(value, _size(model) - self.size, macs - self.macs, max(0.0, 1.0 - damage.cosine), layers)
+        latency = self._time(model) if self.timing is not None else 0.0
+        damage_value = max(0.0, 1.0 - damage.cosine)
+        return Setting(value, _size(model) - self.size, macs - self.macs, damage_value, layers, latency)
 
 
 def channel_spec(ratios: dict[str, float]) -> PassSpec:
@@ -224,11 +258,16 @@ def profile(
     provider: str,
     knobs: Sequence[str],
     cache: Path | None,
+    batch: int | None = None,
 ) -> Profile:
-    """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``."""
+    """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
+
+    With ``batch``, each setting is also timed on ``provider`` at that batch (a per-unit latency
+    table for ``--min-speedup``).
+    """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
-    builder = _Builder(proto, calibration, provider)
+    builder = _Builder(proto, calibration, provider, batch)
     model_digest = proto.SerializeToString(deterministic=True)
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
@@ -237,7 +276,8 @@ def profile(
         if not set(covers) & set(knobs):
             continue
         grid = json.dumps(
-            {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
+            {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP}
+            | {"provider": provider, "batch": batch}
         )
         path = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
         if path is not None and path.is_file():
@@ -249,7 +289,8 @@ def profile(
             logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
             _store(path, found)
         units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
-    return Profile(builder.size, builder.macs, units, time.perf_counter() - started, cached, builder.layers)
+    seconds = time.perf_counter() - started
+    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, builder.latency)
 
 
 def _store(path: Path | None, units: list[Unit]) -> None:

@@ -61,7 +61,7 @@ def rank(goal: Goal, trial: Mapping[str, Any], primary: str) -> tuple[float, ...
     With a target, the least loss wins (then the smallest); with only a budget, the smallest
     (in the primary cost) wins, then the least loss.
     """
-    cost = float(trial["size"] if primary == "bytes" else trial["macs"])
+    cost = float({"bytes": trial["size"], "macs": trial["macs"]}.get(primary, trial.get("latency_ms") or 0.0))
     if goal.has_target:
         return (float(trial["loss"]), cost)
     return (cost, float(trial["loss"]))

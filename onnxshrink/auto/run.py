@@ -186,7 +186,8 @@ def auto(
             raise UsageError(f"--metric failed on the input model: {type(error).__name__}: {error}") from None
     reference_macs = int(inspect_model(loaded)["macs"])
     base = shrink(model_file, [make_spec("simplify", {})], verify=False).model
-    measured_profile = profile(base, calib, provider=provider, knobs=knobs, cache=folder / "profiles")
+    timed = batch if goal.min_speedup is not None else None
+    measured_profile = profile(base, calib, provider=provider, knobs=knobs, cache=folder / "profiles", batch=timed)
     name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
     journal = TrialJournal(folder, name, resume=resume)
     settings = Settings(

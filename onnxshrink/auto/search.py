@@ -76,7 +76,11 @@ class Search:
         self.progress = progress
         self.trials: list[dict[str, Any]] = []
         self.by_key: dict[str, dict[str, Any]] = {}
-        self.primary = "macs" if (goal.max_macs or goal.min_speedup) and goal.max_size is None else "bytes"
+        self.primary = "bytes"
+        if goal.max_size is None and goal.max_macs is not None:
+            self.primary = "macs"
+        elif goal.max_size is None and goal.min_speedup is not None:
+            self.primary = "latency" if profile.latency_ms > 0 else "macs"
         self.caps = self._target_caps()
         self.front: list[Point] = []
         self.sampler_study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=settings.seed))
@@ -90,7 +94,10 @@ class Search:
         macs = []
         if self.goal.max_macs is not None:
             macs.append(self.goal.max_macs * self.settings.reference_macs)
-        if self.goal.min_speedup is not None:  # MACs stand in for latency until one is measured
+        if self.goal.min_speedup is not None and self.profile.latency_ms > 0:
+            # The profile timed the simplified model and each setting: the latency table.
+            caps["latency"] = self.profile.latency_ms / self.goal.min_speedup
+        elif self.goal.min_speedup is not None:  # untimed: MACs stand in for latency
             macs.append(self.settings.reference_macs / self.goal.min_speedup)
         if macs:
             caps["macs"] = min(macs)
@@ -160,7 +167,7 @@ class Search:
             "settings": point.settings(self.profile.units),
             "knobs": knobs.to_json(),
             "specs": [spec.to_json() for spec in specs],
-            "predicted": {"size": point.size, "macs": point.macs, "damage": point.damage},
+            "predicted": {"size": point.size, "macs": point.macs, "latency_ms": point.latency, "damage": point.damage},
             "model": str(output),
             "seconds": time.perf_counter() - started,
             "error": outcome.get("error"),
@@ -182,7 +189,7 @@ class Search:
         if record.get("error") is not None:
             return 2 * _INFEASIBLE
         first, second = rank(self.goal, record, self.primary)
-        base = self.settings.reference_size if self.primary == "bytes" else self.settings.reference_macs
+        base = {"bytes": self.settings.reference_size, "macs": self.settings.reference_macs}.get(self.primary, 1.0)
         value = first / base if not self.goal.has_target else min(first, 1.0) + 1e-3 * second / base
         return value + (_INFEASIBLE + record["violation"] if record["misses"] else 0.0)
 
@@ -222,7 +229,8 @@ class Search:
             moved = True
         if "min_speedup" in misses and self.goal.min_speedup and record.get("speedup"):
             shrink = record["speedup"] / self.goal.min_speedup * _MARGIN
-            caps["macs"] = min(caps.get("macs", point.macs), point.macs * shrink)
+            kind = "latency" if "latency" in caps else "macs"
+            caps[kind] = min(caps.get(kind, point.cost(kind)), point.cost(kind) * shrink)
             moved = True
         return moved
 
