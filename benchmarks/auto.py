@@ -1,13 +1,15 @@
 """Issue 12's goals for ``onnxshrink auto`` on the bundled digits CNN (labelled).
 
-Size ratio against the fp32 input at ``--max-drop 0.5`` and the wall time (goal: >= 6x smaller in <= 3 min),
-beside plain int8 (``simplify`` -> ``quantize``, about 4x), and profile reuse: a second study with
-another target in the same study folder (goal: <= 10 % of the first run's profiling time).
+Figures: the size ratio against the fp32 input at ``--max-drop 0.5`` and the wall time (goal: >= 6x
+smaller in <= 3 min), beside plain int8 (``simplify`` -> ``quantize``, about 3-4x); and profile
+reuse: a second study with another target in the same study folder (goal: <= 10 % of the first
+run's profiling time).
 
-Each ``auto`` run is a fresh study (``--repeats`` of them, medians printed); the reuse run follows
-the first one in its folder. Prints figures, judges nothing. Run::
+Every run is the ``onnxshrink`` command in a child process (``harness.run_child``: wall time and
+peak RSS); ``auto`` runs are fresh studies (``--repeats`` of them, medians printed), each followed
+by the reuse run in its folder. Prints figures, judges nothing. Run::
 
-    .venv/bin/python benchmarks/auto.py [--trials 12] [--repeats 1] [--json out.json]
+    python benchmarks/auto.py [--trials 12] [--repeats 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,88 +18,113 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import optuna
+import harness
 
-import onnxshrink
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "models" / "digits_calib.npz"
-EVAL = ROOT / "models" / "digits_test.npz"
+MODEL = harness.ROOT / "models" / "digits_cnn.onnx"
+CALIB = harness.ROOT / "models" / "digits_calib.npz"
+EVAL = harness.ROOT / "models" / "digits_test.npz"
 
 
-def _int8_baseline(folder: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    result = onnxshrink.shrink(str(MODEL), ["simplify", "quantize"], calibration=str(CALIB), inputs=str(EVAL))
-    path = folder / "int8.onnx"
-    result.save(path)
-    verification = result.report["verification"]
+def _int8(folder: Path) -> dict[str, Any]:
+    out, report = folder / "int8.onnx", folder / "int8.json"
+    command = [*harness.onnxshrink_cli(), "run", str(MODEL), "-o", str(out), "-p", "simplify", "-p", "quantize"]
+    run = harness.run_child([*command, "--calib", str(CALIB), "--inputs", str(EVAL), "--report", str(report)])
+    if not run.ok:
+        return {"failure": run.failure}
+    verification = json.loads(report.read_text())["verification"]
+    drop = 100 * (verification["accuracy_reference"] - verification["accuracy_candidate"])
+    return {"size": out.stat().st_size, "drop": drop, "wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_mb}
+
+
+def _auto(folder: Path, name: str, trials: int, goal: list[str]) -> dict[str, Any]:
+    out, report = folder / f"{name}.onnx", folder / f"{name}.json"
+    command = [*harness.onnxshrink_cli(), "auto", str(MODEL), "-o", str(out), "--calib", str(CALIB)]
+    command += ["--eval", str(EVAL), *goal, "--trials", str(trials), "--study", str(folder / "study")]
+    run = harness.run_child([*command, "--report", str(report)], timeout=1800)
+    if not report.exists():
+        return {"failure": run.failure, "tail": run.tail}
+    data = json.loads(report.read_text())
+    chosen = data["trials"][data["chosen"]["trial"]]
     return {
-        "size": path.stat().st_size,
-        "seconds": time.perf_counter() - started,
-        "drop": 100 * (verification["accuracy_reference"] - verification["accuracy_candidate"]),
-    }
-
-
-def _auto(folder: Path, trials: int, **goal: Any) -> dict[str, Any]:
-    started = time.perf_counter()
-    result = onnxshrink.auto(
-        str(MODEL), calibration=str(CALIB), evaluation=str(EVAL), study=folder, max_trials=trials, **goal
-    )
-    seconds = time.perf_counter() - started
-    chosen = result.report["trials"][result.report["chosen"]["trial"]]
-    return {
+        "exit_ok": run.ok,
         "size": chosen["size"],
         "drop": chosen["drop"],
-        "accuracy": chosen["accuracy"],
-        "accuracy_reference": chosen["accuracy_reference"],
-        "feasible": result.feasible,
-        "trials": len(result.trials),
-        "failed": sum(1 for t in result.trials if t.get("error")),
-        "profile_seconds": result.report["profile"]["seconds"],
-        "profile_cached": result.report["profile"]["cached"],
-        "seconds": seconds,
-        "recipe": result.recipe,
+        "feasible": data["chosen"]["feasible"],
+        "trials": len(data["trials"]),
+        "failed_trials": sum(1 for t in data["trials"] if t.get("error")),
+        "profile_s": data["profile"]["seconds"],
+        "profile_cached": data["profile"]["cached"],
+        "wall_s": run.wall_s,
+        "peak_rss_mb": run.peak_rss_mb,
+        "recipe": out.with_suffix(".toml").read_text(),
     }
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def main() -> None:
     """Runs the studies and prints the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="max trials of each auto run")
+    parser.add_argument("--trials", type=int, default=12, help="most trials of each auto run")
     parser.add_argument("--repeats", type=int, default=1, help="fresh studies; medians are printed")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    environment = harness.print_environment(extra_dists=("optuna", "scipy"))
     fp32 = MODEL.stat().st_size
+    reuse_goal = ["--max-size", str(fp32 // 4), "--max-drop", "1"]
     runs, reuses = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = _int8_baseline(Path(tmp))
+        baseline = _int8(Path(tmp))
         for repeat in range(args.repeats):
             folder = Path(tmp) / f"study{repeat}"
-            runs.append(_auto(folder, args.trials, max_drop=0.5))
-            reuses.append(_auto(folder, 2, max_size=int(fp32 / 4), max_drop=1.0))
-    size = statistics.median(r["size"] for r in runs)
-    seconds = statistics.median(r["seconds"] for r in runs)
-    print(f"digits CNN fp32: {fp32} B, accuracy {runs[0]['accuracy_reference']:.4f} on {EVAL.name}")
-    print(f"int8 (simplify -> quantize): {baseline['size']} B = {fp32 / baseline['size']:.2f}x smaller, ", end="")
-    print(f"drop {baseline['drop']:.2f} points, {baseline['seconds']:.1f} s")
-    print(f"auto --max-drop 0.5 (median of {len(runs)}, {args.trials} trials max): {size:.0f} B = ", end="")
-    print(f"{fp32 / size:.2f}x smaller, drop {statistics.median(r['drop'] for r in runs):.2f} points, ", end="")
-    print(f"{seconds:.1f} s wall, {runs[0]['trials']} trials ({runs[0]['failed']} failed), ", end="")
-    print(f"profiling {statistics.median(r['profile_seconds'] for r in runs):.2f} s")
-    first = statistics.median(r["profile_seconds"] for r in runs)
-    second = statistics.median(r["profile_seconds"] for r in reuses)
-    print(f"profile reuse (second study, --max-size {int(fp32 / 4)}): profiling {second:.3f} s = ", end="")
-    print(f"{100 * second / first:.1f} % of the first run's {first:.2f} s (cached: {reuses[0]['profile_cached']})")
-    print("chosen recipe:\n" + runs[0]["recipe"])
+            folder.mkdir()
+            runs.append(_auto(folder, "auto", args.trials, ["--max-drop", "0.5"]))
+            reuses.append(_auto(folder, "reuse", 2, reuse_goal))
+    failed = [r for r in runs + reuses if "failure" in r]
+    for run in failed:
+        print(f"note: a run failed: {run['failure']}\n{run.get('tail') or ''}")
+    rows = [
+        ["fp32 input", fp32, "1.00x", "-", "-", "-", "-", "-"],
+        [
+            "int8: simplify -> quantize",
+            baseline.get("size", "-"),
+            harness.fmt_ratio(fp32 / baseline["size"]) if "size" in baseline else "-",
+            harness.fmt(baseline.get("drop"), ".2f"),
+            harness.fmt_seconds(baseline.get("wall_s")),
+            harness.fmt(baseline.get("peak_rss_mb"), ".0f"),
+            "-",
+            "-",
+        ],
+    ]
+    for label, group in (("auto --max-drop 0.5", runs), (f"auto {' '.join(reuse_goal)}, same study", reuses)):
+        size = _median(group, "size")
+        rows.append(
+            [
+                f"{label} (median of {len(group)})",
+                harness.fmt(size, ".0f"),
+                harness.fmt_ratio(fp32 / size) if size else "-",
+                harness.fmt(_median(group, "drop"), ".2f"),
+                harness.fmt_seconds(_median(group, "wall_s")),
+                harness.fmt(_median(group, "peak_rss_mb"), ".0f"),
+                harness.fmt(_median(group, "trials"), ".0f"),
+                harness.fmt_seconds(_median(group, "profile_s")),
+            ]
+        )
+    headers = ["digits CNN", "bytes", "smaller", "drop (points)", "wall", "peak RSS MiB", "trials", "profiling"]
+    print(harness.markdown_table(headers, rows, title="onnxshrink auto"))
+    first, second = _median(runs, "profile_s"), _median(reuses, "profile_s")
+    if first and second is not None:
+        print(f"\nprofile reuse: the second study profiled for {100 * second / first:.1f} % of the first's time")
+    if runs and "recipe" in runs[0]:
+        print("\nchosen recipe (first study):\n" + runs[0]["recipe"])
     if args.json:
-        data = {"fp32": fp32, "int8": baseline, "auto": runs, "reuse": reuses}
-        args.json.write_text(json.dumps(data, indent=2))
+        harness.write_json(args.json, {"fp32": fp32, "int8": baseline, "auto": runs, "reuse": reuses, **environment})
 
 
 if __name__ == "__main__":
