@@ -487,7 +487,10 @@ def _trial_line(status: dict[str, Any]) -> str:
 @click.option("--provider", type=_PROVIDER, default="cpu", show_default=True, help="Where latency is measured.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch of --min-speedup.")
 @click.option(
-    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here."
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here: FILE.json, or FILE.html (a page with the front plotted).",
 )
 @_guarded
 def auto_command(
@@ -532,8 +535,8 @@ def auto_command(
 
     if not _State.debug:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if report_path is not None and report_path.suffix.lower() != ".json":
-        raise UsageError(f"--report {report_path}: auto writes JSON reports (.json)")
+    if report_path is not None and report_path.suffix.lower() not in (".json", ".html"):
+        raise UsageError(f"--report {report_path}: name a .json or an .html file")
     if resume and study is None:
         raise UsageError("--resume needs --study DIR (the folder of the study to continue)")
     logger = logging.getLogger("onnxshrink.auto")
@@ -574,7 +577,11 @@ def auto_command(
     recipe_path = output.with_suffix(".toml")
     recipe_path.write_text(result.recipe, encoding="utf-8")
     result.report["recipe"] = str(recipe_path)
-    if report_path is not None:
+    if report_path is not None and report_path.suffix.lower() == ".html":
+        from onnxshrink.auto.report import to_html
+
+        report_path.write_text(to_html(result.report), encoding="utf-8")
+    elif report_path is not None:
         _write_json(report_path, result.report)
     chosen = result.report["trials"][result.report["chosen"]["trial"]]
     before = result.report["input"]["size"]

@@ -107,10 +107,13 @@ def test_infeasible_writes_the_nearest_and_exits_1(tmp_path: Path, profiles: Pat
     out = tmp_path / "out.onnx"
     args = ["auto", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--eval", str(EVAL)]
     args += ["--max-size", "1KB", "--max-drop", "1", "--trials", "1", "--search", "int8"]
+    args += ["--report", str(tmp_path / "report.html")]
     result = CliRunner().invoke(main, [*args, "--study", str(study(tmp_path, profiles))])
     assert result.exit_code == 1, result.output
     assert "over --max-size 1000 B" in result.output
     assert out.is_file() and out.with_suffix(".toml").is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert "misses: size" in page and page.count('<tr class="chosen">') == 1 and "<svg" in page
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

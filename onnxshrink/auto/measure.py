@@ -13,7 +13,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,8 +146,3 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
 def spec_dicts(specs: Sequence[Any]) -> tuple[dict[str, Any], ...]:
     """Pass specs as plain data for a :class:`Job`."""
     return tuple(spec.to_json() for spec in specs)
-
-
-def model_path(path: str | Path) -> str:
-    """The absolute path a child process opens."""
-    return str(Path(path).resolve())
