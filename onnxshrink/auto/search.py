@@ -176,6 +176,8 @@ class Search:
         if measured is not None:
             if self.goal.max_drop is not None and measured["drop"] is None:
                 record["error"] = "no accuracy: the evaluation data has no labels for a classifier-like output"
+            elif self.goal.min_agreement is not None and measured["agreement"] is None:
+                record["error"] = "no top-1 agreement: no output is classifier-like; use --min-cosine"
             else:
                 record.update(measured)
                 record["loss"] = self.goal.loss(measured)
