@@ -480,7 +480,7 @@ def _trial_line(status: dict[str, Any]) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time (1 only).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
-@click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8 (default: all).")
+@click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
 @click.option("--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Most candidates built.")
 @click.option("--trial-timeout", metavar="T", default="10m", show_default=True, help="Time limit of one trial.")
 @click.option("--trial-memory", metavar="SIZE", help="Address-space limit of one trial. [default: physical memory]")
