@@ -523,9 +523,10 @@ def auto_command(
 
     Targets: --max-size, --max-macs, --min-speedup; budget: --max-drop, --min-agreement or
     --min-cosine (--metric with --max-drop). Writes OUTPUT, its recipe OUTPUT.toml (rebuild with
-    'onnxshrink run MODEL --recipe OUTPUT.toml --calib DATA -o X') and, with --report, the JSON
-    report. Exit 1 when no candidate met everything: the nearest one is written and stderr says
-    what it misses.
+    'onnxshrink run MODEL --recipe OUTPUT.toml --calib DATA -o X') and, with --report, the report
+    (.json or .html). Exit 1 when no candidate met everything: the nearest one is written and
+    stderr says what it misses. On a terminal, each trial prints a line with the best model so far
+    and the time left.
     """
     import optuna
 

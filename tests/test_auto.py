@@ -290,3 +290,14 @@ def test_a_model_proto_without_study_folder_and_a_time_budget(tmp_path: Path) ->
     assert len(result.trials) == 1 and result.report["study"]["folder"] is None
     saved = result.save(tmp_path / "m.onnx")
     assert saved.read_bytes() == result.model_file.read_bytes()
+
+
+def test_progress_line_names_the_trial_the_best_so_far_and_time_left() -> None:
+    from onnxshrink.cli import _trial_line
+
+    trial = {"number": 2, "size": 40_000, "macs_ratio": 0.5, "loss": 0.25, "misses": {}, "seconds": 1.5}
+    status = {"trial": trial, "max_trials": 12, "best": trial, "feasible": True, "seconds_left": 30.0}
+    line = _trial_line(status)
+    assert line.startswith("trial 3/12: 40.0 KB") and "best so far: trial 3" in line and "30 s left" in line
+    failed = {**status, "trial": {**trial, "error": "RuntimeError: boom"}, "best": None, "seconds_left": None}
+    assert _trial_line(failed) == "trial 3/12: failed: RuntimeError: boom [1.5 s]"
