@@ -477,7 +477,7 @@ def _trial_line(status: dict[str, Any]) -> str:
     "--study", type=click.Path(file_okay=False, path_type=Path), help="Study folder: profiles, trial journal."
 )
 @click.option("--resume", is_flag=True, help="Continue the study's journal; finished trials are not run again.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time (1 only).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Trials built at a time.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")

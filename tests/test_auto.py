@@ -121,6 +121,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, base).exit_code == 2  # neither target nor budget
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--resume"]).exit_code == 2
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int3"]).exit_code == 2
+    assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--executor", "ray"]).exit_code == 2
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, input=np.load(EVAL)["input"])
     args = ["auto", str(MODEL), "-o", str(tmp_path / "o.onnx"), "--calib", str(CALIB), "--eval", str(unlabelled)]
@@ -301,3 +302,10 @@ def test_progress_line_names_the_trial_the_best_so_far_and_time_left() -> None:
     assert line.startswith("trial 3/12: 40.0 KB") and "best so far: trial 3" in line and "30 s left" in line
     failed = {**status, "trial": {**trial, "error": "RuntimeError: boom"}, "best": None, "seconds_left": None}
     assert _trial_line(failed) == "trial 3/12: failed: RuntimeError: boom [1.5 s]"
+
+
+def test_two_workers_build_candidates_side_by_side(tmp_path: Path, profiles: Path) -> None:
+    result = _auto(study(tmp_path, profiles), max_drop=1.0, max_trials=4, search="int8", workers=2)
+    assert result.feasible and 2 <= len(result.trials) <= 4
+    assert len({t["key"] for t in result.trials}) == len(result.trials)
+    assert [t["number"] for t in result.trials] == list(range(len(result.trials)))

@@ -134,7 +134,7 @@ def auto(
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
-        workers: Trials at a time; only 1 in this version.
+        workers: Trials built at a time, each in its own child process.
         executor: Where trials run; only ``local`` in this version.
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
         provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
@@ -161,8 +161,10 @@ def auto(
         metric=metric if isinstance(metric, str) or metric is None else f"{metric.__module__}:{metric.__name__}",
     )
     goal.check()
-    if workers != 1 or executor != "local":
-        raise UsageError("auto runs one local worker in this version (--workers 1, --executor local)")
+    if executor != "local":
+        raise UsageError("auto runs trials in local child processes in this version (--executor local)")
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
     knobs = _knobs(search)
     budget = parse_duration(time_budget) if time_budget is not None else None
     temporary = tempfile.TemporaryDirectory(prefix="onnxshrink-auto-") if study is None else None
@@ -198,6 +200,7 @@ def auto(
         batch=batch,
         seed=seed,
         max_trials=max_trials,
+        workers=workers,
         deadline=time.monotonic() + budget - (time.perf_counter() - started) if budget is not None else float("inf"),
         trial_timeout=trial_timeout,
         trial_memory=trial_memory if trial_memory is not None else default_memory_bytes(),

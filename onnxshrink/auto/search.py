@@ -11,7 +11,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class Settings:
     batch: int
     seed: int
     max_trials: int
+    workers: int
     deadline: float
     trial_timeout: float
     trial_memory: int | None
@@ -112,19 +114,45 @@ class Search:
 
     def evaluate(self, point: Point, index: int, knobs: Knobs, phase: str) -> dict[str, Any]:
         """Builds and measures one candidate, or reuses its result from this run or the journal."""
-        specs = candidate_specs(self.profile.units, point.choice, knobs)
-        key = specs_key(specs)
+        return self.evaluate_many([(point, index, knobs, phase)])[0]
+
+    def evaluate_many(self, items: Sequence[tuple[Point, int, Knobs, str]]) -> list[dict[str, Any]]:
+        """Builds and measures candidates, up to ``workers`` at a time, each in its own child process.
+
+        Results are journaled and numbered in the order of ``items``, whatever order the children
+        finish in, so a study runs the same way with any number of workers.
+        """
+        prepared = []
+        todo: dict[str, tuple[list[Any], Point, Knobs, str]] = {}
+        for point, index, knobs, phase in items:
+            specs = candidate_specs(self.profile.units, point.choice, knobs)
+            key = specs_key(specs)
+            prepared.append((point, index, knobs, phase, key))
+            if key not in self.by_key and self.journal.finished(key) is None and key not in todo:
+                todo[key] = (specs, point, knobs, phase)
+        if len(todo) > 1 and self.settings.workers > 1:
+            with ThreadPoolExecutor(max_workers=self.settings.workers) as pool:
+                futures = {key: pool.submit(self._run, key, *job) for key, job in todo.items()}
+                results = {key: future.result() for key, future in futures.items()}
+        else:
+            results = {key: self._run(key, *job) for key, job in todo.items()}
+        return [self._record(point, index, knobs, key, results) for point, index, knobs, _, key in prepared]
+
+    def _record(
+        self, point: Point, index: int, knobs: Knobs, key: str, results: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Journals a fresh result (or takes the journal's), numbers it and reports progress."""
         if key in self.by_key:
             return self.by_key[key]
         params = {"point": min(index, MAX_POINTS - 1), "calibrate": knobs.calibrate, "reconstruct": knobs.reconstruct}
         record = self.journal.finished(key)
         if record is None:
-            record = self._run(key, specs, point, knobs, phase)
+            record = results[key]
             self.journal.record(record, params)
         else:
             record = {**record, "resumed": True}
         record["number"] = len(self.trials)
-        record["front_index"] = index if phase != "target" else None
+        record["front_index"] = index if record.get("phase") != "target" else None
         self.trials.append(record)
         self.by_key[key] = record
         if self.progress is not None:
@@ -143,6 +171,7 @@ class Search:
         return record
 
     def _run(self, key: str, specs: list[Any], point: Point, knobs: Knobs, phase: str) -> dict[str, Any]:
+        """One candidate in a child process: its record (settings, measurements or error)."""
         s = self.settings
         output = s.folder / "trials" / f"{key}.onnx"
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -249,18 +278,24 @@ class Search:
         return max(found, default=-1)
 
     def _bisect_from(self, low: int, knobs: Knobs) -> list[dict[str, Any]]:
-        """Bisects the front beyond ``low`` (known good) for the last point that passes with ``knobs``."""
+        """Searches the front beyond ``low`` (known good) for the last point that passes with ``knobs``.
+
+        With one worker this is bisection; with ``k`` workers, each round builds ``k`` points that
+        split the interval evenly (k-section), all at once.
+        """
         high = len(self.front)
         records = []
         while high - low > 1 and not self.out_of_time:
-            middle = (low + high) // 2
-            record = self.evaluate(self.front[middle], middle, knobs, "bisect")
-            record.setdefault("front_index", middle)
-            records.append(record)
-            if _ok(record):
-                low = middle
-            else:
-                high = middle
+            room = max(1, self.settings.max_trials - len(self.trials))
+            count = max(1, min(self.settings.workers, high - low - 1, room))
+            picks = sorted({low + (high - low) * (i + 1) // (count + 1) for i in range(count)} - {low, high})
+            found = self.evaluate_many([(self.front[i], i, knobs, "bisect") for i in picks])
+            for index, record in zip(picks, found, strict=True):
+                record.setdefault("front_index", index)
+            records.extend(found)
+            passing = [i for i, r in zip(picks, found, strict=True) if _ok(r)]
+            low = max(passing, default=low)
+            high = min([i for i, r in zip(picks, found, strict=True) if not _ok(r) and i > low], default=high)
         return records
 
     def knobs(self) -> None:
@@ -275,19 +310,27 @@ class Search:
         self.sampler_study.enqueue_trial({"calibrate": "minmax", "reconstruct": True})
         stale = 0
         while not self.out_of_time and stale < _STALE_LIMIT:
-            trial = self.sampler_study.ask()
-            knobs = Knobs(
-                calibrate=str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS))),
-                reconstruct=bool(trial.suggest_categorical("reconstruct", (False, True))),
-            )
             before = len(self.trials)
-            if self.goal.has_target:
-                records = [self.evaluate(self.front[0], 0, knobs, "knobs")]
+            if self.goal.has_target:  # one proposal per worker, each at the target point
+                room = max(1, self.settings.max_trials - len(self.trials))
+                proposals = [self._propose() for _ in range(min(self.settings.workers, room))]
+                found = self.evaluate_many([(self.front[0], 0, knobs, "knobs") for _, knobs in proposals])
+                for (trial, _), record in zip(proposals, found, strict=True):
+                    self.sampler_study.tell(trial, self._objective(record))
             else:
-                records = self._bisect_from(self._feasible_index(), knobs)
-            values = [self._objective(r) for r in records]
-            self.sampler_study.tell(trial, min(values, default=2 * _INFEASIBLE))
+                trial, knobs = self._propose()
+                values = [self._objective(r) for r in self._bisect_from(self._feasible_index(), knobs)]
+                self.sampler_study.tell(trial, min(values, default=2 * _INFEASIBLE))
             stale = stale + 1 if len(self.trials) == before else 0
+
+    def _propose(self) -> tuple[optuna.trial.Trial, Knobs]:
+        """The sampler's next global knobs (its trial is told the outcome later)."""
+        trial = self.sampler_study.ask()
+        knobs = Knobs(
+            calibrate=str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS))),
+            reconstruct=bool(trial.suggest_categorical("reconstruct", (False, True))),
+        )
+        return trial, knobs
 
     def front_json(self) -> list[dict[str, Any]]:
         """The predicted front, each point with the trials that built it."""
