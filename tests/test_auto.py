@@ -152,10 +152,11 @@ def test_recipe_round_trips_per_group_and_per_layer_settings(tmp_path: Path, pro
 
     parsed = [Unit.from_json(u) for u in units]
     choice = [len(u.settings) - 1 if i % 2 == 0 else 0 for i, u in enumerate(parsed)]
-    specs = candidate_specs(parsed, choice, Knobs(calibrate="percentile", reconstruct=True))
+    specs = candidate_specs(parsed, choice, Knobs(calibrate="percentile", reconstruct=True, percentile=99.9))
     path = tmp_path / "r.toml"
     path.write_text(to_toml(specs, ["a comment"]))
     assert load_recipe(path) == specs
+    assert any(s.name == "quantize" and s.options.get("percentile") == 99.9 for s in specs)
 
 
 def _write_metric(folder: Path, body: str) -> str:

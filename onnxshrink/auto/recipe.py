@@ -24,6 +24,14 @@ class Knobs:
 
     calibrate: str = "minmax"
     reconstruct: bool = False
+    percentile: float | None = None  # with calibrate=percentile; None: the pass's default
+
+    def params(self) -> dict[str, Any]:
+        """The knobs as Optuna parameters (``percentile`` only where it applies)."""
+        found: dict[str, Any] = {"calibrate": self.calibrate, "reconstruct": self.reconstruct}
+        if self.calibrate == "percentile" and self.percentile is not None:
+            found["percentile"] = self.percentile
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """The knobs as the report shows them."""
@@ -46,7 +54,10 @@ def candidate_specs(units: Sequence[Unit], choice: Sequence[int], knobs: Knobs) 
     if int4:  # weight-only first: the static pass then leaves MatMulNBits alone
         specs.append(int4_spec(int4))
     if "int8" in precision.values():
-        specs.append(make_spec("quantize", {"exclude": kept_float + int4, "calibrate": knobs.calibrate}))
+        options: dict[str, Any] = {"exclude": kept_float + int4, "calibrate": knobs.calibrate}
+        if knobs.calibrate == "percentile" and knobs.percentile is not None:
+            options["percentile"] = knobs.percentile
+        specs.append(make_spec("quantize", options))
     return specs
 
 

@@ -25,7 +25,7 @@ from onnxshrink.auto.measure import Job, spec_dicts
 from onnxshrink.auto.profile import Profile
 from onnxshrink.auto.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.auto.result import choose, rank
-from onnxshrink.auto.study import MAX_POINTS, TrialJournal
+from onnxshrink.auto.study import MAX_POINTS, PERCENTILES, TrialJournal
 from onnxshrink.auto.trials import run_trial
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
@@ -144,7 +144,7 @@ class Search:
         """Journals a fresh result (or takes the journal's), numbers it and reports progress."""
         if key in self.by_key:
             return self.by_key[key]
-        params = {"point": min(index, MAX_POINTS - 1), "calibrate": knobs.calibrate, "reconstruct": knobs.reconstruct}
+        params = {"point": min(index, MAX_POINTS - 1), **knobs.params()}
         record = self.journal.finished(key)
         if record is None:
             record = results[key]
@@ -326,11 +326,12 @@ class Search:
     def _propose(self) -> tuple[optuna.trial.Trial, Knobs]:
         """The sampler's next global knobs (its trial is told the outcome later)."""
         trial = self.sampler_study.ask()
-        knobs = Knobs(
-            calibrate=str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS))),
-            reconstruct=bool(trial.suggest_categorical("reconstruct", (False, True))),
-        )
-        return trial, knobs
+        calibrate = str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS)))
+        reconstruct = bool(trial.suggest_categorical("reconstruct", (False, True)))
+        percentile = None
+        if calibrate == "percentile":  # a conditional parameter: TPE models it only where it exists
+            percentile = float(trial.suggest_categorical("percentile", PERCENTILES))
+        return trial, Knobs(calibrate, reconstruct, percentile)
 
     def front_json(self) -> list[dict[str, Any]]:
         """The predicted front, each point with the trials that built it."""

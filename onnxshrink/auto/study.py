@@ -22,6 +22,7 @@ from onnxshrink.passes.quantize.statistics import CALIBRATORS
 logger = logging.getLogger(__name__)
 
 MAX_POINTS = 64
+PERCENTILES = (99.9, 99.99, 99.999)
 
 
 def distributions() -> dict[str, BaseDistribution]:
@@ -30,6 +31,7 @@ def distributions() -> dict[str, BaseDistribution]:
         "point": IntDistribution(0, MAX_POINTS - 1),
         "calibrate": CategoricalDistribution(tuple(CALIBRATORS)),
         "reconstruct": CategoricalDistribution((False, True)),
+        "percentile": CategoricalDistribution(PERCENTILES),
     }
 
 
@@ -65,7 +67,7 @@ class TrialJournal:
                 state=TrialState.FAIL if failed else TrialState.COMPLETE,
                 values=values,
                 params=params,
-                distributions=distributions(),
+                distributions={k: v for k, v in distributions().items() if k in params},
                 user_attrs={"record": record},
             )
         )
