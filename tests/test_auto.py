@@ -74,6 +74,8 @@ def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) 
     assert result.front and all({"size", "macs", "damage", "settings"} <= set(p) for p in result.front)
     out = result.save(tmp_path / "best.onnx")
     onnx.checker.check_model(onnx.load(out))
+    result.best.save(tmp_path / "again.onnx")  # the ShrinkResult saves the same bytes
+    assert (tmp_path / "again.onnx").read_bytes() == out.read_bytes()
 
 
 @pytest.mark.parametrize(

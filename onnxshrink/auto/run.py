@@ -249,7 +249,8 @@ def auto(
         "output": None,
         "seconds": {"total": time.perf_counter() - started, "profile": measured_profile.seconds},
     }
-    best = ShrinkResult(load_model(model_path).model, {"trial": chosen})
+    best_report = {"pipeline": chosen["specs"], "trial": chosen, "output": {"path": None, "bytes": chosen["size"]}}
+    best = ShrinkResult(load_model(model_path).model, best_report)
     result = AutoResult(
         best=best,
         feasible=feasible,
