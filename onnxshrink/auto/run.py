@@ -214,6 +214,18 @@ def auto(
     runner = Search(goal, measured_profile, settings, journal, progress)
     runner.structure()
     runner.knobs()
+    result = _result(runner, name, started, temporary)
+    result.report["search"] = {"knobs": knobs, "seed": seed, "workers": workers, "max_trials": max_trials}
+    return result
+
+
+def _result(runner: Search, name: str, started: float, temporary: Any) -> AutoResult:
+    """The chosen trial (or the nearest), its recipe (also ``best.toml`` in the study) and the report.
+
+    Raises:
+        VerificationError: No trial produced a model.
+    """
+    goal, settings, measured_profile = runner.goal, runner.settings, runner.profile
     chosen, feasible = choose(goal, runner.trials, runner.primary)
     if chosen is None:
         first = next((t["error"] for t in runner.trials if t.get("error")), "no trial ran")
@@ -224,18 +236,19 @@ def auto(
     specs = [make_spec(s["name"], s["options"]) for s in chosen["specs"]]
     header = [
         f"onnxshrink {__version__} auto: trial {chosen['number']} of study {name}",
-        f"rebuild: onnxshrink run MODEL --recipe THIS.toml --calib {calib_source} -o OUT",
+        f"rebuild: onnxshrink run MODEL --recipe THIS.toml --calib {settings.calibration} -o OUT",
     ]
     recipe = to_toml(specs, header)
-    (folder / "best.toml").write_text(recipe, encoding="utf-8")
+    (settings.folder / "best.toml").write_text(recipe, encoding="utf-8")
     front = runner.front_json()
     report: dict[str, Any] = {
         "onnxshrink_version": __version__,
-        "input": {"path": model_file, "size": settings.reference_size, "macs": reference_macs},
+        "input": {"path": settings.model, "size": settings.reference_size, "macs": settings.reference_macs},
         "goal": goal.to_json(),
-        "search": {"knobs": knobs, "seed": seed, "provider": provider, "batch": batch, "max_trials": max_trials},
-        "study": {"folder": str(folder) if temporary is None else None, "name": name},
-        "profile": {**measured_profile.to_json(), "seconds": measured_profile.seconds},
+        "provider": settings.provider,
+        "batch": settings.batch,
+        "study": {"folder": str(settings.folder) if temporary is None else None, "name": name},
+        "profile": measured_profile.to_json(),
         "front": front,
         "trials": runner.trials,
         "chosen": {
@@ -250,9 +263,8 @@ def auto(
         "seconds": {"total": time.perf_counter() - started, "profile": measured_profile.seconds},
     }
     best_report = {"pipeline": chosen["specs"], "trial": chosen, "output": {"path": None, "bytes": chosen["size"]}}
-    best = ShrinkResult(load_model(model_path).model, best_report)
-    result = AutoResult(
-        best=best,
+    return AutoResult(
+        best=ShrinkResult(load_model(model_path).model, best_report),
         feasible=feasible,
         misses=dict(chosen.get("misses", {})),
         front=front,
@@ -262,4 +274,3 @@ def auto(
         model_file=model_path,
         temporary=temporary,
     )
-    return result
