@@ -312,3 +312,24 @@ def test_two_workers_build_candidates_side_by_side(tmp_path: Path, profiles: Pat
     assert result.feasible and 2 <= len(result.trials) <= 4
     assert len({t["key"] for t in result.trials}) == len(result.trials)
     assert [t["number"] for t in result.trials] == list(range(len(result.trials)))
+
+
+def test_per_group_ratios_option_of_prune_channels() -> None:
+    from onnxshrink.spec import parse_spec
+
+    spec = parse_spec("prune-channels:ratio=0,ratios=/conv3/conv3.0/Conv:0.5,/nowhere:0.25")
+    assert spec.options["ratios"] == {"/conv3/conv3.0/Conv": 0.5, "/nowhere": 0.25}
+    assert str(spec) == "prune-channels:ratio=0.0,ratios=/conv3/conv3.0/Conv:0.5,/nowhere:0.25"
+    result = onnxshrink.shrink(str(MODEL), ["simplify", spec], verify=False)
+    stats = result.report["passes"][-1]["stats"]
+    changed = {label: entry for label, entry in stats["channels"].items() if entry["before"] != entry["after"]}
+    assert changed == {"Conv '/conv3/conv3.0/Conv'": {"before": 32, "after": 16}}
+    assert stats["skipped"]["ratios '/nowhere'"] == "names no channel group's producer"
+    for bad, message in (
+        ("ratios=/a:1.5", "ratio of '/a' must be >= 0 and < 1"),
+        ("ratios=/a", "expected NAME:VALUE"),
+        ("ratios=/a:x", "expected float"),
+        ("ratios=/a:0.5,scope=global", "use scope=layer"),
+    ):
+        with pytest.raises(onnxshrink.errors.UsageError, match=message):
+            parse_spec(f"prune-channels:{bad}")
