@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.parser
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -333,3 +334,17 @@ def test_per_group_ratios_option_of_prune_channels() -> None:
     ):
         with pytest.raises(onnxshrink.errors.UsageError, match=message):
             parse_spec(f"prune-channels:{bad}")
+
+
+def test_agreement_on_a_model_without_classes_is_a_usage_error(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        regress (float[N, 4] x) => (float[N, 1] y)
+        <float[4, 1] w = {1.0, 2.0, 3.0, 4.0}> { y = MatMul(x, w) }"""
+    )
+    path, data = tmp_path / "regress.onnx", tmp_path / "x.npz"
+    onnx.save(model, path)
+    np.savez(data, x=np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    args = ["auto", str(path), "-o", str(tmp_path / "o.onnx"), "--calib", str(data), "--eval", str(data)]
+    result = CliRunner().invoke(main, [*args, "--min-agreement", "0.9"])
+    assert result.exit_code == 2 and "classifier-like" in result.output

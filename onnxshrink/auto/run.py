@@ -33,10 +33,13 @@ from onnxshrink.auto.search import Search, Settings
 from onnxshrink.auto.study import TrialJournal
 from onnxshrink.auto.trials import default_memory_bytes
 from onnxshrink.data.readers import open_samples
+from onnxshrink.data.samples import Feed
 from onnxshrink.errors import UsageError, VerificationError
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.loading import load_model
+from onnxshrink.runtime import create_session, run
 from onnxshrink.spec import make_spec
+from onnxshrink.verify import is_classifier_like
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,22 @@ def _data_source(data: Any, folder: Path, name: str, role: str, count: int | Non
     arrays: dict[str, Any] = samples.take(count)
     np.savez(path, **arrays)
     return str(path)
+
+
+def _require_classifier(model_file: str, feed: Feed, provider: str) -> None:
+    """Top-1 agreement and accuracy need a classifier-like output (float, last axis 2..100k classes).
+
+    Raises:
+        UsageError: No output of the input model is one.
+    """
+    session, _ = create_session(model_file, provider)
+    first = {name: value[:1] for name, value in feed.arrays.items()}
+    outputs = run(session, first)
+    if not any(isinstance(v, np.ndarray) and is_classifier_like(v) for v in outputs.values()):
+        raise UsageError(
+            "--max-drop and --min-agreement compare top-1 classes, but no output of the model is "
+            "classifier-like; use --min-cosine, or --metric with --max-drop"
+        )
 
 
 def _study_name(model: str, goal: Goal, knobs: Sequence[str], seed: int, data: Sequence[str | None]) -> str:
@@ -178,6 +197,8 @@ def auto(
     feed = open_samples(eval_source, role="inputs").feed_for(loaded)
     if goal.max_drop is not None and goal.metric is None and feed.labels is None:
         raise UsageError("--max-drop needs labelled evaluation data (a 'labels' array) or --metric")
+    if goal.min_agreement is not None or (goal.max_drop is not None and goal.metric is None):
+        _require_classifier(model_file, feed, provider)
     metric_reference = None
     if metric is not None:
         try:
