@@ -15,8 +15,10 @@ from onnxshrink._version import __version__
 
 if TYPE_CHECKING:
     from onnxshrink.api import ShrinkResult, shrink
+    from onnxshrink.auto import AutoResult
+    from onnxshrink.auto import auto as auto
 
-__all__ = ["ShrinkResult", "__version__", "shrink"]
+__all__ = ["AutoResult", "ShrinkResult", "__version__", "auto", "shrink"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from onnxshrink import api
 
         return getattr(api, name)
+    if name in ("auto", "AutoResult"):
+        import onnxshrink.auto as package  # a callable package: onnxshrink.auto(...) runs auto()
+
+        return package if name == "auto" else package.AutoResult
     raise AttributeError(f"module 'onnxshrink' has no attribute {name!r}")

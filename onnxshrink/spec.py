@@ -1,11 +1,14 @@
 """Pass specs: ``NAME[:KEY=VALUE[,KEY=VALUE]...]``, from the CLI, the Python API or a recipe.
 
 Values are typed by the pass's options dataclass. A list-typed option takes several values:
-``include=Conv,Gemm`` (a token without ``=`` continues the previous list option).
+``include=Conv,Gemm`` (a token without ``=`` continues the previous list option). A mapping-typed
+option takes ``NAME:VALUE`` items the same way (``ratios=/conv1/Conv:0.5,/fc1/Gemm:0.25``; the
+last ``:`` splits, so names may hold colons); in a TOML recipe it is a table.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import sys
 import types
@@ -39,7 +42,12 @@ class PassSpec:
             return self.name
         parts = []
         for key, value in self.options.items():
-            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            if isinstance(value, Mapping):
+                text = ",".join(f"{name}:{item}" for name, item in value.items())
+            elif isinstance(value, (list, tuple)):
+                text = ",".join(map(str, value))
+            else:
+                text = str(value)
             parts.append(f"{key}={text}")
         return f"{self.name}:{','.join(parts)}"
 
@@ -54,6 +62,8 @@ class PassSpec:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -134,6 +144,8 @@ def coerce(value: Any, tp: Any, what: str) -> Any:
     if origin in (tuple, list):
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(coerce(item, args[0], what) for item in items)
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        return _coerce_mapping(value, args[1], what)
     if isinstance(value, (list, tuple)):
         raise UsageError(f"{what} takes one value, got {len(value)}: {','.join(map(str, value))}")
     if tp is bool:
@@ -156,6 +168,28 @@ def coerce(value: Any, tp: Any, what: str) -> Any:
     if tp is str:
         return str(value)
     raise TypeError(f"unsupported option type {tp!r} for {what}")
+
+
+def _coerce_mapping(value: Any, tp: Any, what: str) -> dict[str, Any]:
+    """A table (TOML, Python) or ``NAME:VALUE`` items (CLI) as a dict of typed values."""
+    if isinstance(value, Mapping):
+        pairs = [(str(name), item) for name, item in value.items()]
+    else:
+        pairs = []
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            text = str(token).strip()
+            if not text:
+                continue  # ``ratios=`` names an empty table
+            name, colon, item = text.rpartition(":")
+            if not colon or not name:
+                raise UsageError(f"bad item '{text}' for {what}; expected NAME:VALUE")
+            pairs.append((name, item))
+    table: dict[str, Any] = {}
+    for name, item in pairs:
+        if name in table:
+            raise UsageError(f"'{name}' is given twice in {what}")
+        table[name] = coerce(item, tp, f"{what} ('{name}')")
+    return table
 
 
 def parse_specs(texts: Sequence[str | PassSpec]) -> list[PassSpec]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +18,11 @@ from onnxshrink.passes.channels import ChannelGroup, Site
 from onnxshrink.passes.channels.dead import remove_dead
 from onnxshrink.registry import register_pass
 from onnxshrink.selection import matching_pattern
+
+
+def _ratios_problem(ratios: Mapping[str, float]) -> str | None:
+    bad = next((name for name, ratio in ratios.items() if not 0 <= ratio < 1), None)
+    return None if bad is None else f"ratio of '{bad}' must be >= 0 and < 1, got {ratios[bad]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,12 @@ class PruneChannelsOptions:
     )
     include: tuple[str, ...] = option((), "prune only groups with a producer whose op type or name glob matches")
     exclude: tuple[str, ...] = option((), "never prune groups with a producer whose op type or name glob matches")
+    ratios: Mapping[str, float] = option(
+        help="per-group ratios, NAME:RATIO,... keyed by a producer's node name (scope=layer); "
+        "groups not named take `ratio`",
+        default_factory=dict,
+        check=_ratios_problem,
+    )
     min_channels: int = option(8, "never keep fewer channels in a group", minimum=1)
     samples: int = option(256, "calibration samples read (activation)", minimum=1)
     dead: Literal["off", "only"] = option(
@@ -46,6 +58,20 @@ class PruneChannelsOptions:
         "their value into the consumers' biases; exact (ratio and criterion are ignored)",
         choices=("off", "only"),
     )
+
+    def problem(self) -> str | None:
+        """What is wrong with the options together (each alone is checked by its metadata)."""
+        if self.ratios and self.scope != "layer":
+            return "ratios sets per-group ratios; use scope=layer"
+        return None
+
+    def ratio_of(self, group: ChannelGroup) -> float:
+        """The ratio ``ratios`` gives one of the group's producers, else ``ratio``."""
+        for site in group.of_kind("producer"):
+            name = site.node.name if site.node is not None else None
+            if name is not None and name in self.ratios:
+                return self.ratios[name]
+        return self.ratio
 
 
 def _per_channel(group: ChannelGroup, site: Site, values: np.ndarray) -> np.ndarray:
@@ -138,7 +164,8 @@ class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
        digits CNN, 25 % removed keeps 92 % accuracy where producer rows alone keep 34 %), the
        ``|scale|`` of its BatchNormalizations (``bn-gamma``; groups without one are skipped),
        or its mean ``|output|`` at the producers on calibration data (``activation``).
-    4. ``scope=layer``: each group drops ``round(ratio * channels)`` of its lowest scores;
+    4. ``scope=layer``: each group drops ``round(ratio * channels)`` of its lowest scores, where
+       ``ratios`` may give a group its own ratio by naming one of its producer nodes;
        ``scope=global``: scores divided by their group's mean compete under one threshold.
        What a group keeps is then rounded to the nearest multiple of ``round-to`` and never
        below ``min-channels`` (nor ``round-to``). A group of several blocks (Split, Slice and
@@ -178,6 +205,9 @@ class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
                 skipped[group.label] = selected.reason
             else:
                 chosen.append(selected)
+        producers = {s.node.name for g in plan.groups for s in g.of_kind("producer") if s.node is not None}
+        for name in sorted(set(options.ratios) - producers):
+            skipped[f"ratios '{name}'"] = "names no channel group's producer"
         folded = 0
         if options.dead == "only":
             plan, keeps, folded = remove_dead(model, plan, chosen)
@@ -265,7 +295,7 @@ class PruneChannelsPass(ShrinkPass[PruneChannelsOptions]):
             threshold = np.sort(flat, kind="stable")[count - 1] if count else -np.inf
             removed = {g.index: int(np.count_nonzero(normalized[g.index] <= threshold)) for g in scored}
         else:
-            removed = {g.index: round(options.ratio * g.size) for g in scored}
+            removed = {g.index: round(options.ratio_of(g) * g.size) for g in scored}
         keeps = {}
         for group in scored:
             score = scores[group.index]

@@ -110,7 +110,9 @@ class OrtPlacement:
     def _int8_tensors(self) -> dict[str, ir.Value]:
         """Tensors that get a Q→DQ under the current node set."""
         tensors: dict[str, ir.Value] = {}
-        for key in self.quantized:
+        # Graph order, not set order: the order of tensors here is the order of the Q/DQ written,
+        # and a set of strings iterates differently in every process (PYTHONHASHSEED).
+        for key in [k for k in self.view.nodes if k in self.quantized]:
             node = self.view.nodes[key]
             for _, value in activation_inputs(node):
                 tensors[value.name or ""] = value

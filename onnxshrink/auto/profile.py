@@ -1,0 +1,301 @@
+"""Profiles: what each knob setting of each channel group and layer costs and how much it hurts.
+
+Every setting is built alone with the real pass on the simplified input model (``prune-channels``
+with one group's ratio, ``quantize`` with one layer included), so its costs are exact: bytes of
+the serialized model and analytic MACs, as deltas from the simplified model. Its damage is
+measured the way ``quantize:max-drop`` judges candidates (:class:`~onnxshrink.passes.quantize.budget.Judge`):
+``1 - cosine`` of the model's outputs against the simplified model's on calibration samples.
+Damages and costs are then taken as additive across units, which the allocation relies on and
+the measured trials correct.
+
+Profiles are cached as JSON in the study folder, keyed by the hashes of the simplified model, the
+calibration samples read, the knob and its grid, so another target on the same model reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxshrink.api import shrink
+from onnxshrink.context import PassContext
+from onnxshrink.data.samples import Samples
+from onnxshrink.inspect.summary import inspect_model
+from onnxshrink.ir.graphs import is_onnx_op
+from onnxshrink.latency import interleaved_latency
+from onnxshrink.passes import channels
+from onnxshrink.passes.quantize.budget import Judge
+from onnxshrink.runtime import run
+from onnxshrink.spec import PassSpec, make_spec
+
+logger = logging.getLogger(__name__)
+
+KNOBS = ("channels", "int8", "int4")
+# What each profile measures: channel groups, or the precision of each layer (float, int8, int4).
+PROFILES = {"channels": ("channels",), "precision": ("int8", "int4")}
+WEIGHT_ONLY_OPS = ("Gemm", "MatMul")  # int4 runs as MatMulNBits
+CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+# Channels kept are a multiple of this, never fewer: finer than prune-channels' default of 8, so
+# small layers have settings between "all" and "half".
+CHANNEL_STEP = 4
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+_JUDGE_SAMPLES = 128
+_TIMING_ROUNDS, _TIMING_RUNS = 9, 5
+_VERSION = 4  # bump when what a profile measures changes: old cache entries are then ignored
+
+
+@dataclasses.dataclass
+class Setting:
+    """One setting of a unit: its value and what it changes against the simplified model."""
+
+    value: float | str  # a channel ratio, or "float" / "int8" / "int4"
+    bytes: int
+    macs: int
+    damage: float
+    layers: dict[str, int] = dataclasses.field(default_factory=dict)  # weight bytes change per layer
+    latency: float = 0.0  # milliseconds, when the profile is timed
+
+
+@dataclasses.dataclass
+class Unit:
+    """A channel group (named by a producer node) or a layer, with its settings; the first is "unchanged"."""
+
+    knob: str
+    name: str
+    settings: list[Setting]
+    weight_bytes: int = 0  # precision units: the layer's float weight bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The unit as the profile cache and the report hold it."""
+        settings = [dataclasses.asdict(s) for s in self.settings]
+        return {"knob": self.knob, "name": self.name, "settings": settings, "weight_bytes": self.weight_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Unit:
+        """A unit read back from the profile cache."""
+        return cls(data["knob"], data["name"], [Setting(**s) for s in data["settings"]], data["weight_bytes"])
+
+
+@dataclasses.dataclass
+class Profile:
+    """The simplified model's size and MACs and every unit's settings."""
+
+    size: int
+    macs: int
+    units: list[Unit]
+    seconds: float
+    cached: list[str]
+    layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    latency_ms: float = 0.0  # the simplified model's, when the profile is timed
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile as the report shows it."""
+        return {
+            "size": self.size,
+            "macs": self.macs,
+            "units": [u.to_json() for u in self.units],
+            "seconds": self.seconds,
+            "cached": self.cached,
+            "layer_bytes": self.layer_bytes,
+            "latency_ms": self.latency_ms,
+        }
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(hashlib.sha256(part).digest())
+    return hasher.hexdigest()[:24]
+
+
+def _data_digest(samples: Samples, count: int) -> bytes:
+    arrays = samples.take(count)
+    return b"".join(name.encode() + arrays[name].tobytes() for name in sorted(arrays))
+
+
+def _size(model: ir.Model) -> int:
+    return int(ir.serde.serialize_model(model).ByteSize())
+
+
+def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
+    """Bytes of the constant weight (input 1) of every named Conv, Gemm and MatMul of the main graph."""
+    found = {}
+    for node in model.graph:
+        weight = node.inputs[1] if is_onnx_op(node, *QUANTIZED_OPS) and len(node.inputs) > 1 else None
+        if node.name and weight is not None and weight.const_value is not None:
+            found[node.name] = int(weight.const_value.nbytes)
+    return found
+
+
+class _Builder:
+    """Builds one-setting variants of the simplified model and measures them."""
+
+    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str, batch: int | None) -> None:
+        self.base = base
+        self.calibration = calibration
+        self.provider = provider
+        model = ir.serde.deserialize_model(base)
+        self.size = _size(model)
+        self.macs = int(inspect_model(model)["macs"])
+        self.layers = layer_weight_bytes(model)
+        self.context = PassContext(calibration=calibration, provider=provider)
+        self.judge = Judge(self.context, model, "auto", _JUDGE_SAMPLES, None, None)
+        self.timing: tuple[Any, dict[str, np.ndarray]] | None = None
+        self.latency = 0.0
+        if batch is not None:
+            names = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+            arrays = calibration.take(batch)
+            feed = {n: np.resize(arrays[n], (batch, *arrays[n].shape[1:])) for n in names}
+            self.timing = (self.context.session(model)[0], feed)
+            self.latency = self._time(None)
+
+    def _time(self, model: ir.Model | None) -> float:
+        """Milliseconds of the simplified model (``model`` None), or what ``model`` adds to them.
+
+        Both are timed interleaved, so machine noise hits them alike; medians are compared.
+        """
+        assert self.timing is not None
+        base, feed = self.timing
+        runners = {"base": lambda: run(base, feed)}
+        if model is not None:
+            session = self.context.session(model)[0]
+            runners["variant"] = lambda: run(session, feed)
+        times = interleaved_latency(runners, rounds=_TIMING_ROUNDS, runs_per_round=_TIMING_RUNS, warmup=2)
+        if model is None:
+            return statistics.median(times["base"])
+        return statistics.median(times["variant"]) - statistics.median(times["base"])
+
+    def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
+        result = shrink(self.base, [spec], calibration=self.calibration, provider=self.provider, verify=False)
+        return result.model, result.report["passes"][-1]
+
+    def setting(self, value: float | str, model: ir.Model) -> Setting:
+        damage = self.judge.measure(model)
+        macs = int(inspect_model(model)["macs"])
+        now = layer_weight_bytes(model)
+        layers = {name: now[name] - size for name, size in self.layers.items() if name in now and now[name] != size}
+        latency = self._time(model) if self.timing is not None else 0.0
+        damage_value = max(0.0, 1.0 - damage.cosine)
+        return Setting(value, _size(model) - self.size, macs - self.macs, damage_value, layers, latency)
+
+
+def channel_spec(ratios: dict[str, float]) -> PassSpec:
+    """The ``prune-channels`` spec of per-group ratios, as profiles and candidates both build it."""
+    options = {"ratio": 0.0, "ratios": ratios, "round-to": CHANNEL_STEP, "min-channels": CHANNEL_STEP}
+    return make_spec("prune-channels", options)
+
+
+def _channel_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+    units = []
+    for group in channels.iter_ok(channels.analyze(model, "remove")):
+        names = [s.node.name for s in group.of_kind("producer") if s.node is not None and s.node.name]
+        if not names:
+            continue
+        settings = [Setting(0.0, 0, 0, 0.0)]
+        kept_seen: set[int] = set()
+        for ratio in CHANNEL_RATIOS:
+            variant, record = builder.variant(channel_spec({names[0]: ratio}))
+            kept = sum(entry["after"] for entry in record["stats"]["channels"].values())
+            if not record["modified"] or kept in kept_seen:
+                continue  # rounding kept the same channels as a smaller ratio
+            kept_seen.add(kept)
+            settings.append(builder.setting(ratio, variant))
+        if len(settings) > 1:
+            units.append(Unit("channels", names[0], settings))
+    return units
+
+
+def int4_spec(layers: tuple[str, ...]) -> PassSpec:
+    """The ``quantize`` spec that stores the named MatMul/Gemm weights as 4-bit blocks (MatMulNBits)."""
+    return make_spec("quantize", {"mode": "weight-only", "weights": "s4", "include": layers})
+
+
+def _precision_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+    units = []
+    for node in model.graph:
+        if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
+            continue
+        settings = [Setting("float", 0, 0, 0.0)]
+        variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
+        if record["stats"].get("quantized_nodes"):
+            settings.append(builder.setting("int8", variant))
+        if is_onnx_op(node, *WEIGHT_ONLY_OPS):
+            variant, record = builder.variant(int4_spec((node.name,)))
+            if record["modified"]:
+                settings.append(builder.setting("int4", variant))
+        if len(settings) > 1:
+            units.append(Unit("precision", node.name, settings, builder.layers.get(node.name, 0)))
+    return units
+
+
+_MEASURE: dict[str, Callable[[_Builder, ir.Model], list[Unit]]] = {
+    "channels": _channel_units,
+    "precision": _precision_units,
+}
+
+
+def _only(unit: Unit, knobs: Sequence[str]) -> Unit | None:
+    """The unit with only the settings of the knobs searched (the first, unchanged, always)."""
+    settings = [s for i, s in enumerate(unit.settings) if i == 0 or unit.knob == "channels" or s.value in knobs]
+    return dataclasses.replace(unit, settings=settings) if len(settings) > 1 else None
+
+
+def profile(
+    base: ir.Model,
+    calibration: Samples,
+    *,
+    provider: str,
+    knobs: Sequence[str],
+    cache: Path | None,
+    batch: int | None = None,
+) -> Profile:
+    """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
+
+    With ``batch``, each setting is also timed on ``provider`` at that batch (a per-unit latency
+    table for ``--min-speedup``).
+    """
+    started = time.perf_counter()
+    proto = ir.serde.serialize_model(base)
+    builder = _Builder(proto, calibration, provider, batch)
+    model_digest = proto.SerializeToString(deterministic=True)
+    data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
+    units: list[Unit] = []
+    cached: list[str] = []
+    for knob, covers in PROFILES.items():
+        if not set(covers) & set(knobs):
+            continue
+        grid = json.dumps(
+            {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP}
+            | {"provider": provider, "batch": batch}
+        )
+        path = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
+        if path is not None and path.is_file():
+            found = [Unit.from_json(u) for u in json.loads(path.read_text(encoding="utf-8"))]
+            cached.append(knob)
+        else:
+            knob_started = time.perf_counter()
+            found = _MEASURE[knob](builder, base)
+            logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
+            _store(path, found)
+        units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
+    seconds = time.perf_counter() - started
+    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, builder.latency)
+
+
+def _store(path: Path | None, units: list[Unit]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([u.to_json() for u in units]), encoding="utf-8")
+        tmp.replace(path)

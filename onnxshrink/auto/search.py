@@ -1,0 +1,350 @@
+"""The search over candidates.
+
+Profile once, allocate on the predicted front, build and measure the candidates
+that decide the answer, correct the prediction with what was measured, then let Optuna search the
+global knobs; every trial is journaled so a study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from onnxshrink.auto import allocate
+from onnxshrink.auto.allocate import Point
+from onnxshrink.auto.goal import Goal
+from onnxshrink.auto.measure import Job, spec_dicts
+from onnxshrink.auto.profile import Profile
+from onnxshrink.auto.recipe import Knobs, candidate_specs, specs_key
+from onnxshrink.auto.result import choose, rank
+from onnxshrink.auto.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.auto.trials import run_trial
+from onnxshrink.passes.quantize.statistics import CALIBRATORS
+
+logger = logging.getLogger(__name__)
+
+_TARGET_ATTEMPTS = 4  # rebuilds with a tightened cap when a measured cost misses its target
+_MARGIN = 0.98  # a tightened cap aims this far inside the target
+_STALE_LIMIT = 6  # Optuna proposals in a row that repeat a built pipeline end the search
+_INFEASIBLE = 10.0  # objective offset of a trial that misses a constraint (feasible ones are < 1)
+
+
+@dataclasses.dataclass
+class Settings:
+    """How the search runs (what :func:`onnxshrink.auto` was given, resolved)."""
+
+    model: str
+    calibration: str | None
+    evaluation: str
+    provider: str
+    batch: int
+    seed: int
+    max_trials: int
+    workers: int
+    deadline: float
+    trial_timeout: float
+    trial_memory: int | None
+    reference_macs: int
+    reference_size: int
+    metric: Any
+    metric_reference: float | None
+    folder: Path
+    sys_path: tuple[str, ...]
+
+
+class Search:
+    """One study: the trials built so far and the rules that choose the next."""
+
+    def __init__(
+        self,
+        goal: Goal,
+        profile: Profile,
+        settings: Settings,
+        journal: TrialJournal,
+        progress: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.goal = goal
+        self.profile = profile
+        self.settings = settings
+        self.journal = journal
+        self.progress = progress
+        self.trials: list[dict[str, Any]] = []
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.primary = "bytes"
+        if goal.max_size is None and goal.max_macs is not None:
+            self.primary = "macs"
+        elif goal.max_size is None and goal.min_speedup is not None:
+            self.primary = "latency" if profile.latency_ms > 0 else "macs"
+        self.caps = self._target_caps()
+        self.front: list[Point] = []
+        self.sampler_study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=settings.seed))
+
+    def _target_caps(self) -> dict[str, float]:
+        caps: dict[str, float] = {}
+        if self.goal.max_size is not None:
+            # The profile counts serialized bytes of the simplified model; the saved file differs by
+            # its provenance: start from the target moved by that difference.
+            caps["bytes"] = self.goal.max_size - (self.settings.reference_size - self.profile.size)
+        macs = []
+        if self.goal.max_macs is not None:
+            macs.append(self.goal.max_macs * self.settings.reference_macs)
+        if self.goal.min_speedup is not None and self.profile.latency_ms > 0:
+            # The profile timed the simplified model and each setting: the latency table.
+            caps["latency"] = self.profile.latency_ms / self.goal.min_speedup
+        elif self.goal.min_speedup is not None:  # untimed: MACs stand in for latency
+            macs.append(self.settings.reference_macs / self.goal.min_speedup)
+        if macs:
+            caps["macs"] = min(macs)
+        return caps
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the time budget or the trial count is used up (never before the first trial)."""
+        if not self.trials:
+            return False
+        return time.monotonic() >= self.settings.deadline or len(self.trials) >= self.settings.max_trials
+
+    def evaluate(self, point: Point, index: int, knobs: Knobs, phase: str) -> dict[str, Any]:
+        """Builds and measures one candidate, or reuses its result from this run or the journal."""
+        return self.evaluate_many([(point, index, knobs, phase)])[0]
+
+    def evaluate_many(self, items: Sequence[tuple[Point, int, Knobs, str]]) -> list[dict[str, Any]]:
+        """Builds and measures candidates, up to ``workers`` at a time, each in its own child process.
+
+        Results are journaled and numbered in the order of ``items``, whatever order the children
+        finish in, so a study runs the same way with any number of workers.
+        """
+        prepared = []
+        todo: dict[str, tuple[list[Any], Point, Knobs, str]] = {}
+        for point, index, knobs, phase in items:
+            specs = candidate_specs(self.profile.units, point.choice, knobs)
+            key = specs_key(specs)
+            prepared.append((point, index, knobs, phase, key))
+            if key not in self.by_key and self.journal.finished(key) is None and key not in todo:
+                todo[key] = (specs, point, knobs, phase)
+        if len(todo) > 1 and self.settings.workers > 1:
+            with ThreadPoolExecutor(max_workers=self.settings.workers) as pool:
+                futures = {key: pool.submit(self._run, key, *job) for key, job in todo.items()}
+                results = {key: future.result() for key, future in futures.items()}
+        else:
+            results = {key: self._run(key, *job) for key, job in todo.items()}
+        return [self._record(point, index, knobs, key, results) for point, index, knobs, _, key in prepared]
+
+    def _record(
+        self, point: Point, index: int, knobs: Knobs, key: str, results: Mapping[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Journals a fresh result (or takes the journal's), numbers it and reports progress."""
+        if key in self.by_key:
+            return self.by_key[key]
+        params = {"point": min(index, MAX_POINTS - 1), **knobs.params()}
+        record = self.journal.finished(key)
+        if record is None:
+            record = results[key]
+            self.journal.record(record, params)
+        else:
+            record = {**record, "resumed": True}
+        record["number"] = len(self.trials)
+        record["front_index"] = index if record.get("phase") != "target" else None
+        self.trials.append(record)
+        self.by_key[key] = record
+        if self.progress is not None:
+            best, feasible = choose(self.goal, self.trials, self.primary)
+            left = self.settings.deadline - time.monotonic()
+            self.progress(
+                {
+                    "trial": record,
+                    "done": len(self.trials),
+                    "max_trials": self.settings.max_trials,
+                    "best": best,
+                    "feasible": feasible,
+                    "seconds_left": left if left != float("inf") else None,
+                }
+            )
+        return record
+
+    def _run(self, key: str, specs: list[Any], point: Point, knobs: Knobs, phase: str) -> dict[str, Any]:
+        """One candidate in a child process: its record (settings, measurements or error)."""
+        s = self.settings
+        output = s.folder / "trials" / f"{key}.onnx"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        job = Job(
+            model=s.model,
+            specs=spec_dicts(specs),
+            output=str(output),
+            calibration=s.calibration,
+            evaluation=s.evaluation,
+            provider=s.provider,
+            reference_macs=s.reference_macs,
+            metric=s.metric,
+            metric_reference=s.metric_reference,
+            speed_batch=s.batch if self.goal.min_speedup is not None else None,
+            sys_path=s.sys_path,
+        )
+        started = time.perf_counter()
+        outcome = run_trial(job, timeout=s.trial_timeout, memory_bytes=s.trial_memory)
+        record: dict[str, Any] = {
+            "key": key,
+            "phase": phase,
+            "settings": point.settings(self.profile.units),
+            "knobs": knobs.to_json(),
+            "specs": [spec.to_json() for spec in specs],
+            "predicted": {"size": point.size, "macs": point.macs, "latency_ms": point.latency, "damage": point.damage},
+            "model": str(output),
+            "seconds": time.perf_counter() - started,
+            "error": outcome.get("error"),
+        }
+        measured = outcome.get("measured")
+        if measured is not None:
+            if self.goal.max_drop is not None and measured["drop"] is None:
+                record["error"] = "no accuracy: the evaluation data has no labels for a classifier-like output"
+            elif self.goal.min_agreement is not None and measured["agreement"] is None:
+                record["error"] = "no top-1 agreement: no output is classifier-like; use --min-cosine"
+            else:
+                record.update(measured)
+                record["loss"] = self.goal.loss(measured)
+                record["misses"] = self.goal.misses(measured)
+                record["violation"] = self.goal.violation(measured)
+        if record["error"] is not None:
+            logger.warning("trial %s failed: %s", key, record["error"])
+        return record
+
+    def _objective(self, record: Mapping[str, Any]) -> float:
+        if record.get("error") is not None:
+            return 2 * _INFEASIBLE
+        first, second = rank(self.goal, record, self.primary)
+        base = {"bytes": self.settings.reference_size, "macs": self.settings.reference_macs}.get(self.primary, 1.0)
+        value = first / base if not self.goal.has_target else min(first, 1.0) + 1e-3 * second / base
+        return value + (_INFEASIBLE + record["violation"] if record["misses"] else 0.0)
+
+    def structure(self) -> None:
+        """Phase 1: the allocation on the predicted front, corrected by measured costs."""
+        if self.goal.has_target:
+            self._meet_targets()
+        else:
+            self._bisect()
+
+    def _meet_targets(self) -> None:
+        caps = dict(self.caps)
+        for _ in range(_TARGET_ATTEMPTS):
+            if self.out_of_time:
+                return
+            self.front = allocate.front(self.profile, caps, self.primary)
+            if not self.front:
+                logger.warning("no allocation is predicted to meet the targets %s", caps)
+                self.front = allocate.front(self.profile, {}, self.primary)[-1:]
+                if self.front:
+                    self.evaluate(self.front[0], 0, Knobs(), "nearest")
+                return
+            point = self.front[0]
+            record = self.evaluate(point, 0, Knobs(), "target")
+            if record.get("error") is not None or not self._tighten(caps, point, record):
+                return
+
+    def _tighten(self, caps: dict[str, float], point: Point, record: Mapping[str, Any]) -> bool:
+        """Moves the caps by how far the measured costs missed their targets; False when none missed."""
+        misses = record["misses"]
+        moved = False
+        if "max_size" in misses and self.goal.max_size:
+            caps["bytes"] = point.size * self.goal.max_size / record["size"] * _MARGIN
+            moved = True
+        if "max_macs" in misses and self.goal.max_macs:
+            caps["macs"] = min(caps.get("macs", point.macs), point.macs * self.goal.max_macs / record["macs_ratio"])
+            moved = True
+        if "min_speedup" in misses and self.goal.min_speedup and record.get("speedup"):
+            shrink = record["speedup"] / self.goal.min_speedup * _MARGIN
+            kind = "latency" if "latency" in caps else "macs"
+            caps[kind] = min(caps.get(kind, point.cost(kind)), point.cost(kind) * shrink)
+            moved = True
+        return moved
+
+    def _bisect(self) -> None:
+        """The smallest point of the front that meets the budget, assuming loss grows along it."""
+        self.front = allocate.front(self.profile, self.caps, self.primary)
+        self._bisect_from(-1, Knobs())
+        if self._feasible_index() == -1 and self.front and not self.out_of_time:
+            self.evaluate(self.front[0], 0, Knobs(), "bisect")
+
+    def _feasible_index(self) -> int:
+        """The most compressed front point some trial built within the budget, -1 when none."""
+        found = [r["front_index"] for r in self.trials if r.get("front_index") is not None and _ok(r)]
+        return max(found, default=-1)
+
+    def _bisect_from(self, low: int, knobs: Knobs) -> list[dict[str, Any]]:
+        """Searches the front beyond ``low`` (known good) for the last point that passes with ``knobs``.
+
+        With one worker this is bisection; with ``k`` workers, each round builds ``k`` points that
+        split the interval evenly (k-section), all at once.
+        """
+        high = len(self.front)
+        records = []
+        while high - low > 1 and not self.out_of_time:
+            room = max(1, self.settings.max_trials - len(self.trials))
+            count = max(1, min(self.settings.workers, high - low - 1, room))
+            picks = sorted({low + (high - low) * (i + 1) // (count + 1) for i in range(count)} - {low, high})
+            found = self.evaluate_many([(self.front[i], i, knobs, "bisect") for i in picks])
+            for index, record in zip(picks, found, strict=True):
+                record.setdefault("front_index", index)
+            records.extend(found)
+            passing = [i for i, r in zip(picks, found, strict=True) if _ok(r)]
+            low = max(passing, default=low)
+            high = min([i for i, r in zip(picks, found, strict=True) if not _ok(r) and i > low], default=high)
+        return records
+
+    def knobs(self) -> None:
+        """Phase 2: Optuna's TPE (seeded) proposes global knobs.
+
+        Each proposal is tried where it can improve the answer: the target point, or a bisection of
+        the front beyond the best point found so far. Stops when time or trials run out, or
+        proposals keep repeating built ones.
+        """
+        if not self.front:
+            return
+        self.sampler_study.enqueue_trial({"calibrate": "minmax", "reconstruct": True})
+        stale = 0
+        while not self.out_of_time and stale < _STALE_LIMIT:
+            before = len(self.trials)
+            if self.goal.has_target:  # one proposal per worker, each at the target point
+                room = max(1, self.settings.max_trials - len(self.trials))
+                proposals = [self._propose() for _ in range(min(self.settings.workers, room))]
+                found = self.evaluate_many([(self.front[0], 0, knobs, "knobs") for _, knobs in proposals])
+                for (trial, _), record in zip(proposals, found, strict=True):
+                    self.sampler_study.tell(trial, self._objective(record))
+            else:
+                trial, knobs = self._propose()
+                values = [self._objective(r) for r in self._bisect_from(self._feasible_index(), knobs)]
+                self.sampler_study.tell(trial, min(values, default=2 * _INFEASIBLE))
+            stale = stale + 1 if len(self.trials) == before else 0
+
+    def _propose(self) -> tuple[optuna.trial.Trial, Knobs]:
+        """The sampler's next global knobs (its trial is told the outcome later)."""
+        trial = self.sampler_study.ask()
+        calibrate = str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS)))
+        reconstruct = bool(trial.suggest_categorical("reconstruct", (False, True)))
+        percentile = None
+        if calibrate == "percentile":  # a conditional parameter: TPE models it only where it exists
+            percentile = float(trial.suggest_categorical("percentile", PERCENTILES))
+        return trial, Knobs(calibrate, reconstruct, percentile)
+
+    def front_json(self) -> list[dict[str, Any]]:
+        """The predicted front, each point with the trials that built it."""
+        built: dict[str, list[int]] = {}
+        for record in self.trials:
+            built.setdefault(json.dumps(record.get("settings"), sort_keys=True), []).append(record["number"])
+        points = []
+        for point in self.front:
+            entry = point.to_json(self.profile.units)
+            entry["trials"] = built.get(json.dumps(entry["settings"], sort_keys=True), [])
+            points.append(entry)
+        return points
+
+
+def _ok(record: Mapping[str, Any]) -> bool:
+    return record.get("error") is None and not record["misses"]
