@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from onnxshrink.inspect.names import shorten_all
+from onnxshrink.inspect.summary import describe_assumed_dims
 
 _TOTALS = ("nodes", "params", "bytes", "bytes_compressed", "macs", "float_weight_sparsity", "quantized_weight_share")
 _LAYER_FIELDS = ("op", "shape", "precision", "sparsity", "macs", "bytes")
@@ -38,6 +39,7 @@ def diff_inspections(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, An
             op: [a["macs_by_op"].get(op, 0), b["macs_by_op"].get(op, 0)]
             for op in sorted({*a["macs_by_op"], *b["macs_by_op"]})
         },
+        "assumed_dims": [a["assumed_dims"], b["assumed_dims"]],
         "layers": rows,
         "only_a": sum(1 for r in rows if r["in"] == "only a"),
         "only_b": sum(1 for r in rows if r["in"] == "only b"),
@@ -62,6 +64,9 @@ def format_diff(diff: Mapping[str, Any], a_name: str, b_name: str) -> str:
         else:
             lines.append(f"{key:24} {x:>16,} {y:>16,}")
     lines.extend(f"MACs {op:19} {x:>16,} {y:>16,}" for op, (x, y) in diff["macs_by_op"].items())
+    for side, assumed in zip("AB", diff["assumed_dims"], strict=True):
+        if described := describe_assumed_dims(assumed):
+            lines.append(f"{side}: {described}")
     rows = diff["layers"]
     if rows:
         names = shorten_all((row["node"] for row in rows), _NAME_WIDTH)

@@ -187,7 +187,7 @@ def assumed_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict
         dims = []
         for axis, dim in enumerate(value.shape):
             declared: int | str | None = dim if isinstance(dim, int) else (dim.value if dim is not None else None)
-            if given is not None:
+            if given is not None and given[axis] != declared:
                 dims.append({"declared": declared, "used": given[axis], "source": "--shape"})
             elif isinstance(declared, int) and declared >= 0:
                 dims.append({"declared": declared, "used": declared, "source": "model"})
@@ -195,6 +195,17 @@ def assumed_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict
                 dims.append({"declared": declared, "used": 1, "source": "assumed"})
         result[value.name or ""] = dims
     return result
+
+
+def describe_assumed_dims(assumed: Mapping[str, list[dict[str, Any]]]) -> str:
+    """One line: the input sizes MACs were counted for, marking dims taken as 1 or from --shape."""
+    described = [_describe_dims(name, dims) for name, dims in assumed.items() if dims]
+    if not described:
+        return ""
+    note = ""
+    if any(d["source"] == "assumed" for dims in assumed.values() for d in dims):
+        note = "; dynamic dims taken as 1, set them with --shape NAME=DIMS"
+    return f"MACs counted for inputs {', '.join(described)}{note}"
 
 
 def _describe_dims(name: str, dims: list[dict[str, Any]]) -> str:
@@ -288,12 +299,9 @@ def format_inspection(info: Mapping[str, Any]) -> str:
 def _dims_and_subgraph_lines(info: Mapping[str, Any]) -> list[str]:
     """Which input sizes the shapes and MACs rest on, and how If/Loop/Scan bodies were counted."""
     lines = []
-    described = [_describe_dims(name, dims) for name, dims in info["assumed_dims"].items() if dims]
-    if described:
-        note = ""
-        if any(d["source"] == "assumed" for dims in info["assumed_dims"].values() for d in dims):
-            note = "; dynamic dims taken as 1, set them with --shape NAME=DIMS"
-        lines.append(f"MACs counted for inputs {', '.join(described)}{note}")
+    dims_line = describe_assumed_dims(info["assumed_dims"])
+    if dims_line:
+        lines.append(dims_line)
     empty = sum(1 for sub in info["macs_subgraphs"] if not sub["macs"])
     for sub in info["macs_subgraphs"]:
         if not sub["macs"]:
