@@ -76,7 +76,7 @@ def format_diff(diff: Mapping[str, Any], a_name: str, b_name: str) -> str:
             f"layers matched by node name: {len(rows) - diff['only_a'] - diff['only_b']} in both, "
             f"{diff['only_a']} only in A, {diff['only_b']} only in B"
         )
-        lines.append(f"  {'node':{width}} | A {column} | B {column}")
+        lines.append(f"  {'node':{width}} | A{column[1:]} | B{column[1:]}")
         for row in rows:
-            lines.append(f"  {names[row['node']]:{width}} | A {_cell(row['a'])} | B {_cell(row['b'])}")
+            lines.append(f"  {names[row['node']]:{width}} | {_cell(row['a'])} | {_cell(row['b'])}")
     return "\n".join(lines)

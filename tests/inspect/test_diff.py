@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import onnx_ir as ir
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB, parse_ir_model, random_arrays
+from helpers import DIGITS, DIGITS_CALIB, ROOT, parse_ir_model, random_arrays
 
 from onnxshrink.cli import main
 
@@ -57,3 +59,17 @@ def test_three_models_or_kernels_with_two_is_a_usage_error(tmp_path: Path) -> No
     a = _two_layer_model(tmp_path / "a.onnx", "enc", "head")
     assert CliRunner().invoke(main, ["inspect", str(a), str(a), str(a)]).exit_code == 2
     assert CliRunner().invoke(main, ["inspect", str(a), str(a), "--kernels"]).exit_code == 2
+
+
+def test_readme_inspect_commands_run(tmp_path: Path) -> None:
+    """The README's ``$ onnxshrink inspect`` lines run after its ``run`` example made /tmp/small.onnx."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = re.findall(r"^\$ onnxshrink (.+)$", text, flags=re.MULTILINE)
+    inspects = [c for c in commands if c.startswith("inspect ")]
+    assert inspects, "README lost its 'onnxshrink inspect A B' example"
+    for command in [c for c in commands if c.startswith("run ")][:1] + inspects:
+        args = shlex.split(command.replace("/tmp/", f"{tmp_path}/"))
+        args = [str(ROOT / a) if a.startswith("models/") else a for a in args]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (command, result.output)
+    assert "layers matched by node name: 8 in both" in result.stdout
