@@ -1,6 +1,6 @@
 """Multiply-accumulates of a model, subgraphs included.
 
-Conv, ConvTranspose, Gemm, MatMul and their integer forms are counted from inferred shapes.
+Conv, ConvTranspose, Gemm, MatMul, their integer forms and MatMulNBits are counted from inferred shapes.
 Control flow is counted so that a reader can check it:
 
 1. **If**: each branch is counted and listed; the total takes the larger branch (one runs).
@@ -43,6 +43,11 @@ def node_label(node: ir.Node) -> str:
     return node.name or f"{node.op_type}->{node.outputs[0].name if node.outputs else '?'}"
 
 
+def is_matmul_nbits(node: ir.Node) -> bool:
+    """Whether the node is com.microsoft MatMulNBits, a block-quantized MatMul (MACs: rows × N × K)."""
+    return node.domain == "com.microsoft" and node.op_type == "MatMulNBits"
+
+
 def node_macs(node: ir.Node, shape_of: Shapes) -> int | None:
     """Multiply-accumulates of one layer; None when it is no MAC op or a shape it needs is unknown.
 
@@ -50,6 +55,11 @@ def node_macs(node: ir.Node, shape_of: Shapes) -> int | None:
     (W is [M, C/group, k...]); ConvTranspose scatters every input element over
     ``prod(W.shape[1:])`` outputs (W is [C, M/group, k...]); Gemm/MatMul: ``|Y| × K``.
     """
+    if is_matmul_nbits(node):
+        # onnx shape inference does not know com.microsoft ops: the rows come from A [..., K].
+        data = shape_of.get(node.inputs[0].name or "") if node.inputs and node.inputs[0] is not None else None
+        n, k = node.attributes.get_int("N", 0), node.attributes.get_int("K", 0)
+        return None if not data else math.prod(data[:-1]) * n * k
     if not is_onnx_op(node, *MAC_OPS):
         return None
 
@@ -114,7 +124,7 @@ def graph_macs(graph: ir.Graph, shape_of: Shapes, path: str = "") -> GraphMacs:
     """MACs of ``graph`` and the graphs under it, counted by the rules of this module's docstring."""
     result = GraphMacs()
     for node in graph:
-        if is_onnx_op(node, *MAC_OPS):
+        if is_onnx_op(node, *MAC_OPS) or is_matmul_nbits(node):
             macs = node_macs(node, shape_of)
             if macs is None:
                 result.unknown += 1

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB, fetch, get_real_model, parse_model, random_arrays, run_pass
+from helpers import DIGITS, DIGITS_CALIB, fetch, get_real_model, parse_ir_model, parse_model, random_arrays, run_pass
 
 from onnxshrink.cli import main
 from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
@@ -59,6 +60,27 @@ def test_block_quantized_layers_are_listed_as_int4() -> None:
     assert layers["GatherBlockQuantized"]["precision"] == "int4"
     (matmul,) = [layer for op, layer in layers.items() if op in ("MatMulNBits", "MatMul")]
     assert matmul["precision"] == "int4" and matmul["shape"] in ([8, 64], [64, 8])
+
+
+def test_matmul_nbits_is_an_int4_layer_with_macs() -> None:
+    # N 8 outputs, K 64 in blocks of 16: B is [N, K/16, 16 * 4 bits / 8 bytes], one scale per block.
+    text = """<ir_version: 10, opset_import: ["" : 21, "com.microsoft" : 1]>
+    g (float[2, 64] x) => (float[2, 8] y) <uint8[8, 4, 8] b, float[32] s> {
+        y = com.microsoft.MatMulNBits <K = 64, N = 8, bits = 4, block_size = 16> (x, b, s)
+    }"""
+    weights = {"b": np.arange(256, dtype=np.uint8).reshape(8, 4, 8), "s": np.ones(32, np.float32)}
+    info = inspect_model(parse_ir_model(text, initializers=weights))
+    (layer,) = info["layers"]
+    assert layer["op"] == "MatMulNBits" and layer["precision"] == "int4" and layer["shape"] == [8, 64]
+    assert layer["macs"] == info["macs"] == 2 * 8 * 64  # rows x N x K
+    assert layer["bytes"] == 256 and layer["sparsity"] is None  # packed nibbles are not unpacked
+
+
+def test_ddddocr_integer_convolutions_are_layers() -> None:
+    layers = inspect_model(ir.load(fetch(get_real_model("ddddocr"))))["layers"]
+    convs = [layer for layer in layers if layer["op"] == "ConvInteger"]
+    assert convs and {layer["precision"] for layer in convs} == {"uint8"}  # were left out of the table
+    assert all(layer["macs"] and 0 <= layer["sparsity"] < 0.5 for layer in convs)
 
 
 def test_magika_float_nodes_stay_distinct_in_kernels_text() -> None:
