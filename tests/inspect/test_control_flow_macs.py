@@ -79,3 +79,20 @@ def test_assumed_dynamic_dims_are_stated() -> None:
     assert info["assumed_dims"]["input"][0] == {"declared": "N", "used": 4, "source": "--shape"}
     assert info["assumed_dims"]["input"][1] == {"declared": 1, "used": 1, "source": "model"}
     assert info["macs"] == 4 * inspect_model(ir.load(DIGITS))["macs"]
+
+
+def test_scan_body_counts_once_per_step_of_a_known_scan_length() -> None:
+    # 5 steps along axis 0 of xs, each h [1, 8] @ w [8, 8] = 64 MACs.
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[1, 8] h0, float[5, 8] xs) => (float[1, 8] h, float[5, 8] ys) <float[8, 8] w> {
+        h, ys = Scan <num_scan_inputs = 1,
+            body = b (float[1, 8] h_in, float[8] x) => (float[1, 8] h_out, float[8] y) {
+                h_out = MatMul(h_in, w)
+                y = Identity(x)
+            }
+        > (h0, xs)
+    }"""
+    info = inspect_model(parse_ir_model(text, initializers=random_arrays({"w": (8, 8)})))
+    (body,) = info["macs_subgraphs"]
+    assert (body["macs"], body["times"], body["why"]) == (64, 5, "scan length")
+    assert info["macs"] == 5 * 64
