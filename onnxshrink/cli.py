@@ -261,7 +261,7 @@ def list_passes(name: str | None) -> None:
 
 
 @main.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims for MACs.")
 @click.option("--kernels", is_flag=True, help="Which compute nodes onnxruntime runs as integer kernels.")
@@ -276,31 +276,56 @@ def list_passes(name: str | None) -> None:
 )
 @_guarded
 def inspect_command(
-    model: Path, as_json: bool, shapes: tuple[str, ...], kernels: bool, provider: str | None, lint: str | None
+    models: tuple[Path, ...],
+    as_json: bool,
+    shapes: tuple[str, ...],
+    kernels: bool,
+    provider: str | None,
+    lint: str | None,
 ) -> None:
     """Nodes, op histogram, parameters, bytes (raw and compressed), sparsity, quantized share, MACs.
 
-    --kernels: which compute nodes onnxruntime runs as integer kernels. --lint tensorrt: the
-    TensorRT parser's Q/DQ rules; exit 1 when one is broken.
+    MODELS is one model, or two (A B) to show side by side: totals, and per layer (matched by
+    node name) shapes, precision, sparsity, MACs and bytes. --kernels: which compute nodes
+    onnxruntime runs as integer kernels. --lint tensorrt: the TensorRT parser's Q/DQ rules; exit 1
+    when one is broken.
     """
     from collections import Counter
 
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.errors import VerificationError
+    from onnxshrink.inspect.diff import diff_inspections, format_diff
     from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
+    from onnxshrink.inspect.layers import attach_kernels
     from onnxshrink.inspect.summary import format_inspection, inspect_model, value_shapes
     from onnxshrink.inspect.tensorrt_lint import LintFinding, lint_tensorrt
     from onnxshrink.loading import load_model
 
     if provider is not None and not kernels:
         raise UsageError("--provider applies to --kernels only; add --kernels")
-    loaded = load_model(model).model
+    if len(models) > 2:
+        raise UsageError(f"inspect takes one model, or two to compare; got {len(models)}")
     given = parse_shapes(shapes)
+    if len(models) == 2:
+        if kernels or lint:
+            raise UsageError("--kernels and --lint apply to one model; inspect A and B separately")
+        a, b = (inspect_model(load_model(path).model, given) for path in models)
+        diff = diff_inspections(a, b)
+        click.echo(
+            json.dumps({"a": str(models[0]), "b": str(models[1]), **diff}, indent=2, sort_keys=True)
+            if as_json
+            else format_diff(diff, str(models[0]), str(models[1]))
+        )
+        return
+    loaded = load_model(models[0]).model
     info = inspect_model(loaded, given)
-    text = [format_inspection(info)]
+    text: list[str] = []
     if kernels:
         report = kernel_report(loaded, provider or "cpu")
         info["kernels"] = report.to_json()
+        attach_kernels(info["layers"], {node.node: node.kernel for node in report.nodes})
+    text.append(format_inspection(info))
+    if kernels:
         text.append(format_kernels(report))
     findings: list[LintFinding] = []
     if lint == "tensorrt":

@@ -1,1 +1,5 @@
-"""What ``onnxshrink inspect`` reports: the model summary, the integer-kernel map, the TensorRT lint."""
+"""What ``onnxshrink inspect`` reports.
+
+The model summary (MACs, per-layer table), the side-by-side diff of two models, the
+integer-kernel map and the TensorRT lint.
+"""

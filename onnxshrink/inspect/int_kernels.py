@@ -44,6 +44,7 @@ from onnxshrink.inspect.kernel_match import (
     match_node,
     qualified_op,
 )
+from onnxshrink.inspect.names import shorten_all
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.ir.shapes import inferred_copy
 from onnxshrink.runtime import RuntimeUnavailable, create_session, model_source
@@ -129,7 +130,10 @@ def format_kernels(report: KernelReport) -> str:
     floats = [n for n in report.nodes if n.precision == "float"]
     if floats:
         lines.append("float nodes:")
-        lines.extend(f"  {n.node[:48]:48} {n.op:18} -> {n.kernel}" for n in floats[:_LISTED])
+        listed = floats[:_LISTED]
+        names = shorten_all((n.node for n in listed), 48)
+        width = max(len(name) for name in names.values())
+        lines.extend(f"  {names[n.node]:{width}} {n.op:18} -> {n.kernel}" for n in listed)
         if len(floats) > _LISTED:
             lines.append(f"  ... {len(floats) - _LISTED} more (--json lists every node)")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -19,10 +18,12 @@ import onnx
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
+from onnxshrink.inspect.layers import layer_rows
+from onnxshrink.inspect.macs import graph_macs
+from onnxshrink.inspect.names import shorten_all
 from onnxshrink.ir.checks import weightless_proto
 from onnxshrink.ir.graphs import all_nodes, all_tensors, count_bytes, count_params, is_onnx_op, tensor_nbytes
 from onnxshrink.ir.shapes import inferred_proto
-from onnxshrink.sparsity import layer_weights, patterns_of
 
 _QUANTIZED_TYPES = {
     ir.DataType.INT8,
@@ -153,51 +154,69 @@ def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict
     inferred = inferred_proto(proto, purpose="inspect: value shapes for MACs") or proto
     graph = inferred.graph
     result = stored | _static_shapes([*graph.input, *graph.value_info, *graph.output])
+    for sub in _subgraph_protos(graph):
+        # If/Loop/Scan bodies: what inference found there (names seen in the main graph win)
+        for name, shape in _static_shapes([*sub.input, *sub.value_info, *sub.output]).items():
+            result.setdefault(name, shape)
+        for init in sub.initializer:
+            result.setdefault(init.name, tuple(init.dims))
     for init in graph.initializer:
         result[init.name] = tuple(init.dims)
     return result
 
 
-# Op type → (index of the activation input A, index of the weight W) for MAC counting.
-_MAC_OPS: dict[str, tuple[int, int]] = {
-    "Conv": (0, 1),
-    "ConvInteger": (0, 1),
-    "QLinearConv": (0, 3),
-    "ConvTranspose": (0, 1),
-    "Gemm": (0, 1),
-    "MatMul": (0, 1),
-    "MatMulInteger": (0, 1),
-    "QLinearMatMul": (0, 3),
-}
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield sub
+                yield from _subgraph_protos(sub)
 
 
-def _macs(node: ir.Node, shape_of: Mapping[str, tuple[int, ...]]) -> int | None:
-    """Multiply-accumulates of one layer; None when a shape it needs is unknown.
+def assumed_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[dict[str, Any]]]:
+    """The size each runtime input dim was given for shapes and MACs, and where it came from.
 
-    Conv: every output element sums C/group × kernel products, i.e. ``|Y| × prod(W.shape[1:])``
-    (W is [M, C/group, k...]); ConvTranspose scatters every input element over
-    ``prod(W.shape[1:])`` outputs (W is [C, M/group, k...]); Gemm/MatMul: ``|Y| × K``.
+    Per input, one entry per dim: ``declared`` (a number, a symbolic name or None), ``used`` and
+    ``source``: ``model`` (declared number), ``--shape``, or ``assumed`` (dynamic, taken as 1).
     """
+    result: dict[str, list[dict[str, Any]]] = {}
+    for value in model.graph.inputs:
+        if value.is_initializer() or value.shape is None:
+            continue
+        given = shapes.get(value.name or "")
+        dims = []
+        for axis, dim in enumerate(value.shape):
+            declared: int | str | None = dim if isinstance(dim, int) else (dim.value if dim is not None else None)
+            if given is not None and given[axis] != declared:
+                dims.append({"declared": declared, "used": given[axis], "source": "--shape"})
+            elif isinstance(declared, int) and declared >= 0:
+                dims.append({"declared": declared, "used": declared, "source": "model"})
+            else:
+                dims.append({"declared": declared, "used": 1, "source": "assumed"})
+        result[value.name or ""] = dims
+    return result
 
-    def get(index: int) -> tuple[int, ...] | None:
-        value = node.inputs[index] if index < len(node.inputs) else None
-        return None if value is None or value.name is None else shape_of.get(value.name)
 
-    data_index, weight_index = _MAC_OPS[node.op_type]
-    out_value = node.outputs[0] if node.outputs else None
-    out = shape_of.get(out_value.name) if out_value is not None and out_value.name else None
-    data, weight = get(data_index), get(weight_index)
-    op = node.op_type
-    if op in ("Conv", "ConvInteger", "QLinearConv"):
-        return None if out is None or weight is None else math.prod(out) * math.prod(weight[1:])
-    if op == "ConvTranspose":
-        return None if data is None or weight is None else math.prod(data) * math.prod(weight[1:])
-    if out is None or not data:
-        return None
-    if op == "Gemm":
-        k = data[0] if node.attributes.get_int("transA", 0) else data[-1]
-        return math.prod(out) * k
-    return math.prod(out) * data[-1]
+def describe_assumed_dims(assumed: Mapping[str, list[dict[str, Any]]]) -> str:
+    """One line: the input sizes MACs were counted for, marking dims taken as 1 or from --shape."""
+    described = [_describe_dims(name, dims) for name, dims in assumed.items() if dims]
+    if not described:
+        return ""
+    note = ""
+    if any(d["source"] == "assumed" for dims in assumed.values() for d in dims):
+        note = "; dynamic dims taken as 1, set them with --shape NAME=DIMS"
+    return f"MACs counted for inputs {', '.join(described)}{note}"
+
+
+def _describe_dims(name: str, dims: list[dict[str, Any]]) -> str:
+    parts = []
+    for dim in dims:
+        if dim["source"] == "model":
+            parts.append(str(dim["used"]))
+        else:
+            label = dim["declared"] if isinstance(dim["declared"], str) else "?"
+            parts.append(f"{label}={dim['used']}" + (" (assumed)" if dim["source"] == "assumed" else " (--shape)"))
+    return f"{name} [{', '.join(parts)}]"
 
 
 def _float_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
@@ -220,35 +239,15 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
     quant_bytes = sum(tensor_nbytes(t) for t in tensors if t.dtype in _QUANTIZED_TYPES)
     total_bytes = count_bytes(model)
     method, compressed = _compressed_size([t for t in tensors if t.dtype != ir.DataType.STRING])
-    macs_by_op: Counter[str] = Counter()
-    unknown = 0
     try:
         shape_of = value_shapes(model, shapes or {})
     except UsageError:
         raise
     except Exception:  # serialization of exotic models; MACs are then unknown
         shape_of = {}
-    for node in model.graph:
-        if is_onnx_op(node, *_MAC_OPS):
-            macs = _macs(node, shape_of)
-            if macs is None:
-                unknown += 1
-            else:
-                macs_by_op[node.op_type] += macs
-    layers = []
-    for layer in layer_weights(model):
-        assert layer.weight.const_value is not None
-        weight = layer.weight.const_value.numpy()
-        layers.append(
-            {
-                "node": layer.node.name or f"{layer.node.op_type}->{layer.node.outputs[0].name}",
-                "op": layer.node.op_type,
-                "weight": layer.weight.name,
-                "shape": list(weight.shape),
-                "sparsity": float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
-                "nm_patterns": patterns_of(weight, layer.reduction_axis),
-            }
-        )
+    counted = graph_macs(model.graph, shape_of)
+    macs_by_op = counted.by_op
+    layers = layer_rows(model, shape_of)
     return {
         "ir_version": model.ir_version,
         "opsets": dict(sorted(model.opset_imports.items())),
@@ -267,7 +266,10 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         "macs": int(sum(macs_by_op.values())),
         "flops": 2 * int(sum(macs_by_op.values())),
         "macs_by_op": dict(sorted(macs_by_op.items())),
-        "macs_unknown_nodes": unknown,
+        "macs_unknown_nodes": counted.unknown,
+        "macs_subgraphs": counted.subgraphs,
+        "macs_notes": counted.notes,
+        "assumed_dims": assumed_dims(model, shapes or {}),
         "layers": layers,
     }
 
@@ -285,13 +287,57 @@ def format_inspection(info: Mapping[str, Any]) -> str:
         f"MACs {info['macs']:,} (FLOPs {info['flops']:,})"
         + "".join(f"  {op} {count:,}" for op, count in sorted(info["macs_by_op"].items()))
         + (f"  ({info['macs_unknown_nodes']} nodes of unknown shape)" if info["macs_unknown_nodes"] else ""),
+        *_dims_and_subgraph_lines(info),
         "ops:",
         *(f"  {op:28} {count}" for op, count in info["ops"].items()),
     ]
     if info["layers"]:
-        lines.append("layers (weight sparsity, N:M patterns along the reduction axis):")
-        for layer in info["layers"]:
-            patterns = ",".join(layer["nm_patterns"]) or "-"
-            shape = "x".join(map(str, layer["shape"]))
-            lines.append(f"  {layer['node'][:40]:40} {layer['op']:13} {shape:>16} {layer['sparsity']:7.2%}  {patterns}")
+        lines.extend(format_layers(info["layers"]))
     return "\n".join(lines)
+
+
+def _dims_and_subgraph_lines(info: Mapping[str, Any]) -> list[str]:
+    """Which input sizes the shapes and MACs rest on, and how If/Loop/Scan bodies were counted."""
+    lines = []
+    dims_line = describe_assumed_dims(info["assumed_dims"])
+    if dims_line:
+        lines.append(dims_line)
+    empty = sum(1 for sub in info["macs_subgraphs"] if not sub["macs"])
+    for sub in info["macs_subgraphs"]:
+        if not sub["macs"]:
+            continue
+        how = {0: "not in total (the other branch is larger)", 1: "counted once"}.get(sub["times"], f"x{sub['times']}")
+        lines.append(f"  {sub['graph']}: MACs {sub['macs']:,} ({sub['why']}, {how})")
+    if empty:
+        lines.append(f"  {empty} more subgraphs without MACs (--json lists them)")
+    lines.extend(f"  note: {note}" for note in info["macs_notes"])
+    return lines
+
+
+_NAME_WIDTH = 40
+
+
+def format_layers(layers: list[Mapping[str, Any]]) -> list[str]:
+    """The per-layer table: shape, precision, sparsity, MACs, bytes, N:M patterns (and kernel)."""
+    names = shorten_all((_where(layer) for layer in layers), _NAME_WIDTH)
+    width = max(len(name) for name in names.values())
+    with_kernel = any("kernel" in layer for layer in layers)
+    lines = [
+        "layers (weight shape, precision, sparsity, MACs, bytes, N:M patterns along the reduction axis"
+        + (", kernel):" if with_kernel else "):")
+    ]
+    for layer in layers:
+        patterns = ",".join(layer["nm_patterns"]) or "-"
+        shape = "x".join(map(str, layer["shape"]))
+        sparsity = "-" if layer["sparsity"] is None else f"{layer['sparsity']:.2%}"
+        macs = "-" if layer["macs"] is None else f"{layer['macs']:,}"
+        kernel = f"  {layer.get('kernel') or '-'}" if with_kernel else ""
+        lines.append(
+            f"  {names[_where(layer)]:{width}} {layer['op']:13} {shape:>16} {layer['precision']:>8} "
+            f"{sparsity:>7} {macs:>12} {layer['bytes']:>10,}  {patterns}{kernel}"
+        )
+    return lines
+
+
+def _where(layer: Mapping[str, Any]) -> str:
+    return f"{layer['graph']}/{layer['node']}" if layer["graph"] else layer["node"]
