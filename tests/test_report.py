@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, ROOT
 
 from onnxshrink.cli import main
 
@@ -271,4 +272,18 @@ def test_run_html_report_from_the_console_script(tmp_path: Path) -> None:
     ]
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+    assert 'id="plot-passes"' in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_readme_report_command_works(tmp_path: Path) -> None:
+    """The README's ``onnxshrink report`` line runs as written, on the JSON its 'Try it' command writes."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = re.findall(r"^\$ (.+)$", text, flags=re.MULTILINE)
+    try_it = next(c[c.index("onnxshrink run") :] for c in commands if "onnxshrink run" in c and "/tmp/r.json" in c)
+    report_commands = [c for c in commands if c.startswith("onnxshrink report")]
+    assert report_commands, "README lost its 'onnxshrink report' example"
+    for command in [try_it, *report_commands]:
+        command = command.replace("/tmp/", f"{tmp_path}/")
+        result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
     assert 'id="plot-passes"' in (tmp_path / "r.html").read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ from onnxshrink.report import figures
 _TABLE_ROWS = 300  # longer tables are cut, saying how many rows were left out
 _CONFIG = {"displaylogo": False, "responsive": True}
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
