@@ -287,3 +287,17 @@ def test_readme_report_command_works(tmp_path: Path) -> None:
         result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
     assert 'id="plot-passes"' in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_page_escapes_names_and_carries_the_json() -> None:
+    """Names from the model are text, never markup; the report rides along as JSON, intact."""
+    from onnxshrink.report.page import render_html
+
+    hostile = "</script><script>alert(1)</script>"
+    stats = {"nodes": {hostile: {"op": "Conv", "inputs": [], "weight": "s8"}}, "skipped": {hostile: "why <b>"}}
+    report = {"passes": [{"name": "quantize", "modified": True, "nodes_before": 1, "nodes_after": 3, "stats": stats}]}
+    page = render_html(report)
+    assert "<script>alert(1)" not in page and "<b>" not in page
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
+    carried = re.search(r'<script type="application/json" id="onnxshrink-report">(.*?)</script>', page, re.S)
+    assert carried is not None and json.loads(carried.group(1)) == report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -162,7 +163,8 @@ def render_html(report: dict[str, Any], title: str = "onnxshrink report") -> str
         title: The page title.
 
     Returns:
-        The page; it carries plotly.js inline, so it opens offline.
+        The page; it carries plotly.js inline, so it opens offline, and the report itself as JSON
+        in ``<script type="application/json" id="onnxshrink-report">``.
     """
     sections = [
         f"<h1>{html.escape(title)}</h1>",
@@ -173,6 +175,10 @@ def render_html(report: dict[str, Any], title: str = "onnxshrink report") -> str
         "<h2>Verification</h2>",
         _verification(report),
     ]
+    # The whole JSON report rides along (a page written by `run --report x.html` is the only copy);
+    # "<" is escaped so no string in it can close the script element.
+    data = json.dumps(report, sort_keys=True, default=str).replace("<", "\\u003c")
+    sections.append(f'<script type="application/json" id="onnxshrink-report">{data}</script>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
