@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -301,3 +302,13 @@ def test_page_escapes_names_and_carries_the_json() -> None:
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
     carried = re.search(r'<script type="application/json" id="onnxshrink-report">(.*?)</script>', page, re.S)
     assert carried is not None and json.loads(carried.group(1)) == report
+
+
+def test_report_without_plotly_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the ``report`` extra: exit 2 and how to install it, nothing written."""
+    report = _write(tmp_path / "r.json", '{"passes": []}')
+    monkeypatch.setitem(sys.modules, "plotly", None)  # what Python does when a package is absent
+    code, _, stderr = _invoke("report", report, "-o", tmp_path / "r.html")
+    assert code == 2
+    assert "pip install 'onnxshrink[report]'" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
