@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -75,18 +73,11 @@ def main(verbose: int, debug: bool) -> None:
     _configure_logging(verbose, debug)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Writes JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """Writes the run's report: JSON, or an HTML page with plots when PATH ends in .html."""
+    from onnxshrink.report import write_report
+
+    write_report(path, report)
 
 
 def _human_bytes(count: int) -> str:
@@ -149,7 +140,10 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the result with the input model.")
 @click.option("--verify-each", is_flag=True, help="Full checks and a numeric comparison after every pass.")
 @click.option(
-    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here."
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here: JSON, or HTML with plots for a .html path.",
 )
 @click.option(
     "--external-data/--no-external-data", default=None, help="Weights in OUT.data (default: only past 2 GiB)."
@@ -207,7 +201,7 @@ def run(
     _save_with_progress(result, output, external_data)
     report = result.report
     if report_path is not None:
-        _write_json(report_path, report)
+        _write_report(report_path, report)
     before, after = report["input"], report["output"]
     click.echo(
         f"{output}: {before['nodes']} -> {after['nodes']} nodes, "
@@ -227,6 +221,31 @@ def run(
         if verification.get("accuracy_reference") is not None:
             line += f", accuracy {verification['accuracy_reference']:.4f} -> {verification['accuracy_candidate']:.4f}"
         click.echo(line)
+
+
+@main.command("report")
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML page to write (one self-contained file; opens offline).",
+)
+@_guarded
+def report_command(report_file: Path, output: Path) -> None:
+    """Render a JSON report of 'run --report' as an HTML page with plots."""
+    from onnxshrink.report import is_html, load_report, require_renderer, write_html
+
+    if not is_html(output):
+        raise UsageError(f"--output {output}: the page is HTML; name it *.html")
+    if output.resolve() == report_file.resolve():
+        raise UsageError(f"--output {output} is the report being read; choose another path")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: folder {output.parent} does not exist")
+    require_renderer()
+    write_html(output, load_report(report_file))
+    click.echo(f"{output}: HTML report written")
 
 
 @main.command("passes")
