@@ -622,12 +622,15 @@ def auto_command(
     recipe_path = output.with_suffix(".toml")
     recipe_path.write_text(result.recipe, encoding="utf-8")
     result.report["recipe"] = str(recipe_path)
-    if report_path is not None and report_path.suffix.lower() == ".html":
-        from onnxshrink.auto.report import to_html
+    if report_path is not None:
+        from onnxshrink.report.files import write_text_atomic
 
-        report_path.write_text(to_html(result.report), encoding="utf-8")
-    elif report_path is not None:
-        _write_json(report_path, result.report)
+        if report_path.suffix.lower() == ".html":
+            from onnxshrink.auto.report import to_html
+
+            write_text_atomic(report_path, to_html(result.report))
+        else:
+            write_text_atomic(report_path, json.dumps(result.report, indent=2, sort_keys=True) + "\n")
     chosen = result.report["trials"][result.report["chosen"]["trial"]]
     before = result.report["input"]["size"]
     click.echo(
