@@ -15,8 +15,8 @@ from onnxshrink._version import __version__
 
 if TYPE_CHECKING:
     from onnxshrink.api import ShrinkResult, shrink
-    from onnxshrink.auto import AutoResult
-    from onnxshrink.auto import auto as auto
+    from onnxshrink.autotune import AutoResult
+    from onnxshrink.autotune import auto as auto
 
 __all__ = ["AutoResult", "ShrinkResult", "__version__", "auto", "shrink"]
 
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name in ("auto", "AutoResult"):
-        import onnxshrink.auto as package  # a callable package: onnxshrink.auto(...) runs auto()
+        from onnxshrink import autotune
 
-        return package if name == "auto" else package.AutoResult
+        return getattr(autotune, name)
     raise AttributeError(f"module 'onnxshrink' has no attribute {name!r}")

@@ -574,8 +574,8 @@ def auto_command(
     """
     import optuna
 
-    from onnxshrink.auto import auto
-    from onnxshrink.auto.goal import parse_duration, parse_size
+    from onnxshrink.autotune import auto
+    from onnxshrink.autotune.goal import parse_duration, parse_size
     from onnxshrink.errors import VerificationError
 
     if not _State.debug:
@@ -584,7 +584,7 @@ def auto_command(
         raise UsageError(f"--report {report_path}: name a .json or an .html file")
     if resume and study is None:
         raise UsageError("--resume needs --study DIR (the folder of the study to continue)")
-    logger = logging.getLogger("onnxshrink.auto")
+    logger = logging.getLogger("onnxshrink.autotune")
     tty = sys.stderr.isatty()
 
     def progress(status: dict[str, Any]) -> None:
@@ -626,7 +626,7 @@ def auto_command(
         from onnxshrink.report.files import write_text_atomic
 
         if report_path.suffix.lower() == ".html":
-            from onnxshrink.auto.report import to_html
+            from onnxshrink.autotune.report import to_html
 
             write_text_atomic(report_path, to_html(result.report))
         else:

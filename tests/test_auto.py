@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 import onnxshrink
-from onnxshrink.auto.goal import parse_duration, parse_size
-from onnxshrink.auto.recipe import Knobs, candidate_specs, to_toml
-from onnxshrink.auto.study import TrialJournal
+from onnxshrink.autotune.goal import parse_duration, parse_size
+from onnxshrink.autotune.recipe import Knobs, candidate_specs, to_toml
+from onnxshrink.autotune.study import TrialJournal
 from onnxshrink.cli import main
 from onnxshrink.spec import load_recipe
 
@@ -151,7 +151,7 @@ def test_recipe_round_trips_per_group_and_per_layer_settings(tmp_path: Path, pro
     result = _auto(study(tmp_path, profiles), max_drop=100.0, max_trials=1)
     units = result.report["profile"]["units"]
     assert {u["knob"] for u in units} == {"channels", "precision"}
-    from onnxshrink.auto.profile import Unit
+    from onnxshrink.autotune.profile import Unit
 
     parsed = [Unit.from_json(u) for u in units]
     choice = [len(u.settings) - 1 if i % 2 == 0 else 0 for i, u in enumerate(parsed)]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxshrink.api import ShrinkResult
-from onnxshrink.auto.goal import Goal
+from onnxshrink.autotune.goal import Goal
 
 
 @dataclasses.dataclass

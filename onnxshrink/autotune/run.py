@@ -24,14 +24,14 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.api import ShrinkResult, shrink
-from onnxshrink.auto.goal import Goal, parse_duration, parse_size
-from onnxshrink.auto.measure import load_metric, score
-from onnxshrink.auto.profile import KNOBS, profile
-from onnxshrink.auto.recipe import to_toml
-from onnxshrink.auto.result import AutoResult, choose
-from onnxshrink.auto.search import Search, Settings
-from onnxshrink.auto.study import TrialJournal
-from onnxshrink.auto.trials import default_memory_bytes
+from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
+from onnxshrink.autotune.measure import load_metric, score
+from onnxshrink.autotune.profile import KNOBS, profile
+from onnxshrink.autotune.recipe import to_toml
+from onnxshrink.autotune.result import AutoResult, choose
+from onnxshrink.autotune.search import Search, Settings
+from onnxshrink.autotune.study import TrialJournal
+from onnxshrink.autotune.trials import default_memory_bytes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import Feed
 from onnxshrink.errors import UsageError, VerificationError

@@ -18,15 +18,15 @@ from typing import Any
 
 import optuna
 
-from onnxshrink.auto import allocate
-from onnxshrink.auto.allocate import Point
-from onnxshrink.auto.goal import Goal
-from onnxshrink.auto.measure import Job, spec_dicts
-from onnxshrink.auto.profile import Profile
-from onnxshrink.auto.recipe import Knobs, candidate_specs, specs_key
-from onnxshrink.auto.result import choose, rank
-from onnxshrink.auto.study import MAX_POINTS, PERCENTILES, TrialJournal
-from onnxshrink.auto.trials import run_trial
+from onnxshrink.autotune import allocate
+from onnxshrink.autotune.allocate import Point
+from onnxshrink.autotune.goal import Goal
+from onnxshrink.autotune.measure import Job, spec_dicts
+from onnxshrink.autotune.profile import Profile
+from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
+from onnxshrink.autotune.result import choose, rank
+from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.autotune.trials import run_trial
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
 logger = logging.getLogger(__name__)

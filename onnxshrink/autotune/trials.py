@@ -17,7 +17,7 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
-from onnxshrink.auto.measure import Job, measure
+from onnxshrink.autotune.measure import Job, measure
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _JOIN_SECONDS = 5.0
 
 def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["onnxshrink.auto.measure"])
+    context.set_forkserver_preload(["onnxshrink.autotune.measure"])
     return context
 
 

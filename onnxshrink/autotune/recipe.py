@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxshrink.auto.profile import Unit, channel_spec, int4_spec
+from onnxshrink.autotune.profile import Unit, channel_spec, int4_spec
 from onnxshrink.spec import PassSpec, make_spec
 
 

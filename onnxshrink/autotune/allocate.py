@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from onnxshrink.auto.profile import Profile, Unit
+from onnxshrink.autotune.profile import Profile, Unit
 
 COSTS = ("bytes", "macs", "latency")
 _FRONT_POINTS = 32

@@ -2,7 +2,7 @@
 
 The passes run, the model is saved, then its size, MACs, latency and accuracy on the evaluation
 data are measured. This runs inside a trial's child process
-(:mod:`onnxshrink.auto.trials`), so everything it takes and returns is plain data.
+(:mod:`onnxshrink.autotune.trials`), so everything it takes and returns is plain data.
 """
 
 from __future__ import annotations
