@@ -19,10 +19,11 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.data.model_inputs import generate_inputs, input_specs, split_labels
+from onnxshrink.data.model_inputs import fit_arrays, generate_inputs, input_specs, split_labels
 from onnxshrink.errors import UsageError
 
 Role = Literal["calibration", "inputs"]
+GENERATED = "generated"  # the description of a feed of invented values
 VERIFY_SAMPLES = 32  # calibration samples that verification runs on when no inputs are given
 _NOUNS: dict[Role, str] = {"calibration": "calibration data", "inputs": "inputs"}
 _LARGEST_DYNAMIC_RUN = 64
@@ -83,6 +84,8 @@ class Samples:
     Attributes:
         description: Where the samples come from (``npz data.npz``, ``reader my_module:Reader``...).
         role: ``calibration`` or ``inputs`` (verification inputs); error messages name it.
+        rereadable: Whether reading the first batch early costs nothing later (False for a reader
+            instance that can be read only once).
     """
 
     def __init__(
@@ -90,10 +93,39 @@ class Samples:
         make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]],
         description: str,
         role: Role = "calibration",
+        *,
+        rereadable: bool = True,
     ) -> None:
         self._make_batches = make_batches
         self.description = description
         self.role = role
+        self.rereadable = rereadable
+
+    def fitted_to(self, model: ir.Model) -> Samples:
+        """These samples with every batch fitted to ``model``'s inputs (names, ranks, dims, dtypes).
+
+        See :func:`~onnxshrink.data.model_inputs.fit_arrays`; a float64 cast is noted once.
+        """
+        specs = input_specs(model)
+        source = f"{self.noun} {self.description}"
+        noted: set[str] = set()
+
+        def batches() -> Iterator[Mapping[str, np.ndarray]]:
+            for batch in self._make_batches():
+                yield fit_arrays(specs, batch, source, noted=noted)
+
+        return Samples(batches, self.description, self.role, rereadable=self.rereadable)
+
+    def check_first_batch(self) -> None:
+        """Reads the first batch now, so data that does not fit fails before any work starts.
+
+        Sources that can be read only once are left for their consumer to check.
+
+        Raises:
+            UsageError: The first batch does not fit (on samples from :meth:`fitted_to`).
+        """
+        if self.rereadable:
+            next(iter(self.batches()), None)
 
     def __repr__(self) -> str:
         return f"Samples({self.role}: {self.description})"
@@ -196,4 +228,4 @@ def verification_feed(
         return inputs.feed_for(model)
     if calibration is not None:
         return calibration.feed_for(model, VERIFY_SAMPLES)
-    return Feed(generate_inputs(model, shapes), None, "generated")
+    return Feed(generate_inputs(model, shapes), None, GENERATED)
