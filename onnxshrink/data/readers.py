@@ -36,8 +36,9 @@ def open_samples(spec: Any, *, role: Role = "calibration") -> Samples:
 
     This is the one way to open data from a path in one call (exported as
     ``onnxshrink.open_samples``): ``open_samples("calib.npz")``. Calibration paths are checked
-    now (a missing file, an empty folder or an unknown module is a usage error at once). An inputs path (``role="inputs"``) is an npz read when its samples are
-    first asked for, so unused verification inputs cost nothing.
+    now (a missing file, an empty folder or an unknown module is a usage error at once). An
+    inputs path (``role="inputs"``) is read when its samples are first asked for, so unused
+    verification inputs cost nothing.
 
     Raises:
         UsageError: The data cannot be found or imported.
