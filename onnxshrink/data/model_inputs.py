@@ -79,14 +79,16 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
-def _concrete_dims(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]], batch: int | None) -> tuple[int, ...]:
+def _concrete_dims(
+    spec: InputSpec, shapes: Mapping[str, tuple[int, ...]], batch: int | None, option: str = "--shape"
+) -> tuple[int, ...]:
     if spec.name in shapes:
         given = shapes[spec.name]
         if spec.dims and len(given) != len(spec.dims):
-            raise UsageError(f"--shape {spec.name} has rank {len(given)}, but the input has rank {len(spec.dims)}")
+            raise UsageError(f"{option} {spec.name} has rank {len(given)}, but the input has rank {len(spec.dims)}")
         for got, want in zip(given, spec.dims, strict=False):
             if isinstance(want, int) and got != want:
-                raise UsageError(f"--shape {spec.name}: dimension {got} contradicts the model's fixed size {want}")
+                raise UsageError(f"{option} {spec.name}: dimension {got} contradicts the model's fixed size {want}")
         return given
     dims = []
     for axis, dim in enumerate(spec.dims):
@@ -249,5 +251,5 @@ def fix_input_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> 
         raise UsageError(f"--fix-shape names unknown input(s) {unknown}; inputs: {sorted(specs)}")
     values = {value.name: value for value in model.graph.inputs}
     for name, dims in shapes.items():
-        _concrete_dims(specs[name], shapes, None)  # the same checks as --shape
+        _concrete_dims(specs[name], shapes, None, "--fix-shape")  # the same checks as --shape
         values[name].shape = ir.Shape(dims)
