@@ -17,7 +17,7 @@ import onnxshrink
 from onnxshrink import registry
 from onnxshrink.cli import main
 from onnxshrink.errors import PassFailure, VerificationError
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.passbase import NoOptions, ShrinkPass, ShrinkPassResult
 
 WITH_IDENTITY = parse_model("g (float[N, 4] x) => (float[N, 4] y) { a = Identity(x)  y = Relu(a) }")
 
@@ -192,3 +192,79 @@ def test_report_options_use_recipe_keys_and_round_trip(tmp_path: Path) -> None:
         parse_spec("sort:key=l1,for=2:4,seconds=5"),
         parse_spec("cleanup:cse=false,cse-max-constant=1024,dedupe-initializers=true"),
     ]
+
+
+# Issue 13, item 17: what a Python user sees first.
+
+
+def test_result_repr_is_one_short_line() -> None:
+    result = onnxshrink.shrink(DIGITS, ["simplify"])
+    text = repr(result)
+    assert text.startswith("ShrinkResult(simplify: 25 -> 19 nodes, ") and text.endswith("min cosine 1.000000)")
+    assert "\n" not in text and len(text) < 200 and str(result) == text
+
+
+def test_package_names_what_users_need() -> None:
+    assert onnxshrink.__all__ == ["ShrinkResult", "__version__", "open_samples", "shrink"]
+    assert dir(onnxshrink) == sorted(onnxshrink.__all__)
+    assert all(getattr(onnxshrink, name) is not None for name in onnxshrink.__all__)
+
+
+def test_calibration_opens_from_a_path_in_one_call(tmp_path: Path) -> None:
+    samples = onnxshrink.open_samples(DIGITS_CALIB)
+    result = onnxshrink.shrink(DIGITS, ["quantize"], calibration=samples)
+    assert result.report["passes"][0]["modified"]
+    single = tmp_path / "calib.npy"
+    np.save(single, np.load(DIGITS_CALIB)["input"][:8])
+    assert onnxshrink.shrink(DIGITS, ["cleanup"], calibration=single).report["verification"]["samples"] == 8
+
+
+def test_pass_classes_are_named_after_their_passes_and_keep_old_names() -> None:
+    from onnxshrink.passes.fuse_bn import FuseBatchNormPass, FuseBnPass
+    from onnxshrink.passes.prune import MagnitudePrunePass, PrunePass
+
+    built_in = {name: cls for name, cls in registry.passes().items() if cls.__module__.startswith("onnxshrink.")}
+    assert len(built_in) == 8
+    for name, cls in built_in.items():
+        assert cls.__name__ == "".join(part.capitalize() for part in name.split("-")) + "Pass", name
+    assert MagnitudePrunePass is PrunePass and FuseBatchNormPass is FuseBnPass
+
+
+def test_passes_take_keyword_options_checked_like_specs() -> None:
+    from onnxshrink.errors import UsageError
+    from onnxshrink.passes.prune import PrunePass
+
+    model = ir.load(DIGITS)
+    prune = PrunePass(sparsity=0.5, min_size=16)
+    assert prune.options == PrunePass.Options(sparsity=0.5, min_size=16)
+    assert prune(model).modified
+    assert PrunePass(PrunePass.Options(sparsity=0.3), pattern="2:4").options.sparsity == 0.3
+    with pytest.raises(UsageError, match=r"^prune: option sparsity: must be < 1.0, got 1.5$"):
+        PrunePass(sparsity=1.5)
+    with pytest.raises(UsageError, match=r"prune: unknown option\(s\) \['sparsty'\]; valid options: sparsity"):
+        PrunePass(sparsty=0.5)
+
+
+def test_data_and_budgets_are_checked_before_any_pass_runs(registrations: PassRegistrations) -> None:
+    from onnxshrink.errors import UsageError
+
+    ran: list[str] = []
+
+    class RecordPass(ShrinkPass[NoOptions]):
+        """Records that it ran."""
+
+        name = "record"
+        exact = True
+
+        def call(self, model: ir.Model) -> ShrinkPassResult:
+            ran.append(self.name)
+            return ShrinkPassResult(model, modified=False)
+
+    registrations.add_pass(RecordPass)
+
+    wrong = {"input": np.zeros((4, 1, 8, 3), np.float32)}
+    with pytest.raises(UsageError, match="has size 3 on axis 3, but the model fixes it to 8"):
+        onnxshrink.shrink(DIGITS, ["record"], calibration=wrong, verify=False)
+    with pytest.raises(UsageError, match="needs labelled data"):
+        onnxshrink.shrink(DIGITS, ["record"], max_drop=0.01)
+    assert ran == []
