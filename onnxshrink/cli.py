@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _PROVIDER = click.Choice(["auto", "cpu", "cuda"])
 _LISTED_FINDINGS = 50  # lint findings printed as text; --json has all
+DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies by default)
 
 
 class _State:
@@ -203,7 +204,8 @@ def run(
     from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
     output = _output_path(output_arg, output)
-    _check_paths(model, output, report_path)
+    calib_file = Path(calib) if calib is not None and Path(calib).is_file() else None
+    _check_paths(model, output, report_path, {"--calib": calib_file, "--inputs": inputs, "--recipe": recipe})
     if inputs is not None and not inputs.is_file():
         raise UsageError(f"inputs file not found: {inputs}")
     specs = (load_recipe(recipe) if recipe else []) + parse_specs(list(pass_specs))
@@ -233,9 +235,6 @@ def run(
     _echo_run_summary(output, report)
 
 
-DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies by default)
-
-
 def _output_path(positional: Path | None, option: Path | None) -> Path:
     """The one output path, given as OUTPUT or -o (both only when they agree)."""
     if positional is not None and option is not None and positional != option:
@@ -250,18 +249,31 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _check_paths(model: Path, output: Path, report_path: Path | None) -> None:
-    """Refuses, before any work, paths that would clobber each other or cannot be written."""
+def _check_paths(model: Path, output: Path, report_path: Path | None, data: dict[str, Path | None]) -> None:
+    """Refuses, before any work, paths that would clobber each other or cannot be written.
+
+    The output may replace the input model (the user named it); it may not replace a data or
+    recipe file, and the report may replace none of them, nor the output or its external data.
+    """
     for what, path in (("output", output), ("--report", report_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{what} folder does not exist: {path.parent} (for {path})")
-    if report_path is None:
-        return
-    clashes = (("the input model", model), ("the output model", output), ("the output's external data", None))
-    for what, path in clashes:
-        target = path if path is not None else output.with_name(f"{output.name}.data")
-        if _same_file(report_path, target):
-            raise UsageError(f"--report {report_path} is {what}; choose another report name")
+    read = {f"the {option} file": path for option, path in data.items() if path is not None}
+    written = {"output": (output, read), "--report": (report_path, {})}
+    if report_path is not None:
+        written["--report"] = (
+            report_path,
+            {
+                "the input model": model,
+                "the output model": output,
+                "the output's external data": output.with_name(f"{output.name}.data"),
+                **read,
+            },
+        )
+    for what, (path, others) in written.items():
+        for other, taken in others.items():
+            if path is not None and _same_file(path, taken):
+                raise UsageError(f"{what} {path} is {other}; choose another name")
 
 
 def _temporary_beside(path: Path) -> Path:

@@ -75,8 +75,20 @@ def test_report_that_would_replace_a_model_is_refused_before_any_work(tmp_path: 
     report = {"input": model, "output": out, "external data": tmp_path / "out.onnx.data"}[clash]
     code, _, stderr = _invoke("run", model, "-o", out, "-p", "simplify", "--report", report)
     _one_usage_line(code, stderr, f"--report {report} is the")
+    assert "choose another name" in stderr
     assert model.read_bytes() == DIGITS.read_bytes()
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+@pytest.mark.parametrize(("option", "which"), [("--calib", "--report"), ("--calib", "-o"), ("--inputs", "-o")])
+def test_data_files_are_never_written_over(tmp_path: Path, option: str, which: str) -> None:
+    data = tmp_path / "data.npz"
+    data.write_bytes(DIGITS_TEST.read_bytes())
+    out = data if which == "-o" else tmp_path / "out.onnx"
+    extra = ["--report", data] if which == "--report" else []
+    code, _, stderr = _invoke("run", DIGITS, "-o", out, "-p", "simplify", option, data, *extra)
+    _one_usage_line(code, stderr, f"{'output' if which == '-o' else which} {data} is the {option} file")
+    assert data.read_bytes() == DIGITS_TEST.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["data.npz"]
 
 
 @pytest.mark.parametrize("which", ["--report", "output"])
