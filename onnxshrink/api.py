@@ -25,7 +25,7 @@ from onnxshrink.errors import UsageError, VerificationError
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import PassRecord, Pipeline
-from onnxshrink.runtime import RuntimeUnavailable
+from onnxshrink.runtime import RuntimeUnavailable, create_session, run, run_batched
 from onnxshrink.saving import SavedFiles, external_files, record_provenance, save_model, to_proto
 from onnxshrink.spec import PassSpec, parse_specs
 from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verifier
@@ -112,10 +112,29 @@ def _check_budget_data(feed: Feed, max_drop: float | None) -> None:
         )
 
 
-def _refuse_given_data(error: RuntimeUnavailable, feed: Feed) -> None:
-    """Data the user gave that onnxruntime cannot run is a usage error; generated data is skipped."""
-    if error.stage == "run" and feed.description != GENERATED:
+def _refuse_given_data(error: RuntimeUnavailable, verifier: Verifier, candidate: ir.Model) -> None:
+    """Data the user gave that onnxruntime cannot run is an error; generated data is only skipped.
+
+    The input model is run alone to tell whose fault it is: when it runs, the pipeline's result is
+    what onnxruntime refuses, and verification fails (nothing written).
+
+    Raises:
+        UsageError: The input model cannot run on the given data either.
+        VerificationError: The input model runs on the data; the result does not.
+    """
+    feed = verifier.feed
+    if error.stage != "run" or feed.description == GENERATED or not verifier.reference:
+        return
+    try:
+        session, _ = create_session(verifier.reference, verifier.provider)
+        chunk = feed.run_size(candidate)
+        run(session, feed.arrays) if chunk is None else run_batched(session, feed.arrays, chunk)
+    except RuntimeUnavailable:
         raise UsageError(f"onnxruntime cannot run the model on {feed.description}: {error}") from None
+    raise VerificationError(
+        f"verification failed, nothing written: onnxruntime runs the input model on {feed.description} "
+        f"but not the result: {error}"
+    ) from None
 
 
 def _summary(model: ir.Model) -> dict[str, Any]:
@@ -199,7 +218,7 @@ def shrink(
         try:
             report = verifier.compare(candidate)
         except RuntimeUnavailable as error:
-            _refuse_given_data(error, verifier.feed)
+            _refuse_given_data(error, verifier, candidate)
             each_reports.append({"pass": record.name, "skipped": str(error)})
             return
         each_reports.append({"pass": record.name, **report.to_json()})
@@ -222,7 +241,7 @@ def shrink(
         try:
             report = verifier.compare(work)
         except RuntimeUnavailable as error:
-            _refuse_given_data(error, verifier.feed)
+            _refuse_given_data(error, verifier, work)
             hint = "; pass --inputs or --shape for valid inputs" if error.stage == "run" else ""
             verification = {"skipped": f"onnxruntime cannot run the model: {error}{hint}"}
             # The report holds it; the CLI says it once, from there.

@@ -268,3 +268,41 @@ def test_data_and_budgets_are_checked_before_any_pass_runs(registrations: PassRe
     with pytest.raises(UsageError, match="needs labelled data"):
         onnxshrink.shrink(DIGITS, ["record"], max_drop=0.01)
     assert ran == []
+
+
+class _RunBreaker(ShrinkPass[NoOptions]):
+    """Reshapes the output to 5 rows: onnxruntime loads the result but cannot run it on 4 samples.
+
+    1. Appends ``Reshape(y, [5, -1])`` as the new output ``y``.
+    """
+
+    name = "test-run-breaker"
+    exact = True
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        graph = model.graph
+        old = graph.outputs[0]
+        old.name = "y_before"
+        shape = ir.Value(name="five_rows", const_value=ir.tensor(np.array([5, -1], np.int64)))
+        graph.register_initializer(shape)
+        node = ir.Node("", "Reshape", [old, shape], num_outputs=1)
+        graph.append(node)
+        node.outputs[0].name = "y"
+        node.outputs[0].type = old.type
+        graph.outputs[0] = node.outputs[0]
+        return ShrinkPassResult(model, modified=True)
+
+
+def test_given_inputs_onnxruntime_cannot_run_are_blamed_on_the_right_model(registrations: PassRegistrations) -> None:
+    from onnxshrink.errors import UsageError
+
+    registrations.add_pass(_RunBreaker)
+    four = {"x": np.ones((4, 4), np.float32)}
+    with pytest.raises(VerificationError, match="runs the input model on given arrays but not the result"):
+        onnxshrink.shrink(WITH_IDENTITY, ["test-run-breaker"], inputs=four)
+    # Generated inputs (1 sample, 4 values) cannot be blamed on the user: verification is skipped.
+    skipped = onnxshrink.shrink(WITH_IDENTITY, ["test-run-breaker"], shapes={"x": (4, 4)})
+    assert "onnxruntime cannot run the model" in skipped.report["verification"]["skipped"]
+    ragged = parse_model("g (float[N] a, float[M] b) => (float[K] y) { y = Add(a, b) }")
+    with pytest.raises(UsageError, match="onnxruntime cannot run the model on given arrays"):
+        onnxshrink.shrink(ragged, ["cleanup"], inputs={"a": np.ones(3, np.float32), "b": np.ones(5, np.float32)})
