@@ -279,3 +279,14 @@ def test_generated_verification_says_it_invented_inputs(tmp_path: Path) -> None:
     assert code == 0 and "verification used invented inputs" in stdout
     code, stdout, _ = _invoke("run", DIGITS, tmp_path / "o.onnx", "--inputs", DIGITS_TEST)
     assert code == 0 and "invented" not in stdout
+
+
+def test_verify_command_checks_its_inputs_too(tmp_path: Path) -> None:
+    data = tmp_path / "x.npy"
+    np.save(data, _calib()[:, :, :, :5])
+    code, _, stderr = _invoke("verify", DIGITS, DIGITS, "--inputs", data)
+    _one_usage_line(code, stderr, "inputs npy")
+    assert "has size 5 on axis 3" in stderr
+    np.save(data, _calib().astype(np.float64))
+    code, stdout, stderr = _invoke("verify", DIGITS, DIGITS, "--inputs", data)
+    assert code == 0 and f"inputs: npy {data}" in stdout, stderr
