@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -200,12 +199,13 @@ def run(
     from onnxshrink import registry
     from onnxshrink.api import shrink
     from onnxshrink.data.model_inputs import parse_shapes
+    from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
     from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
     output = _output_path(output_arg, output)
     calib_file = Path(calib) if calib is not None and Path(calib).is_file() else None
-    _check_paths(model, output, report_path, {"--calib": calib_file, "--inputs": inputs, "--recipe": recipe})
+    check_write_paths(model, output, report_path, {"--calib": calib_file, "--inputs": inputs, "--recipe": recipe})
     if inputs is not None and not inputs.is_file():
         raise UsageError(f"inputs file not found: {inputs}")
     specs = (load_recipe(recipe) if recipe else []) + parse_specs(list(pass_specs))
@@ -230,7 +230,7 @@ def run(
     )
     _save_together(result, output, report_path, external_data)
     report = result.report
-    if _same_file(output, model) and not report["exact"]:
+    if same_file(output, model) and not report["exact"]:
         click.echo(f"onnxshrink: note: replaced the input model {model} with the lossy result", err=True)
     _echo_run_summary(output, report)
 
@@ -245,47 +245,6 @@ def _output_path(positional: Path | None, option: Path | None) -> Path:
     return chosen
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def _check_paths(model: Path, output: Path, report_path: Path | None, data: dict[str, Path | None]) -> None:
-    """Refuses, before any work, paths that would clobber each other or cannot be written.
-
-    The output may replace the input model (the user named it); it may not replace a data or
-    recipe file, and the report may replace none of them, nor the output or its external data.
-    """
-    for what, path in (("output", output), ("--report", report_path)):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise UsageError(f"{what} folder does not exist: {path.parent} (for {path})")
-    read = {f"the {option} file": path for option, path in data.items() if path is not None}
-    written = {"output": (output, read), "--report": (report_path, {})}
-    if report_path is not None:
-        written["--report"] = (
-            report_path,
-            {
-                "the input model": model,
-                "the output model": output,
-                "the output's external data": output.with_name(f"{output.name}.data"),
-                **read,
-            },
-        )
-    for what, (path, others) in written.items():
-        for other, taken in others.items():
-            if path is not None and _same_file(path, taken):
-                raise UsageError(f"{what} {path} is {other}; choose another name")
-
-
-def _temporary_beside(path: Path) -> Path:
-    """A new empty file in ``path``'s folder, with its suffix and the permissions of a normal file."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.resolve().parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
-
-
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     """Writes the run's report to ``path`` (the caller makes the write atomic)."""
     with open(path, "w", encoding="utf-8") as handle:
@@ -295,17 +254,15 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 
 def _save_together(result: Any, output: Path, report_path: Path | None, external_data: bool | None) -> None:
     """Writes the model and the report together or not at all: report first to a temporary, then rename."""
+    from onnxshrink.saving import written_after
+
     if report_path is None:
         _save_with_progress(result, output, external_data)
         return
     result.report["output"]["path"] = str(output)
-    pending = _temporary_beside(report_path)
-    try:
+    with written_after(report_path) as pending:
         _write_report(pending, result.report)
         _save_with_progress(result, output, external_data)
-        os.replace(pending, report_path)
-    finally:
-        pending.unlink(missing_ok=True)
 
 
 def _echo_run_summary(output: Path, report: dict[str, Any]) -> None:
