@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.context import PassContext
-from onnxshrink.data.model_inputs import fix_input_shapes
+from onnxshrink.data.model_inputs import check_fixed_shapes, fix_input_shapes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import GENERATED, Feed, verification_feed
 from onnxshrink.errors import UsageError, VerificationError
@@ -173,8 +173,8 @@ def shrink(
         atol: Absolute tolerance of exact pipelines (see ``rtol``).
         max_drop: Lossy pipelines: the largest top-1 accuracy drop accepted (checked when the data has labels).
         min_cosine: Lossy pipelines: the smallest cosine similarity of outputs accepted.
-        fix_shapes: Concrete dims written into the named inputs of the result (and used for
-            generated inputs), like onnxsim's ``--overwrite-input-shape``.
+        fix_shapes: Concrete dims written into the named inputs of the result after the passes
+            (and used for generated inputs), like onnxsim's ``--overwrite-input-shape``.
 
     Raises:
         UsageError: Bad pass spec, option or data (data is checked against the model's inputs
@@ -194,7 +194,7 @@ def shrink(
     loaded = _load_any(model)
     work = loaded.model
     if fix_shapes:
-        fix_input_shapes(work, fix_shapes)
+        check_fixed_shapes(work, fix_shapes)
         shapes = {**fix_shapes, **shapes}
     if calib is not None:
         calib = calib.fitted_to(work)
@@ -232,6 +232,9 @@ def shrink(
     passes_started = time.perf_counter()
     records = pipeline.run(work)
     passes_seconds = time.perf_counter() - passes_started
+    if fix_shapes:
+        # After the passes, so calibration may still run batches of any size.
+        fix_input_shapes(work, fix_shapes)
     record_provenance(work, pipeline.describe())
 
     verification: dict[str, Any] | None = None

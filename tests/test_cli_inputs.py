@@ -256,6 +256,12 @@ def test_fix_shape_writes_concrete_input_dims(tmp_path: Path) -> None:
     assert code == 0, stderr
     dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 1, 8, 8] and not any(d.dim_param for d in dims)
+    # Fixed after the passes: calibration still runs in batches, verification one sample per run.
+    code, stdout, stderr = _invoke(
+        "run", DIGITS, out, "-p", "quantize", "--calib", DIGITS_CALIB, "--fix-shape", "input=1x1x8x8"
+    )
+    assert code == 0 and "verified on" in stdout, stderr
+    assert [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim] == [1, 1, 8, 8]
     code, _, stderr = _invoke("run", DIGITS, out, "-p", "simplify", "--fix-shape", "input=2x1x9x8")
     _one_usage_line(code, stderr, "--fix-shape input: dimension 9 contradicts the model's fixed size 8")
     code, _, stderr = _invoke("run", DIGITS, out, "-p", "simplify", "--fix-shape", "image=2x1x8x8")

@@ -239,8 +239,8 @@ def _dims_text(dims: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def fix_input_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Writes concrete dims into the model's inputs (``--fix-shape``), checked like ``--shape``.
+def check_fixed_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Checks ``--fix-shape`` sizes against the model's inputs, like ``--shape``.
 
     Raises:
         UsageError: An unknown input, a wrong rank, or a dim that contradicts a fixed one.
@@ -249,7 +249,17 @@ def fix_input_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> 
     unknown = sorted(set(shapes) - set(specs))
     if unknown:
         raise UsageError(f"--fix-shape names unknown input(s) {unknown}; inputs: {sorted(specs)}")
+    for name in shapes:
+        _concrete_dims(specs[name], shapes, None, "--fix-shape")
+
+
+def fix_input_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Writes concrete dims into the model's inputs (``--fix-shape``), checked first.
+
+    Raises:
+        UsageError: See :func:`check_fixed_shapes`.
+    """
+    check_fixed_shapes(model, shapes)
     values = {value.name: value for value in model.graph.inputs}
     for name, dims in shapes.items():
-        _concrete_dims(specs[name], shapes, None, "--fix-shape")  # the same checks as --shape
         values[name].shape = ir.Shape(dims)
