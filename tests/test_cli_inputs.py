@@ -296,3 +296,11 @@ def test_verify_command_checks_its_inputs_too(tmp_path: Path) -> None:
     np.save(data, _calib().astype(np.float64))
     code, stdout, stderr = _invoke("verify", DIGITS, DIGITS, "--inputs", data)
     assert code == 0 and f"inputs: npy {data}" in stdout, stderr
+
+
+def test_calibration_of_a_model_with_a_fixed_batch_runs_in_batches_it_takes(tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed.onnx"
+    code, _, stderr = _invoke("run", DIGITS, fixed, "-p", "simplify", "--fix-shape", "input=1x1x8x8", "--no-verify")
+    assert code == 0, stderr
+    code, stdout, stderr = _invoke("run", fixed, tmp_path / "q.onnx", "-p", "quantize", "--calib", DIGITS_CALIB)
+    assert code == 0 and "verified on" in stdout, stderr

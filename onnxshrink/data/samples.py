@@ -100,6 +100,7 @@ class Samples:
         self.description = description
         self.role = role
         self.rereadable = rereadable
+        self.fixed_batch: int | None = None  # set by fitted_to for a model whose inputs fix the first axis
 
     def fitted_to(self, model: ir.Model) -> Samples:
         """These samples with every batch fitted to ``model``'s inputs (names, ranks, dims, dtypes).
@@ -114,7 +115,11 @@ class Samples:
             for batch in self._make_batches():
                 yield fit_arrays(specs, batch, source, noted=noted)
 
-        return Samples(batches, self.description, self.role, rereadable=self.rereadable)
+        fitted = Samples(batches, self.description, self.role, rereadable=self.rereadable)
+        firsts = {spec.dims[0] if spec.dims else None for spec in specs}
+        if len(firsts) == 1 and isinstance(first := firsts.pop(), int):
+            fitted.fixed_batch = first
+        return fitted
 
     def check_first_batch(self) -> None:
         """Reads the first batch now, so data that does not fit fails before any work starts.
@@ -172,7 +177,8 @@ class Samples:
         """Streams feeds for the named model inputs in batches of at most ``batch_size``.
 
         Keys that are not among ``input_names`` (such as ``labels``) are dropped. At most
-        ``samples`` samples are read when given.
+        ``samples`` samples are read when given. A model whose inputs fix the first axis to ``k``
+        (see :meth:`fitted_to`) gets batches of exactly ``k``; a last, shorter one is left out.
 
         Raises:
             UsageError: A named input is missing from a batch; ``consumer`` (``pass 'prune'``)
@@ -188,10 +194,15 @@ class Samples:
                 )
             feed = {name: np.asarray(batch[name]) for name in wanted}
             count = min((len(v) for v in feed.values()), default=0)
-            for start in range(0, count, batch_size):
-                stop = min(count, start + batch_size)
+            step = self.fixed_batch or batch_size
+            if self.fixed_batch is not None:
+                count -= count % self.fixed_batch  # a short last batch would not fit the model
+            for start in range(0, count, step):
+                stop = min(count, start + step)
                 if left is not None:
                     stop = min(stop, start + left)
+                if self.fixed_batch is not None and stop - start < self.fixed_batch:
+                    return
                 yield {name: value[start:stop] for name, value in feed.items()}
                 if left is not None:
                     left -= stop - start

@@ -338,3 +338,18 @@ def test_data_that_does_not_fit_is_refused_at_the_first_batch(array: np.ndarray,
         samples.check_first_batch()
     with pytest.raises(UsageError, match=re.escape(needle)):
         open_samples({"x": array}, role="inputs").feed_for(parse_ir_model(_TEXT))
+
+
+def test_a_model_with_a_fixed_first_axis_gets_batches_of_exactly_that_size() -> None:
+    fixed = parse_ir_model(_TEXT.replace("float[N, 4] x", "float[2, 4] x").replace("float[N, 3] y", "float[2, 3] y"))
+    samples = open_samples({"x": _x(6)}).fitted_to(fixed)
+    assert samples.fixed_batch == 2
+    sizes = [len(feed["x"]) for feed in samples.feeds(["x"], consumer="pass 'test'", batch_size=8)]
+    assert sizes == [2, 2, 2]
+    # A fifth sample would make a batch the model cannot take.
+    assert [len(f["x"]) for f in samples.feeds(["x"], consumer="pass 'test'", samples=5)] == [2, 2]
+    with pytest.raises(UsageError, match="has size 7 on axis 0, but the model fixes it to 2"):
+        open_samples({"x": _x(7)}).fitted_to(fixed).check_first_batch()
+    dynamic = open_samples({"x": _x(7)}).fitted_to(parse_ir_model(_TEXT))
+    assert dynamic.fixed_batch is None
+    assert [len(f["x"]) for f in dynamic.feeds(["x"], consumer="pass 'test'", batch_size=4)] == [4, 3]
