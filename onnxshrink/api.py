@@ -18,13 +18,14 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.context import PassContext
+from onnxshrink.data.model_inputs import check_fixed_shapes, fix_input_shapes
 from onnxshrink.data.readers import open_samples
-from onnxshrink.data.samples import verification_feed
+from onnxshrink.data.samples import GENERATED, Feed, verification_feed
 from onnxshrink.errors import UsageError, VerificationError
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import PassRecord, Pipeline
-from onnxshrink.runtime import RuntimeUnavailable
+from onnxshrink.runtime import RuntimeUnavailable, create_session, run, run_batched
 from onnxshrink.saving import SavedFiles, external_files, record_provenance, save_model, to_proto
 from onnxshrink.spec import PassSpec, parse_specs
 from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verifier
@@ -43,7 +44,21 @@ class ShrinkResult:
 
     model: ir.Model
     report: dict[str, Any]
-    _protected: tuple[Path, ...] = ()
+    _protected: tuple[Path, ...] = dataclasses.field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        before, after = self.report["input"], self.report["output"]
+        verification = self.report.get("verification")
+        if verification is None:
+            verified = "not verified"
+        elif "skipped" in verification:
+            verified = "verification skipped"
+        else:
+            verified = f"verified, min cosine {verification['min_cosine']:.6f}"
+        return (
+            f"ShrinkResult({', '.join(step['name'] for step in self.report['pipeline'])}: "
+            f"{before['nodes']} -> {after['nodes']} nodes, {before['bytes']} -> {after['bytes']} bytes, {verified})"
+        )
 
     def to_proto(self) -> onnx.ModelProto:
         """The model as a ModelProto with weights inline."""
@@ -88,6 +103,40 @@ def _load_any(model: Any) -> LoadedModel:
     )
 
 
+def _check_budget_data(feed: Feed, max_drop: float | None) -> None:
+    """A ``max_drop`` budget needs labels; one that cannot be checked is refused, not ignored."""
+    if max_drop is not None and feed.labels is None:
+        raise UsageError(
+            f"max_drop (--max-drop) needs labelled data, but the verification inputs ({feed.description}) "
+            "have no 'labels' array; add one to the --inputs npz, or use --min-cosine"
+        )
+
+
+def _refuse_given_data(error: RuntimeUnavailable, verifier: Verifier, candidate: ir.Model) -> None:
+    """Data the user gave that onnxruntime cannot run is an error; generated data is only skipped.
+
+    The input model is run alone to tell whose fault it is: when it runs, the pipeline's result is
+    what onnxruntime refuses, and verification fails (nothing written).
+
+    Raises:
+        UsageError: The input model cannot run on the given data either.
+        VerificationError: The input model runs on the data; the result does not.
+    """
+    feed = verifier.feed
+    if error.stage != "run" or feed.description == GENERATED or not verifier.reference:
+        return
+    try:
+        session, _ = create_session(verifier.reference, verifier.provider)
+        chunk = feed.run_size(candidate)
+        run(session, feed.arrays) if chunk is None else run_batched(session, feed.arrays, chunk)
+    except RuntimeUnavailable:
+        raise UsageError(f"onnxruntime cannot run the model on {feed.description}: {error}") from None
+    raise VerificationError(
+        f"verification failed, nothing written: onnxruntime runs the input model on {feed.description} "
+        f"but not the result: {error}"
+    ) from None
+
+
 def _summary(model: ir.Model) -> dict[str, Any]:
     counted = totals(model)
     return {"nodes": counted.nodes, "params": counted.params, "bytes": counted.bytes}
@@ -107,6 +156,7 @@ def shrink(
     atol: float = DEFAULT_ATOL,
     max_drop: float | None = None,
     min_cosine: float | None = None,
+    fix_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> ShrinkResult:
     """Runs a pipeline of passes on a model and verifies the result with onnxruntime.
 
@@ -123,9 +173,12 @@ def shrink(
         atol: Absolute tolerance of exact pipelines (see ``rtol``).
         max_drop: Lossy pipelines: the largest top-1 accuracy drop accepted (checked when the data has labels).
         min_cosine: Lossy pipelines: the smallest cosine similarity of outputs accepted.
+        fix_shapes: Concrete dims written into the named inputs of the result after the passes
+            (and used for generated inputs), like onnxsim's ``--overwrite-input-shape``.
 
     Raises:
-        UsageError: Bad pass spec, option or data.
+        UsageError: Bad pass spec, option or data (data is checked against the model's inputs
+            before any pass runs), or a ``max_drop`` that the data cannot check (no labels).
         InvalidModelError: The input model is malformed or unsafe.
         VerificationError: The result is outside the tolerance or budget.
         PassFailure: A pass broke a graph invariant.
@@ -135,9 +188,17 @@ def shrink(
     if not specs:
         raise UsageError("no passes given; name at least one with -p (see 'onnxshrink passes')")
     shapes = dict(shapes or {})
+    if max_drop is not None and not verify:
+        raise UsageError("max_drop (--max-drop) is checked by verification; drop --no-verify or the budget")
     calib = open_samples(calibration) if calibration is not None else None
     loaded = _load_any(model)
     work = loaded.model
+    if fix_shapes:
+        check_fixed_shapes(work, fix_shapes)
+        shapes = {**fix_shapes, **shapes}
+    if calib is not None:
+        calib = calib.fitted_to(work)
+        calib.check_first_batch()
     load_seconds = time.perf_counter() - started
     # The input's files, listed before any pass swaps a weight out: saving never overwrites them.
     protected = (loaded.path, *sorted(external_files(work))) if loaded.path is not None else ()
@@ -148,6 +209,7 @@ def shrink(
     if verify or verify_each:
         given = open_samples(inputs, role="inputs") if inputs is not None else None
         feed = verification_feed(work, given, calib, shapes)
+        _check_budget_data(feed, max_drop)
         verifier = Verifier(loaded.source, feed, provider, rtol, atol)
     each_reports: list[dict[str, Any]] = []
 
@@ -156,6 +218,7 @@ def shrink(
         try:
             report = verifier.compare(candidate)
         except RuntimeUnavailable as error:
+            _refuse_given_data(error, verifier, candidate)
             each_reports.append({"pass": record.name, "skipped": str(error)})
             return
         each_reports.append({"pass": record.name, **report.to_json()})
@@ -169,6 +232,9 @@ def shrink(
     passes_started = time.perf_counter()
     records = pipeline.run(work)
     passes_seconds = time.perf_counter() - passes_started
+    if fix_shapes:
+        # After the passes, so calibration may still run batches of any size.
+        fix_input_shapes(work, fix_shapes)
     record_provenance(work, pipeline.describe())
 
     verification: dict[str, Any] | None = None
@@ -178,10 +244,11 @@ def shrink(
         try:
             report = verifier.compare(work)
         except RuntimeUnavailable as error:
-            generated = inputs is None and calib is None
-            hint = "; pass --inputs or --shape for valid inputs" if generated and error.stage == "run" else ""
+            _refuse_given_data(error, verifier, work)
+            hint = "; pass --inputs or --shape for valid inputs" if error.stage == "run" else ""
             verification = {"skipped": f"onnxruntime cannot run the model: {error}{hint}"}
-            logger.warning("verification skipped: onnxruntime cannot run the model: %s", error)
+            # The report holds it; the CLI says it once, from there.
+            logger.info("verification skipped: onnxruntime cannot run the model: %s", error)
         else:
             failure = report.failure(exact=pipeline.exact, max_drop=max_drop, min_cosine=min_cosine)
             verification = {**report.to_json(), "passed": failure is None, "exact_pipeline": pipeline.exact}

@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _PROVIDER = click.Choice(["auto", "cpu", "cuda"])
 _LISTED_FINDINGS = 50  # lint findings printed as text; --json has all
+DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies by default)
 
 
 class _State:
@@ -43,6 +44,16 @@ def _fail(error: BaseException, code: int) -> None:
     sys.exit(code)
 
 
+def _quiet_broken_pipe() -> None:
+    """The reader of our stdout left (``onnxshrink passes | head -1``): stop quietly.
+
+    Python's documented recipe: point stdout at devnull so the flush at exit cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
+
+
 def _guarded(func: F) -> F:
     """Turns onnxshrink errors into one stderr line and the documented exit code."""
 
@@ -53,6 +64,8 @@ def _guarded(func: F) -> F:
             _fail(error, error.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except KeyboardInterrupt:
             _fail(RuntimeError("interrupted; nothing written"), 130)
         except Exception as error:  # an onnxshrink bug: still one line, traceback with --debug
@@ -71,13 +84,6 @@ def main(verbose: int, debug: bool) -> None:
     """onnxshrink: make ONNX models smaller and faster, numerics checked with onnxruntime."""
     _State.debug = debug
     _configure_logging(verbose, debug)
-
-
-def _write_report(path: Path, report: dict[str, Any]) -> None:
-    """Writes the run's report: JSON, or an HTML page with plots when PATH ends in .html."""
-    from onnxshrink.report import write_report
-
-    write_report(path, report)
 
 
 def _human_bytes(count: int) -> str:
@@ -111,30 +117,42 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the result."
-)
+@click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the result.")
 @click.option(
     "-p",
     "--pass",
     "pass_specs",
     multiple=True,
     metavar="SPEC",
-    help="NAME[:KEY=VALUE,...]; repeat in order. See 'onnxshrink passes'.",
+    help="NAME[:KEY=VALUE,...]; repeat in order. See 'onnxshrink passes'. [default: simplify]",
 )
 @click.option(
     "--recipe",
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML file with [[pass]] tables (run before -p passes).",
 )
-@click.option("--calib", metavar="DATA", help="Calibration data: .npz, folder of .npz, or module:attribute reader.")
+@click.option(
+    "--calib", metavar="DATA", help="Calibration data: .npz, .npy, folder of .npz, or module:attribute reader."
+)
 @click.option(
     "--inputs",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Verification inputs (.npz keyed by input name; optional 'labels').",
+    help="Verification inputs (.npz keyed by input name, optional 'labels'; or .npy for one input).",
 )
 @click.option(
-    "--shape", "shapes", multiple=True, metavar="NAME=DIMS", help="Size of dynamic input dims, e.g. input=1x3x224x224."
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DIMS",
+    help="Size of dynamic input dims, e.g. input=1x3x224x224 or input:1,3,224,224.",
+)
+@click.option(
+    "--fix-shape",
+    "fix_shapes",
+    multiple=True,
+    metavar="NAME=DIMS",
+    help="Write these concrete dims into the output model's input (like onnxsim's --overwrite-input-shape).",
 )
 @click.option("--provider", type=_PROVIDER, default="auto", show_default=True, help="onnxruntime execution provider.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the result with the input model.")
@@ -157,12 +175,14 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 @_guarded
 def run(
     model: Path,
-    output: Path,
+    output_arg: Path | None,
+    output: Path | None,
     pass_specs: tuple[str, ...],
     recipe: Path | None,
     calib: str | None,
     inputs: Path | None,
     shapes: tuple[str, ...],
+    fix_shapes: tuple[str, ...],
     provider: str,
     verify: bool,
     verify_each: bool,
@@ -173,17 +193,33 @@ def run(
     max_drop: float | None,
     min_cosine: float | None,
 ) -> None:
-    """Run passes on MODEL and write the verified result to OUTPUT."""
+    """Run passes on MODEL and write the verified result to OUTPUT (or -o OUTPUT).
+
+    Without -p or --recipe, runs the 'simplify' preset. Every path, option and data file is
+    checked before any work starts; the model and the report are written together or not at all.
+    """
+    from onnxshrink import registry
     from onnxshrink.api import shrink
     from onnxshrink.data.model_inputs import parse_shapes
+    from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
     from onnxshrink.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
-    specs = (load_recipe(recipe) if recipe else []) + parse_specs(list(pass_specs))
-    if not specs:
-        raise UsageError("no passes given; use -p NAME or --recipe FILE (see 'onnxshrink passes')")
+    output = _output_path(output_arg, output)
+    calib_file = Path(calib) if calib is not None and Path(calib).is_file() else None
+    check_write_paths(model, output, report_path, {"--calib": calib_file, "--inputs": inputs, "--recipe": recipe})
+    if report_path is not None:
+        from onnxshrink.report import is_html, require_renderer
+
+        if is_html(report_path):
+            require_renderer()  # before any work: a missing plotly must not fail after the model is written
     if inputs is not None and not inputs.is_file():
         raise UsageError(f"inputs file not found: {inputs}")
+    specs = (load_recipe(recipe) if recipe else []) + parse_specs(list(pass_specs))
+    if not specs:
+        steps = " -> ".join(registry.presets()[DEFAULT_PIPELINE].steps)
+        click.echo(f"onnxshrink: no -p or --recipe given; running '{DEFAULT_PIPELINE}' ({steps})", err=True)
+        specs = parse_specs([DEFAULT_PIPELINE])
     result = shrink(
         model,
         specs,
@@ -197,11 +233,48 @@ def run(
         atol=DEFAULT_ATOL if atol is None else atol,
         max_drop=max_drop,
         min_cosine=min_cosine,
+        fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
     )
-    _save_with_progress(result, output, external_data)
+    _save_together(result, output, report_path, external_data)
     report = result.report
-    if report_path is not None:
-        _write_report(report_path, report)
+    if same_file(output, model) and not report["exact"]:
+        click.echo(f"onnxshrink: note: replaced the input model {model} with the lossy result", err=True)
+    _echo_run_summary(output, report)
+
+
+def _output_path(positional: Path | None, option: Path | None) -> Path:
+    """The one output path, given as OUTPUT or -o (both only when they agree)."""
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"two outputs given: OUTPUT {positional} and -o {option}; give one")
+    chosen = positional if positional is not None else option
+    if chosen is None:
+        raise UsageError("no output given; use 'onnxshrink run MODEL OUTPUT' or -o OUTPUT")
+    return chosen
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    """Writes the run's report to ``path``: JSON, or an HTML page with plots when it ends in .html."""
+    from onnxshrink.report import write_report
+
+    write_report(path, report)
+
+
+def _save_together(result: Any, output: Path, report_path: Path | None, external_data: bool | None) -> None:
+    """Writes the model and the report together or not at all: report first to a temporary, then rename."""
+    from onnxshrink.saving import written_after
+
+    if report_path is None:
+        _save_with_progress(result, output, external_data)
+        return
+    result.report["output"]["path"] = str(output)
+    with written_after(report_path) as pending:
+        _write_report(pending, result.report)
+        _save_with_progress(result, output, external_data)
+
+
+def _echo_run_summary(output: Path, report: dict[str, Any]) -> None:
+    from onnxshrink.data.samples import GENERATED
+
     before, after = report["input"], report["output"]
     click.echo(
         f"{output}: {before['nodes']} -> {after['nodes']} nodes, "
@@ -221,6 +294,8 @@ def run(
         if verification.get("accuracy_reference") is not None:
             line += f", accuracy {verification['accuracy_reference']:.4f} -> {verification['accuracy_candidate']:.4f}"
         click.echo(line)
+        if verification["inputs"] == GENERATED:
+            click.echo("note: verification used invented inputs; pass --inputs or --calib to check on real data")
 
 
 @main.command("report")

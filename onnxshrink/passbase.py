@@ -154,13 +154,17 @@ class ShrinkPass(ir.passes.InPlacePass, Generic[OptionsT]):
     Subclass as ``class FoldPass(ShrinkPass[FoldOptions])``: ``Options`` is then ``FoldOptions``
     and ``self.options`` is typed as one.
 
+    Options may also be given as keywords, ``PrunePass(sparsity=0.5)``, alone or on top of
+    ``options``; they are checked the same way.
+
     Args:
         options: The pass options, checked here; None for the defaults.
         context: Data and settings the pipeline offers (calibration, provider, shapes); None for
             an empty context.
+        **values: Option fields by their Python names (``min_size=...``), replacing those of ``options``.
 
     Raises:
-        UsageError: An option is out of its declared range or choices.
+        UsageError: An unknown option, or one out of its declared range or choices.
     """
 
     name: ClassVar[str]
@@ -175,9 +179,18 @@ class ShrinkPass(ir.passes.InPlacePass, Generic[OptionsT]):
                 if isinstance(argument, type):
                     cls.Options = argument
 
-    def __init__(self, options: OptionsT | None = None, context: PassContext | None = None) -> None:
+    def __init__(self, options: OptionsT | None = None, context: PassContext | None = None, **values: Any) -> None:
         super().__init__()
-        self.options: OptionsT = options if options is not None else self.Options()
+        chosen: Any = options if options is not None else self.Options()
+        if values:
+            fields = [field.name for field in dataclasses.fields(chosen)]
+            unknown = sorted(set(values) - set(fields))
+            if unknown:
+                raise UsageError(
+                    f"{self.name}: unknown option(s) {unknown}; valid options: {', '.join(fields) or 'none'}"
+                )
+            chosen = dataclasses.replace(chosen, **values)
+        self.options: OptionsT = chosen
         check_options(self.name, self.options)
         self.context = context if context is not None else PassContext()
 

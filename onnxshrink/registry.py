@@ -8,11 +8,12 @@ docs are all derived from what is registered here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from onnxshrink.errors import UsageError
@@ -145,11 +146,20 @@ def known_names() -> list[str]:
     return sorted([*passes(), *presets()])
 
 
+def did_you_mean(word: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'prune'?)`` for the closest valid word, or an empty string when none is close."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def get_pass(name: str) -> type[ShrinkPass[Any]]:
     """Looks a pass up by name; an unknown name is a usage error listing the valid ones."""
     registered = passes()
     if name not in registered:
-        raise UsageError(f"unknown pass '{name}'; valid passes and presets: {', '.join(known_names())}")
+        raise UsageError(
+            f"unknown pass '{name}'{did_you_mean(name, known_names())}; "
+            f"valid passes and presets: {', '.join(known_names())}"
+        )
     return registered[name]
 
 

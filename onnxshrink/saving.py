@@ -3,6 +3,10 @@
 The model (and its external data, if any) is written into a temporary folder beside the
 destination, checked with the ONNX checker from there, and only then moved into place with
 ``os.replace``. A failure at any point leaves the destination as it was.
+
+Before any work, :func:`check_write_paths` refuses destinations that would clobber the input,
+a data file or each other; :func:`written_after` writes a companion file (the report) so that
+it appears only once the model is in place.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +255,53 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as a ModelProto with every weight inline (for small models)."""
     with _inlined_external_tensors(model):
         return ir.serde.serialize_model(model)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (after links and relative parts are resolved)."""
+    return a.resolve() == b.resolve()
+
+
+def check_write_paths(model: Path, output: Path, report: Path | None, read: Mapping[str, Path | None]) -> None:
+    """Refuses, before any work, destinations that would clobber each other or cannot be written.
+
+    The output may replace the input model (the user named it) but no file in ``read`` (data and
+    recipe files, keyed by their option); the report may replace none of them, nor the output
+    or its external data. The folders of both must exist.
+
+    Raises:
+        UsageError: One line naming both paths.
+    """
+    for what, path in (("output", output), ("--report", report)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"{what} folder does not exist: {path.parent} (for {path})")
+    kept = {f"the {option} file": path for option, path in read.items() if path is not None}
+    clashes: list[tuple[str, Path, dict[str, Path]]] = [("output", output, kept)]
+    if report is not None:
+        outputs = {"the output model": output, "the output's external data": output.with_name(f"{output.name}.data")}
+        clashes.append(("--report", report, {"the input model": model, **outputs, **kept}))
+    for what, path, others in clashes:
+        for other, taken in others.items():
+            if same_file(path, taken):
+                raise UsageError(f"{what} {path} is {other}; choose another name")
+
+
+@contextlib.contextmanager
+def written_after(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write into; it becomes ``path`` when the block succeeds.
+
+    Write the companion file first, then the model, inside the block: a failure anywhere leaves
+    neither behind. The file gets the permissions of any file the user writes (umask), not the
+    owner-only mode of a temporary.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.resolve().parent)
+    os.close(fd)
+    pending = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(pending, 0o666 & ~umask)
+        yield pending
+        os.replace(pending, path)
+    finally:
+        pending.unlink(missing_ok=True)

@@ -103,7 +103,8 @@ def make_spec(name: str, values: Mapping[str, Any], *, source: str | None = None
         norm = key.replace("_", "-")
         if norm not in infos:
             valid = ", ".join(infos) or "none"
-            raise UsageError(f"unknown option '{key}' for pass '{name}' in {where}; valid options: {valid}")
+            hint = registry.did_you_mean(norm, list(infos))
+            raise UsageError(f"unknown option '{key}' for pass '{name}' in {where}{hint}; valid options: {valid}")
         info = infos[norm]
         typed[norm] = coerce(value, info.type, f"option '{norm}' of pass '{name}'")
     spec = PassSpec(name, typed)

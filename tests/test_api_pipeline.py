@@ -17,7 +17,7 @@ import onnxshrink
 from onnxshrink import registry
 from onnxshrink.cli import main
 from onnxshrink.errors import PassFailure, VerificationError
-from onnxshrink.passbase import ShrinkPass, ShrinkPassResult
+from onnxshrink.passbase import NoOptions, ShrinkPass, ShrinkPassResult
 
 WITH_IDENTITY = parse_model("g (float[N, 4] x) => (float[N, 4] y) { a = Identity(x)  y = Relu(a) }")
 
@@ -192,3 +192,117 @@ def test_report_options_use_recipe_keys_and_round_trip(tmp_path: Path) -> None:
         parse_spec("sort:key=l1,for=2:4,seconds=5"),
         parse_spec("cleanup:cse=false,cse-max-constant=1024,dedupe-initializers=true"),
     ]
+
+
+# Issue 13, item 17: what a Python user sees first.
+
+
+def test_result_repr_is_one_short_line() -> None:
+    result = onnxshrink.shrink(DIGITS, ["simplify"])
+    text = repr(result)
+    assert text.startswith("ShrinkResult(simplify: 25 -> 19 nodes, ") and text.endswith("min cosine 1.000000)")
+    assert "\n" not in text and len(text) < 200 and str(result) == text
+
+
+def test_package_names_what_users_need() -> None:
+    assert onnxshrink.__all__ == ["ShrinkResult", "__version__", "open_samples", "shrink"]
+    assert dir(onnxshrink) == sorted(onnxshrink.__all__)
+    assert all(getattr(onnxshrink, name) is not None for name in onnxshrink.__all__)
+
+
+def test_calibration_opens_from_a_path_in_one_call(tmp_path: Path) -> None:
+    samples = onnxshrink.open_samples(DIGITS_CALIB)
+    result = onnxshrink.shrink(DIGITS, ["quantize"], calibration=samples)
+    assert result.report["passes"][0]["modified"]
+    single = tmp_path / "calib.npy"
+    np.save(single, np.load(DIGITS_CALIB)["input"][:8])
+    assert onnxshrink.shrink(DIGITS, ["cleanup"], calibration=single).report["verification"]["samples"] == 8
+
+
+def test_pass_classes_are_named_after_their_passes_and_keep_old_names() -> None:
+    from onnxshrink.passes.fuse_bn import FuseBatchNormPass, FuseBnPass
+    from onnxshrink.passes.prune import MagnitudePrunePass, PrunePass
+
+    built_in = {name: cls for name, cls in registry.passes().items() if cls.__module__.startswith("onnxshrink.")}
+    assert len(built_in) == 8
+    for name, cls in built_in.items():
+        assert cls.__name__ == "".join(part.capitalize() for part in name.split("-")) + "Pass", name
+    assert MagnitudePrunePass is PrunePass and FuseBatchNormPass is FuseBnPass
+
+
+def test_passes_take_keyword_options_checked_like_specs() -> None:
+    from onnxshrink.errors import UsageError
+    from onnxshrink.passes.prune import PrunePass
+
+    model = ir.load(DIGITS)
+    prune = PrunePass(sparsity=0.5, min_size=16)
+    assert prune.options == PrunePass.Options(sparsity=0.5, min_size=16)
+    assert prune(model).modified
+    assert PrunePass(PrunePass.Options(sparsity=0.3), pattern="2:4").options.sparsity == 0.3
+    with pytest.raises(UsageError, match=r"^prune: option sparsity: must be < 1.0, got 1.5$"):
+        PrunePass(sparsity=1.5)
+    with pytest.raises(UsageError, match=r"prune: unknown option\(s\) \['sparsty'\]; valid options: sparsity"):
+        PrunePass(sparsty=0.5)
+
+
+def test_data_and_budgets_are_checked_before_any_pass_runs(registrations: PassRegistrations) -> None:
+    from onnxshrink.errors import UsageError
+
+    ran: list[str] = []
+
+    class RecordPass(ShrinkPass[NoOptions]):
+        """Records that it ran."""
+
+        name = "record"
+        exact = True
+
+        def call(self, model: ir.Model) -> ShrinkPassResult:
+            ran.append(self.name)
+            return ShrinkPassResult(model, modified=False)
+
+    registrations.add_pass(RecordPass)
+
+    wrong = {"input": np.zeros((4, 1, 8, 3), np.float32)}
+    with pytest.raises(UsageError, match="has size 3 on axis 3, but the model fixes it to 8"):
+        onnxshrink.shrink(DIGITS, ["record"], calibration=wrong, verify=False)
+    with pytest.raises(UsageError, match="needs labelled data"):
+        onnxshrink.shrink(DIGITS, ["record"], max_drop=0.01)
+    assert ran == []
+
+
+class _RunBreaker(ShrinkPass[NoOptions]):
+    """Reshapes the output to 5 rows: onnxruntime loads the result but cannot run it on 4 samples.
+
+    1. Appends ``Reshape(y, [5, -1])`` as the new output ``y``.
+    """
+
+    name = "test-run-breaker"
+    exact = True
+
+    def call(self, model: ir.Model) -> ShrinkPassResult:
+        graph = model.graph
+        old = graph.outputs[0]
+        old.name = "y_before"
+        shape = ir.Value(name="five_rows", const_value=ir.tensor(np.array([5, -1], np.int64)))
+        graph.register_initializer(shape)
+        node = ir.Node("", "Reshape", [old, shape], num_outputs=1)
+        graph.append(node)
+        node.outputs[0].name = "y"
+        node.outputs[0].type = old.type
+        graph.outputs[0] = node.outputs[0]
+        return ShrinkPassResult(model, modified=True)
+
+
+def test_given_inputs_onnxruntime_cannot_run_are_blamed_on_the_right_model(registrations: PassRegistrations) -> None:
+    from onnxshrink.errors import UsageError
+
+    registrations.add_pass(_RunBreaker)
+    four = {"x": np.ones((4, 4), np.float32)}
+    with pytest.raises(VerificationError, match="runs the input model on given arrays but not the result"):
+        onnxshrink.shrink(WITH_IDENTITY, ["test-run-breaker"], inputs=four)
+    # Generated inputs (1 sample, 4 values) cannot be blamed on the user: verification is skipped.
+    skipped = onnxshrink.shrink(WITH_IDENTITY, ["test-run-breaker"], shapes={"x": (4, 4)})
+    assert "onnxruntime cannot run the model" in skipped.report["verification"]["skipped"]
+    ragged = parse_model("g (float[N] a, float[M] b) => (float[K] y) { y = Add(a, b) }")
+    with pytest.raises(UsageError, match="onnxruntime cannot run the model on given arrays"):
+        onnxshrink.shrink(ragged, ["cleanup"], inputs={"a": np.ones(3, np.float32), "b": np.ones(5, np.float32)})

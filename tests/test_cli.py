@@ -93,7 +93,7 @@ def test_recipe(tmp_path: Path) -> None:
         (["-p", "nope"], "unknown pass 'nope'; valid passes and presets: cleanup"),
         (["-p", "cleanup:bogus=1"], "valid options: cse, cse-max-constant, dedupe-initializers"),
         (["-p", "cleanup:cse=perhaps"], "valid: true, false"),
-        ([], "no passes given"),
+        (["-p", "cleanup", "--report", "nodir/r.json"], "--report folder does not exist: nodir"),
         (["-p", "cleanup", "--shape", "input=oops"], "bad --shape"),
         (["-p", "cleanup", "--shape", "other=1x2"], "unknown input"),
         (["-p", "cleanup", "--calib", "missing.npz"], "calibration data not found"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import onnx
@@ -13,7 +15,13 @@ from helpers import ModelFile, assert_close, random_feed
 import onnxshrink
 from onnxshrink.errors import UsageError
 from onnxshrink.loading import load_model
-from onnxshrink.saving import PROVENANCE_PIPELINE_KEY, PROVENANCE_VERSION_KEY, save_model
+from onnxshrink.saving import (
+    PROVENANCE_PIPELINE_KEY,
+    PROVENANCE_VERSION_KEY,
+    check_write_paths,
+    save_model,
+    written_after,
+)
 
 
 def _feed(digits: Path) -> dict:
@@ -100,3 +108,34 @@ def test_streaming_write_parses_to_what_onnx_ir_writes(digits_path: Path, tmp_pa
     del reference.graph.value_info[:]
     reference.graph.value_info.extend(kept)
     assert streamed.SerializeToString() == reference.SerializeToString()
+
+
+def test_companion_file_appears_only_when_the_block_succeeds(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    with pytest.raises(RuntimeError, match="model write failed"), written_after(report) as pending:
+        pending.write_text("{}")
+        raise RuntimeError("model write failed")
+    assert list(tmp_path.iterdir()) == []
+    with written_after(report) as pending:
+        assert pending.parent == tmp_path and pending.suffix == ".json"
+        pending.write_text("{}")
+        assert not report.exists()
+    assert report.read_text() == "{}" and list(tmp_path.iterdir()) == [report]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert report.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_paths_that_clobber_are_refused(tmp_path: Path) -> None:
+    model, out, data = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "d.npz"
+    check_write_paths(model, model, tmp_path / "r.json", {"--calib": data})  # replacing the input is the user's call
+    for output, report, needle in [
+        (out, model, "--report {p} is the input model"),
+        (out, tmp_path / "sub/../o.onnx", "--report {p} is the output model"),
+        (out, tmp_path / "o.onnx.data", "--report {p} is the output's external data"),
+        (data, None, "output {p} is the --calib file"),
+        (out, tmp_path / "nodir/r.json", "--report folder does not exist"),
+    ]:
+        shown = report if report is not None and "nodir" not in str(report) else output
+        with pytest.raises(UsageError, match=re.escape(needle.format(p=shown))):
+            check_write_paths(model, output, report, {"--calib": data, "--inputs": None})

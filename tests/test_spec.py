@@ -140,3 +140,21 @@ def test_unregister_frees_the_name_and_refuses_unknown_or_used_names(registratio
     # The name is free again: the fixture registers it anew and removes it after the test.
     registrations.add_pass(Scratch)
     assert registry.get_pass("toy-scratch") is Scratch
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("prun", "unknown pass 'prun' (did you mean 'prune'?); valid passes and presets: cleanup"),
+        ("simplfy", "(did you mean 'simplify'?)"),
+        (
+            "prune:sparsty=0.5",
+            "unknown option 'sparsty' for pass 'prune' in pass spec 'prune:sparsty=0.5' (did you mean 'sparsity'?)",
+        ),
+        ("nothing-alike", "unknown pass 'nothing-alike'; valid"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(spec: str, needle: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_spec(spec)
+    assert needle in str(raised.value)

@@ -1,14 +1,19 @@
 """The model's side of the data: its runtime inputs, their sizes, generated values, feed checks.
 
 A feed is checked against the inputs after its ``labels`` key is split off.
-Generated inputs have the right dtype; dynamic dimensions come from ``--shape NAME=DIMS`` or 1;
-integer inputs stay in a small safe range (they are often indices); sizes are capped so an
-untrusted model cannot make us allocate without bound.
+Given arrays are fitted to the inputs (:func:`fit_arrays`): names, ranks, fixed dims and dtypes
+are checked before any work starts, float64 is cast to a float32 input with a note, and the one
+array of an ``.npy`` file feeds a single-input model.
+Generated inputs have the right dtype; dynamic dimensions come from ``--shape NAME=DIMS`` (or
+``NAME:DIMS``) or 1; integer inputs stay in a small safe range (they are often indices), except
+sample rates, which get 16000; sizes are capped so an untrusted model cannot make us allocate
+without bound.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping, Sequence
 
@@ -17,9 +22,16 @@ import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
 
+logger = logging.getLogger(__name__)
+
 LABELS_KEY = "labels"
+NPY_KEY = ""  # the one array of an .npy file: it feeds the model's only input
 MAX_GENERATED_ELEMENTS = 64 * 1024 * 1024
-_SHAPE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:[x,]\d+)*)\s*$")
+SAMPLE_RATE = 16000  # what a generated sample-rate input gets (speech models take 8000 or 16000)
+_DIMS = r"(\d+(?:[x,]\d+)*)"
+# NAME=DIMS first; NAME:DIMS splits at the last colon, so TensorFlow names such as 'x:0' still work.
+_SHAPE_FORMS = (re.compile(rf"^\s*([^=]+?)\s*=\s*{_DIMS}\s*$"), re.compile(rf"^\s*(.+):\s*{_DIMS}\s*$"))
+_SAMPLE_RATE_NAMES = re.compile(r"^(sr|sample_?rate|sampling_?rate|fs)$", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +48,15 @@ class InputSpec:
         return bool(self.dims) and not isinstance(self.dims[0], int)
 
 
-def parse_shapes(texts: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Parses ``NAME=1x3x224x224`` items; a bad item is a usage error."""
+def parse_shapes(texts: Sequence[str], option: str = "--shape") -> dict[str, tuple[int, ...]]:
+    """Parses ``NAME=1x3x224x224`` or ``NAME:1,3,224,224`` items; a bad item is a usage error."""
     shapes = {}
     for text in texts:
-        match = _SHAPE.match(text)
+        match = next((m for form in _SHAPE_FORMS if (m := form.match(text))), None)
         if not match:
-            raise UsageError(f"bad --shape '{text}'; expected NAME=DIMS such as input=1x3x224x224")
+            raise UsageError(
+                f"bad {option} '{text}'; expected NAME=DIMS such as input=1x3x224x224 or input:1,3,224,224"
+            )
         shapes[match.group(1)] = tuple(int(d) for d in re.split("[x,]", match.group(2)))
     return shapes
 
@@ -65,14 +79,16 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
-def _concrete_dims(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]], batch: int | None) -> tuple[int, ...]:
+def _concrete_dims(
+    spec: InputSpec, shapes: Mapping[str, tuple[int, ...]], batch: int | None, option: str = "--shape"
+) -> tuple[int, ...]:
     if spec.name in shapes:
         given = shapes[spec.name]
         if spec.dims and len(given) != len(spec.dims):
-            raise UsageError(f"--shape {spec.name} has rank {len(given)}, but the input has rank {len(spec.dims)}")
+            raise UsageError(f"{option} {spec.name} has rank {len(given)}, but the input has rank {len(spec.dims)}")
         for got, want in zip(given, spec.dims, strict=False):
             if isinstance(want, int) and got != want:
-                raise UsageError(f"--shape {spec.name}: dimension {got} contradicts the model's fixed size {want}")
+                raise UsageError(f"{option} {spec.name}: dimension {got} contradicts the model's fixed size {want}")
         return given
     dims = []
     for axis, dim in enumerate(spec.dims):
@@ -122,6 +138,9 @@ def _random_array(rng: np.random.Generator, spec: InputSpec, dims: tuple[int, ..
     if dtype.is_floating_point():
         return rng.standard_normal(dims).astype(np_dtype)
     if dtype.is_integer():
+        if _SAMPLE_RATE_NAMES.match(spec.name):
+            # A sample rate of 0..3 makes speech models (silero-vad's 'sr') fail or take odd branches.
+            return np.full(dims, SAMPLE_RATE, dtype=np_dtype)
         # Small non-negative values are valid indices, lengths and token ids for most models.
         return rng.integers(0, 4, size=dims).astype(np_dtype)
     raise UsageError(f"cannot generate values for input '{spec.name}' of type {dtype}; pass --inputs")
@@ -138,10 +157,109 @@ def split_labels(
     Raises:
         UsageError: A model input is missing; ``source`` names where the arrays came from.
     """
-    names = [s.name for s in input_specs(model)]
-    feed = {k: v for k, v in arrays.items() if k in names}
+    specs = input_specs(model)
+    names = [s.name for s in specs]
     labels = arrays.get(LABELS_KEY) if LABELS_KEY not in names else None
-    missing = [n for n in names if n not in feed]
+    fitted = fit_arrays(specs, arrays, source)
+    return {name: fitted[name] for name in names}, labels
+
+
+def fit_arrays(
+    specs: Sequence[InputSpec],
+    arrays: Mapping[str, np.ndarray],
+    source: str,
+    *,
+    noted: set[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Checks arrays against the model's inputs and returns them ready to feed.
+
+    Rules: every input is present (the one array of an ``.npy`` file feeds a single-input
+    model); an array has the input's rank and its fixed dims (the first axis holds samples, so
+    a fixed size there need only divide it); its dtype is the input's, except that float64 is
+    cast to a float32 input (with a logged note, once per input when ``noted`` is shared across
+    batches). Keys that are not inputs are kept as they are.
+
+    Raises:
+        UsageError: Data that does not fit, naming ``source``, the input and the rule.
+    """
+    fitted = dict(arrays)
+    if NPY_KEY in fitted:
+        if len(specs) != 1:
+            raise UsageError(
+                f"{source} holds one unnamed array (.npy), but the model has {len(specs)} inputs "
+                f"{[s.name for s in specs]}; save an .npz keyed by input name"
+            )
+        fitted[specs[0].name] = fitted.pop(NPY_KEY)
+    missing = [s.name for s in specs if s.name not in fitted]
     if missing:
         raise UsageError(f"{source} lacks input(s) {missing}; it has {sorted(arrays)}")
-    return feed, labels
+    for spec in specs:
+        fitted[spec.name] = _fit_array(spec, np.asarray(fitted[spec.name]), source, set() if noted is None else noted)
+    return fitted
+
+
+def _fit_array(spec: InputSpec, array: np.ndarray, source: str, noted: set[str]) -> np.ndarray:
+    where = f"{source}: input '{spec.name}'"
+    # A model input without a shape has unknown rank: only its dtype can be checked.
+    if spec.dims or array.ndim == 0:
+        if array.ndim != len(spec.dims):
+            raise UsageError(
+                f"{where} has shape {array.shape} (rank {array.ndim}), but the model's input has rank "
+                f"{len(spec.dims)} {_dims_text(spec.dims)}"
+            )
+        for axis, (got, want) in enumerate(zip(array.shape, spec.dims, strict=True)):
+            fits = got == want or (axis == 0 and want > 0 and got % want == 0) if isinstance(want, int) else True
+            if not fits:
+                raise UsageError(
+                    f"{where} has size {got} on axis {axis}, but the model fixes it to {want} {_dims_text(spec.dims)}"
+                )
+    return _fit_dtype(spec, array, where, noted)
+
+
+def _fit_dtype(spec: InputSpec, array: np.ndarray, where: str, noted: set[str]) -> np.ndarray:
+    if spec.dtype == ir.DataType.STRING:
+        if array.dtype.kind not in "OUS":
+            raise UsageError(f"{where} is {array.dtype}, but the model wants strings")
+        return array
+    wanted = np.dtype(spec.dtype.numpy())
+    if array.dtype == wanted:
+        return array
+    if array.dtype == np.float64 and wanted == np.float32:
+        if spec.name not in noted:
+            noted.add(spec.name)
+            logger.warning("%s is float64; cast to float32, the type the model takes", where)
+        return array.astype(np.float32)
+    raise UsageError(
+        f"{where} is {array.dtype}, but the model wants {wanted}; only float64 is cast (to float32), "
+        f"so save the array as {wanted}"
+    )
+
+
+def _dims_text(dims: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def check_fixed_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Checks ``--fix-shape`` sizes against the model's inputs, like ``--shape``.
+
+    Raises:
+        UsageError: An unknown input, a wrong rank, or a dim that contradicts a fixed one.
+    """
+    specs = {spec.name: spec for spec in input_specs(model)}
+    unknown = sorted(set(shapes) - set(specs))
+    if unknown:
+        raise UsageError(f"--fix-shape names unknown input(s) {unknown}; inputs: {sorted(specs)}")
+    for name in shapes:
+        _concrete_dims(specs[name], shapes, None, "--fix-shape")
+
+
+def fix_input_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Writes concrete dims into the model's inputs (``--fix-shape``), checked first.
+
+    Raises:
+        UsageError: See :func:`check_fixed_shapes`.
+    """
+    check_fixed_shapes(model, shapes)
+    values = {value.name: value for value in model.graph.inputs}
+    for name, dims in shapes.items():
+        values[name].shape = ir.Shape(dims)

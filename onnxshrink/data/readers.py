@@ -1,6 +1,7 @@
 """Where samples come from: npz files and folders, readers, or arrays in memory.
 
-A source is an ``.npz`` (keys = input names, first axis = samples), a folder of them,
+A source is an ``.npz`` (keys = input names, first axis = samples), an ``.npy`` (one array, for
+a single-input model), a folder of ``.npz`` files,
 ``module:attribute`` naming an onnxruntime-style ``CalibrationDataReader`` (or a class or
 factory returning one), a reader instance, or a dict of arrays. Every source becomes a
 :class:`~onnxshrink.data.samples.Samples`; files are read when samples are first asked for, one
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from onnxshrink.data.model_inputs import NPY_KEY
 from onnxshrink.data.samples import Role, Samples
 from onnxshrink.errors import UsageError
 
@@ -32,9 +34,11 @@ class CalibrationDataReader(Protocol):
 def open_samples(spec: Any, *, role: Role = "calibration") -> Samples:
     """Opens samples from a path, ``module:attribute`` string, dict of arrays, reader or Samples.
 
-    Calibration paths are checked now (a missing file, an empty folder or an unknown module is a
-    usage error at once). An inputs path (``role="inputs"``) is an npz read when its samples are
-    first asked for, so unused verification inputs cost nothing.
+    This is the one way to open data from a path in one call (exported as
+    ``onnxshrink.open_samples``): ``open_samples("calib.npz")``. Calibration paths are checked
+    now (a missing file, an empty folder or an unknown module is a usage error at once). An
+    inputs path (``role="inputs"``) is read when its samples are first asked for, so unused
+    verification inputs cost nothing.
 
     Raises:
         UsageError: The data cannot be found or imported.
@@ -50,7 +54,8 @@ def open_samples(spec: Any, *, role: Role = "calibration") -> Samples:
     text = str(spec)
     path = Path(text)
     if role == "inputs" or path.is_file():
-        return Samples(lambda: _npz_batches(path, role), f"npz {path}", role)
+        kind = "npy" if path.suffix == ".npy" else "npz"
+        return Samples(lambda: _npz_batches(path, role), f"{kind} {path}", role)
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
@@ -60,17 +65,25 @@ def open_samples(spec: Any, *, role: Role = "calibration") -> Samples:
         )
     if ":" in text and not path.suffix:
         return _from_module(text, role)
-    raise UsageError(f"calibration data not found: {text} (expected an .npz, a folder of them, or module:attribute)")
+    raise UsageError(
+        f"calibration data not found: {text} (expected an .npz, an .npy, a folder of .npz, or module:attribute)"
+    )
 
 
 def _npz_batches(path: Path, role: Role) -> Iterator[dict[str, np.ndarray]]:
+    """Reads one file: an npz gives its arrays by key, an npy its one array under ``NPY_KEY``."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            yield {key: data[key] for key in data.files}
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            batch = {NPY_KEY: loaded}
+        else:
+            with loaded as data:
+                batch = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UsageError(f"{role} file not found: {path}") from None
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read {role} file {path}: {error}") from None
+    yield batch
 
 
 def _from_module(text: str, role: Role) -> Samples:
@@ -107,4 +120,4 @@ def _from_reader_factory(factory: Callable[[], Any], description: str, role: Rol
         while (feed := reader.get_next()) is not None:
             yield {k: np.asarray(v) for k, v in feed.items()}
 
-    return Samples(batches, description, role)
+    return Samples(batches, description, role, rereadable=not single_use)

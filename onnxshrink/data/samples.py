@@ -19,10 +19,11 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.data.model_inputs import generate_inputs, input_specs, split_labels
+from onnxshrink.data.model_inputs import fit_arrays, generate_inputs, input_specs, split_labels
 from onnxshrink.errors import UsageError
 
 Role = Literal["calibration", "inputs"]
+GENERATED = "generated"  # the description of a feed of invented values
 VERIFY_SAMPLES = 32  # calibration samples that verification runs on when no inputs are given
 _NOUNS: dict[Role, str] = {"calibration": "calibration data", "inputs": "inputs"}
 _LARGEST_DYNAMIC_RUN = 64
@@ -83,6 +84,8 @@ class Samples:
     Attributes:
         description: Where the samples come from (``npz data.npz``, ``reader my_module:Reader``...).
         role: ``calibration`` or ``inputs`` (verification inputs); error messages name it.
+        rereadable: Whether reading the first batch early costs nothing later (False for a reader
+            instance that can be read only once).
     """
 
     def __init__(
@@ -90,10 +93,44 @@ class Samples:
         make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]],
         description: str,
         role: Role = "calibration",
+        *,
+        rereadable: bool = True,
     ) -> None:
         self._make_batches = make_batches
         self.description = description
         self.role = role
+        self.rereadable = rereadable
+        self.fixed_batch: int | None = None  # set by fitted_to for a model whose inputs fix the first axis
+
+    def fitted_to(self, model: ir.Model) -> Samples:
+        """These samples with every batch fitted to ``model``'s inputs (names, ranks, dims, dtypes).
+
+        See :func:`~onnxshrink.data.model_inputs.fit_arrays`; a float64 cast is noted once.
+        """
+        specs = input_specs(model)
+        source = f"{self.noun} {self.description}"
+        noted: set[str] = set()
+
+        def batches() -> Iterator[Mapping[str, np.ndarray]]:
+            for batch in self._make_batches():
+                yield fit_arrays(specs, batch, source, noted=noted)
+
+        fitted = Samples(batches, self.description, self.role, rereadable=self.rereadable)
+        firsts = {spec.dims[0] if spec.dims else None for spec in specs}
+        if len(firsts) == 1 and isinstance(first := firsts.pop(), int):
+            fitted.fixed_batch = first
+        return fitted
+
+    def check_first_batch(self) -> None:
+        """Reads the first batch now, so data that does not fit fails before any work starts.
+
+        Sources that can be read only once are left for their consumer to check.
+
+        Raises:
+            UsageError: The first batch does not fit (on samples from :meth:`fitted_to`).
+        """
+        if self.rereadable:
+            next(iter(self.batches()), None)
 
     def __repr__(self) -> str:
         return f"Samples({self.role}: {self.description})"
@@ -140,7 +177,8 @@ class Samples:
         """Streams feeds for the named model inputs in batches of at most ``batch_size``.
 
         Keys that are not among ``input_names`` (such as ``labels``) are dropped. At most
-        ``samples`` samples are read when given.
+        ``samples`` samples are read when given. A model whose inputs fix the first axis to ``k``
+        (see :meth:`fitted_to`) gets batches of exactly ``k``; a last, shorter one is left out.
 
         Raises:
             UsageError: A named input is missing from a batch; ``consumer`` (``pass 'prune'``)
@@ -156,10 +194,15 @@ class Samples:
                 )
             feed = {name: np.asarray(batch[name]) for name in wanted}
             count = min((len(v) for v in feed.values()), default=0)
-            for start in range(0, count, batch_size):
-                stop = min(count, start + batch_size)
+            step = self.fixed_batch or batch_size
+            if self.fixed_batch is not None:
+                count -= count % self.fixed_batch  # a short last batch would not fit the model
+            for start in range(0, count, step):
+                stop = min(count, start + step)
                 if left is not None:
                     stop = min(stop, start + left)
+                if self.fixed_batch is not None and stop - start < self.fixed_batch:
+                    return
                 yield {name: value[start:stop] for name, value in feed.items()}
                 if left is not None:
                     left -= stop - start
@@ -196,4 +239,4 @@ def verification_feed(
         return inputs.feed_for(model)
     if calibration is not None:
         return calibration.feed_for(model, VERIFY_SAMPLES)
-    return Feed(generate_inputs(model, shapes), None, "generated")
+    return Feed(generate_inputs(model, shapes), None, GENERATED)

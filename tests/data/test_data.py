@@ -5,6 +5,7 @@ Real npz files, folders and reader modules on disk; feeds run through real onnxr
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -275,3 +276,80 @@ def test_generated_inputs_have_the_right_types_and_a_size_cap() -> None:
         generate_inputs(parse_ir_model(text), {"x": (1 << 25, 3)})
     with pytest.raises(UsageError, match="contradicts the model's fixed size 2"):
         generate_inputs(parse_ir_model(text), {"ids": (3,)})
+
+
+# Issue 13: data fitted to the model before any work; sample rates that a model can take.
+
+_SPEECH = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, N] audio, int64 sr) => (float[1, N] y) {
+    rate = Cast<to = 1>(sr)
+    big = Constant<value_float = 8000.0>()
+    ok = GreaterOrEqual(rate, big)
+    one = Constant<value_float = 1.0>()
+    zero = Constant<value_float = 0.0>()
+    scale = Where(ok, one, zero)
+    y = Mul(audio, scale)
+}
+"""
+
+
+def test_generated_sample_rate_is_one_a_speech_model_takes() -> None:
+    feed = generate_inputs(parse_ir_model(_SPEECH), {"audio": (1, 512)})
+    assert feed["sr"].dtype == np.int64 and feed["sr"].shape == () and int(feed["sr"]) == 16000
+    (y,) = run(parse_model(_SPEECH), feed)
+    np.testing.assert_array_equal(y, feed["audio"])  # the model's "valid rate" branch ran
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("x:1,3,224,224", ("x", (1, 3, 224, 224))), ("x:0:2x5", ("x:0", (2, 5))), ("x:0=2,5", ("x:0", (2, 5)))],
+)
+def test_shapes_accept_name_colon_dims(text: str, expected: tuple[str, tuple[int, ...]]) -> None:
+    assert parse_shapes([text]) == dict([expected])
+
+
+def test_npy_feeds_the_only_input_and_float64_is_cast_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, _x(5).astype(np.float64))
+    samples = open_samples(path).fitted_to(parse_ir_model(_TEXT))
+    assert samples.description == f"npy {path}"
+    with caplog.at_level("WARNING"):
+        batches = [next(iter(samples.batches())) for _ in range(2)]
+    assert [b["x"].dtype for b in batches] == [np.float32, np.float32]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"calibration data npy {path}: input 'x' is float64; cast to float32, the type the model takes"
+    ]
+    feed = samples.feed_for(parse_ir_model(_TEXT))
+    assert_outputs_close([_expected(feed.arrays["x"])], run(parse_model(_TEXT), feed.arrays))
+
+
+@pytest.mark.parametrize(
+    ("array", "needle"),
+    [
+        (np.zeros((2, 5), np.float32), "input 'x' has size 5 on axis 1, but the model fixes it to 4 [N, 4]"),
+        (np.zeros((2, 4, 1), np.float32), "has shape (2, 4, 1) (rank 3), but the model's input has rank 2 [N, 4]"),
+        (np.zeros((2, 4), np.int64), "input 'x' is int64, but the model wants float32; only float64 is cast"),
+    ],
+)
+def test_data_that_does_not_fit_is_refused_at_the_first_batch(array: np.ndarray, needle: str) -> None:
+    samples = open_samples({"x": array}).fitted_to(parse_ir_model(_TEXT))
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        samples.check_first_batch()
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        open_samples({"x": array}, role="inputs").feed_for(parse_ir_model(_TEXT))
+
+
+def test_a_model_with_a_fixed_first_axis_gets_batches_of_exactly_that_size() -> None:
+    fixed = parse_ir_model(_TEXT.replace("float[N, 4] x", "float[2, 4] x").replace("float[N, 3] y", "float[2, 3] y"))
+    samples = open_samples({"x": _x(6)}).fitted_to(fixed)
+    assert samples.fixed_batch == 2
+    sizes = [len(feed["x"]) for feed in samples.feeds(["x"], consumer="pass 'test'", batch_size=8)]
+    assert sizes == [2, 2, 2]
+    # A fifth sample would make a batch the model cannot take.
+    assert [len(f["x"]) for f in samples.feeds(["x"], consumer="pass 'test'", samples=5)] == [2, 2]
+    with pytest.raises(UsageError, match="has size 7 on axis 0, but the model fixes it to 2"):
+        open_samples({"x": _x(7)}).fitted_to(fixed).check_first_batch()
+    dynamic = open_samples({"x": _x(7)}).fitted_to(parse_ir_model(_TEXT))
+    assert dynamic.fixed_batch is None
+    assert [len(f["x"]) for f in dynamic.feeds(["x"], consumer="pass 'test'", batch_size=4)] == [4, 3]

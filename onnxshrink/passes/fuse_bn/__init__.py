@@ -180,7 +180,7 @@ _NO_GAIN = "folding would add constant nodes to the function body"
 
 
 @register_pass
-class FuseBatchNormPass(ShrinkPass[FuseBatchNormOptions]):
+class FuseBnPass(ShrinkPass[FuseBatchNormOptions]):
     """Folds BatchNormalization and constant per-channel Mul/Add/Sub into the weights beside them.
 
     Rules, in every graph, If/Loop/Scan body and model-local function (weights may be
@@ -238,3 +238,6 @@ class FuseBatchNormPass(ShrinkPass[FuseBatchNormOptions]):
                     skipped[_label(node)] = _why_kept(node, graph, opset, options)
         fused = {key: count for key, count in sorted(stats.items()) if count}
         return ShrinkPassResult(model, modified=bool(fused), stats=fused, skipped=skipped)
+
+
+FuseBatchNormPass = FuseBnPass  # the name before pass classes were named after their pass

@@ -230,7 +230,7 @@ def _array(value: ir.Value) -> np.ndarray:
 
 
 @register_pass
-class MagnitudePrunePass(ShrinkPass[MagnitudePruneOptions]):
+class PrunePass(ShrinkPass[MagnitudePruneOptions]):
     """Zeroes the smallest-magnitude weights of Conv, ConvTranspose, Gemm and MatMul layers (lossy).
 
     Rules, in the main graph and its If/Loop/Scan bodies (function bodies hold no initializers:
@@ -371,3 +371,6 @@ class MagnitudePrunePass(ShrinkPass[MagnitudePruneOptions]):
         if allocation is not None:
             stats["allocation"] = {**allocation, "sensitivity_grid": list(sensitivity.GRID)}
         return ShrinkPassResult(model, modified=zeroed > 0, stats=stats, skipped=skipped, timings=timings)
+
+
+MagnitudePrunePass = PrunePass  # the name before pass classes were named after their pass
