@@ -298,7 +298,7 @@ def test_a_model_proto_without_study_folder_and_a_time_budget(tmp_path: Path) ->
 
 
 def test_progress_line_names_the_trial_the_best_so_far_and_time_left() -> None:
-    from onnxshrink.cli import _trial_line
+    from onnxshrink.cli.auto import _trial_line
 
     trial = {"number": 2, "size": 40_000, "macs_ratio": 0.5, "loss": 0.25, "misses": {}, "seconds": 1.5}
     status = {"trial": trial, "max_trials": 12, "best": trial, "feasible": True, "seconds_left": 30.0}

@@ -1,0 +1,92 @@
+"""The ``onnxshrink`` command group and what every command shares: error handling, logging, units."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from onnxshrink._version import __version__
+from onnxshrink.errors import ShrinkError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROVIDER = click.Choice(["auto", "cpu", "cuda"])
+
+
+class State:
+    """Options of the command group that every command reads (``--debug``)."""
+
+    debug = False
+
+
+def _configure_logging(verbose: int, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # onnx-ir logs recoverable oddities of input models as warnings; we report our own.
+    logging.getLogger("onnx_ir").setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _fail(error: BaseException, code: int) -> None:
+    if State.debug:
+        traceback.print_exception(error)
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    click.echo(f"onnxshrink: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of our stdout left (``onnxshrink passes | head -1``): stop quietly.
+
+    Python's documented recipe: point stdout at devnull so the flush at exit cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
+
+
+def guarded(func: F) -> F:
+    """Turns onnxshrink errors into one stderr line and the documented exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ShrinkError as error:
+            _fail(error, error.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            _fail(RuntimeError("interrupted; nothing written"), 130)
+        except Exception as error:  # an onnxshrink bug: still one line, traceback with --debug
+            _fail(RuntimeError(f"internal error: {type(error).__name__}: {error} (rerun with --debug)"), 1)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="onnxshrink")
+@click.option("-v", "--verbose", count=True, help="Log what each step does.")
+@click.option("--debug", is_flag=True, help="Debug logs and full tracebacks.")
+def main(verbose: int, debug: bool) -> None:
+    """onnxshrink: make ONNX models smaller and faster, numerics checked with onnxruntime."""
+    State.debug = debug
+    _configure_logging(verbose, debug)
+
+
+def human_bytes(count: int) -> str:
+    """``count`` bytes in B, KB, MB or GB (powers of 1000), as the run summary prints them."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{count} B"
