@@ -205,7 +205,7 @@ def test_result_repr_is_one_short_line() -> None:
 
 
 def test_package_names_what_users_need() -> None:
-    assert onnxshrink.__all__ == ["ShrinkResult", "__version__", "open_samples", "shrink"]
+    assert onnxshrink.__all__ == ["AutoResult", "ShrinkResult", "__version__", "auto", "open_samples", "shrink"]
     assert dir(onnxshrink) == sorted(onnxshrink.__all__)
     assert all(getattr(onnxshrink, name) is not None for name in onnxshrink.__all__)
 
