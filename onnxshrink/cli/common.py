@@ -102,8 +102,12 @@ class _Line:
         sys.stderr.flush()
 
 
-class _Terminal:
-    """The reporter the command line installs when stderr is a terminal."""
+class _Terminal(logging.Filter):
+    """The reporter the command line installs when stderr is a terminal.
+
+    Also a filter on the log handler: a log line (``-v``) first erases the progress line, which
+    the next ``advance`` draws again below it, so the two never share a line.
+    """
 
     def start(self, label: str, total: int | None) -> progress.Step:
         return _Line(label, total)
@@ -111,6 +115,10 @@ class _Terminal:
     def finish(self, step: progress.Step) -> None:
         sys.stderr.write("\r\x1b[K")  # the line goes away: logs and results follow cleanly
         sys.stderr.flush()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sys.stderr.write("\r\x1b[K")
+        return True
 
 
 def _clock(seconds: float) -> str:
@@ -127,7 +135,11 @@ def main(verbose: int, debug: bool) -> None:
     State.debug = debug
     _configure_logging(verbose, debug)
     # Progress only for a person watching: pipes and files get the results and logs alone.
-    progress.install(_Terminal() if sys.stderr.isatty() else None)
+    terminal = _Terminal() if sys.stderr.isatty() else None
+    progress.install(terminal)
+    if terminal is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(terminal)
 
 
 def human_bytes(count: int) -> str:
