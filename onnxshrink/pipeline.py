@@ -169,6 +169,7 @@ class Pipeline:
         before = totals(model)
         opsets_before = _opsets(model)
         nodes_before = _node_snapshot(model)
+        logger.info("pass %s: started", pass_.name)
         start = time.perf_counter()
         try:
             result = pass_(model)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from onnxshrink import progress
 from onnxshrink._version import __version__
 from onnxshrink.errors import ShrinkError
 
@@ -72,6 +74,58 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Line:
+    """One running task drawn as one rewritten terminal line: label, done/total, elapsed, time left."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.drawn = time.monotonic()
+        self.draw()
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        # A redraw per trial would flood slow terminals; ten a second is smooth enough.
+        if time.monotonic() - self.drawn >= 0.1:
+            self.draw()
+
+    def draw(self) -> None:
+        self.drawn = time.monotonic()
+        elapsed = self.drawn - self.started
+        text = f"{self.label}  {_clock(elapsed)}"
+        if self.total:
+            done = min(self.done, self.total)
+            text = f"{self.label}  {done}/{self.total}  {_clock(elapsed)}"
+            if 0 < done < self.total:
+                text += f", ~{_clock(elapsed * (self.total - done) / done)} left"
+        # \r and erase-to-end rewrite the line in place; stderr so stdout stays the result.
+        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.flush()
+
+
+class _Terminal(logging.Filter):
+    """The reporter the command line installs when stderr is a terminal.
+
+    Also a filter on the log handler: a log line (``-v``) first erases the progress line, which
+    the next ``advance`` draws again below it, so the two never share a line.
+    """
+
+    def start(self, label: str, total: int | None) -> progress.Step:
+        return _Line(label, total)
+
+    def finish(self, step: progress.Step) -> None:
+        sys.stderr.write("\r\x1b[K")  # the line goes away: logs and results follow cleanly
+        sys.stderr.flush()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sys.stderr.write("\r\x1b[K")
+        return True
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="onnxshrink")
 @click.option("-v", "--verbose", count=True, help="Log what each step does.")
@@ -80,6 +134,12 @@ def main(verbose: int, debug: bool) -> None:
     """onnxshrink: make ONNX models smaller and faster, numerics checked with onnxruntime."""
     State.debug = debug
     _configure_logging(verbose, debug)
+    # Progress only for a person watching: pipes and files get the results and logs alone.
+    terminal = _Terminal() if sys.stderr.isatty() else None
+    progress.install(terminal)
+    if terminal is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(terminal)
 
 
 def human_bytes(count: int) -> str:

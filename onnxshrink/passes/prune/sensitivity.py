@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.passes.prune import plan as plan
 from onnxshrink.runtime import run
@@ -125,14 +126,18 @@ class Probe:
         pruners = {name: _Pruner(self.weights[name]) for name in names}
         damage = np.zeros((len(names), len(GRID)))
         energy = 0.0
-        for feed, reference in self._batches():
-            energy += float(sum(np.sum(ref**2) for ref in reference))
-            for row, name in enumerate(names):
-                others = {key: value for key, value in (base or {}).items() if key != name}
-                start = 0 if others else 1  # with others pruned, even a dense layer has damage
-                for column, sparsity in enumerate(GRID[start:], start=start):
-                    pruned = run(self._session, {**feed, **others, name: pruners[name].at(sparsity)})
-                    damage[row, column] += _squared_error(pruned, reference)
+        starts = {name: 0 if any(key != name for key in base or {}) else 1 for name in names}
+        trials = len(self._feeds) * sum(len(GRID) - start for start in starts.values())
+        with progress.task(f"sensitivity: {len(names)} layers x {len(GRID)} sparsities", total=trials) as step:
+            for feed, reference in self._batches():
+                energy += float(sum(np.sum(ref**2) for ref in reference))
+                for row, name in enumerate(names):
+                    others = {key: value for key, value in (base or {}).items() if key != name}
+                    start = starts[name]  # with others pruned, even a dense layer has damage
+                    for column, sparsity in enumerate(GRID[start:], start=start):
+                        pruned = run(self._session, {**feed, **others, name: pruners[name].at(sparsity)})
+                        damage[row, column] += _squared_error(pruned, reference)
+                        step.advance()
         scale = 1.0 / energy if energy > 0 else 0.0
         return [Curve(name, self.weights[name].size, damage[row] * scale) for row, name in enumerate(names)]
 

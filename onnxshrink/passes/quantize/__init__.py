@@ -9,6 +9,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from onnxshrink import progress
 from onnxshrink.activations import capture
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
@@ -119,10 +120,19 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def _calibrate(self, model: ir.Model, names: list[str]) -> StatsCollector:
         collector = StatsCollector(names)
-        for feed, arrays in capture(
-            self.context, model, names, pass_name=self.name, samples=self.options.samples, batch_size=_CALIBRATION_BATCH
-        ):
-            collector.update(arrays, len(next(iter(feed.values()))) if feed else 0)
+        # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
+        with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
+            for feed, arrays in capture(
+                self.context,
+                model,
+                names,
+                pass_name=self.name,
+                samples=self.options.samples,
+                batch_size=_CALIBRATION_BATCH,
+            ):
+                count = len(next(iter(feed.values()))) if feed else 0
+                collector.update(arrays, count)
+                step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
         return collector

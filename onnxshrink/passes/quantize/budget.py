@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
 from onnxshrink.latency import interleaved_latency
@@ -104,17 +105,22 @@ def fit_budget(
     """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
     sensitivity: dict[str, Damage] = {}
-    for key in layers:
-        alone = make_plan(tuple(k for k in layers if k != key))
-        sensitivity[key] = judge.measure(applied(judge.model, alone))
+    with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
+        for key in layers:
+            alone = make_plan(tuple(k for k in layers if k != key))
+            sensitivity[key] = judge.measure(applied(judge.model, alone))
+            step.advance()
     order = sorted(layers, key=lambda k: sensitivity[k].order, reverse=True)
     kept_float: list[str] = []
     current = judge.measure(applied(judge.model, plan))
     first = current
-    while not judge.holds(current) and len(kept_float) < len(order):
-        kept_float.append(order[len(kept_float)])
-        plan = make_plan(tuple(kept_float))
-        current = judge.measure(applied(judge.model, plan))
+    # At most one trial per layer; it usually stops far earlier, so the total is an upper bound.
+    with progress.task("quantize budget: keeping layers float", total=len(order)) as step:
+        while not judge.holds(current) and len(kept_float) < len(order):
+            kept_float.append(order[len(kept_float)])
+            plan = make_plan(tuple(kept_float))
+            current = judge.measure(applied(judge.model, plan))
+            step.advance()
     record = {
         "max_drop": judge.max_drop,
         "min_cosine": judge.min_cosine,
@@ -174,10 +180,12 @@ def measure_speedup(
     count = min(samples, _SPEED_BATCH)
     feed = next(iter(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count)))
     float_session, quantized_session = context.session(original)[0], context.session(quantized)[0]
-    times = interleaved_latency(
-        {"float": lambda: run(float_session, feed), "quantized": lambda: run(quantized_session, feed)},
-        rounds=_SPEED_ROUNDS,
-    )
+    with progress.task("quantize speed check: float vs int8", total=_SPEED_ROUNDS) as step:
+        times = interleaved_latency(
+            {"float": lambda: run(float_session, feed), "quantized": lambda: run(quantized_session, feed)},
+            rounds=_SPEED_ROUNDS,
+            on_round=lambda _: step.advance(),
+        )
     float_ms, quantized_ms = statistics.median(times["float"]), statistics.median(times["quantized"])
     count = len(next(iter(feed.values()))) if feed else 0
     return {"batch": count, "float_ms": float_ms, "quantized_ms": quantized_ms, "speedup": float_ms / quantized_ms}

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink import progress
 from onnxshrink.activations import capture
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op, taken_names
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
@@ -147,24 +148,27 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         before = _OutputError()
         timings = {"capture": 0.0}
         taken = taken_names(model)
-        for stage in stages:
-            members = [layer for layer in layers if layer.stage == stage]
-            started = time.perf_counter()
-            # The model's outputs ride along with the first stage, before anything is refit.
-            watched = outputs if stage == stages[0] else []
-            equations, reasons = self._accumulate(model, teacher, members, watched, before)
-            timings["capture"] += time.perf_counter() - started
-            skipped.update(reasons)
-            for layer in members:
-                if layer.key in equations:
-                    started = time.perf_counter()
-                    per_layer[layer.key] = self._refit(model, layer, equations[layer.key], edits, taken)
-                    timings[f"refit.{layer.key}"] = time.perf_counter() - started
+        with progress.task(f"reconstruct: {len(layers)} layers in {len(stages)} stages", total=len(stages)) as step:
+            for stage in stages:
+                members = [layer for layer in layers if layer.stage == stage]
+                started = time.perf_counter()
+                # The model's outputs ride along with the first stage, before anything is refit.
+                watched = outputs if stage == stages[0] else []
+                equations, reasons = self._accumulate(model, teacher, members, watched, before)
+                timings["capture"] += time.perf_counter() - started
+                skipped.update(reasons)
+                for layer in members:
+                    if layer.key in equations:
+                        started = time.perf_counter()
+                        per_layer[layer.key] = self._refit(model, layer, equations[layer.key], edits, taken)
+                        timings[f"refit.{layer.key}"] = time.perf_counter() - started
+                step.advance()
         stats: dict[str, Any] = {"stages": len(stages)}
         if edits.tensors:
             started = time.perf_counter()
             after = _OutputError()
-            self._accumulate(model, teacher, [], outputs, after)
+            with progress.task("reconstruct: checking the model's outputs"):
+                self._accumulate(model, teacher, [], outputs, after)
             timings["capture"] += time.perf_counter() - started
             stats.update(output_error_before=before.relative, output_error_after=after.relative)
             # No comparable output (all differ in shape or are not float): nothing to judge by.

@@ -1,0 +1,122 @@
+"""Progress of long steps: what passes report, and what the command line shows where."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxshrink
+from onnxshrink import progress
+from onnxshrink.passes.prune.sensitivity import GRID
+
+SENSITIVITY = "prune:sparsity=0.5,keep-first-last=false,allocation=sensitivity,samples=64"
+
+
+class _Task:
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total, self.done, self.finished = label, total, 0, False
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+
+
+class _Recorder:
+    """Keeps every task the passes start, with how far each got."""
+
+    def __init__(self) -> None:
+        self.tasks: list[_Task] = []
+
+    def start(self, label: str, total: int | None) -> progress.Step:
+        self.tasks.append(_Task(label, total))
+        return self.tasks[-1]
+
+    def finish(self, step: progress.Step) -> None:
+        assert isinstance(step, _Task)
+        step.finished = True
+
+    def labelled(self, prefix: str) -> list[_Task]:
+        return [task for task in self.tasks if task.label.startswith(prefix)]
+
+
+def test_prune_sensitivity_reports_every_trial(digits_path: Path, digits_calib_path: Path) -> None:
+    with progress.use(_Recorder()) as recorder:
+        result = onnxshrink.shrink(digits_path, [SENSITIVITY], calibration=str(digits_calib_path), verify=False)
+    assert isinstance(recorder, _Recorder)
+    tasks = recorder.labelled("sensitivity:")
+    layers = len(result.report["passes"][0]["stats"]["layers"])
+    assert tasks and all(task.finished and task.done == task.total for task in tasks)
+    # One batch of 64 samples; the first round has no pruned neighbours, so the dense column is skipped.
+    assert tasks[0].total == layers * (len(GRID) - 1)
+
+
+def test_quantize_reports_calibration_budget_and_speed(digits_path: Path, digits_calib_path: Path) -> None:
+    spec = "quantize:max-drop=0.0,min-speedup=0.01"
+    with progress.use(_Recorder()) as recorder:
+        onnxshrink.shrink(digits_path, [spec], calibration=str(digits_calib_path), verify=False)
+    assert isinstance(recorder, _Recorder)
+    (calibration,) = recorder.labelled("quantize calibration")
+    assert calibration.total == 128 and calibration.done == 128 and calibration.finished
+    one_at_a_time, keeping = recorder.labelled("quantize budget")
+    assert one_at_a_time.total is not None and one_at_a_time.total > 0
+    assert one_at_a_time.done == one_at_a_time.total and keeping.total == one_at_a_time.total
+    assert 0 <= keeping.done <= keeping.total
+    (speed,) = recorder.labelled("quantize speed check")
+    assert speed.total == speed.done == 7
+
+
+def test_the_default_is_silent() -> None:
+    with progress.task("nothing watches", total=3) as step:
+        step.advance()  # no reporter installed: a no-op, and no error
+
+
+def _cli(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "onnxshrink.cli", *map(str, args)]
+
+
+def _env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_pipes_get_no_progress_and_v_logs_each_pass_start(
+    tmp_path: Path, digits_path: Path, digits_calib_path: Path
+) -> None:
+    out = tmp_path / "o.onnx"
+    args = ("-v", "run", digits_path, "-o", out, "-p", "cleanup", "-p", SENSITIVITY, "--calib", digits_calib_path)
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, env=_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "sensitivity:" not in done.stderr
+    assert "pass cleanup: started" in done.stderr and "pass prune: started" in done.stderr
+    quiet = subprocess.run(_cli(*args[1:]), capture_output=True, text=True, env=_env(), check=False)
+    assert quiet.returncode == 0 and "started" not in quiet.stderr
+
+
+def test_a_terminal_sees_the_sensitivity_progress(tmp_path: Path, digits_path: Path, digits_calib_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    args = ("run", digits_path, "-o", out, "-p", SENSITIVITY, "--calib", digits_calib_path, "--no-verify")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(_cli(*args), stdin=follower, stdout=follower, stderr=follower, env=_env())
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the command has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    # Each redraw: carriage return, erase the line, then what runs with done/total and elapsed time.
+    assert re.search(r"\r\x1b\[Ksensitivity: \d+ layers x 10 sparsities  \d+/\d+  \d+s", text), text
+    assert text.count("\r\x1b[K") >= 2  # drawn at the start and cleared at the end
