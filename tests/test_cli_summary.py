@@ -6,11 +6,13 @@ import re
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from helpers import DIGITS, DIGITS_CALIB, parse_model
 
 from onnxshrink.cli import main
+from onnxshrink.cli.run_summary import model_totals, totals_table
 
 
 def _run(*args: object) -> tuple[str, str]:
@@ -107,3 +109,13 @@ def test_prune_channels_shows_channels_removed_and_fewer_macs(tmp_path: Path) ->
     assert int(_row(stdout, "prune-channels")[-1]) > 0
     macs = [int(cell.replace(",", "")) for cell in _row(stdout, "MACs")[1:]]
     assert macs[1] < macs[0]
+
+
+def test_totals_past_the_read_limit_skip_compression_and_sparsity_only() -> None:
+    model = ir.load(DIGITS)
+    full, bounded = model_totals(model, {}), model_totals(model, {}, read_limit=1000)
+    assert bounded["bytes_compressed"] is None and bounded["float_weight_sparsity"] is None
+    assert (bounded["macs"], bounded["ops"], bounded["bytes"]) == (full["macs"], full["ops"], full["bytes"])
+    lines = totals_table(full, bounded)
+    assert any(line.split()[-1] == "-" for line in lines if "sparsity" in line)
+    assert "not computed past 256 MiB" in lines[-1]

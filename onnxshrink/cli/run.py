@@ -123,7 +123,7 @@ def run(
 
     from onnxshrink import registry
     from onnxshrink.api import shrink
-    from onnxshrink.cli.run_summary import run_summary, unchanged_lossy_warnings
+    from onnxshrink.cli.run_summary import model_totals, run_summary, unchanged_lossy_warnings
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
@@ -159,6 +159,8 @@ def run(
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
     )
+    # The input's totals before saving: the output may replace the input file.
+    before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))
     _save_together(result, output, report_path, external_data)
     report = result.report
     if same_file(output, model) and not report["exact"]:
@@ -166,8 +168,8 @@ def run(
     _echo_run_summary(output, report)
     for warning in unchanged_lossy_warnings(report):
         click.echo(f"onnxshrink: {warning}", err=True)
-    if not quiet:
-        click.echo(run_summary(report, ir.load(model), result.model, parse_shapes(shapes)))
+    if before is not None:
+        click.echo(run_summary(report, before, model_totals(result.model, parse_shapes(shapes))))
 
 
 def _output_path(positional: Path | None, option: Path | None) -> Path:
