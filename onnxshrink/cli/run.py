@@ -89,6 +89,7 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
     "--rtol", type=float, default=None, help="Relative tolerance of exact pipelines (times max|ref|). [default: 1e-4]"
 )
 @click.option("--atol", type=float, default=None, help="Absolute tolerance of exact pipelines. [default: 1e-5]")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the first lines, not the per-pass and op-count tables.")
 @click.option("--max-drop", type=float, default=None, help="Lossy budget: largest accuracy drop (needs labels).")
 @click.option("--min-cosine", type=float, default=None, help="Lossy budget: smallest output cosine similarity.")
 @guarded
@@ -109,6 +110,7 @@ def run(
     external_data: bool | None,
     rtol: float | None,
     atol: float | None,
+    quiet: bool,
     max_drop: float | None,
     min_cosine: float | None,
 ) -> None:
@@ -117,8 +119,11 @@ def run(
     Without -p or --recipe, runs the 'simplify' preset. Every path, option and data file is
     checked before any work starts; the model and the report are written together or not at all.
     """
+    import onnx_ir as ir
+
     from onnxshrink import registry
     from onnxshrink.api import shrink
+    from onnxshrink.cli.run_summary import model_totals, run_summary, unchanged_lossy_warnings
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
@@ -154,11 +159,17 @@ def run(
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
     )
+    # The input's totals before saving: the output may replace the input file.
+    before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))
     _save_together(result, output, report_path, external_data)
     report = result.report
     if same_file(output, model) and not report["exact"]:
         click.echo(f"onnxshrink: note: replaced the input model {model} with the lossy result", err=True)
     _echo_run_summary(output, report)
+    for warning in unchanged_lossy_warnings(report):
+        click.echo(f"onnxshrink: {warning}", err=True)
+    if before is not None:
+        click.echo(run_summary(report, before, model_totals(result.model, parse_shapes(shapes))))
 
 
 def _output_path(positional: Path | None, option: Path | None) -> Path:

@@ -1,0 +1,172 @@
+"""What ``onnxshrink run`` prints after its first lines: per-pass results, totals and op counts.
+
+Three parts, all computed from the report and the two models:
+
+1. One row per pass run: nodes and weight bytes after it, what it did (weight sparsity, layers
+   quantized and left float, channels removed) and, with ``--verify-each``, the error after it.
+2. Input and output totals as ``inspect`` computes them: weight bytes raw and compressed, MACs,
+   float weight sparsity and the quantized weight share. Reading weights (compression, sparsity)
+   is bounded: a model holding more than :data:`READ_LIMIT` bytes of weights shows ``-`` there,
+   so a 2 GB model pays for shape inference only, not minutes of compression.
+3. Op counts before and after, like onnxsim's table: only the op types whose count changed,
+   plus the total.
+
+And :func:`unchanged_lossy_warnings`: one line per lossy pass that changed nothing, with why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxshrink.inspect.macs import graph_macs
+from onnxshrink.inspect.summary import inspect_model, value_shapes
+from onnxshrink.ir.graphs import all_nodes, count_bytes, is_onnx_op
+
+READ_LIMIT = 256 * 1024 * 1024  # weight bytes above which compression and sparsity are not computed
+_REASONS_SHOWN = 3
+
+
+def model_totals(
+    model: ir.Model, shapes: Mapping[str, tuple[int, ...]], read_limit: int = READ_LIMIT
+) -> dict[str, Any]:
+    """Op counts, weight bytes, MACs and, within ``read_limit`` weight bytes, compressed size and sparsity."""
+    raw = count_bytes(model)
+    if raw <= read_limit:
+        return inspect_model(model, shapes)
+    ops = Counter(n.op_type if is_onnx_op(n) else f"{n.domain}::{n.op_type}" for n in all_nodes(model))
+    try:
+        macs = graph_macs(model.graph, value_shapes(model, shapes)).macs
+    except Exception:  # serialization of exotic models; MACs are then unknown, as in inspect
+        macs = 0
+    return {
+        "nodes": sum(ops.values()),
+        "ops": dict(ops),
+        "bytes": raw,
+        "bytes_compressed": None,
+        "compression": None,
+        "macs": macs,
+        "float_weight_sparsity": None,
+        "quantized_weight_share": None,
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _did(stats: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Sparsity, layers quantized, layers left float, channels removed: what a pass's stats say."""
+    sparsity = _percent(stats["sparsity"]) if isinstance(stats.get("sparsity"), float) else "-"
+    quantized = str(stats["quantized_nodes"]) if "quantized_nodes" in stats else "-"
+    left_float = str(len(stats.get("skipped", {}))) if "quantized_nodes" in stats else "-"
+    channels = str(stats["channels_removed"]) if "channels_removed" in stats else "-"
+    return sparsity, quantized, left_float, channels
+
+
+def _error(each: Mapping[str, Any] | None) -> tuple[str, str]:
+    if each is None:
+        return "-", "-"
+    if "skipped" in each:
+        return "skipped", "-"
+    return f"{max(o['max_rel'] for o in each['outputs']):.2e}", f"{each['min_cosine']:.6f}"
+
+
+def pass_table(report: Mapping[str, Any]) -> list[str]:
+    """One row per pass run (and the input first); the error columns only with ``--verify-each``."""
+    each = report.get("verify_each")
+    errors = iter(each or [])
+    header = ["pass", "nodes", "weight bytes", "sparsity", "quantized", "left float", "channels removed"]
+    if each is not None:
+        header += ["max rel err", "min cosine"]
+    rows = [["input", str(report["input"]["nodes"]), f"{report['input']['bytes']:,}"]]
+    for record in report["passes"]:
+        row = [
+            record["name"] + ("" if record["modified"] else " (no change)"),
+            str(record["nodes_after"]),
+            f"{record['bytes_after']:,}",
+            *_did(record["stats"]),
+        ]
+        if each is not None:
+            # verify-each compares only after the passes that modified the model, in order
+            row.extend(_error(next(errors, None) if record["modified"] else None))
+        rows.append(row)
+    rows = [row + [""] * (len(header) - len(row)) for row in rows]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["passes:"]
+    for row in [header, *rows]:
+        cells = [f"{row[0]:{widths[0]}}", *(f"{cell:>{w}}" for cell, w in zip(row[1:], widths[1:], strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def totals_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Input and output totals: weight bytes raw and compressed, MACs, sparsity, quantized share."""
+    method = after["compression"] or before["compression"] or "compressed"
+
+    def size(info: Mapping[str, Any]) -> str:
+        return "-" if info["bytes_compressed"] is None else f"{info['bytes_compressed']:,}"
+
+    rows = [
+        ("weight bytes", f"{before['bytes']:,}", f"{after['bytes']:,}"),
+        (f"weight bytes ({method})", size(before), size(after)),
+        ("MACs", f"{before['macs']:,}", f"{after['macs']:,}"),
+        ("float weight sparsity", _percent(before["float_weight_sparsity"]), _percent(after["float_weight_sparsity"])),
+        (
+            "quantized weight share",
+            _percent(before["quantized_weight_share"]),
+            _percent(after["quantized_weight_share"]),
+        ),
+    ]
+    lines = [f"  {'':24} {'input':>14} {'output':>14}"]
+    lines.extend(f"  {name:24} {x:>14} {y:>14}" for name, x, y in rows)
+    if before["bytes_compressed"] is None or after["bytes_compressed"] is None:
+        lines.append(f"  (compression and sparsity not computed past {READ_LIMIT // 2**20} MiB of weights)")
+    return lines
+
+
+def op_table(before: Mapping[str, int], after: Mapping[str, int]) -> list[str]:
+    """onnxsim-style op counts: the op types whose count changed, then the total."""
+    changed = sorted(op for op in {*before, *after} if before.get(op, 0) != after.get(op, 0))
+    width = max([len("op"), len("total"), *(len(op) for op in changed)])
+    lines = [f"  {'op':{width}} {'before':>8} {'after':>8}"]
+    lines.extend(f"  {op:{width}} {before.get(op, 0):>8} {after.get(op, 0):>8}" for op in changed)
+    lines.append(f"  {'total':{width}} {sum(before.values()):>8} {sum(after.values()):>8}")
+    return lines
+
+
+def unchanged_lossy_warnings(report: Mapping[str, Any]) -> list[str]:
+    """One warning per lossy pass that changed nothing, with up to three reasons from its skipped list."""
+    warnings = []
+    # A preset repeats its passes to a fixed point: a later round changing nothing is expected.
+    changed = {(r["name"], r["preset"]) for r in report["passes"] if r["modified"]}
+    for record in report["passes"]:
+        if record["exact"] or (record["name"], record["preset"]) in changed:
+            continue
+        skipped: Mapping[str, str] = record["stats"].get("skipped", {})
+        reasons = Counter(skipped.values())
+        why = "; ".join(
+            f"{reason} ({count} layers)"
+            if count > 1
+            else f"{next(k for k, v in skipped.items() if v == reason)}: {reason}"
+            for reason, count in reasons.most_common(_REASONS_SHOWN)
+        )
+        more = len(reasons) - _REASONS_SHOWN
+        why += f"; and {more} more reasons (see --report)" if more > 0 else ""
+        warnings.append(f"warning: lossy pass '{record['name']}' changed nothing: {why or 'no reason reported'}")
+    return warnings
+
+
+def run_summary(report: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """The per-pass table, the totals and the op counts (``before``/``after`` from :func:`model_totals`)."""
+    lines = [
+        *pass_table(report),
+        "totals:",
+        *totals_table(before, after),
+        "op counts (changed only):",
+        *op_table(before["ops"], after["ops"]),
+    ]
+    return "\n".join(lines)

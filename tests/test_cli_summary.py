@@ -1,0 +1,121 @@
+"""What ``onnxshrink run`` prints after its first lines: per-pass table, totals, op counts, warnings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from helpers import DIGITS, DIGITS_CALIB, parse_model
+
+from onnxshrink.cli import main
+from onnxshrink.cli.run_summary import model_totals, totals_table
+
+
+def _run(*args: object) -> tuple[str, str]:
+    result = CliRunner().invoke(main, ["run", *(str(a) for a in args)])
+    assert result.exit_code == 0, result.stderr
+    return result.stdout, result.stderr
+
+
+def _row(stdout: str, first: str) -> list[str]:
+    """The cells of the table row that starts with ``first``."""
+    for line in stdout.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells[0] == first:
+            return cells
+    raise AssertionError(f"no row '{first}' in:\n{stdout}")
+
+
+def test_prune_shows_sparsity_per_pass_and_in_totals(tmp_path: Path) -> None:
+    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "prune:sparsity=0.9", "--no-verify")
+    assert stdout.splitlines()[0].endswith("25 -> 25 nodes, 201.8 KB -> 201.8 KB of weights")
+    assert _row(stdout, "pass")[:4] == ["pass", "nodes", "weight bytes", "sparsity"]
+    assert _row(stdout, "prune")[:4] == ["prune", "25", "201,832", "90.0%"]
+    assert _row(stdout, "MACs") == ["MACs", "648,832", "648,832"]
+    sparsity = _row(stdout, "float weight sparsity")
+    assert sparsity[1] == "0.0%" and float(sparsity[2].rstrip("%")) > 80
+    compressed = _row(stdout, "weight bytes (zstd)") if "(zstd)" in stdout else _row(stdout, "weight bytes (gzip)")
+    assert int(compressed[2].replace(",", "")) < int(compressed[1].replace(",", "")) / 2
+    assert _row(stdout, "total") == ["total", "25", "25"]  # no op count changed: only the total row
+
+
+def test_quantize_shows_layers_quantized_and_op_counts(tmp_path: Path) -> None:
+    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "quantize", "--calib", DIGITS_CALIB, "--min-cosine", "0.9")
+    row = _row(stdout, "quantize")
+    assert row[1] == "64" and row[4:6] == ["8", "2"]  # 8 layers quantized, 2 left float
+    assert _row(stdout, "QuantizeLinear") == ["QuantizeLinear", "0", "15"]
+    assert _row(stdout, "DequantizeLinear") == ["DequantizeLinear", "0", "25"]
+    assert _row(stdout, "total") == ["total", "25", "64"]
+    assert "Conv " not in stdout  # unchanged op types are left out
+    assert _row(stdout, "quantized weight share")[1] == "0.0%"
+
+
+def test_verify_each_error_after_every_pass(tmp_path: Path) -> None:
+    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "fuse-bn", "-p", "cleanup", "--verify-each")
+    assert _row(stdout, "pass")[-2:] == ["max rel err", "min cosine"]
+    fuse = _row(stdout, "fuse-bn")
+    assert float(fuse[-2]) < 1e-4 and float(fuse[-1]) > 0.9999
+    assert _row(stdout, "cleanup (no change)")[-1] == "-"  # verify-each compares only after a change
+
+
+def test_quiet_prints_only_the_first_lines(tmp_path: Path) -> None:
+    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "cleanup", "--no-verify", "-q")
+    assert stdout.splitlines() == [
+        f"{tmp_path / 'o.onnx'}: 25 -> 25 nodes, 201.8 KB -> 201.8 KB of weights",
+        "not verified (--no-verify)",
+    ]
+
+
+_CONSTANT_WEIGHTS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4, 64] x) => (float[4, 64] y) {
+    w = Constant <value = float[64, 64] w_data {%s}> ()
+    t = Transpose <perm = [1, 0]> (w)
+    y = MatMul (x, t)
+}
+"""
+
+
+@pytest.fixture
+def constant_weights(tmp_path: Path) -> Path:
+    values = ", ".join(str((i % 13) / 13.0 - 0.5) for i in range(64 * 64))
+    path = tmp_path / "constant_weights.onnx"
+    onnx.save(parse_model(_CONSTANT_WEIGHTS % values), path)
+    return path
+
+
+def test_warns_when_a_lossy_pass_changed_nothing(tmp_path: Path, constant_weights: Path) -> None:
+    stdout, stderr = _run(
+        constant_weights, tmp_path / "o.onnx", "-p", "prune:sparsity=0.5,keep-first-last=false", "--no-verify"
+    )
+    assert "warning: lossy pass 'prune' changed nothing" in stderr
+    assert "run fold first" in stderr
+    assert _row(stdout, "prune (no change)")[1] == "3"
+
+
+def test_no_warning_for_an_exact_pass_that_changed_nothing(tmp_path: Path) -> None:
+    _, stderr = _run(DIGITS, tmp_path / "o.onnx", "-p", "cleanup", "--no-verify")
+    assert "warning" not in stderr
+
+
+def test_prune_channels_shows_channels_removed_and_fewer_macs(tmp_path: Path) -> None:
+    stdout, _ = _run(
+        DIGITS, tmp_path / "o.onnx", "-p", "fold", "-p", "fuse-bn", "-p", "prune-channels:ratio=0.5", "--no-verify"
+    )
+    assert int(_row(stdout, "prune-channels")[-1]) > 0
+    macs = [int(cell.replace(",", "")) for cell in _row(stdout, "MACs")[1:]]
+    assert macs[1] < macs[0]
+
+
+def test_totals_past_the_read_limit_skip_compression_and_sparsity_only() -> None:
+    model = ir.load(DIGITS)
+    full, bounded = model_totals(model, {}), model_totals(model, {}, read_limit=1000)
+    assert bounded["bytes_compressed"] is None and bounded["float_weight_sparsity"] is None
+    assert (bounded["macs"], bounded["ops"], bounded["bytes"]) == (full["macs"], full["ops"], full["bytes"])
+    lines = totals_table(full, bounded)
+    assert any(line.split()[-1] == "-" for line in lines if "sparsity" in line)
+    assert "not computed past 256 MiB" in lines[-1]
