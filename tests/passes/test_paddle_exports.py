@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_outputs_close, fetch, get_real_model, parse_model, real_model_feed, run
+from helpers import assert_outputs_close, fetch, get_real_model, parse_model, real_model_feed, run, run_pass
 
 import onnxshrink
 from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
@@ -134,3 +134,20 @@ def test_an_op_without_a_rewrite_is_still_refused_with_its_name() -> None:
     ir_model = ir.serde.deserialize_model(parse_model(text, opset=18, check=False))
     with pytest.raises(onnxshrink.errors.UsageError, match=r"\(GroupNormalization\) changed meaning after opset 18"):
         opset_needed(ir_model, 21, "test")
+
+
+def test_reconstruct_lifts_constant_weights_and_biases() -> None:
+    text = """g (float[N, 8] x) => (float[N, 4] y) {
+        w = Constant <value = float[8, 4] {1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+                                            1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8}> ()
+        b = Constant <value = float[4] {1, 2, 3, 4}> ()
+        y = Gemm (x, w, b)
+    }"""
+    model = parse_model(text, opset=11)
+    calibration = {"x": np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)}
+    result = run_pass(model, "reconstruct", calibration=calibration)
+    assert result.modified is True and result.stats["constants_lifted"] == 2
+    assert [n.op_type for n in result.model.graph.node] == ["Gemm"]
+    assert sorted(t.name for t in result.model.graph.initializer) == ["b", "w"]
+    assert result.stats["skipped"]["Gemm#0"].startswith("already matches the input model")
+    assert_outputs_close(run(model, calibration), run(result.model, calibration), rtol=1e-5, atol=1e-6)
