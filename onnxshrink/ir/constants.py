@@ -77,3 +77,55 @@ def constant_ints(value: ir.Value | None, *, max_elements: int | None = None) ->
     if array is None or not np.issubdtype(array.dtype, np.integer):
         return None
     return [int(v) for v in array.reshape(-1).tolist()]
+
+
+def lift_constant(value: ir.Value | None, graph: ir.Graph) -> ir.Value | None:
+    """Turns the default-domain ``Constant`` node producing ``value`` into an initializer of ``graph``.
+
+    Exporters such as paddle2onnx hold every weight in a ``Constant`` node; passes that rewrite
+    weights in place want initializers. The meaning is kept: every reader of ``value`` reads the
+    initializer, which takes its name, and the node is removed.
+
+    Args:
+        value: The value to lift.
+        graph: The graph that holds the ``Constant`` node (a function body is not a graph here:
+            functions hold no initializers).
+
+    Returns:
+        The initializer value, or None when ``value`` is not the output of such a node in
+        ``graph``, is a graph output, or holds a sparse or string form.
+    """
+    node = value.producer() if value is not None else None
+    if value is None or node is None or node.op_type != "Constant" or node.domain not in ONNX_DOMAINS:
+        return None
+    if node.graph is not graph or value.is_graph_output():
+        return None
+    source = _constant_node_tensor(node)
+    if source is None:
+        return None
+    tensor = ir.tensor(source) if isinstance(source, np.ndarray) else source
+    name = value.name
+    value.name = None  # free the name for the initializer
+    lifted = ir.Value(
+        name=name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
+    ir.convenience.replace_all_uses_with(value, lifted)
+    graph.remove(node, safe=True)
+    graph.register_initializer(lifted)
+    return lifted
+
+
+def lift_weight_constants(graph: ir.Graph, ops: tuple[str, ...], index: int = 1) -> int:
+    """Lifts (:func:`lift_constant`) input ``index`` of every default-domain ``ops`` node; returns the count.
+
+    Covers ``graph`` and its If/Loop/Scan bodies, each weight into the body that holds its node.
+    """
+    lifted = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(graph)):
+        if node.op_type not in ops or node.domain not in ONNX_DOMAINS or len(node.inputs) <= index:
+            continue
+        weight = node.inputs[index]
+        producer = weight.producer() if weight is not None else None
+        if producer is not None and producer.graph is not None and lift_constant(weight, producer.graph) is not None:
+            lifted += 1
+    return lifted

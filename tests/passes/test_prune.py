@@ -403,15 +403,37 @@ def test_sensitivity_reads_a_single_use_reader_once() -> None:
     assert result.report["passes"][0]["stats"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
-def test_weight_in_a_constant_node_asks_for_fold_first() -> None:
+def test_weight_in_a_constant_node_is_lifted_and_pruned() -> None:
+    """paddle2onnx holds weights in Constant nodes: the pass lifts them into initializers itself."""
     weight = np.random.default_rng(5).standard_normal((32, 32)).astype(np.float32)
     nodes = [
         oh.make_node("Constant", [], ["B"], value=onnx.numpy_helper.from_array(weight, "B")),
         oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm"),
     ]
     model = _layers_model(nodes, {}, {"X": (2, 32)})
-    record = run_pass(model, "prune:min-size=0,keep-first-last=false").record
-    assert record["stats"]["skipped"] == {"mm": "weight 'B' is computed from constants by Constant: run fold first"}
+    result = run_pass(model, "prune:min-size=0,keep-first-last=false")
+    stats = result.record["stats"]
+    assert result.modified is True and stats["constants_lifted"] == 1 and stats["sparsity"] == 0.5
+    assert "skipped" not in stats
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul"]
+    assert [t.name for t in result.model.graph.initializer] == ["B"]
+    pruned = onnx.numpy_helper.to_array(result.model.graph.initializer[0])
+    assert np.count_nonzero(pruned) == weight.size // 2 and np.all((pruned == 0) | (pruned == weight))
+
+
+def test_weight_computed_from_a_constant_still_asks_for_fold_first() -> None:
+    """Lifting is not enough when the weight is computed (Transpose of a Constant): fold does that."""
+    weight = np.random.default_rng(5).standard_normal((32, 32)).astype(np.float32)
+    nodes = [
+        oh.make_node("Constant", [], ["C"], value=onnx.numpy_helper.from_array(weight, "C")),
+        oh.make_node("Transpose", ["C"], ["B"], name="t"),
+        oh.make_node("MatMul", ["X", "B"], ["Y"], name="mm"),
+    ]
+    model = _layers_model(nodes, {}, {"X": (2, 32)})
+    result = run_pass(model, "prune:min-size=0,keep-first-last=false")
+    stats = result.record["stats"]
+    assert result.modified is False and stats["constants_lifted"] == 0
+    assert stats["skipped"] == {"mm": "weight 'B' is computed from constants by Transpose 't': run fold first"}
     result = onnxshrink.shrink(model, ["fold", "prune:min-size=0,keep-first-last=false"], verify=False)
     assert result.report["passes"][1]["stats"]["sparsity"] == 0.5
 

@@ -371,13 +371,20 @@ def test_bad_options_are_one_line_usage_errors(spec: str, message: str) -> None:
         run_pass(_model(body, weights), spec)
 
 
-def test_opset_too_old_for_4bit_with_a_changed_op_is_refused() -> None:
+def test_4bit_on_an_older_opset_moves_reduce_axes_into_an_input() -> None:
+    """ReduceMean's axes became an input at 18: raising to 21 rewrites the node so it means the same."""
     body = """g (float[N, 64] x) => (float[N, 1] y) {
         h = MatMul(x, W1)
         y = ReduceMean <axes = [1]> (h)
     }"""
-    with pytest.raises(UsageError, match="ReduceMean"):
-        run_pass(_model(body, {"W1": (64, 64)}), "quantize:mode=weight-only,weights=s4")
+    model = _model(body, {"W1": (64, 64)})
+    result = run_pass(model, "quantize:mode=weight-only,weights=s4")
+    out, stats = result.model, result.stats
+    assert result.modified is True and _opset(out) == 21
+    assert stats["opset_raised"] == "17->21 (1 nodes rewritten to keep their meaning)"
+    reduce = next(n for n in out.graph.node if n.op_type == "ReduceMean")
+    assert len(reduce.input) == 2 and [a.name for a in reduce.attribute] == []
+    assert _close_to_float(model, out, _calib({"x": (1, 64)}, samples=4)) > 0.99
 
 
 def _digits(spec: str) -> dict[str, Any]:
@@ -419,7 +426,7 @@ def test_digits_budget_keeps_the_most_sensitive_layers_float(spec: str, budget: 
     assert all(stats["skipped"][key] == "kept float by the accuracy budget" for key in kept)
 
 
-def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
+def test_static_raises_opset_11_to_13_rewriting_ops_that_change_meaning() -> None:
     body, weights, inputs = MATMUL_CHAIN
     model = _model(body, weights)
     model.opset_import[0].version = 10
@@ -447,8 +454,12 @@ def test_static_raises_opset_11_to_13_only_when_no_op_changes_meaning() -> None:
     }
     for op, text in changed.items():
         model = _model(text, {"W1": (32 if op == "Unsqueeze" else 8, 24)}, opset=11)
-        with pytest.raises(UsageError, match=rf"\({op}\) changed meaning after opset 11"):
-            run_pass(model, "quantize", calibration=_calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)}))
+        feed = _calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)})
+        result = run_pass(model, "quantize", calibration=feed)
+        out, stats = result.model, result.stats
+        assert result.modified is True and _opset(out) == 13, op
+        assert stats["opset_raised"].startswith("11->13 ("), op  # rewritten to keep the meaning
+        assert _close_to_float(model, out, {name: array[:4] for name, array in feed.items()}) > 0.999, op
 
 
 def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() -> None:
@@ -710,10 +721,10 @@ def test_layers_in_loop_bodies_and_functions_stay_float_and_are_reported(spec: s
 @pytest.mark.parametrize(
     ("opset", "node", "target", "refused"),
     [
-        (11, "y = Dropout(h)", 13, True),  # ratio became an input at 12
+        (11, "y = Dropout(h)", 13, False),  # ratio became an input at 12 (absent here: nothing to move)
         (12, "y = Dropout(h)", 13, False),
         (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 13, False),  # changes at 18, after 13
-        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 21, True),
+        (12, "y = ReduceMean <axes = [1], keepdims = 1> (h)", 21, False),  # rewritten: axes as an input
         (11, "y = Softmax <axis = -1> (h)", 13, False),
         (17, "y = GroupNormalization <num_groups = 1> (h, S, S)", 21, True),
         (13, "y = Unsqueeze(h, Axes)", 21, False),  # already the opset-13 form
@@ -732,5 +743,6 @@ def test_opset_is_raised_only_where_no_op_changes_meaning(opset: int, node: str,
             opset_needed(graph, target, "test")
         return
     assert opset_needed(graph, target, "test") == target and graph.opset_imports[""] == opset  # nothing changed yet
-    assert raise_opset(graph, target) == f"{opset}->{target}" and graph.opset_imports[""] == target
+    raised = raise_opset(graph, target)
+    assert raised is not None and raised.startswith(f"{opset}->{target}") and graph.opset_imports[""] == target
     assert raise_opset(graph, target) is None and graph.ir_version == (10 if target >= 21 else 8)

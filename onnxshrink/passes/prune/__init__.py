@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.errors import UsageError
-from onnxshrink.ir.constants import is_constant
+from onnxshrink.ir.constants import is_constant, lift_weight_constants
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.prune import plan as plan
@@ -237,7 +237,8 @@ class PrunePass(ShrinkPass[MagnitudePruneOptions]):
     their layers are left alone, each named in ``skipped``):
 
     1. A layer is a Conv, ConvTranspose, Gemm or MatMul whose input 1 is a constant float
-       initializer (of its graph or an outer one) that is neither a graph input nor a graph
+       initializer (a default-domain ``Constant`` node there is first lifted into one, counted in
+       ``constants_lifted``) (of its graph or an outer one) that is neither a graph input nor a graph
        output; a MatMul's weight must be 2-D. Gather embeddings are not pruned.
     2. ``keep-first-last`` leaves the first and last such layers (in graph order, before
        ``include``/``exclude``) dense. ``include`` keeps only layers whose op type equals, or
@@ -329,6 +330,8 @@ class PrunePass(ShrinkPass[MagnitudePruneOptions]):
         timings: dict[str, float] = {}
         if options.allocation == "sensitivity":
             self.context.require_calibration(self.name)
+        # Exporters such as paddle2onnx hold weights in Constant nodes: the same data, as initializers.
+        lifted = lift_weight_constants(model.graph, _LAYERS)
         targets, skipped = _plan_layers(model, options)
         allocation: dict[str, Any] | None = None
         curves: dict[str, list[float]] = {}
@@ -367,10 +370,11 @@ class PrunePass(ShrinkPass[MagnitudePruneOptions]):
             "weights_zeroed": zeroed,
             "sparsity": zeros / total if total else 0.0,
             "layers": per_layer,
+            "constants_lifted": lifted,
         }
         if allocation is not None:
             stats["allocation"] = {**allocation, "sensitivity_grid": list(sensitivity.GRID)}
-        return ShrinkPassResult(model, modified=zeroed > 0, stats=stats, skipped=skipped, timings=timings)
+        return ShrinkPassResult(model, modified=zeroed > 0 or lifted > 0, stats=stats, skipped=skipped, timings=timings)
 
 
 MagnitudePrunePass = PrunePass  # the name before pass classes were named after their pass

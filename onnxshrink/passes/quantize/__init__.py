@@ -12,6 +12,7 @@ import onnx_ir as ir
 from onnxshrink import progress
 from onnxshrink.activations import capture
 from onnxshrink.errors import UsageError
+from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import budget as budget
@@ -194,6 +195,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # The float model at the opset Q/DQ need (the same function: raised only where no op
         # changes meaning): calibration, the budget and the candidate all start from it.
         float_model = model.clone()
+        # Exporters such as paddle2onnx hold weights in Constant nodes: the same data, as initializers.
+        lifted = lift_weight_constants(float_model.graph, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)
@@ -228,6 +231,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         if keep and options.min_speedup is not None:
             keep = self._fast_enough(model, candidate, stats, timings)
         stats["opset_raised"] = opset_raised if keep else None
+        stats["constants_lifted"] = lifted if keep else 0
         if keep:
             # The pass works in place: the model object stays and takes the candidate's graph,
             # which holds the opset imports.
@@ -262,6 +266,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         options = self.options
         bits = options.weights
         opset = opset_needed(model, 21 if bits != "s8" else 13, f"{bits} weights")
+        lifted = lift_weight_constants(model.graph, placement.TRT_LAYERS)
         writer = rewrite.QdqWriter(model, options.weight_bits)
         nodes: dict[str, str] = {}
         left_float: dict[str, str] = {}
@@ -288,13 +293,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         if options.mode == "weight-only" or options.target == "ort-cpu":
             table_bits = bits if options.mode == "weight-only" else "s8"
             self._gather_tables(model, writer, nodes, left_float, table_bits)
-        modified = writer.counts["weights_quantized"] > 0
-        if modified:
+        quantized = writer.counts["weights_quantized"] > 0
+        modified = quantized or lifted > 0
+        if quantized:
             rewrite.drop_unused_initializers(model.graph)
         stats = {
             "mode": options.mode,
             "target": options.target,
-            "opset_raised": raise_opset(model, opset) if modified else None,
+            "opset_raised": raise_opset(model, opset) if quantized else None,
+            "constants_lifted": lifted,
             "quantized_nodes": len(nodes),
             "nodes": nodes,
             **writer.counts,

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.activations import capture
+from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op, taken_names
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.reconstruct import layers as refit_layers
@@ -139,6 +140,8 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         options = self.options
         self.context.require_calibration(self.name)
         teacher = self.context.reference_model(self.name)
+        # Exporters such as paddle2onnx hold weights and biases in Constant nodes: lift them.
+        lifted = sum(lift_weight_constants(model.graph, refit_layers.LAYERS, index) for index in (1, 2))
         points = refit_layers.TeacherPoints(teacher, model)
         layers, skipped = refit_layers.plan(model, options, points)
         outputs = [v.name for v in model.graph.outputs if v.name and v.name in points.outputs]
@@ -163,7 +166,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                         per_layer[layer.key] = self._refit(model, layer, equations[layer.key], edits, taken)
                         timings[f"refit.{layer.key}"] = time.perf_counter() - started
                 step.advance()
-        stats: dict[str, Any] = {"stages": len(stages)}
+        stats: dict[str, Any] = {"stages": len(stages), "constants_lifted": lifted}
         if edits.tensors:
             started = time.perf_counter()
             after = _OutputError()
@@ -182,7 +185,9 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                 skipped[key] = entry.pop("reason")
         stats.update(layers_refit=sum(entry["refit"] for entry in per_layer.values()), layers=per_layer)
         skipped.update(_nested_layers(model))
-        return ShrinkPassResult(model, modified=bool(edits.tensors), stats=stats, skipped=skipped, timings=timings)
+        return ShrinkPassResult(
+            model, modified=bool(edits.tensors) or lifted > 0, stats=stats, skipped=skipped, timings=timings
+        )
 
     def _accumulate(
         self,
