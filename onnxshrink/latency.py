@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import click
 import numpy as np
 
+from onnxshrink import progress
 from onnxshrink.data.model_inputs import generate_inputs
 from onnxshrink.errors import UsageError
 from onnxshrink.loading import load_model
@@ -67,16 +67,15 @@ def measure_latency(
     threads: int | None = None,
     runs: int = 50,
     warmup: int = 5,
-    progress: bool = False,
 ) -> dict[str, Any]:
-    """Median latency in milliseconds with p10/p90, on generated inputs."""
+    """Median latency in milliseconds with p10/p90, on generated inputs; the runs are a progress task."""
     loaded = load_model(path)
     feed = generate_inputs(loaded.model, shapes or {}, batch=batch)
     try:
         session, choice = create_session(str(path), provider, threads=threads)
-        with click.progressbar(length=runs, label="timing", file=None) if progress else _plain(runs) as bar:
+        with progress.task("timing", total=runs) as step:
             timings = interleaved_latency(
-                {"model": lambda: run(session, feed)}, rounds=runs, warmup=warmup, on_round=lambda _: bar.update(1)
+                {"model": lambda: run(session, feed)}, rounds=runs, warmup=warmup, on_round=lambda _: step.advance()
             )["model"]
     except RuntimeUnavailable as error:
         raise UsageError(f"onnxruntime cannot run {path}: {error}") from None
@@ -93,19 +92,3 @@ def measure_latency(
         "p90_ms": float(np.percentile(ordered, 90)),
         "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
     }
-
-
-class _plain:
-    """A stand-in for click.progressbar when stderr is not a terminal."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __enter__(self) -> _plain:
-        return self
-
-    def update(self, steps: int) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

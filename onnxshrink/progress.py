@@ -51,6 +51,8 @@ class _Silent:
 
 
 _SILENT = _Silent()
+SILENT: Reporter = _SILENT
+"""The reporter that shows nothing: ``use(SILENT)`` keeps a block quiet (e.g. under ``--json``)."""
 _reporter: Reporter = _SILENT
 
 

@@ -132,7 +132,7 @@ def auto_command(
         model,
         calibration=calib,
         evaluation=evaluation,
-        max_size=parse_size(max_size) if max_size is not None else None,
+        max_size=max_size,
         max_macs=max_macs,
         min_speedup=min_speedup,
         max_drop=max_drop,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -32,19 +32,20 @@ def bench_command(
     as_json: bool,
 ) -> None:
     """Measure onnxruntime latency: warm-up, then the median of timed runs."""
+    from onnxshrink import progress
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.latency import measure_latency
 
-    result = measure_latency(
-        model,
-        provider=provider,
-        shapes=parse_shapes(shapes),
-        batch=batch,
-        threads=threads,
-        runs=runs,
-        warmup=warmup,
-        progress=sys.stderr.isatty() and not as_json,
-    )
+    with progress.use(progress.SILENT) if as_json else contextlib.nullcontext():
+        result = measure_latency(
+            model,
+            provider=provider,
+            shapes=parse_shapes(shapes),
+            batch=batch,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+        )
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import click
 
+from onnxshrink import progress
 from onnxshrink.cli.common import PROVIDER, guarded, human_bytes, main
 from onnxshrink.errors import UsageError
 
@@ -15,23 +16,16 @@ DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies 
 
 
 def _save_with_progress(result: Any, output: Path, external_data: bool | None) -> None:
-    """Saves; on a terminal, a progress bar follows the external-data tensors being written."""
-    if not sys.stderr.isatty():
-        result.save(output, external_data=external_data)
-        return
-    bars: list[Any] = []
+    """Saves; the external-data tensors being written are a progress task (shown on a terminal)."""
+    with contextlib.ExitStack() as stack:
+        steps: list[Any] = []
 
-    def on_tensor(tensor: Any, info: Any) -> None:
-        if not bars:
-            bars.append(click.progressbar(length=info.total, label="writing weights", file=sys.stderr))
-            bars[0].__enter__()
-        bars[0].update(1)
+        def on_tensor(tensor: Any, info: Any) -> None:
+            if not steps:  # the total is known only once the writer starts
+                steps.append(stack.enter_context(progress.task("writing weights", total=info.total)))
+            steps[0].advance()
 
-    try:
         result.save(output, external_data=external_data, on_tensor=on_tensor)
-    finally:
-        if bars:
-            bars[0].__exit__(None, None, None)
 
 
 @main.command()
