@@ -43,7 +43,7 @@ from .models import (
 )
 from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, session
 from .real_models import REAL_MODELS, RealModel, cache_dir, fetch, get_real_model, real_model_feed
-from .running import PassLike, PassRegistrations, PassRun, run_pass
+from .running import PassLike, PassRegistrations, PassRun, assert_exact_change, run_pass
 
 __all__ = [
     "ATOL",
@@ -67,6 +67,7 @@ __all__ = [
     "RealModel",
     "as_proto",
     "assert_close",
+    "assert_exact_change",
     "assert_outputs_close",
     "assert_same_signature",
     "cache_dir",

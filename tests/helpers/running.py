@@ -166,3 +166,32 @@ class PassRegistrations:
         """Unregisters everything this object registered (``registry.unregister``), newest first."""
         while self._names:
             registry.unregister(self._names.pop())
+
+
+def assert_exact_change(
+    text: str,
+    spec: str,
+    ops_after: Mapping[str, int],
+    stats: Mapping[str, Any],
+    *,
+    feed: Mapping[str, Any] | None = None,
+    context: str = "",
+) -> None:
+    """An exact pass changes the model in ONNX ``text`` as expected and then reaches its fixed point.
+
+    Checks the op counts and stats after the pass, ``modified``, the signature, onnxruntime numerics
+    (on ``feed``, or random inputs) and that a second run changes nothing and reports no stats.
+    """
+    from .models import assert_same_signature, op_counts, parse_model
+    from .numerics import assert_close
+
+    model = parse_model(text)
+    changed = run_pass(model, spec)
+    out, record = changed.model, changed.record
+    assert dict(op_counts(out)) == ops_after
+    assert record["modified"] is True
+    assert record["stats"] == stats
+    assert_same_signature(model, out)
+    assert_close(model, out, feed, context=context)
+    again = run_pass(out, spec).record
+    assert again["modified"] is False and again["stats"] == {}

@@ -18,7 +18,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB, ModelFile, parse_ir_model, parse_model, random_arrays, run_pass
+from helpers import DIGITS, DIGITS_CALIB, ModelFile, parse_ir_model
 
 from onnxshrink.cli import main
 from onnxshrink.inspect.int_kernels import KernelReport, NodeKernel, _totals, format_kernels, kernel_report
@@ -492,14 +492,8 @@ def test_cli_provider_without_kernels_is_a_usage_error() -> None:
     assert result.stderr.strip() == "onnxshrink: error: --provider applies to --kernels only; add --kernels"
 
 
-def test_block_quantized_gather_written_by_quantize_is_an_integer_kernel() -> None:
-    text = """<ir_version: 10, opset_import: ["" : 21]>
-    g (int64[N, 4] ids) => (float[N, 4, 8] y) <float[32, 64] table, float[64, 8] w> {
-        e = Gather(table, ids)
-        y = MatMul(e, w)
-    }"""
-    proto = parse_model(text, initializers=random_arrays({"table": (32, 64), "w": (64, 8)}))
-    quantized = run_pass(proto, "quantize:mode=weight-only,weights=s4,block-size=16").ir_model
+def test_block_quantized_gather_written_by_quantize_is_an_integer_kernel(int4_gather_matmul: ir.Model) -> None:
+    quantized = int4_gather_matmul
     assert "GatherBlockQuantized" in {n.op_type for n in quantized.graph}
     report = kernel_report(quantized, provider="cpu")
     gathers = [row for row in report.nodes if row.op == "GatherBlockQuantized"]

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB, fetch, get_real_model, parse_ir_model, parse_model, random_arrays, run_pass
+from helpers import DIGITS, DIGITS_CALIB, fetch, get_real_model, parse_ir_model
 
 from onnxshrink.cli import main
 from onnxshrink.inspect.int_kernels import format_kernels, kernel_report
@@ -48,14 +48,8 @@ def test_kernels_column_names_the_integer_kernel(quantized_digits: Path) -> None
     assert "/res1/res1.0/Conv" in text and "int8" in text and "QLinearConv" in text
 
 
-def test_block_quantized_layers_are_listed_as_int4() -> None:
-    text = """<ir_version: 10, opset_import: ["" : 21]>
-    g (int64[N, 4] ids) => (float[N, 4, 8] y) <float[32, 64] table, float[64, 8] w> {
-        e = Gather(table, ids)
-        y = MatMul(e, w)
-    }"""
-    proto = parse_model(text, initializers=random_arrays({"table": (32, 64), "w": (64, 8)}))
-    quantized = run_pass(proto, "quantize:mode=weight-only,weights=s4,block-size=16").ir_model
+def test_block_quantized_layers_are_listed_as_int4(int4_gather_matmul: ir.Model) -> None:
+    quantized = int4_gather_matmul
     layers = {layer["op"]: layer for layer in inspect_model(quantized)["layers"]}
     assert layers["GatherBlockQuantized"]["precision"] == "int4"
     (matmul,) = [layer for op, layer in layers.items() if op in ("MatMulNBits", "MatMul")]
