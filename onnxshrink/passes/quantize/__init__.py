@@ -15,7 +15,9 @@ from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
+from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
+from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite as rewrite
@@ -60,8 +62,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     1. Layers are Conv, MatMul, Gemm (tensorrt: also ConvTranspose) whose weight (input 1) is a
        constant float32 initializer; ``include``/``exclude`` select by op type or node-name glob.
        Weights are symmetric narrow-range s8 ([-127, 127]; [-63, 63] with ``reduce-range``,
-       the default for ort-cpu with u8 activations and for dynamic mode, because x86 AVX2
-       kernels add u8 x s8 products in saturating int16 pairs), per output channel (Conv axis
+       the default for ort-cpu with u8 activations and for dynamic mode on a CPU without VNNI
+       (``cpu``: detected, or forced avx2/vnni), because x86 AVX2 kernels add u8 x s8
+       products in saturating int16 pairs), per output channel (Conv axis
        0, ConvTranspose axis 1, MatMul ``[K, N]`` axis 1, Gemm axis 0 with transB=1 else 1).
     2. Calibration: the placement is first made as if every range were known; the tensors it
        would quantize (only those) are captured in one onnxruntime session and ``samples``
@@ -108,6 +111,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     12. Q/DQ need opset 13 (4-bit weights: 21). An older opset (11 or later) is raised only when no
         op of the model changes meaning between the two versions (else the pass refuses the
         model), and only when something is quantized: a model left float keeps its opset.
+    13. ``keep-slow-float`` (static ort-cpu, on by default): layers whose int8 kernel is slower
+        than float on the CPU stay float, each with its reason (kernels.py: depthwise Conv, Conv
+        on a 1x1 spatial input, fewer than 32 multiply-adds per converted value). The CPU
+        profile is in the stats.
+    14. ``bias-correction``: each quantized Conv/Gemm's per-channel output mean shift is measured
+        on the calibration data and subtracted from its bias (bias_correction.py); the shift
+        per layer is in the stats.
     """
 
     name = "quantize"
@@ -163,8 +173,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 )
             return ranges[name]
 
+        # Layers whose int8 kernel is slower than float on the CPU (kernels.py rule 2).
+        slow = (
+            kernels.slow_layers(float_model, options.cpu_profile)
+            if options.target == "ort-cpu" and options.keep_slow_float
+            else {}
+        )
+
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
-            return place.plan_static(float_model, options, range_of, float_layers)
+            return place.plan_static(float_model, options, range_of, float_layers, slow)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them (BERT-base: ~50 of 429 float activations).
@@ -172,6 +189,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         collector = self._calibrate(float_model, list(make_plan().activations))
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()
+        for _ in range(4 if options.target == "ort-cpu" and options.keep_slow_float else 0):
+            found = kernels.islands(float_model, plan, options.cpu_profile)
+            if not found:
+                break
+            slow.update(found)
+            plan = make_plan()
         if options.max_drop is None and options.min_cosine is None:
             return plan, collector, None
         started = time.perf_counter()
@@ -200,6 +223,20 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)
+        corrections: dict[str, Any] | None = None
+        if options.bias_correction and plan.layers:
+            started = time.perf_counter()
+            shifts = bias_correction.correct_biases(
+                self.context,
+                float_model,
+                plan,
+                options.weight_bits,
+                pass_name=self.name,
+                samples=options.samples,
+                int32_bias=options.target != "tensorrt",
+            )
+            float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
+            timings["bias_correction"] = time.perf_counter() - started
         candidate = float_model.clone()
         counts = rewrite.apply_plan(candidate, plan, options.weight_bits)
         tables: dict[str, str] = {}
@@ -225,6 +262,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "nodes": budget.node_summaries(plan),
             "tables": tables,
             "budget": budget_stats,
+            "cpu": options.cpu_profile.to_json() if options.target == "ort-cpu" else None,
+            "bias_correction": corrections,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0

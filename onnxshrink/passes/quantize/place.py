@@ -200,7 +200,11 @@ def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
 
 
 def plan_static(
-    model: ir.Model, options: QuantizeOptions, range_of: RangeOf, float_layers: Iterable[str] = ()
+    model: ir.Model,
+    options: QuantizeOptions,
+    range_of: RangeOf,
+    float_layers: Iterable[str] = (),
+    slow: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     """Returns the placement for ``options.target`` given each tensor's calibrated range.
 
@@ -213,6 +217,7 @@ def plan_static(
         options: The quantize options (target, dtypes, include/exclude...).
         range_of: Each tensor's calibrated range; None when no finite value was seen.
         float_layers: Layers kept float (the accuracy budget).
+        slow: Layers kept float because int8 is slower than float on the CPU, with the reason.
     """
     target: Target = options.target
     dtype, per_channel, activation_matmuls = options.activations, options.per_channel, options.activation_matmuls
@@ -236,6 +241,8 @@ def plan_static(
             why = unselected(node, key, include, exclude)
         if why is None and key in forced_float:
             why = NoMatch("kept float by the accuracy budget")
+        if why is None and slow and key in slow:
+            why = NoMatch(slow[key])
         if why is None and tensorrt:
             why = trt_skip_reason(node, first)
         effective, _ = fold_candidate(node)
