@@ -15,16 +15,16 @@ they are deterministic and testable with a forced profile (``cpu=avx2|vnni``):
       slower than its float one on every x86 CPU measured;
    b. Conv reading a 1x1 spatial input (squeeze-excitation after GlobalAveragePool): a
       matrix-vector product that int8 cannot speed up past the Q/DQ around it;
-   c. a layer between float neighbours (no other int8 layer makes its input or reads its
-      output, so its input Q and output DQ are there for it alone) with fewer than
-      ``MIN_MACS_PER_CONVERSION`` multiply-adds per converted value (``K * N / (C_in + N)``:
-      each output needs K products, each input and output value is converted once): the
-      conversions cost more than the int8 products save. Found on the calibrated plan, then
+   c. a layer with fewer than ``MIN_MACS_PER_CONVERSION`` multiply-adds per value converted
+      for it alone (``K * N / (C_in [its input Q is its own: no other int8 layer makes or
+      reads the input] + N [a float op reads its output])``; each output needs K products):
+      the conversions cost more than the int8 products save. Found on the calibrated plan, then
       the plan is made again without them, until none is left (at most 4 rounds).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.cpu import CpuProfile
@@ -135,27 +135,65 @@ def _int8_source(value: ir.Value, layers: set[int], depth: int = 0) -> bool:
     return False
 
 
-def islands(model: ir.Model, plan: QuantPlan, profile: CpuProfile) -> dict[str, str]:
-    """Rule 2c: planned layers between float neighbours whose products do not pay for the conversions.
+def _float_reader(value: ir.Value, layers: set[int], depth: int = 0) -> bool:
+    """Whether a float op (or the graph output) reads ``value``, through data movement / a folded Relu."""
+    if value.is_graph_output():
+        return True
+    for user, _ in value.uses():
+        if id(user) in layers:
+            continue
+        moves = depth < 8 and is_onnx_op(user, *MOVES, *FOLDABLE) and bool(user.outputs)
+        if not moves or _float_reader(user.outputs[0], layers, depth + 1):
+            return True
+    return False
 
-    A layer is an island when no other planned layer produces its input or reads its output
-    (so its input Q and output DQ are there for it alone).
+
+def converted_values(node: ir.Node, others: set[int]) -> tuple[int, int] | None:
+    """Channels converted for ``node`` alone, or None when the weight's shape is unknown.
+
+    Returns:
+        (input channels if its input Q is its own, output channels if a float op reads its output).
+    """
+    weight = _shape(node.inputs[1] if len(node.inputs) > 1 else None)
+    if weight is None or len(weight) < 2:
+        return None
+    if node.op_type == "Conv":
+        in_channels, out_channels = weight[1] * node.attributes.get_int("group", 1), weight[0]
+    elif node.op_type == "Gemm" and node.attributes.get_int("transB"):
+        in_channels, out_channels = weight[1], weight[0]
+    else:
+        in_channels, out_channels = weight[0], weight[1]
+    source = node.inputs[0]
+    input_int8 = source is not None and (_int8_source(source, others) or _reads_int8(source, others))
+    return (0 if input_int8 else in_channels), (out_channels if _float_reader(node.outputs[0], others) else 0)
+
+
+def islands(model: ir.Model, plan: QuantPlan, profile: CpuProfile) -> dict[str, str]:
+    """Rule 2c: planned layers whose products do not pay for the conversions made for them alone.
+
+    A layer's input Q is its own when no other planned layer makes or reads that input; its
+    output DQ is its own when a float op reads its output. Each output value needs K products.
     """
     view = GraphView(model.graph)
     planned = {key: view.nodes[key] for key, layer in plan.layers.items() if layer.weight is not None}
     ids = {id(node) for key, node in view.nodes.items() if key in plan.layers}
     found: dict[str, str] = {}
     for key, node in planned.items():
-        others = ids - {id(node)}
-        source = node.inputs[0]
-        if source is not None and (_int8_source(source, others) or _reads_int8(source, others)):
-            continue
-        if _reads_int8(node.outputs[0], others):
-            continue
+        converted = converted_values(node, ids - {id(node)})
         intensity = macs_per_conversion(node)
-        if intensity is not None and intensity < MIN_MACS_PER_CONVERSION:
+        if converted is None or intensity is None or sum(converted) == 0:
+            continue
+        weight = _shape(node.inputs[1])
+        assert weight is not None
+        if node.op_type == "Conv":
+            k, n = int(np.prod(weight[1:])), weight[0]
+        else:
+            trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB"))
+            k, n = (weight[1], weight[0]) if trans_b else (weight[0], weight[1])
+        per_value = k * n / sum(converted)
+        if per_value < MIN_MACS_PER_CONVERSION:
             found[key] = (
-                f"between float neighbours with {intensity:.1f} multiply-adds per converted value < "
+                f"{per_value:.1f} multiply-adds per value converted for it alone < "
                 f"{MIN_MACS_PER_CONVERSION:g}: Q/DQ cost more than int8 saves on {profile.kind.upper()} CPUs (rule 2c)"
             )
     return found
