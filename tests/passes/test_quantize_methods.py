@@ -153,7 +153,8 @@ def _shifted_model() -> onnx.ModelProto:
     )
 
 
-def test_bias_correction_removes_a_known_mean_shift() -> None:
+@pytest.mark.parametrize("method", ["fast", "measured"])
+def test_bias_correction_removes_a_known_mean_shift(method: str) -> None:
     model = _shifted_model()
     rng = np.random.default_rng(1)
     calib = {"x": rng.uniform(0.0, 1.0, (32, 64, 4, 4)).astype(np.float32)}
@@ -162,7 +163,7 @@ def test_bias_correction_removes_a_known_mean_shift() -> None:
     # Each weight rounds down by 0.45/127 (weight bits 8: cpu=vnni), inputs average 0.5: the mean
     # of every output channel drops by about 63 * 0.45/127 * 0.5 = 0.11.
     plain = run_pass(model, "quantize:cpu=vnni", calibration=calib)
-    corrected = run_pass(model, "quantize:cpu=vnni,bias-correction=true", calibration=calib)
+    corrected = run_pass(model, f"quantize:cpu=vnni,bias-correction={method}", calibration=calib)
     (before,) = run(plain.model, test)
     (after,) = run(corrected.model, test)
     shift_before = np.abs((before - reference).mean(axis=(0, 2, 3)))
@@ -193,7 +194,7 @@ def test_bias_correction_keeps_an_unbiased_layer_unchanged_and_names_matmuls_it_
         },
     )
     calib = {"x": rng.standard_normal((32, 32)).astype(np.float32)}
-    result = run_pass(model, "quantize:cpu=vnni,bias-correction=true", calibration=calib)
+    result = run_pass(model, "quantize:cpu=vnni,bias-correction=fast", calibration=calib)
     record = result.stats["bias_correction"]
     assert record["not_corrected"] == {"MatMul#0": "MatMul has no bias input"}
     assert set(record["layers"]) == {"Gemm#2"}

@@ -224,7 +224,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)
         corrections: dict[str, Any] | None = None
-        if options.bias_correction and plan.layers:
+        if options.bias_correction != "off" and plan.layers:
             started = time.perf_counter()
             shifts = bias_correction.correct_biases(
                 self.context,
@@ -234,6 +234,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 pass_name=self.name,
                 samples=options.samples,
                 int32_bias=options.target != "tensorrt",
+                method=options.bias_correction,
             )
             float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
             timings["bias_correction"] = time.perf_counter() - started

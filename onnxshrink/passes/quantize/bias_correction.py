@@ -1,7 +1,10 @@
 """Bias correction (``bias-correction``): the quantized model's per-channel output mean shift, undone.
 
 Rounding weights and activations shifts the mean of a layer's output channels (most for layers
-with few input channels, such as depthwise Conv). The shift is measured, not modelled:
+with few input channels, such as depthwise Conv). ``bias-correction=fast`` computes the shift
+from the float model's layer inputs (per-channel means of the input and of its rounding error,
+times the weight and its rounding error: the layer is linear; NNCF's fast bias correction
+measures the same quantity by running the layer). ``measured`` runs both models:
 
 1. The plan is applied to a copy of the float model; both models run the calibration samples and
    every corrected layer's raw output (before its output Q, and before a folded Relu/Clip) is
@@ -25,8 +28,9 @@ from onnxshrink.activations import capture
 from onnxshrink.context import PassContext
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import add_initializer, taken_names
-from onnxshrink.passes.quantize.plan import GraphView, QuantPlan
+from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weight
 from onnxshrink.passes.quantize.rewrite import apply_plan, drop_unused_initializers
+from onnxshrink.passes.quantize.statistics import QRANGE, QParams
 
 __all__ = ["BiasShifts", "correct_biases"]
 
@@ -85,6 +89,7 @@ def correct_biases(
     pass_name: str,
     samples: int,
     int32_bias: bool,
+    method: str = "measured",
 ) -> BiasShifts:
     """Measures each quantized layer's output mean shift and folds it into a copy of ``float_model``.
 
@@ -96,6 +101,7 @@ def correct_biases(
         pass_name: For calibration-data errors.
         samples: Calibration samples read.
         int32_bias: Whether a newly added bias is stored int32 (ort-cpu, ort-cuda) or float.
+        method: ``measured`` (both models run) or ``fast`` (float inputs, weight and input error).
     """
     view = GraphView(float_model.graph)
     candidates: dict[str, int] = {}
@@ -119,6 +125,12 @@ def correct_biases(
             candidates[key] = channels
     if not candidates:
         return BiasShifts(float_model, plan, {}, left)
+    corrected = float_model.clone()
+    if method == "fast":
+        float_means, quantized_means = _fast_shifts(
+            context, float_model, plan, candidates, weight_bits, pass_name, samples
+        )
+        return _fold_shifts(corrected, plan, candidates, float_means, quantized_means, left, int32_bias)
     quantized = float_model.clone()
     quantized_nodes = GraphView(quantized.graph).nodes
     outputs = {key: quantized_nodes[key].outputs[0] for key in candidates}
@@ -128,8 +140,81 @@ def correct_biases(
     quantized_names = {key: value.name or "" for key, value in outputs.items()}
     float_means, _ = _channel_sums(context, float_model, float_names, kinds, pass_name, samples)
     quantized_means, _ = _channel_sums(context, quantized, quantized_names, kinds, pass_name, samples)
-    corrected = float_model.clone()
     return _fold_shifts(corrected, plan, candidates, float_means, quantized_means, left, int32_bias)
+
+
+def _fake_quantized(array: np.ndarray, params: QParams) -> np.ndarray:
+    low, high = QRANGE[params.dtype]
+    q = np.clip(np.rint(array / params.scale) + params.zero_point, low, high)
+    return (q - params.zero_point) * params.scale
+
+
+def _fast_shifts(
+    context: PassContext,
+    float_model: ir.Model,
+    plan: QuantPlan,
+    candidates: dict[str, int],
+    weight_bits: int,
+    pass_name: str,
+    samples: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each layer's output mean shift from float inputs: weight rounding and input rounding error.
+
+    The layer is linear, so the per-channel output mean moves by ``dW . mean(x) + Wq . mean(fq(x) - x)``
+    (Conv: kernel taps summed, zero padding at borders ignored).
+
+    Returns:
+        The float and the quantized per-channel output means, the same way estimated.
+    """
+    view = GraphView(float_model.graph)
+    nodes = {key: view.nodes[key] for key in candidates}
+    names = {key: (value.name or "") if (value := node.inputs[0]) is not None else "" for key, node in nodes.items()}
+    sums: dict[str, np.ndarray] = {}
+    errors: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for _, arrays in capture(
+        context, float_model, list(dict.fromkeys(names.values())), pass_name=pass_name, samples=samples, batch_size=8
+    ):
+        for key, name in names.items():
+            array = np.asarray(arrays[name], dtype=np.float64)
+            axis = 1 if nodes[key].op_type == "Conv" else array.ndim - 1
+            moved = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+            activation = plan.activations.get(name)
+            error = _fake_quantized(moved, activation.params) - moved if activation is not None else 0.0 * moved
+            sums[key] = sums.get(key, 0.0) + moved.sum(axis=1)
+            errors[key] = errors.get(key, 0.0) + error.sum(axis=1)
+            counts[key] = counts.get(key, 0) + moved.shape[1]
+    outputs: dict[str, np.ndarray] = {}
+    shifts: dict[str, np.ndarray] = {}
+    for key, node in nodes.items():
+        mean, error = sums[key] / counts[key], errors[key] / counts[key]
+        weight = constant_array(node.inputs[1])
+        assert weight is not None
+        layer_weight = plan.layers[key].weight
+        assert layer_weight is not None
+        q, scales = quantize_weight(weight.astype(np.float32), layer_weight.axis, weight_bits)
+        shape = [1] * weight.ndim
+        if layer_weight.axis is not None:
+            shape[layer_weight.axis] = -1
+        wq = q.astype(np.float64) * scales.reshape(shape)
+        delta = wq - weight
+        if node.op_type == "Conv":
+            group = node.attributes.get_int("group", 1)
+            out_channels, per_group = weight.shape[0], weight.shape[1]
+            taps = tuple(range(2, weight.ndim))
+            delta_sum, wq_sum = delta.sum(axis=taps), wq.sum(axis=taps)  # [Cout, Cin/group]
+            index = (np.arange(out_channels)[:, None] // (out_channels // group)) * per_group + np.arange(per_group)
+            shift = (delta_sum * mean[index]).sum(axis=1) + (wq_sum * error[index]).sum(axis=1)
+            output = (weight.sum(axis=taps) * mean[index]).sum(axis=1)
+        else:
+            trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB"))
+            delta_kn, wq_kn = (delta.T, wq.T) if trans_b else (delta, wq)
+            shift = mean @ delta_kn + error @ wq_kn
+            output = mean @ (weight.T if trans_b else weight)
+        bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
+        outputs[key] = output + (bias.reshape(-1) if bias is not None else 0.0)
+        shifts[key] = outputs[key] + shift
+    return outputs, shifts
 
 
 def _fold_shifts(

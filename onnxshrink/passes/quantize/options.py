@@ -57,10 +57,11 @@ class QuantizeOptions:
         "static ort-cpu: leave float the layers whose int8 kernel is slower than float on the "
         "CPU (depthwise Conv, Conv on 1x1 inputs, < 32 multiply-adds per converted value)",
     )
-    bias_correction: bool = option(
-        False,
-        "static ort-cpu/ort-cuda: measure each layer's per-channel output mean shift (quantized "
-        "minus float) on the calibration data and subtract it from the layer's bias",
+    bias_correction: Literal["off", "fast", "measured"] = option(
+        "off",
+        "static: subtract each quantized Conv/Gemm's per-channel output mean shift from its bias; "
+        "fast: computed from the float layer inputs; measured: both models run the calibration data",
+        choices=("off", "fast", "measured"),
     )
     activation_matmuls: bool = option(
         False,
