@@ -37,8 +37,8 @@ and every quantized model run interleaved (rotating round-robin), median; the ra
 the median of same-round ratios. Kernels: ORT's optimized model (extended level), op counts.
 
 Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
-layers float), ``onnxshrink-bc-fast`` / ``-bc-measured`` (``bias-correction=``),
-``onnxshrink-all-int8`` (``keep-slow-float=false``),
+layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
+``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``,
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
 correction included; NNCF lives in the benchmark environment only), all fed the same
 calibration samples one by one (NNCF) or in batches of 10 (onnxruntime).
@@ -67,11 +67,11 @@ from numerics import cosine, top1_agreement
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 # The side-by-side rows (issue 14): onnxshrink's default and methods, onnxruntime's default, NNCF.
 SIDE_BY_SIDE = {
-    "onnxshrink-default": "",
-    "onnxshrink-bc-fast": "bias-correction=fast",
+    "onnxshrink-default": "",  # slow layers float, bias-correction=fast
+    "onnxshrink-bc-off": "bias-correction=off",
     "onnxshrink-bc-measured": "bias-correction=measured",
     "onnxshrink-all-int8": "keep-slow-float=false",
-    "onnxshrink-all-int8-bc-fast": "keep-slow-float=false,bias-correction=fast",
+    "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
 }
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence

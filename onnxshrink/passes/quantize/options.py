@@ -58,9 +58,9 @@ class QuantizeOptions:
         "CPU (depthwise Conv, Conv on 1x1 inputs, < 32 multiply-adds per converted value)",
     )
     bias_correction: Literal["off", "fast", "measured"] = option(
-        "off",
+        "fast",
         "static: subtract each quantized Conv/Gemm's per-channel output mean shift from its bias; "
-        "fast: computed from the float layer inputs; measured: both models run the calibration data",
+        "fast (default): computed from the float layer inputs; measured: both models run the calibration data",
         choices=("off", "fast", "measured"),
     )
     activation_matmuls: bool = option(
