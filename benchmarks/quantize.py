@@ -72,6 +72,7 @@ SIDE_BY_SIDE = {
     "onnxshrink-bc-measured": "bias-correction=measured",
     "onnxshrink-all-int8": "keep-slow-float=false",
     "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
+    "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
 }
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence

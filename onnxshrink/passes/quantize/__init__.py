@@ -115,9 +115,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         than float on the CPU stay float, each with its reason (kernels.py: depthwise Conv, Conv
         on a 1x1 spatial input, fewer than 32 multiply-adds per converted value). The CPU
         profile is in the stats.
-    14. ``bias-correction``: each quantized Conv/Gemm's per-channel output mean shift is measured
-        on the calibration data and subtracted from its bias (bias_correction.py); the shift
-        per layer is in the stats.
+    14. ``bias-correction`` (``fast`` by default): each quantized Conv/Gemm's per-channel output
+        mean shift is computed from its float inputs (``fast``) or measured by running both
+        models (``measured``) on the calibration data and subtracted from its bias
+        (bias_correction.py); the shift per layer is in the stats.
     """
 
     name = "quantize"
