@@ -118,7 +118,7 @@ class _TrialWorker:
             output.unlink()
         return outcome
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -238,6 +238,7 @@ class RayExecutor:
         if not tasks:
             return
         timed = any(task.job.speed_batch is not None for task in tasks)
+        self._release("setup-")  # profiling is over: its workers give their CPUs to the trials
         actors = self._actors(_TrialWorker, _study_files(tasks), "files", timed)
 
         def finished(task: TrialTask, outcome: dict[str, Any]) -> None:
@@ -251,6 +252,15 @@ class RayExecutor:
             return {"error": reason}
 
         self._dispatch(actors, tasks, lambda actor, task: actor.trial.remote(task), lost, finished, "trials")
+
+    def _release(self, prefix: str) -> None:
+        ray = _ray()
+        for key in [k for k in self._pools if k[0].startswith(prefix)]:
+            actors = self._pools.pop(key)
+            if key[0] == "files":  # trial workers remove their node-local copies first
+                ray.wait([actor.close.remote() for actor in actors], num_returns=len(actors), timeout=10)
+            for actor in actors:
+                ray.kill(actor)
 
     def transfers(self) -> dict[str, dict[str, Any]]:
         """Per object put: its size and the nodes whose object store holds a copy (the owner's included)."""
@@ -269,10 +279,7 @@ class RayExecutor:
         if not ray.is_initialized():
             return
         self.stats["objects"] = self.transfers()
-        for actors in self._pools.values():
-            for actor in actors:
-                ray.kill(actor)
-        self._pools.clear()
+        self._release("")
         self._refs.clear()
         if self.started_ray:
             ray.shutdown()
