@@ -50,12 +50,15 @@ result = onnxshrink.auto(
     {str(MODEL)!r}, calibration={str(CALIB)!r}, evaluation={str(EVAL)!r}, study=sys.argv[2], max_drop=1.0,
     max_trials=5, workers=2, search="int8", executor=executor,
 )
+objects = executor.transfers()
+fetches = {{node: entry["fetches"] for node, entry in executor.stats["nodes"].items()}}
 executor.close()
 journal = TrialJournal(__import__("pathlib").Path(sys.argv[2]), result.report["study"]["name"], resume=True)
 recorded = [t.user_attrs["record"]["key"] for t in journal.study.get_trials(deepcopy=False)]
 trials = [t["key"] for t in result.trials]
 errors = [t.get("error") for t in result.trials]
-print(json.dumps({{"trials": trials, "journal": recorded, "errors": errors, "nodes": nodes}}))
+found = {{"trials": trials, "journal": recorded, "errors": errors, "nodes": nodes}}
+print(json.dumps({{**found, "objects": objects, "fetches": fetches}}))
 """
 
 
@@ -114,6 +117,10 @@ def test_a_dead_worker_node_loses_no_trial(tmp_path: Path) -> None:
         keys = found["trials"]
         assert len(keys) == len(set(keys)) >= 2
         assert found["nodes"] == 2  # both nodes were up when the study started
+        # The model and data were put once; no object store holds more than its one copy (the dead
+        # node's copy is gone with it), whatever the number of workers that read them.
+        assert found["objects"] and all(0 < entry["nodes"] <= 2 for entry in found["objects"].values())
+        print(json.dumps({"objects": found["objects"], "fetches": found["fetches"], "trials": len(keys)}))
         assert sorted(found["journal"]) == sorted(keys)  # every trial journaled exactly once
         assert all(error is None or error.startswith("ray:") for error in found["errors"])
     finally:

@@ -23,7 +23,7 @@ STUDY = {"max_drop": 1.0, "max_trials": 4, "workers": 2, "search": "channels,int
 
 @pytest.fixture(scope="module")
 def local_ray():  # type: ignore[no-untyped-def]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -142,7 +142,7 @@ class RayExecutor:
         self.started_ray = False
         if not ray.is_initialized():
             try:
-                ray.init(address=None if address == "local" else address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster: {error}") from None
             self.started_ray = True
