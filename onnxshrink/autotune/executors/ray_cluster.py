@@ -138,6 +138,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, workers: int | None = None, address: str = "auto", retries: int = 2) -> None:
+        host, colon, port = address.rpartition(":")
+        if address not in ("auto", "local") and not (colon and host and port.isdigit()):
+            raise UsageError(f"--ray-address {address}: expected auto, local or HOST:PORT")
         ray = _ray()
         self.started_ray = False
         if not ray.is_initialized():
