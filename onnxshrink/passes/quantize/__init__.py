@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.activations import capture
+from onnxshrink.data.samples import batch_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
@@ -21,6 +22,13 @@ from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite as rewrite
 from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
 from onnxshrink.passes.quantize.options import QuantizeOptions
+from onnxshrink.passes.quantize.scopes import (
+    body_value_names,
+    control_flow_scopes,
+    exposing_bodies,
+    read_outer_values_locally,
+    unique_value_names,
+)
 from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
 from onnxshrink.registry import register_pass
 from onnxshrink.selection import unselected
@@ -34,18 +42,23 @@ logger = logging.getLogger(__name__)
 _CALIBRATION_BATCH = 8
 
 
-def _nested_layers(model: ir.Model) -> dict[str, str]:
-    """Layers in subgraphs and functions, which stay float (the rules place Q/DQ in the main graph)."""
+def _nested_layers(model: ir.Model, *, bodies_placed: bool) -> dict[str, str]:
+    """Layers that stay float because of where they are: functions, and bodies the mode does not reach."""
+    placed = {id(scope.graph) for scope in control_flow_scopes(model)} if bodies_placed else {id(model.graph)}
     skipped: dict[str, str] = {}
     for scope in graph_likes(model):
-        if scope is model.graph:
+        if id(scope) in placed:
             continue
-        where = f"function '{scope.name}'" if isinstance(scope, ir.Function) else f"subgraph '{scope.name}'"
+        if isinstance(scope, ir.Function):
+            where = f"in function '{scope.name}': quantize does not rewrite functions"
+        elif bodies_placed:
+            where = f"in subgraph '{scope.name}' of a node other than If/Loop/Scan"
+        else:
+            where = f"in subgraph '{scope.name}': this mode works on the main graph only"
         for index, node in enumerate(scope):
             table = is_onnx_op(node, "Gather") and node.inputs[0] is not None and node.inputs[0].const_value is not None
             if table or is_onnx_op(node, *placement.TRT_LAYERS):
-                key = f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"
-                skipped[key] = f"in {where}: quantize works on the main graph only"
+                skipped[f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"] = where
     return skipped
 
 
@@ -115,24 +128,36 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
         """Quantizes the model per ``mode``; ``skipped`` names the layers left float, and why."""
-        result = self._static(model) if self.options.mode == "static" else self._weights_only(model)
-        result.skipped.update(_nested_layers(model))
+        static = self.options.mode == "static"
+        result = self._static(model) if static else self._weights_only(model)
+        result.skipped.update(_nested_layers(model, bodies_placed=static))
         return result
 
     def _calibrate(self, model: ir.Model, names: list[str]) -> StatsCollector:
+        """Streams the calibration data through ``model``, collecting statistics of ``names``.
+
+        Values inside If/Loop/Scan bodies are read through a copy that carries them out
+        (:func:`~onnxshrink.passes.quantize.scopes.exposing_bodies`).
+        """
         collector = StatsCollector(names)
+        in_bodies = body_value_names(model).intersection(names)
+        carried: dict[str, str] = {}
+        if in_bodies:
+            model, carried = exposing_bodies(model, sorted(in_bodies))
+        wanted = [carried.get(name, name) for name in names]
+        back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
             for feed, arrays in capture(
                 self.context,
                 model,
-                names,
+                wanted,
                 pass_name=self.name,
                 samples=self.options.samples,
                 batch_size=_CALIBRATION_BATCH,
             ):
-                count = len(next(iter(feed.values()))) if feed else 0
-                collector.update(arrays, count)
+                count = batch_samples(feed) if feed else 0
+                collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
@@ -163,8 +188,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 )
             return ranges[name]
 
+        body_values = body_value_names(float_model)
+
+        def unreached(name: str) -> bool:
+            stats = collector.stats.get(name) if collector is not None else None
+            return name in body_values and stats is not None and stats.count == 0 and stats.nonfinite == 0
+
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
-            return place.plan_static(float_model, options, range_of, float_layers)
+            return place.plan_static(float_model, options, range_of, float_layers, unreached)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them (BERT-base: ~50 of 429 float activations).
@@ -197,6 +228,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         float_model = model.clone()
         # Exporters such as paddle2onnx hold weights in Constant nodes: the same data, as initializers.
         lifted = lift_weight_constants(float_model.graph, placement.TRT_LAYERS)
+        # Bodies are placed like the main graph: names unique model-wide, activations local to each body.
+        unique_value_names(float_model)
+        read_outer_values_locally(float_model, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)
