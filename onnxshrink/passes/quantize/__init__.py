@@ -66,9 +66,11 @@ def _nested_layers(model: ir.Model, *, bodies_placed: bool) -> dict[str, str]:
 class QuantizePass(ShrinkPass[QuantizeOptions]):
     """Quantizes layers to int8 (or 4-bit weights) with Q/DQ placed by the target's rules (lossy).
 
-    Rules (main graph; layers in subgraphs and functions stay float, each named in ``skipped``).
-    ``static`` placement follows docs/quantization.md; the plan is computed as data, then applied
-    to a copy of the model, which replaces the model only when it is kept:
+    Rules (``static``: the main graph and every If/Loop/Scan body, each placed as a graph of its
+    own, keys ``If_0/then_branch/<node>``; ``dynamic``/``weight-only``: the main graph; layers in
+    functions always stay float, each named in ``skipped``). ``static`` placement follows
+    docs/quantization.md; the plan is computed as data, then applied to a copy of the model,
+    which replaces the model only when it is kept:
 
     1. Layers are Conv, MatMul, Gemm (tensorrt: also ConvTranspose) whose weight (input 1) is a
        constant float32 initializer; ``include``/``exclude`` select by op type or node-name glob.
@@ -121,6 +123,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     12. Q/DQ need opset 13 (4-bit weights: 21). An older opset (11 or later) is raised only when no
         op of the model changes meaning between the two versions (else the pass refuses the
         model), and only when something is quantized: a model left float keeps its opset.
+    13. Bodies (static): calibration runs a copy that carries each wanted body value out (an
+        extra output of both If branches, the untaken one giving an empty tensor; an extra scan
+        output of a Loop/Scan body). A layer whose inputs no sample reached stays float ("no
+        calibration sample ran this body"); a body layer reading an enclosing graph's
+        activation reads a local Identity of it, removed again where no Q reads it.
     """
 
     name = "quantize"
