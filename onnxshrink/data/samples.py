@@ -237,6 +237,8 @@ class Samples:
         feed, labels = split_labels(model, self.take(count), f"{self.noun} {self.description}")
         if count is None:
             return Feed(feed, labels, self.description)
+        if _shared_size(feed) is None:  # a batch that cannot be split or joined, run whole
+            return Feed(feed, labels, f"{self.role} {self.description} (first batch)")
         return Feed(feed, labels, f"{self.role} {self.description} (first {count} samples)")
 
 
