@@ -207,6 +207,34 @@ def test_a_loop_or_scan_body_is_calibrated_over_every_iteration_and_quantized(ca
     assert _cosine(model, result.model, feed) > 0.999
 
 
+GROWING_LOOP = """g (float[N, 16] x) => (float[N, 16] y, float[K, 16] acc) {
+    go = Constant <value = bool {1}> ()
+    trips = Constant <value = int64 {3}> ()
+    x1 = MatMul(x, W0)
+    y, acc = Loop(trips, go, x1, x1) <
+        body = b (int64 i, bool cond, float[N, 16] h, float[M, 16] a) => (bool c2, float[N, 16] h2, float[M2, 16] a2) {
+            c2 = Identity(cond)
+            a2 = Concat <axis = 0> (a, h)
+            m = MatMul(a2, W)
+            h2 = Slice(m, Zero, Two, Zero)
+        }
+    >
+}"""
+
+
+def test_a_loop_body_whose_values_change_shape_stays_float_and_the_rest_is_quantized() -> None:
+    """onnxruntime stacks a carried-out Loop value only when its shape stays the same: here it grows."""
+    arrays = {**_weights({"W0": (16, 16), "W": (16, 16)}), "Zero": np.array([0]), "Two": np.array([2])}
+    model = parse_model(GROWING_LOOP, initializers=arrays)
+    x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    result = run_pass(model, "quantize", calibration={"x": x})
+    assert set(result.stats["nodes"]) == {"MatMul#2"}
+    reason = result.stats["skipped"]["Loop#3/body/MatMul#2"]
+    assert reason.startswith("onnxruntime could not calibrate inside this Loop/Scan body (")
+    assert "Inconsistent shape in loop output" in reason
+    assert _cosine(model, result.model, {"x": x}) > 0.999
+
+
 def test_weight_only_mode_still_leaves_bodies_float_with_the_reason() -> None:
     model = _if_model()
     stats = run_pass(model, "quantize:mode=weight-only").stats

@@ -31,6 +31,7 @@ from onnxshrink.passes.quantize.scopes import (
 )
 from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
 from onnxshrink.registry import register_pass
+from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.selection import unselected
 
 __all__ = ["QuantizeOptions", "QuantizePass"]
@@ -127,7 +128,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         extra output of both If branches, the untaken one giving an empty tensor; an extra scan
         output of a Loop/Scan body). A layer whose inputs no sample reached stays float ("no
         calibration sample ran this body"); a body layer reading an enclosing graph's
-        activation reads a local Identity of it, removed again where no Q reads it.
+        activation reads a local Identity of it, removed again where no Q reads it. When
+        onnxruntime cannot stack a Loop/Scan body value (its shape changes between iterations),
+        calibration runs again without the Loop/Scan body values, whose layers stay float.
     """
 
     name = "quantize"
@@ -140,12 +143,30 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         result.skipped.update(_nested_layers(model, bodies_placed=static))
         return result
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> StatsCollector:
+    def _calibrate(self, model: ir.Model, names: list[str]) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
         Values inside If/Loop/Scan bodies are read through a copy that carries them out
-        (:func:`~onnxshrink.passes.quantize.scopes.exposing_bodies`).
+        (:func:`~onnxshrink.passes.quantize.scopes.exposing_bodies`). When onnxruntime cannot
+        run that copy because a Loop/Scan body value changes shape between iterations, the
+        calibration runs again without the Loop/Scan body values.
+
+        Returns:
+            The statistics, and the tensors left uncalibrated with why.
         """
+        try:
+            return self._collect(model, names), {}
+        except RuntimeUnavailable as error:
+            looped = body_value_names(model, loops_only=True).intersection(names)
+            if not looped:
+                raise
+            reason = f"onnxruntime could not calibrate inside this Loop/Scan body ({error})"
+            logger.warning("quantize: %s; its layers stay float", reason)
+            collector = self._collect(model, [name for name in names if name not in looped])
+            collector.stats.update(StatsCollector(sorted(looped)).stats)
+            return collector, dict.fromkeys(looped, reason)
+
+    def _collect(self, model: ir.Model, names: list[str]) -> StatsCollector:
         collector = StatsCollector(names)
         in_bodies = body_value_names(model).intersection(names)
         carried: dict[str, str] = {}
@@ -196,10 +217,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return ranges[name]
 
         body_values = body_value_names(float_model)
+        uncalibrated: dict[str, str] = {}
 
-        def unreached(name: str) -> bool:
+        def unreached(name: str) -> str | None:
             stats = collector.stats.get(name) if collector is not None else None
-            return name in body_values and stats is not None and stats.count == 0 and stats.nonfinite == 0
+            if name in uncalibrated:
+                return uncalibrated[name]
+            if name in body_values and stats is not None and stats.count == 0 and stats.nonfinite == 0:
+                return "no calibration sample ran this body (an If branch not taken, or a loop never run)"
+            return None
 
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
             return place.plan_static(float_model, options, range_of, float_layers, unreached)
@@ -207,7 +233,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them (BERT-base: ~50 of 429 float activations).
         started = time.perf_counter()
-        collector = self._calibrate(float_model, list(make_plan().activations))
+        collector, failed = self._calibrate(float_model, list(make_plan().activations))
+        uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()
         if options.max_drop is None and options.min_cosine is None:

@@ -204,7 +204,7 @@ def plan_static(
     options: QuantizeOptions,
     range_of: RangeOf,
     float_layers: Iterable[str] = (),
-    unreached: Callable[[str], bool] = lambda name: False,
+    unreached: Callable[[str], str | None] = lambda name: None,
 ) -> QuantPlan:
     """Returns the placement for ``options.target`` given each tensor's calibrated range.
 
@@ -219,8 +219,8 @@ def plan_static(
         options: The quantize options (target, dtypes, include/exclude...).
         range_of: Each tensor's calibrated range; None when no finite value was seen.
         float_layers: Layers kept float (the accuracy budget).
-        unreached: Whether no calibration sample ran the code that computes a tensor (an If
-            branch never taken): such layers stay float with that reason.
+        unreached: Why a tensor has no calibration statistics when no sample ran the code that
+            computes it (an If branch never taken), or None: such layers stay float with that reason.
     """
     plan = QuantPlan(target=options.target)
     for scope in control_flow_scopes(model):
@@ -234,7 +234,7 @@ def _layer_problem(
     options: QuantizeOptions,
     range_of: RangeOf,
     forced_float: set[str],
-    unreached: Callable[[str], bool],
+    unreached: Callable[[str], str | None],
     first: bool,
 ) -> NoMatch | None:
     tensorrt = options.target == "tensorrt"
@@ -248,8 +248,9 @@ def _layer_problem(
         why = trt_skip_reason(node, first)
     effective, _ = fold_candidate(node)
     inputs = [v.name or "" for _, v in activation_inputs(node)]
-    if why is None and inputs and all(unreached(name) for name in inputs):
-        why = NoMatch("no calibration sample ran this body (an If branch not taken, or a loop never run)")
+    reasons = [unreached(name) for name in inputs]
+    if why is None and inputs and all(reasons):
+        why = NoMatch(str(reasons[0]))
     if why is None and not all(name and range_of(name) for name in inputs):
         why = NoMatch("input has no finite calibration value")
     if why is None and not tensorrt and node.op_type == "Conv" and not (effective.name and range_of(effective.name)):
@@ -262,7 +263,7 @@ def _plan_scope(
     options: QuantizeOptions,
     range_of: RangeOf,
     forced_float: set[str],
-    unreached: Callable[[str], bool],
+    unreached: Callable[[str], str | None],
     plan: QuantPlan,
 ) -> None:
     """Places one graph's Q/DQ into ``plan``."""

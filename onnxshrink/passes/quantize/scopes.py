@@ -31,6 +31,7 @@ class Scope:
 
     graph: ir.Graph
     prefix: str
+    in_loop: bool = False  # inside a Loop or Scan body (at any depth)
 
 
 def control_flow_scopes(model: ir.Model) -> list[Scope]:
@@ -41,7 +42,7 @@ def control_flow_scopes(model: ir.Model) -> list[Scope]:
     """
     scopes = [Scope(model.graph, "")]
 
-    def visit(graph: ir.Graph, prefix: str) -> None:
+    def visit(graph: ir.Graph, prefix: str, in_loop: bool) -> None:
         for key, node in GraphView(graph, prefix).nodes.items():
             if not is_onnx_op(node, *CONTROL_FLOW):
                 continue
@@ -50,10 +51,11 @@ def control_flow_scopes(model: ir.Model) -> list[Scope]:
                 if attr is None or attr.is_ref() or attr.type != ir.AttributeType.GRAPH:
                     continue
                 body = attr.as_graph()
-                scopes.append(Scope(body, f"{key}/{attribute}/"))
-                visit(body, f"{key}/{attribute}/")
+                looped = in_loop or node.op_type != "If"
+                scopes.append(Scope(body, f"{key}/{attribute}/", looped))
+                visit(body, f"{key}/{attribute}/", looped)
 
-    visit(model.graph, "")
+    visit(model.graph, "", False)
     return scopes
 
 
@@ -112,9 +114,18 @@ def read_outer_values_locally(model: ir.Model, layer_ops: tuple[str, ...]) -> in
     return added
 
 
-def body_value_names(model: ir.Model) -> set[str]:
-    """Names of the values defined inside control-flow bodies (not reachable as main-graph outputs)."""
-    return {v.name for scope in control_flow_scopes(model)[1:] for v in _scope_values(scope.graph) if v.name}
+def body_value_names(model: ir.Model, *, loops_only: bool = False) -> set[str]:
+    """Names of the values defined inside control-flow bodies (not reachable as main-graph outputs).
+
+    With ``loops_only``, only those inside a Loop or Scan body (at any depth).
+    """
+    return {
+        v.name
+        for scope in control_flow_scopes(model)[1:]
+        if scope.in_loop or not loops_only
+        for v in _scope_values(scope.graph)
+        if v.name
+    }
 
 
 def exposing_bodies(model: ir.Model, names: Collection[str]) -> tuple[ir.Model, dict[str, str]]:
