@@ -45,13 +45,20 @@ class PassRecord:
     round: int | None = None
     diff: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    # Figures the pipeline's ``measure`` gave after the pass (None without one): MACs, compressed weight bytes.
+    # Figures of the pipeline's ``measure`` (None without one, and then left out of the JSON).
+    macs_before: int | None = None
     macs_after: int | None = None
+    bytes_compressed_before: int | None = None
     bytes_compressed_after: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Returns the record as plain JSON data, one key per field."""
-        return dataclasses.asdict(self)
+        """Returns the record as plain JSON data, one key per field (measures only when measured)."""
+        data = dataclasses.asdict(self)
+        measures = ("macs_before", "macs_after", "bytes_compressed_before", "bytes_compressed_after")
+        if all(data[key] is None for key in measures):
+            for key in measures:
+                del data[key]
+        return data
 
 
 def _node_snapshot(model: ir.Model) -> dict[int, ir.Node]:
@@ -231,6 +238,8 @@ class Pipeline:
         if problems:
             raise PassFailure(f"pass '{pass_.name}' broke the graph: {problems[0]} (passes before it: {before_names})")
         if self.measure is not None:
+            record.macs_before = self._measured.get("macs")
+            record.bytes_compressed_before = self._measured.get("bytes_compressed")
             if record.modified:
                 self._measured = self.measure(model)
             record.macs_after = self._measured.get("macs")

@@ -148,6 +148,10 @@ def test_each_pass_row_shows_the_macs_and_compressed_bytes_of_the_model_after_it
         (pruned["macs"], pruned["bytes_compressed"]),
         (final["macs"], final["bytes_compressed"]),
     ]
+    assert (records[0]["macs_before"], records[0]["bytes_compressed_before"]) == (
+        source["macs"],
+        source["bytes_compressed"],
+    )
 
 
 def test_a_pass_that_changed_nothing_keeps_the_figures_before_it(tmp_path: Path) -> None:
