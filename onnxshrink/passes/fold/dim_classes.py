@@ -36,9 +36,6 @@ _BROADCAST = (
 )  # fmt: skip
 
 
-_MAX_BUILD_ROUNDS = 4
-
-
 def _dims(value: ir.Value | None) -> tuple[Any, ...] | None:
     if value is None or value.shape is None:
         return None
@@ -58,7 +55,6 @@ class DimClasses:
     def __init__(self) -> None:
         self._parent: dict[Key, Key] = {}
         self._pinned: dict[int, ir.Value] = {}  # keeps ids stable while keys refer to values
-        self._unions = 0
         # root -> root of a class c: every dim of the first class is min(c, D) for a static D
         # (``Slice(x, 0, c)`` along an axis of static size D).
         self._caps: dict[Key, Key] = {}
@@ -83,7 +79,6 @@ class DimClasses:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self._parent[ra] = rb
-            self._unions += 1
             if ra in self._caps:  # a cap is a fact about the whole class
                 self._caps.setdefault(rb, self._caps.pop(ra))
             if ra in self._ones:
@@ -141,14 +136,10 @@ class DimClasses:
         """Ties the dims of ``graphs`` and their subgraphs: shared symbols and per-op rules; returns self.
 
         A broadcast ties only what is already known equal, and a later node (a MatMul's
-        contraction) can prove an earlier pair equal: the rules run again while they add ties.
+        contraction) can prove an earlier pair equal: ``fold`` runs each node's rule again
+        (:meth:`apply`) as it reaches it, after this first sweep.
         """
-        graphs = list(graphs)
-        for _ in range(_MAX_BUILD_ROUNDS):
-            unions = self._unions
-            self._build_once(graphs)
-            if self._unions == unions:
-                break
+        self._build_once(graphs)
         return self
 
     def _build_once(self, graphs: Iterable[ir.Graph | ir.Function]) -> None:
