@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.linalg
 
 # Above this many multiply-adds of per-support dense solves, method=auto switches to OBS.
 _LSTSQ_BUDGET = 2e9
@@ -131,9 +132,10 @@ def solve(equations: NormalEquations, current: np.ndarray, keep: np.ndarray, rid
 
 
 def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Cholesky solve of the (symmetric, ridge-shifted) normal equations."""
     try:
-        return np.linalg.solve(system, rhs)
-    except np.linalg.LinAlgError:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(system, check_finite=False), rhs, check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
         # Only reachable with ridge=0 and rank-deficient inputs: take the minimum-norm solution.
         return np.linalg.lstsq(system, rhs, rcond=None)[0]
 
