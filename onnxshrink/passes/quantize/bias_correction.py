@@ -109,6 +109,9 @@ def correct_biases(
     for key, layer in plan.layers.items():
         if layer.weight is None:
             continue
+        if key not in view.nodes:
+            left[key] = "in a subgraph: bias correction works on the main graph"
+            continue
         node = view.nodes[key]
         weight = constant_array(node.inputs[1])
         assert weight is not None

@@ -30,6 +30,7 @@ import onnx_ir as ir
 from onnxshrink.cpu import CpuProfile
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passes.quantize.plan import FOLDABLE, MOVES, ORT_LAYERS, GraphView, QuantPlan, layer_problem
+from onnxshrink.passes.quantize.scopes import control_flow_scopes
 
 # Rule 2c. PP-OCR cls: pointwise 16->88 (13.5) and 200->32 (27.6) were no faster in int8;
 # resnet18's smallest, the 1x1 downsample 64->128 (42.7), gains.
@@ -175,8 +176,17 @@ def islands(model: ir.Model, plan: QuantPlan, profile: CpuProfile) -> dict[str, 
     output DQ is its own when a float op reads its output. Each output value needs K products.
     """
     view = GraphView(model.graph)
-    planned = {key: view.nodes[key] for key, layer in plan.layers.items() if layer.weight is not None}
-    ids = {id(node) for key, node in view.nodes.items() if key in plan.layers}
+    # Main-graph layers only: body layers (If/Loop/Scan) are left to the placement as they are.
+    planned = {
+        key: view.nodes[key] for key, layer in plan.layers.items() if layer.weight is not None and key in view.nodes
+    }
+    # Every planned node, bodies included: a body layer reading a main-graph value reads int8.
+    ids = {
+        id(node)
+        for scope in control_flow_scopes(model)
+        for key, node in GraphView(scope.graph, scope.prefix).nodes.items()
+        if key in plan.layers
+    }
     found: dict[str, str] = {}
     for key, node in planned.items():
         converted = converted_values(node, ids - {id(node)})
