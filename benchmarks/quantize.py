@@ -17,7 +17,7 @@ Models:
   MatMuls quantized too (``activation-matmuls=true``).
 - ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
   model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
-  ``samples.py`` (as in ``prune.py``): 64 calibration samples; evaluation on 400 rendered text lines
+  ``samples.py`` (as in ``prune.py``): 128 calibration samples; evaluation on 400 rendered text lines
   (accuracy on the rotation label) and 384 real files (top-1 agreement with fp32).
 
 Every model is first run through ``simplify`` (BatchNorm folded); that fp32 model is the
