@@ -84,7 +84,7 @@ class Probe:
         *,
         pass_name: str,
         samples: int,
-        batch_size: int = 128,
+        batch_size: int = 32,
     ) -> None:
         """Reads the calibration inputs and runs the dense model once on them.
 
