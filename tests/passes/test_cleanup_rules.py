@@ -286,6 +286,20 @@ CHANGES: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {
         {"Transpose": 1, "Reshape": 1},
         {"reshapes_merged": 3, "dead_nodes_removed": 3, "initializers_removed": 3},
     ),
+    # A Transpose moving only dims of size 1 is a Reshape, merged with the view before it.
+    "transpose_of_unit_dims_after_reshape": (
+        """g (float[6,4] x) => (float[1,6,4] y) <int64[3] s = {6, 1, 4}> {
+            r = Reshape(x, s)  t = Transpose <perm = [1, 0, 2]> (r)  y = Relu(t) }""",
+        {"Reshape": 1, "Relu": 1},
+        {"transposes_to_reshape": 1, "dead_nodes_removed": 1, "initializers_removed": 1},
+    ),
+    # ... or with the Reshape after it; a symbolic dim kept in place is copied with 0.
+    "transpose_of_unit_dims_before_reshape": (
+        """g (float[N,1,4] x) => (float[M,4] y) <int64[2] s = {-1, 4}> {
+            t = Transpose <perm = [0, 2, 1]> (x)  r = Reshape(t, s)  y = Relu(r) }""",
+        {"Reshape": 1, "Relu": 1},
+        {"transposes_to_reshape": 1, "reshapes_merged": 1, "dead_nodes_removed": 1, "initializers_removed": 1},
+    ),
     # Rules inside an If branch (facts come from shape inference of the subgraph).
     "rules_inside_if_branch": (
         """g (bool c, float[2,3] x) => (float[2,3] y) <int64[2] s = {2, 3}> {
@@ -325,9 +339,9 @@ def test_gemm_keeps_the_add_output_and_the_matmul_name() -> None:
 
 LEAVES_ALONE = {
     # The Squeeze drops x's own size-1 axis, not the one the Unsqueeze inserted.
-    "squeeze_of_transposed_unsqueeze_other_axis": """g (float[5,2,3,1] x) => (float[5,2,3,1] y)
+    "squeeze_of_transposed_unsqueeze_other_axis": """g (float[5,2,3,1] x) => (float[2,5,3,1] y)
         <int64[1] a0 = {0}, int64[1] a4 = {4}>
-        { u = Unsqueeze(x, a0)  t = Transpose <perm = [1, 2, 3, 0, 4]> (u)  y = Squeeze(t, a4) }""",
+        { u = Unsqueeze(x, a0)  t = Transpose <perm = [2, 1, 3, 0, 4]> (u)  y = Squeeze(t, a4) }""",
     "cast_to_other_dtype": "g (float[2,3] x) => (int32[2,3] y) { y = Cast <to = 6> (x) }",
     "cast_float_int_float": """g (float[2,3] x) => (float[2,3] y)
         { a = Cast <to = 6> (x)  y = Cast <to = 1> (a) }""",
@@ -350,6 +364,11 @@ LEAVES_ALONE = {
     # -1 of the rank-2 input is 1, 0 of the rank-2 output is the other end (found by fuzzing).
     "unsqueeze_of_squeeze_axes_on_different_ranks": """g (float[3,1] x) => (float[1,3] y)
         <int64[1] a1 = {-1}, int64[1] a0 = {0}> { a = Squeeze(x, a1)  b = Unsqueeze(a, a0)  y = Relu(b) }""",
+    # N may be 1 or not: swapping it with S reorders elements unless both are 1.
+    "transpose_of_symbolic_dims_before_reshape": """g (float[N,S] x) => (float[M] y) <int64[1] s = {-1}>
+        { t = Transpose <perm = [1, 0]> (x)  r = Reshape(t, s)  y = Relu(r) }""",
+    "transpose_of_unit_dims_alone": """g (float[1,6] x) => (float[6,1] y)
+        { t = Transpose <perm = [1, 0]> (x)  y = Relu(t) }""",
     "transpose_non_identity": "g (float[2,3] x) => (float[3,2] y) { y = Transpose <perm = [1, 0]> (x) }",
     "transpose_two_outputs": """g (float[2,3] x) => (float[3,2] y, float[2,3] z)
         { y = Transpose <perm = [1, 0]> (x)  z = Transpose <perm = [1, 0]> (y) }""",

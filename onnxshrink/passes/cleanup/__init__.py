@@ -134,13 +134,40 @@ def _replace(node: ir.Node, decision: Replace, facts: Facts) -> bool:
     graph = node.graph
     if graph is None or len(node.outputs) != 1:
         return False
-    new = ir.node(decision.op_type, list(decision.inputs), attributes={a.name: a for a in decision.attributes})
+    inputs = list(decision.inputs)
+    if decision.constant is not None:
+        inputs.append(_new_constant(graph, node, decision.constant))
+    new = ir.node(decision.op_type, inputs, attributes={a.name: a for a in decision.attributes})
     graph.insert_before(node, new)
     facts.carry_over(node.outputs[0], new.outputs[0])
     take_over_output(node.outputs[0], new.outputs[0])
     graph.remove(node, safe=True)
     new.name = node.name
     return True
+
+
+def _new_constant(graph: ir.Graph | ir.Function, before: ir.Node, array: np.ndarray) -> ir.Value:
+    """A constant for a rewrite: an initializer, or a Constant node in a function (which has none)."""
+    taken = {v.name for v in graph.initializers.values()} if isinstance(graph, ir.Graph) else set()
+    taken |= {v.name for n in graph for v in n.outputs}
+    base = f"{before.name or before.op_type}_shape"
+    name, index = base, 0
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    if isinstance(graph, ir.Graph):
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+            const_value=ir.Tensor(array, name=name),
+        )
+        graph.register_initializer(value)
+        return value
+    constant = ir.node("Constant", [], attributes={"value": ir.Tensor(array, name=name)})
+    graph.insert_before(before, constant)
+    constant.outputs[0].name = name
+    return constant.outputs[0]
 
 
 def _apply_rules(graph: ir.Graph | ir.Function, context: RuleContext, stats: Counter[str]) -> bool:
@@ -297,11 +324,15 @@ class CleanupPass(ShrinkPass[CleanupOptions]):
         constant matrix ``[K, N]``, ``b`` a constant ``[N]`` or ``[1, N]``, the dtype is one Gemm
         takes (float, double, float16; bfloat16 from opset 13), and the MatMul output has no other
         use and is not a graph output. The Gemm keeps the Add's output name and type.
+    17. A Transpose that only moves dims of static size 1 (the others keep their order) becomes
+        a Reshape to its static output dims (a dim kept in place is copied with 0), where that
+        merges: with the single-use view before it, whose input it then reads, or with the
+        Reshapes that are its only uses.
 
-    Rules 4 and 6-16 and dead-node removal repeat until a round changes nothing (at most 8).
+    Rules 4 and 6-17 and dead-node removal repeat until a round changes nothing (at most 8).
     A bypass that a graph output refuses still merges (rules 7, 9, 11) where that frees a node.
     Stats: ``noop_removed`` (6, 8-15), ``casts_merged``, ``reshapes_merged``,
-    ``squeeze_pairs_removed``, ``transposes_merged``, ``gemm_formed``.
+    ``squeeze_pairs_removed``, ``transposes_merged``, ``gemm_formed``, ``transposes_to_reshape``.
     Graph inputs and outputs keep their names, types and order.
     """
 

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Union
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.ir.graphs import is_onnx_op
@@ -73,6 +74,7 @@ class Replace:
     inputs: tuple[ir.Value, ...]
     attributes: tuple[ir.Attr, ...]
     stat: str
+    constant: np.ndarray | None = None  # a new constant input, after ``inputs`` (a Reshape's target)
 
 
 Decision = Union[Bypass, Rewire, FormGemm, Replace]  # noqa: UP007 - a runtime alias on Python 3.10 too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxshrink.passes.cleanup.facts import Dims, Facts
@@ -227,6 +228,47 @@ def transpose_noop_or_merge(node: ir.Node, context: RuleContext) -> Decision | N
         return rewire
     # An identity Transpose reading ``source`` only pays when the inner one dies.
     return Bypass(source, "transposes_merged", rewire if feeds_only(x) else None)
+
+
+@RULES.register("Transpose", since=5)
+def transpose_of_unit_dims_merges(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
+    """A Transpose that only moves dims of size 1 keeps the element order: it is a Reshape.
+
+    Applied where that saves a node: its input comes from a constant-target Reshape (or another
+    view) used only here, whose input it then reshapes directly, or every use is a Reshape
+    (which then merges with it). The output dims must be static, or copied from the same
+    position of the input.
+    """
+    facts = context.facts
+    x = node.inputs[0]
+    dims = facts.dims(x)
+    if x is None or dims is None:
+        return unknown("input rank")
+    perm = _perm(node, len(dims))
+    if perm is None or sorted(perm) != list(range(len(dims))):
+        return NoMatch("perm does not match the rank")
+    moved = [p for p in perm if not (isinstance(dims[p], int) and dims[p] == 1)]
+    if moved != sorted(moved):
+        return NoMatch("the Transpose reorders dims that may be larger than 1")
+    out = [dims[p] for p in perm]
+    target = []
+    for axis, dim in enumerate(out):
+        if isinstance(dim, int):
+            target.append(dim)
+        elif dim is not None and axis < len(dims) and dims[axis] == dim:
+            target.append(0)
+        else:
+            return NoMatch(f"output dim {axis} is neither static nor copied")
+    inner = producer(x, *_VIEWS)
+    source = inner.inputs[0] if inner is not None and feeds_only(x) and inner.inputs else None
+    if source is not None and 0 in target:
+        source = None  # a 0 copies a dim of the direct input, not of the view's
+    uses = node.outputs[0].uses()
+    if source is None and not (uses and all(use.node.op_type == "Reshape" and use.idx == 0 for use in uses)):
+        return NoMatch("no view before and no Reshape after to merge with")
+    return Replace(
+        "Reshape", (source if source is not None else x,), (), "transposes_to_reshape", np.array(target, np.int64)
+    )
 
 
 # --------------------------------------------------------------------------- Slice, Pad, Expand

@@ -19,7 +19,14 @@ from onnxshrink.ir.shapes import infer_shapes
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult, option
 from onnxshrink.passes.fold.dim_classes import DimClasses
 from onnxshrink.passes.fold.evaluators import NotEvaluable, evaluate, output_elements
-from onnxshrink.passes.fold.partial_shapes import Partial, propagate, reshape_target
+from onnxshrink.passes.fold.partial_shapes import (
+    Partial,
+    as_partial,
+    dims_of,
+    propagate,
+    reshape_target,
+    tie_from_values,
+)
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,8 @@ _NEVER_FOLD = frozenset(
 )  # fmt: skip
 # Past this many elements an evaluation is not attempted at all, whatever the inputs.
 _HARD_ELEMENT_CAP = 1 << 31
+# Ops whose output has the input's elements in the same order: a Reshape of one reads only the count.
+_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,7 @@ class _Folder:
         self.stats: Counter[str] = Counter()
         self.skipped: dict[str, str] = {}
         self.partials: dict[ir.Value, Partial] = {}
+        self.equal_values: dict[tuple[Any, ...], ir.Value] = {}
         self.classes = DimClasses().build(graph_likes(model)) if options.shapes else DimClasses()
         self.taken_names = taken_names(model)
 
@@ -91,6 +101,8 @@ class _Folder:
                 self.lift_value_attribute(node, graph, opset)
             return
         values: list[Any] = [self.known(v) for v in node.inputs]
+        if self.options.shapes:
+            tie_from_values(node, values, self.classes)
         if all(not isinstance(v, Partial) for v in values) and all(
             v is not None for v, inp in zip(values, node.inputs, strict=True) if inp is not None
         ):
@@ -99,8 +111,10 @@ class _Folder:
             return
         if not self.options.shapes:
             return
-        if node.op_type == "Reshape" and len(node.inputs) == 2 and isinstance(values[1], Partial):
-            self.rewrite_reshape(node, graph, values[1])
+        if node.op_type == "Reshape" and len(node.inputs) == 2 and values[1] is not None:
+            target = as_partial(values[1])
+            if target is not None:
+                self.rewrite_reshape(node, graph, target, values[1])
             return
         partial = propagate(node, values, self.classes)
         if partial is None:
@@ -108,8 +122,31 @@ class _Folder:
         if partial.known:
             self.replace_with_constants(node, graph, [partial.to_array()])
             self.stats["shape_folded"] += 1
-        else:
-            self.partials[node.outputs[0]] = partial
+            return
+        self.partials[node.outputs[0]] = partial
+        self.merge_equal_partial(node, graph, partial)
+
+    def merge_equal_partial(self, node: ir.Node, graph: ir.Graph | ir.Function, partial: Partial) -> None:
+        """Uses of a shape value equal, element by element, to an earlier one of the graph read that one.
+
+        Elements are equal when they are the same number or provably the same dim; the earlier
+        value is computed before this node in the same graph, so it is available to every use.
+        """
+        result = node.outputs[0]
+        if None in partial.elements or result.dtype is None or result.is_graph_output():
+            return
+        signature = (
+            id(graph),
+            result.dtype,
+            partial.scalar,
+            tuple(self.classes.find(e) if isinstance(e, tuple) else e for e in partial.elements),
+        )
+        earlier = self.equal_values.get(signature)
+        if earlier is None or earlier.producer() is None or earlier.producer().graph is not graph:  # type: ignore[union-attr]
+            self.equal_values[signature] = result
+            return
+        result.replace_all_uses_with(earlier)
+        self.stats["shape_values_merged"] += 1
 
     def known(self, value: ir.Value | None) -> Any:
         if value is None:
@@ -206,14 +243,36 @@ class _Folder:
         self.replace_with_constants(node, graph, results)
         self.stats["constants_lifted"] += 1
 
-    def rewrite_reshape(self, node: ir.Node, graph: ir.Graph | ir.Function, target: Partial) -> None:
+    def rewrite_reshape(
+        self, node: ir.Node, graph: ir.Graph | ir.Function, target: Partial, original: Partial | np.ndarray
+    ) -> None:
+        """A Reshape whose target is partly known (or constant, its data not).
+
+        The target becomes constant where :func:`reshape_target` can name it, against the input
+        or, failing that, against the input of the view (Reshape, Flatten, Squeeze, Unsqueeze)
+        that computes it: a reshape reads only the element count, which a view keeps. A
+        Reshape that provably returns its input's own dims is removed.
+        """
         data = node.inputs[0]
         allowzero = bool(node.attributes.get_int("allowzero", 0))
         if data is None:
             return
         shape = reshape_target(data, target, allowzero, self.classes)
-        if shape is None:
+        if shape is not None and self.is_identity_reshape(node, data, shape, allowzero):
             return
+        if shape is None:
+            view = data.producer()
+            source = view.inputs[0] if view is not None and is_onnx_op(view, *_VIEWS) and view.inputs else None
+            shape = reshape_target(source, target, allowzero, self.classes) if source is not None else None
+            if shape is None or source is None:
+                return
+            node.replace_input_with(0, source)
+            self.stats["reshapes_merged"] += 1
+            data = source
+            if self.is_identity_reshape(node, data, shape, allowzero):
+                return
+        if isinstance(original, np.ndarray) and np.array_equal(np.asarray(original).reshape(-1), shape):
+            return  # the constant target is already this one
         name = self.unique_name(f"{node.name or 'reshape'}_shape")
         if isinstance(graph, ir.Graph):
             new = ir.Value(
@@ -229,6 +288,23 @@ class _Folder:
             new = constant.outputs[0]
         node.replace_input_with(1, new)
         self.stats["reshape_targets_folded"] += 1
+
+    def is_identity_reshape(self, node: ir.Node, data: ir.Value, shape: np.ndarray, allowzero: bool) -> bool:
+        """Removes ``node`` when target ``shape`` gives ``data``'s own dims; True when it did.
+
+        Each element must copy (``0``) or equal the input's dim at its position; one ``-1`` may
+        stand for the dim left, which it then equals wherever the Reshape succeeds.
+        """
+        dims = dims_of(data, self.classes)
+        result = node.outputs[0]
+        if dims is None or len(dims) != len(shape) or result.is_graph_output() or np.count_nonzero(shape == -1) > 1:
+            return False
+        for size, dim in zip(shape.tolist(), dims, strict=True):
+            if not ((size == 0 and not allowzero) or size == -1 or (isinstance(dim, int) and dim == size)):
+                return False
+        result.replace_all_uses_with(data)
+        self.stats["reshapes_removed"] += 1
+        return True
 
     def remove_orphans(self, graph: ir.Graph | ir.Function) -> None:
         """Nodes that folding left without consumers (the Shape chains behind a folded target)."""
@@ -260,6 +336,18 @@ def _structure(model: ir.Model) -> int:
             for node in ir.traversal.RecursiveGraphIterator(model.graph)
         )
     )
+
+
+def _node_outputs(model: ir.Model) -> list[ir.Value]:
+    """Every value a node computes, in the graph, its subgraphs and the model-local functions."""
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        nodes += ir.traversal.RecursiveGraphIterator(function)
+    return [value for node in nodes for value in node.outputs]
+
+
+def _annotation(value: ir.Value) -> tuple[Any, ...]:
+    return (value.type, None if value.shape is None else tuple(value.shape))
 
 
 def _freed_by(value: ir.Value, node: ir.Node) -> bool:
@@ -332,10 +420,20 @@ class FoldPass(ShrinkPass[FoldOptions]):
        Quantize/DequantizeLinear (quantized kernels match on them), control flow, custom domains.
     5. Size guard: a folded output may exceed its constant inputs by at most ``max-growth`` bytes;
        Expand/Tile/ConstantOfShape/Range sizes are checked before anything is allocated.
-    6. Shape, Gather, Slice, Concat, Unsqueeze, Squeeze, Cast and Identity over partly known
-       shapes are tracked element by element; fully known results become constants.
+    6. Shape, Gather, Slice, Concat, Unsqueeze, Squeeze, Cast, Identity, integer Add/Sub/Mul/Div,
+       Equal and Where over partly known shapes are tracked element by element; fully known
+       results become constants. A dim is never assumed 1 or non-zero: dims are equal only
+       when proved (same symbol; an op that keeps, permutes or contracts dims; a broadcast whose
+       operands not provably 1 are all one class; ``Expand``, ``ConstantOfShape``,
+       ``Range(0, d, 1)`` and ``Slice(x, 0, d)`` read their shape inputs; a Slice of a static
+       axis up to ``d`` is ``min(d, D)``, which a broadcast against ``d`` makes ``d``). A shape
+       value equal element by element to an earlier one of the same graph is read from there.
     7. A Reshape whose target is partly known gets a constant target: ``0`` where the input's dim
-       at that position is the same symbol, ``-1`` for at most one other element.
+       at that position is provably the same, ``-1`` for at most one other element, and only
+       beside known positive sizes (a ``-1`` beside a dim that is 0 at run time fails where the
+       original did not). Failing against its input, the target is named against the input of
+       the view (Reshape, Flatten, Squeeze, Unsqueeze) computing it, which the Reshape then
+       reads. A Reshape that provably returns its input's dims is removed.
     8. Nodes that folding left without consumers, and initializers no longer used, are removed.
     """
 
@@ -354,7 +452,15 @@ class FoldPass(ShrinkPass[FoldOptions]):
         # Inference on a graph no pass has touched since the last fold would find nothing new.
         fingerprint = _structure(model)
         fresh = model.meta.get(_INFERRED_FOR) != fingerprint
-        shapes_changed = options.shapes and fresh and infer_shapes(model)
+        bare: list[ir.Value] = []
+        shapes_changed = False
+        if options.shapes and fresh:
+            values = _node_outputs(model)
+            bare = [v for v in values if v.type is None and v.shape is None]
+            declared = {v: _annotation(v) for v in values if v.type is not None or v.shape is not None}
+            # Shapes inferred for values the model left bare serve this fold only: kept, they
+            # would be saved as value_info and could make the output larger than the input.
+            shapes_changed = infer_shapes(model) and any(_annotation(v) != a for v, a in declared.items())
         folder = _Folder(model, options)
         folder.fold_graph(model.graph, opset_version(model))
         for function in model.functions.values():
@@ -363,6 +469,9 @@ class FoldPass(ShrinkPass[FoldOptions]):
         for function in model.functions.values():
             folder.remove_orphans(function)
         stats.update(folder.stats)
+        for value in bare:
+            if not value.is_graph_output():
+                value.type, value.shape = None, None
         model.meta[_INFERRED_FOR] = _structure(model) if options.shapes else None
         changed = {k: v for k, v in sorted(stats.items()) if v and k not in ("not_evaluable", "skipped_size_guard")}
         report = {k: v for k, v in sorted(stats.items()) if v}

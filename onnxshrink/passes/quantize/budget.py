@@ -126,7 +126,7 @@ class Judge:
         inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
         count = min(samples, _JUDGE_SAMPLES)
         self.feeds = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH))
-        self.samples = sum(min((len(v) for v in feed.values()), default=0) for feed in self.feeds)
+        self.samples = sum(min((len(v) for v in feed.values() if np.ndim(v)), default=1) for feed in self.feeds)
         session = context.session(model)[0]
         self.references = [run(session, feed) for feed in self.feeds]
         self._top1 = [
