@@ -50,8 +50,9 @@ def test_prune_sensitivity_reports_every_trial(digits_path: Path, digits_calib_p
     tasks = recorder.labelled("sensitivity:")
     layers = len(result.report["passes"][0]["stats"]["layers"])
     assert tasks and all(task.finished and task.done == task.total for task in tasks)
-    # One batch of 64 samples; the first round has no pruned neighbours, so the dense column is skipped.
-    assert tasks[0].total == layers * (len(GRID) - 1)
+    # 64 samples in two batches of 32; the first round has no pruned neighbours, so the dense column
+    # is skipped: one step per layer, sparsity and batch.
+    assert tasks[0].total == layers * (len(GRID) - 1) * 2
 
 
 def test_quantize_reports_calibration_budget_and_speed(digits_path: Path, digits_calib_path: Path) -> None:
