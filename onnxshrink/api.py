@@ -24,7 +24,7 @@ from onnxshrink.data.samples import GENERATED, Feed, verification_feed
 from onnxshrink.errors import UsageError, VerificationError
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
-from onnxshrink.pipeline import PassRecord, Pipeline
+from onnxshrink.pipeline import Measure, PassRecord, Pipeline
 from onnxshrink.runtime import RuntimeUnavailable, create_session, run, run_batched
 from onnxshrink.saving import SavedFiles, external_files, record_provenance, save_model, to_proto
 from onnxshrink.spec import PassSpec, parse_specs
@@ -157,6 +157,7 @@ def shrink(
     max_drop: float | None = None,
     min_cosine: float | None = None,
     fix_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    measure: Measure | None = None,
 ) -> ShrinkResult:
     """Runs a pipeline of passes on a model and verifies the result with onnxruntime.
 
@@ -175,6 +176,9 @@ def shrink(
         min_cosine: Lossy pipelines: the smallest cosine similarity of outputs accepted.
         fix_shapes: Concrete dims written into the named inputs of the result after the passes
             (and used for generated inputs), like onnxsim's ``--overwrite-input-shape``.
+        measure: Called on the input and after every pass that changed the model; the ``macs``
+            and ``bytes_compressed`` it returns go into each pass record as ``macs_after`` and
+            ``bytes_compressed_after`` (``onnxshrink run`` measures as ``inspect`` does).
 
     Raises:
         UsageError: Bad pass spec, option or data (data is checked against the model's inputs
@@ -228,7 +232,14 @@ def shrink(
             names = [r.name for r in records]
             raise VerificationError(f"numerics broke at pass '{record.name}' (passes so far: {names}): {failure}")
 
-    pipeline = Pipeline(specs, context, full_checks=verify_each, after_pass=after_pass if verify_each else None)
+    pipeline = Pipeline(
+        specs,
+        context,
+        full_checks=verify_each,
+        after_pass=after_pass if verify_each else None,
+        measure=measure,
+        initial=measure(work) if measure is not None else None,
+    )
     passes_started = time.perf_counter()
     records = pipeline.run(work)
     passes_seconds = time.perf_counter() - passes_started

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -45,10 +45,20 @@ class PassRecord:
     round: int | None = None
     diff: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Figures of the pipeline's ``measure`` (None without one, and then left out of the JSON).
+    macs_before: int | None = None
+    macs_after: int | None = None
+    bytes_compressed_before: int | None = None
+    bytes_compressed_after: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Returns the record as plain JSON data, one key per field."""
-        return dataclasses.asdict(self)
+        """Returns the record as plain JSON data, one key per field (measures only when measured)."""
+        data = dataclasses.asdict(self)
+        measures = ("macs_before", "macs_after", "bytes_compressed_before", "bytes_compressed_after")
+        if all(data[key] is None for key in measures):
+            for key in measures:
+                del data[key]
+        return data
 
 
 def _node_snapshot(model: ir.Model) -> dict[int, ir.Node]:
@@ -83,6 +93,7 @@ def _options_json(pass_: ShrinkPass[Any]) -> dict[str, Any]:
 
 
 AfterPass = Callable[[ir.Model, PassRecord, Sequence[PassRecord]], None]
+Measure = Callable[[ir.Model], Mapping[str, "int | None"]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +111,10 @@ class Pipeline:
         context: Data and settings offered to passes.
         full_checks: Also run the ONNX checker after every pass.
         after_pass: Called after every pass run that modified the model (e.g. verify-each).
+        measure: Measures the model after every pass run that modified it (the figures of an
+            unchanged model are the last ones): ``macs`` and ``bytes_compressed``, written into
+            the record as ``macs_after`` and ``bytes_compressed_after``. ``initial`` holds the
+            input's figures, for passes that run before any change.
     """
 
     def __init__(
@@ -109,11 +124,15 @@ class Pipeline:
         *,
         full_checks: bool = False,
         after_pass: AfterPass | None = None,
+        measure: Measure | None = None,
+        initial: Mapping[str, int | None] | None = None,
     ) -> None:
         self.specs = list(specs)
         self.context = context or PassContext()
         self.full_checks = full_checks
         self.after_pass = after_pass
+        self.measure = measure
+        self._measured: Mapping[str, int | None] = dict(initial or {})
         self._steps: list[ShrinkPass[Any] | _FixedPoint] = [self._build(spec) for spec in self.specs]
 
     def _instantiate(self, spec: PassSpec) -> ShrinkPass[Any]:
@@ -218,6 +237,13 @@ class Pipeline:
         problems = model_problems(model, full=self.full_checks)
         if problems:
             raise PassFailure(f"pass '{pass_.name}' broke the graph: {problems[0]} (passes before it: {before_names})")
+        if self.measure is not None:
+            record.macs_before = self._measured.get("macs")
+            record.bytes_compressed_before = self._measured.get("bytes_compressed")
+            if record.modified:
+                self._measured = self.measure(model)
+            record.macs_after = self._measured.get("macs")
+            record.bytes_compressed_after = self._measured.get("bytes_compressed")
         if self.after_pass is not None and record.modified:
             self.after_pass(model, record, records)
         return record

@@ -124,7 +124,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, base).exit_code == 2  # neither target nor budget
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--resume"]).exit_code == 2
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int3"]).exit_code == 2
-    assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--executor", "ray"]).exit_code == 2
+    bad_address = CliRunner().invoke(main, [*base, "--max-drop", "1", "--executor", "ray", "--ray-address", "nowhere"])
+    assert bad_address.exit_code == 2 and "--ray-address nowhere" in bad_address.output
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, input=np.load(EVAL)["input"])
     args = ["auto", str(MODEL), "-o", str(tmp_path / "o.onnx"), "--calib", str(CALIB), "--eval", str(unlabelled)]

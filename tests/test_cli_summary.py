@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from helpers import DIGITS, DIGITS_CALIB, parse_model
 
 from onnxshrink.cli import main
 from onnxshrink.cli.run_summary import model_totals, totals_table
+from onnxshrink.inspect.summary import inspect_model
 
 
 def _run(*args: object) -> tuple[str, str]:
@@ -33,8 +35,9 @@ def _row(stdout: str, first: str) -> list[str]:
 def test_prune_shows_sparsity_per_pass_and_in_totals(tmp_path: Path) -> None:
     stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "prune:sparsity=0.9", "--no-verify")
     assert stdout.splitlines()[0].endswith("25 -> 25 nodes, 201.8 KB -> 201.8 KB of weights")
-    assert _row(stdout, "pass")[:4] == ["pass", "nodes", "weight bytes", "sparsity"]
-    assert _row(stdout, "prune")[:4] == ["prune", "25", "201,832", "90.0%"]
+    assert _row(stdout, "pass")[:6] == ["pass", "nodes", "weight bytes", "zstd bytes", "MACs", "sparsity"]
+    prune = _row(stdout, "prune")
+    assert prune[:3] == ["prune", "25", "201,832"] and prune[4:6] == ["648,832", "90.0%"]
     assert _row(stdout, "MACs") == ["MACs", "648,832", "648,832"]
     sparsity = _row(stdout, "float weight sparsity")
     assert sparsity[1] == "0.0%" and float(sparsity[2].rstrip("%")) > 80
@@ -46,7 +49,7 @@ def test_prune_shows_sparsity_per_pass_and_in_totals(tmp_path: Path) -> None:
 def test_quantize_shows_layers_quantized_and_op_counts(tmp_path: Path) -> None:
     stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "quantize", "--calib", DIGITS_CALIB, "--min-cosine", "0.9")
     row = _row(stdout, "quantize")
-    assert row[1] == "64" and row[4:6] == ["8", "2"]  # 8 layers quantized, 2 left float
+    assert row[1] == "64" and row[6:8] == ["8", "2"]  # 8 layers quantized, 2 left float
     assert _row(stdout, "QuantizeLinear") == ["QuantizeLinear", "0", "15"]
     assert _row(stdout, "DequantizeLinear") == ["DequantizeLinear", "0", "25"]
     assert _row(stdout, "total") == ["total", "25", "64"]
@@ -119,3 +122,54 @@ def test_totals_past_the_read_limit_skip_compression_and_sparsity_only() -> None
     lines = totals_table(full, bounded)
     assert any(line.split()[-1] == "-" for line in lines if "sparsity" in line)
     assert "not computed past 256 MiB" in lines[-1]
+
+
+def _number(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def test_each_pass_row_shows_the_macs_and_compressed_bytes_of_the_model_after_it(tmp_path: Path) -> None:
+    """The figures after prune-channels are inspect's of that intermediate model, and after quantize of the output."""
+    report = tmp_path / "r.json"
+    stdout, _ = _run(
+        DIGITS, tmp_path / "o.onnx", "-p", "prune-channels:ratio=0.5", "-p", "quantize",
+        "--calib", DIGITS_CALIB, "--report", report,
+    )  # fmt: skip
+    _run(DIGITS, tmp_path / "pruned.onnx", "-p", "prune-channels:ratio=0.5", "--no-verify", "-q")
+    source, pruned, final = (inspect_model(ir.load(p)) for p in (DIGITS, tmp_path / "pruned.onnx", tmp_path / "o.onnx"))
+    rows = {name: _row(stdout, name) for name in ("input", "prune-channels", "quantize")}
+    for name, expected in (("input", source), ("prune-channels", pruned), ("quantize", final)):
+        assert _number(rows[name][3]) == expected["bytes_compressed"], name
+        assert _number(rows[name][4]) == expected["macs"], name
+    assert pruned["macs"] < source["macs"] and final["macs"] == pruned["macs"]
+    assert final["bytes_compressed"] < pruned["bytes_compressed"] < source["bytes_compressed"]
+    records = json.loads(report.read_text())["passes"]
+    assert [(r["macs_after"], r["bytes_compressed_after"]) for r in records] == [
+        (pruned["macs"], pruned["bytes_compressed"]),
+        (final["macs"], final["bytes_compressed"]),
+    ]
+    assert (records[0]["macs_before"], records[0]["bytes_compressed_before"]) == (
+        source["macs"],
+        source["bytes_compressed"],
+    )
+
+
+def test_a_pass_that_changed_nothing_keeps_the_figures_before_it(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    _run(
+        DIGITS,
+        tmp_path / "o.onnx",
+        "-p",
+        "prune-channels:ratio=0.5",
+        "-p",
+        "cleanup",
+        "--no-verify",
+        "--report",
+        report,
+    )
+    first, second = json.loads(report.read_text())["passes"]
+    assert second["modified"] is False
+    assert (second["macs_after"], second["bytes_compressed_after"]) == (
+        first["macs_after"],
+        first["bytes_compressed_after"],
+    )

@@ -145,6 +145,7 @@ class _Builder:
         self.base = base
         self.calibration = calibration
         self.provider = provider
+        self.batch = batch
         model = ir.serde.deserialize_model(base)
         self.size = _size(model)
         self.macs = int(inspect_model(model)["macs"])
@@ -259,11 +260,14 @@ def profile(
     knobs: Sequence[str],
     cache: Path | None,
     batch: int | None = None,
+    measure: Callable[[str, _Builder, ir.Model, Path | None], list[Unit]] | None = None,
 ) -> Profile:
     """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
 
     With ``batch``, each setting is also timed on ``provider`` at that batch (a per-unit latency
-    table for ``--min-speedup``).
+    table for ``--min-speedup``). ``measure(knob, builder, base, cache_path)``, when given, measures a
+    knob's units instead of the serial loop (:class:`onnxshrink.autotune.items.ItemMeasure` runs
+    them as work items on an executor).
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
@@ -285,7 +289,7 @@ def profile(
             cached.append(knob)
         else:
             knob_started = time.perf_counter()
-            found = _MEASURE[knob](builder, base)
+            found = measure(knob, builder, base, path) if measure is not None else _MEASURE[knob](builder, base)
             logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
             _store(path, found)
         units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)

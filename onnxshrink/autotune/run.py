@@ -24,7 +24,9 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.api import ShrinkResult, shrink
+from onnxshrink.autotune.executors import Executor, make_executor
 from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
+from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.measure import load_metric, score
 from onnxshrink.autotune.profile import KNOBS, profile
 from onnxshrink.autotune.recipe import to_toml
@@ -126,7 +128,8 @@ def auto(
     study: str | os.PathLike[str] | None = None,
     resume: bool = False,
     workers: int = 1,
-    executor: str = "local",
+    executor: str | Executor = "local",
+    ray_address: str = "auto",
     seed: int = 0,
     provider: str = "cpu",
     batch: int = 1,
@@ -153,8 +156,12 @@ def auto(
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
-        workers: Trials built at a time, each in its own child process.
-        executor: Where trials run; only ``local`` in this version.
+        workers: Trials built (and profile items measured) at a time: local processes, or Ray workers.
+        executor: Where profile items and trials run: ``local`` (processes on this machine), ``ray``
+            (a Ray cluster, ``pip install 'onnxshrink[ray]'``), or an executor object
+            (:mod:`onnxshrink.autotune.executors`; the caller closes it).
+        ray_address: With ``executor="ray"``: ``auto`` (this machine's cluster), ``HOST:PORT``, or
+            ``local`` (start a Ray instance here for this study).
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
         provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
         batch: The batch size latency is measured at.
@@ -180,8 +187,6 @@ def auto(
         metric=metric if isinstance(metric, str) or metric is None else f"{metric.__module__}:{metric.__name__}",
     )
     goal.check()
-    if executor != "local":
-        raise UsageError("auto runs trials in local child processes in this version (--executor local)")
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     knobs = _knobs(search)
@@ -210,33 +215,50 @@ def auto(
     reference_macs = int(inspect_model(loaded)["macs"])
     base = shrink(model_file, [make_spec("simplify", {})], verify=False).model
     timed = batch if goal.min_speedup is not None else None
-    measured_profile = profile(base, calib, provider=provider, knobs=knobs, cache=folder / "profiles", batch=timed)
-    name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
-    journal = TrialJournal(folder, name, resume=resume)
-    settings = Settings(
-        model=model_file,
-        calibration=calib_source,
-        evaluation=eval_source,
-        provider=provider,
-        batch=batch,
-        seed=seed,
-        max_trials=max_trials,
-        workers=workers,
-        deadline=time.monotonic() + budget - (time.perf_counter() - started) if budget is not None else float("inf"),
-        trial_timeout=trial_timeout,
-        trial_memory=trial_memory if trial_memory is not None else default_memory_bytes(),
-        reference_macs=reference_macs,
-        reference_size=Path(model_file).stat().st_size,
-        metric=metric if not isinstance(metric, str) else goal.metric,
-        metric_reference=metric_reference,
-        folder=folder,
-        sys_path=tuple(sys.path),
-    )
-    runner = Search(goal, measured_profile, settings, journal, progress)
-    runner.structure()
-    runner.knobs()
-    result = _result(runner, name, started, temporary)
-    result.report["search"] = {"knobs": knobs, "seed": seed, "workers": workers, "max_trials": max_trials}
+    runner_executor = make_executor(executor, workers, ray_address) if isinstance(executor, str) else executor
+    try:
+        serial = runner_executor.name == "local" and runner_executor.workers == 1
+        measure = None if serial else ItemMeasure(runner_executor)
+        measured_profile = profile(
+            base, calib, provider=provider, knobs=knobs, cache=folder / "profiles", batch=timed, measure=measure
+        )
+        name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
+        journal = TrialJournal(folder, name, resume=resume)
+        settings = Settings(
+            model=model_file,
+            calibration=calib_source,
+            evaluation=eval_source,
+            provider=provider,
+            batch=batch,
+            seed=seed,
+            max_trials=max_trials,
+            workers=workers,
+            deadline=time.monotonic() + budget - (time.perf_counter() - started)
+            if budget is not None
+            else float("inf"),
+            trial_timeout=trial_timeout,
+            trial_memory=trial_memory if trial_memory is not None else default_memory_bytes(),
+            reference_macs=reference_macs,
+            reference_size=Path(model_file).stat().st_size,
+            metric=metric if not isinstance(metric, str) else goal.metric,
+            metric_reference=metric_reference,
+            folder=folder,
+            sys_path=tuple(sys.path),
+        )
+        runner = Search(goal, measured_profile, settings, journal, progress, runner_executor)
+        runner.structure()
+        runner.knobs()
+        result = _result(runner, name, started, temporary)
+        result.report["search"] = {
+            "knobs": knobs,
+            "seed": seed,
+            "workers": workers,
+            "max_trials": max_trials,
+            "executor": runner_executor.name,
+        }
+    finally:
+        if isinstance(executor, str):
+            runner_executor.close()
     return result
 
 

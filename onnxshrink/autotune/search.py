@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,13 @@ import optuna
 
 from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
+from onnxshrink.autotune.executors import Executor, LocalExecutor, TrialTask
 from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
 from onnxshrink.autotune.profile import Profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.autotune.result import choose, rank
 from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
-from onnxshrink.autotune.trials import run_trial
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
 logger = logging.getLogger(__name__)
@@ -70,8 +69,10 @@ class Search:
         settings: Settings,
         journal: TrialJournal,
         progress: Callable[[dict[str, Any]], None] | None,
+        executor: Executor | None = None,
     ) -> None:
         self.goal = goal
+        self.executor: Executor = executor if executor is not None else LocalExecutor(settings.workers)
         self.profile = profile
         self.settings = settings
         self.journal = journal
@@ -117,40 +118,43 @@ class Search:
         return self.evaluate_many([(point, index, knobs, phase)])[0]
 
     def evaluate_many(self, items: Sequence[tuple[Point, int, Knobs, str]]) -> list[dict[str, Any]]:
-        """Builds and measures candidates, up to ``workers`` at a time, each in its own child process.
+        """Builds and measures candidates on the executor, up to ``workers`` at a time.
 
-        Results are journaled and numbered in the order of ``items``, whatever order the children
-        finish in, so a study runs the same way with any number of workers.
+        Each result is journaled as it finishes (a driver that dies loses no finished trial); they are
+        numbered in the order of ``items``, whatever order they finish in, so a study runs the same
+        way with any number of workers and on any executor.
         """
         prepared = []
-        todo: dict[str, tuple[list[Any], Point, Knobs, str]] = {}
+        todo: dict[str, tuple[list[Any], Point, int, Knobs, str]] = {}
         for point, index, knobs, phase in items:
             specs = candidate_specs(self.profile.units, point.choice, knobs)
             key = specs_key(specs)
             prepared.append((point, index, knobs, phase, key))
             if key not in self.by_key and self.journal.finished(key) is None and key not in todo:
-                todo[key] = (specs, point, knobs, phase)
-        if len(todo) > 1 and self.settings.workers > 1:
-            with ThreadPoolExecutor(max_workers=self.settings.workers) as pool:
-                futures = {key: pool.submit(self._run, key, *job) for key, job in todo.items()}
-                results = {key: future.result() for key, future in futures.items()}
-        else:
-            results = {key: self._run(key, *job) for key, job in todo.items()}
-        return [self._record(point, index, knobs, key, results) for point, index, knobs, _, key in prepared]
+                todo[key] = (specs, point, index, knobs, phase)
+        fresh: dict[str, dict[str, Any]] = {}
 
-    def _record(
-        self, point: Point, index: int, knobs: Knobs, key: str, results: Mapping[str, dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Journals a fresh result (or takes the journal's), numbers it and reports progress."""
+        def done(task: TrialTask, outcome: dict[str, Any]) -> None:
+            specs, point, index, knobs, phase = todo[task.key]
+            record = self._trial_record(task.key, specs, point, knobs, phase, outcome)
+            self.journal.record(record, {"point": min(index, MAX_POINTS - 1), **knobs.params()})
+            fresh[task.key] = record
+
+        s = self.settings
+        tasks = [TrialTask(key, self._job(key, job[0]), s.trial_timeout, s.trial_memory) for key, job in todo.items()]
+        if tasks:
+            self.executor.trials(tasks, done)
+        return [self._record(point, index, key, fresh) for point, index, _, _, key in prepared]
+
+    def _record(self, point: Point, index: int, key: str, fresh: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+        """Numbers a fresh (already journaled) result or the journal's, and reports progress."""
         if key in self.by_key:
             return self.by_key[key]
-        params = {"point": min(index, MAX_POINTS - 1), **knobs.params()}
-        record = self.journal.finished(key)
+        record = fresh.get(key)
         if record is None:
-            record = results[key]
-            self.journal.record(record, params)
-        else:
-            record = {**record, "resumed": True}
+            found = self.journal.finished(key)
+            assert found is not None
+            record = {**found, "resumed": True}
         record["number"] = len(self.trials)
         record["front_index"] = index if record.get("phase") != "target" else None
         self.trials.append(record)
@@ -170,12 +174,12 @@ class Search:
             )
         return record
 
-    def _run(self, key: str, specs: list[Any], point: Point, knobs: Knobs, phase: str) -> dict[str, Any]:
-        """One candidate in a child process: its record (settings, measurements or error)."""
+    def _job(self, key: str, specs: list[Any]) -> Job:
+        """What a worker needs to build and measure one candidate."""
         s = self.settings
         output = s.folder / "trials" / f"{key}.onnx"
         output.parent.mkdir(parents=True, exist_ok=True)
-        job = Job(
+        return Job(
             model=s.model,
             specs=spec_dicts(specs),
             output=str(output),
@@ -188,8 +192,11 @@ class Search:
             speed_batch=s.batch if self.goal.min_speedup is not None else None,
             sys_path=s.sys_path,
         )
-        started = time.perf_counter()
-        outcome = run_trial(job, timeout=s.trial_timeout, memory_bytes=s.trial_memory)
+
+    def _trial_record(
+        self, key: str, specs: list[Any], point: Point, knobs: Knobs, phase: str, outcome: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One candidate's record (settings, measurements or error) from what its worker returned."""
         record: dict[str, Any] = {
             "key": key,
             "phase": phase,
@@ -197,10 +204,12 @@ class Search:
             "knobs": knobs.to_json(),
             "specs": [spec.to_json() for spec in specs],
             "predicted": {"size": point.size, "macs": point.macs, "latency_ms": point.latency, "damage": point.damage},
-            "model": str(output),
-            "seconds": time.perf_counter() - started,
+            "model": str(self.settings.folder / "trials" / f"{key}.onnx"),
+            "seconds": outcome.get("seconds", 0.0),
             "error": outcome.get("error"),
         }
+        if outcome.get("node"):
+            record["node"] = outcome["node"]
         measured = outcome.get("measured")
         if measured is not None:
             if self.goal.max_drop is not None and measured["drop"] is None:

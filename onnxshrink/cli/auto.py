@@ -56,8 +56,27 @@ def _trial_line(status: dict[str, Any]) -> str:
     "--study", type=click.Path(file_okay=False, path_type=Path), help="Study folder: profiles, trial journal."
 )
 @click.option("--resume", is_flag=True, help="Continue the study's journal; finished trials are not run again.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Trials built at a time.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials built and profile items measured at a time (processes, or Ray workers).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where profiling and trials run: this machine, or a Ray cluster (pip install 'onnxshrink[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default="auto",
+    show_default=True,
+    metavar="ADDR",
+    help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
 @click.option("--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Most candidates built.")
@@ -89,6 +108,7 @@ def auto_command(
     resume: bool,
     workers: int,
     executor: str,
+    ray_address: str,
     seed: int,
     knobs: str | None,
     trials: int,
@@ -144,6 +164,7 @@ def auto_command(
         resume=resume,
         workers=workers,
         executor=executor,
+        ray_address=ray_address,
         seed=seed,
         provider=provider,
         batch=batch,

@@ -117,7 +117,7 @@ def run(
 
     from onnxshrink import registry
     from onnxshrink.api import shrink
-    from onnxshrink.cli.run_summary import model_totals, run_summary, unchanged_lossy_warnings
+    from onnxshrink.cli.run_summary import model_totals, pass_measure, run_summary, unchanged_lossy_warnings
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
@@ -152,6 +152,7 @@ def run(
         max_drop=max_drop,
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
+        measure=None if quiet else pass_measure(parse_shapes(shapes)),
     )
     # The input's totals before saving: the output may replace the input file.
     before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))

@@ -2,8 +2,9 @@
 
 Three parts, all computed from the report and the two models:
 
-1. One row per pass run: nodes and weight bytes after it, what it did (weight sparsity, layers
-   quantized and left float, channels removed) and, with ``--verify-each``, the error after it.
+1. One row per pass run: nodes, weight bytes raw and compressed and MACs after it (measured by
+   :func:`pass_measure` only after a pass that changed the model), what it did (weight sparsity,
+   layers quantized and left float, channels removed) and, with ``--verify-each``, the error after it.
 2. Input and output totals as ``inspect`` computes them: weight bytes raw and compressed, MACs,
    float weight sparsity and the quantized weight share. Reading weights (compression, sparsity)
    is bounded: a model holding more than :data:`READ_LIMIT` bytes of weights shows ``-`` there,
@@ -23,8 +24,9 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxshrink.inspect.macs import graph_macs
-from onnxshrink.inspect.summary import inspect_model, value_shapes
+from onnxshrink.inspect.summary import compressed_weight_bytes, inspect_model, value_shapes
 from onnxshrink.ir.graphs import all_nodes, count_bytes, is_onnx_op
+from onnxshrink.pipeline import Measure
 
 READ_LIMIT = 256 * 1024 * 1024  # weight bytes above which compression and sparsity are not computed
 _REASONS_SHOWN = 3
@@ -54,6 +56,28 @@ def model_totals(
     }
 
 
+def pass_measure(shapes: Mapping[str, tuple[int, ...]], read_limit: int = READ_LIMIT) -> Measure:
+    """What the pipeline measures after each pass that changed the model: MACs and compressed weight bytes.
+
+    Both are counted as ``inspect`` counts them; compression is skipped (None) past ``read_limit``
+    weight bytes, and MACs are None for a model whose shapes cannot be inferred.
+    """
+
+    def measure(model: ir.Model) -> dict[str, int | None]:
+        compressed = compressed_weight_bytes(model)[1] if count_bytes(model) <= read_limit else None
+        try:
+            macs: int | None = int(sum(graph_macs(model.graph, value_shapes(model, shapes)).by_op.values()))
+        except Exception:  # serialization of exotic models; MACs are then unknown, as in inspect
+            macs = None
+        return {"macs": macs, "bytes_compressed": compressed}
+
+    return measure
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -75,19 +99,36 @@ def _error(each: Mapping[str, Any] | None) -> tuple[str, str]:
     return f"{max(o['max_rel'] for o in each['outputs']):.2e}", f"{each['min_cosine']:.6f}"
 
 
-def pass_table(report: Mapping[str, Any]) -> list[str]:
-    """One row per pass run (and the input first); the error columns only with ``--verify-each``."""
+def pass_table(report: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> list[str]:
+    """One row per pass run (and the input first); the error columns only with ``--verify-each``.
+
+    Compressed bytes and MACs come from each record's ``bytes_compressed_after``/``macs_after``
+    (``-`` when not measured); the input's from ``before`` (:func:`model_totals`).
+    """
     each = report.get("verify_each")
     errors = iter(each or [])
-    header = ["pass", "nodes", "weight bytes", "sparsity", "quantized", "left float", "channels removed"]
+    method = (before or {}).get("compression") or "zstd"
+    header = ["pass", "nodes", "weight bytes", f"{method} bytes", "MACs", "sparsity", "quantized", "left float"]
+    header.append("channels removed")
     if each is not None:
         header += ["max rel err", "min cosine"]
-    rows = [["input", str(report["input"]["nodes"]), f"{report['input']['bytes']:,}"]]
+    given = before or {}
+    rows = [
+        [
+            "input",
+            str(report["input"]["nodes"]),
+            f"{report['input']['bytes']:,}",
+            _count(given.get("bytes_compressed")),
+            _count(given.get("macs")),
+        ]
+    ]
     for record in report["passes"]:
         row = [
             record["name"] + ("" if record["modified"] else " (no change)"),
             str(record["nodes_after"]),
             f"{record['bytes_after']:,}",
+            _count(record.get("bytes_compressed_after")),
+            _count(record.get("macs_after")),
             *_did(record["stats"]),
         ]
         if each is not None:
@@ -163,7 +204,7 @@ def unchanged_lossy_warnings(report: Mapping[str, Any]) -> list[str]:
 def run_summary(report: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """The per-pass table, the totals and the op counts (``before``/``after`` from :func:`model_totals`)."""
     lines = [
-        *pass_table(report),
+        *pass_table(report, before),
         "totals:",
         *totals_table(before, after),
         "op counts (changed only):",

@@ -148,12 +148,20 @@ class Samples:
     def take(self, count: int | None = None) -> dict[str, np.ndarray]:
         """The first ``count`` samples (every sample when None) in one batch, labels and other keys kept.
 
+        Batches that cannot be split or joined (a scalar input, inputs batched on different axes)
+        are one run each: the first such batch is returned as it is.
+
         Raises:
             UsageError: ``count`` was given and the source holds no samples.
         """
         parts: dict[str, list[np.ndarray]] = {}
         have = 0
         for batch in self.batches():
+            if _shared_size({k: v for k, v in batch.items() if k != "labels"}) is None:
+                # A batch that cannot be split (a scalar input): the first one is the one run.
+                if not parts:
+                    return batch
+                break
             if count is not None:
                 keep = min(min(len(v) for v in batch.values()) if batch else 0, count - have)
                 batch = {key: value[:keep] for key, value in batch.items()}
@@ -177,8 +185,10 @@ class Samples:
         """Streams feeds for the named model inputs in batches of at most ``batch_size``.
 
         Keys that are not among ``input_names`` (such as ``labels``) are dropped. At most
-        ``samples`` samples are read when given. A model whose inputs fix the first axis to ``k``
-        (see :meth:`fitted_to`) gets batches of exactly ``k``; a last, shorter one is left out.
+        ``samples`` samples are read when given (a batch that cannot be split, because an input is
+        a scalar or the first axes differ, is yielded whole and counts as one). A model whose
+        inputs fix the first axis to ``k`` (see :meth:`fitted_to`) gets batches of exactly ``k``;
+        a last, shorter one is left out.
 
         Raises:
             UsageError: A named input is missing from a batch; ``consumer`` (``pass 'prune'``)
@@ -193,6 +203,15 @@ class Samples:
                     f"{consumer}: {self.noun} {self.description} has no input {missing[0]!r} (it has {sorted(batch)})"
                 )
             feed = {name: np.asarray(batch[name]) for name in wanted}
+            if feed and _shared_size(feed) is None:
+                # A scalar input (a sample rate), or inputs batched on different axes (an RNN
+                # state [layers, N, hidden]): the batch cannot be split, so it runs as given.
+                yield feed
+                if left is not None:
+                    left -= 1
+                    if left <= 0:
+                        return
+                continue
             count = min((len(v) for v in feed.values()), default=0)
             step = self.fixed_batch or batch_size
             if self.fixed_batch is not None:
@@ -218,6 +237,8 @@ class Samples:
         feed, labels = split_labels(model, self.take(count), f"{self.noun} {self.description}")
         if count is None:
             return Feed(feed, labels, self.description)
+        if _shared_size(feed) is None:  # a batch that cannot be split or joined, run whole
+            return Feed(feed, labels, f"{self.role} {self.description} (first batch)")
         return Feed(feed, labels, f"{self.role} {self.description} (first {count} samples)")
 
 
@@ -240,3 +261,9 @@ def verification_feed(
     if calibration is not None:
         return calibration.feed_for(model, VERIFY_SAMPLES)
     return Feed(generate_inputs(model, shapes), None, GENERATED)
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in one feed: the first-axis size its inputs share, else 1 (a batch run as given)."""
+    size = _shared_size(feed)
+    return size if size is not None else 1

@@ -75,6 +75,11 @@ def _compressed_size(tensors: list[ir.TensorProtocol]) -> tuple[str, int]:
     return name, total
 
 
+def compressed_weight_bytes(model: ir.Model) -> tuple[str, int]:
+    """The compressor used (``zstd``, else ``gzip``) and the compressed size of every weight (as ``inspect``)."""
+    return _compressed_size([t for t in all_tensors(model) if t.dtype != ir.DataType.STRING])
+
+
 def _static_shapes(infos: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
     """Tensor shapes whose every dim is a number ``>= 0``; a ``-1`` or symbolic dim means unknown."""
     result: dict[str, tuple[int, ...]] = {}
@@ -238,7 +243,7 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         elements += int(data.size)
     quant_bytes = sum(tensor_nbytes(t) for t in tensors if t.dtype in _QUANTIZED_TYPES)
     total_bytes = count_bytes(model)
-    method, compressed = _compressed_size([t for t in tensors if t.dtype != ir.DataType.STRING])
+    method, compressed = compressed_weight_bytes(model)
     try:
         shape_of = value_shapes(model, shapes or {})
     except UsageError:

@@ -13,7 +13,12 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 _COLORS = qualitative.Plotly
-_MEASURES = (("nodes", "nodes"), ("bytes", "weight bytes"), ("macs", "MACs"))
+_MEASURES = (
+    ("nodes", "nodes"),
+    ("bytes", "weight bytes"),
+    ("bytes_compressed", "compressed weight bytes"),
+    ("macs", "MACs"),
+)
 _LABEL_CHARS = 48
 
 

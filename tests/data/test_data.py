@@ -353,3 +353,20 @@ def test_a_model_with_a_fixed_first_axis_gets_batches_of_exactly_that_size() -> 
     dynamic = open_samples({"x": _x(7)}).fitted_to(parse_ir_model(_TEXT))
     assert dynamic.fixed_batch is None
     assert [len(f["x"]) for f in dynamic.feeds(["x"], consumer="pass 'test'", batch_size=4)] == [4, 3]
+
+
+def test_batches_with_a_scalar_or_differently_batched_input_run_whole(tmp_path: Path) -> None:
+    """silero-vad's calls: input [N, 512], state [2, N, 128], scalar sr: such a batch is one run."""
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        state = rng.standard_normal((2, 3, 8)).astype(np.float32)
+        np.savez(folder / f"{index}.npz", x=_x(3, index), state=state, sr=np.array(16000))
+    samples = open_samples(folder)
+    feeds = list(samples.feeds(["x", "state", "sr"], consumer="test", batch_size=2))
+    assert [(f["x"].shape, f["state"].shape, f["sr"].shape) for f in feeds] == [((3, 4), (2, 3, 8), ())] * 3
+    assert len(list(samples.feeds(["x", "state", "sr"], consumer="test", samples=2, batch_size=2))) == 2
+    first = samples.take(5)
+    np.testing.assert_array_equal(first["x"], _x(3, 0))
+    assert first["sr"].shape == ()

@@ -16,7 +16,8 @@ from one another; fixtures built on these live in ``conftest.py``.
   and :func:`assert_close`, the one tolerance helper (fp32 exact passes: rtol 1e-5, atol 1e-6
   unless a test writes down why).
 * :mod:`helpers.real_models`: real third-party models, :data:`REAL_MODELS`, :func:`fetch` and
-  :func:`real_model_feed`; :mod:`helpers.wheel_cache` keeps their files.
+  :func:`real_model_feed`, speech-like audio and silero-vad's streaming calls
+  (:func:`speech_like_audio`, :func:`silero_stream`); :mod:`helpers.wheel_cache` keeps their files.
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ from .models import (
     random_arrays,
 )
 from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, session
-from .real_models import REAL_MODELS, RealModel, cache_dir, fetch, get_real_model, real_model_feed
+from .real_models import (
+    REAL_MODELS,
+    RealModel,
+    cache_dir,
+    fetch,
+    get_real_model,
+    real_model_feed,
+    silero_stream,
+    speech_like_audio,
+)
 from .running import PassLike, PassRegistrations, PassRun, assert_exact_change, run_pass
 
 __all__ = [
@@ -86,4 +96,6 @@ __all__ = [
     "run",
     "run_pass",
     "session",
+    "silero_stream",
+    "speech_like_audio",
 ]

@@ -348,6 +348,77 @@ def real_model_feed(model: RealModel, path: str | os.PathLike[str], seed: int = 
     return feeds
 
 
+SILERO_CHUNK, SILERO_CONTEXT = 512, 64  # 16 kHz: each call reads the last 64 samples of the previous chunk too
+# Formants (F1, F2, F3) in Hz of a few vowels, with bandwidths for each.
+_VOWELS = (
+    (730, 1090, 2440),
+    (270, 2290, 3010),
+    (530, 1840, 2480),
+    (570, 840, 2410),
+    (300, 870, 2240),
+    (660, 1720, 2410),
+)
+_BANDWIDTHS = (80, 100, 150)
+
+
+def speech_like_audio(seconds: float, seed: int) -> np.ndarray:
+    """16 kHz float32 audio in [-1, 1] that silero-vad hears as speech part of the time.
+
+    A glottal pulse train (a wandering pitch of 100-200 Hz) through three formant resonators
+    that change every syllable (150-300 ms, each with a rising and falling envelope), words and
+    pauses of a few seconds, and background noise of a random level. Deterministic for a seed.
+    """
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    rate = 16000
+    count = int(seconds * rate)
+    t = np.arange(count) / rate
+    pitch = 120 + rng.uniform(-20, 80) + 25 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t)
+    pulses = np.diff(np.floor(np.cumsum(pitch) / rate), prepend=0.0)
+    source = lfilter([1.0], [1.0, -0.97], pulses)
+    voiced = np.zeros(count)
+    syllable = int(rate * rng.uniform(0.15, 0.3))
+    for start in range(0, count, syllable):
+        segment = source[start : start + syllable]
+        for formant, bandwidth in zip(_VOWELS[rng.integers(len(_VOWELS))], _BANDWIDTHS, strict=True):
+            radius, angle = np.exp(-np.pi * bandwidth / rate), 2 * np.pi * formant / rate
+            resonance = lfilter([1 - radius], [1, -2 * radius * np.cos(angle), radius * radius], segment)
+            voiced[start : start + syllable] += (
+                resonance * np.sin(np.pi * np.arange(segment.size) / segment.size) ** 0.7
+            )
+    talking = np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * t + rng.uniform(0, 6)) > -0.3
+    audio = voiced / (np.abs(voiced).max() + 1e-9) * 0.5 * talking + rng.normal(0, rng.uniform(0.001, 0.01), count)
+    return np.clip(audio, -1, 1).astype(np.float32)
+
+
+def silero_stream(model: Any, audio: np.ndarray) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Runs silero-vad over ``audio`` as its own wrapper does at 16 kHz, the state carried along.
+
+    Each call reads 512 new samples after the last 64 of the previous call (zeros before the
+    first), so ``input`` is [1, 576].
+
+    Args:
+        model: A path or ``ModelProto`` of silero-vad (float or quantized).
+        audio: 16 kHz samples.
+
+    Returns:
+        The feed of every call (calibration data: ``input`` [1, 576], ``state`` [2, 1, 128],
+        scalar ``sr``) and the speech probability of every call.
+    """
+    runner = session(model)
+    state = np.zeros((2, 1, 128), np.float32)
+    padded = np.concatenate([np.zeros(SILERO_CONTEXT, np.float32), audio])
+    feeds, probabilities = [], []
+    for start in range(0, audio.size - SILERO_CHUNK + 1, SILERO_CHUNK):
+        chunk = padded[None, start : start + SILERO_CONTEXT + SILERO_CHUNK]
+        feed = {"input": chunk, "state": state, "sr": np.array(16000, np.int64)}
+        feeds.append(feed)
+        probability, state = runner.run(None, feed)
+        probabilities.append(float(np.asarray(probability).ravel()[0]))
+    return feeds, np.array(probabilities)
+
+
 def _main() -> int:
     """Fetches every real model, runs it once on onnxruntime CPU and prints timings."""
     import time

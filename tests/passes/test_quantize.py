@@ -404,6 +404,26 @@ def test_digits_accuracy_within_0_2_points_with_every_calibrator(calibrator: str
     assert {entry["op"] for entry in stats["nodes"].values()} == {"Conv", "Gemm", "Add", "Concat"}
 
 
+def test_only_the_root_of_a_data_movement_chain_is_calibrated() -> None:
+    result = onnxshrink.shrink(str(DIGITS), ["simplify", "quantize"], calibration=str(DIGITS_CALIB), verify=False)
+    stats = result.report["passes"][-1]["stats"]
+    # 12 tensors get a Q; the MaxPool and Flatten outputs take their input's range, uncaptured.
+    assert stats["calibration_tensors"] == 10
+    model = result.to_proto()
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    scale_after = {
+        node.input[0]: float(inits[node.input[1]]) for node in model.graph.node if node.op_type == "QuantizeLinear"
+    }
+    moves = [n for n in model.graph.node if n.op_type in ("MaxPool", "Flatten") and n.output[0] in scale_after]
+    assert len(moves) == 2
+    for node in moves:  # the Q after the move has the Q before it's range: the same scale
+        dequantize = producers[node.input[0]]
+        assert dequantize.op_type == "DequantizeLinear"
+        source = producers[dequantize.input[0]].input[0]  # DQ <- Q <- the float tensor
+        assert scale_after[node.output[0]] == scale_after[source]
+
+
 @pytest.mark.parametrize(
     ("spec", "budget"),
     [
@@ -478,31 +498,6 @@ def test_calibration_from_a_reader_streams_every_batch_and_stops_at_samples() ->
     assert not any("seconds" in key for key in stats)  # timings go to the pass record's "timings"
     assert stats["nodes"]["MatMul#0"]["inputs"][0]["dtype"] == "u8"
     assert stats["nodes"]["MatMul#0"]["weight"] == "s8 symmetric, per-channel axis 1"
-
-
-def test_subgraphs_stay_float_and_the_main_graph_is_quantized(tmp_path: Path) -> None:
-    """Rules apply to the main graph: an If branch's MatMul is left alone (its weight too)."""
-    body = """g (float[N, 16] x) => (float[N, 16] y) {
-        h = MatMul(x, W1)
-        r = Relu(h)
-        total = ReduceSum <keepdims = 0> (x)
-        c = Greater(total, Zero)
-        y = If(c) <
-            then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
-            else_branch = e () => (float[N, 16] b) { b = Identity(r) }
-        >
-    }"""
-    model = _model(body, {"W1": (16, 16), "W2": (16, 16)}, constants={"Zero": np.array(0.0, np.float32)})
-    calib = _calib({"x": (1, 16)})
-    result = run_pass(model, "quantize", calibration=calib)
-    out, stats, modified = result.model, result.stats, result.modified
-    assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
-    assert stats["skipped"] == {"t/MatMul#0": "in subgraph 't': quantize works on the main graph only"}
-    branch = next(n for n in out.graph.node if n.op_type == "If").attribute[0].g
-    assert [n.op_type for n in branch.node] == ["MatMul"] and branch.node[0].input[1] == "W2"
-    for sign in (1.0, -1.0):
-        feed = {"x": np.abs(calib["x"][:4]) * sign}
-        assert _close_to_float(model, out, feed) > 0.999
 
 
 EMBEDDING = """g (int64[N, S] ids) => (float[N, S, 8] y, float[N, S, {hidden}] e) {{
@@ -700,20 +695,24 @@ Dense (a, w) => (b) {
 
 
 @pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only", "quantize:mode=dynamic"])
-def test_layers_in_loop_bodies_and_functions_stay_float_and_are_reported(spec: str) -> None:
+def test_layers_in_functions_and_in_loop_bodies_outside_static_mode_stay_float_and_are_reported(spec: str) -> None:
+    """Static mode places Q/DQ in Loop bodies too (tests/passes/test_quantize_subgraphs.py); never in functions."""
     rng = np.random.default_rng(0)
     weights = {name: (rng.standard_normal((16, 16)) / 4).astype(np.float32) for name in ("W0", "W1", "W2")}
     model = parse_model(LOOP_AND_FUNCTION, initializers=weights)
     calib = _calib({"x": (1, 16)})
     result = run_pass(model, spec, calibration=calib)
     out, stats, modified = result.model, result.stats, result.modified
-    assert modified is True and set(stats["nodes"]) == {"MatMul#0"}
-    assert stats["skipped"] == {
-        "body/MatMul#1": "in subgraph 'body': quantize works on the main graph only",
-        "Dense/MatMul#0": "in function 'Dense': quantize works on the main graph only",
-    }
+    static = spec == "quantize"
+    assert modified is True
+    assert set(stats["nodes"]) == ({"MatMul#0", "Loop#3/body/MatMul#1"} if static else {"MatMul#0"})
+    expected = {"Dense/MatMul#0": "in function 'Dense': quantize does not rewrite functions"}
+    if not static:
+        expected["body/MatMul#1"] = "in subgraph 'body': this mode works on the main graph only"
+    assert stats["skipped"] == expected
     loop = next(n for n in out.graph.node if n.op_type == "Loop")
-    assert [(n.op_type, n.input[1:]) for n in loop.attribute[0].g.node][1] == ("MatMul", ["W1"])
+    body_matmul = next(n for n in loop.attribute[0].g.node if n.op_type == "MatMul")
+    assert (body_matmul.input[1] == "W1") is not static
     assert [n.op_type for n in out.functions[0].node] == ["MatMul"]
     assert _close_to_float(model, out, {"x": calib["x"][:4]}) > 0.999
 

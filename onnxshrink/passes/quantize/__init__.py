@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.activations import capture
+from onnxshrink.data.samples import batch_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
@@ -21,8 +22,16 @@ from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite as rewrite
 from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
 from onnxshrink.passes.quantize.options import QuantizeOptions
+from onnxshrink.passes.quantize.scopes import (
+    body_value_names,
+    control_flow_scopes,
+    exposing_bodies,
+    read_outer_values_locally,
+    unique_value_names,
+)
 from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
 from onnxshrink.registry import register_pass
+from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.selection import unselected
 
 __all__ = ["QuantizeOptions", "QuantizePass"]
@@ -34,18 +43,23 @@ logger = logging.getLogger(__name__)
 _CALIBRATION_BATCH = 8
 
 
-def _nested_layers(model: ir.Model) -> dict[str, str]:
-    """Layers in subgraphs and functions, which stay float (the rules place Q/DQ in the main graph)."""
+def _nested_layers(model: ir.Model, *, bodies_placed: bool) -> dict[str, str]:
+    """Layers that stay float because of where they are: functions, and bodies the mode does not reach."""
+    placed = {id(scope.graph) for scope in control_flow_scopes(model)} if bodies_placed else {id(model.graph)}
     skipped: dict[str, str] = {}
     for scope in graph_likes(model):
-        if scope is model.graph:
+        if id(scope) in placed:
             continue
-        where = f"function '{scope.name}'" if isinstance(scope, ir.Function) else f"subgraph '{scope.name}'"
+        if isinstance(scope, ir.Function):
+            where = f"in function '{scope.name}': quantize does not rewrite functions"
+        elif bodies_placed:
+            where = f"in subgraph '{scope.name}' of a node other than If/Loop/Scan"
+        else:
+            where = f"in subgraph '{scope.name}': this mode works on the main graph only"
         for index, node in enumerate(scope):
             table = is_onnx_op(node, "Gather") and node.inputs[0] is not None and node.inputs[0].const_value is not None
             if table or is_onnx_op(node, *placement.TRT_LAYERS):
-                key = f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"
-                skipped[key] = f"in {where}: quantize works on the main graph only"
+                skipped[f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"] = where
     return skipped
 
 
@@ -53,9 +67,11 @@ def _nested_layers(model: ir.Model) -> dict[str, str]:
 class QuantizePass(ShrinkPass[QuantizeOptions]):
     """Quantizes layers to int8 (or 4-bit weights) with Q/DQ placed by the target's rules (lossy).
 
-    Rules (main graph; layers in subgraphs and functions stay float, each named in ``skipped``).
-    ``static`` placement follows docs/quantization.md; the plan is computed as data, then applied
-    to a copy of the model, which replaces the model only when it is kept:
+    Rules (``static``: the main graph and every If/Loop/Scan body, each placed as a graph of its
+    own, keys ``If_0/then_branch/<node>``; ``dynamic``/``weight-only``: the main graph; layers in
+    functions always stay float, each named in ``skipped``). ``static`` placement follows
+    docs/quantization.md; the plan is computed as data, then applied to a copy of the model,
+    which replaces the model only when it is kept:
 
     1. Layers are Conv, MatMul, Gemm (tensorrt: also ConvTranspose) whose weight (input 1) is a
        constant float32 initializer; ``include``/``exclude`` select by op type or node-name glob.
@@ -64,7 +80,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        kernels add u8 x s8 products in saturating int16 pairs), per output channel (Conv axis
        0, ConvTranspose axis 1, MatMul ``[K, N]`` axis 1, Gemm axis 0 with transB=1 else 1).
     2. Calibration: the placement is first made as if every range were known; the tensors it
-       would quantize (only those) are captured in one onnxruntime session and ``samples``
+       would quantize (only those; of a chain through data-movement ops, rule 5, only its first
+       tensor, whose range the chain's Qs take) are captured in one onnxruntime session and ``samples``
        samples are streamed through it in batches of 8 into fixed-size histograms; ranges come
        from ``calibrate``, then the placement is made again with them. Non-finite values are
        counted and ignored; a tensor with no finite value leaves its layer float. Scales are
@@ -108,6 +125,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     12. Q/DQ need opset 13 (4-bit weights: 21). An older opset (11 or later) is raised only when no
         op of the model changes meaning between the two versions (else the pass refuses the
         model), and only when something is quantized: a model left float keeps its opset.
+    13. Bodies (static): calibration runs a copy that carries each wanted body value out (an
+        extra output of both If branches, the untaken one giving an empty tensor; an extra scan
+        output of a Loop/Scan body). A layer whose inputs no sample reached stays float ("no
+        calibration sample ran this body"); a body layer reading an enclosing graph's
+        activation reads a local Identity of it, removed again where no Q reads it. When
+        onnxruntime cannot stack a Loop/Scan body value (its shape changes between iterations),
+        calibration runs again without the Loop/Scan body values, whose layers stay float.
     """
 
     name = "quantize"
@@ -115,24 +139,54 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def call(self, model: ir.Model) -> ShrinkPassResult:
         """Quantizes the model per ``mode``; ``skipped`` names the layers left float, and why."""
-        result = self._static(model) if self.options.mode == "static" else self._weights_only(model)
-        result.skipped.update(_nested_layers(model))
+        static = self.options.mode == "static"
+        result = self._static(model) if static else self._weights_only(model)
+        result.skipped.update(_nested_layers(model, bodies_placed=static))
         return result
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> StatsCollector:
+    def _calibrate(self, model: ir.Model, names: list[str]) -> tuple[StatsCollector, dict[str, str]]:
+        """Streams the calibration data through ``model``, collecting statistics of ``names``.
+
+        Values inside If/Loop/Scan bodies are read through a copy that carries them out
+        (:func:`~onnxshrink.passes.quantize.scopes.exposing_bodies`). When onnxruntime cannot
+        run that copy because a Loop/Scan body value changes shape between iterations, the
+        calibration runs again without the Loop/Scan body values.
+
+        Returns:
+            The statistics, and the tensors left uncalibrated with why.
+        """
+        try:
+            return self._collect(model, names), {}
+        except RuntimeUnavailable as error:
+            looped = body_value_names(model, loops_only=True).intersection(names)
+            if not looped:
+                raise
+            reason = f"onnxruntime could not calibrate inside this Loop/Scan body ({error})"
+            logger.warning("quantize: %s; its layers stay float", reason)
+            collector = self._collect(model, [name for name in names if name not in looped])
+            collector.stats.update(StatsCollector(sorted(looped)).stats)
+            return collector, dict.fromkeys(looped, reason)
+
+    def _collect(self, model: ir.Model, names: list[str]) -> StatsCollector:
         collector = StatsCollector(names)
+        in_bodies = body_value_names(model).intersection(names)
+        carried: dict[str, str] = {}
+        if in_bodies:
+            model, carried = exposing_bodies(model, sorted(in_bodies))
+        wanted = [carried.get(name, name) for name in names]
+        back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
             for feed, arrays in capture(
                 self.context,
                 model,
-                names,
+                wanted,
                 pass_name=self.name,
                 samples=self.options.samples,
                 batch_size=_CALIBRATION_BATCH,
             ):
-                count = len(next(iter(feed.values()))) if feed else 0
-                collector.update(arrays, count)
+                count = batch_samples(feed) if feed else 0
+                collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
@@ -149,13 +203,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         options = self.options
         symmetric = options.target != "ort-cpu"
         ranges: dict[str, tuple[float, float] | None] = {}
+        roots: dict[str, str] = {}  # tensor -> the tensor whose statistics give its range
         collector: StatsCollector | None = None
 
         def range_of(name: str) -> tuple[float, float] | None:
             if collector is None:  # the dry run: every tensor as if calibrated
                 return (-1.0, 1.0)
             if name not in ranges:
-                stats = collector.stats.get(name)
+                # A tensor reached through data-movement ops holds its chain root's values.
+                stats = collector.stats.get(roots.get(name, name))
                 ranges[name] = (
                     calibrated_range(stats, options.calibrate, symmetric=symmetric, percentile=options.percentile)
                     if stats is not None and stats.finite
@@ -163,13 +219,28 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 )
             return ranges[name]
 
+        body_values = body_value_names(float_model)
+        uncalibrated: dict[str, str] = {}
+
+        def unreached(name: str) -> str | None:
+            name = roots.get(name, name)
+            stats = collector.stats.get(name) if collector is not None else None
+            if name in uncalibrated:
+                return uncalibrated[name]
+            if name in body_values and stats is not None and stats.count == 0 and stats.nonfinite == 0:
+                return "no calibration sample ran this body (an If branch not taken, or a loop never run)"
+            return None
+
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
-            return place.plan_static(float_model, options, range_of, float_layers)
+            return place.plan_static(float_model, options, range_of, float_layers, unreached)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
-        # names them (BERT-base: ~50 of 429 float activations).
+        # names them, and of a data-movement chain (Reshape, Transpose, ...) only its root, whose
+        # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
+        roots.update((name, q.root) for name, q in make_plan().activations.items())
         started = time.perf_counter()
-        collector = self._calibrate(float_model, list(make_plan().activations))
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(roots.values())))
+        uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()
         if options.max_drop is None and options.min_cosine is None:
@@ -197,6 +268,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         float_model = model.clone()
         # Exporters such as paddle2onnx hold weights in Constant nodes: the same data, as initializers.
         lifted = lift_weight_constants(float_model.graph, placement.TRT_LAYERS)
+        # Bodies are placed like the main graph: names unique model-wide, activations local to each body.
+        unique_value_names(float_model)
+        read_outer_values_locally(float_model, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)

@@ -73,7 +73,13 @@ class Judge:
         inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
         count = min(samples, _JUDGE_SAMPLES)
         batches = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count))
-        self.feed = {name: np.concatenate([b[name] for b in batches]) for name in inputs}
+        if any(np.ndim(b[name]) == 0 for b in batches for name in inputs):
+            # Batches with a scalar input cannot be joined: the first one is judged.
+            batches = batches[:1]
+        self.feed = {
+            name: np.concatenate([b[name] for b in batches]) if len(batches) > 1 else batches[0][name]
+            for name in inputs
+        }
         self.reference = run(context.session(model)[0], self.feed)
         if max_drop is not None and not any(
             np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in self.reference.values()

@@ -25,7 +25,6 @@ from onnxshrink.passes.quantize.plan import (
     GraphView,
     LayerQ,
     QuantPlan,
-    Target,
     WeightQ,
     activation_inputs,
     constant_scalar,
@@ -36,6 +35,7 @@ from onnxshrink.passes.quantize.plan import (
     layer_problem,
     weight_axis,
 )
+from onnxshrink.passes.quantize.scopes import control_flow_scopes
 from onnxshrink.passes.quantize.statistics import QParams, qparams
 from onnxshrink.selection import unselected
 
@@ -200,10 +200,16 @@ def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
 
 
 def plan_static(
-    model: ir.Model, options: QuantizeOptions, range_of: RangeOf, float_layers: Iterable[str] = ()
+    model: ir.Model,
+    options: QuantizeOptions,
+    range_of: RangeOf,
+    float_layers: Iterable[str] = (),
+    unreached: Callable[[str], str | None] = lambda name: None,
 ) -> QuantPlan:
     """Returns the placement for ``options.target`` given each tensor's calibrated range.
 
+    The main graph and every If/Loop/Scan body under it are placed one by one, each as a graph
+    of its own (body keys start with the body's path, ``If_0/then_branch/``).
     With ``activation-matmuls`` (ort-cpu, ort-cuda), a MatMul of two activations (attention's
     QKᵀ and probabilities·V) is a layer too: DQ on both inputs, then QLinearMatMul when an int8
     kernel reads its output, else MatMulIntegerToFloat.
@@ -213,41 +219,64 @@ def plan_static(
         options: The quantize options (target, dtypes, include/exclude...).
         range_of: Each tensor's calibrated range; None when no finite value was seen.
         float_layers: Layers kept float (the accuracy budget).
+        unreached: Why a tensor has no calibration statistics when no sample ran the code that
+            computes it (an If branch never taken), or None: such layers stay float with that reason.
     """
-    target: Target = options.target
-    dtype, per_channel, activation_matmuls = options.activations, options.per_channel, options.activation_matmuls
-    include, exclude = options.include, options.exclude
-    view = GraphView(model.graph)
-    tensorrt = target == "tensorrt"
-    symmetric = tensorrt or target == "ort-cuda"
-    plan = QuantPlan(target=target)
-    forced_float = set(float_layers)
+    plan = QuantPlan(target=options.target)
+    for scope in control_flow_scopes(model):
+        _plan_scope(GraphView(scope.graph, scope.prefix), options, range_of, set(float_layers), unreached, plan)
+    return plan
+
+
+def _layer_problem(
+    key: str,
+    node: ir.Node,
+    options: QuantizeOptions,
+    range_of: RangeOf,
+    forced_float: set[str],
+    unreached: Callable[[str], str | None],
+    first: bool,
+) -> NoMatch | None:
+    tensorrt = options.target == "tensorrt"
+    two_activations = options.activation_matmuls and not tensorrt and is_activation_matmul(node)
+    why = None if two_activations else layer_problem(node)
+    if why is None:
+        why = unselected(node, key, options.include, options.exclude)
+    if why is None and key in forced_float:
+        why = NoMatch("kept float by the accuracy budget")
+    if why is None and tensorrt:
+        why = trt_skip_reason(node, first)
+    effective, _ = fold_candidate(node)
+    inputs = [v.name or "" for _, v in activation_inputs(node)]
+    reasons = [unreached(name) for name in inputs]
+    if why is None and inputs and all(reasons):
+        why = NoMatch(str(reasons[0]))
+    if why is None and not all(name and range_of(name) for name in inputs):
+        why = NoMatch("input has no finite calibration value")
+    if why is None and not tensorrt and node.op_type == "Conv" and not (effective.name and range_of(effective.name)):
+        why = NoMatch("output has no finite calibration value")
+    return why
+
+
+def _plan_scope(
+    view: GraphView,
+    options: QuantizeOptions,
+    range_of: RangeOf,
+    forced_float: set[str],
+    unreached: Callable[[str], str | None],
+    plan: QuantPlan,
+) -> None:
+    """Places one graph's Q/DQ into ``plan``."""
+    dtype, per_channel = options.activations, options.per_channel
+    tensorrt = options.target == "tensorrt"
+    symmetric = tensorrt or options.target == "ort-cuda"
     layer_ops = TRT_LAYERS if tensorrt else ORT_LAYERS
     layers: list[str] = []
-    two_activations: set[str] = set()
-    first = True
+    first = not plan.layers and not plan.left_float  # TensorRT's first convolution: in the main graph only
     for key, node in view.nodes.items():
         if not is_onnx_op(node, *layer_ops):
             continue
-        if activation_matmuls and not tensorrt and is_activation_matmul(node):
-            two_activations.add(key)
-        why = None if key in two_activations else layer_problem(node)
-        if why is None:
-            why = unselected(node, key, include, exclude)
-        if why is None and key in forced_float:
-            why = NoMatch("kept float by the accuracy budget")
-        if why is None and tensorrt:
-            why = trt_skip_reason(node, first)
-        effective, _ = fold_candidate(node)
-        if why is None and not all(v.name and range_of(v.name) for _, v in activation_inputs(node)):
-            why = NoMatch("input has no finite calibration value")
-        if (
-            why is None
-            and not tensorrt
-            and node.op_type == "Conv"
-            and not (effective.name and range_of(effective.name))
-        ):
-            why = NoMatch("output has no finite calibration value")
+        why = _layer_problem(key, node, options, range_of, forced_float, unreached, first)
         first = first and node.op_type not in ("Conv", "ConvTranspose")
         if why is not None:
             plan.left_float[key] = why.reason
@@ -265,9 +294,9 @@ def plan_static(
     else:
         _place_ort(view, layers, plan, params, range_of)
     for key in layers:
-        if key in two_activations:
-            continue  # no constant weight
         node = view.nodes[key]
+        if options.activation_matmuls and not tensorrt and is_activation_matmul(node):
+            continue  # no constant weight
         weight = node.inputs[1]
         assert weight is not None and weight.const_value is not None
         axis = weight_axis(node, len(weight.const_value.shape)) if per_channel else None
@@ -277,7 +306,6 @@ def plan_static(
             bias = "int32" if not tensorrt and is_constant(node.inputs[2]) else "float"
         previous = plan.layers[key]
         plan.layers[key] = dataclasses.replace(previous, weight=WeightQ(1, axis), bias=bias)
-    return plan
 
 
 def _place_ort(

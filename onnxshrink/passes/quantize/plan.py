@@ -34,6 +34,9 @@ MOVES = (
 )  # fmt: skip
 # Rule 5: activations a following Q can absorb when its zero point clips at 0.
 FOLDABLE = ("Relu", "Clip")
+# Marks (in ``node.meta``) the nodes quantize adds before placement, so that keys such as
+# ``Conv#3`` keep naming the model's own nodes.
+ADDED_NODE = "onnxshrink.quantize.added"
 # TensorRT rule 11: tiny layers run faster in float.
 TRT_MIN_CHANNELS = 16
 
@@ -98,14 +101,25 @@ class QuantPlan:
 
 
 class GraphView:
-    """Stable keys for the main graph's nodes and the small queries placement asks."""
+    """Stable keys for one graph's nodes and the small queries placement asks.
 
-    def __init__(self, graph: ir.Graph) -> None:
+    Args:
+        graph: The main graph or a control-flow body.
+        prefix: Starts every key: ``""`` for the main graph, ``If_0/then_branch/`` for a body.
+    """
+
+    def __init__(self, graph: ir.Graph, prefix: str = "") -> None:
         self.graph = graph
         self.nodes: dict[str, ir.Node] = {}
         self.keys: dict[int, str] = {}
-        for index, node in enumerate(graph):
-            key = node.name or f"{node.op_type}#{index}"
+        index = -1
+        for node in graph:
+            if node.meta.get(ADDED_NODE):  # named, and left out of the positions of the model's own nodes
+                self.nodes[prefix + str(node.name)] = node
+                self.keys[id(node)] = prefix + str(node.name)
+                continue
+            index += 1
+            key = prefix + (node.name or f"{node.op_type}#{index}")
             if key in self.nodes:
                 key = f"{key}#{index}"
             self.nodes[key] = node

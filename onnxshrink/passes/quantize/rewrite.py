@@ -16,7 +16,8 @@ import onnx_ir as ir
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import add_initializer, fresh_name, take_over_output, taken_names
 from onnxshrink.passbase import NoMatch
-from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, constant_initializer, quantize_weight
+from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, QuantPlan, constant_initializer, quantize_weight
+from onnxshrink.passes.quantize.scopes import control_flow_scopes
 from onnxshrink.passes.quantize.statistics import QParams
 
 _INT32_MAX = 2**31 - 1
@@ -24,17 +25,21 @@ _NUMPY_QTYPE = {"u8": np.uint8, "s8": np.int8}
 
 
 class QdqWriter:
-    """Creates initializers and Q/DQ nodes in the main graph, with names no other part of the model uses.
+    """Creates initializers and Q/DQ nodes in one graph, with names no other part of the model uses.
 
     Args:
-        model: The model written into (its main graph).
+        model: The model written into.
         weight_bits: Bits of quantized int8 weights: 8, or 7 with reduce-range.
+        graph: The graph written into: the main graph (default) or a control-flow body.
+        taken: The names in use, shared by the writers of one model (default: read from ``model``).
     """
 
-    def __init__(self, model: ir.Model, weight_bits: int = 8) -> None:
-        self.graph = model.graph
+    def __init__(
+        self, model: ir.Model, weight_bits: int = 8, *, graph: ir.Graph | None = None, taken: set[str] | None = None
+    ) -> None:
+        self.graph = graph if graph is not None else model.graph
         self.weight_bits = weight_bits
-        self.taken = taken_names(model)
+        self.taken = taken if taken is not None else taken_names(model)
         self._weights: dict[tuple[str, int | None], tuple[ir.Value, np.ndarray]] = {}
         self.counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
 
@@ -93,6 +98,7 @@ class QdqWriter:
         dq = self._dq(q_value, scale, zero, value.name, **attrs)
         self.graph.insert_before(node, dq)
         node.replace_input_with(index, dq.outputs[0])
+        _drop_dead_constant(value)
         return True
 
     def activation(self, value: ir.Value, params: QParams, readers: list[tuple[ir.Node, int]] | None) -> None:
@@ -128,26 +134,33 @@ class QdqWriter:
 
 
 def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[str, Any]:
-    """Rewrites the main graph by the plan; returns counts for the report."""
-    graph = model.graph
-    view = GraphView(graph)
-    layer_nodes = {key: view.nodes[key] for key in plan.layers}
+    """Rewrites the main graph and the control-flow bodies by the plan; returns counts for the report.
+
+    Each Q/DQ and quantized weight goes into the graph of the node or value it serves.
+    """
+    scopes = control_flow_scopes(model)
+    nodes: dict[str, ir.Node] = {}
+    for scope in scopes:
+        nodes.update(GraphView(scope.graph, scope.prefix).nodes)
+    layer_nodes = {key: nodes[key] for key in plan.layers}
     reader_nodes = {
-        name: None if q.readers is None else [(view.nodes[key], index) for key, index in q.readers]
+        name: None if q.readers is None else [(nodes[key], index) for key, index in q.readers]
         for name, q in plan.activations.items()
     }
-    writer = QdqWriter(model, weight_bits)
+    taken = taken_names(model)
+    writers = {id(scope.graph): QdqWriter(model, weight_bits, graph=scope.graph, taken=taken) for scope in scopes}
     for key in plan.folds:
-        fold = view.nodes[key]
+        fold = nodes[key]
         source, folded = fold.inputs[0], fold.outputs[0]
-        assert source is not None
+        assert source is not None and fold.graph is not None
         take_over_output(folded, source)
-        graph.remove(fold, safe=True)
+        fold.graph.remove(fold, safe=True)
     bias_kinds = {"int32": 0, "float": 0}
     for key, layer in plan.layers.items():
         node = layer_nodes[key]
         if layer.weight is None:
             continue
+        writer = writers[id(node.graph)]
         scales = writer.weight(node, layer.weight.index, layer.weight.axis)
         if layer.bias == "none":
             continue
@@ -157,11 +170,39 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
         if int32 and activation is not None:
             int32 = writer.bias(node, 2, activation.params.scale, scales)
         bias_kinds["int32" if int32 else "float"] += 1
-    values = GraphView(graph).values
+    values: dict[str, ir.Value] = {}
+    for scope in scopes:
+        values.update(GraphView(scope.graph, scope.prefix).values)
     for name, q in plan.activations.items():
-        writer.activation(values[name], q.params, reader_nodes[name])
-    drop_unused_initializers(graph)
-    return {**writer.counts, "bias_int32": bias_kinds["int32"], "bias_float": bias_kinds["float"]}
+        value = values[name]
+        writers[id(value.graph)].activation(value, q.params, reader_nodes[name])
+    counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
+    for scope in scopes:
+        _drop_unquantized_local_reads(scope.graph, plan)
+        drop_unused_initializers(scope.graph)
+        for name, count in writers[id(scope.graph)].counts.items():
+            counts[name] += count
+    return {**counts, "bias_int32": bias_kinds["int32"], "bias_float": bias_kinds["float"]}
+
+
+def _drop_unquantized_local_reads(graph: ir.Graph, plan: QuantPlan) -> None:
+    """Undoes the Identity a body got for an enclosing graph's activation when no Q reads it."""
+    for node in list(graph):
+        if not node.meta.get(ADDED_NODE) or node.outputs[0].name in plan.activations:
+            continue
+        source = node.inputs[0]
+        assert source is not None
+        ir.convenience.replace_all_uses_with(node.outputs[0], source)
+        graph.remove(node, safe=True)
+
+
+def _drop_dead_constant(value: ir.Value) -> None:
+    """Removes the ``Constant`` node that produced ``value`` once nothing reads it (a replaced bias)."""
+    producer = value.producer()
+    if producer is None or producer.op_type != "Constant" or producer.graph is None:
+        return
+    if not list(value.uses()) and not value.is_graph_output():
+        producer.graph.remove(producer, safe=True)
 
 
 def drop_unused_initializers(graph: ir.Graph) -> None:

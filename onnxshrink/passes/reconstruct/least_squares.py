@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.linalg
 
 # Above this many multiply-adds of per-support dense solves, method=auto switches to OBS.
 _LSTSQ_BUDGET = 2e9
@@ -75,7 +76,7 @@ def kept_columns(equations: NormalEquations, weights: np.ndarray) -> np.ndarray 
     sequence has a finite score (a layer with all-zero outputs).
     """
     cross = (weights @ equations.xty)[0]  # Σ student output · teacher value, [O, O_teacher]
-    student = np.einsum("gok,gkl,gol->o", weights, equations.xtx, weights)
+    student = np.einsum("gok,gok->o", weights @ equations.xtx, weights)  # matmul first: no O·K² einsum loop
     scale = np.sqrt(np.outer(student, equations.yy[0]))
     cosine = np.divide(cross, scale, out=np.full_like(cross, -np.inf), where=scale > 0)
     outputs, columns = cosine.shape
@@ -103,7 +104,8 @@ def choose_method(keep: np.ndarray) -> str:
     """``lstsq`` when solving each distinct row support exactly is cheap enough, else ``obs``."""
     cost = 0.0
     for group in keep:
-        supports = np.unique(group, axis=0)
+        # A dense layer (channel removal leaves no zeros) has one support: skip the row sort.
+        supports = group[:1] if group.all() else np.unique(group, axis=0)
         cost += float(np.sum(supports.sum(axis=1).astype(np.float64) ** 3))
     return "lstsq" if cost <= _LSTSQ_BUDGET else "obs"
 
@@ -131,15 +133,18 @@ def solve(equations: NormalEquations, current: np.ndarray, keep: np.ndarray, rid
 
 
 def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Cholesky solve of the (symmetric, ridge-shifted) normal equations."""
     try:
-        return np.linalg.solve(system, rhs)
-    except np.linalg.LinAlgError:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(system, check_finite=False), rhs, check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
         # Only reachable with ridge=0 and rank-deficient inputs: take the minimum-norm solution.
         return np.linalg.lstsq(system, rhs, rcond=None)[0]
 
 
 def _masked(system: np.ndarray, rhs: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Exact restricted solve: output rows that keep the same inputs share one factorisation."""
+    if keep.all():
+        return _solve(system, rhs).T
     weights = np.zeros(keep.shape)
     supports, inverse = np.unique(keep, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)

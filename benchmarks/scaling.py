@@ -1,0 +1,154 @@
+"""Issue 16's goals: profiling with 1 and 2 workers, local processes and Ray, and object-store traffic.
+
+Profiles one model's precision units (int8 / int4 per Conv, Gemm, MatMul: the items of
+``quantize:max-drop`` and ``auto --search int8,int4``) four ways in one run, each into a fresh
+cache folder: ``local`` with 1 worker (the serial profile, in this process), ``local`` with 2
+(a forkserver pool), and ``ray`` with 1 and 2 workers (actors on a local Ray instance started here,
+``ray.init(num_cpus=2)``). For each it prints the wall time, the speedup over its 1-worker
+baseline, the per-item times (median, sum) from the streamed items file, whether the profile
+equals the serial one, and, for Ray, how many nodes' object stores hold the setup object
+(the model and samples put once) and how many times workers read it.
+
+The machine may be shared: the load average is printed before and after, and per-item times are
+the figures a projection should use (the wall-time speedup is capped by whatever else runs).
+Run with the project's venv plus Ray::
+
+    python benchmarks/scaling.py [--model magika|ocr-cls|digits] [--samples 64] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+import samples as bench_samples
+
+import onnxshrink
+from onnxshrink.autotune.executors import LocalExecutor
+from onnxshrink.autotune.items import ItemMeasure
+from onnxshrink.autotune.profile import profile
+from onnxshrink.data.readers import open_samples
+from onnxshrink.spec import make_spec
+
+
+def _model(name: str, count: int) -> tuple[Path, dict[str, Any]]:
+    if name == "magika":
+        path, calib, _ = bench_samples.magika(count)
+    elif name == "ocr-cls":
+        path, calib, _ = bench_samples.ocr_cls(count)
+    else:
+        path, calib, _ = bench_samples.digits()
+        calib = {k: v[:count] for k, v in calib.items()}
+    return path, calib
+
+
+def _one(base: Any, calib: dict[str, Any], executor: Any, folder: Path, knobs: list[str]) -> dict[str, Any]:
+    measure = ItemMeasure(executor, calib)
+    started = time.perf_counter()
+    found = profile(base, open_samples(calib), provider="cpu", knobs=knobs, cache=folder, measure=measure)
+    wall = time.perf_counter() - started
+    items = [json.loads(line) for path in folder.glob("*.items.jsonl") for line in path.read_text().splitlines()]
+    seconds = [item["seconds"] for item in items]
+    return {
+        "wall_s": wall,
+        "items": len(items),
+        "item_median_s": statistics.median(seconds) if seconds else None,
+        "item_sum_s": sum(seconds),
+        "units": [u.to_json() for u in found.units],
+        "nodes": sorted({item["node"] for item in items}),
+    }
+
+
+def _same(reference: list[dict[str, Any]], units: list[dict[str, Any]]) -> str:
+    """``identical``, or the largest damage difference when only floats moved (bytes, MACs, settings equal)."""
+    if reference == units:
+        return "identical"
+    if [(u["name"], [s["value"] for s in u["settings"]]) for u in reference] != [
+        (u["name"], [s["value"] for s in u["settings"]]) for u in units
+    ]:
+        return "DIFFERENT settings"
+    pairs = [
+        (a, b) for x, y in zip(reference, units, strict=True) for a, b in zip(x["settings"], y["settings"], strict=True)
+    ]
+    if any((a["bytes"], a["macs"]) != (b["bytes"], b["macs"]) for a, b in pairs):
+        return "DIFFERENT costs"
+    return f"damage within {max(abs(a['damage'] - b['damage']) for a, b in pairs):.1e}"
+
+
+def main() -> None:
+    """Runs the four profiles and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("magika", "ocr-cls", "digits"), default="magika")
+    parser.add_argument("--samples", type=int, default=64, help="Calibration samples (the judge uses up to 128).")
+    parser.add_argument("--knobs", default="int8,int4", help="Profiles measured: channels,int8,int4.")
+    parser.add_argument("--no-ray", action="store_true", help="Local executor only.")
+    parser.add_argument("--json", help="Write the figures here.")
+    args = parser.parse_args()
+    environment = harness.print_environment(["onnxruntime", "ray"])
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    knobs = [k.strip() for k in args.knobs.split(",")]
+    path, calib = _model(args.model, args.samples)
+    base = onnxshrink.shrink(path, [make_spec("simplify", {})], verify=False).model
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="onnxshrink-scaling-") as tmp:
+        for workers in (1, 2):
+            rows[f"local x{workers}"] = _one(base, calib, LocalExecutor(workers), Path(tmp) / f"local{workers}", knobs)
+            print(f"local x{workers}: {rows[f'local x{workers}']['wall_s']:.1f} s", flush=True)
+        if not args.no_ray:
+            import ray
+
+            from onnxshrink.autotune.executors.ray_cluster import RayExecutor
+
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+            try:
+                for workers in (1, 2):
+                    executor = RayExecutor(workers=workers)
+                    row = _one(base, calib, executor, Path(tmp) / f"ray{workers}", knobs)
+                    row["objects"] = executor.transfers()
+                    row["fetches"] = {n: s["fetches"] for n, s in executor.stats["nodes"].items()}
+                    executor.close()
+                    rows[f"ray x{workers}"] = row
+                    print(f"ray x{workers}: {row['wall_s']:.1f} s", flush=True)
+            finally:
+                ray.shutdown()
+    load_after = os.getloadavg()
+    reference = rows["local x1"]["units"]
+    table = []
+    for name, row in rows.items():
+        baseline = rows[name.replace("x2", "x1")]["wall_s"]
+        objects = row.get("objects") or {}
+        setup = next((v for k, v in objects.items() if k.startswith("setup-")), None)
+        table.append(
+            [
+                name,
+                row["items"],
+                harness.fmt(row["wall_s"], ".1f"),
+                harness.fmt(baseline / row["wall_s"], ".2f"),
+                harness.fmt(row["item_median_s"], ".2f"),
+                harness.fmt(row["item_sum_s"], ".1f"),
+                _same(reference, row["units"]),
+                f"{setup['bytes']} B on {setup['nodes']} node(s)" if setup else "-",
+                sum(row.get("fetches", {}).values()) if objects else "-",
+            ]
+        )
+    title = f"{args.model}: profile of {args.knobs} ({args.samples} calibration samples)"
+    headers = ["executor", "items", "wall s", "speedup", "item median s", "item sum s", "same profile"]
+    print(harness.markdown_table([*headers, "setup object", "worker reads"], table, title=title))
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    if args.json:
+        for row in rows.values():
+            row.pop("units")
+        payload = {"environment": environment, "load": [load_before, load_after], "rows": rows}
+        harness.write_json(args.json, payload)
+
+
+if __name__ == "__main__":
+    main()

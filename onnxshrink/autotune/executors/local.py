@@ -1,0 +1,118 @@
+"""The ``local`` executor: worker processes on this machine.
+
+Profile items run in a pool of ``workers`` processes from a ``forkserver`` (no child inherits the
+driver's onnxruntime threads); each builds the simplified model's judge once and keeps it for
+every item it measures. With one worker the items run in the driver itself, as the serial profile
+did. A timed profile (``--min-speedup``) runs in one process whatever ``workers`` says: timings
+taken side by side would disturb each other. Trials run as before: up to ``workers`` at a time,
+each in its own child process with its limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Any
+
+from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone, TrialTask, error_text
+from onnxshrink.autotune.items import Item, Setup, failed, measure_item
+from onnxshrink.autotune.profile import _Builder
+from onnxshrink.autotune.trials import run_trial
+
+logger = logging.getLogger(__name__)
+
+_builder: _Builder | None = None  # the pool process's builder, made by _start
+
+
+def _start(setup: Setup) -> None:
+    global _builder
+    _builder = setup.builder()
+
+
+def _item(item: Item) -> dict[str, Any]:
+    assert _builder is not None
+    started = time.perf_counter()
+    result = measure_item(_builder, item)
+    result["seconds"] = time.perf_counter() - started
+    result["node"] = f"{platform.node()}/{os.getpid()}"
+    return result
+
+
+class LocalExecutor:
+    """Processes on this machine (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+        self.node = platform.node() or "local"
+
+    def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
+        """Measures ``items`` in the driver (one worker) or a forkserver pool."""
+        workers = 1 if setup.timed else min(self.workers, len(items))
+        if setup.timed and self.workers > 1:
+            logger.info("a timed profile runs in one process: timings side by side would disturb each other")
+        with NodeProgress("profile items", len(items)) as shown:
+            if workers <= 1:
+                builder = setup.builder()
+                for item in items:
+                    shown.start(self.node)
+                    started = time.perf_counter()
+                    result = measure_item(builder, item)
+                    result["seconds"] = time.perf_counter() - started
+                    result["node"] = self.node
+                    shown.finish(self.node)
+                    done(item, result)
+                return
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["onnxshrink.autotune.measure", "onnxshrink.autotune.items"])
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(setup,)) as pool:
+                pending: dict[Future[dict[str, Any]], Item] = {}
+                queue = list(reversed(items))
+                while queue or pending:
+                    while queue and len(pending) < workers:  # submit as workers free up: queued/running stay true
+                        item = queue.pop()
+                        pending[pool.submit(_item, item)] = item
+                        shown.start(self.node)
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        item = pending.pop(future)
+                        try:
+                            result = future.result()
+                        except Exception as error:  # a crashed pool process fails its item, not the profile
+                            result = failed(item, error_text(error))
+                        shown.finish(self.node)
+                        done(item, result)
+
+    def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
+        """Up to ``workers`` candidates at a time, each in its own child process."""
+        with NodeProgress("trials", len(tasks)) as shown, ThreadPoolExecutor(max_workers=self.workers) as pool:
+            pending: dict[Future[dict[str, Any]], TrialTask] = {}
+            queue = list(reversed(tasks))
+            while queue or pending:
+                while queue and len(pending) < self.workers:
+                    task = queue.pop()
+                    pending[pool.submit(_trial, task)] = task
+                    shown.start(self.node)
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = pending.pop(future)
+                    outcome = future.result()
+                    outcome["node"] = self.node
+                    shown.finish(self.node)
+                    done(task, outcome)
+
+    def close(self) -> None:
+        """Nothing to release: pools end with each call."""
+
+
+def _trial(task: TrialTask) -> dict[str, Any]:
+    started = time.perf_counter()
+    outcome = run_trial(task.job, timeout=task.timeout, memory_bytes=task.memory_bytes)
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome

@@ -1,0 +1,288 @@
+"""The ``ray`` executor: profile items and trials on a Ray cluster (``pip install onnxshrink[ray]``).
+
+- The simplified model and the calibration samples (for profile items), and the files a trial reads
+  (model, calibration, evaluation data), go into the object store once (``ray.put``); each node's
+  object store pulls them at most once, whatever the number of workers there.
+- Work runs on actors (``num_cpus=1`` each, spread over the nodes) that keep what they were given:
+  an item worker keeps its onnxruntime judge session and the data between items; a trial worker
+  writes the files to its node's disk once and runs each candidate in a child process with the
+  trial's time and memory limits, as the local executor does.
+- Latency work (a timed profile, trials of ``--min-speedup``) runs on separate actors that ask for
+  the custom resource ``latency_device`` (``ray start --resources='{"latency_device": 1}'``): one
+  at a time per such node, so timings do not disturb each other. Without such a node they run on
+  the ordinary workers (a warning says so).
+- A worker or node that dies: the actor restarts (``max_restarts``) and the call is retried
+  (``max_task_retries``); after the retries the item or trial is recorded as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone, TrialTask, error_text
+from onnxshrink.autotune.items import Item, Setup, failed, measure_item
+from onnxshrink.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+LATENCY_RESOURCE = "latency_device"
+_POLL_SECONDS = 1.0
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'onnxshrink[ray]'") from None
+    return ray
+
+
+def _node_name() -> str:
+    ray = _ray()
+    node_id = ray.get_runtime_context().get_node_id()
+    return f"{ray.util.get_node_ip_address()}/{node_id[:6]}"
+
+
+class _ItemWorker:
+    """Keeps the builder (judge session, calibration samples) between the items it measures."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.builder: Any = None
+        self.node = _node_name()
+
+    def where(self) -> str:
+        return self.node
+
+    def item(self, item: Item) -> dict[str, Any]:
+        fetched = self.builder is None
+        if self.builder is None:
+            self.builder = self.setup.builder()
+        started = time.perf_counter()
+        result = measure_item(self.builder, item)
+        result.update(seconds=time.perf_counter() - started, node=self.node, fetched=fetched)
+        return result
+
+
+class _TrialWorker:
+    """Writes the study's files to this node's disk once, then builds candidates in child processes."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.node = _node_name()
+        self.local: dict[str, str] | None = None
+        self.folder = Path(tempfile.mkdtemp(prefix="onnxshrink-ray-"))
+
+    def where(self) -> str:
+        return self.node
+
+    def _materialize(self) -> dict[str, str]:
+        if self.local is None:
+            self.local = {}
+            for original, content in self.files.items():
+                digest = hashlib.sha256(original.encode()).hexdigest()[:12]
+                path = self.folder / f"{digest}-{Path(original).name}"
+                path.write_bytes(content)
+                self.local[original] = str(path)
+        return self.local
+
+    def trial(self, task: TrialTask) -> dict[str, Any]:
+        import dataclasses
+
+        from onnxshrink.autotune.trials import run_trial
+
+        fetched = self.local is None
+        local = self._materialize()
+        job = task.job
+        output = self.folder / Path(job.output).name
+        moved = dataclasses.replace(
+            job,
+            model=local.get(job.model, job.model),
+            calibration=local.get(job.calibration, job.calibration) if job.calibration else job.calibration,
+            evaluation=local.get(job.evaluation, job.evaluation),
+            output=str(output),
+        )
+        started = time.perf_counter()
+        outcome = run_trial(moved, timeout=task.timeout, memory_bytes=task.memory_bytes)
+        outcome.update(seconds=time.perf_counter() - started, node=self.node, fetched=fetched)
+        if output.is_file():
+            outcome["model_bytes"] = output.read_bytes()
+            output.unlink()
+        return outcome
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _study_files(tasks: Sequence[TrialTask]) -> dict[str, bytes]:
+    """The regular files the trials read, by path (``module:attribute`` sources stay as they are)."""
+    files: dict[str, bytes] = {}
+    for task in tasks:
+        for path in (task.job.model, task.job.calibration, task.job.evaluation):
+            if path and path not in files and Path(path).is_file():
+                files[path] = Path(path).read_bytes()
+    return files
+
+
+class RayExecutor:
+    """A Ray cluster (see the module docstring)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str = "auto", retries: int = 2) -> None:
+        host, colon, port = address.rpartition(":")
+        if address not in ("auto", "local") and not (colon and host and port.isdigit()):
+            raise UsageError(f"--ray-address {address}: expected auto, local or HOST:PORT")
+        ray = _ray()
+        self.started_ray = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster: {error}") from None
+            self.started_ray = True
+        resources = ray.cluster_resources()
+        cpus = max(1, int(resources.get("CPU", 1)))
+        self.workers = min(workers, cpus) if workers else cpus
+        self.latency_slots = int(resources.get(LATENCY_RESOURCE, 0))
+        self.retries = retries
+        self._pools: dict[tuple[str, bool], list[Any]] = {}
+        self._refs: dict[str, Any] = {}  # what was put into the object store, by role
+        self.stats: dict[str, Any] = {"nodes": {}, "objects": {}}
+
+    def _actors(self, cls: type, data: Any, role: str, timed: bool) -> list[Any]:
+        ray = _ray()
+        key = (role, timed)
+        if key in self._pools:
+            return self._pools[key]
+        if role not in self._refs:
+            self._refs[role] = ray.put(data)
+        options: dict[str, Any] = {
+            "num_cpus": 1,
+            "max_restarts": self.retries,
+            "max_task_retries": self.retries,
+            "scheduling_strategy": "SPREAD",
+        }
+        count = self.workers
+        if timed and self.latency_slots:
+            options["resources"] = {LATENCY_RESOURCE: 1}
+            count = self.latency_slots
+        elif timed:
+            logger.warning("no node declares '%s': latency is measured next to other work", LATENCY_RESOURCE)
+        remote = ray.remote(cls).options(**options)
+        self._pools[key] = [remote.remote(self._refs[role]) for _ in range(count)]
+        return self._pools[key]
+
+    def _dispatch(
+        self,
+        actors: list[Any],
+        work: Sequence[Any],
+        call: Callable[[Any, Any], Any],
+        lost: Callable[[Any, str], dict[str, Any]],
+        done: Callable[[Any, dict[str, Any]], None],
+        label: str,
+    ) -> None:
+        """Hands ``work`` to idle actors, one call each at a time; ``done`` as each call returns."""
+        ray = _ray()
+        queue = deque(work)
+        idle = deque(actors)
+        nodes = dict(zip(actors, ray.get([a.where.remote() for a in actors]), strict=True)) if actors else {}
+        running: dict[Any, tuple[Any, Any]] = {}
+        with NodeProgress(label, len(work)) as shown:
+            while queue or running:
+                while queue and idle:
+                    actor = idle.popleft()
+                    piece = queue.popleft()
+                    running[call(actor, piece)] = (actor, piece)
+                    shown.start(nodes[actor])
+                if not running:  # every actor is gone for good
+                    while queue:
+                        piece = queue.popleft()
+                        done(piece, lost(piece, "no Ray worker left (every actor died after its restarts)"))
+                    break
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_SECONDS)
+                for ref in ready:
+                    actor, piece = running.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayActorError as error:  # died after its restarts: not reused
+                        result = lost(piece, f"ray: {error_text(error)} after {self.retries} retries")
+                    except ray.exceptions.RayError as error:
+                        result = lost(piece, f"ray: {error_text(error)}")
+                        idle.append(actor)
+                    else:
+                        idle.append(actor)
+                    node = result.get("node") or nodes[actor]
+                    shown.finish(nodes[actor], node)
+                    nodes[actor] = node
+                    self._count(node, label, bool(result.get("fetched")))
+                    done(piece, result)
+
+    def _count(self, node: str, label: str, fetched: bool) -> None:
+        entry = self.stats["nodes"].setdefault(node, {"profile items": 0, "trials": 0, "fetches": 0})
+        entry[label] += 1
+        entry["fetches"] += int(fetched)
+
+    def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
+        """Measures ``items`` on item workers holding the setup (put into the object store once)."""
+        actors = self._actors(_ItemWorker, setup, f"setup-{id(setup)}", setup.timed)
+        self._dispatch(actors, items, lambda actor, item: actor.item.remote(item), failed, done, "profile items")
+
+    def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
+        """Builds candidates on trial workers; each built model comes back to ``task.job.output``."""
+        if not tasks:
+            return
+        timed = any(task.job.speed_batch is not None for task in tasks)
+        self._release("setup-")  # profiling is over: its workers give their CPUs to the trials
+        actors = self._actors(_TrialWorker, _study_files(tasks), "files", timed)
+
+        def finished(task: TrialTask, outcome: dict[str, Any]) -> None:
+            content = outcome.pop("model_bytes", None)
+            if content is not None:
+                Path(task.job.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(task.job.output).write_bytes(content)
+            done(task, outcome)
+
+        def lost(task: TrialTask, reason: str) -> dict[str, Any]:
+            return {"error": reason}
+
+        self._dispatch(actors, tasks, lambda actor, task: actor.trial.remote(task), lost, finished, "trials")
+
+    def _release(self, prefix: str) -> None:
+        ray = _ray()
+        for key in [k for k in self._pools if k[0].startswith(prefix)]:
+            actors = self._pools.pop(key)
+            if key[0] == "files":  # trial workers remove their node-local copies first
+                ray.wait([actor.close.remote() for actor in actors], num_returns=len(actors), timeout=10)
+            for actor in actors:
+                ray.kill(actor)
+
+    def transfers(self) -> dict[str, dict[str, Any]]:
+        """Per object put: its size and the nodes whose object store holds a copy (the owner's included)."""
+        ray = _ray()
+        refs = list(self._refs.values())
+        found = ray.experimental.get_object_locations(refs) if refs else {}
+        return {
+            role: {"bytes": found[ref].get("object_size"), "nodes": len(found[ref].get("node_ids", []))}
+            for role, ref in self._refs.items()
+            if ref in found
+        }
+
+    def close(self) -> None:
+        """Ends the actors (and the Ray instance this executor started)."""
+        ray = _ray()
+        if not ray.is_initialized():
+            return
+        self.stats["objects"] = self.transfers()
+        self._release("")
+        self._refs.clear()
+        if self.started_ray:
+            ray.shutdown()

@@ -1,0 +1,138 @@
+"""Executors of ``auto``: profile items measured in a process pool equal the serial profile, resume
+from the items file, and report queued / running / done per node (real passes, real processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import onnxshrink
+from onnxshrink import progress
+from onnxshrink.autotune.executors import LocalExecutor, NodeProgress, make_executor
+from onnxshrink.autotune.items import Item, ItemMeasure, plan
+from onnxshrink.autotune.profile import profile
+from onnxshrink.data.readers import open_samples
+from onnxshrink.errors import UsageError
+from onnxshrink.spec import make_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "digits_cnn.onnx"
+CALIB = ROOT / "models" / "digits_calib.npz"
+EVAL = ROOT / "models" / "digits_test.npz"
+
+
+class _Step:
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total, self.done = label, total, 0
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.steps: list[_Step] = []
+
+    def start(self, label: str, total: int | None) -> progress.Step:
+        self.steps.append(_Step(label, total))
+        return self.steps[-1]
+
+    def finish(self, step: progress.Step) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def base():  # type: ignore[no-untyped-def]
+    return onnxshrink.shrink(MODEL, [make_spec("simplify", {})], verify=False).model
+
+
+@pytest.fixture(scope="module")
+def serial(base, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cache = tmp_path_factory.mktemp("serial")
+    return profile(base, open_samples(str(CALIB)), provider="cpu", knobs=("channels", "int8"), cache=cache)
+
+
+def _units(found) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [unit.to_json() for unit in found.units]
+
+
+def test_items_in_two_processes_equal_the_serial_profile(base, serial, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    measure = ItemMeasure(LocalExecutor(2))
+    with progress.use(_Recorder()) as recorder:
+        found = profile(
+            base, open_samples(str(CALIB)), provider="cpu", knobs=("channels", "int8"), cache=tmp_path, measure=measure
+        )
+    assert json.dumps(_units(found)) == json.dumps(_units(serial))  # bit for bit, not within a tolerance
+    assert measure.submitted == len(plan("channels", base)) + len(plan("precision", base))
+    assert isinstance(recorder, _Recorder)
+    last = [s for s in recorder.steps if s.label.startswith("profile items:")][-1]
+    assert last.label.startswith("profile items: 0 queued | ") and " 0 running " in last.label
+    assert last.done == last.total == len(plan("precision", base))
+    running = [s.label for s in recorder.steps if " 2 running " in s.label]
+    assert running, "two items never ran side by side"
+    # Every item went to the items files as it finished; the profile JSON was written after them.
+    lines = [json.loads(line) for path in tmp_path.glob("*.items.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == measure.submitted and all(line["seconds"] > 0 for line in lines)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.json")) == ["channels", "precision"]
+
+
+def test_a_killed_driver_resumes_with_only_the_missing_items(base, serial, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = ItemMeasure(LocalExecutor(1))
+    profile(base, open_samples(str(CALIB)), provider="cpu", knobs=("int8",), cache=tmp_path, measure=first)
+    (cached,) = tmp_path.glob("precision-*.json")
+    items_file = cached.with_suffix(".items.jsonl")
+    lines = items_file.read_text().splitlines()
+    # As if the driver died: the profile JSON never written, two items lost and the last line torn.
+    cached.unlink()
+    items_file.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][: len(lines[-3]) // 2])
+    again = ItemMeasure(LocalExecutor(2))
+    found = profile(base, open_samples(str(CALIB)), provider="cpu", knobs=("int8",), cache=tmp_path, measure=again)
+    assert again.submitted == 3
+    assert json.dumps(_units(found)) == json.dumps([u for u in _units(serial) if u["knob"] == "precision"])
+
+
+def test_plan_lists_every_unit_and_setting(base) -> None:  # type: ignore[no-untyped-def]
+    channels, precision = plan("channels", base), plan("precision", base)
+    assert channels and all(item.knob == "channels" and isinstance(item.value, float) for item in channels)
+    assert {item.value for item in precision} <= {"int8", "int4"}
+    assert Item("precision", "fc", "int8").key == "precision/fc/int8"
+
+
+def test_node_progress_counts_queued_running_done_per_node() -> None:
+    with progress.use(_Recorder()) as recorder, NodeProgress("trials", 3) as shown:
+        shown.start("a")
+        shown.start("b")
+        shown.finish("b")
+        shown.start("b")
+        shown.finish("a", "c")  # retried elsewhere: counted done where it finished
+    assert isinstance(recorder, _Recorder)
+    labels = [s.label for s in recorder.steps]
+    assert labels[0] == "trials: 3 queued"
+    assert labels[2] == "trials: 1 queued | a 1 running 0 done | b 1 running 0 done"
+    assert labels[-1] == "trials: 0 queued | a 0 running 0 done | b 1 running 1 done | c 0 running 1 done"
+    assert recorder.steps[-1].done == 2
+
+
+def test_two_workers_journal_each_trial_once(tmp_path: Path) -> None:
+    result = onnxshrink.auto(
+        MODEL, calibration=str(CALIB), evaluation=str(EVAL), max_drop=1.0, study=tmp_path, max_trials=4, workers=2,
+        search="int8",
+    )  # fmt: skip
+    assert result.report["search"]["executor"] == "local"
+    keys = [t["key"] for t in result.trials]
+    assert len(keys) == len(set(keys)) == len(result.trials)
+    assert all(t.get("node") for t in result.trials if not t.get("resumed"))
+    again = onnxshrink.auto(
+        MODEL, calibration=str(CALIB), evaluation=str(EVAL), max_drop=1.0, study=tmp_path, max_trials=4, workers=2,
+        search="int8", resume=True,
+    )  # fmt: skip
+    assert all(t.get("resumed") for t in again.trials) and again.recipe == result.recipe
+
+
+def test_bad_executor_and_workers_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="--executor dask: unknown"):
+        make_executor("dask", 1)
+    with pytest.raises(UsageError, match="--workers must be at least 1"):
+        make_executor("local", 0)
