@@ -277,3 +277,19 @@ def test_digits_model_is_unchanged_numerically() -> None:
     result = onnxshrink.shrink(DIGITS, ["fold"], inputs=DIGITS_TEST)
     assert result.report["verification"]["passed"] is True
     assert result.report["verification"]["accuracy_candidate"] == result.report["verification"]["accuracy_reference"]
+
+
+@pytest.mark.parametrize("shape", [(300, 520), (256, 256), (1, 70000)])
+def test_large_weight_transpose_folds_tile_by_tile(shape: tuple[int, int]) -> None:
+    # Past 256x256 elements the 2-D transpose is copied in tiles; edges that are not a multiple
+    # of the tile must land where one strided copy would put them.
+    rows, cols = shape
+    weight = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
+    model = parse_model(
+        f"""g (float[2, {cols}] x) => (float[2, {rows}] y) {{ t = Transpose <perm = [1, 0]> (w)  y = MatMul(x, t) }}""",
+        initializers={"w": weight},
+    )
+    out = run_pass(model, "fold").model
+    assert op_counts(out) == {"MatMul": 1}
+    (folded,) = out.graph.initializer
+    assert np.array_equal(onnx.numpy_helper.to_array(folded), weight.T)

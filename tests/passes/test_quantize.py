@@ -404,6 +404,26 @@ def test_digits_accuracy_within_0_2_points_with_every_calibrator(calibrator: str
     assert {entry["op"] for entry in stats["nodes"].values()} == {"Conv", "Gemm", "Add", "Concat"}
 
 
+def test_only_the_root_of_a_data_movement_chain_is_calibrated() -> None:
+    result = onnxshrink.shrink(str(DIGITS), ["simplify", "quantize"], calibration=str(DIGITS_CALIB), verify=False)
+    stats = result.report["passes"][-1]["stats"]
+    # 12 tensors get a Q; the MaxPool and Flatten outputs take their input's range, uncaptured.
+    assert stats["calibration_tensors"] == 10
+    model = result.to_proto()
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    scale_after = {
+        node.input[0]: float(inits[node.input[1]]) for node in model.graph.node if node.op_type == "QuantizeLinear"
+    }
+    moves = [n for n in model.graph.node if n.op_type in ("MaxPool", "Flatten") and n.output[0] in scale_after]
+    assert len(moves) == 2
+    for node in moves:  # the Q after the move has the Q before it's range: the same scale
+        dequantize = producers[node.input[0]]
+        assert dequantize.op_type == "DequantizeLinear"
+        source = producers[dequantize.input[0]].input[0]  # DQ <- Q <- the float tensor
+        assert scale_after[node.output[0]] == scale_after[source]
+
+
 @pytest.mark.parametrize(
     ("spec", "budget"),
     [

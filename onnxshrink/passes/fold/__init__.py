@@ -338,6 +338,18 @@ def _structure(model: ir.Model) -> int:
     )
 
 
+def _node_outputs(model: ir.Model) -> list[ir.Value]:
+    """Every value a node computes, in the graph, its subgraphs and the model-local functions."""
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        nodes += ir.traversal.RecursiveGraphIterator(function)
+    return [value for node in nodes for value in node.outputs]
+
+
+def _annotation(value: ir.Value) -> tuple[Any, ...]:
+    return (value.type, None if value.shape is None else tuple(value.shape))
+
+
 def _freed_by(value: ir.Value, node: ir.Node) -> bool:
     """True when folding ``node`` leaves ``value`` unused (so its bytes leave the file)."""
     return not value.is_graph_output() and all(use.node is node for use in value.uses())
@@ -440,7 +452,15 @@ class FoldPass(ShrinkPass[FoldOptions]):
         # Inference on a graph no pass has touched since the last fold would find nothing new.
         fingerprint = _structure(model)
         fresh = model.meta.get(_INFERRED_FOR) != fingerprint
-        shapes_changed = options.shapes and fresh and infer_shapes(model)
+        bare: list[ir.Value] = []
+        shapes_changed = False
+        if options.shapes and fresh:
+            values = _node_outputs(model)
+            bare = [v for v in values if v.type is None and v.shape is None]
+            declared = {v: _annotation(v) for v in values if v.type is not None or v.shape is not None}
+            # Shapes inferred for values the model left bare serve this fold only: kept, they
+            # would be saved as value_info and could make the output larger than the input.
+            shapes_changed = infer_shapes(model) and any(_annotation(v) != a for v, a in declared.items())
         folder = _Folder(model, options)
         folder.fold_graph(model.graph, opset_version(model))
         for function in model.functions.values():
@@ -449,6 +469,9 @@ class FoldPass(ShrinkPass[FoldOptions]):
         for function in model.functions.values():
             folder.remove_orphans(function)
         stats.update(folder.stats)
+        for value in bare:
+            if not value.is_graph_output():
+                value.type, value.shape = None, None
         model.meta[_INFERRED_FOR] = _structure(model) if options.shapes else None
         changed = {k: v for k, v in sorted(stats.items()) if v and k not in ("not_evaluable", "skipped_size_guard")}
         report = {k: v for k, v in sorted(stats.items()) if v}

@@ -80,7 +80,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        kernels add u8 x s8 products in saturating int16 pairs), per output channel (Conv axis
        0, ConvTranspose axis 1, MatMul ``[K, N]`` axis 1, Gemm axis 0 with transB=1 else 1).
     2. Calibration: the placement is first made as if every range were known; the tensors it
-       would quantize (only those) are captured in one onnxruntime session and ``samples``
+       would quantize (only those; of a chain through data-movement ops, rule 5, only its first
+       tensor, whose range the chain's Qs take) are captured in one onnxruntime session and ``samples``
        samples are streamed through it in batches of 8 into fixed-size histograms; ranges come
        from ``calibrate``, then the placement is made again with them. Non-finite values are
        counted and ignored; a tensor with no finite value leaves its layer float. Scales are
@@ -202,13 +203,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         options = self.options
         symmetric = options.target != "ort-cpu"
         ranges: dict[str, tuple[float, float] | None] = {}
+        roots: dict[str, str] = {}  # tensor -> the tensor whose statistics give its range
         collector: StatsCollector | None = None
 
         def range_of(name: str) -> tuple[float, float] | None:
             if collector is None:  # the dry run: every tensor as if calibrated
                 return (-1.0, 1.0)
             if name not in ranges:
-                stats = collector.stats.get(name)
+                # A tensor reached through data-movement ops holds its chain root's values.
+                stats = collector.stats.get(roots.get(name, name))
                 ranges[name] = (
                     calibrated_range(stats, options.calibrate, symmetric=symmetric, percentile=options.percentile)
                     if stats is not None and stats.finite
@@ -220,6 +223,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         uncalibrated: dict[str, str] = {}
 
         def unreached(name: str) -> str | None:
+            name = roots.get(name, name)
             stats = collector.stats.get(name) if collector is not None else None
             if name in uncalibrated:
                 return uncalibrated[name]
@@ -231,9 +235,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return place.plan_static(float_model, options, range_of, float_layers, unreached)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
-        # names them (BERT-base: ~50 of 429 float activations).
+        # names them, and of a data-movement chain (Reshape, Transpose, ...) only its root, whose
+        # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
+        roots.update((name, q.root) for name, q in make_plan().activations.items())
         started = time.perf_counter()
-        collector, failed = self._calibrate(float_model, list(make_plan().activations))
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(roots.values())))
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()

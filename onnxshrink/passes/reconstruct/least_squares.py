@@ -76,7 +76,7 @@ def kept_columns(equations: NormalEquations, weights: np.ndarray) -> np.ndarray 
     sequence has a finite score (a layer with all-zero outputs).
     """
     cross = (weights @ equations.xty)[0]  # Σ student output · teacher value, [O, O_teacher]
-    student = np.einsum("gok,gkl,gol->o", weights, equations.xtx, weights)
+    student = np.einsum("gok,gok->o", weights @ equations.xtx, weights)  # matmul first: no O·K² einsum loop
     scale = np.sqrt(np.outer(student, equations.yy[0]))
     cosine = np.divide(cross, scale, out=np.full_like(cross, -np.inf), where=scale > 0)
     outputs, columns = cosine.shape
@@ -104,7 +104,8 @@ def choose_method(keep: np.ndarray) -> str:
     """``lstsq`` when solving each distinct row support exactly is cheap enough, else ``obs``."""
     cost = 0.0
     for group in keep:
-        supports = np.unique(group, axis=0)
+        # A dense layer (channel removal leaves no zeros) has one support: skip the row sort.
+        supports = group[:1] if group.all() else np.unique(group, axis=0)
         cost += float(np.sum(supports.sum(axis=1).astype(np.float64) ** 3))
     return "lstsq" if cost <= _LSTSQ_BUDGET else "obs"
 
@@ -142,6 +143,8 @@ def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 def _masked(system: np.ndarray, rhs: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Exact restricted solve: output rows that keep the same inputs share one factorisation."""
+    if keep.all():
+        return _solve(system, rhs).T
     weights = np.zeros(keep.shape)
     supports, inverse = np.unique(keep, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
