@@ -17,7 +17,7 @@ Models:
   MatMuls quantized too (``activation-matmuls=true``).
 - ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
   model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
-  ``samples.py`` (as in ``prune.py``): 64 calibration samples; evaluation on 400 rendered text lines
+  ``samples.py`` (as in ``prune.py``): 128 calibration samples; evaluation on 400 rendered text lines
   (accuracy on the rotation label) and 384 real files (top-1 agreement with fp32).
 
 Every model is first run through ``simplify`` (BatchNorm folded); that fp32 model is the
@@ -35,6 +35,13 @@ ORT's calibrators read the same samples through a ``CalibrationDataReader`` in b
 Latency (``harness.session_latency``): ORT CPU, default threads, batch 1 and 32, the fp32 model
 and every quantized model run interleaved (rotating round-robin), median; the ratio to fp32 is
 the median of same-round ratios. Kernels: ORT's optimized model (extended level), op counts.
+
+Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
+layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
+``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``,
+``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
+correction included; NNCF lives in the benchmark environment only), all fed the same
+calibration samples one by one (NNCF) or in batches of 10 (onnxruntime).
 
 Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika]
 [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
@@ -58,11 +65,20 @@ import samples
 from numerics import cosine, top1_agreement
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+# The side-by-side rows (issue 14): onnxshrink's default and methods, onnxruntime's default, NNCF.
+SIDE_BY_SIDE = {
+    "onnxshrink-default": "",  # slow layers float, bias-correction=fast
+    "onnxshrink-bc-off": "bias-correction=off",
+    "onnxshrink-bc-measured": "bias-correction=measured",
+    "onnxshrink-all-int8": "keep-slow-float=false",
+    "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
+    "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
+}
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
 REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika}
-REAL_CALIB = 64
+REAL_CALIB = 128  # the 128 calibration lines NNCF's figure in issue 14 was measured with
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).
 TOOLS = {
     "resnet50": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best", "ort-best-rr"),
@@ -96,6 +112,17 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         # What stays float is the pass's ``skipped`` now (older reports: ``left_float``).
         info["left_float"] = stats.get("left_float", stats.get("skipped", {}))
         info["calibration_seconds"] = harness.pass_timing(record, "calibration", "calibration_seconds")
+    elif tool == "nncf":
+        import nncf
+        import onnx
+
+        data = np.load(calib)
+        arrays = {key: data[key] for key in data.files}
+        count = len(next(iter(arrays.values())))
+        items = [{key: value[i : i + 1] for key, value in arrays.items()} for i in range(count)]
+        quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count)
+        onnx.save(quantized, out)
+        info = {"nncf": nncf.__version__}
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -230,10 +257,12 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     reference = _session(fp32).run(None, feed)
     rows: dict[str, dict[str, Any]] = {"fp32": {"size_mb": fp32.stat().st_size / 1e6, "kernels": _kernels(fp32, work)}}
     rows["fp32"].update(_quality(reference, reference, labels))
-    tools = [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
+    tools = [(label, "onnxshrink", option) for label, option in SIDE_BY_SIDE.items()]
+    tools += [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
     tools += [(name, name, "") for name in ORT_CONFIGS]
+    tools += [("nncf", "nncf", "")]
     if model in TOOLS:
-        tools = [t for t in tools if t[0] in TOOLS[model]]
+        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] == "nncf"]
     if model == "bert-base":
         tools = [t for t in tools if t[0] in ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best-rr")]
         tools += [
@@ -312,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.calibrators = [c for c in args.calibrators.split(",") if c]
     settings = f"latency rounds b1 {args.rounds_b1}, b32 {args.rounds_b32} (scaled per model)"
-    environment = harness.print_environment(settings=settings)
+    environment = harness.print_environment(extra_dists=("nncf",), settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-quantize-") as tmp:
         for model in args.models.split(","):

@@ -6,9 +6,9 @@ process, model load and save included), ``--repeats`` times, medians reported:
 - ``bert-base``: transformers ``BertModel(BertConfig())`` (keep-zeros export, ``export.py``),
   ``simplify`` first (cached), then ``prune-channels:ratio=0.3`` (attention heads and FFN
   neurons) followed by ``reconstruct`` with ``--bert-orders`` (``single``: every layer from one
-  streamed data pass, the default on BERT-base's 73 stages; ``staged``: one data pass per stage,
-  the behaviour before, more than 15 minutes on a 2-core machine, so it is off by default), on
-  ``--bert-calib`` (16) random sequences of 128 tokens. Also printed: the pipeline without
+  streamed data pass; ``staged``, the default: one data pass per depth stage, 49 on this model,
+  more than 15 minutes on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
+  random sequences of 128 tokens. Also printed: the pipeline without
   ``reconstruct`` (its cost alone is the difference), the pass's capture and refit seconds, and
   the relative error of the model's outputs on the calibration data before and after.
 - ``digits``: models/digits_cnn.onnx, ``simplify`` → ``prune-channels:ratio=0.5`` →

@@ -18,7 +18,7 @@ from onnxshrink.errors import UsageError
 from onnxshrink.runtime import run
 
 
-def _exposed(model: ir.Model, names: Sequence[str]) -> ir.Model:
+def exposed(model: ir.Model, names: Sequence[str]) -> ir.Model:
     """A copy of ``model`` whose outputs are the named values (weights are shared, not copied)."""
     copy = model.clone()
     graph = copy.graph
@@ -61,7 +61,7 @@ def capture(
         if name in model.graph.initializers and name not in input_names
     }
     computed = [name for name in dict.fromkeys(names) if name not in input_names and name not in initializers]
-    session = context.session(_exposed(model, computed))[0] if computed else None
+    session = context.session(exposed(model, computed))[0] if computed else None
     constants = {name: tensor.numpy() for name, tensor in initializers.items() if tensor is not None}
     for feed in context.calibration_batches(pass_name, input_names, samples=samples, batch_size=batch_size):
         arrays = dict(run(session, feed)) if session is not None else {}

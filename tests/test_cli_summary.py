@@ -47,7 +47,16 @@ def test_prune_shows_sparsity_per_pass_and_in_totals(tmp_path: Path) -> None:
 
 
 def test_quantize_shows_layers_quantized_and_op_counts(tmp_path: Path) -> None:
-    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "quantize", "--calib", DIGITS_CALIB, "--min-cosine", "0.9")
+    stdout, _ = _run(
+        DIGITS,
+        tmp_path / "o.onnx",
+        "-p",
+        "quantize:keep-slow-float=false,bias-correction=off",
+        "--calib",
+        DIGITS_CALIB,
+        "--min-cosine",
+        "0.9",
+    )
     row = _row(stdout, "quantize")
     assert row[1] == "64" and row[6:8] == ["8", "2"]  # 8 layers quantized, 2 left float
     assert _row(stdout, "QuantizeLinear") == ["QuantizeLinear", "0", "15"]

@@ -26,7 +26,16 @@ def _two_layer_model(path: Path, first: str, second: str) -> Path:
 
 def test_float_and_quantized_digits_side_by_side(tmp_path: Path) -> None:
     quantized = tmp_path / "q.onnx"
-    args = ["run", str(DIGITS), "-o", str(quantized), "-p", "quantize", "--calib", str(DIGITS_CALIB)]
+    args = [
+        "run",
+        str(DIGITS),
+        "-o",
+        str(quantized),
+        "-p",
+        "quantize:keep-slow-float=false",
+        "--calib",
+        str(DIGITS_CALIB),
+    ]
     assert CliRunner().invoke(main, args).exit_code == 0
     result = CliRunner().invoke(main, ["inspect", str(DIGITS), str(quantized), "--json"])
     assert result.exit_code == 0, result.output  # was refused: inspect took one model

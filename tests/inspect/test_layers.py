@@ -20,7 +20,7 @@ from onnxshrink.inspect.summary import inspect_model
 def quantized_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled digits CNN quantized as the README shows (QDQ, int8 weights)."""
     out = tmp_path_factory.mktemp("quantized") / "digits_q.onnx"
-    args = ["run", str(DIGITS), "-o", str(out), "-p", "quantize", "--calib", str(DIGITS_CALIB)]
+    args = ["run", str(DIGITS), "-o", str(out), "-p", "quantize:keep-slow-float=false", "--calib", str(DIGITS_CALIB)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out

@@ -56,7 +56,7 @@ def test_quantize_raises_a_raw_paddle_classifier_to_opset_13_itself() -> None:
     model, feed = _real("rapidocr-cls")
     rng = np.random.default_rng(3)
     calibration = {"x": rng.uniform(-1.0, 1.0, (8, 3, 48, 192)).astype(np.float32)}
-    result = onnxshrink.shrink(model, ["quantize"], calibration=calibration, verify=False)
+    result = onnxshrink.shrink(model, ["quantize:keep-slow-float=false"], calibration=calibration, verify=False)
     stats = result.report["passes"][0]["stats"]
     assert stats["opset_raised"] == "11->13 (1 nodes rewritten to keep their meaning)"
     assert stats["constants_lifted"] == 54 and stats["weights_quantized"] == 54

@@ -220,7 +220,7 @@ def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_
         y = Add(n, z)
     }"""
     model = _model(body, {"W": (16, 16), "G": (16,), "Bt": (16,)})
-    result = run_pass(model, "quantize", calibration=_calib({"x": (1, 16), "z": (1, 16)}))
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=_calib({"x": (1, 16), "z": (1, 16)}))
     out, stats, modified = result.model, result.stats, result.modified
     assert modified is True
     assert "rule 7" in stats["skipped"]["Add#2"]
@@ -258,7 +258,7 @@ def test_nonfinite_activations_are_counted_and_every_scale_is_finite() -> None:
     model = _model(body, weights, constants={"Mask": mask})
     calib = _calib({"x": (1, 4, 4, 8)}, samples=10)
     for calibrator in ("minmax", "percentile", "entropy", "mse"):
-        result = run_pass(model, f"quantize:calibrate={calibrator}", calibration=calib)
+        result = run_pass(model, f"quantize:calibrate={calibrator},keep-slow-float=false", calibration=calib)
         out, stats = result.model, result.stats
         assert stats["nonfinite"] == {"m": 10 * 8 * 4 * 4}
         assert "m" in {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
@@ -451,13 +451,13 @@ def test_static_raises_opset_11_to_13_rewriting_ops_that_change_meaning() -> Non
     model = _model(body, weights)
     model.opset_import[0].version = 10
     with pytest.raises(UsageError, match="opset 10"):
-        run_pass(model, "quantize", calibration=_calib(inputs))
+        run_pass(model, "quantize:keep-slow-float=false", calibration=_calib(inputs))
     softmax_last = """g (float[N, 32] x) => (float[N, 24] y) {
         h = MatMul(x, W1)
         y = Softmax <axis = 1> (h)
     }"""
     model = _model(softmax_last, {"W1": (32, 24)}, opset=11)
-    result = run_pass(model, "quantize", calibration=_calib(inputs))
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=_calib(inputs))
     out, modified = result.model, result.modified
     assert modified and {o.domain: o.version for o in out.opset_import}[""] == 13
     assert _close_to_float(model, out, _calib(inputs, samples=4, seed=2)) > 0.999
@@ -475,7 +475,7 @@ def test_static_raises_opset_11_to_13_rewriting_ops_that_change_meaning() -> Non
     for op, text in changed.items():
         model = _model(text, {"W1": (32 if op == "Unsqueeze" else 8, 24)}, opset=11)
         feed = _calib({"x": (1, 32) if op == "Unsqueeze" else (1, 4, 8)})
-        result = run_pass(model, "quantize", calibration=feed)
+        result = run_pass(model, "quantize:keep-slow-float=false", calibration=feed)
         out, stats = result.model, result.stats
         assert result.modified is True and _opset(out) == 13, op
         assert stats["opset_raised"].startswith("11->13 ("), op  # rewritten to keep the meaning
@@ -568,7 +568,9 @@ ATTENTION = (
 )
 
 
-@pytest.mark.parametrize(("spec", "enabled"), [("quantize:activation-matmuls=true", True), ("quantize", False)])
+@pytest.mark.parametrize(
+    ("spec", "enabled"), [("quantize:activation-matmuls=true", True), ("quantize:keep-slow-float=false", False)]
+)
 def test_matmuls_of_two_activations_become_integer_kernels(spec: str, enabled: bool, tmp_path: Path) -> None:
     body, weights, inputs = ATTENTION
     model = _model(body, weights)
@@ -592,7 +594,9 @@ def test_matmuls_of_two_activations_become_integer_kernels(spec: str, enabled: b
     assert _close_to_float(model, out, feed) > 0.998
 
 
-@pytest.mark.parametrize("spec", ["quantize", "quantize:mode=dynamic", "quantize:target=tensorrt"])
+@pytest.mark.parametrize(
+    "spec", ["quantize:keep-slow-float=false", "quantize:mode=dynamic", "quantize:target=tensorrt"]
+)
 def test_static_and_dynamic_store_embedding_tables_as_s8_on_ort_cpu(spec: str, tmp_path: Path) -> None:
     model = _model(EMBEDDING.format(hidden=64), {"T": (100, 64), "W": (64, 8)})
     rng = np.random.default_rng(6)
@@ -666,7 +670,7 @@ def test_a_weight_that_is_also_a_graph_input_stays_float() -> None:
         y = MatMul(r, W2)
     }"""
     model = _model(body, {"W1": (32, 48), "W2": (48, 24)})
-    result = run_pass(model, "quantize", calibration=_calib({"x": (1, 32)}))
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=_calib({"x": (1, 32)}))
     out, stats, modified = result.model, result.stats, result.modified
     assert modified is True and set(stats["nodes"]) == {"MatMul#2"}
     assert stats["skipped"] == {"MatMul#0": "weight (input 1) 'W1' is also a graph input, so callers may override it"}
@@ -694,7 +698,9 @@ Dense (a, w) => (b) {
 """
 
 
-@pytest.mark.parametrize("spec", ["quantize", "quantize:mode=weight-only", "quantize:mode=dynamic"])
+@pytest.mark.parametrize(
+    "spec", ["quantize:keep-slow-float=false", "quantize:mode=weight-only", "quantize:mode=dynamic"]
+)
 def test_layers_in_functions_and_in_loop_bodies_outside_static_mode_stay_float_and_are_reported(spec: str) -> None:
     """Static mode places Q/DQ in Loop bodies too (tests/passes/test_quantize_subgraphs.py); never in functions."""
     rng = np.random.default_rng(0)
@@ -703,7 +709,7 @@ def test_layers_in_functions_and_in_loop_bodies_outside_static_mode_stay_float_a
     calib = _calib({"x": (1, 16)})
     result = run_pass(model, spec, calibration=calib)
     out, stats, modified = result.model, result.stats, result.modified
-    static = spec == "quantize"
+    static = spec.startswith("quantize:keep")
     assert modified is True
     assert set(stats["nodes"]) == ({"MatMul#0", "Loop#3/body/MatMul#1"} if static else {"MatMul#0"})
     expected = {"Dense/MatMul#0": "in function 'Dense': quantize does not rewrite functions"}

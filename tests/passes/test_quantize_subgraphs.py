@@ -144,7 +144,7 @@ def test_a_subgraph_reading_a_main_graph_activation_keeps_the_main_graph_quantiz
     rng = np.random.default_rng(1)
     magnitudes = np.abs(rng.standard_normal((16, 16))).astype(np.float32)
     calib = {"x": np.concatenate([magnitudes[:8], -magnitudes[8:]])}  # one run per branch
-    result = run_pass(model, "quantize", calibration=calib)
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=calib)
     assert set(result.stats["nodes"]) == {"MatMul#0", "If#4/then_branch/MatMul#0"}
     branch = next(n for n in result.model.graph.node if n.op_type == "If").attribute[0].g
     assert Counter(n.op_type for n in branch.node)["DequantizeLinear"] == 2  # activation and weight
@@ -227,7 +227,7 @@ def test_a_loop_body_whose_values_change_shape_stays_float_and_the_rest_is_quant
     arrays = {**_weights({"W0": (16, 16), "W": (16, 16)}), "Zero": np.array([0]), "Two": np.array([2])}
     model = parse_model(GROWING_LOOP, initializers=arrays)
     x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
-    result = run_pass(model, "quantize", calibration={"x": x})
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration={"x": x})
     assert set(result.stats["nodes"]) == {"MatMul#2"}
     reason = result.stats["skipped"]["Loop#3/body/MatMul#2"]
     assert reason.startswith("onnxruntime could not calibrate inside this Loop/Scan body (")

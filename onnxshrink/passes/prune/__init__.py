@@ -261,8 +261,8 @@ class PrunePass(ShrinkPass[MagnitudePruneOptions]):
        (and of ``M``).
     6. ``allocation=sensitivity`` (unstructured, layer scope): each selected main-graph weight is
        pruned alone to each sparsity of a fixed grid and the model's relative output error on
-       calibration data is measured (one onnxruntime session, weights fed as overridable
-       inputs, samples streamed); per-layer sparsities, at most 0.98 each, are then chosen to
+       calibration data is measured (each weight a graph input of the sub-graph downstream
+       of it, fed activations captured once per batch); per-layer sparsities, at most 0.98 each, are then chosen to
        meet ``sparsity`` over the selected weights with the least summed damage. Weights in
        subgraphs keep ``sparsity``. Both allocations are then run whole on the calibration
        data, and the uniform one is kept if it does better (the damages need not add up).

@@ -1,13 +1,13 @@
 """Sensitivity allocation for ``prune``: measure what each layer's sparsity costs, then share the budget.
 
-Measurement (:class:`Probe`): one onnxruntime session of the model in which every measured weight
-is also a graph input, so a pruned copy can be fed in place of the stored weight without building
-a session per trial. The calibration inputs (at most ``samples``) are read once and run batch by
-batch, activations never kept; per batch the dense outputs are
-computed once, then each layer alone is pruned to each sparsity of :data:`GRID`. A layer's damage
-at sparsity ``s`` is ``sum ||y_s - y||^2 / sum ||y||^2`` over every float output and sample: the
-relative squared error of the *model's* outputs, so a layer whose errors the rest of the network
-amplifies counts as sensitive, and one whose errors it absorbs does not.
+Measurement (:class:`Probe`): each measured weight is run on the sub-graph downstream of it,
+the weight a graph input (:mod:`onnxshrink.overrides`); the activations entering that sub-graph
+and the dense model's outputs come from one run of the model per batch of calibration inputs (at
+most ``samples``, read once). Each layer alone is pruned to each sparsity of :data:`GRID`, one
+layer's session open at a time. A layer's damage at sparsity ``s`` is
+``sum ||y_s - y||^2 / sum ||y||^2`` over every float output and sample: the relative squared error
+of the *model's* outputs, so a layer whose errors the rest of the network amplifies counts as
+sensitive, and one whose errors it absorbs does not.
 
 Allocation (:func:`allocate`): choose per-layer sparsities ``s_l`` with
 ``sum n_l s_l = target * sum n_l`` (``n_l`` = the layer's weight count) that minimise
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink import progress
+from onnxshrink import overrides, progress
 from onnxshrink.context import PassContext
 from onnxshrink.passes.prune import plan as plan
 from onnxshrink.runtime import run
@@ -62,14 +62,6 @@ class _Pruner:
         return flat.reshape(self.weight.shape)
 
 
-def _probe(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` in which the named initializers are also graph inputs (overridable)."""
-    probe = model.clone()
-    for name in names:
-        probe.graph.inputs.append(probe.graph.initializers[name])
-    return probe
-
-
 def _float_outputs(outputs: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
     for value in outputs.values():
         array = np.asarray(value)
@@ -82,7 +74,7 @@ def _squared_error(outputs: dict[str, np.ndarray], reference: list[np.ndarray]) 
 
 
 class Probe:
-    """One session of the model in which the given main-graph weights can be replaced per run."""
+    """Trials of the given main-graph weights, each run on the part of the model downstream of it."""
 
     def __init__(
         self,
@@ -92,25 +84,30 @@ class Probe:
         *,
         pass_name: str,
         samples: int,
-        batch_size: int = 64,
+        batch_size: int = 32,
     ) -> None:
-        """Opens the session and reads the calibration inputs.
+        """Reads the calibration inputs and runs the dense model once on them.
 
         Raises:
             UsageError: No calibration data, or it lacks a model input.
             RuntimeUnavailable: onnxruntime cannot load the model.
         """
+        self.context = context
+        self.model = model
         self.weights = weights
-        self._session = context.session(_probe(model, list(weights)))[0]
-        self._inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
-        # Read once (at most ``samples`` inputs, no activations): every trial reuses the same
-        # feeds, and a reader that can be read only once still serves several passes over them.
-        self._feeds = list(context.calibration_batches(pass_name, self._inputs, samples=samples, batch_size=batch_size))
+        inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+        # Read once (at most ``samples`` inputs): every trial reuses the same feeds, and a reader
+        # that can be read only once still serves several rounds.
+        feeds = list(context.calibration_batches(pass_name, inputs, samples=samples, batch_size=batch_size))
+        self._dense = overrides.WeightOverrides(context, model, list(weights), feeds)
+        self._feeds = feeds
+        self._reference: list[list[np.ndarray]] | None = None
 
-    def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-        """Calibration feeds with the dense model's float outputs."""
-        for feed in self._feeds:
-            yield feed, list(_float_outputs(run(self._session, feed)))
+    def _references(self) -> list[list[np.ndarray]]:
+        """The dense model's float outputs per batch."""
+        if self._reference is None:
+            self._reference = [list(_float_outputs(batch.outputs)) for batch in self._dense.batches()]
+        return self._reference
 
     def curves(self, base: dict[str, np.ndarray] | None = None) -> list[Curve]:
         """Each weight pruned to each sparsity of :data:`GRID`: relative output damage vs the dense model.
@@ -125,17 +122,23 @@ class Probe:
         names = list(self.weights)
         pruners = {name: _Pruner(self.weights[name]) for name in names}
         damage = np.zeros((len(names), len(GRID)))
-        energy = 0.0
+        references = self._references()
+        trials_model = self._dense
+        if base:
+            trials_model = overrides.WeightOverrides(
+                self.context, overrides.replaced(self.model, base), names, self._feeds
+            )
+        # With others pruned, even a dense layer has damage; alone, its dense trial is exact.
         starts = {name: 0 if any(key != name for key in base or {}) else 1 for name in names}
         trials = len(self._feeds) * sum(len(GRID) - start for start in starts.values())
+        energy = sum(float(sum(np.sum(ref**2) for ref in reference)) for reference in references)
         with progress.task(f"sensitivity: {len(names)} layers x {len(GRID)} sparsities", total=trials) as step:
-            for feed, reference in self._batches():
-                energy += float(sum(np.sum(ref**2) for ref in reference))
-                for row, name in enumerate(names):
-                    others = {key: value for key, value in (base or {}).items() if key != name}
-                    start = starts[name]  # with others pruned, even a dense layer has damage
+            for row, name in enumerate(names):
+                start = starts[name]
+                layer = trials_model.trials(name)
+                for batch, reference in zip(trials_model.batches(), references, strict=True):
                     for column, sparsity in enumerate(GRID[start:], start=start):
-                        pruned = run(self._session, {**feed, **others, name: pruners[name].at(sparsity)})
+                        pruned = layer.run(batch, pruners[name].at(sparsity))
                         damage[row, column] += _squared_error(pruned, reference)
                         step.advance()
         scale = 1.0 / energy if energy > 0 else 0.0
@@ -143,12 +146,13 @@ class Probe:
 
     def errors(self, trials: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
         """The relative squared output error of each named set of replacement weights, run together."""
+        references = self._references()
+        energy = sum(float(sum(np.sum(ref**2) for ref in reference)) for reference in references)
         totals = dict.fromkeys(trials, 0.0)
-        energy = 0.0
-        for feed, reference in self._batches():
-            energy += float(sum(np.sum(ref**2) for ref in reference))
-            for label, replacement in trials.items():
-                totals[label] += _squared_error(run(self._session, {**feed, **replacement}), reference)
+        for label, replacement in trials.items():
+            session = self.context.session(overrides.replaced(self.model, replacement))[0]
+            for feed, reference in zip(self._feeds, references, strict=True):
+                totals[label] += _squared_error(run(session, feed), reference)
         return {label: total / energy if energy > 0 else 0.0 for label, total in totals.items()}
 
 

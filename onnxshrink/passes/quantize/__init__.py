@@ -16,7 +16,9 @@ from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
+from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
+from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite as rewrite
@@ -76,8 +78,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     1. Layers are Conv, MatMul, Gemm (tensorrt: also ConvTranspose) whose weight (input 1) is a
        constant float32 initializer; ``include``/``exclude`` select by op type or node-name glob.
        Weights are symmetric narrow-range s8 ([-127, 127]; [-63, 63] with ``reduce-range``,
-       the default for ort-cpu with u8 activations and for dynamic mode, because x86 AVX2
-       kernels add u8 x s8 products in saturating int16 pairs), per output channel (Conv axis
+       the default for ort-cpu with u8 activations and for dynamic mode on a CPU without VNNI
+       (``cpu``: detected, or forced avx2/vnni), because x86 AVX2 kernels add u8 x s8
+       products in saturating int16 pairs), per output channel (Conv axis
        0, ConvTranspose axis 1, MatMul ``[K, N]`` axis 1, Gemm axis 0 with transB=1 else 1).
     2. Calibration: the placement is first made as if every range were known; the tensors it
        would quantize (only those; of a chain through data-movement ops, rule 5, only its first
@@ -132,6 +135,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         activation reads a local Identity of it, removed again where no Q reads it. When
         onnxruntime cannot stack a Loop/Scan body value (its shape changes between iterations),
         calibration runs again without the Loop/Scan body values, whose layers stay float.
+    14. ``keep-slow-float`` (static ort-cpu, on by default): layers whose int8 kernel is slower
+        than float on the CPU stay float, each with its reason (kernels.py: depthwise Conv, Conv
+        on a 1x1 spatial input, fewer than 32 multiply-adds per converted value). The CPU
+        profile is in the stats.
+    15. ``bias-correction`` (``fast`` by default): each quantized Conv/Gemm's per-channel output
+        mean shift is computed from its float inputs (``fast``) or measured by running both
+        models (``measured``) on the calibration data and subtracted from its bias
+        (bias_correction.py); the shift per layer is in the stats.
     """
 
     name = "quantize"
@@ -219,6 +230,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 )
             return ranges[name]
 
+        # Layers whose int8 kernel is slower than float on the CPU (kernels.py rule 2).
+        slow = (
+            kernels.slow_layers(float_model, options.cpu_profile)
+            if options.target == "ort-cpu" and options.keep_slow_float
+            else {}
+        )
         body_values = body_value_names(float_model)
         uncalibrated: dict[str, str] = {}
 
@@ -232,7 +249,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return None
 
         def make_plan(float_layers: tuple[str, ...] = ()) -> placement.QuantPlan:
-            return place.plan_static(float_model, options, range_of, float_layers, unreached)
+            return place.plan_static(float_model, options, range_of, float_layers, unreached, slow)
 
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them, and of a data-movement chain (Reshape, Transpose, ...) only its root, whose
@@ -243,6 +260,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()
+        for _ in range(4 if options.target == "ort-cpu" and options.keep_slow_float else 0):
+            found = kernels.islands(float_model, plan, options.cpu_profile)
+            if not found:
+                break
+            slow.update(found)
+            plan = make_plan()
         if options.max_drop is None and options.min_cosine is None:
             return plan, collector, None
         started = time.perf_counter()
@@ -274,6 +297,21 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         plan, collector, budget_stats = self._static_plan(float_model, timings)
+        corrections: dict[str, Any] | None = None
+        if options.bias_correction != "off" and plan.layers:
+            started = time.perf_counter()
+            shifts = bias_correction.correct_biases(
+                self.context,
+                float_model,
+                plan,
+                options.weight_bits,
+                pass_name=self.name,
+                samples=options.samples,
+                int32_bias=options.target != "tensorrt",
+                method=options.bias_correction,
+            )
+            float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
+            timings["bias_correction"] = time.perf_counter() - started
         candidate = float_model.clone()
         counts = rewrite.apply_plan(candidate, plan, options.weight_bits)
         tables: dict[str, str] = {}
@@ -299,6 +337,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "nodes": budget.node_summaries(plan),
             "tables": tables,
             "budget": budget_stats,
+            "cpu": options.cpu_profile.to_json() if options.target == "ort-cpu" else None,
+            "bias_correction": corrections,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0

@@ -17,10 +17,12 @@ from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.runtime import run
-from onnxshrink.verify import compare_output
+from onnxshrink.verify import is_classifier_like
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
 _JUDGE_SAMPLES = 256
+# Judged samples per candidate run: a candidate's activations for this many are alive at once.
+_STREAM_BATCH = 8
 # The speed check: one calibration batch of at most this many samples, timed this many rounds.
 _SPEED_BATCH, _SPEED_ROUNDS = 32, 7
 
@@ -42,8 +44,59 @@ class Damage:
         return (self.disagreement or 0.0, 1.0 - self.cosine)
 
 
+class _Agreement:
+    """Cosine and top-1 agreement of one output, accumulated batch by batch (as compare_output has them)."""
+
+    def __init__(self) -> None:
+        self.dot = self.ref_sq = self.cand_sq = 0.0
+        self.same = True
+        self.equal = True  # non-float outputs: exact match
+        self.float = True
+        self.matches = self.rows = 0
+        self.classifier = False
+
+    def add(self, ref: np.ndarray, ref_top1: np.ndarray | None, cand: Any) -> None:
+        cand = np.asarray(cand)
+        if ref.shape != cand.shape:
+            self.same = self.equal = False
+            self.dot, self.ref_sq, self.cand_sq = 0.0, 1.0, 1.0
+            return
+        if not np.issubdtype(ref.dtype, np.floating):
+            self.float = False
+            self.equal = self.equal and bool(np.array_equal(ref, cand))
+            return
+        r = ref.astype(np.float64).ravel()
+        c = cand.astype(np.float64).ravel()
+        finite = np.isfinite(r)
+        if not finite.all():
+            r, c = r[finite], c[finite]
+        self.dot += float(np.dot(r, c))
+        self.ref_sq += float(np.dot(r, r))
+        self.cand_sq += float(np.dot(c, c))
+        self.same = self.same and bool(np.array_equal(r, c))
+        if ref_top1 is not None:
+            self.classifier = True
+            self.matches += int(np.count_nonzero(ref_top1 == np.argmax(cand, axis=-1)))
+            self.rows += ref_top1.size
+
+    @property
+    def cosine(self) -> float:
+        if not self.float:
+            return 1.0 if self.equal else 0.0
+        norm = float(np.sqrt(self.ref_sq) * np.sqrt(self.cand_sq))
+        return self.dot / norm if norm > 0 else float(self.same)
+
+    @property
+    def top1(self) -> float | None:
+        return self.matches / self.rows if self.classifier and self.rows else None
+
+
 class Judge:
     """Runs candidates on the first calibration samples and checks them against the budget.
+
+    The judged samples are streamed through each candidate in batches of :data:`_STREAM_BATCH`
+    (the float model's outputs on them are kept), so a candidate's activations are never all
+    alive at once.
 
     Args:
         context: Where the calibration data and the onnxruntime sessions come from.
@@ -72,26 +125,30 @@ class Judge:
         self.min_cosine = min_cosine
         inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
         count = min(samples, _JUDGE_SAMPLES)
-        batches = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=count))
-        if any(np.ndim(b[name]) == 0 for b in batches for name in inputs):
-            # Batches with a scalar input cannot be joined: the first one is judged.
-            batches = batches[:1]
-        self.feed = {
-            name: np.concatenate([b[name] for b in batches]) if len(batches) > 1 else batches[0][name]
-            for name in inputs
-        }
-        self.reference = run(context.session(model)[0], self.feed)
+        self.feeds = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH))
+        self.samples = sum(min((len(v) for v in feed.values() if np.ndim(v)), default=1) for feed in self.feeds)
+        session = context.session(model)[0]
+        self.references = [run(session, feed) for feed in self.feeds]
+        self._top1 = [
+            {name: np.argmax(v, axis=-1) if is_classifier_like(np.asarray(v)) else None for name, v in ref.items()}
+            for ref in self.references
+        ]
+        first = self.references[0] if self.references else {}
         if max_drop is not None and not any(
-            np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in self.reference.values()
+            np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in first.values()
         ):
             raise UsageError("quantize: max-drop needs a classifier-like output (top-1); use min-cosine")
 
     def measure(self, candidate: ir.Model) -> Damage:
         """Runs ``candidate`` on the judged samples and returns how far it is from the float model."""
-        outputs = run(self.context.session(candidate)[0], self.feed)
-        metrics = [compare_output(n, self.reference[n], outputs[n], rtol=0.0, atol=0.0) for n in self.reference]
-        agreements = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
-        cosine = min((m.cosine for m in metrics), default=1.0)
+        session = self.context.session(candidate)[0]
+        totals: dict[str, _Agreement] = {}
+        for feed, reference, top1 in zip(self.feeds, self.references, self._top1, strict=True):
+            outputs = run(session, feed)
+            for name, ref in reference.items():
+                totals.setdefault(name, _Agreement()).add(np.asarray(ref), top1[name], outputs[name])
+        agreements = [t.top1 for t in totals.values() if t.top1 is not None]
+        cosine = min((t.cosine for t in totals.values()), default=1.0)
         return Damage(cosine, 1.0 - min(agreements) if agreements else None)
 
     def holds(self, damage: Damage) -> bool:
@@ -130,7 +187,7 @@ def fit_budget(
     record = {
         "max_drop": judge.max_drop,
         "min_cosine": judge.min_cosine,
-        "samples": int(next(iter(judge.feed.values())).shape[0]) if judge.feed else 0,
+        "samples": judge.samples,
         "all_quantized": first.to_json(),
         "result": current.to_json(),
         "met": judge.holds(current),

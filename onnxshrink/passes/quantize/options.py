@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from onnxshrink.cpu import CPU_CHOICES, CpuProfile, profile
 from onnxshrink.passbase import option
+from onnxshrink.passes.quantize.kernels import weight_bits
 from onnxshrink.passes.quantize.statistics import CALIBRATORS, DEFAULT_PERCENTILE
 
 MODES = ("static", "dynamic", "weight-only")
@@ -40,8 +42,26 @@ class QuantizeOptions:
     reduce_range: Literal["auto", "on", "off"] = option(
         "auto",
         "7-bit weights [-63, 63]: exact on x86 without VNNI, where u8 x s8 int16 pair sums "
-        "saturate; auto: on for ort-cpu with u8 activations (static) or dynamic mode",
+        "saturate; auto: on for ort-cpu with u8 activations (static) or dynamic mode when the "
+        "CPU (see cpu) has no VNNI/AMX/ARM dot product",
         choices=("auto", "on", "off"),
+    )
+    cpu: Literal["auto", "avx2", "vnni"] = option(
+        "auto",
+        "ort-cpu: the CPU to choose kernels for; auto: this machine's (detected at run time), "
+        "avx2/vnni: an x86 CPU without/with VNNI (docs/quantization.md, CPU-dependent choices)",
+        choices=CPU_CHOICES,
+    )
+    keep_slow_float: bool = option(
+        True,
+        "static ort-cpu: leave float the layers whose int8 kernel is slower than float on the "
+        "CPU (depthwise Conv, Conv on 1x1 inputs, < 32 multiply-adds per converted value)",
+    )
+    bias_correction: Literal["off", "fast", "measured"] = option(
+        "fast",
+        "static: subtract each quantized Conv/Gemm's per-channel output mean shift from its bias; "
+        "fast (default): computed from the float layer inputs; measured: both models run the calibration data",
+        choices=("off", "fast", "measured"),
     )
     activation_matmuls: bool = option(
         False,
@@ -85,11 +105,16 @@ class QuantizeOptions:
         return None
 
     @property
+    def cpu_profile(self) -> CpuProfile:
+        """The CPU the ort-cpu choices are made for (``cpu``)."""
+        return profile(self.cpu)
+
+    @property
     def weight_bits(self) -> int:
         """7 where u8 x s8 products could saturate int16 pair sums (x86 AVX2 kernels), else 8."""
         if self.mode == "weight-only":
             return 8  # activations stay float: no integer products
         if self.reduce_range == "auto":
             u8 = self.mode == "dynamic" or self.activations == "u8"
-            return 7 if self.target == "ort-cpu" and u8 else 8
+            return weight_bits(self.cpu_profile, u8) if self.target == "ort-cpu" else 8
         return 7 if self.reduce_range == "on" else 8

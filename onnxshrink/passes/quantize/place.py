@@ -205,6 +205,7 @@ def plan_static(
     range_of: RangeOf,
     float_layers: Iterable[str] = (),
     unreached: Callable[[str], str | None] = lambda name: None,
+    slow: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     """Returns the placement for ``options.target`` given each tensor's calibrated range.
 
@@ -221,10 +222,12 @@ def plan_static(
         float_layers: Layers kept float (the accuracy budget).
         unreached: Why a tensor has no calibration statistics when no sample ran the code that
             computes it (an If branch never taken), or None: such layers stay float with that reason.
+        slow: Layers kept float because int8 is slower than float on the CPU, with the reason.
     """
     plan = QuantPlan(target=options.target)
     for scope in control_flow_scopes(model):
-        _plan_scope(GraphView(scope.graph, scope.prefix), options, range_of, set(float_layers), unreached, plan)
+        view = GraphView(scope.graph, scope.prefix)
+        _plan_scope(view, options, range_of, set(float_layers), unreached, plan, slow or {})
     return plan
 
 
@@ -236,6 +239,7 @@ def _layer_problem(
     forced_float: set[str],
     unreached: Callable[[str], str | None],
     first: bool,
+    slow: Mapping[str, str],
 ) -> NoMatch | None:
     tensorrt = options.target == "tensorrt"
     two_activations = options.activation_matmuls and not tensorrt and is_activation_matmul(node)
@@ -244,6 +248,8 @@ def _layer_problem(
         why = unselected(node, key, options.include, options.exclude)
     if why is None and key in forced_float:
         why = NoMatch("kept float by the accuracy budget")
+    if why is None and key in slow:
+        why = NoMatch(slow[key])
     if why is None and tensorrt:
         why = trt_skip_reason(node, first)
     effective, _ = fold_candidate(node)
@@ -265,6 +271,7 @@ def _plan_scope(
     forced_float: set[str],
     unreached: Callable[[str], str | None],
     plan: QuantPlan,
+    slow: Mapping[str, str],
 ) -> None:
     """Places one graph's Q/DQ into ``plan``."""
     dtype, per_channel = options.activations, options.per_channel
@@ -276,7 +283,7 @@ def _plan_scope(
     for key, node in view.nodes.items():
         if not is_onnx_op(node, *layer_ops):
             continue
-        why = _layer_problem(key, node, options, range_of, forced_float, unreached, first)
+        why = _layer_problem(key, node, options, range_of, forced_float, unreached, first, slow)
         first = first and node.op_type not in ("Conv", "ConvTranspose")
         if why is not None:
             plan.left_float[key] = why.reason

@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 # A layer whose output is this close to the teacher's already reproduces it (float rounding).
 _MATCHED = 1e-6
-# order=auto streams stage by stage up to this many stages, else all layers in one pass.
-_STAGED_MAX = 16
+# Layers per data pass above which capture batches shrink (every captured value of a batch is alive).
+_MANY_LAYERS = 16
 
 
 def _is_number(value: object) -> str | None:
@@ -51,11 +51,11 @@ class ReconstructOptions:
         choices=("auto", "lstsq", "obs"),
     )
     bias: bool = option(True, "refit Conv/Gemm biases too, adding one to layers that have none")
-    order: Literal["auto", "staged", "single"] = option(
-        "auto",
+    order: Literal["staged", "single"] = option(
+        "staged",
         "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
-        f"from one data pass; auto: staged up to {_STAGED_MAX} stages",
-        choices=("auto", "staged", "single"),
+        "from one data pass (fast on deep models, but layers do not see earlier refits)",
+        choices=("staged", "single"),
     )
 
 
@@ -113,9 +113,10 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        Per stage the calibration data streams once through the current model (layer inputs) and
        once through the input model (teacher values): two onnxruntime sessions and one pass over
        the data per stage, plus one more pair at the end (cost grows with the network's depth).
-       ``order=single`` accumulates every layer in one pass instead (inputs as the pass found
-       them, before any refit): four model runs over the data whatever the depth (BERT-base: 73
-       stages). ``order=auto`` stages up to 16 stages, else single.
+       ``order=single`` accumulates every layer in one pass instead: four model runs over the
+       data whatever the depth (BERT-base: 49 stages). A layer then reads the input model's value
+       of its input where that has the same shape (what earlier refits aim at), else the value
+       as the pass found it, before any refit; rule 6 still undoes refits that do not help.
     4. Per layer (and Conv group), ``XᵀX`` and ``XᵀY`` are summed batch by batch in float64 (im2col
        rows for convolutions, split so one piece stays near 64 MiB) and
        ``min ||X wᵀ - Y||² + λ||w - w₀||²`` is solved, ``λ = ridge · mean(diag XᵀX)``: the ridge
@@ -162,7 +163,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         before = _OutputError()
         timings = {"capture": 0.0}
         taken = taken_names(model)
-        single = options.order == "single" or (options.order == "auto" and len(stages) > _STAGED_MAX)
+        single = options.order == "single"
         rounds = [layers] if single else [[layer for layer in layers if layer.stage == s] for s in stages]
         title = f"reconstruct: {len(layers)} layers in {len(rounds)} data passes"
         with progress.task(title, total=len(rounds)) as step:
@@ -229,7 +230,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         points = [layer.output_name for layer in layers]
         borrowed = [name for name in dict.fromkeys(inputs) if name in teacher_inputs]
         # Every captured value of a batch is alive at once: many layers, smaller batches.
-        batch = 32 if len(layers) <= _STAGED_MAX else 8
+        batch = 32 if len(layers) <= _MANY_LAYERS else 8
         student = capture(
             self.context, model, [*inputs, *outputs], pass_name=self.name, samples=samples, batch_size=batch
         )
