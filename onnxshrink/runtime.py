@@ -58,9 +58,24 @@ def _ort() -> Any:
     return onnxruntime
 
 
+_thread_share: int | None = None  # this process's share of the cores, set by cap_threads
+
+
+def cap_threads(threads: int | None) -> None:
+    """Sets the intra-op threads of every session this process opens without a count of its own.
+
+    A worker process that shares the machine with others takes its share of the cores: by
+    default each onnxruntime session starts one thread per core, so N workers would run N times
+    as many busy threads as there are cores. None restores onnxruntime's default.
+    """
+    global _thread_share
+    _thread_share = threads
+
+
 def _session_options(threads: int | None, configure: Callable[[Any], None] | None = None) -> Any:
     options = _ort().SessionOptions()
     options.log_severity_level = 4  # errors reach the user as our own one-line messages
+    threads = threads or _thread_share
     if threads:
         options.intra_op_num_threads = threads
     if configure is not None:

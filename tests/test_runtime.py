@@ -7,7 +7,7 @@ import pytest
 from helpers import DIGITS
 
 from onnxshrink.errors import UsageError
-from onnxshrink.runtime import CPU, CUDA, create_session
+from onnxshrink.runtime import CPU, CUDA, cap_threads, create_session
 
 DIGITS_BYTES = DIGITS.read_bytes()
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -49,3 +49,17 @@ def test_explicit_cpu() -> None:
 def test_unknown_provider() -> None:
     with pytest.raises(UsageError, match="valid: auto, cpu, cuda"):
         create_session(DIGITS_BYTES, "tpu")
+
+
+def test_a_workers_thread_share_applies_to_sessions_without_their_own_count() -> None:
+    """cap_threads (a pool worker's share of the cores) sets intra-op threads; an explicit count wins."""
+    try:
+        cap_threads(1)
+        capped, _ = create_session(str(DIGITS), "cpu")
+        explicit, _ = create_session(str(DIGITS), "cpu", threads=2)
+        assert capped.get_session_options().intra_op_num_threads == 1
+        assert explicit.get_session_options().intra_op_num_threads == 2
+    finally:
+        cap_threads(None)
+    default, _ = create_session(str(DIGITS), "cpu")
+    assert default.get_session_options().intra_op_num_threads == 0

@@ -2,10 +2,11 @@
 
 Profile items run in a pool of ``workers`` processes from a ``forkserver`` (no child inherits the
 driver's onnxruntime threads); each builds the simplified model's judge once and keeps it for
-every item it measures. With one worker the items run in the driver itself, as the serial profile
-did. A timed profile (``--min-speedup``) runs in one process whatever ``workers`` says: timings
-taken side by side would disturb each other. Trials run as before: up to ``workers`` at a time,
-each in its own child process with its limits.
+every item it measures, with its share of the cores as onnxruntime's thread count (N workers each
+running one thread per core would oversubscribe the machine). With one worker the items run in
+the driver itself, as the serial profile did. A timed profile (``--min-speedup``) runs in one
+process whatever ``workers`` says: timings taken side by side would disturb each other. Trials
+run as before: up to ``workers`` at a time, each in its own child process with its limits.
 """
 
 from __future__ import annotations
@@ -23,15 +24,23 @@ from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone
 from onnxshrink.autotune.items import Item, Setup, failed, measure_item
 from onnxshrink.autotune.profile import _Builder
 from onnxshrink.autotune.trials import run_trial
+from onnxshrink.runtime import cap_threads
 
 logger = logging.getLogger(__name__)
 
 _builder: _Builder | None = None  # the pool process's builder, made by _start
 
 
-def _start(setup: Setup) -> None:
+def _start(setup: Setup, threads: int) -> None:
     global _builder
+    cap_threads(threads)
     _builder = setup.builder()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _item(item: Item) -> dict[str, Any]:
@@ -71,7 +80,8 @@ class LocalExecutor:
                 return
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["onnxshrink.autotune.measure", "onnxshrink.autotune.items"])
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(setup,)) as pool:
+            share = max(1, _cores() // workers)
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(setup, share)) as pool:
                 pending: dict[Future[dict[str, Any]], Item] = {}
                 queue = list(reversed(items))
                 while queue or pending:

@@ -55,6 +55,9 @@ class _ItemWorker:
     """Keeps the builder (judge session, calibration samples) between the items it measures."""
 
     def __init__(self, setup: Setup) -> None:
+        from onnxshrink.runtime import cap_threads
+
+        cap_threads(1)  # the actor's one declared CPU, not one thread per core of its node
         self.setup = setup
         self.builder: Any = None
         self.node = _node_name()
