@@ -220,7 +220,8 @@ def test_a_conv_without_bias_gets_one_and_bias_false_leaves_it_out() -> None:
     assert modified is True and len(out.graph.node[0].input) == 2
 
 
-def test_layers_fit_in_stages_so_later_layers_see_earlier_refits() -> None:
+def _two_layer_teacher_and_half_pruned_student() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """MatMul-Relu-MatMul with random weights, and the same model with half of each weight zeroed."""
     text = (
         "(float[N,12] x, float[12,10] W1, float[10,5] W2) => (float[N,5] y)"
         "{ h = MatMul(x, W1)\n r = Relu(h)\n y = MatMul(r, W2) }"
@@ -228,8 +229,11 @@ def test_layers_fit_in_stages_so_later_layers_see_earlier_refits() -> None:
     rng = np.random.default_rng(0)
     dense = {"W1": rng.standard_normal((12, 10)), "W2": rng.standard_normal((10, 5))}
     pruned = {n: (w * (rng.random(w.shape) < 0.5)).astype(np.float32) for n, w in dense.items()}
-    teacher = _model(text, {n: w.astype(np.float32) for n, w in dense.items()})
-    student = _model(text, pruned)
+    return _model(text, {n: w.astype(np.float32) for n, w in dense.items()}), _model(text, pruned)
+
+
+def test_layers_fit_in_stages_so_later_layers_see_earlier_refits() -> None:
+    teacher, student = _two_layer_teacher_and_half_pruned_student()
     result = run_pass(student, "reconstruct", calibration=_data((12,), 128, 1), reference=teacher)
     out, stats = result.model, result.stats
     assert stats["stages"] == 2 and stats["layers_refit"] == 2
@@ -562,15 +566,7 @@ def test_streamed_normal_equations_give_the_dense_least_squares_solution() -> No
 
 
 def test_order_single_fits_every_layer_from_one_data_pass() -> None:
-    text = (
-        "(float[N,12] x, float[12,10] W1, float[10,5] W2) => (float[N,5] y)"
-        "{ h = MatMul(x, W1)\n r = Relu(h)\n y = MatMul(r, W2) }"
-    )
-    rng = np.random.default_rng(0)
-    dense = {"W1": rng.standard_normal((12, 10)), "W2": rng.standard_normal((10, 5))}
-    pruned = {n: (w * (rng.random(w.shape) < 0.5)).astype(np.float32) for n, w in dense.items()}
-    teacher = _model(text, {n: w.astype(np.float32) for n, w in dense.items()})
-    student = _model(text, pruned)
+    teacher, student = _two_layer_teacher_and_half_pruned_student()
     held_out = _data((12,), 32, 2)
     errors = {}
     for order in ("staged", "single"):

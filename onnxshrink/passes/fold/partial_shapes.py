@@ -159,17 +159,29 @@ _ARITHMETIC: dict[str, Callable[[int, int], int | None]] = {
 }
 
 
+def _broadcast_elements(a: Partial, b: Partial) -> tuple[Sequence[Element], Sequence[Element]] | None:
+    """Both element lists of an element-wise op over two 1-D values, a length-1 side repeated.
+
+    None when the lengths do not broadcast.
+    """
+    if len(a.elements) != len(b.elements) and 1 not in (len(a.elements), len(b.elements)):
+        return None
+    size = max(len(a.elements), len(b.elements))
+    left = a.elements * size if len(a.elements) == 1 else a.elements
+    right = b.elements * size if len(b.elements) == 1 else b.elements
+    return left, right
+
+
 @PARTIAL_RULES.register(*_ARITHMETIC)
 def _arithmetic(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial | None:
     """Element-wise integer arithmetic: known elements are computed, the others stay unknown."""
     a, b = as_partial(inputs[0]), as_partial(inputs[1]) if len(inputs) > 1 else None
     if a is None or b is None:
         return None
-    if len(a.elements) != len(b.elements) and 1 not in (len(a.elements), len(b.elements)):
+    paired = _broadcast_elements(a, b)
+    if paired is None:
         return None
-    size = max(len(a.elements), len(b.elements))
-    left = a.elements * size if len(a.elements) == 1 else a.elements
-    right = b.elements * size if len(b.elements) == 1 else b.elements
+    left, right = paired
     op = _ARITHMETIC[node.op_type]
     elements = tuple(
         op(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in zip(left, right, strict=True)
@@ -191,11 +203,10 @@ def _equal(node: ir.Node, inputs: Sequence[Any], classes: DimClasses) -> Partial
     a, b = as_partial(inputs[0]), as_partial(inputs[1]) if len(inputs) > 1 else None
     if a is None or b is None or node.outputs[0].dtype != ir.DataType.BOOL:
         return None
-    if len(a.elements) != len(b.elements) and 1 not in (len(a.elements), len(b.elements)):
+    paired = _broadcast_elements(a, b)
+    if paired is None:
         return None
-    size = max(len(a.elements), len(b.elements))
-    left = a.elements * size if len(a.elements) == 1 else a.elements
-    right = b.elements * size if len(b.elements) == 1 else b.elements
+    left, right = paired
     elements: list[Element] = []
     for x, y in zip(left, right, strict=True):
         if isinstance(x, int) and isinstance(y, int):
