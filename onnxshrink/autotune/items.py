@@ -29,7 +29,7 @@ from onnxshrink.autotune.profile import (
     WEIGHT_ONLY_OPS,
     Setting,
     Unit,
-    _Builder,
+    VariantBuilder,
     channel_spec,
     int4_spec,
 )
@@ -70,13 +70,13 @@ class Setup:
         """Whether items measure latency (and so must not share a CPU with other items)."""
         return self.batch is not None
 
-    def builder(self) -> _Builder:
+    def builder(self) -> VariantBuilder:
         """The builder of one-setting variants (a worker makes it once and keeps it)."""
         proto = onnx.load_from_string(self.model)
-        return _Builder(proto, open_samples(self.calibration), self.provider, self.batch)
+        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.batch)
 
 
-def measure_item(builder: _Builder, item: Item) -> dict[str, Any]:
+def measure_item(builder: VariantBuilder, item: Item) -> dict[str, Any]:
     """Builds and measures one item: ``{"key", "modified", "kept", "setting"}`` (setting None when unmodified)."""
     if item.knob == "channels":
         variant, record = builder.variant(channel_spec({item.unit: float(item.value)}))
@@ -167,7 +167,7 @@ class ItemMeasure:
         self.submitted = 0  # items measured in this run (not read back from an items file)
         self._setup: Setup | None = None
 
-    def __call__(self, knob: str, builder: _Builder, model: ir.Model, cache: Path | None) -> list[Unit]:
+    def __call__(self, knob: str, builder: VariantBuilder, model: ir.Model, cache: Path | None) -> list[Unit]:
         """The units of ``knob`` (the same as the serial profile's); ``cache`` is the profile's JSON path."""
         items = plan(knob, model)
         path = cache.with_suffix(".items.jsonl") if cache is not None else None

@@ -138,7 +138,7 @@ def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
     return found
 
 
-class _Builder:
+class VariantBuilder:
     """Builds one-setting variants of the simplified model and measures them."""
 
     def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str, batch: int | None) -> None:
@@ -178,10 +178,12 @@ class _Builder:
         return statistics.median(times["variant"]) - statistics.median(times["base"])
 
     def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
+        """The simplified model with ``spec`` run on it, and that pass's record."""
         result = shrink(self.base, [spec], calibration=self.calibration, provider=self.provider, verify=False)
         return result.model, result.report["passes"][-1]
 
     def setting(self, value: float | str, model: ir.Model) -> Setting:
+        """``model``'s costs and damage against the simplified model, as the setting ``value``."""
         damage = self.judge.measure(model)
         macs = int(inspect_model(model)["macs"])
         now = layer_weight_bytes(model)
@@ -197,7 +199,7 @@ def channel_spec(ratios: dict[str, float]) -> PassSpec:
     return make_spec("prune-channels", options)
 
 
-def _channel_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+def _channel_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
     units = []
     for group in channels.iter_ok(channels.analyze(model, "remove")):
         names = [s.node.name for s in group.of_kind("producer") if s.node is not None and s.node.name]
@@ -222,7 +224,7 @@ def int4_spec(layers: tuple[str, ...]) -> PassSpec:
     return make_spec("quantize", {"mode": "weight-only", "weights": "s4", "include": layers})
 
 
-def _precision_units(builder: _Builder, model: ir.Model) -> list[Unit]:
+def _precision_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
     units = []
     for node in model.graph:
         if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
@@ -240,7 +242,7 @@ def _precision_units(builder: _Builder, model: ir.Model) -> list[Unit]:
     return units
 
 
-_MEASURE: dict[str, Callable[[_Builder, ir.Model], list[Unit]]] = {
+_MEASURE: dict[str, Callable[[VariantBuilder, ir.Model], list[Unit]]] = {
     "channels": _channel_units,
     "precision": _precision_units,
 }
@@ -260,7 +262,7 @@ def profile(
     knobs: Sequence[str],
     cache: Path | None,
     batch: int | None = None,
-    measure: Callable[[str, _Builder, ir.Model, Path | None], list[Unit]] | None = None,
+    measure: Callable[[str, VariantBuilder, ir.Model, Path | None], list[Unit]] | None = None,
 ) -> Profile:
     """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
 
@@ -271,7 +273,7 @@ def profile(
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
-    builder = _Builder(proto, calibration, provider, batch)
+    builder = VariantBuilder(proto, calibration, provider, batch)
     model_digest = proto.SerializeToString(deterministic=True)
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []

@@ -16,19 +16,21 @@ import multiprocessing
 import os
 import platform
 import time
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone, TrialTask, error_text
 from onnxshrink.autotune.items import Item, Setup, failed, measure_item
-from onnxshrink.autotune.profile import _Builder
+from onnxshrink.autotune.profile import VariantBuilder
 from onnxshrink.autotune.trials import run_trial
 from onnxshrink.runtime import cap_threads
 
 logger = logging.getLogger(__name__)
 
-_builder: _Builder | None = None  # the pool process's builder, made by _start
+Work = TypeVar("Work")
+
+_builder: VariantBuilder | None = None  # the pool process's builder, made by _start
 
 
 def _start(setup: Setup, threads: int) -> None:
@@ -43,13 +45,43 @@ def _cores() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
+def _timed_item(builder: VariantBuilder, item: Item, node: str) -> dict[str, Any]:
+    """``item``'s result with the seconds it took and the node (or node/pid) that measured it."""
+    started = time.perf_counter()
+    result = measure_item(builder, item)
+    result["seconds"] = time.perf_counter() - started
+    result["node"] = node
+    return result
+
+
 def _item(item: Item) -> dict[str, Any]:
     assert _builder is not None
-    started = time.perf_counter()
-    result = measure_item(_builder, item)
-    result["seconds"] = time.perf_counter() - started
-    result["node"] = f"{platform.node()}/{os.getpid()}"
-    return result
+    return _timed_item(_builder, item, f"{platform.node()}/{os.getpid()}")
+
+
+def _as_they_finish(
+    pool: Executor,
+    call: Callable[[Work], dict[str, Any]],
+    work: Sequence[Work],
+    limit: int,
+    shown: NodeProgress,
+    node: str,
+) -> Iterator[tuple[Work, Future[dict[str, Any]]]]:
+    """Submits ``work`` in order, at most ``limit`` at a time, and yields each entry with its finished future.
+
+    Entries are submitted only as workers free up, so the progress line's queued and running
+    counts stay true.
+    """
+    pending: dict[Future[dict[str, Any]], Work] = {}
+    queue = list(reversed(work))
+    while queue or pending:
+        while queue and len(pending) < limit:
+            entry = queue.pop()
+            pending[pool.submit(call, entry)] = entry
+            shown.start(node)
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            yield pending.pop(future), future
 
 
 class LocalExecutor:
@@ -71,10 +103,7 @@ class LocalExecutor:
                 builder = setup.builder()
                 for item in items:
                     shown.start(self.node)
-                    started = time.perf_counter()
-                    result = measure_item(builder, item)
-                    result["seconds"] = time.perf_counter() - started
-                    result["node"] = self.node
+                    result = _timed_item(builder, item, self.node)
                     shown.finish(self.node)
                     done(item, result)
                 return
@@ -82,40 +111,22 @@ class LocalExecutor:
             context.set_forkserver_preload(["onnxshrink.autotune.measure", "onnxshrink.autotune.items"])
             share = max(1, _cores() // workers)
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(setup, share)) as pool:
-                pending: dict[Future[dict[str, Any]], Item] = {}
-                queue = list(reversed(items))
-                while queue or pending:
-                    while queue and len(pending) < workers:  # submit as workers free up: queued/running stay true
-                        item = queue.pop()
-                        pending[pool.submit(_item, item)] = item
-                        shown.start(self.node)
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        item = pending.pop(future)
-                        try:
-                            result = future.result()
-                        except Exception as error:  # a crashed pool process fails its item, not the profile
-                            result = failed(item, error_text(error))
-                        shown.finish(self.node)
-                        done(item, result)
+                for item, future in _as_they_finish(pool, _item, items, workers, shown, self.node):
+                    try:
+                        result = future.result()
+                    except Exception as error:  # a crashed pool process fails its item, not the profile
+                        result = failed(item, error_text(error))
+                    shown.finish(self.node)
+                    done(item, result)
 
     def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
         """Up to ``workers`` candidates at a time, each in its own child process."""
         with NodeProgress("trials", len(tasks)) as shown, ThreadPoolExecutor(max_workers=self.workers) as pool:
-            pending: dict[Future[dict[str, Any]], TrialTask] = {}
-            queue = list(reversed(tasks))
-            while queue or pending:
-                while queue and len(pending) < self.workers:
-                    task = queue.pop()
-                    pending[pool.submit(_trial, task)] = task
-                    shown.start(self.node)
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    task = pending.pop(future)
-                    outcome = future.result()
-                    outcome["node"] = self.node
-                    shown.finish(self.node)
-                    done(task, outcome)
+            for task, future in _as_they_finish(pool, _trial, tasks, self.workers, shown, self.node):
+                outcome = future.result()
+                outcome["node"] = self.node
+                shown.finish(self.node)
+                done(task, outcome)
 
     def close(self) -> None:
         """Nothing to release: pools end with each call."""
