@@ -231,11 +231,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return ranges[name]
 
         # Layers whose int8 kernel is slower than float on the CPU (kernels.py rule 2).
-        slow = (
-            kernels.slow_layers(float_model, options.cpu_profile)
-            if options.target == "ort-cpu" and options.keep_slow_float
-            else {}
-        )
+        speed_rules = options.target == "ort-cpu" and options.keep_slow_float
+        slow = kernels.slow_layers(float_model, options.cpu_profile) if speed_rules else {}
         body_values = body_value_names(float_model)
         uncalibrated: dict[str, str] = {}
 
@@ -260,7 +257,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = make_plan()
-        for _ in range(4 if options.target == "ort-cpu" and options.keep_slow_float else 0):
+        for _ in range(4 if speed_rules else 0):
             found = kernels.islands(float_model, plan, options.cpu_profile)
             if not found:
                 break
