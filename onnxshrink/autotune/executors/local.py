@@ -4,13 +4,15 @@ Profile items run in a pool of ``workers`` processes from a ``forkserver`` (no c
 driver's onnxruntime threads); each builds the simplified model's judge once and keeps it for
 every item it measures, with its share of the cores as onnxruntime's thread count (N workers each
 running one thread per core would oversubscribe the machine). With one worker the items run in
-the driver itself, as the serial profile did. A timed profile (``--min-speedup``) runs in one
-process whatever ``workers`` says: timings taken side by side would disturb each other. Trials
-run as before: up to ``workers`` at a time, each in its own child process with its limits.
+the driver itself, as the serial profile did. Items time nothing (the latency model of
+``--min-speedup`` is measured once, by the driver). Trials run as before: up to ``workers`` at a
+time, each in its own child process with its limits and, with several workers, its share of
+the cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -95,9 +97,7 @@ class LocalExecutor:
 
     def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
         """Measures ``items`` in the driver (one worker) or a forkserver pool."""
-        workers = 1 if setup.timed else min(self.workers, len(items))
-        if setup.timed and self.workers > 1:
-            logger.info("a timed profile runs in one process: timings side by side would disturb each other")
+        workers = min(self.workers, len(items))
         with NodeProgress("profile items", len(items)) as shown:
             if workers <= 1:
                 builder = setup.builder()
@@ -120,7 +120,10 @@ class LocalExecutor:
                     done(item, result)
 
     def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
-        """Up to ``workers`` candidates at a time, each in its own child process."""
+        """Up to ``workers`` candidates at a time, each in its own child process (on its share of the cores)."""
+        if self.workers > 1:
+            share = max(1, _cores() // self.workers)
+            tasks = [dataclasses.replace(t, job=dataclasses.replace(t.job, threads=share)) for t in tasks]
         with NodeProgress("trials", len(tasks)) as shown, ThreadPoolExecutor(max_workers=self.workers) as pool:
             for task, future in _as_they_finish(pool, _trial, tasks, self.workers, shown, self.node):
                 outcome = future.result()

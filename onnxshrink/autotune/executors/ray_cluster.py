@@ -7,10 +7,10 @@
   an item worker keeps its onnxruntime judge session and the data between items; a trial worker
   writes the files to its node's disk once and runs each candidate in a child process with the
   trial's time and memory limits, as the local executor does.
-- Latency work (a timed profile, trials of ``--min-speedup``) runs on separate actors that ask for
-  the custom resource ``latency_device`` (``ray start --resources='{"latency_device": 1}'``): one
-  at a time per such node, so timings do not disturb each other. Without such a node they run on
-  the ordinary workers (a warning says so).
+- Latency work (trials of ``--min-speedup``; the latency model is measured by the driver) runs
+  on separate actors that ask for the custom resource ``latency_device`` (``ray start
+  --resources='{"latency_device": 1}'``): one at a time per such node, so timings do not disturb
+  each other. Without such a node they run on the ordinary workers (a warning says so).
 - A worker or node that dies: the actor restarts (``max_restarts``) and the call is retried
   (``max_task_retries``); after the retries the item or trial is recorded as failed with the reason.
 """
@@ -112,6 +112,7 @@ class _TrialWorker:
             calibration=local.get(job.calibration, job.calibration) if job.calibration else job.calibration,
             evaluation=local.get(job.evaluation, job.evaluation),
             output=str(output),
+            threads=1,  # the actor's one declared CPU
         )
         started = time.perf_counter()
         outcome = run_trial(moved, timeout=task.timeout, memory_bytes=task.memory_bytes)
@@ -236,7 +237,7 @@ class RayExecutor:
 
     def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
         """Measures ``items`` on item workers holding the setup (put into the object store once)."""
-        actors = self._actors(_ItemWorker, setup, f"setup-{id(setup)}", setup.timed)
+        actors = self._actors(_ItemWorker, setup, f"setup-{id(setup)}", False)
         self._dispatch(actors, items, lambda actor, item: actor.item.remote(item), failed, done, "profile items")
 
     def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
