@@ -31,10 +31,10 @@ import harness
 import samples as bench_samples
 
 import onnxshrink
-from onnxshrink.autotune.executors import LocalExecutor
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.profile import profile
 from onnxshrink.data.readers import open_samples
+from onnxshrink.executors import LocalExecutor
 from onnxshrink.spec import make_spec
 
 
@@ -105,7 +105,7 @@ def main() -> None:
         if not args.no_ray:
             import ray
 
-            from onnxshrink.autotune.executors.ray_cluster import RayExecutor
+            from onnxshrink.executors.ray_cluster import RayExecutor
 
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             try:

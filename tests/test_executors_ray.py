@@ -12,7 +12,7 @@ import onnxshrink
 
 ray = pytest.importorskip("ray")
 
-from onnxshrink.autotune.executors.ray_cluster import RayExecutor  # noqa: E402
+from onnxshrink.executors.ray_cluster import RayExecutor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_cnn.onnx"

@@ -24,7 +24,6 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.api import ShrinkResult, shrink
-from onnxshrink.autotune.executors import Executor, make_executor
 from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.measure import load_metric, score
@@ -37,6 +36,7 @@ from onnxshrink.autotune.trials import default_memory_bytes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import Feed
 from onnxshrink.errors import UsageError, VerificationError
+from onnxshrink.executors import Executor, make_executor
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.loading import load_model
 from onnxshrink.runtime import create_session, run
@@ -159,7 +159,7 @@ def auto(
         workers: Trials built (and profile items measured) at a time: local processes, or Ray workers.
         executor: Where profile items and trials run: ``local`` (processes on this machine), ``ray``
             (a Ray cluster, ``pip install 'onnxshrink[ray]'``), or an executor object
-            (:mod:`onnxshrink.autotune.executors`; the caller closes it).
+            (:mod:`onnxshrink.executors`; the caller closes it).
         ray_address: With ``executor="ray"``: ``auto`` (this machine's cluster), ``HOST:PORT``, or
             ``local`` (start a Ray instance here for this study).
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.

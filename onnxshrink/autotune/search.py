@@ -19,13 +19,14 @@ import optuna
 
 from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
-from onnxshrink.autotune.executors import Executor, LocalExecutor, TrialTask
 from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
 from onnxshrink.autotune.profile import Profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.autotune.result import choose, rank
 from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.autotune.trials import TrialTask
+from onnxshrink.executors import Executor, LocalExecutor
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
 logger = logging.getLogger(__name__)

@@ -1,12 +1,18 @@
-"""The ``ray`` executor: profile items and trials on a Ray cluster (``pip install onnxshrink[ray]``).
+"""The ``ray`` executor: profile items and tasks on a Ray cluster (``pip install onnxshrink[ray]``).
 
-- The simplified model and the calibration samples (for profile items), and the files a trial reads
-  (model, calibration, evaluation data), go into the object store once (``ray.put``); each node's
-  object store pulls them at most once, whatever the number of workers there.
+- A workload (for ``auto``: the simplified model and the calibration samples; for
+  ``prune:allocation=sensitivity``: the model, its calibration feeds and reference outputs), and
+  the files the tasks read (a trial's model, calibration and evaluation data), go into the object
+  store once (``ray.put``); each node's object store pulls them at most once, whatever the number
+  of workers there.
 - Work runs on actors (``num_cpus=1`` each, spread over the nodes) that keep what they were given:
-  an item worker keeps its onnxruntime judge session and the data between items; a trial worker
-  writes the files to its node's disk once and runs each candidate in a child process with the
-  trial's time and memory limits, as the local executor does.
+  an item worker builds the workload's state (an onnxruntime session and the data) once and keeps
+  it between items; a trial worker writes the files to its node's disk once and runs each task
+  there (a trial builds its candidate in a child process with the trial's time and memory limits,
+  as on the local executor).
+- Each actor also declares ``num_gpus``: 0 unless asked (``--gpus-per-worker``), or 1 when the
+  provider is ``cuda`` and the cluster declares GPUs; then at most as many actors run as the
+  cluster has GPUs for, and Ray sets each actor's ``CUDA_VISIBLE_DEVICES`` to its own GPU.
 - Latency work (a timed profile, trials of ``--min-speedup``) runs on separate actors that ask for
   the custom resource ``latency_device`` (``ray start --resources='{"latency_device": 1}'``): one
   at a time per such node, so timings do not disturb each other. Without such a node they run on
@@ -23,13 +29,12 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone, TrialTask, error_text
-from onnxshrink.autotune.items import Item, Setup, failed, measure_item
 from onnxshrink.errors import UsageError
+from onnxshrink.executors.base import NodeProgress, PieceDone, Task, TaskDone, Workload, error_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +56,35 @@ def _node_name() -> str:
     return f"{ray.util.get_node_ip_address()}/{node_id[:6]}"
 
 
-class _ItemWorker:
-    """Keeps the builder (judge session, calibration samples) between the items it measures."""
+def _assigned() -> dict[str, float]:
+    """The resources Ray gave this actor (``CPU``, ``GPU``, custom ones)."""
+    return {name: float(amount) for name, amount in _ray().get_runtime_context().get_assigned_resources().items()}
 
-    def __init__(self, setup: Setup) -> None:
+
+class _ItemWorker:
+    """Keeps the workload's state (a session, the data) between the items it measures."""
+
+    def __init__(self, work: Workload) -> None:
         from onnxshrink.runtime import cap_threads
 
         cap_threads(1)  # the actor's one declared CPU, not one thread per core of its node
-        self.setup = setup
-        self.builder: Any = None
+        self.work = work
+        self.state: Any = None
+        self.started = False
         self.node = _node_name()
 
     def where(self) -> str:
         return self.node
 
-    def item(self, item: Item) -> dict[str, Any]:
-        fetched = self.builder is None
-        if self.builder is None:
-            self.builder = self.setup.builder()
+    def resources(self) -> dict[str, float]:
+        return _assigned()
+
+    def item(self, item: Any) -> dict[str, Any]:
+        fetched = not self.started
+        if not self.started:
+            self.state, self.started = self.work.start(), True
         started = time.perf_counter()
-        result = measure_item(self.builder, item)
+        result = self.work.measure(self.state, item)
         result.update(seconds=time.perf_counter() - started, node=self.node, fetched=fetched)
         return result
 
@@ -87,6 +101,9 @@ class _TrialWorker:
     def where(self) -> str:
         return self.node
 
+    def resources(self) -> dict[str, float]:
+        return _assigned()
+
     def _materialize(self) -> dict[str, str]:
         if self.local is None:
             self.local = {}
@@ -97,24 +114,12 @@ class _TrialWorker:
                 self.local[original] = str(path)
         return self.local
 
-    def trial(self, task: TrialTask) -> dict[str, Any]:
-        import dataclasses
-
-        from onnxshrink.autotune.trials import run_trial
-
+    def trial(self, task: Task) -> dict[str, Any]:
         fetched = self.local is None
         local = self._materialize()
-        job = task.job
-        output = self.folder / Path(job.output).name
-        moved = dataclasses.replace(
-            job,
-            model=local.get(job.model, job.model),
-            calibration=local.get(job.calibration, job.calibration) if job.calibration else job.calibration,
-            evaluation=local.get(job.evaluation, job.evaluation),
-            output=str(output),
-        )
+        output = self.folder / Path(task.output).name
         started = time.perf_counter()
-        outcome = run_trial(moved, timeout=task.timeout, memory_bytes=task.memory_bytes)
+        outcome = task.run(local, str(output))
         outcome.update(seconds=time.perf_counter() - started, node=self.node, fetched=fetched)
         if output.is_file():
             outcome["model_bytes"] = output.read_bytes()
@@ -125,14 +130,58 @@ class _TrialWorker:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _study_files(tasks: Sequence[TrialTask]) -> dict[str, bytes]:
-    """The regular files the trials read, by path (``module:attribute`` sources stay as they are)."""
+def _study_files(tasks: Sequence[Task]) -> dict[str, bytes]:
+    """The regular files the tasks read, by path (``module:attribute`` sources stay as they are)."""
     files: dict[str, bytes] = {}
     for task in tasks:
-        for path in (task.job.model, task.job.calibration, task.job.evaluation):
+        for path in task.files():
             if path and path not in files and Path(path).is_file():
                 files[path] = Path(path).read_bytes()
     return files
+
+
+def gpus_per_worker(requested: float | None, provider: str, cluster_gpus: float) -> float:
+    """The GPUs each actor declares: ``requested``, or by default 1 for ``cuda`` on a cluster with GPUs, else 0.
+
+    Raises:
+        UsageError: A negative count, or more GPUs per worker than the cluster declares.
+    """
+    if requested is None:
+        return 1.0 if provider == "cuda" and cluster_gpus >= 1 else 0.0
+    if requested < 0:
+        raise UsageError(f"--gpus-per-worker must be at least 0, got {requested:g}")
+    if requested > cluster_gpus:
+        raise UsageError(f"--gpus-per-worker {requested:g}: the Ray cluster declares {cluster_gpus:g} GPU(s)")
+    return float(requested)
+
+
+def actor_options(
+    resources: Mapping[str, float], workers: int, retries: int, gpus: float, timed: bool
+) -> tuple[dict[str, Any], int]:
+    """The options of every actor of one pool, and how many actors it gets.
+
+    Args:
+        resources: The cluster's resources (``ray.cluster_resources()``).
+        workers: The most actors.
+        retries: Restarts of a dead actor and retries of its call.
+        gpus: GPUs each actor declares (see :func:`gpus_per_worker`).
+        timed: Latency work: one actor per ``latency_device`` slot when the cluster has such slots.
+    """
+    options: dict[str, Any] = {
+        "num_cpus": 1,
+        "num_gpus": gpus,
+        "max_restarts": retries,
+        "max_task_retries": retries,
+        "scheduling_strategy": "SPREAD",
+    }
+    count = workers
+    slots = int(resources.get(LATENCY_RESOURCE, 0))
+    if timed and slots:
+        options["resources"] = {LATENCY_RESOURCE: 1}
+        count = slots
+    if gpus > 0:  # actors that wait for a GPU that never frees would stall the pool
+        count = min(count, max(1, int(resources.get("GPU", 0) // gpus)))
+    return options, count
 
 
 class RayExecutor:
@@ -140,7 +189,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, address: str = "auto", retries: int = 2) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        address: str = "auto",
+        retries: int = 2,
+        gpus: float | None = None,
+        provider: str = "cpu",
+    ) -> None:
         host, colon, port = address.rpartition(":")
         if address not in ("auto", "local") and not (colon and host and port.isdigit()):
             raise UsageError(f"--ray-address {address}: expected auto, local or HOST:PORT")
@@ -155,11 +211,17 @@ class RayExecutor:
         resources = ray.cluster_resources()
         cpus = max(1, int(resources.get("CPU", 1)))
         self.workers = min(workers, cpus) if workers else cpus
+        self.resources = {name: float(amount) for name, amount in resources.items()}
         self.latency_slots = int(resources.get(LATENCY_RESOURCE, 0))
         self.retries = retries
         self._pools: dict[tuple[str, bool], list[Any]] = {}
         self._refs: dict[str, Any] = {}  # what was put into the object store, by role
         self.stats: dict[str, Any] = {"nodes": {}, "objects": {}}
+        try:
+            self.gpus = gpus_per_worker(gpus, provider, self.resources.get("GPU", 0.0))
+        except UsageError:
+            self.close()  # a Ray instance this executor started ends with the error
+            raise
 
     def _actors(self, cls: type, data: Any, role: str, timed: bool) -> list[Any]:
         ray = _ray()
@@ -168,17 +230,8 @@ class RayExecutor:
             return self._pools[key]
         if role not in self._refs:
             self._refs[role] = ray.put(data)
-        options: dict[str, Any] = {
-            "num_cpus": 1,
-            "max_restarts": self.retries,
-            "max_task_retries": self.retries,
-            "scheduling_strategy": "SPREAD",
-        }
-        count = self.workers
-        if timed and self.latency_slots:
-            options["resources"] = {LATENCY_RESOURCE: 1}
-            count = self.latency_slots
-        elif timed:
+        options, count = actor_options(self.resources, self.workers, self.retries, self.gpus, timed)
+        if timed and not self.latency_slots:
             logger.warning("no node declares '%s': latency is measured next to other work", LATENCY_RESOURCE)
         remote = ray.remote(cls).options(**options)
         self._pools[key] = [remote.remote(self._refs[role]) for _ in range(count)]
@@ -234,27 +287,27 @@ class RayExecutor:
         entry[label] += 1
         entry["fetches"] += int(fetched)
 
-    def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
-        """Measures ``items`` on item workers holding the setup (put into the object store once)."""
-        actors = self._actors(_ItemWorker, setup, f"setup-{id(setup)}", setup.timed)
-        self._dispatch(actors, items, lambda actor, item: actor.item.remote(item), failed, done, "profile items")
+    def profile_items(self, work: Workload, items: Sequence[Any], done: PieceDone) -> None:
+        """Measures ``items`` on item workers holding the workload (put into the object store once)."""
+        actors = self._actors(_ItemWorker, work, f"setup-{id(work)}", work.timed)
+        self._dispatch(actors, items, lambda actor, item: actor.item.remote(item), work.failed, done, "profile items")
 
-    def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
-        """Builds candidates on trial workers; each built model comes back to ``task.job.output``."""
+    def trials(self, tasks: Sequence[Task], done: TaskDone) -> None:
+        """Runs tasks on trial workers; each task's file comes back to ``task.output``."""
         if not tasks:
             return
-        timed = any(task.job.speed_batch is not None for task in tasks)
+        timed = any(task.timed for task in tasks)
         self._release("setup-")  # profiling is over: its workers give their CPUs to the trials
         actors = self._actors(_TrialWorker, _study_files(tasks), "files", timed)
 
-        def finished(task: TrialTask, outcome: dict[str, Any]) -> None:
+        def finished(task: Task, outcome: dict[str, Any]) -> None:
             content = outcome.pop("model_bytes", None)
             if content is not None:
-                Path(task.job.output).parent.mkdir(parents=True, exist_ok=True)
-                Path(task.job.output).write_bytes(content)
+                Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(task.output).write_bytes(content)
             done(task, outcome)
 
-        def lost(task: TrialTask, reason: str) -> dict[str, Any]:
+        def lost(task: Task, reason: str) -> dict[str, Any]:
             return {"error": reason}
 
         self._dispatch(actors, tasks, lambda actor, task: actor.trial.remote(task), lost, finished, "trials")
