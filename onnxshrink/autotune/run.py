@@ -130,6 +130,7 @@ def auto(
     workers: int = 1,
     executor: str | Executor = "local",
     ray_address: str = "auto",
+    gpus_per_worker: float | None = None,
     seed: int = 0,
     provider: str = "cpu",
     batch: int = 1,
@@ -162,6 +163,8 @@ def auto(
             (:mod:`onnxshrink.executors`; the caller closes it).
         ray_address: With ``executor="ray"``: ``auto`` (this machine's cluster), ``HOST:PORT``, or
             ``local`` (start a Ray instance here for this study).
+        gpus_per_worker: With ``executor="ray"``: GPUs each worker declares (``num_gpus``; default:
+            1 when ``provider`` is ``cuda`` and the cluster has GPUs, else 0).
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
         provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
         batch: The batch size latency is measured at.
@@ -215,7 +218,11 @@ def auto(
     reference_macs = int(inspect_model(loaded)["macs"])
     base = shrink(model_file, [make_spec("simplify", {})], verify=False).model
     timed = batch if goal.min_speedup is not None else None
-    runner_executor = make_executor(executor, workers, ray_address) if isinstance(executor, str) else executor
+    runner_executor = (
+        make_executor(executor, workers, ray_address, gpus=gpus_per_worker, provider=provider)
+        if isinstance(executor, str)
+        else executor
+    )
     try:
         serial = runner_executor.name == "local" and runner_executor.workers == 1
         measure = None if serial else ItemMeasure(runner_executor)

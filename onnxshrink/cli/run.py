@@ -86,6 +86,33 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 @click.option("-q", "--quiet", is_flag=True, help="Print only the first lines, not the per-pass and op-count tables.")
 @click.option("--max-drop", type=float, default=None, help="Lossy budget: largest accuracy drop (needs labels).")
 @click.option("--min-cosine", type=float, default=None, help="Lossy budget: smallest output cosine similarity.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where passes measure in parallel (prune:allocation=sensitivity): this machine, or a Ray cluster.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (local; 1: in this process) or the most Ray workers.",
+)
+@click.option(
+    "--ray-address",
+    default="auto",
+    show_default=True,
+    metavar="ADDR",
+    help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
+)
 @guarded
 def run(
     model: Path,
@@ -107,6 +134,10 @@ def run(
     quiet: bool,
     max_drop: float | None,
     min_cosine: float | None,
+    executor: str,
+    workers: int,
+    ray_address: str,
+    gpus_per_worker: float | None,
 ) -> None:
     """Run passes on MODEL and write the verified result to OUTPUT (or -o OUTPUT).
 
@@ -153,6 +184,10 @@ def run(
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
         measure=None if quiet else pass_measure(parse_shapes(shapes)),
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
     # The input's totals before saving: the output may replace the input file.
     before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))

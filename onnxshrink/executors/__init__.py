@@ -37,19 +37,28 @@ def make_executor(
     Raises:
         UsageError: An unknown executor, bad counts, or Ray missing or unreachable.
     """
+    check_options(name, workers, gpus)
+    if name == "local":
+        return LocalExecutor(workers or 1)
+    from onnxshrink.executors.ray_cluster import RayExecutor
+
+    return RayExecutor(workers, ray_address, retries, gpus=gpus, provider=provider)
+
+
+def check_options(name: str, workers: int | None, gpus: float | None = None) -> None:
+    """Checks the options of :func:`make_executor` without starting anything.
+
+    Raises:
+        UsageError: An unknown executor, fewer than one worker, or GPUs asked of the local executor.
+    """
     if name not in EXECUTORS:
         raise UsageError(f"--executor {name}: unknown; valid: {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if gpus is not None and gpus < 0:
         raise UsageError(f"--gpus-per-worker must be at least 0, got {gpus:g}")
-    if name == "local":
-        if gpus:
-            raise UsageError("--gpus-per-worker is for --executor ray (local workers share this machine's GPUs)")
-        return LocalExecutor(workers or 1)
-    from onnxshrink.executors.ray_cluster import RayExecutor
-
-    return RayExecutor(workers, ray_address, retries, gpus=gpus, provider=provider)
+    if name == "local" and gpus:
+        raise UsageError("--gpus-per-worker is for --executor ray (local workers share this machine's GPUs)")
 
 
 def parallel(executor: Executor | None) -> bool:
@@ -57,4 +66,14 @@ def parallel(executor: Executor | None) -> bool:
     return executor is not None and not (executor.name == "local" and executor.workers == 1)
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "NodeProgress", "Task", "Workload", "make_executor", "parallel"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "NodeProgress",
+    "Task",
+    "Workload",
+    "check_options",
+    "make_executor",
+    "parallel",
+]

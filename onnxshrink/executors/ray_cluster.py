@@ -217,6 +217,8 @@ class RayExecutor:
         self._pools: dict[tuple[str, bool], list[Any]] = {}
         self._refs: dict[str, Any] = {}  # what was put into the object store, by role
         self.stats: dict[str, Any] = {"nodes": {}, "objects": {}}
+        self._work: tuple[Workload, str] | None = None  # the workload item workers hold, and its role
+        self._workloads = 0
         try:
             self.gpus = gpus_per_worker(gpus, provider, self.resources.get("GPU", 0.0))
         except UsageError:
@@ -288,8 +290,21 @@ class RayExecutor:
         entry["fetches"] += int(fetched)
 
     def profile_items(self, work: Workload, items: Sequence[Any], done: PieceDone) -> None:
-        """Measures ``items`` on item workers holding the workload (put into the object store once)."""
-        actors = self._actors(_ItemWorker, work, f"setup-{id(work)}", work.timed)
+        """Measures ``items`` on item workers holding the workload (put into the object store once).
+
+        The workers of an earlier workload (another round of a pass) end first and give back their
+        CPUs, and its object leaves the store (its size and copies stay in ``stats["objects"]``).
+        """
+        if self._work is not None and self._work[0] is not work:
+            old = self._work[1]
+            self._release(old, exact=True)
+            self.stats["objects"].update(self.transfers([old]))
+            self._refs.pop(old, None)
+            self._work = None
+        if self._work is None:
+            self._workloads += 1
+            self._work = (work, f"setup-{self._workloads}")
+        actors = self._actors(_ItemWorker, work, self._work[1], work.timed)
         self._dispatch(actors, items, lambda actor, item: actor.item.remote(item), work.failed, done, "profile items")
 
     def trials(self, tasks: Sequence[Task], done: TaskDone) -> None:
@@ -312,23 +327,30 @@ class RayExecutor:
 
         self._dispatch(actors, tasks, lambda actor, task: actor.trial.remote(task), lost, finished, "trials")
 
-    def _release(self, prefix: str) -> None:
+    def _release(self, prefix: str, exact: bool = False) -> None:
+        """Ends the actors of the pools whose role starts with ``prefix`` (is ``prefix`` when ``exact``)."""
         ray = _ray()
-        for key in [k for k in self._pools if k[0].startswith(prefix)]:
+        for key in [k for k in self._pools if (k[0] == prefix if exact else k[0].startswith(prefix))]:
             actors = self._pools.pop(key)
             if key[0] == "files":  # trial workers remove their node-local copies first
                 ray.wait([actor.close.remote() for actor in actors], num_returns=len(actors), timeout=10)
             for actor in actors:
                 ray.kill(actor)
 
-    def transfers(self) -> dict[str, dict[str, Any]]:
-        """Per object put: its size and the nodes whose object store holds a copy (the owner's included)."""
+    def assigned(self) -> list[dict[str, float]]:
+        """The resources Ray assigned to each live actor (``CPU``, ``GPU``, custom ones)."""
         ray = _ray()
-        refs = list(self._refs.values())
-        found = ray.experimental.get_object_locations(refs) if refs else {}
+        actors = [actor for pool in self._pools.values() for actor in pool]
+        return list(ray.get([actor.resources.remote() for actor in actors])) if actors else []
+
+    def transfers(self, roles: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per object put (of ``roles``, default all): its size and the nodes whose object store holds a copy."""
+        ray = _ray()
+        refs = {role: ref for role, ref in self._refs.items() if roles is None or role in roles}
+        found = ray.experimental.get_object_locations(list(refs.values())) if refs else {}
         return {
             role: {"bytes": found[ref].get("object_size"), "nodes": len(found[ref].get("node_ids", []))}
-            for role, ref in self._refs.items()
+            for role, ref in refs.items()
             if ref in found
         }
 
@@ -337,8 +359,9 @@ class RayExecutor:
         ray = _ray()
         if not ray.is_initialized():
             return
-        self.stats["objects"] = self.transfers()
+        self.stats["objects"].update(self.transfers())
         self._release("")
         self._refs.clear()
+        self._work = None
         if self.started_ray:
             ray.shutdown()
