@@ -9,11 +9,17 @@ baseline, the per-item times (median, sum) from the streamed items file, whether
 equals the serial one, and, for Ray, how many nodes' object stores hold the setup object
 (the model and samples put once) and how many times workers read it.
 
+With ``--prune``, it times ``run -p prune:allocation=sensitivity`` instead (``shrink`` with the
+executor in the pass context): the same four executors measure the layers' damage curves, one
+work item per layer; it prints the pass's allocation time, the speedup, whether every curve and
+chosen sparsity equals the serial run's, and whether the models are byte-identical.
+
 The machine may be shared: the load average is printed before and after, and per-item times are
 the figures a projection should use (the wall-time speedup is capped by whatever else runs).
 Run with the project's venv plus Ray::
 
     python benchmarks/scaling.py [--model magika|ocr-cls|digits] [--samples 64] [--json out.json]
+    python benchmarks/scaling.py --prune [--model ocr-cls] [--samples 32] [--sparsity 0.5]
 """
 
 from __future__ import annotations
@@ -82,6 +88,90 @@ def _same(reference: list[dict[str, Any]], units: list[dict[str, Any]]) -> str:
     return f"damage within {max(abs(a['damage'] - b['damage']) for a, b in pairs):.1e}"
 
 
+def _prune_one(path: Path, calib: dict[str, Any], executor: Any, spec: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = onnxshrink.shrink(path, [spec], calibration=calib, verify=False, executor=executor)
+    wall = time.perf_counter() - started
+    (record,) = result.report["passes"]
+    layers = record["stats"]["layers"]
+    return {
+        "wall_s": wall,
+        "allocation_s": record["timings"]["allocation"],
+        "layers": sum(1 for layer in layers.values() if layer.get("sensitivity")),
+        "curves": {name: layer.get("sensitivity") for name, layer in layers.items()},
+        "sparsities": {name: layer.get("sparsity") for name, layer in layers.items()},
+        "model": result.to_proto().SerializeToString(),
+    }
+
+
+def _same_curves(reference: dict[str, Any], row: dict[str, Any]) -> str:
+    if reference["sparsities"] != row["sparsities"]:
+        return "DIFFERENT sparsities"
+    gaps = [
+        abs(a - b)
+        for name, curve in reference["curves"].items()
+        if curve
+        for a, b in zip(curve, row["curves"][name], strict=True)
+    ]
+    same_model = "same model" if reference["model"] == row["model"] else "DIFFERENT model"
+    return f"curves within {max(gaps, default=0.0):.1e}, {same_model}"
+
+
+def prune_main(args: argparse.Namespace) -> None:
+    """``prune:allocation=sensitivity`` on 1 and 2 workers, local and Ray; prints the table."""
+    environment = harness.print_environment(["onnxruntime", "ray"])
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    path, calib = _model(args.model, args.samples)
+    spec = f"prune:sparsity={args.sparsity},allocation=sensitivity,samples={args.samples}"
+    rows: dict[str, dict[str, Any]] = {}
+    for workers in (1, 2):
+        rows[f"local x{workers}"] = _prune_one(path, calib, LocalExecutor(workers), spec)
+        print(f"local x{workers}: {rows[f'local x{workers}']['allocation_s']:.1f} s", flush=True)
+    if not args.no_ray:
+        import ray
+
+        from onnxshrink.executors.ray_cluster import RayExecutor
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            for workers in (1, 2):
+                executor = RayExecutor(workers=workers)
+                try:
+                    row = _prune_one(path, calib, executor, spec)
+                    row["objects"] = executor.transfers()
+                finally:
+                    executor.close()
+                rows[f"ray x{workers}"] = row
+                print(f"ray x{workers}: {row['allocation_s']:.1f} s", flush=True)
+        finally:
+            ray.shutdown()
+    load_after = os.getloadavg()
+    table = []
+    for name, row in rows.items():
+        baseline = rows[name.replace("x2", "x1")]["allocation_s"]
+        setup = next(iter((row.get("objects") or {}).values()), None)
+        table.append(
+            [
+                name,
+                row["layers"],
+                harness.fmt(row["allocation_s"], ".1f"),
+                harness.fmt(baseline / row["allocation_s"], ".2f"),
+                harness.fmt(row["wall_s"], ".1f"),
+                _same_curves(rows["local x1"], row),
+                f"{setup['bytes']} B on {setup['nodes']} node(s)" if setup else "-",
+            ]
+        )
+    title = f"{args.model}: {spec} ({args.samples} calibration samples)"
+    headers = ["executor", "layers", "allocation s", "speedup", "run s", "same as serial", "workload object"]
+    print(harness.markdown_table(headers, table, title=title))
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    if args.json:
+        for row in rows.values():
+            row.pop("model")
+        harness.write_json(args.json, {"environment": environment, "load": [load_before, load_after], "rows": rows})
+
+
 def main() -> None:
     """Runs the four profiles and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,7 +180,12 @@ def main() -> None:
     parser.add_argument("--knobs", default="int8,int4", help="Profiles measured: channels,int8,int4.")
     parser.add_argument("--no-ray", action="store_true", help="Local executor only.")
     parser.add_argument("--json", help="Write the figures here.")
+    parser.add_argument("--prune", action="store_true", help="Time prune:allocation=sensitivity instead.")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="--prune: the pass's target sparsity.")
     args = parser.parse_args()
+    if args.prune:
+        prune_main(args)
+        return
     environment = harness.print_environment(["onnxruntime", "ray"])
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
