@@ -140,3 +140,22 @@ def test_ray_workers_declare_gpus_only_when_asked_or_cuda_on_a_gpu_cluster() -> 
     options, count = actor_options(cluster, workers=8, retries=2, gpus=0.0, timed=True)
     assert options["num_gpus"] == 0.0 and options["resources"] == {"latency_device": 1} and count == 1
     assert actor_options({"CPU": 16.0}, workers=8, retries=2, gpus=0.0, timed=False)[1] == 8
+
+
+def test_quantize_budget_on_two_local_workers_equals_serial() -> None:
+    spec = "quantize:samples=64,min-cosine=0.99999"
+    serial = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False)
+    with progress.use(_Recorder()) as recorder:
+        pooled = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False, workers=2)
+    ours, theirs = pooled.report["passes"][0]["stats"]["budget"], serial.report["passes"][0]["stats"]["budget"]
+    assert len(theirs["layers"]) >= 3 and ours["layers"].keys() == theirs["layers"].keys()
+    decisions = {key: layer["decision"] for key, layer in theirs["layers"].items()}
+    assert {key: layer["decision"] for key, layer in ours["layers"].items()} == decisions
+    assert "float" in decisions.values()  # the budget made it keep a layer float: the order mattered
+    for key, layer in theirs["layers"].items():
+        assert ours["layers"][key]["cosine"] == pytest.approx(layer["cosine"], abs=1e-9)
+        assert ours["layers"][key]["disagreement"] == pytest.approx(layer["disagreement"], abs=1e-12)
+    assert pooled.to_proto().SerializeToString() == serial.to_proto().SerializeToString()
+    assert isinstance(recorder, _Recorder)
+    (step,) = [s for s in recorder.steps if s.label.startswith("quantize budget:") and "2 local workers" in s.label]
+    assert step.done == step.total == len(theirs["layers"])
