@@ -144,11 +144,9 @@ def run(
     Without -p or --recipe, runs the 'simplify' preset. Every path, option and data file is
     checked before any work starts; the model and the report are written together or not at all.
     """
-    import onnx_ir as ir
-
     from onnxshrink import registry
     from onnxshrink.api import shrink
-    from onnxshrink.cli.run_summary import model_totals, pass_measure, run_summary, unchanged_lossy_warnings
+    from onnxshrink.cli.run_summary import RunMeasure, run_summary, unchanged_lossy_warnings
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
@@ -169,6 +167,8 @@ def run(
         steps = " -> ".join(registry.presets()[DEFAULT_PIPELINE].steps)
         click.echo(f"onnxshrink: no -p or --recipe given; running '{DEFAULT_PIPELINE}' ({steps})", err=True)
         specs = parse_specs([DEFAULT_PIPELINE])
+    # It keeps the input's totals (taken before any pass, so before the output may replace the input).
+    measure = None if quiet else RunMeasure(parse_shapes(shapes))
     result = shrink(
         model,
         specs,
@@ -183,14 +183,12 @@ def run(
         max_drop=max_drop,
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
-        measure=None if quiet else pass_measure(parse_shapes(shapes)),
+        measure=measure,
         executor=executor,
         workers=workers,
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,
     )
-    # The input's totals before saving: the output may replace the input file.
-    before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))
     _save_together(result, output, report_path, external_data)
     report = result.report
     if same_file(output, model) and not report["exact"]:
@@ -198,8 +196,9 @@ def run(
     _echo_run_summary(output, report)
     for warning in unchanged_lossy_warnings(report):
         click.echo(f"onnxshrink: {warning}", err=True)
-    if before is not None:
-        click.echo(run_summary(report, before, model_totals(result.model, parse_shapes(shapes))))
+    if measure is not None and measure.input_totals is not None:
+        after = measure.output_totals(result.model, report["passes"], remeasure=bool(fix_shapes))
+        click.echo(run_summary(report, measure.input_totals, after))
 
 
 def _output_path(positional: Path | None, option: Path | None) -> Path:
