@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ from onnxshrink.context import PassContext
 from onnxshrink.executors import parallel
 from onnxshrink.passes.prune import plan as plan
 from onnxshrink.runtime import RuntimeUnavailable, run
+
+logger = logging.getLogger(__name__)
 
 GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 MAX_SPARSITY = GRID[-1]  # no layer is pruned harder than this: an emptied layer cuts the network
@@ -98,6 +101,12 @@ def _layer_damage(
     return row
 
 
+def _initializer(model: ir.Model, name: str) -> np.ndarray:
+    tensor = model.graph.initializers[name].const_value
+    assert tensor is not None  # the pass measures constant initializers only
+    return tensor.numpy()
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerDamage:
     """The layers of one measurement round as an executor's workload: each piece is a weight's name.
@@ -123,7 +132,7 @@ class LayerDamage:
     def start(self) -> tuple[overrides.WeightOverrides, dict[str, _Pruner]]:
         """The worker's state: the trials model (others replaced by ``base``) and each weight's pruner."""
         model = ir.serde.deserialize_model(onnx.load_from_string(self.model))
-        pruners = {name: _Pruner(model.graph.initializers[name].const_value.numpy()) for name in self.weights}  # type: ignore[union-attr]
+        pruners = {name: _Pruner(_initializer(model, name)) for name in self.weights}
         trials_model = overrides.replaced(model, self.base) if self.base else model
         context = PassContext(provider=self.provider)
         return overrides.WeightOverrides(context, trials_model, list(self.weights), list(self.feeds)), pruners
@@ -190,9 +199,8 @@ class Probe:
         # With others pruned, even a dense layer has damage; alone, its dense trial is exact.
         starts = {name: 0 if any(key != name for key in base or {}) else 1 for name in names}
         energy = sum(float(sum(np.sum(ref**2) for ref in reference)) for reference in references)
-        if parallel(self.context.executor):
-            damage = self._on_executor(names, starts, base)
-        else:
+        damage = self._on_executor(names, starts, base) if parallel(self.context.executor) else None
+        if damage is None:
             damage = np.zeros((len(names), len(GRID)))
             pruners = {name: _Pruner(self.weights[name]) for name in names}
             trials_model = self._dense
@@ -209,16 +217,25 @@ class Probe:
         scale = 1.0 / energy if energy > 0 else 0.0
         return [Curve(name, self.weights[name].size, damage[row] * scale) for row, name in enumerate(names)]
 
-    def _on_executor(self, names: list[str], starts: dict[str, int], base: dict[str, np.ndarray] | None) -> np.ndarray:
+    def _on_executor(
+        self, names: list[str], starts: dict[str, int], base: dict[str, np.ndarray] | None
+    ) -> np.ndarray | None:
         """The damage rows of ``names`` measured as work items on the context's executor.
+
+        None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
 
         Raises:
             RuntimeUnavailable: A layer could not be measured (after the executor's retries).
         """
         executor = self.context.executor
         assert executor is not None
+        try:
+            model = ir.serde.serialize_model(self.model).SerializeToString()
+        except ValueError as error:
+            logger.warning("sensitivity: the model cannot be sent to workers (%s); measuring in this process", error)
+            return None
         work = LayerDamage(
-            ir.serde.serialize_model(self.model).SerializeToString(),
+            model,
             tuple(names),
             tuple(self._feeds),
             tuple(tuple(reference) for reference in self._references()),
