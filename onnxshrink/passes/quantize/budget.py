@@ -8,6 +8,7 @@ candidates are built and judged as work items (:class:`LayerCandidates`), one pe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,8 @@ from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
 from onnxshrink.runtime import RuntimeUnavailable, run
 from onnxshrink.verify import is_classifier_like
+
+logger = logging.getLogger(__name__)
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
 _JUDGE_SAMPLES = 256
@@ -222,16 +225,23 @@ class LayerCandidates:
 
 def _sensitivity_on_executor(
     judge: Judge, layers: list[str], make_plan: Callable[[tuple[str, ...]], placement.QuantPlan], weight_bits: int
-) -> dict[str, Damage]:
+) -> dict[str, Damage] | None:
     """Each layer's damage, its candidate built and judged on the context's executor.
+
+    None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
 
     Raises:
         RuntimeUnavailable: A candidate could not be judged (after the executor's retries).
     """
     executor = judge.context.executor
     assert executor is not None
+    try:
+        model = ir.serde.serialize_model(judge.model).SerializeToString()
+    except ValueError as error:
+        logger.warning("quantize budget: the model cannot be sent to workers (%s); judging in this process", error)
+        return None
     work = LayerCandidates(
-        ir.serde.serialize_model(judge.model).SerializeToString(),
+        model,
         {key: make_plan(tuple(k for k in layers if k != key)) for key in layers},
         weight_bits,
         tuple(judge.feeds),
@@ -266,10 +276,11 @@ def fit_budget(
     def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
         return quantized_copy(model, plan, weight_bits)
 
-    sensitivity: dict[str, Damage] = {}
+    sensitivity: dict[str, Damage] | None = None
     if parallel(judge.context.executor) and len(layers) > 1:
         sensitivity = _sensitivity_on_executor(judge, layers, make_plan, weight_bits)
-    else:
+    if sensitivity is None:
+        sensitivity = {}
         with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
             for key in layers:
                 alone = make_plan(tuple(k for k in layers if k != key))
