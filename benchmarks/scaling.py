@@ -22,7 +22,7 @@ Run with the project's venv plus Ray::
 
     python benchmarks/scaling.py [--model magika|ocr-cls|digits] [--samples 64] [--json out.json]
     python benchmarks/scaling.py --prune [--model ocr-cls] [--samples 32] [--sparsity 0.5]
-    python benchmarks/scaling.py --quantize [--model ocr-cls] [--samples 32] [--min-cosine 0.9999]
+    python benchmarks/scaling.py --quantize [--model ocr-cls] [--samples 32] [--min-cosine 0.9999] [--options K=V,...]
 """
 
 from __future__ import annotations
@@ -139,6 +139,8 @@ def prune_main(args: argparse.Namespace) -> None:
     spec = f"prune:sparsity={args.sparsity},allocation=sensitivity,samples={args.samples}"
     if args.quantize:
         spec = f"quantize:min-cosine={args.min_cosine},samples={args.samples}"
+    if args.options:
+        spec = f"{spec},{args.options}"
     rows: dict[str, dict[str, Any]] = {}
     for workers in (1, 2):
         rows[f"local x{workers}"] = _prune_one(path, calib, LocalExecutor(workers), spec)
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5, help="--prune: the pass's target sparsity.")
     parser.add_argument("--quantize", action="store_true", help="Time quantize:min-cosine's budget instead.")
     parser.add_argument("--min-cosine", type=float, default=0.9999, help="--quantize: the pass's budget.")
+    parser.add_argument("--options", help="--prune/--quantize: more KEY=VALUE options of the pass.")
     args = parser.parse_args()
     if args.prune or args.quantize:
         prune_main(args)
