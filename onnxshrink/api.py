@@ -22,7 +22,7 @@ from onnxshrink.data.model_inputs import check_fixed_shapes, fix_input_shapes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import GENERATED, Feed, verification_feed
 from onnxshrink.errors import UsageError, VerificationError
-from onnxshrink.executors import Executor, check_options, make_executor
+from onnxshrink.executors import Executor, check_executor_options, make_executor
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import Measure, PassRecord, Pipeline
@@ -205,7 +205,7 @@ def shrink(
     if not specs:
         raise UsageError("no passes given; name at least one with -p (see 'onnxshrink passes')")
     if isinstance(executor, str):
-        check_options(executor, workers, gpus_per_worker)
+        check_executor_options(executor, workers, gpus_per_worker, ray_address)
     shapes = dict(shapes or {})
     if max_drop is not None and not verify:
         raise UsageError("max_drop (--max-drop) is checked by verification; drop --no-verify or the budget")

@@ -99,6 +99,7 @@ def test_run_takes_executor_and_workers(serial: onnxshrink.ShrinkResult, tmp_pat
         (["--workers", "0"], "Error: Invalid value for '--workers': 0 is not in the range x>=1."),
         (["--gpus-per-worker", "1"], "onnxshrink: error: --gpus-per-worker is for --executor ray"),
         (["--gpus-per-worker", "-1", "--executor", "ray"], "Error: Invalid value for '--gpus-per-worker'"),
+        (["--executor", "ray", "--ray-address", "1.2.3"], "onnxshrink: error: --ray-address 1.2.3: expected auto"),
     ],
 )
 def test_bad_executor_options_are_one_line_usage_errors(options: list[str], message: str, tmp_path: Path) -> None:

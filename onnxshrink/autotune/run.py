@@ -36,7 +36,7 @@ from onnxshrink.autotune.trials import default_memory_bytes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import Feed
 from onnxshrink.errors import UsageError, VerificationError
-from onnxshrink.executors import Executor, make_executor
+from onnxshrink.executors import Executor, check_executor_options, make_executor
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.loading import load_model
 from onnxshrink.runtime import create_session, run
@@ -192,6 +192,8 @@ def auto(
     goal.check()
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    if isinstance(executor, str):
+        check_executor_options(executor, workers, gpus_per_worker, ray_address)
     knobs = _knobs(search)
     budget = parse_duration(time_budget) if time_budget is not None else None
     temporary = tempfile.TemporaryDirectory(prefix="onnxshrink-auto-") if study is None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from onnxshrink.errors import UsageError
 from onnxshrink.executors.base import Executor, NodeProgress, Task, Workload
 from onnxshrink.executors.local import LocalExecutor
+from onnxshrink.executors.ray_cluster import check_address
 
 EXECUTORS = ("local", "ray")
 
@@ -37,7 +38,7 @@ def make_executor(
     Raises:
         UsageError: An unknown executor, bad counts, or Ray missing or unreachable.
     """
-    check_options(name, workers, gpus)
+    check_executor_options(name, workers, gpus, ray_address)
     if name == "local":
         return LocalExecutor(workers or 1)
     from onnxshrink.executors.ray_cluster import RayExecutor
@@ -45,11 +46,14 @@ def make_executor(
     return RayExecutor(workers, ray_address, retries, gpus=gpus, provider=provider)
 
 
-def check_options(name: str, workers: int | None, gpus: float | None = None) -> None:
+def check_executor_options(
+    name: str, workers: int | None, gpus: float | None = None, ray_address: str = "auto"
+) -> None:
     """Checks the options of :func:`make_executor` without starting anything.
 
     Raises:
-        UsageError: An unknown executor, fewer than one worker, or GPUs asked of the local executor.
+        UsageError: An unknown executor, fewer than one worker, GPUs asked of the local executor,
+            or a Ray address that is not ``auto``, ``local`` or ``HOST:PORT``.
     """
     if name not in EXECUTORS:
         raise UsageError(f"--executor {name}: unknown; valid: {', '.join(EXECUTORS)}")
@@ -59,6 +63,8 @@ def check_options(name: str, workers: int | None, gpus: float | None = None) -> 
         raise UsageError(f"--gpus-per-worker must be at least 0, got {gpus:g}")
     if name == "local" and gpus:
         raise UsageError("--gpus-per-worker is for --executor ray (local workers share this machine's GPUs)")
+    if name == "ray":
+        check_address(ray_address)
 
 
 def parallel(executor: Executor | None) -> bool:
@@ -73,7 +79,7 @@ __all__ = [
     "NodeProgress",
     "Task",
     "Workload",
-    "check_options",
+    "check_executor_options",
     "make_executor",
     "parallel",
 ]

@@ -50,6 +50,17 @@ def _ray() -> Any:
     return ray
 
 
+def check_address(address: str) -> None:
+    """Checks the spelling of a Ray address (``auto``, ``local`` or ``HOST:PORT``) without connecting.
+
+    Raises:
+        UsageError: Anything else.
+    """
+    host, colon, port = address.rpartition(":")
+    if address not in ("auto", "local") and not (colon and host and port.isdigit()):
+        raise UsageError(f"--ray-address {address}: expected auto, local or HOST:PORT")
+
+
 def _node_name() -> str:
     ray = _ray()
     node_id = ray.get_runtime_context().get_node_id()
@@ -197,9 +208,7 @@ class RayExecutor:
         gpus: float | None = None,
         provider: str = "cpu",
     ) -> None:
-        host, colon, port = address.rpartition(":")
-        if address not in ("auto", "local") and not (colon and host and port.isdigit()):
-            raise UsageError(f"--ray-address {address}: expected auto, local or HOST:PORT")
+        check_address(address)
         ray = _ray()
         self.started_ray = False
         if not ray.is_initialized():
