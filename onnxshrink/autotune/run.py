@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS = 12
 _CALIBRATION_KEPT = 1024  # samples written for a child when calibration is not a file
+_PROFILE_SHARE = 0.5  # of --time-budget, for measuring the profile (serial); the trials get the rest
 
 
 def _model_file(model: Any, folder: Path) -> str:
@@ -226,8 +227,19 @@ def auto(
     try:
         serial = runner_executor.name == "local" and runner_executor.workers == 1
         measure = None if serial else ItemMeasure(runner_executor)
+        # The profile may take half the time budget; the trials get the rest (and at least one runs).
+        profile_deadline = (
+            time.monotonic() + budget * _PROFILE_SHARE - (time.perf_counter() - started) if budget is not None else None
+        )
         measured_profile = profile(
-            base, calib, provider=provider, knobs=knobs, cache=folder / "profiles", batch=timed, measure=measure
+            base,
+            calib,
+            provider=provider,
+            knobs=knobs,
+            cache=folder / "profiles",
+            batch=timed,
+            measure=measure,
+            deadline=profile_deadline,
         )
         name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
         journal = TrialJournal(folder, name, resume=resume)
