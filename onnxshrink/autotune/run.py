@@ -154,7 +154,10 @@ def auto(
         min_agreement: Budget: top-1 agreement with the input model.
         min_cosine: Budget: smallest output cosine similarity with the input model.
         metric: ``module:function`` (or a module-level function) called as ``f(model_path, samples)``,
-            returning a score or ``(score, per_sample_scores)``; higher is better.
+            or as ``f(session_factory, samples)`` when its first parameter is named
+            ``session_factory`` (a zero-argument callable returning an ``onnxruntime.InferenceSession``
+            of the candidate on ``provider``, with the trial's thread cap); returns a score or
+            ``(score, per_sample_scores)``; higher is better.
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
@@ -211,7 +214,8 @@ def auto(
     metric_reference = None
     if metric is not None:
         try:
-            metric_reference = score(load_metric(metric), model_file, open_samples(eval_source, role="inputs"))
+            samples = open_samples(eval_source, role="inputs")
+            metric_reference = score(load_metric(metric), model_file, samples, provider)
         except UsageError:
             raise
         except Exception as error:
