@@ -64,17 +64,16 @@ class Setup:
     model: bytes  # the simplified model, serialized
     calibration: dict[str, np.ndarray]
     provider: str
-    batch: int | None  # time each setting at this batch (a timed profile), or None
 
     @property
     def timed(self) -> bool:
-        """Whether items measure latency (and so must not share a CPU with other items)."""
-        return self.batch is not None
+        """Items time nothing (the latency model of ``--min-speedup`` is measured by the driver)."""
+        return False
 
     def builder(self) -> VariantBuilder:
         """The builder of one-setting variants (a worker makes it once and keeps it)."""
         proto = onnx.load_from_string(self.model)
-        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.batch)
+        return VariantBuilder(proto, open_samples(self.calibration), self.provider)
 
     # The executor's Workload: a worker's state is the builder, a piece an Item.
     def start(self) -> VariantBuilder:
@@ -185,7 +184,7 @@ class ItemMeasure:
         if todo:
             if self._setup is None:  # one setup for every knob: an object store holds it once
                 calibration = self.calibration if self.calibration is not None else builder.calibration.take()
-                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider, builder.batch)
+                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider)
             setup = self._setup
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS = 12
 _CALIBRATION_KEPT = 1024  # samples written for a child when calibration is not a file
+_PROFILE_SHARE = 0.5  # of --time-budget, for measuring the profile (serial); the trials get the rest
 
 
 def _model_file(model: Any, folder: Path) -> str:
@@ -153,7 +154,10 @@ def auto(
         min_agreement: Budget: top-1 agreement with the input model.
         min_cosine: Budget: smallest output cosine similarity with the input model.
         metric: ``module:function`` (or a module-level function) called as ``f(model_path, samples)``,
-            returning a score or ``(score, per_sample_scores)``; higher is better.
+            or as ``f(session_factory, samples)`` when its first parameter is named
+            ``session_factory`` (a zero-argument callable returning an ``onnxruntime.InferenceSession``
+            of the candidate on ``provider``, with the trial's thread cap); returns a score or
+            ``(score, per_sample_scores)``; higher is better.
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
@@ -212,7 +216,8 @@ def auto(
     metric_reference = None
     if metric is not None:
         try:
-            metric_reference = score(load_metric(metric), model_file, open_samples(eval_source, role="inputs"))
+            samples = open_samples(eval_source, role="inputs")
+            metric_reference = score(load_metric(metric), model_file, samples, provider)
         except UsageError:
             raise
         except Exception as error:
@@ -228,8 +233,19 @@ def auto(
     try:
         serial = runner_executor.name == "local" and runner_executor.workers == 1
         measure = None if serial else ItemMeasure(runner_executor)
+        # The profile may take half the time budget; the trials get the rest (and at least one runs).
+        profile_deadline = (
+            time.monotonic() + budget * _PROFILE_SHARE - (time.perf_counter() - started) if budget is not None else None
+        )
         measured_profile = profile(
-            base, calib, provider=provider, knobs=knobs, cache=folder / "profiles", batch=timed, measure=measure
+            base,
+            calib,
+            provider=provider,
+            knobs=knobs,
+            cache=folder / "profiles",
+            batch=timed,
+            measure=measure,
+            deadline=profile_deadline,
         )
         name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
         journal = TrialJournal(folder, name, resume=resume)

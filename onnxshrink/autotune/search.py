@@ -99,9 +99,9 @@ class Search:
         if self.goal.max_macs is not None:
             macs.append(self.goal.max_macs * self.settings.reference_macs)
         if self.goal.min_speedup is not None and self.profile.latency_ms > 0:
-            # The profile timed the simplified model and each setting: the latency table.
+            # The latency model: the simplified model's measured latency over the target speedup.
             caps["latency"] = self.profile.latency_ms / self.goal.min_speedup
-        elif self.goal.min_speedup is not None:  # untimed: MACs stand in for latency
+        elif self.goal.min_speedup is not None:  # no latency model: MACs stand in for latency
             macs.append(self.settings.reference_macs / self.goal.min_speedup)
         if macs:
             caps["macs"] = min(macs)

@@ -49,7 +49,7 @@ class TrialTask:
         """The data files the trial reads: model, calibration, evaluation."""
         return [path for path in (self.job.model, self.job.calibration, self.job.evaluation) if path]
 
-    def run(self, moved: Mapping[str, str], output: str) -> dict[str, Any]:
+    def run(self, moved: Mapping[str, str], output: str, threads: int | None = None) -> dict[str, Any]:
         """Builds and measures the candidate in a child process, reading files at their ``moved`` copies."""
         job = self.job
         local = dataclasses.replace(
@@ -58,6 +58,7 @@ class TrialTask:
             calibration=moved.get(job.calibration, job.calibration) if job.calibration else job.calibration,
             evaluation=moved.get(job.evaluation, job.evaluation),
             output=output,
+            threads=threads if threads is not None else job.threads,
         )
         return run_trial(local, timeout=self.timeout, memory_bytes=self.memory_bytes)
 

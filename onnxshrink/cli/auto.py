@@ -50,7 +50,12 @@ def _trial_line(status: dict[str, Any]) -> str:
 @click.option("--max-drop", type=float, help="Budget: accuracy drop in points (or of --metric's score).")
 @click.option("--min-agreement", type=float, help="Budget: top-1 agreement with the input model.")
 @click.option("--min-cosine", type=float, help="Budget: output cosine similarity with the input model.")
-@click.option("--metric", metavar="MODULE:FUNC", help="Your score: f(model_path, samples) -> score (higher is better).")
+@click.option(
+    "--metric",
+    metavar="MODULE:FUNC",
+    help="Your score (higher is better): f(model_path, samples), or f(session_factory, samples) when its first"
+    " parameter is named session_factory.",
+)
 @click.option("--time-budget", metavar="T", help="No new trial after this long, e.g. 30m, 90s.")
 @click.option(
     "--study", type=click.Path(file_okay=False, path_type=Path), help="Study folder: profiles, trial journal."

@@ -58,8 +58,11 @@ class Task(Protocol):
     def files(self) -> list[str]:
         """The regular files the task reads (a remote node gets one copy of each per study)."""
 
-    def run(self, moved: Mapping[str, str], output: str) -> dict[str, Any]:
+    def run(self, moved: Mapping[str, str], output: str, threads: int | None = None) -> dict[str, Any]:
         """Runs the task, reading each file at ``moved.get(path, path)`` and writing to ``output``.
+
+        ``threads``: the onnxruntime intra-op threads the task may use (its share of the cores when
+        tasks run side by side; None: the task's own choice).
 
         Returns its outcome (JSON data; ``{"error": ...}`` when it failed).
         """

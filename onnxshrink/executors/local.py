@@ -5,13 +5,15 @@ driver's onnxruntime threads); each builds the workload's state once (for ``auto
 model's judge) and keeps it for every item it measures, with its share of the cores as
 onnxruntime's thread count (N workers each running one thread per core would oversubscribe the
 machine). With one worker the items run in the driver itself, as a serial loop would. A timed
-workload (``--min-speedup``) runs in one process whatever ``workers`` says: timings taken side by
-side would disturb each other. Tasks (``auto``'s trials) run up to ``workers`` at a time, each
-starting its own child process with its limits.
+workload runs in one process whatever ``workers`` says: timings taken side by side would disturb
+each other (``auto``'s items time nothing: the latency model of ``--min-speedup`` is measured once,
+by the driver). Tasks (``auto``'s trials) run up to ``workers`` at a time, each starting its own
+child process with its limits and, with several workers, its share of the cores.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -119,9 +121,11 @@ class LocalExecutor:
                     done(item, result)
 
     def trials(self, tasks: Sequence[Task], done: TaskDone) -> None:
-        """Up to ``workers`` tasks at a time (each of ``auto``'s trials starts its own child process)."""
+        """Up to ``workers`` tasks at a time, each on its share of the cores (a trial starts a child process)."""
+        share = max(1, _cores() // self.workers) if self.workers > 1 else None
+        run = functools.partial(_trial, threads=share)
         with NodeProgress("trials", len(tasks)) as shown, ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for task, future in _as_they_finish(pool, _trial, tasks, self.workers, shown, self.node):
+            for task, future in _as_they_finish(pool, run, tasks, self.workers, shown, self.node):
                 outcome = future.result()
                 outcome["node"] = self.node
                 shown.finish(self.node)
@@ -131,8 +135,8 @@ class LocalExecutor:
         """Nothing to release: pools end with each call."""
 
 
-def _trial(task: Task) -> dict[str, Any]:
+def _trial(task: Task, threads: int | None) -> dict[str, Any]:
     started = time.perf_counter()
-    outcome = task.run({}, task.output)
+    outcome = task.run({}, task.output, threads)
     outcome["seconds"] = time.perf_counter() - started
     return outcome

@@ -9,11 +9,12 @@
   an item worker builds the workload's state (an onnxruntime session and the data) once and keeps
   it between items; a trial worker writes the files to its node's disk once and runs each task
   there (a trial builds its candidate in a child process with the trial's time and memory limits,
-  as on the local executor).
+  as on the local executor, with one onnxruntime thread: the actor's one CPU).
 - Each actor also declares ``num_gpus``: 0 unless asked (``--gpus-per-worker``), or 1 when the
   provider is ``cuda`` and the cluster declares GPUs; then at most as many actors run as the
   cluster has GPUs for, and Ray sets each actor's ``CUDA_VISIBLE_DEVICES`` to its own GPU.
-- Latency work (a timed profile, trials of ``--min-speedup``) runs on separate actors that ask for
+- Latency work (a timed workload, trials of ``--min-speedup``; ``auto``'s latency model is measured
+  by the driver) runs on separate actors that ask for
   the custom resource ``latency_device`` (``ray start --resources='{"latency_device": 1}'``): one
   at a time per such node, so timings do not disturb each other. Without such a node they run on
   the ordinary workers (a warning says so).
@@ -130,7 +131,7 @@ class _TrialWorker:
         local = self._materialize()
         output = self.folder / Path(task.output).name
         started = time.perf_counter()
-        outcome = task.run(local, str(output))
+        outcome = task.run(local, str(output), threads=1)  # the actor's one declared CPU
         outcome.update(seconds=time.perf_counter() - started, node=self.node, fetched=fetched)
         if output.is_file():
             outcome["model_bytes"] = output.read_bytes()

@@ -109,11 +109,12 @@ def _fold_shape_arithmetic(proto: onnx.ModelProto) -> onnx.ModelProto:
     fold = get_pass("fold")
     folder = fold()
     try:
+        model = ir.serde.deserialize_model(proto)
         # A folded Slice end lets the next inference find more static dims, hence more to fold.
-        # Each round starts from a fresh deserialization: the fold pass skips its own shape
-        # inference on a model it has folded before.
         for _ in range(_FOLD_ROUNDS):
-            model = ir.serde.deserialize_model(proto)
+            # The fold pass marks (in the model's meta) a graph it has folded, and skips its shape
+            # inference on it; every round here must infer again, on this same copy.
+            model.meta.clear()
             if not folder.call(model).modified:
                 break
             proto = ir.serde.serialize_model(model)

@@ -76,8 +76,8 @@ class QuantizeOptions:
     smooth: str = option(
         "off",
         "static: SmoothQuant-style scale migration for MatMul/Gemm inputs with outlier channels; "
-        "auto: LayerNormalization/Add-fed inputs whose outlier ratio is >= 4, strength from a grid by "
-        "layer output error; a number in (0, 1): that strength for every MatMul/Gemm input",
+        "auto: per input, the strength of a grid with the lowest layer output error on calibration rows "
+        "(left alone unless it gains 2 %); a number in (0, 1): that strength for every MatMul/Gemm input",
         check=_smooth_problem,
     )
     equalize: bool = option(
