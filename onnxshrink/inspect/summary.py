@@ -111,16 +111,33 @@ def _fold_shape_arithmetic(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         model = ir.serde.deserialize_model(proto)
         # A folded Slice end lets the next inference find more static dims, hence more to fold.
+        # A round that folded nothing ends the rounds: another inference of the same graph
+        # would find the same shapes, and the caller's final inference finds them anyway.
         for _ in range(_FOLD_ROUNDS):
             # The fold pass marks (in the model's meta) a graph it has folded, and skips its shape
             # inference on it; every round here must infer again, on this same copy.
             model.meta.clear()
+            wiring = _wiring(model)
             if not folder.call(model).modified:
                 break
             proto = ir.serde.serialize_model(model)
+            if _same(wiring, _wiring(model)):
+                break
     except Exception as error:  # folding gives up on some custom graphs; shapes are then partial
         logger.debug("folding shape arithmetic failed, inferring from the last round: %s", error)
     return proto
+
+
+def _wiring(model: ir.Model) -> list[tuple[Any, ...]]:
+    """Each node with the values it reads (held, so no id is reused while compared)."""
+    return [(node, *node.inputs) for node in all_nodes(model)]
+
+
+def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
+    """True when no node was added, removed or rewired between two :func:`_wiring` lists."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(u is v for u, v in zip(x, y, strict=True)) for x, y in zip(a, b, strict=True)
+    )
 
 
 def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
