@@ -81,6 +81,7 @@ METHOD_ROWS = {
     "cnn": {
         "onnxshrink-equalize": "equalize=true",
         "onnxshrink-all-int8-equalize": "keep-slow-float=false,equalize=true",
+        "onnxshrink-smooth-auto": "smooth=auto",
     },
 }
 # NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).

@@ -9,8 +9,8 @@ import pytest
 from helpers import assert_close, op_counts, parse_model, run, run_pass
 
 from onnxshrink.errors import UsageError
-from onnxshrink.passes.quantize import equalize, smooth
-from onnxshrink.passes.quantize.plan import GraphView
+from onnxshrink.passes.quantize import equalize, rewrite, smooth
+from onnxshrink.passes.quantize.plan import GraphView, QuantPlan
 from onnxshrink.passes.quantize.statistics import ChannelStats
 
 HIDDEN, OUTLIERS = 64, (3, 17)
@@ -63,6 +63,10 @@ def test_smoothing_keeps_the_float_function(residual: bool) -> None:
     assert counts["Mul"] == (1 if residual else 0)
     assert choice.applied is not None and choice.applied.startswith("Mul" if residual else "folded into")
     assert_close(proto, smoothed, _tokens(2), rtol=1e-5, atol=1e-5, context="smoothed float model")
+    # A smoothed layer the plan leaves float (the accuracy budget) keeps its Mul by 1/s.
+    rewrite.apply_plan(model, QuantPlan(target="ort-cpu"), 8)
+    assert op_counts(ir.to_proto(model))["Mul"] == counts["Mul"]
+    assert_close(proto, ir.to_proto(model), _tokens(2), rtol=1e-5, atol=1e-5, context="smoothed, left float")
 
 
 def _exposed(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -100,10 +104,10 @@ def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -
     rng = np.random.default_rng(0)
     # Every channel of x and every row of W has the largest magnitude 1: s = 1 for every strength.
     model = parse_model(
-        """g (float[N, 64] x) => (float[N, 32] y) {
+        """g (float[N, 64] x) => (float[N, 256] y) {
             y = MatMul (x, W)
         }""",
-        initializers={"W": rng.choice([-1.0, 1.0], (64, 32)).astype(np.float32)},
+        initializers={"W": rng.choice([-1.0, 1.0], (64, 256)).astype(np.float32)},
     )
     calib = {"x": rng.choice([-1.0, 1.0], (32, 64)).astype(np.float32)}
     result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=calib)

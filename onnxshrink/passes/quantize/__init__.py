@@ -376,6 +376,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             speed_rules = options.target == "ort-cpu" and options.keep_slow_float
             slow = kernels.slow_layers(float_model, options.cpu_profile) if speed_rules else {}
             dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
+            for _ in range(4 if speed_rules else 0):  # as in _static_plan: no smoothing for layers left float
+                found = kernels.islands(float_model, dry_run, options.cpu_profile)
+                if not found:
+                    break
+                slow.update(found)
+                dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
             symmetric = options.target != "ort-cpu"
             error_model = smooth.ErrorModel(
                 "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel

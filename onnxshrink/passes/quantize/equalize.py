@@ -93,10 +93,8 @@ def find_pairs(view: GraphView) -> tuple[list[ConvPair], dict[str, str]]:
             continue
         label = f"{key} -> {view.key(second)}"
         if through is not None and not is_onnx_op(through, *HOMOGENEOUS):
-            skipped[label] = (
-                f"{through.op_type} between them is not positively homogeneous (its bounds would have to move "
-                "with the scales)"
-            )
+            bounds = " (its bounds would have to move with the scales)" if through.op_type == "Clip" else ""
+            skipped[label] = f"{through.op_type} between them is not positively homogeneous{bounds}"
             continue
         why = (
             _own_constant(node, 1, "weight")

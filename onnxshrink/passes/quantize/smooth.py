@@ -41,9 +41,9 @@ from onnxshrink.context import PassContext
 from onnxshrink.ir.constants import constant_array
 from onnxshrink.ir.graphs import add_initializer, fresh_name, is_onnx_op, taken_names
 from onnxshrink.passbase import NoMatch
-from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, constant_initializer, quantize_weight
+from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, constant_initializer
 from onnxshrink.passes.quantize.rewrite import drop_unused_initializers
-from onnxshrink.passes.quantize.statistics import QRANGE, ChannelStats, QDtype, QParams, qparams
+from onnxshrink.passes.quantize.statistics import MIN_SCALE, QRANGE, ChannelStats, QDtype, QParams, qparams
 
 __all__ = ["GRID", "MIN_GAIN", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
 
@@ -53,7 +53,7 @@ GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
 _SCALE_BOUNDS = (1e-4, 1e4)
 # smooth=auto: the relative output error must drop by at least this share.
 MIN_GAIN = 0.02
-_ROWS = 512
+_ROWS = 256
 
 
 @dataclasses.dataclass
@@ -135,21 +135,33 @@ def migration_scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.n
     return np.clip(scales, *_SCALE_BOUNDS).astype(np.float32)
 
 
+def _fake_quantized_weight(weight: np.ndarray, model: ErrorModel) -> np.ndarray:
+    """``weight`` ``[K, N]`` rounded as the plan rounds it: symmetric, per column (or per tensor)."""
+    limit = np.float32(2 ** (model.weight_bits - 1) - 1)
+    amax = np.abs(weight).max(axis=0, keepdims=True) if model.per_channel else np.abs(weight).max(keepdims=True)
+    scale = np.where(amax > MIN_SCALE, amax / limit, np.float32(1.0)).astype(np.float32)
+    return np.clip(np.rint(weight / scale), -limit, limit) * scale
+
+
 def _relative_error(
     stats: ChannelStats, rows: np.ndarray, weights: list[np.ndarray], scales: np.ndarray | None, model: ErrorModel
 ) -> float:
-    """The layers' squared output error over their squared output on ``rows``, both sides fake-quantized."""
+    """The layers' squared output error over their squared output on ``rows``, both sides fake-quantized.
+
+    With per-channel weights the layers' weights are one ``[K, sum N]`` matrix (each column has its
+    own scale either way), so one product serves them all.
+    """
     assert stats.minimum is not None and stats.maximum is not None
     s = np.ones(rows.shape[1], np.float32) if scales is None else scales
     low = float((stats.minimum / s).min())
     high = float((stats.maximum / s).max())
     activation = _fake_quantized(rows / s, qparams(low, high, model.dtype, symmetric=model.symmetric))
+    groups = [np.concatenate(weights, axis=1)] if model.per_channel and len(weights) > 1 else weights
     error = reference = 0.0
-    for weight in weights:
-        q, w_scales = quantize_weight(weight * s[:, None], 1 if model.per_channel else None, model.weight_bits)
-        dequantized = q.astype(np.float32) * w_scales.reshape(1, -1)
+    for weight in groups:
         exact = rows @ weight
-        error += float(np.square(activation @ dequantized - exact).sum())
+        rounded = _fake_quantized_weight(weight * s[:, None], model)
+        error += float(np.square(activation @ rounded - exact).sum())
         reference += float(np.square(exact).sum())
     return error / reference if reference > 0 else 0.0
 
