@@ -18,8 +18,12 @@ import pytest
 
 import onnxshrink
 from onnxshrink.api import shrink
-from onnxshrink.autotune.latency_model import attribute, fold_added, measure_table, timing_feed
-from onnxshrink.autotune.profile import VariantBuilder, channel_spec
+from onnxshrink.autotune.allocate import Point
+from onnxshrink.autotune.goal import Goal
+from onnxshrink.autotune.latency_model import LatencyTable, attribute, fold_added, measure_table, timing_feed
+from onnxshrink.autotune.profile import Profile, VariantBuilder, channel_spec
+from onnxshrink.autotune.search import Search, Settings
+from onnxshrink.autotune.study import TrialJournal
 from onnxshrink.data.readers import open_samples
 from onnxshrink.latency import interleaved_latency, node_times
 from onnxshrink.runtime import create_session, model_source, run
@@ -146,3 +150,45 @@ def test_min_speedup_study_reaches_what_int8_gives(tmp_path: Path, conv_net: tup
 
     again = onnxshrink.auto(path, min_speedup=1.2, min_cosine=0.9, max_trials=1, **options)  # type: ignore[arg-type]
     assert again.report["profile"]["cached"] == ["precision", "latency"]  # another target reuses the table
+
+
+def _search(tmp_path: Path, goal: Goal) -> Search:
+    settings = Settings(
+        model="m.onnx",
+        calibration=None,
+        evaluation="e.npz",
+        provider="cpu",
+        batch=1,
+        seed=0,
+        max_trials=4,
+        workers=1,
+        deadline=float("inf"),
+        trial_timeout=60.0,
+        trial_memory=None,
+        reference_macs=1000,
+        reference_size=1000,
+        metric=None,
+        metric_reference=None,
+        folder=tmp_path,
+        sys_path=(),
+    )
+    table = LatencyTable({"float": 1.0}, {"float": {"conv": 1.0}}, 0.0, {})
+    profile = Profile(1000, 1000, [], 0.0, [], latency=table)
+    return Search(goal, profile, settings, TrialJournal(tmp_path, "s", resume=False), None)
+
+
+def test_measured_speedups_move_the_latency_cap_both_ways(tmp_path: Path) -> None:
+    search = _search(tmp_path, Goal(min_speedup=2.0, max_drop=1.0))
+    caps = dict(search.caps)
+    assert caps == {"latency": 0.5}  # the simplified model's 1 ms over the target
+    point = Point((), 1000, 1000, 0.1, latency=0.5)
+    # past the target but over the accuracy budget: the cap loosens by the surplus
+    assert search._retarget_speed(caps, point, {"speedup": 3.0, "misses": {"max_drop": "drop 5"}})
+    assert caps["latency"] == pytest.approx(0.5 * 1.5 * 0.98)
+    # the next candidate misses the target: the cap tightens, inside the bracket of the two
+    looser = Point((), 1000, 1000, 0.05, latency=caps["latency"])
+    assert search._retarget_speed(caps, looser, {"speedup": 1.6, "misses": {"min_speedup": "1.6x"}})
+    assert 0.5 < caps["latency"] < looser.latency
+    # within the budget, or short of the margin: nothing to gain from moving
+    assert not search._retarget_speed(caps, point, {"speedup": 3.0, "misses": {}})
+    assert not search._retarget_speed(caps, point, {"speedup": 2.01, "misses": {"max_drop": "drop 5"}})
