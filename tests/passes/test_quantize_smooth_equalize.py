@@ -119,6 +119,31 @@ def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -
     np.testing.assert_array_equal(run(result.model, test)[0], run(reference.model, test)[0])
 
 
+def test_smooth_auto_leaves_an_input_that_is_int8_already_alone() -> None:
+    rng = np.random.default_rng(0)
+    model = parse_model(
+        """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
+            n = LayerNormalization <axis = -1> (x, gamma, beta)
+            h = MatMul (n, W1)
+            r = Relu (h)
+            y = MatMul (r, W2)
+        }""",
+        initializers={
+            "gamma": np.where(np.arange(64) == 5, 40.0, 1.0).astype(np.float32),
+            "beta": np.zeros(64, np.float32),
+            "W1": (rng.standard_normal((64, 256)) / 8).astype(np.float32),
+            "W2": (rng.standard_normal((256, 64)) / 16).astype(np.float32),
+        },
+    )
+    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1))
+    record = result.stats["smooth"]
+    # The first MatMul's output Q (after its folded Relu) already makes the second one's input int8.
+    assert "int8 already" in record["not_smoothed"]["MatMul#3"]
+    assert record["layers"]["MatMul#1"]["applied"] == "folded into LayerNormalization#0"
+    explicit = run_pass(model, "quantize:cpu=vnni,smooth=0.5", calibration=_tokens(1))
+    assert set(explicit.stats["smooth"]["layers"]) == {"MatMul#1", "MatMul#3"}  # a strength given: every input
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -392,12 +392,17 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             error_model = smooth.ErrorModel(
                 "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
             )
+            # Tensors int8 before the layer's own Q (a quantized producer, or data movement after
+            # one): a Mul by 1/s there would add a dequantize/quantize pair (smooth.py rule 3).
+            int8_already = {name for name, q in dry_run.activations.items() if q.root != name}
+            int8_already.update(layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output)
             smoothed = smooth.smooth_model(
                 self.context,
                 float_model,
                 [key for key, layer in dry_run.layers.items() if layer.weight is not None],
                 options.smooth,
                 error_model,
+                int8_already=int8_already,
                 pass_name=self.name,
                 samples=options.samples,
                 batch_size=_CALIBRATION_BATCH,

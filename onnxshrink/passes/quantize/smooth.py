@@ -11,7 +11,9 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
 2. Their per-channel extremes and a bounded sample of rows come from one capture over the
    calibration samples (``statistics.ChannelStats``). It runs before calibration: the smoothed
    tensors' ranges are then calibrated as they will be quantized.
-3. ``smooth=auto`` smooths a tensor with the ``a`` of ``GRID`` that gives its layers the lowest
+3. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (the
+   output of a quantized node, or data movement after one: a Mul there would add a
+   dequantize/quantize pair), and smooths the others with the ``a`` of ``GRID`` that gives its layers the lowest
    relative output error on the sampled rows (activation and weight both fake-quantized as the
    plan will quantize them), and only when that error is at least ``MIN_GAIN`` below the error
    without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert).
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -280,6 +282,7 @@ def smooth_model(
     setting: str,
     error_model: ErrorModel,
     *,
+    int8_already: Collection[str] = (),
     pass_name: str,
     samples: int,
     batch_size: int,
@@ -295,9 +298,14 @@ def smooth_model(
         pass_name: For calibration-data errors.
         samples: Calibration samples read.
         batch_size: Samples per capture batch.
+        int8_already: Tensors the plan makes int8 before the layers' own Q; ``auto`` leaves them.
     """
     view = GraphView(model.graph)
     groups, skipped = _candidates(view, layer_keys)
+    if setting == "auto":
+        for name in [name for name in groups if name in int8_already]:
+            for key in groups.pop(name):
+                skipped[key] = f"'{name}' is int8 already: a Mul by 1/s would add a dequantize/quantize pair"
     per_batch = max(1, math.ceil(_ROWS / max(1, math.ceil(samples / batch_size))))
     stats = {name: ChannelStats(_ROWS, per_batch) for name in groups}
     if groups:
