@@ -69,6 +69,37 @@ def test_smoothing_keeps_the_float_function(residual: bool) -> None:
     assert_close(proto, ir.to_proto(model), _tokens(2), rtol=1e-5, atol=1e-5, context="smoothed, left float")
 
 
+def test_smoothing_folds_into_a_mul_by_a_constant() -> None:
+    rng = np.random.default_rng(0)
+    scale = np.ones(HIDDEN, np.float32)
+    scale[list(OUTLIERS)] = 30.0
+    proto = parse_model(
+        """g (float[N, 8, 64] x) => (float[N, 8, 32] y) {
+            e = Erf (x)
+            a = Mul (x, e)
+            g = Mul (a, half)
+            y = MatMul (g, W)
+        }""",
+        initializers={
+            "half": np.array(0.5, np.float32),
+            "W": (rng.standard_normal((HIDDEN, 32)) / 8).astype(np.float32),
+        },
+    )
+    feed = {"x": _tokens(1)["x"] * scale}
+    model = ir.from_proto(proto)
+    stats = ChannelStats()
+    (gelu,) = run(_exposed(proto, "g"), feed)
+    stats.update(gelu)
+    (choice,) = smooth.choose_scales(
+        GraphView(model.graph), {"g": ["MatMul#3"]}, {"g": stats}, "0.5", smooth.ErrorModel("u8", False, 8, True)
+    )
+    smooth.apply_smoothing(model, [choice])
+    assert choice.applied == "folded into Mul#2"
+    smoothed = ir.to_proto(model)
+    assert op_counts(smoothed)["Mul"] == 2
+    assert_close(proto, smoothed, {"x": _tokens(2)["x"] * scale}, rtol=1e-5, atol=1e-5, context="Mul folded")
+
+
 def _exposed(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -98,6 +129,7 @@ def test_smoothing_lowers_the_int8_error_of_an_outlier_input(residual: bool, set
     if setting == "auto":
         assert layer["alpha"] in smooth.GRID
     assert plain.stats["smooth"] is None and smoothed.stats["quantized_nodes"] == 2
+    assert not any("smooth" in key for key in smoothed.stats.get("skipped", {}))  # the added Mul is no layer
 
 
 def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -> None:

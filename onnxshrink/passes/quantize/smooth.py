@@ -23,7 +23,9 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
    (0, 1)) smooths every candidate with ``a = A``.
 4. ``X / s`` is folded into the producer when it is a LayerNormalization (last axis) whose output
    only these layers read and whose scale and bias only it reads (scale and bias divided by
-   ``s``); otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
+   ``s``), or a Mul by a constant scalar or per-channel vector that only it reads, whose output
+   only these layers read (BERT's GELU ends in ``* 0.5``: the constant becomes ``0.5 / s``);
+   otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
    readers, such as BERT's residual Add, keep reading ``X``). Each weight's rows are multiplied
    by ``s`` in a new initializer.
 """
@@ -232,6 +234,27 @@ def _foldable_layer_norm(value: ir.Value, layers: list[ir.Node]) -> ir.Node | No
     return producer
 
 
+def _foldable_mul(value: ir.Value, layers: list[ir.Node], channels: int) -> tuple[ir.Node, int] | None:
+    """Rule 4: a Mul by a constant (GELU's last ``* 0.5``) that can take ``1 / s``, and the constant's index."""
+    producer = value.producer()
+    if producer is None or not is_onnx_op(producer, "Mul") or value.is_graph_output() or len(producer.inputs) != 2:
+        return None
+    if any(user not in layers for user, _ in value.uses()):
+        return None
+    for index in (0, 1):
+        constant = producer.inputs[index]
+        other = producer.inputs[1 - index]
+        if constant is None or other is None or isinstance(constant_initializer(constant, "factor"), NoMatch):
+            continue
+        array = constant_array(constant)
+        if array is None or len({id(user) for user, _ in constant.uses()}) != 1 or array.dtype != np.float32:
+            continue
+        # A scalar, or one factor per channel on the last axis: the new factor keeps the product's shape.
+        if array.size == 1 or (array.size == channels and array.shape[-1] == channels):
+            return producer, index
+    return None
+
+
 def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
     """Rule 4, in place: ``X / s`` folded into a LayerNormalization or a new Mul, weight rows times ``s``."""
     view = GraphView(model.graph)
@@ -253,6 +276,18 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
                 new = add_initializer(graph, taken, f"{parameter.name}_smoothed", (array / scales).astype(np.float32))
                 norm.replace_input_with(index, new)
             choice.applied = f"folded into {view.key(norm)}"
+        elif (factor := _foldable_mul(value, layers, scales.size)) is not None:
+            mul_node, index = factor
+            constant = mul_node.inputs[index]
+            assert constant is not None
+            array = np.asarray(constant_array(constant), dtype=np.float32)
+            folded = (array.reshape(-1)[-1:] if array.size == 1 else array.reshape(-1)) / scales
+            if array.ndim > 1:
+                folded = folded.reshape((1,) * (array.ndim - 1) + (-1,))
+            mul_node.replace_input_with(
+                index, add_initializer(graph, taken, f"{constant.name}_smoothed", folded.astype(np.float32))
+            )
+            choice.applied = f"folded into {view.key(mul_node)}"
         else:
             inverse = add_initializer(graph, taken, f"{choice.tensor}_smooth_scale", (1.0 / scales).astype(np.float32))
             mul = ir.node("Mul", [value, inverse], name=fresh_name(taken, f"{choice.tensor}_smooth"))
