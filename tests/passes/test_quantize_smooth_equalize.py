@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_close, op_counts, parse_model, run, run_pass
+from helpers import OnceReader, assert_close, op_counts, parse_model, run, run_pass
 
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.quantize import equalize, rewrite, smooth
@@ -117,8 +117,9 @@ def _output_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: 
 @pytest.mark.parametrize("setting", ["auto", "0.5"])
 def test_smoothing_lowers_the_int8_error_of_an_outlier_input(residual: bool, setting: str) -> None:
     model = _ln_model(residual)
-    plain = run_pass(model, "quantize:cpu=vnni", calibration=_tokens(1))
-    smoothed = run_pass(model, f"quantize:cpu=vnni,smooth={setting}", calibration=_tokens(1))
+    calib = _tokens(1, 160)  # 1280 token rows: smooth=auto trusts channel maxima from 1024 on
+    plain = run_pass(model, "quantize:cpu=vnni", calibration=calib)
+    smoothed = run_pass(model, f"quantize:cpu=vnni,smooth={setting}", calibration=calib)
     before, after = _output_error(model, plain.model, _tokens(2)), _output_error(model, smoothed.model, _tokens(2))
     assert after < before / 2
     record = smoothed.stats["smooth"]
@@ -141,12 +142,12 @@ def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -
         }""",
         initializers={"W": rng.choice([-1.0, 1.0], (64, 256)).astype(np.float32)},
     )
-    calib = {"x": rng.choice([-1.0, 1.0], (32, 64)).astype(np.float32)}
-    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=calib)
+    calib = {"x": rng.choice([-1.0, 1.0], (1024, 64)).astype(np.float32)}
+    result = run_pass(model, "quantize:cpu=vnni,smooth=auto,samples=1024", calibration=calib)
     record = result.stats["smooth"]
     assert record["layers"] == {}
     assert "no migration strength of the grid lowers the output error" in record["not_smoothed"]["MatMul#0"]
-    reference = run_pass(model, "quantize:cpu=vnni", calibration=calib)
+    reference = run_pass(model, "quantize:cpu=vnni,samples=1024", calibration=calib)
     test = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
     np.testing.assert_array_equal(run(result.model, test)[0], run(reference.model, test)[0])
 
@@ -167,12 +168,18 @@ def test_smooth_auto_leaves_an_input_that_is_int8_already_alone() -> None:
             "W2": (rng.standard_normal((256, 64)) / 16).astype(np.float32),
         },
     )
-    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1))
+    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1, 160))
     record = result.stats["smooth"]
     # The first MatMul's output Q (after its folded Relu) already makes the second one's input int8.
     assert "int8 already" in record["not_smoothed"]["MatMul#3"]
     assert record["layers"]["MatMul#1"]["applied"] == "folded into LayerNormalization#0"
     explicit = run_pass(model, "quantize:cpu=vnni,smooth=0.5", calibration=_tokens(1))
+    few = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1))  # 256 token rows
+    assert few.stats["smooth"]["layers"] == {}
+    assert "only 256 calibration rows < 1024" in few.stats["smooth"]["not_smoothed"]["MatMul#1"]
+    batches = [{"x": _tokens(1, 160)["x"][i : i + 8]} for i in range(0, 160, 8)]
+    once = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=OnceReader(batches))
+    assert "can be read only once" in once.stats["smooth"]["reason"] and once.stats["quantized_nodes"] == 2
     assert set(explicit.stats["smooth"]["layers"]) == {"MatMul#1", "MatMul#3"}  # a strength given: every input
 
 

@@ -377,6 +377,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             started = time.perf_counter()
             equalized = equalize.equalize_model(float_model)
             timings["equalize"] = time.perf_counter() - started
+        calibration = self.context.calibration
+        if options.smooth == "auto" and calibration is not None and not calibration.rereadable:
+            # Smoothing reads the data once more before calibration; a one-shot reader cannot.
+            reason = f"calibration data {calibration.description} can be read only once"
+            return {"setting": "auto", "layers": {}, "not_smoothed": {}, "reason": reason}, equalized
         if options.smooth != "off":
             started = time.perf_counter()
             speed_rules = options.target == "ort-cpu" and options.keep_slow_float

@@ -16,7 +16,9 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
    dequantize/quantize pair), and smooths the others with the ``a`` of ``GRID`` that gives its layers the lowest
    relative output error on the sampled rows (activation and weight both fake-quantized as the
    plan will quantize them), and only when that error is at least ``MIN_GAIN`` below the error
-   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert).
+   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert), and only
+   when the tensor was seen in at least ``MIN_ROWS`` rows (tokens or samples): maxima from fewer
+   rows fit the calibration data so closely that balanced channels clip on new data.
    Neither the producer nor the outlier ratio (largest channel maximum over the median one,
    reported) gates it: on BERT-base with random weights the ratios are 1.4-4 and smoothing still
    lowers every layer's error (the weight rows' ranges even out too). ``smooth=A`` (a number in
@@ -49,7 +51,7 @@ from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, constant_init
 from onnxshrink.passes.quantize.rewrite import drop_unused_initializers
 from onnxshrink.passes.quantize.statistics import MIN_SCALE, QRANGE, ChannelStats, QDtype, QParams, qparams
 
-__all__ = ["GRID", "MIN_GAIN", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
+__all__ = ["GRID", "MIN_GAIN", "MIN_ROWS", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
 
 # Migration strengths tried by smooth=auto (SmoothQuant uses 0.5 for most models, up to 0.75-0.85).
 GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
@@ -57,6 +59,9 @@ GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
 _SCALE_BOUNDS = (1e-4, 1e4)
 # smooth=auto: the relative output error must drop by at least this share.
 MIN_GAIN = 0.02
+# smooth=auto: per-channel maxima from fewer rows (tokens, samples) fit the calibration data too
+# closely; balanced channels then clip on new data (a 32-sample test graph lost cosine).
+MIN_ROWS = 1024
 _ROWS = 256
 
 
@@ -193,6 +198,9 @@ def choose_scales(
             continue
         if any(weight.shape[0] != x_max.size for weight in weights):
             choice.reason = f"weight rows differ from the {x_max.size} input channels"
+            continue
+        if setting == "auto" and channel_stats.seen < MIN_ROWS:
+            choice.reason = f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
             continue
         w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
         rows = channel_stats.sample()
