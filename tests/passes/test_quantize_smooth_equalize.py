@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_close, op_counts, parse_model, run, run_pass
+from helpers import OnceReader, assert_close, op_counts, parse_model, run, run_pass
 
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.quantize import equalize, rewrite, smooth
@@ -69,6 +69,37 @@ def test_smoothing_keeps_the_float_function(residual: bool) -> None:
     assert_close(proto, ir.to_proto(model), _tokens(2), rtol=1e-5, atol=1e-5, context="smoothed, left float")
 
 
+def test_smoothing_folds_into_a_mul_by_a_constant() -> None:
+    rng = np.random.default_rng(0)
+    scale = np.ones(HIDDEN, np.float32)
+    scale[list(OUTLIERS)] = 30.0
+    proto = parse_model(
+        """g (float[N, 8, 64] x) => (float[N, 8, 32] y) {
+            e = Erf (x)
+            a = Mul (x, e)
+            g = Mul (a, half)
+            y = MatMul (g, W)
+        }""",
+        initializers={
+            "half": np.array(0.5, np.float32),
+            "W": (rng.standard_normal((HIDDEN, 32)) / 8).astype(np.float32),
+        },
+    )
+    feed = {"x": _tokens(1)["x"] * scale}
+    model = ir.from_proto(proto)
+    stats = ChannelStats()
+    (gelu,) = run(_exposed(proto, "g"), feed)
+    stats.update(gelu)
+    (choice,) = smooth.choose_scales(
+        GraphView(model.graph), {"g": ["MatMul#3"]}, {"g": stats}, "0.5", smooth.ErrorModel("u8", False, 8, True)
+    )
+    smooth.apply_smoothing(model, [choice])
+    assert choice.applied == "folded into Mul#2"
+    smoothed = ir.to_proto(model)
+    assert op_counts(smoothed)["Mul"] == 2
+    assert_close(proto, smoothed, {"x": _tokens(2)["x"] * scale}, rtol=1e-5, atol=1e-5, context="Mul folded")
+
+
 def _exposed(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -86,8 +117,9 @@ def _output_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: 
 @pytest.mark.parametrize("setting", ["auto", "0.5"])
 def test_smoothing_lowers_the_int8_error_of_an_outlier_input(residual: bool, setting: str) -> None:
     model = _ln_model(residual)
-    plain = run_pass(model, "quantize:cpu=vnni", calibration=_tokens(1))
-    smoothed = run_pass(model, f"quantize:cpu=vnni,smooth={setting}", calibration=_tokens(1))
+    calib = _tokens(1, 160)  # 1280 token rows: smooth=auto trusts channel maxima from 1024 on
+    plain = run_pass(model, "quantize:cpu=vnni", calibration=calib)
+    smoothed = run_pass(model, f"quantize:cpu=vnni,smooth={setting}", calibration=calib)
     before, after = _output_error(model, plain.model, _tokens(2)), _output_error(model, smoothed.model, _tokens(2))
     assert after < before / 2
     record = smoothed.stats["smooth"]
@@ -98,6 +130,7 @@ def test_smoothing_lowers_the_int8_error_of_an_outlier_input(residual: bool, set
     if setting == "auto":
         assert layer["alpha"] in smooth.GRID
     assert plain.stats["smooth"] is None and smoothed.stats["quantized_nodes"] == 2
+    assert not any("smooth" in key for key in smoothed.stats.get("skipped", {}))  # the added Mul is no layer
 
 
 def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -> None:
@@ -109,14 +142,45 @@ def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -
         }""",
         initializers={"W": rng.choice([-1.0, 1.0], (64, 256)).astype(np.float32)},
     )
-    calib = {"x": rng.choice([-1.0, 1.0], (32, 64)).astype(np.float32)}
-    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=calib)
+    calib = {"x": rng.choice([-1.0, 1.0], (1024, 64)).astype(np.float32)}
+    result = run_pass(model, "quantize:cpu=vnni,smooth=auto,samples=1024", calibration=calib)
     record = result.stats["smooth"]
     assert record["layers"] == {}
     assert "no migration strength of the grid lowers the output error" in record["not_smoothed"]["MatMul#0"]
-    reference = run_pass(model, "quantize:cpu=vnni", calibration=calib)
+    reference = run_pass(model, "quantize:cpu=vnni,samples=1024", calibration=calib)
     test = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
     np.testing.assert_array_equal(run(result.model, test)[0], run(reference.model, test)[0])
+
+
+def test_smooth_auto_leaves_an_input_that_is_int8_already_alone() -> None:
+    rng = np.random.default_rng(0)
+    model = parse_model(
+        """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
+            n = LayerNormalization <axis = -1> (x, gamma, beta)
+            h = MatMul (n, W1)
+            r = Relu (h)
+            y = MatMul (r, W2)
+        }""",
+        initializers={
+            "gamma": np.where(np.arange(64) == 5, 40.0, 1.0).astype(np.float32),
+            "beta": np.zeros(64, np.float32),
+            "W1": (rng.standard_normal((64, 256)) / 8).astype(np.float32),
+            "W2": (rng.standard_normal((256, 64)) / 16).astype(np.float32),
+        },
+    )
+    result = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1, 160))
+    record = result.stats["smooth"]
+    # The first MatMul's output Q (after its folded Relu) already makes the second one's input int8.
+    assert "int8 already" in record["not_smoothed"]["MatMul#3"]
+    assert record["layers"]["MatMul#1"]["applied"] == "folded into LayerNormalization#0"
+    explicit = run_pass(model, "quantize:cpu=vnni,smooth=0.5", calibration=_tokens(1))
+    few = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=_tokens(1))  # 256 token rows
+    assert few.stats["smooth"]["layers"] == {}
+    assert "only 256 calibration rows < 1024" in few.stats["smooth"]["not_smoothed"]["MatMul#1"]
+    batches = [{"x": _tokens(1, 160)["x"][i : i + 8]} for i in range(0, 160, 8)]
+    once = run_pass(model, "quantize:cpu=vnni,smooth=auto", calibration=OnceReader(batches))
+    assert "can be read only once" in once.stats["smooth"]["reason"] and once.stats["quantized_nodes"] == 2
+    assert set(explicit.stats["smooth"]["layers"]) == {"MatMul#1", "MatMul#3"}  # a strength given: every input
 
 
 @pytest.mark.parametrize(

@@ -371,6 +371,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             started = time.perf_counter()
             equalized = equalize.equalize_model(float_model)
             timings["equalize"] = time.perf_counter() - started
+        calibration = self.context.calibration
+        if options.smooth == "auto" and calibration is not None and not calibration.rereadable:
+            # Smoothing reads the data once more before calibration; a one-shot reader cannot.
+            reason = f"calibration data {calibration.description} can be read only once"
+            return {"setting": "auto", "layers": {}, "not_smoothed": {}, "reason": reason}, equalized
         if options.smooth != "off":
             started = time.perf_counter()
             speed_rules = options.target == "ort-cpu" and options.keep_slow_float
@@ -386,12 +391,17 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             error_model = smooth.ErrorModel(
                 "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
             )
+            # Tensors int8 before the layer's own Q (a quantized producer, or data movement after
+            # one): a Mul by 1/s there would add a dequantize/quantize pair (smooth.py rule 3).
+            int8_already = {name for name, q in dry_run.activations.items() if q.root != name}
+            int8_already.update(layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output)
             smoothed = smooth.smooth_model(
                 self.context,
                 float_model,
                 [key for key, layer in dry_run.layers.items() if layer.weight is not None],
                 options.smooth,
                 error_model,
+                int8_already=int8_already,
                 pass_name=self.name,
                 samples=options.samples,
                 batch_size=_CALIBRATION_BATCH,

@@ -11,17 +11,23 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
 2. Their per-channel extremes and a bounded sample of rows come from one capture over the
    calibration samples (``statistics.ChannelStats``). It runs before calibration: the smoothed
    tensors' ranges are then calibrated as they will be quantized.
-3. ``smooth=auto`` smooths a tensor with the ``a`` of ``GRID`` that gives its layers the lowest
+3. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (the
+   output of a quantized node, or data movement after one: a Mul there would add a
+   dequantize/quantize pair), and smooths the others with the ``a`` of ``GRID`` that gives its layers the lowest
    relative output error on the sampled rows (activation and weight both fake-quantized as the
    plan will quantize them), and only when that error is at least ``MIN_GAIN`` below the error
-   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert).
+   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert), and only
+   when the tensor was seen in at least ``MIN_ROWS`` rows (tokens or samples): maxima from fewer
+   rows fit the calibration data so closely that balanced channels clip on new data.
    Neither the producer nor the outlier ratio (largest channel maximum over the median one,
    reported) gates it: on BERT-base with random weights the ratios are 1.4-4 and smoothing still
    lowers every layer's error (the weight rows' ranges even out too). ``smooth=A`` (a number in
    (0, 1)) smooths every candidate with ``a = A``.
 4. ``X / s`` is folded into the producer when it is a LayerNormalization (last axis) whose output
    only these layers read and whose scale and bias only it reads (scale and bias divided by
-   ``s``); otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
+   ``s``), or a Mul by a constant scalar or per-channel vector that only it reads, whose output
+   only these layers read (BERT's GELU ends in ``* 0.5``: the constant becomes ``0.5 / s``);
+   otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
    readers, such as BERT's residual Add, keep reading ``X``). Each weight's rows are multiplied
    by ``s`` in a new initializer.
 """
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +51,7 @@ from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, constant_init
 from onnxshrink.passes.quantize.rewrite import drop_unused_initializers
 from onnxshrink.passes.quantize.statistics import MIN_SCALE, QRANGE, ChannelStats, QDtype, QParams, qparams
 
-__all__ = ["GRID", "MIN_GAIN", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
+__all__ = ["GRID", "MIN_GAIN", "MIN_ROWS", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
 
 # Migration strengths tried by smooth=auto (SmoothQuant uses 0.5 for most models, up to 0.75-0.85).
 GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
@@ -53,6 +59,9 @@ GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
 _SCALE_BOUNDS = (1e-4, 1e4)
 # smooth=auto: the relative output error must drop by at least this share.
 MIN_GAIN = 0.02
+# smooth=auto: per-channel maxima from fewer rows (tokens, samples) fit the calibration data too
+# closely; balanced channels then clip on new data (a 32-sample test graph lost cosine).
+MIN_ROWS = 1024
 _ROWS = 256
 
 
@@ -190,6 +199,9 @@ def choose_scales(
         if any(weight.shape[0] != x_max.size for weight in weights):
             choice.reason = f"weight rows differ from the {x_max.size} input channels"
             continue
+        if setting == "auto" and channel_stats.seen < MIN_ROWS:
+            choice.reason = f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
+            continue
         w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
         rows = channel_stats.sample()
         choice.errors["none"] = _relative_error(channel_stats, rows, weights, None, model)
@@ -230,6 +242,27 @@ def _foldable_layer_norm(value: ir.Value, layers: list[ir.Node]) -> ir.Node | No
     return producer
 
 
+def _foldable_mul(value: ir.Value, layers: list[ir.Node], channels: int) -> tuple[ir.Node, int] | None:
+    """Rule 4: a Mul by a constant (GELU's last ``* 0.5``) that can take ``1 / s``, and the constant's index."""
+    producer = value.producer()
+    if producer is None or not is_onnx_op(producer, "Mul") or value.is_graph_output() or len(producer.inputs) != 2:
+        return None
+    if any(user not in layers for user, _ in value.uses()):
+        return None
+    for index in (0, 1):
+        constant = producer.inputs[index]
+        other = producer.inputs[1 - index]
+        if constant is None or other is None or isinstance(constant_initializer(constant, "factor"), NoMatch):
+            continue
+        array = constant_array(constant)
+        if array is None or len({id(user) for user, _ in constant.uses()}) != 1 or array.dtype != np.float32:
+            continue
+        # A scalar, or one factor per channel on the last axis: the new factor keeps the product's shape.
+        if array.size == 1 or (array.size == channels and array.shape[-1] == channels):
+            return producer, index
+    return None
+
+
 def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
     """Rule 4, in place: ``X / s`` folded into a LayerNormalization or a new Mul, weight rows times ``s``."""
     view = GraphView(model.graph)
@@ -251,6 +284,18 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
                 new = add_initializer(graph, taken, f"{parameter.name}_smoothed", (array / scales).astype(np.float32))
                 norm.replace_input_with(index, new)
             choice.applied = f"folded into {view.key(norm)}"
+        elif (factor := _foldable_mul(value, layers, scales.size)) is not None:
+            mul_node, index = factor
+            constant = mul_node.inputs[index]
+            assert constant is not None
+            array = np.asarray(constant_array(constant), dtype=np.float32)
+            folded = (array.reshape(-1)[-1:] if array.size == 1 else array.reshape(-1)) / scales
+            if array.ndim > 1:
+                folded = folded.reshape((1,) * (array.ndim - 1) + (-1,))
+            mul_node.replace_input_with(
+                index, add_initializer(graph, taken, f"{constant.name}_smoothed", folded.astype(np.float32))
+            )
+            choice.applied = f"folded into {view.key(mul_node)}"
         else:
             inverse = add_initializer(graph, taken, f"{choice.tensor}_smooth_scale", (1.0 / scales).astype(np.float32))
             mul = ir.node("Mul", [value, inverse], name=fresh_name(taken, f"{choice.tensor}_smooth"))
@@ -280,6 +325,7 @@ def smooth_model(
     setting: str,
     error_model: ErrorModel,
     *,
+    int8_already: Collection[str] = (),
     pass_name: str,
     samples: int,
     batch_size: int,
@@ -295,9 +341,14 @@ def smooth_model(
         pass_name: For calibration-data errors.
         samples: Calibration samples read.
         batch_size: Samples per capture batch.
+        int8_already: Tensors the plan makes int8 before the layers' own Q; ``auto`` leaves them.
     """
     view = GraphView(model.graph)
     groups, skipped = _candidates(view, layer_keys)
+    if setting == "auto":
+        for name in [name for name in groups if name in int8_already]:
+            for key in groups.pop(name):
+                skipped[key] = f"'{name}' is int8 already: a Mul by 1/s would add a dequantize/quantize pair"
     per_batch = max(1, math.ceil(_ROWS / max(1, math.ceil(samples / batch_size))))
     stats = {name: ChannelStats(_ROWS, per_batch) for name in groups}
     if groups:

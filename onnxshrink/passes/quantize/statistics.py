@@ -382,6 +382,7 @@ class ChannelStats:
         self.maximum: np.ndarray | None = None
         self.rows: list[np.ndarray] = []
         self.kept = 0
+        self.seen = 0  # finite rows seen in all
 
     def update(self, array: np.ndarray) -> None:
         """Adds one batch; rows with a non-finite value are left out of the extremes and the sample."""
@@ -392,6 +393,7 @@ class ChannelStats:
         rows = rows[np.isfinite(rows).all(axis=1)]
         if rows.shape[0] == 0:
             return
+        self.seen += rows.shape[0]
         low, high = rows.min(axis=0), rows.max(axis=0)
         self.minimum = low if self.minimum is None else np.minimum(self.minimum, low)
         self.maximum = high if self.maximum is None else np.maximum(self.maximum, high)
