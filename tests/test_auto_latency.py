@@ -138,7 +138,7 @@ def test_min_speedup_study_reaches_what_int8_gives(tmp_path: Path, conv_net: tup
     path, calib, evaluation = conv_net
     folder = tmp_path / "study"
     options = {"calibration": str(calib), "evaluation": str(evaluation), "study": folder, "search": "int8"}
-    result = onnxshrink.auto(path, min_speedup=1.3, min_cosine=0.9, max_trials=3, **options)  # type: ignore[arg-type]
+    result = onnxshrink.auto(path, min_speedup=1.3, min_cosine=0.9, max_trials=2, **options)  # type: ignore[arg-type]
     assert result.feasible, result.misses
     chosen = result.report["trials"][result.report["chosen"]["trial"]]
     assert chosen["speedup"] >= 1.3
