@@ -49,6 +49,8 @@ def capture(
     """Streams ``(feed, activations)`` per calibration batch for the named main-graph values.
 
     Graph inputs and initializers may be named too: they come from the feed or the weight.
+    A batch's ``activations`` dict is emptied when the next batch is asked for: use (or copy)
+    what it holds before that.
 
     Raises:
         UsageError: No calibration data, or a name that is not a value of the main graph.
@@ -68,3 +70,7 @@ def capture(
         arrays.update({name: feed[name] for name in names if name in feed})
         arrays.update(constants)
         yield feed, arrays
+        # The caller asks for the next batch once it is done with this one: emptied before the
+        # next run, the dict it still holds no longer keeps this batch's arrays alive beside the
+        # next batch's (BERT-base calibration, batch 8: 255 MB).
+        arrays.clear()

@@ -65,6 +65,28 @@ def interleaved_latency(
     return times
 
 
+def timing_plan(
+    seconds: float, *, models: int, rounds: int, runs: int, budget: float, least_rounds: int = 3
+) -> tuple[int, int]:
+    """Rounds and runs per round that time ``models`` models of ``seconds`` per run in about ``budget`` s.
+
+    A fast model keeps ``rounds`` x ``runs``; a slow one gives up runs per round first, then rounds,
+    never below ``least_rounds`` rounds of one run (BERT-base at batch 8 takes seconds a run on two cores).
+    """
+    per_round = models * max(seconds, 1e-6)  # one run of each model
+    fitted_runs = max(1, min(runs, int(budget / (rounds * per_round))))
+    fitted_rounds = max(least_rounds, min(rounds, int(budget / per_round)))
+    return fitted_rounds, fitted_runs
+
+
+def one_run_seconds(call: Callable[[], object]) -> float:
+    """Seconds of one call after a warm-up call (to size a timing with :func:`timing_plan`)."""
+    call()
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
 def measure_latency(
     path: str | os.PathLike[str],
     *,

@@ -149,6 +149,24 @@ def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage"
     return Point(tuple(choice), predicted_size(profile, choice), macs, float(damage[chosen].sum()), latency)
 
 
+def uniform_int8(profile: Profile) -> Point | None:
+    """Every layer with an int8 setting at int8, nothing else changed: plain ``quantize`` (None without one).
+
+    Its pipeline quantizes every layer the profile did not measure too (the pass's defaults), so
+    it stands for the whole-model int8 a user would write by hand, even on a partial profile.
+    """
+    choice = [0] * len(profile.units)
+    for owner, unit in enumerate(profile.units):
+        found = [i for i, setting in enumerate(unit.settings) if unit.knob == "precision" and setting.value == "int8"]
+        choice[owner] = found[0] if found else 0
+    if not any(choice):
+        return None
+    chosen = [profile.units[u].settings[i] for u, i in enumerate(choice)]
+    macs = profile.macs + sum(s.macs for s in chosen)
+    latency = profile.latency_ms + sum(s.latency for s in chosen)
+    return Point(tuple(choice), predicted_size(profile, choice), macs, sum(s.damage for s in chosen), latency)
+
+
 def _bases(profile: Profile) -> dict[str, float]:
     return {"bytes": profile.size, "macs": profile.macs, "latency": profile.latency_ms}
 

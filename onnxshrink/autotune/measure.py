@@ -23,13 +23,14 @@ from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import Samples
 from onnxshrink.errors import UsageError
 from onnxshrink.inspect.summary import inspect_model
-from onnxshrink.latency import interleaved_latency
+from onnxshrink.latency import interleaved_latency, one_run_seconds, timing_plan
 from onnxshrink.runtime import cap_threads, create_session, run
 from onnxshrink.spec import make_spec
 from onnxshrink.verify import verify
 
 Metric = Callable[[Any, Samples], Any]
 _LATENCY_ROUNDS, _LATENCY_RUNS = 15, 3
+_LATENCY_SECONDS = 5.0  # the timing aims at this: a slow model gets fewer rounds (at least 5) and runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +127,18 @@ def _speedup(reference: str, candidate: str, data: Samples, provider: str, batch
     if min(len(arrays[n]) for n in names) < batch:  # fewer samples than the batch: repeat them
         arrays = {n: np.resize(arrays[n], (batch, *arrays[n].shape[1:])) for n in names}
     feed = {n: arrays[n][:batch] for n in names}
+    rounds, runs = timing_plan(
+        one_run_seconds(lambda: run(ref_session, feed)),
+        models=2,
+        rounds=_LATENCY_ROUNDS,
+        runs=_LATENCY_RUNS,
+        budget=_LATENCY_SECONDS,
+        least_rounds=5,
+    )
     times = interleaved_latency(
         {"reference": lambda: run(ref_session, feed), "candidate": lambda: run(cand_session, feed)},
-        rounds=_LATENCY_ROUNDS,
-        runs_per_round=_LATENCY_RUNS,
+        rounds=rounds,
+        runs_per_round=runs,
         warmup=2,
     )
     ref_ms, cand_ms = statistics.median(times["reference"]), statistics.median(times["candidate"])

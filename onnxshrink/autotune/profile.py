@@ -98,6 +98,8 @@ class Profile:
     cached: list[str]
     layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     latency: LatencyTable | None = None  # the latency model, for --min-speedup
+    # Units not measured because the profile's time ran out (left unchanged by the search), per knob.
+    unmeasured: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
@@ -115,6 +117,7 @@ class Profile:
             "layer_bytes": self.layer_bytes,
             "latency_ms": self.latency_ms,
             "latency": self.latency.to_json() if self.latency is not None else None,
+            "unmeasured": self.unmeasured,
         }
 
 
@@ -189,11 +192,19 @@ def channel_spec(ratios: dict[str, float]) -> PassSpec:
     return make_spec("prune-channels", options)
 
 
-def _channel_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
-    units = []
+Stop = Callable[[], bool]  # True once the profile's time is up: no further unit is measured
+
+
+def _channel_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tuple[list[Unit], list[str]]:
+    """The channel groups' units, and the groups left unmeasured because ``stop`` said so."""
+    units: list[Unit] = []
+    left: list[str] = []
     for group in channels.iter_ok(channels.analyze(model, "remove")):
         names = [s.node.name for s in group.of_kind("producer") if s.node is not None and s.node.name]
         if not names:
+            continue
+        if left or stop():
+            left.append(names[0])
             continue
         settings = [Setting(0.0, 0, 0, 0.0)]
         kept_seen: set[int] = set()
@@ -206,7 +217,7 @@ def _channel_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
             settings.append(builder.setting(ratio, variant))
         if len(settings) > 1:
             units.append(Unit("channels", names[0], settings))
-    return units
+    return units, left
 
 
 def int4_spec(layers: tuple[str, ...]) -> PassSpec:
@@ -214,10 +225,15 @@ def int4_spec(layers: tuple[str, ...]) -> PassSpec:
     return make_spec("quantize", {"mode": "weight-only", "weights": "s4", "include": layers})
 
 
-def _precision_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
-    units = []
+def _precision_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tuple[list[Unit], list[str]]:
+    """The layers' precision units, and the layers left unmeasured because ``stop`` said so."""
+    units: list[Unit] = []
+    left: list[str] = []
     for node in model.graph:
         if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
+            continue
+        if left or stop():
+            left.append(node.name)
             continue
         settings = [Setting("float", 0, 0, 0.0)]
         variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
@@ -229,10 +245,10 @@ def _precision_units(builder: VariantBuilder, model: ir.Model) -> list[Unit]:
                 settings.append(builder.setting("int4", variant))
         if len(settings) > 1:
             units.append(Unit("precision", node.name, settings, builder.layers.get(node.name, 0)))
-    return units
+    return units, left
 
 
-_MEASURE: dict[str, Callable[[VariantBuilder, ir.Model], list[Unit]]] = {
+_MEASURE: dict[str, Callable[[VariantBuilder, ir.Model, Stop], tuple[list[Unit], list[str]]]] = {
     "channels": _channel_units,
     "precision": _precision_units,
 }
@@ -253,6 +269,7 @@ def profile(
     cache: Path | None,
     batch: int | None = None,
     measure: Callable[[str, VariantBuilder, ir.Model, Path | None], list[Unit]] | None = None,
+    deadline: float | None = None,
 ) -> Profile:
     """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
 
@@ -261,6 +278,11 @@ def profile(
     ``measure(knob, builder, base, cache_path)``, when given, measures a knob's units instead of
     the serial loop (:class:`onnxshrink.autotune.items.ItemMeasure` runs them as work items on an
     executor).
+
+    ``deadline`` (``time.monotonic()``) bounds the serial loop: each knob still to measure gets an
+    equal share of the time left, and once its share is spent its remaining units are not measured
+    (the search leaves them unchanged, ``Profile.unmeasured`` lists them). A knob cut short is not
+    cached, so a later study with more time measures it whole.
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
@@ -269,21 +291,37 @@ def profile(
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
     cached: list[str] = []
+    unmeasured: dict[str, list[str]] = {}
+    paths: dict[str, Path | None] = {}
     for knob, covers in PROFILES.items():
-        if not set(covers) & set(knobs):
-            continue
-        grid = json.dumps(
-            {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
-        )
-        path = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
-        if path is not None and path.is_file():
+        if set(covers) & set(knobs):
+            grid = json.dumps(
+                {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP}
+                | {"provider": provider}
+            )
+            paths[knob] = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
+    to_measure = [knob for knob, path in paths.items() if path is None or not path.is_file()]
+    for knob, path in paths.items():
+        if knob not in to_measure:
+            assert path is not None
             found = [Unit.from_json(u) for u in json.loads(path.read_text(encoding="utf-8"))]
             cached.append(knob)
         else:
             knob_started = time.perf_counter()
-            found = measure(knob, builder, base, path) if measure is not None else _MEASURE[knob](builder, base)
+            left: list[str] = []
+            if measure is not None:
+                found = measure(knob, builder, base, path)
+            else:
+                found, left = _MEASURE[knob](builder, base, _stopper(deadline, len(to_measure)))
+            to_measure.remove(knob)
             logger.info("profiled %d %s units in %.1f s", len(found), knob, time.perf_counter() - knob_started)
-            _store(path, found)
+            if left:
+                unmeasured[knob] = left
+                logger.warning(
+                    "the time budget stopped the %s profile: %d units not measured, left unchanged", knob, len(left)
+                )
+            else:
+                _store(path, found)
         units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
     table = None
     if batch is not None:
@@ -303,7 +341,15 @@ def profile(
                 else:
                     setting.latency = table.precision_delta(unit.name, str(setting.value))
     seconds = time.perf_counter() - started
-    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, table)
+    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, table, unmeasured)
+
+
+def _stopper(deadline: float | None, knobs_left: int) -> Stop:
+    """True once this knob's equal share of the time left before ``deadline`` is spent (never without one)."""
+    if deadline is None:
+        return lambda: False
+    share = time.monotonic() + (deadline - time.monotonic()) / knobs_left
+    return lambda: time.monotonic() >= share
 
 
 def _latency_table(builder: VariantBuilder, base: ir.Model, knobs: Sequence[str], batch: int) -> LatencyTable:

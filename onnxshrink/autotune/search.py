@@ -19,13 +19,14 @@ import optuna
 
 from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
-from onnxshrink.autotune.executors import Executor, LocalExecutor, TrialTask
 from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
 from onnxshrink.autotune.profile import Profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.autotune.result import choose, rank
 from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.autotune.trials import TrialTask
+from onnxshrink.executors import Executor, LocalExecutor
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
 logger = logging.getLogger(__name__)
@@ -236,11 +237,21 @@ class Search:
         return value + (_INFEASIBLE + record["violation"] if record["misses"] else 0.0)
 
     def structure(self) -> None:
-        """Phase 1: the allocation on the predicted front, corrected by measured costs."""
+        """Phase 1: the allocation on the predicted front, corrected by measured costs.
+
+        When no candidate meets the goal by then, the whole-model int8 (every layer the pass
+        quantizes by default) is tried too: a profile cut short by the time budget, or one whose
+        per-layer predictions add up wrong, must not lose to the plain pipeline a user would write.
+        """
         if self.goal.has_target:
             self._meet_targets()
         else:
             self._bisect()
+        uniform = allocate.uniform_int8(self.profile)
+        if uniform is not None and not any(_ok(r) for r in self.trials) and not self.out_of_time:
+            record = self.evaluate(uniform, 0, Knobs(), "uniform")
+            if record.get("phase") == "uniform":  # not a point of the front: bisection must not count it
+                record["front_index"] = None
 
     def _meet_targets(self) -> None:
         caps = dict(self.caps)

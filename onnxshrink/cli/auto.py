@@ -82,6 +82,12 @@ def _trial_line(status: dict[str, Any]) -> str:
     metavar="ADDR",
     help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
 )
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
 @click.option("--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Most candidates built.")
@@ -114,6 +120,7 @@ def auto_command(
     workers: int,
     executor: str,
     ray_address: str,
+    gpus_per_worker: float | None,
     seed: int,
     knobs: str | None,
     trials: int,
@@ -170,6 +177,7 @@ def auto_command(
         workers=workers,
         executor=executor,
         ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
         seed=seed,
         provider=provider,
         batch=batch,
