@@ -11,25 +11,24 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
 2. Their per-channel extremes and a bounded sample of rows come from one capture over the
    calibration samples (``statistics.ChannelStats``). It runs before calibration: the smoothed
    tensors' ranges are then calibrated as they will be quantized.
-3. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (the
-   output of a quantized node, or data movement after one: a Mul there would add a
-   dequantize/quantize pair), and smooths the others with the ``a`` of ``GRID`` that gives its layers the lowest
-   relative output error on the sampled rows (activation and weight both fake-quantized as the
-   plan will quantize them), and only when that error is at least ``MIN_GAIN`` below the error
-   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert), and only
-   when the tensor was seen in at least ``MIN_ROWS`` rows (tokens or samples): maxima from fewer
-   rows fit the calibration data so closely that balanced channels clip on new data.
-   Neither the producer nor the outlier ratio (largest channel maximum over the median one,
-   reported) gates it: on BERT-base with random weights the ratios are 1.4-4 and smoothing still
-   lowers every layer's error (the weight rows' ranges even out too). ``smooth=A`` (a number in
-   (0, 1)) smooths every candidate with ``a = A``.
+3. ``smooth=auto`` smooths a tensor with the ``a`` of ``GRID`` that gives its layers the lowest
+   relative output error on the sampled rows (activation and weight fake-quantized as the plan
+   will quantize them), only when that error is at least ``MIN_GAIN`` below the error without
+   smoothing (a smaller gain does not pay for a Mul) and the tensor was seen in at least
+   ``MIN_ROWS`` rows (tokens or samples: maxima from fewer rows fit the calibration data so
+   closely that balanced channels clip on new data). Neither the producer nor the outlier ratio
+   (largest channel maximum over the median one, reported) gates it: on BERT-base with random
+   weights the ratios are 1.4-4 and smoothing still lowers every layer's error (the weight rows'
+   ranges even out too). ``smooth=A`` (a number in (0, 1)) smooths every candidate with ``a = A``.
 4. ``X / s`` is folded into the producer when it is a LayerNormalization (last axis) whose output
-   only these layers read and whose scale and bias only it reads (scale and bias divided by
-   ``s``), or a Mul by a constant scalar or per-channel vector that only it reads, whose output
-   only these layers read (BERT's GELU ends in ``* 0.5``: the constant becomes ``0.5 / s``);
-   otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
-   readers, such as BERT's residual Add, keep reading ``X``). Each weight's rows are multiplied
-   by ``s`` in a new initializer.
+   only these layers read (new scale and bias, divided by ``s``), or a Mul by a constant scalar
+   or per-channel vector whose output only these layers read (BERT's GELU ends in ``* 0.5``: a
+   new constant ``0.5 / s``); otherwise a ``Mul`` by the constant ``1 / s`` is inserted before
+   the layers (other readers, such as BERT's residual Add, keep reading ``X``). Each weight's
+   rows are multiplied by ``s`` in a new initializer.
+5. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (a
+   quantized node's output, or data movement after one): a Mul there would add a
+   dequantize/quantize pair. A chain of data movement after a float op only moves its Q.
 """
 
 from __future__ import annotations
@@ -235,7 +234,7 @@ def _foldable_layer_norm(value: ir.Value, layers: list[ir.Node]) -> ir.Node | No
             continue
         if isinstance(constant_initializer(parameter, "scale"), NoMatch):
             return None
-        if len(list(parameter.uses())) != 1 or (constant_array(parameter) is None):
+        if constant_array(parameter) is None:
             return None
         if np.asarray(constant_array(parameter)).ndim != 1:
             return None
@@ -255,8 +254,8 @@ def _foldable_mul(value: ir.Value, layers: list[ir.Node], channels: int) -> tupl
         if constant is None or other is None or isinstance(constant_initializer(constant, "factor"), NoMatch):
             continue
         array = constant_array(constant)
-        if array is None or len({id(user) for user, _ in constant.uses()}) != 1 or array.dtype != np.float32:
-            continue
+        if array is None or array.dtype != np.float32:
+            continue  # a shared constant is fine: this Mul gets a new one
         # A scalar, or one factor per channel on the last axis: the new factor keeps the product's shape.
         if array.size == 1 or (array.size == channels and array.shape[-1] == channels):
             return producer, index
