@@ -151,27 +151,39 @@ def _fake_quantized_weight(weight: np.ndarray, model: ErrorModel) -> np.ndarray:
     return np.clip(np.rint(weight / scale), -limit, limit) * scale
 
 
-def _relative_error(
-    stats: ChannelStats, rows: np.ndarray, weights: list[np.ndarray], scales: np.ndarray | None, model: ErrorModel
-) -> float:
-    """The layers' squared output error over their squared output on ``rows``, both sides fake-quantized.
+@dataclasses.dataclass
+class _LayerRows:
+    """The sampled rows of one tensor with its layers' weights and exact outputs, computed once."""
 
-    With per-channel weights the layers' weights are one ``[K, sum N]`` matrix (each column has its
-    own scale either way), so one product serves them all.
-    """
+    rows: np.ndarray
+    weights: list[np.ndarray]
+    exact: list[np.ndarray]
+    reference: float
+
+    @classmethod
+    def of(cls, rows: np.ndarray, weights: list[np.ndarray], per_channel: bool) -> _LayerRows:
+        """The rows and the layers' weights, side by side as one ``[K, sum N]`` matrix when per channel.
+
+        Each column has its own scale either way, so one product serves all the layers.
+        """
+        groups = [np.concatenate(weights, axis=1)] if per_channel and len(weights) > 1 else weights
+        exact = [rows @ weight for weight in groups]
+        return cls(rows, groups, exact, float(sum(np.square(e).sum() for e in exact)))
+
+
+def _relative_error(stats: ChannelStats, layer_rows: _LayerRows, scales: np.ndarray | None, model: ErrorModel) -> float:
+    """The layers' squared output error over their squared output on the rows, both sides fake-quantized."""
     assert stats.minimum is not None and stats.maximum is not None
+    rows = layer_rows.rows
     s = np.ones(rows.shape[1], np.float32) if scales is None else scales
     low = float((stats.minimum / s).min())
     high = float((stats.maximum / s).max())
     activation = _fake_quantized(rows / s, qparams(low, high, model.dtype, symmetric=model.symmetric))
-    groups = [np.concatenate(weights, axis=1)] if model.per_channel and len(weights) > 1 else weights
-    error = reference = 0.0
-    for weight in groups:
-        exact = rows @ weight
+    error = 0.0
+    for weight, exact in zip(layer_rows.weights, layer_rows.exact, strict=True):
         rounded = _fake_quantized_weight(weight * s[:, None], model)
         error += float(np.square(activation @ rounded - exact).sum())
-        reference += float(np.square(exact).sum())
-    return error / reference if reference > 0 else 0.0
+    return error / layer_rows.reference if layer_rows.reference > 0 else 0.0
 
 
 def choose_scales(
@@ -202,12 +214,12 @@ def choose_scales(
             choice.reason = f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
             continue
         w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
-        rows = channel_stats.sample()
-        choice.errors["none"] = _relative_error(channel_stats, rows, weights, None, model)
+        rows = _LayerRows.of(channel_stats.sample(), weights, model.per_channel)
+        choice.errors["none"] = _relative_error(channel_stats, rows, None, model)
         alphas = GRID if setting == "auto" else (float(setting),)
         for alpha in alphas:
             scales = migration_scales(x_max, w_max, alpha)
-            choice.errors[f"{alpha:g}"] = _relative_error(channel_stats, rows, weights, scales, model)
+            choice.errors[f"{alpha:g}"] = _relative_error(channel_stats, rows, scales, model)
         best = min(alphas, key=lambda a: choice.errors[f"{a:g}"])
         if setting == "auto" and choice.errors[f"{best:g}"] > (1.0 - MIN_GAIN) * choice.errors["none"]:
             choice.reason = (
