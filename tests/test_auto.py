@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import onnxshrink
-from onnxshrink.autotune.goal import parse_duration, parse_size
+from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, to_toml
 from onnxshrink.autotune.study import TrialJournal
 from onnxshrink.cli import main
@@ -62,6 +62,14 @@ def test_parse_size_and_duration() -> None:
     assert parse_duration("90s") == 90.0
     with pytest.raises(onnxshrink.errors.UsageError, match="bad size"):
         parse_size("four megs")
+
+
+def test_a_measured_value_equal_to_its_limit_meets_it() -> None:
+    goal = Goal(max_drop=1.0)
+    at_limit = {"drop": 100 * (0.9725 - 0.9625)}  # 1.0000000000000009 in floats
+    assert goal.misses(at_limit) == {} and goal.violation(at_limit) == 0.0
+    assert "max_drop" in goal.misses({"drop": 1.25})
+    assert Goal(min_agreement=0.99).misses({"agreement": 0.99}) == {}
 
 
 def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) -> None:
