@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import onnxshrink
-from onnxshrink.autotune.goal import parse_duration, parse_size
+from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, to_toml
 from onnxshrink.autotune.study import TrialJournal
 from onnxshrink.cli import main
@@ -62,6 +62,14 @@ def test_parse_size_and_duration() -> None:
     assert parse_duration("90s") == 90.0
     with pytest.raises(onnxshrink.errors.UsageError, match="bad size"):
         parse_size("four megs")
+
+
+def test_a_measured_value_equal_to_its_limit_meets_it() -> None:
+    goal = Goal(max_drop=1.0)
+    at_limit = {"drop": 100 * (0.9725 - 0.9625)}  # 1.0000000000000009 in floats
+    assert goal.misses(at_limit) == {} and goal.violation(at_limit) == 0.0
+    assert "max_drop" in goal.misses({"drop": 1.25})
+    assert Goal(min_agreement=0.99).misses({"agreement": 0.99}) == {}
 
 
 def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) -> None:
@@ -190,6 +198,40 @@ def test_user_metric_hook(tmp_path: Path, profiles: Path) -> None:
     assert 0.5 < chosen["score_reference"] <= 1.0
     assert chosen["drop"] == pytest.approx(chosen["score_reference"] - chosen["score"])
     assert chosen["drop"] <= 0.01
+
+
+_FACTORY_METRIC = """
+import json
+import numpy as np
+
+def score(session_factory, samples):
+    session = session_factory()
+    with open(LOG, "a") as log:
+        threads = session.get_session_options().intra_op_num_threads
+        log.write(json.dumps([type(session).__name__, session.get_providers()[0], threads]) + "\\n")
+    data = samples.take()
+    logits = session.run(None, {"input": data["input"]})[0]
+    per_sample = (logits.argmax(axis=1) == data["labels"]).astype(float)
+    return float(per_sample.mean()), per_sample
+"""
+
+
+def test_a_metric_taking_a_session_factory(tmp_path: Path, profiles: Path) -> None:
+    """A first parameter named session_factory gets sessions: the study's provider, each trial's thread cap."""
+    log = tmp_path / "calls.jsonl"
+    folder = tmp_path / "m3"
+    folder.mkdir()
+    (folder / "factory_metric.py").write_text(f"LOG = {str(log)!r}\n" + _FACTORY_METRIC)
+    sys.path.insert(0, str(folder))
+    metric = "factory_metric:score"  # a module name of its own: the driver imports a module once
+    result = _auto(study(tmp_path, profiles), metric=metric, max_drop=0.01, max_trials=2, search="int8", workers=2)
+    chosen = result.report["trials"][result.report["chosen"]["trial"]]
+    assert 0.5 < chosen["score_reference"] <= 1.0 and chosen["drop"] <= 0.01
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1 + len(result.trials)  # the input model, then each trial
+    assert all(kind == "InferenceSession" and provider == "CPUExecutionProvider" for kind, provider, _ in calls)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert calls[0][2] == 0 and all(threads == share for _, _, threads in calls[1:])  # two workers: half the cores each
 
 
 def test_a_raising_metric_is_a_failed_trial(tmp_path: Path, profiles: Path) -> None:
@@ -349,3 +391,43 @@ def test_agreement_on_a_model_without_classes_is_a_usage_error(tmp_path: Path) -
     args = ["auto", str(path), "-o", str(tmp_path / "o.onnx"), "--calib", str(data), "--eval", str(data)]
     result = CliRunner().invoke(main, [*args, "--min-agreement", "0.9"])
     assert result.exit_code == 2 and "classifier-like" in result.output
+
+
+def test_the_time_budget_bounds_the_profile(tmp_path: Path) -> None:
+    # A study used to measure its whole profile whatever --time-budget said (hours on BERT-base);
+    # the serial profile now stops at its share of the budget and caches no knob it cut short.
+    folder = tmp_path / "study"
+    result = _auto(folder, max_drop=1.0, time_budget="0s")
+    unmeasured = result.report["profile"]["unmeasured"]
+    assert set(unmeasured) == {"channels", "precision"}
+    assert "/stem/stem.0/Conv" in unmeasured["precision"] and result.report["profile"]["units"] == []
+    assert not list((folder / "profiles").glob("*.json"))
+    assert len(result.trials) == 1 and result.trials[0]["error"] is None
+    again = _auto(tmp_path / "again", max_drop=1.0, search="int8", max_trials=1)
+    assert again.report["profile"]["unmeasured"] == {} and again.report["profile"]["units"]
+
+
+def test_timing_plan_fits_slow_models_into_a_few_seconds() -> None:
+    from onnxshrink.latency import timing_plan
+
+    # The profile's plan (9 rounds of 5 runs, about 2 s per setting for two models).
+    assert timing_plan(0.001, models=2, rounds=9, runs=5, budget=2.0) == (9, 5)  # a millisecond model: all of it
+    assert timing_plan(0.05, models=2, rounds=9, runs=5, budget=2.0) == (9, 2)
+    assert timing_plan(1.7, models=2, rounds=9, runs=5, budget=2.0) == (3, 1)  # BERT-base, batch 8: 6 runs, not 90
+    assert timing_plan(1.7, models=2, rounds=15, runs=3, budget=5.0, least_rounds=5) == (5, 1)
+
+
+def test_whole_model_int8_is_tried_when_no_allocation_meets_the_goal(tmp_path: Path, profiles: Path) -> None:
+    # On BERT-base a 20-minute budget profiled 3 of 97 layers, no allocation reached 2x, and auto
+    # wrote a 1.01x model while plain `simplify -> quantize` ran 2.87x faster within the budget.
+    result = _auto(study(tmp_path, profiles), max_size=5_000, max_drop=1.0, max_trials=3)  # out of reach
+    uniform = [t for t in result.trials if t["phase"] == "uniform"]
+    assert len(uniform) == 1 and uniform[0]["error"] is None and uniform[0]["front_index"] is None
+    assert [s["name"] for s in uniform[0]["specs"]] == ["simplify", "quantize"]
+    no_int8 = {
+        u["name"] for u in result.report["profile"]["units"] if "int8" not in [s["value"] for s in u["settings"]]
+    }
+    assert set(uniform[0]["specs"][1]["options"]["exclude"]) <= no_int8  # only layers that have no int8 kept float
+    assert not result.feasible and "max_size" in result.misses
+    feasible = _auto(study(tmp_path, profiles, "easy"), max_size=INPUT_SIZE // 2, max_drop=1.0, search="int8")
+    assert feasible.feasible and not any(t["phase"] == "uniform" for t in feasible.trials)

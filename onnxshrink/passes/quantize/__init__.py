@@ -278,13 +278,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         judge = budget.Judge(
             self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine
         )
-
-        def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
-            copy = model.clone()
-            rewrite.apply_plan(copy, plan, options.weight_bits)
-            return copy
-
-        plan, record = budget.fit_budget(judge, plan, make_plan, applied)
+        plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits)
         timings["budget"] = time.perf_counter() - started
         return plan, collector, record
 
