@@ -81,7 +81,7 @@ def test_smoothing_folds_into_a_mul_by_a_constant() -> None:
             y = MatMul (g, W)
         }""",
         initializers={
-            "half": np.array(0.5, np.float32),
+            "half": np.full(HIDDEN, 0.5, np.float32),  # per channel: a scalar (GELU's 0.5) stays for ORT's fusion
             "W": (rng.standard_normal((HIDDEN, 32)) / 8).astype(np.float32),
         },
     )

@@ -391,10 +391,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             error_model = smooth.ErrorModel(
                 "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
             )
-            # Tensors int8 before the layer's own Q (a quantized producer, or data movement after
-            # one): a Mul by 1/s there would add a dequantize/quantize pair (smooth.py rule 3).
-            int8_already = {name for name, q in dry_run.activations.items() if q.root != name}
-            int8_already.update(layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output)
+            # Tensors int8 before the layer's own Q: a quantized node's output, or data movement
+            # after one. A Mul by 1/s there would add a dequantize/quantize pair (smooth.py rule 5);
+            # a chain whose root is a float op's output only moves its Q after the Mul.
+            quantized_outputs = {layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output}
+            int8_already = {name for name, q in dry_run.activations.items() if q.root in quantized_outputs}
             smoothed = smooth.smooth_model(
                 self.context,
                 float_model,

@@ -11,25 +11,25 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
 2. Their per-channel extremes and a bounded sample of rows come from one capture over the
    calibration samples (``statistics.ChannelStats``). It runs before calibration: the smoothed
    tensors' ranges are then calibrated as they will be quantized.
-3. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (the
-   output of a quantized node, or data movement after one: a Mul there would add a
-   dequantize/quantize pair), and smooths the others with the ``a`` of ``GRID`` that gives its layers the lowest
-   relative output error on the sampled rows (activation and weight both fake-quantized as the
-   plan will quantize them), and only when that error is at least ``MIN_GAIN`` below the error
-   without smoothing (a smaller gain does not pay for the Mul that rule 4 may insert), and only
-   when the tensor was seen in at least ``MIN_ROWS`` rows (tokens or samples): maxima from fewer
-   rows fit the calibration data so closely that balanced channels clip on new data.
-   Neither the producer nor the outlier ratio (largest channel maximum over the median one,
-   reported) gates it: on BERT-base with random weights the ratios are 1.4-4 and smoothing still
-   lowers every layer's error (the weight rows' ranges even out too). ``smooth=A`` (a number in
-   (0, 1)) smooths every candidate with ``a = A``.
+3. ``smooth=auto`` smooths a tensor with the ``a`` of ``GRID`` that gives its layers the lowest
+   relative output error on the sampled rows (activation and weight fake-quantized as the plan
+   will quantize them), only when that error is at least ``MIN_GAIN`` below the error without
+   smoothing (a smaller gain does not pay for a Mul) and the tensor was seen in at least
+   ``MIN_ROWS`` rows (tokens or samples: maxima from fewer rows fit the calibration data so
+   closely that balanced channels clip on new data). Neither the producer nor the outlier ratio
+   (largest channel maximum over the median one, reported) gates it: on BERT-base with random
+   weights the ratios are 1.4-4 and smoothing still lowers every layer's error (the weight rows'
+   ranges even out too). ``smooth=A`` (a number in (0, 1)) smooths every candidate with ``a = A``.
 4. ``X / s`` is folded into the producer when it is a LayerNormalization (last axis) whose output
-   only these layers read and whose scale and bias only it reads (scale and bias divided by
-   ``s``), or a Mul by a constant scalar or per-channel vector that only it reads, whose output
-   only these layers read (BERT's GELU ends in ``* 0.5``: the constant becomes ``0.5 / s``);
-   otherwise a ``Mul`` by the constant ``1 / s`` is inserted before the layers (other
-   readers, such as BERT's residual Add, keep reading ``X``). Each weight's rows are multiplied
-   by ``s`` in a new initializer.
+   only these layers read (new scale and bias, divided by ``s``), or a Mul by a constant
+   per-channel vector whose output only these layers read (a new vector; a scalar stays, because
+   onnxruntime fuses BERT's GELU, which ends in ``* 0.5``, only with the scalar); otherwise a
+   ``Mul`` by the constant ``1 / s`` is inserted before the layers (other readers, such as BERT's
+   residual Add, keep reading ``X``). Each weight's rows are multiplied by ``s`` in a new
+   initializer.
+5. ``smooth=auto`` leaves alone a tensor that the plan makes int8 before the layer's own Q (a
+   quantized node's output, or data movement after one): a Mul there would add a
+   dequantize/quantize pair. A chain of data movement after a float op only moves its Q.
 """
 
 from __future__ import annotations
@@ -152,27 +152,39 @@ def _fake_quantized_weight(weight: np.ndarray, model: ErrorModel) -> np.ndarray:
     return np.clip(np.rint(weight / scale), -limit, limit) * scale
 
 
-def _relative_error(
-    stats: ChannelStats, rows: np.ndarray, weights: list[np.ndarray], scales: np.ndarray | None, model: ErrorModel
-) -> float:
-    """The layers' squared output error over their squared output on ``rows``, both sides fake-quantized.
+@dataclasses.dataclass
+class _LayerRows:
+    """The sampled rows of one tensor with its layers' weights and exact outputs, computed once."""
 
-    With per-channel weights the layers' weights are one ``[K, sum N]`` matrix (each column has its
-    own scale either way), so one product serves them all.
-    """
+    rows: np.ndarray
+    weights: list[np.ndarray]
+    exact: list[np.ndarray]
+    reference: float
+
+    @classmethod
+    def of(cls, rows: np.ndarray, weights: list[np.ndarray], per_channel: bool) -> _LayerRows:
+        """The rows and the layers' weights, side by side as one ``[K, sum N]`` matrix when per channel.
+
+        Each column has its own scale either way, so one product serves all the layers.
+        """
+        groups = [np.concatenate(weights, axis=1)] if per_channel and len(weights) > 1 else weights
+        exact = [rows @ weight for weight in groups]
+        return cls(rows, groups, exact, float(sum(np.square(e).sum() for e in exact)))
+
+
+def _relative_error(stats: ChannelStats, layer_rows: _LayerRows, scales: np.ndarray | None, model: ErrorModel) -> float:
+    """The layers' squared output error over their squared output on the rows, both sides fake-quantized."""
     assert stats.minimum is not None and stats.maximum is not None
+    rows = layer_rows.rows
     s = np.ones(rows.shape[1], np.float32) if scales is None else scales
     low = float((stats.minimum / s).min())
     high = float((stats.maximum / s).max())
     activation = _fake_quantized(rows / s, qparams(low, high, model.dtype, symmetric=model.symmetric))
-    groups = [np.concatenate(weights, axis=1)] if model.per_channel and len(weights) > 1 else weights
-    error = reference = 0.0
-    for weight in groups:
-        exact = rows @ weight
+    error = 0.0
+    for weight, exact in zip(layer_rows.weights, layer_rows.exact, strict=True):
         rounded = _fake_quantized_weight(weight * s[:, None], model)
         error += float(np.square(activation @ rounded - exact).sum())
-        reference += float(np.square(exact).sum())
-    return error / reference if reference > 0 else 0.0
+    return error / layer_rows.reference if layer_rows.reference > 0 else 0.0
 
 
 def choose_scales(
@@ -203,12 +215,12 @@ def choose_scales(
             choice.reason = f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
             continue
         w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
-        rows = channel_stats.sample()
-        choice.errors["none"] = _relative_error(channel_stats, rows, weights, None, model)
+        rows = _LayerRows.of(channel_stats.sample(), weights, model.per_channel)
+        choice.errors["none"] = _relative_error(channel_stats, rows, None, model)
         alphas = GRID if setting == "auto" else (float(setting),)
         for alpha in alphas:
             scales = migration_scales(x_max, w_max, alpha)
-            choice.errors[f"{alpha:g}"] = _relative_error(channel_stats, rows, weights, scales, model)
+            choice.errors[f"{alpha:g}"] = _relative_error(channel_stats, rows, scales, model)
         best = min(alphas, key=lambda a: choice.errors[f"{a:g}"])
         if setting == "auto" and choice.errors[f"{best:g}"] > (1.0 - MIN_GAIN) * choice.errors["none"]:
             choice.reason = (
@@ -235,7 +247,7 @@ def _foldable_layer_norm(value: ir.Value, layers: list[ir.Node]) -> ir.Node | No
             continue
         if isinstance(constant_initializer(parameter, "scale"), NoMatch):
             return None
-        if len(list(parameter.uses())) != 1 or (constant_array(parameter) is None):
+        if constant_array(parameter) is None:
             return None
         if np.asarray(constant_array(parameter)).ndim != 1:
             return None
@@ -243,7 +255,7 @@ def _foldable_layer_norm(value: ir.Value, layers: list[ir.Node]) -> ir.Node | No
 
 
 def _foldable_mul(value: ir.Value, layers: list[ir.Node], channels: int) -> tuple[ir.Node, int] | None:
-    """Rule 4: a Mul by a constant (GELU's last ``* 0.5``) that can take ``1 / s``, and the constant's index."""
+    """Rule 4: a Mul by a constant per-channel vector that can take ``1 / s``, and the constant's index."""
     producer = value.producer()
     if producer is None or not is_onnx_op(producer, "Mul") or value.is_graph_output() or len(producer.inputs) != 2:
         return None
@@ -255,10 +267,12 @@ def _foldable_mul(value: ir.Value, layers: list[ir.Node], channels: int) -> tupl
         if constant is None or other is None or isinstance(constant_initializer(constant, "factor"), NoMatch):
             continue
         array = constant_array(constant)
-        if array is None or len({id(user) for user, _ in constant.uses()}) != 1 or array.dtype != np.float32:
-            continue
-        # A scalar, or one factor per channel on the last axis: the new factor keeps the product's shape.
-        if array.size == 1 or (array.size == channels and array.shape[-1] == channels):
+        if array is None or array.dtype != np.float32:
+            continue  # a shared constant is fine: this Mul gets a new one
+        # One factor per channel on the last axis (the new one keeps the product's shape). A scalar
+        # stays: onnxruntime fuses GELU's x * 0.5 * (1 + erf) only with the scalar 0.5 (BiasGelu);
+        # folding 1/s there unfused it and BERT-base ran 0.81x at batch 8.
+        if array.size == channels and array.shape[-1] == channels and channels > 1:
             return producer, index
     return None
 
@@ -289,7 +303,7 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
             constant = mul_node.inputs[index]
             assert constant is not None
             array = np.asarray(constant_array(constant), dtype=np.float32)
-            folded = (array.reshape(-1)[-1:] if array.size == 1 else array.reshape(-1)) / scales
+            folded = array.reshape(-1) / scales
             if array.ndim > 1:
                 folded = folded.reshape((1,) * (array.ndim - 1) + (-1,))
             mul_node.replace_input_with(
