@@ -74,6 +74,18 @@ SIDE_BY_SIDE = {
     "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
 }
+# The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
+# migration for the transformer, cross-layer equalization for the CNNs.
+METHOD_ROWS = {
+    "transformer": {"onnxshrink-smooth-auto": "smooth=auto", "onnxshrink-smooth-0.5": "smooth=0.5"},
+    "cnn": {
+        "onnxshrink-equalize": "equalize=true",
+        "onnxshrink-all-int8-equalize": "keep-slow-float=false,equalize=true",
+        "onnxshrink-smooth-auto": "smooth=auto",
+    },
+}
+# NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).
+NNCF_ROWS = {"nncf": "", "nncf-transformer": "transformer"}
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
@@ -120,9 +132,10 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         arrays = {key: data[key] for key in data.files}
         count = len(next(iter(arrays.values())))
         items = [{key: value[i : i + 1] for key, value in arrays.items()} for i in range(count)]
-        quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count)
+        kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if option == "transformer" else {}
+        quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count, **kwargs)
         onnx.save(quantized, out)
-        info = {"nncf": nncf.__version__}
+        info = {"nncf": nncf.__version__, "nncf_options": option or "defaults"}
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -257,14 +270,17 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     reference = _session(fp32).run(None, feed)
     rows: dict[str, dict[str, Any]] = {"fp32": {"size_mb": fp32.stat().st_size / 1e6, "kernels": _kernels(fp32, work)}}
     rows["fp32"].update(_quality(reference, reference, labels))
-    tools = [(label, "onnxshrink", option) for label, option in SIDE_BY_SIDE.items()]
+    methods = METHOD_ROWS["transformer" if model == "bert-base" else "cnn"]
+    tools = [(label, "onnxshrink", option) for label, option in {**SIDE_BY_SIDE, **methods}.items()]
     tools += [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
     tools += [(name, name, "") for name in ORT_CONFIGS]
-    tools += [("nncf", "nncf", "")]
+    tools += [(label, "nncf", option) for label, option in NNCF_ROWS.items() if option != "transformer"]
     if model in TOOLS:
-        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] == "nncf"]
+        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] == "nncf"]
     if model == "bert-base":
-        tools = [t for t in tools if t[0] in ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best-rr")]
+        keep = ("onnxshrink-default", "onnxshrink-percentile", "ort-best-rr", "nncf", *methods)
+        tools = [t for t in tools if t[0] in keep]
+        tools += [("nncf-transformer", "nncf", "transformer")]
         tools += [
             ("onnxshrink-dynamic", "onnxshrink", "mode=dynamic"),
             ("onnxshrink-s4", "onnxshrink", "mode=weight-only,weights=s4"),
@@ -292,19 +308,23 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
         run.update(_quality(reference, _session(out).run(None, feed), labels))
         print(f"  {label}: {json.dumps({k: v for k, v in run.items() if k != 'left_float'})}", flush=True)
     scale = ROUNDS.get(model, 1.0)
-    for batch, rounds in ((1, int(args.rounds_b1 * scale)), (32, max(3, int(args.rounds_b32 * scale)))):
+    small, large = args.batches
+    for batch, rounds in ((small, int(args.rounds_b1 * scale)), (large, max(3, int(args.rounds_b32 * scale)))):
         times = _latency(paths, feed, batch, rounds)
         for label in paths:
             rows[label][f"ms_b{batch}"] = harness.median_ms(times, label)
             rows[label][f"speedup_b{batch}"] = harness.speedup(times, "fp32", label)
+    for row in rows.values():
+        row["batches"] = [small, large]
     return rows
 
 
 def print_table(model: str, rows: dict[str, dict[str, Any]]) -> None:
     """Prints one model's table: a row per quantizer, failures with their reason."""
+    small, large = rows["fp32"].get("batches", [1, 32])
     headers = (
-        "quantizer", "cosine", "top-1 agr.", "accuracy", "ms b1 (x fp32)", "ms b32 (x fp32)", "quant s", "peak RSS MB",
-        "MB", "int kernels / float",
+        "quantizer", "cosine", "top-1 agr.", "accuracy", f"ms b{small} (x fp32)", f"ms b{large} (x fp32)", "quant s",
+        "peak RSS MB", "MB", "int kernels / float",
     )  # fmt: skip
     table: list[tuple[Any, ...]] = []
     for label, row in rows.items():
@@ -316,8 +336,9 @@ def print_table(model: str, rows: dict[str, dict[str, Any]]) -> None:
         table.append(
             (
                 label, f"{row['cosine']:.5f}", harness.fmt(row.get("top1_agreement")),
-                harness.fmt(row.get("accuracy"), ".4f"), f"{row['ms_b1']:.1f} ({row['speedup_b1']:.2f}x)",
-                f"{row['ms_b32']:.0f} ({row['speedup_b32']:.2f}x)", f"{row.get('wall_s', 0):.1f}",
+                harness.fmt(row.get("accuracy"), ".4f"),
+                f"{row[f'ms_b{small}']:.1f} ({row[f'speedup_b{small}']:.2f}x)",
+                f"{row[f'ms_b{large}']:.0f} ({row[f'speedup_b{large}']:.2f}x)", f"{row.get('wall_s', 0):.1f}",
                 f"{row.get('rss_mb', 0):.0f}", f"{row['size_mb']:.2f}", f"{ints} / {floats}",
             )
         )  # fmt: skip
@@ -336,11 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrators", default=",".join(CALIBRATORS))
     parser.add_argument("--rounds-b1", type=int, default=20)
     parser.add_argument("--rounds-b32", type=int, default=5)
+    parser.add_argument(
+        "--batches", default="1,32", help="the two latency batch sizes (BERT's goal is at batch 8: --batches 1,8)"
+    )
     parser.add_argument("--tools", help="comma-separated quantizer labels to run (default: all for the model)")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
     args.calibrators = [c for c in args.calibrators.split(",") if c]
-    settings = f"latency rounds b1 {args.rounds_b1}, b32 {args.rounds_b32} (scaled per model)"
+    args.batches = [int(b) for b in args.batches.split(",")][:2]
+    settings = (
+        f"latency rounds b{args.batches[0]} {args.rounds_b1}, b{args.batches[1]} {args.rounds_b32} (scaled per model)"
+    )
     environment = harness.print_environment(extra_dists=("nncf",), settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-quantize-") as tmp:

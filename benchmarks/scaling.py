@@ -9,11 +9,20 @@ baseline, the per-item times (median, sum) from the streamed items file, whether
 equals the serial one, and, for Ray, how many nodes' object stores hold the setup object
 (the model and samples put once) and how many times workers read it.
 
+With ``--prune``, it times ``run -p prune:allocation=sensitivity`` instead (``shrink`` with the
+executor in the pass context): the same four executors measure the layers' damage curves, one
+work item per layer; it prints the pass's allocation time, the speedup, whether every curve and
+chosen sparsity equals the serial run's, and whether the models are byte-identical. With
+``--quantize``, the same for ``quantize:min-cosine=C`` (each layer's sensitivity candidate built
+and judged as one work item; the pass's budget time, the per-layer cosines and decisions).
+
 The machine may be shared: the load average is printed before and after, and per-item times are
 the figures a projection should use (the wall-time speedup is capped by whatever else runs).
 Run with the project's venv plus Ray::
 
     python benchmarks/scaling.py [--model magika|ocr-cls|digits] [--samples 64] [--json out.json]
+    python benchmarks/scaling.py --prune [--model ocr-cls] [--samples 32] [--sparsity 0.5]
+    python benchmarks/scaling.py --quantize [--model ocr-cls] [--samples 32] [--min-cosine 0.9999] [--options K=V,...]
 """
 
 from __future__ import annotations
@@ -31,10 +40,10 @@ import harness
 import samples as bench_samples
 
 import onnxshrink
-from onnxshrink.autotune.executors import LocalExecutor
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.profile import profile
 from onnxshrink.data.readers import open_samples
+from onnxshrink.executors import LocalExecutor
 from onnxshrink.spec import make_spec
 
 
@@ -82,6 +91,105 @@ def _same(reference: list[dict[str, Any]], units: list[dict[str, Any]]) -> str:
     return f"damage within {max(abs(a['damage'] - b['damage']) for a, b in pairs):.1e}"
 
 
+def _prune_one(path: Path, calib: dict[str, Any], executor: Any, spec: str) -> dict[str, Any]:
+    """One run of ``spec`` (prune or quantize); ``curves`` and ``sparsities`` are what must equal serial."""
+    started = time.perf_counter()
+    result = onnxshrink.shrink(path, [spec], calibration=calib, verify=False, executor=executor)
+    wall = time.perf_counter() - started
+    (record,) = result.report["passes"]
+    if spec.startswith("quantize"):
+        judged = record["stats"]["budget"]["layers"]
+        curves = {key: [layer["cosine"], layer["disagreement"] or 0.0] for key, layer in judged.items()}
+        chosen = {key: layer["decision"] for key, layer in judged.items()}
+        seconds = record["timings"]["budget"]
+    else:
+        layers = record["stats"]["layers"]
+        curves = {name: layer.get("sensitivity") for name, layer in layers.items()}
+        chosen = {name: layer.get("sparsity") for name, layer in layers.items()}
+        seconds = record["timings"]["allocation"]
+    return {
+        "wall_s": wall,
+        "allocation_s": seconds,
+        "layers": sum(1 for curve in curves.values() if curve),
+        "curves": curves,
+        "sparsities": chosen,
+        "model": result.to_proto().SerializeToString(),
+    }
+
+
+def _same_curves(reference: dict[str, Any], row: dict[str, Any]) -> str:
+    if reference["sparsities"] != row["sparsities"]:
+        return "DIFFERENT choices"
+    gaps = [
+        abs(a - b)
+        for name, curve in reference["curves"].items()
+        if curve
+        for a, b in zip(curve, row["curves"][name], strict=True)
+    ]
+    same_model = "same model" if reference["model"] == row["model"] else "DIFFERENT model"
+    return f"measures within {max(gaps, default=0.0):.1e}, {same_model}"
+
+
+def prune_main(args: argparse.Namespace) -> None:
+    """``prune:allocation=sensitivity`` (or quantize's budget) on 1 and 2 workers, local and Ray; prints the table."""
+    environment = harness.print_environment(["onnxruntime", "ray"])
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    path, calib = _model(args.model, args.samples)
+    spec = f"prune:sparsity={args.sparsity},allocation=sensitivity,samples={args.samples}"
+    if args.quantize:
+        spec = f"quantize:min-cosine={args.min_cosine},samples={args.samples}"
+    if args.options:
+        spec = f"{spec},{args.options}"
+    rows: dict[str, dict[str, Any]] = {}
+    for workers in (1, 2):
+        rows[f"local x{workers}"] = _prune_one(path, calib, LocalExecutor(workers), spec)
+        print(f"local x{workers}: {rows[f'local x{workers}']['allocation_s']:.1f} s", flush=True)
+    if not args.no_ray:
+        import ray
+
+        from onnxshrink.executors.ray_cluster import RayExecutor
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            for workers in (1, 2):
+                executor = RayExecutor(workers=workers)
+                try:
+                    row = _prune_one(path, calib, executor, spec)
+                    row["objects"] = executor.transfers()
+                finally:
+                    executor.close()
+                rows[f"ray x{workers}"] = row
+                print(f"ray x{workers}: {row['allocation_s']:.1f} s", flush=True)
+        finally:
+            ray.shutdown()
+    load_after = os.getloadavg()
+    table = []
+    for name, row in rows.items():
+        baseline = rows[name.replace("x2", "x1")]["allocation_s"]
+        setup = next(iter((row.get("objects") or {}).values()), None)
+        table.append(
+            [
+                name,
+                row["layers"],
+                harness.fmt(row["allocation_s"], ".1f"),
+                harness.fmt(baseline / row["allocation_s"], ".2f"),
+                harness.fmt(row["wall_s"], ".1f"),
+                _same_curves(rows["local x1"], row),
+                f"{setup['bytes']} B on {setup['nodes']} node(s)" if setup else "-",
+            ]
+        )
+    title = f"{args.model}: {spec} ({args.samples} calibration samples)"
+    timed = "budget s" if args.quantize else "allocation s"
+    headers = ["executor", "layers", timed, "speedup", "run s", "same as serial", "workload object"]
+    print(harness.markdown_table(headers, table, title=title))
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    if args.json:
+        for row in rows.values():
+            row.pop("model")
+        harness.write_json(args.json, {"environment": environment, "load": [load_before, load_after], "rows": rows})
+
+
 def main() -> None:
     """Runs the four profiles and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,7 +198,15 @@ def main() -> None:
     parser.add_argument("--knobs", default="int8,int4", help="Profiles measured: channels,int8,int4.")
     parser.add_argument("--no-ray", action="store_true", help="Local executor only.")
     parser.add_argument("--json", help="Write the figures here.")
+    parser.add_argument("--prune", action="store_true", help="Time prune:allocation=sensitivity instead.")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="--prune: the pass's target sparsity.")
+    parser.add_argument("--quantize", action="store_true", help="Time quantize:min-cosine's budget instead.")
+    parser.add_argument("--min-cosine", type=float, default=0.9999, help="--quantize: the pass's budget.")
+    parser.add_argument("--options", help="--prune/--quantize: more KEY=VALUE options of the pass.")
     args = parser.parse_args()
+    if args.prune or args.quantize:
+        prune_main(args)
+        return
     environment = harness.print_environment(["onnxruntime", "ray"])
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
@@ -105,7 +221,7 @@ def main() -> None:
         if not args.no_ray:
             import ray
 
-            from onnxshrink.autotune.executors.ray_cluster import RayExecutor
+            from onnxshrink.executors.ray_cluster import RayExecutor
 
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             try:

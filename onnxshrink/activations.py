@@ -8,7 +8,7 @@ the caller and dropped. Nothing holds more than one batch of activations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -45,10 +45,14 @@ def capture(
     pass_name: str,
     samples: int | None = None,
     batch_size: int = 32,
+    augment: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Streams ``(feed, activations)`` per calibration batch for the named main-graph values.
 
     Graph inputs and initializers may be named too: they come from the feed or the weight.
+    A batch's ``activations`` dict is emptied when the next batch is asked for: use (or copy)
+    what it holds before that. ``augment`` turns each calibration feed into the one that runs
+    (more samples from each, e.g. shifted images); the feed yielded is the one that ran.
 
     Raises:
         UsageError: No calibration data, or a name that is not a value of the main graph.
@@ -64,7 +68,13 @@ def capture(
     session = context.session(exposed(model, computed))[0] if computed else None
     constants = {name: tensor.numpy() for name, tensor in initializers.items() if tensor is not None}
     for feed in context.calibration_batches(pass_name, input_names, samples=samples, batch_size=batch_size):
+        if augment is not None:
+            feed = augment(feed)
         arrays = dict(run(session, feed)) if session is not None else {}
         arrays.update({name: feed[name] for name in names if name in feed})
         arrays.update(constants)
         yield feed, arrays
+        # The caller asks for the next batch once it is done with this one: emptied before the
+        # next run, the dict it still holds no longer keeps this batch's arrays alive beside the
+        # next batch's (BERT-base calibration, batch 8: 255 MB).
+        arrays.clear()

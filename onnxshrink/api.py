@@ -22,6 +22,7 @@ from onnxshrink.data.model_inputs import check_fixed_shapes, fix_input_shapes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import GENERATED, Feed, verification_feed
 from onnxshrink.errors import UsageError, VerificationError
+from onnxshrink.executors import Executor, check_executor_options, make_executor
 from onnxshrink.ir.graphs import totals
 from onnxshrink.loading import LoadedModel, load_model, load_proto
 from onnxshrink.pipeline import Measure, PassRecord, Pipeline
@@ -158,6 +159,10 @@ def shrink(
     min_cosine: float | None = None,
     fix_shapes: Mapping[str, tuple[int, ...]] | None = None,
     measure: Measure | None = None,
+    executor: str | Executor = "local",
+    workers: int = 1,
+    ray_address: str = "auto",
+    gpus_per_worker: float | None = None,
 ) -> ShrinkResult:
     """Runs a pipeline of passes on a model and verifies the result with onnxruntime.
 
@@ -179,6 +184,14 @@ def shrink(
         measure: Called on the input and after every pass that changed the model; the ``macs``
             and ``bytes_compressed`` it returns go into each pass record as ``macs_after`` and
             ``bytes_compressed_after`` (``onnxshrink run`` measures as ``inspect`` does).
+        executor: Where passes hand independent measurements (the layers of
+            ``prune:allocation=sensitivity``): ``local`` (``workers`` processes on this machine;
+            one: in this process), ``ray`` (a Ray cluster, ``pip install 'onnxshrink[ray]'``), or an
+            executor object (:mod:`onnxshrink.executors`; the caller closes it).
+        workers: Local worker processes, or the most Ray workers.
+        ray_address: With ``executor="ray"``: ``auto``, ``HOST:PORT`` or ``local`` (start one here).
+        gpus_per_worker: With ``executor="ray"``: GPUs each worker declares (default: 1 when
+            ``provider`` is ``cuda`` and the cluster has GPUs, else 0).
 
     Raises:
         UsageError: Bad pass spec, option or data (data is checked against the model's inputs
@@ -191,6 +204,8 @@ def shrink(
     specs = parse_specs(passes)
     if not specs:
         raise UsageError("no passes given; name at least one with -p (see 'onnxshrink passes')")
+    if isinstance(executor, str):
+        check_executor_options(executor, workers, gpus_per_worker, ray_address)
     shapes = dict(shapes or {})
     if max_drop is not None and not verify:
         raise UsageError("max_drop (--max-drop) is checked by verification; drop --no-verify or the budget")
@@ -241,7 +256,17 @@ def shrink(
         initial=measure(work) if measure is not None else None,
     )
     passes_started = time.perf_counter()
-    records = pipeline.run(work)
+    if isinstance(executor, str):
+        owned: Executor | None = make_executor(executor, workers, ray_address, gpus=gpus_per_worker, provider=provider)
+        context.executor = owned
+    else:
+        owned, context.executor = None, executor
+    try:
+        records = pipeline.run(work)
+    finally:
+        context.executor = None
+        if owned is not None:
+            owned.close()
     passes_seconds = time.perf_counter() - passes_started
     if fix_shapes:
         # After the passes, so calibration may still run batches of any size.

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from onnxshrink.data.samples import Samples
+    from onnxshrink.executors import Executor
     from onnxshrink.runtime import ProviderChoice
 
 
@@ -30,12 +31,15 @@ class PassContext:
         shapes: Concrete sizes for dynamic input dimensions, by input name.
         reference: The pipeline's input model as onnxruntime opens it (a path or serialized
             bytes), kept for passes that use the input model as teacher; None when unknown.
+        executor: Where a pass may hand independent measurements (``--executor``, ``--workers``);
+            None: the pass measures in this process, one at a time.
     """
 
     calibration: Samples | None = None
     provider: str = "auto"
     shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     reference: str | bytes | None = None
+    executor: Executor | None = None
 
     def require_calibration(self, pass_name: str) -> Samples:
         """Returns the calibration samples, or fails with a usage error naming the pass."""

@@ -2,24 +2,31 @@
 
 :func:`interleaved_latency` times several runnables in rotating round-robin order, so machine
 noise (another process, frequency changes) hits every candidate alike; :func:`measure_latency`
-is ``onnxshrink bench``'s single-model form of it.
+is ``onnxshrink bench``'s single-model form of it. :func:`node_times` asks onnxruntime's own
+profiler where the time of a run goes, node by node of the graph onnxruntime really runs.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxshrink import progress
 from onnxshrink.data.model_inputs import generate_inputs
 from onnxshrink.errors import UsageError
 from onnxshrink.loading import load_model
-from onnxshrink.runtime import RuntimeUnavailable, create_session, run
+from onnxshrink.runtime import ProviderChoice, RuntimeUnavailable, create_session, run
 
 
 def interleaved_latency(
@@ -114,3 +121,92 @@ def measure_latency(
         "p90_ms": float(np.percentile(ordered, 90)),
         "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTimes:
+    """Where the time of a run goes: the graph onnxruntime ran and each of its nodes' milliseconds.
+
+    Attributes:
+        graph: The main graph onnxruntime ran, after its graph optimizations: fusions and layout
+            changes rename nodes and tensors (``relu_0.tmp_0_nchwc``, ``ReorderOutput_token_12``),
+            so mapping them back to the model's nodes is the caller's business.
+        times: Median milliseconds per run of each node of ``graph``, by name (a node that runs
+            several times in one run, in a loop body, counts the sum).
+        runs: Runs the medians are taken over.
+        provider: Which provider ran.
+    """
+
+    graph: onnx.GraphProto
+    times: dict[str, float]
+    runs: int
+    provider: ProviderChoice
+
+
+def _kernel_events(path: str, warmup: int) -> tuple[dict[str, list[float]], int]:
+    """Per node name, its milliseconds in each profiled run after ``warmup`` runs; and how many runs."""
+    events = json.loads(Path(path).read_text(encoding="utf-8"))
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[warmup:]
+    starts = [start for start, _ in spans]
+    per_run: dict[str, list[float]] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        index = bisect.bisect_right(starts, event["ts"]) - 1
+        if index < 0 or event["ts"] > spans[index][1]:
+            continue  # a warm-up run
+        row = per_run.setdefault(name.removesuffix("_kernel_time"), [0.0] * len(spans))
+        row[index] += event["dur"] / 1000.0
+    return per_run, len(spans)
+
+
+def node_times(
+    source: str | bytes,
+    feed: Mapping[str, np.ndarray],
+    *,
+    provider: str = "cpu",
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> NodeTimes:
+    """Per-node milliseconds of a model from onnxruntime's profiler (``SessionOptions.enable_profiling``).
+
+    The session is the one onnxruntime would run (default optimization level, ``threads``); it
+    runs ``warmup`` times, then ``runs`` times, and each node's median over those runs is kept
+    (the profiler's own events, ``dur`` of each ``*_kernel_time``). The profiler adds some
+    bookkeeping to every node: absolute times are high for small nodes, their shares are what
+    to use. When the provider cannot save its optimized graph, ``graph`` is empty.
+
+    Raises:
+        RuntimeUnavailable: onnxruntime cannot load or run the model.
+    """
+    with tempfile.TemporaryDirectory(prefix="onnxshrink-profile-") as tmp:
+        folder = Path(tmp)
+
+        def profiling(options: Any) -> None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(folder / "profile")
+
+        def saving(options: Any) -> None:
+            profiling(options)
+            options.optimized_model_filepath = str(folder / "optimized.onnx")
+            # Weights go to a side file: no 2 GiB limit and nothing to read back but the graph.
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
+            )
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "64")
+
+        try:
+            session, choice = create_session(source, provider, threads=threads, configure=saving)
+        except RuntimeUnavailable:  # some providers cannot save what they optimized: times by node name only
+            session, choice = create_session(source, provider, threads=threads, configure=profiling)
+        for _ in range(warmup + runs):
+            run(session, feed)
+        per_run, count = _kernel_events(session.end_profiling(), warmup)
+        optimized = folder / "optimized.onnx"
+        graph = onnx.load(str(optimized), load_external_data=False).graph if optimized.is_file() else onnx.GraphProto()
+    times = {name: float(statistics.median(values)) for name, values in per_run.items()}
+    return NodeTimes(graph, times, count, choice)

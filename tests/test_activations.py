@@ -51,3 +51,12 @@ def test_missing_input_and_unknown_value_are_usage_errors() -> None:
         list(capture(_context(4), parse_ir_model(_TEXT), ["nope"], pass_name="t"))
     with pytest.raises(UsageError, match="needs calibration data"):
         list(capture(PassContext(), parse_ir_model(_TEXT), ["h"], pass_name="t"))
+
+
+def test_a_batch_is_dropped_when_the_next_is_asked_for() -> None:
+    """One batch of activations alive at a time: the previous dict is empty while the next one runs."""
+    batches = capture(_context(10), parse_ir_model(_TEXT), ["h"], pass_name="t", batch_size=4)
+    _, first = next(batches)
+    assert first["h"].shape == (4, 3)
+    _, second = next(batches)
+    assert first == {} and second["h"].shape == (4, 3)

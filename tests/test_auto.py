@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import onnxshrink
-from onnxshrink.autotune.goal import parse_duration, parse_size
+from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, to_toml
 from onnxshrink.autotune.study import TrialJournal
 from onnxshrink.cli import main
@@ -62,6 +62,14 @@ def test_parse_size_and_duration() -> None:
     assert parse_duration("90s") == 90.0
     with pytest.raises(onnxshrink.errors.UsageError, match="bad size"):
         parse_size("four megs")
+
+
+def test_a_measured_value_equal_to_its_limit_meets_it() -> None:
+    goal = Goal(max_drop=1.0)
+    at_limit = {"drop": 100 * (0.9725 - 0.9625)}  # 1.0000000000000009 in floats
+    assert goal.misses(at_limit) == {} and goal.violation(at_limit) == 0.0
+    assert "max_drop" in goal.misses({"drop": 1.25})
+    assert Goal(min_agreement=0.99).misses({"agreement": 0.99}) == {}
 
 
 def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) -> None:
@@ -190,6 +198,40 @@ def test_user_metric_hook(tmp_path: Path, profiles: Path) -> None:
     assert 0.5 < chosen["score_reference"] <= 1.0
     assert chosen["drop"] == pytest.approx(chosen["score_reference"] - chosen["score"])
     assert chosen["drop"] <= 0.01
+
+
+_FACTORY_METRIC = """
+import json
+import numpy as np
+
+def score(session_factory, samples):
+    session = session_factory()
+    with open(LOG, "a") as log:
+        threads = session.get_session_options().intra_op_num_threads
+        log.write(json.dumps([type(session).__name__, session.get_providers()[0], threads]) + "\\n")
+    data = samples.take()
+    logits = session.run(None, {"input": data["input"]})[0]
+    per_sample = (logits.argmax(axis=1) == data["labels"]).astype(float)
+    return float(per_sample.mean()), per_sample
+"""
+
+
+def test_a_metric_taking_a_session_factory(tmp_path: Path, profiles: Path) -> None:
+    """A first parameter named session_factory gets sessions: the study's provider, each trial's thread cap."""
+    log = tmp_path / "calls.jsonl"
+    folder = tmp_path / "m3"
+    folder.mkdir()
+    (folder / "factory_metric.py").write_text(f"LOG = {str(log)!r}\n" + _FACTORY_METRIC)
+    sys.path.insert(0, str(folder))
+    metric = "factory_metric:score"  # a module name of its own: the driver imports a module once
+    result = _auto(study(tmp_path, profiles), metric=metric, max_drop=0.01, max_trials=2, search="int8", workers=2)
+    chosen = result.report["trials"][result.report["chosen"]["trial"]]
+    assert 0.5 < chosen["score_reference"] <= 1.0 and chosen["drop"] <= 0.01
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 1 + len(result.trials)  # the input model, then each trial
+    assert all(kind == "InferenceSession" and provider == "CPUExecutionProvider" for kind, provider, _ in calls)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert calls[0][2] == 0 and all(threads == share for _, _, threads in calls[1:])  # two workers: half the cores each
 
 
 def test_a_raising_metric_is_a_failed_trial(tmp_path: Path, profiles: Path) -> None:

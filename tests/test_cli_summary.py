@@ -182,3 +182,19 @@ def test_a_pass_that_changed_nothing_keeps_the_figures_before_it(tmp_path: Path)
         first["macs_after"],
         first["bytes_compressed_after"],
     )
+
+
+def test_fix_shape_counts_the_output_totals_at_the_fixed_size(tmp_path: Path) -> None:
+    """The last pass ran before --fix-shape wrote the sizes: the output's MACs are counted again, not copied."""
+    stdout, _ = _run(DIGITS, tmp_path / "o.onnx", "-p", "simplify", "--no-verify", "--fix-shape", "input=4x1x8x8")
+    before, after = (_number(cell) for cell in _row(stdout, "MACs")[1:])
+    assert after == 4 * before == 4 * inspect_model(ir.load(DIGITS))["macs"]
+    assert _number(_row(stdout, "cleanup (no change)")[4]) == before  # measured before the sizes were written
+
+
+def test_a_shape_that_does_not_fit_fails_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    result = CliRunner().invoke(main, ["run", str(DIGITS), str(out), "-p", "cleanup", "--no-verify", "--shape", "zz=1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "onnxshrink: error: --shape names 'zz', which is not an input; inputs: input"
+    assert not out.exists()

@@ -10,11 +10,11 @@ import pytest
 
 import onnxshrink
 from onnxshrink import progress
-from onnxshrink.autotune.executors import LocalExecutor, NodeProgress, make_executor
 from onnxshrink.autotune.items import Item, ItemMeasure, plan
 from onnxshrink.autotune.profile import profile
 from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
+from onnxshrink.executors import LocalExecutor, NodeProgress, make_executor
 from onnxshrink.spec import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 DRIVER = f"""
 import json, sys, time
 import ray, onnxshrink
-from onnxshrink.autotune.executors.ray_cluster import RayExecutor
+from onnxshrink.executors.ray_cluster import RayExecutor
 from onnxshrink.autotune.study import TrialJournal
 
 ray.init(address=sys.argv[1], log_to_driver=False)

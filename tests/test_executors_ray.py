@@ -12,7 +12,7 @@ import onnxshrink
 
 ray = pytest.importorskip("ray")
 
-from onnxshrink.autotune.executors.ray_cluster import RayExecutor  # noqa: E402
+from onnxshrink.executors.ray_cluster import RayExecutor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_cnn.onnx"
@@ -62,3 +62,33 @@ def test_ray_gives_the_local_executors_profile_and_recipe(local_ray, tmp_path: P
     nodes = executor.stats["nodes"]
     assert sum(n["trials"] for n in nodes.values()) == len(remote.trials)
     assert sum(n["fetches"] for n in nodes.values()) <= 4  # each of the 2 item and 2 trial workers read its data once
+
+
+# rounds=2: the second round is a new workload (each layer with the others pruned) on fresh actors.
+PRUNE = "prune:sparsity=0.6,allocation=sensitivity,samples=64,rounds=2"
+
+
+def test_ray_measures_prune_sensitivity_like_the_serial_pass(local_ray) -> None:  # type: ignore[no-untyped-def]
+    serial = onnxshrink.shrink(MODEL, [PRUNE], calibration=str(CALIB), verify=False)
+    executor = RayExecutor(workers=2)
+    try:
+        remote = onnxshrink.shrink(MODEL, [PRUNE], calibration=str(CALIB), verify=False, executor=executor)
+        assigned = executor.assigned()
+    finally:
+        executor.close()
+    ours, theirs = remote.report["passes"][0]["stats"], serial.report["passes"][0]["stats"]
+    assert ours["allocation"] == theirs["allocation"]
+    measured = [name for name, layer in theirs["layers"].items() if layer.get("sensitivity")]
+    assert len(measured) >= 3
+    for name in theirs["layers"]:
+        assert ours["layers"][name]["sparsity"] == theirs["layers"][name]["sparsity"]
+    for name in measured:
+        curve = theirs["layers"][name]["sensitivity"]
+        assert ours["layers"][name]["sensitivity"] == pytest.approx(curve, rel=1e-4, abs=1e-9)
+    assert remote.to_proto().SerializeToString() == serial.to_proto().SerializeToString()
+    # Each layer of each round was one item; the second round's workload replaced the first's.
+    nodes = executor.stats["nodes"]
+    assert sum(entry["profile items"] for entry in nodes.values()) == 2 * len(measured)
+    assert sorted(executor.stats["objects"]) == ["setup-1", "setup-2"]
+    # The live (second-round) workers hold one CPU each and no GPU: num_gpus=0 unless asked.
+    assert len(assigned) == 2 and all(entry == {"CPU": 1.0} for entry in assigned)

@@ -28,7 +28,7 @@ class Point:
     size: int
     macs: int
     damage: float
-    latency: float = 0.0  # predicted milliseconds, when the profile is timed
+    latency: float = 0.0  # predicted milliseconds, when the profile has a latency model
 
     def settings(self, units: Sequence[Unit]) -> dict[str, dict[str, float | str]]:
         """The chosen value of every unit, by knob and unit name (what the report shows)."""
@@ -93,11 +93,32 @@ def predicted_size(profile: Profile, choice: Sequence[int]) -> int:
     return round(total)
 
 
+def predicted_latency(profile: Profile, choice: Sequence[int]) -> float:
+    """Milliseconds of an allocation: each node's time at its layer's precision, scaled by its cuts.
+
+    The knapsack adds settings' latency deltas; a node cut on both sides, or cut and quantized,
+    changes by the product of its changes, which this counts (0 without a latency model).
+    """
+    if profile.latency is None:
+        return 0.0
+    ratios: dict[str, float] = {}
+    precision: dict[str, str] = {}
+    for unit, index in zip(profile.units, choice, strict=True):
+        setting = unit.settings[index]
+        if unit.knob == "precision":
+            precision[unit.name] = str(setting.value)
+            continue
+        for name, ratio in setting.work.items():
+            ratios[name] = ratios.get(name, 1.0) * ratio
+    return profile.latency.predict(ratios, precision)
+
+
 def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage") -> Point | None:
     """The allocation minimizing ``objective`` (damage, bytes, macs or latency) with summed costs within ``caps``.
 
     Caps are totals (model bytes, MACs), not deltas; the knapsack sums settings' costs. Returns
-    None when no allocation fits them. The point's size is :func:`predicted_size`.
+    None when no allocation fits them. The point's size is :func:`predicted_size`, its latency
+    :func:`predicted_latency`.
     """
     if not profile.units:
         point = Point((), profile.size, profile.macs, 0.0, profile.latency_ms)
@@ -124,7 +145,7 @@ def solve(profile: Profile, caps: Mapping[str, float], objective: str = "damage"
         owner, setting = where[int(found)]
         choice[owner] = int(setting)
     macs = profile.macs + int(costs["macs"][chosen].sum())
-    latency = profile.latency_ms + float(costs["latency"][chosen].sum())
+    latency = predicted_latency(profile, choice)
     return Point(tuple(choice), predicted_size(profile, choice), macs, float(damage[chosen].sum()), latency)
 
 
@@ -159,7 +180,8 @@ def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Poi
 
     The knapsack's summed cost of the primary kind is capped at levels swept from the model's own
     cost down to the smallest reachable (other caps hold throughout); each point is then judged by
-    its :func:`predicted_size`, and points that another beats on both damage and cost are dropped.
+    its :func:`predicted_size` and :func:`predicted_latency`, and points that another beats on both
+    damage and cost are dropped.
     """
     summed = {k: v for k, v in caps.items() if k != "bytes"}
     cheapest = solve(profile, summed, objective=primary)

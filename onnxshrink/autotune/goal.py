@@ -16,6 +16,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+# Measured values equal to a limit meet it: 100 * (0.9725 - 0.9625) is 1.0000000000000009 points.
+_TOLERANCE = 1e-9
 
 
 def parse_size(text: str | int) -> int:
@@ -117,14 +119,14 @@ class Goal:
         speedup = measured.get("speedup")
         if self.min_speedup is not None and (speedup is None or speedup < self.min_speedup):
             found["min_speedup"] = f"speedup {speedup or 0:.3f}x is below --min-speedup {self.min_speedup}x"
-        if self.max_drop is not None and measured["drop"] > self.max_drop:
+        if self.max_drop is not None and measured["drop"] > self.max_drop + _TOLERANCE:
             unit = "" if self.metric else " points"
             found["max_drop"] = f"drop {measured['drop']:.4f}{unit} is past --max-drop {self.max_drop}{unit}"
-        if self.min_agreement is not None and measured["agreement"] < self.min_agreement:
+        if self.min_agreement is not None and measured["agreement"] < self.min_agreement - _TOLERANCE:
             found["min_agreement"] = (
                 f"agreement {measured['agreement']:.4f} is below --min-agreement {self.min_agreement}"
             )
-        if self.min_cosine is not None and measured["cosine"] < self.min_cosine:
+        if self.min_cosine is not None and measured["cosine"] < self.min_cosine - _TOLERANCE:
             found["min_cosine"] = f"cosine {measured['cosine']:.6f} is below --min-cosine {self.min_cosine}"
         return found
 
@@ -138,7 +140,7 @@ class Goal:
         if self.min_speedup is not None:
             total += max(0.0, 1 - (measured.get("speedup") or 0.0) / self.min_speedup)
         if self.max_drop is not None:
-            total += max(0.0, measured["drop"] - self.max_drop) / max(self.max_drop, 1e-3)
+            total += max(0.0, measured["drop"] - self.max_drop - _TOLERANCE) / max(self.max_drop, 1e-3)
         if self.min_agreement is not None:
             total += max(0.0, self.min_agreement - measured["agreement"]) / max(1 - self.min_agreement, 1e-3)
         if self.min_cosine is not None:

@@ -2,7 +2,7 @@
 
 A profile is split into items that depend on nothing but the simplified model and the calibration
 samples, so an executor can measure them in any order, in any process, on any node
-(:mod:`onnxshrink.autotune.executors`). Each finished item is appended to
+(:mod:`onnxshrink.executors`). Each finished item is appended to
 ``profiles/<knob>-<digest>.items.jsonl`` as it completes; a driver that dies and is run again
 (``--resume`` or not: the file is keyed like the profile cache) submits only the missing items.
 When every item is in, the units are put together in the order the serial profile lists them,
@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,6 +35,7 @@ from onnxshrink.autotune.profile import (
 )
 from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import VerificationError
+from onnxshrink.executors import Executor
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passes import channels
 from onnxshrink.spec import make_spec
@@ -63,17 +64,29 @@ class Setup:
     model: bytes  # the simplified model, serialized
     calibration: dict[str, np.ndarray]
     provider: str
-    batch: int | None  # time each setting at this batch (a timed profile), or None
 
     @property
     def timed(self) -> bool:
-        """Whether items measure latency (and so must not share a CPU with other items)."""
-        return self.batch is not None
+        """Items time nothing (the latency model of ``--min-speedup`` is measured by the driver)."""
+        return False
 
     def builder(self) -> VariantBuilder:
         """The builder of one-setting variants (a worker makes it once and keeps it)."""
         proto = onnx.load_from_string(self.model)
-        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.batch)
+        return VariantBuilder(proto, open_samples(self.calibration), self.provider)
+
+    # The executor's Workload: a worker's state is the builder, a piece an Item.
+    def start(self) -> VariantBuilder:
+        """The worker's state: the builder (see :meth:`builder`)."""
+        return self.builder()
+
+    def measure(self, state: VariantBuilder, piece: Item) -> dict[str, Any]:
+        """One item's result (:func:`measure_item`)."""
+        return measure_item(state, piece)
+
+    def failed(self, piece: Item, reason: str) -> dict[str, Any]:
+        """The result of an item that could not be measured (:func:`failed`)."""
+        return failed(piece, reason)
 
 
 def measure_item(builder: VariantBuilder, item: Item) -> dict[str, Any]:
@@ -136,13 +149,6 @@ def assemble(
     return units
 
 
-class ItemExecutor(Protocol):
-    """Measures items somewhere (see :mod:`onnxshrink.autotune.executors`)."""
-
-    def profile_items(self, setup: Setup, items: Sequence[Item], done: Callable[[Item, dict[str, Any]], None]) -> None:
-        """Measures ``items``, calling ``done(item, result)`` in this thread as each finishes."""
-
-
 def _read(path: Path | None) -> dict[str, dict[str, Any]]:
     """The finished items of an items file (a torn last line from a killed driver is skipped)."""
     found: dict[str, dict[str, Any]] = {}
@@ -161,7 +167,7 @@ def _read(path: Path | None) -> dict[str, dict[str, Any]]:
 class ItemMeasure:
     """The profile's seam: measures a knob's units item by item on an executor, streaming results to disk."""
 
-    def __init__(self, executor: ItemExecutor, calibration: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, executor: Executor, calibration: dict[str, np.ndarray] | None = None) -> None:
         self.executor = executor
         self.calibration = calibration
         self.submitted = 0  # items measured in this run (not read back from an items file)
@@ -178,7 +184,7 @@ class ItemMeasure:
         if todo:
             if self._setup is None:  # one setup for every knob: an object store holds it once
                 calibration = self.calibration if self.calibration is not None else builder.calibration.take()
-                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider, builder.batch)
+                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider)
             setup = self._setup
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

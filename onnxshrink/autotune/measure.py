@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import statistics
 import sys
 import time
@@ -23,11 +24,11 @@ from onnxshrink.data.samples import Samples
 from onnxshrink.errors import UsageError
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.latency import interleaved_latency, one_run_seconds, timing_plan
-from onnxshrink.runtime import create_session, run
+from onnxshrink.runtime import cap_threads, create_session, run
 from onnxshrink.spec import make_spec
 from onnxshrink.verify import verify
 
-Metric = Callable[[str, Samples], Any]
+Metric = Callable[[Any, Samples], Any]
 _LATENCY_ROUNDS, _LATENCY_RUNS = 15, 3
 _LATENCY_SECONDS = 5.0  # the timing aims at this: a slow model gets fewer rounds (at least 5) and runs
 
@@ -47,6 +48,27 @@ class Job:
     metric_reference: float | None = None
     speed_batch: int | None = None
     sys_path: tuple[str, ...] = ()
+    threads: int | None = None  # onnxruntime intra-op threads of every session (None: its default)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionFactory:
+    """What a metric whose first parameter is named ``session_factory`` receives instead of a path.
+
+    Calling it returns an ``onnxruntime.InferenceSession`` of the candidate on the study's
+    provider (``auto``: CUDA when it can run, else CPU), with the trial's thread cap.
+
+    Attributes:
+        path: The candidate's model file.
+        provider: ``cpu``, ``cuda`` or ``auto``.
+    """
+
+    path: str
+    provider: str
+
+    def __call__(self) -> Any:
+        """A new session of the candidate."""
+        return create_session(self.path, self.provider)[0]
 
 
 def load_metric(metric: str | Metric) -> Metric:
@@ -71,9 +93,23 @@ def load_metric(metric: str | Metric) -> Metric:
     return function
 
 
-def score(metric: Metric, model_path: str, data: Samples) -> float:
-    """The metric's score of a model: a number, or ``(score, per_sample_scores)``."""
-    value = metric(model_path, data)
+def takes_session_factory(metric: Metric) -> bool:
+    """Whether the metric's first parameter is named ``session_factory`` (else it takes a model path)."""
+    try:
+        parameters = list(inspect.signature(metric).parameters)
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    return bool(parameters) and parameters[0] == "session_factory"
+
+
+def score(metric: Metric, model_path: str, data: Samples, provider: str = "cpu") -> float:
+    """The metric's score of a model: a number, or ``(score, per_sample_scores)``.
+
+    The metric gets ``(model_path, data)``, or ``(SessionFactory(model_path, provider), data)``
+    when its first parameter is named ``session_factory``.
+    """
+    source = SessionFactory(model_path, provider) if takes_session_factory(metric) else model_path
+    value = metric(source, data)
     if isinstance(value, tuple):
         value = value[0]
     number = float(value)
@@ -83,7 +119,7 @@ def score(metric: Metric, model_path: str, data: Samples) -> float:
 
 
 def _speedup(reference: str, candidate: str, data: Samples, provider: str, batch: int) -> dict[str, float]:
-    """Median latency of both models on the first ``batch`` evaluation samples, timed interleaved."""
+    """Median latency of both models on the first ``batch`` evaluation samples, timed interleaved, and the speedup."""
     ref_session, choice = create_session(reference, provider)
     cand_session, _ = create_session(candidate, "cuda" if choice.used.startswith("CUDA") else "cpu")
     names = [i.name for i in ref_session.get_inputs()]
@@ -106,12 +142,17 @@ def _speedup(reference: str, candidate: str, data: Samples, provider: str, batch
         warmup=2,
     )
     ref_ms, cand_ms = statistics.median(times["reference"]), statistics.median(times["candidate"])
-    return {"reference_ms": ref_ms, "latency_ms": cand_ms, "speedup": ref_ms / cand_ms}
+    # Each round times both models back to back: the median of the rounds' ratios is steadier
+    # on a busy machine than the ratio of the medians (load that changes between rounds cancels).
+    ratios = [r / c for r, c in zip(times["reference"], times["candidate"], strict=True) if c > 0]
+    speedup = statistics.median(ratios) if ratios else ref_ms / cand_ms
+    return {"reference_ms": ref_ms, "latency_ms": cand_ms, "speedup": speedup}
 
 
 def measure(job: Job) -> dict[str, Any]:
     """Builds the candidate with the real passes, saves it to ``job.output`` and measures it."""
     sys.path[:0] = [p for p in job.sys_path if p not in sys.path]
+    cap_threads(job.threads)
     started = time.perf_counter()
     specs = [make_spec(spec["name"], spec["options"]) for spec in job.specs]
     result = shrink(job.model, specs, calibration=job.calibration, provider=job.provider, verify=False)
@@ -135,7 +176,7 @@ def measure(job: Job) -> dict[str, Any]:
         "provider": report.provider,
     }
     if job.metric is not None:
-        measured["score"] = score(load_metric(job.metric), job.output, data)
+        measured["score"] = score(load_metric(job.metric), job.output, data, job.provider)
         measured["score_reference"] = job.metric_reference
         measured["drop"] = (job.metric_reference or 0.0) - measured["score"]
     elif report.accuracy_reference is not None and report.accuracy_candidate is not None:

@@ -6,7 +6,10 @@ the serialized model and analytic MACs, as deltas from the simplified model. Its
 measured the way ``quantize:max-drop`` judges candidates (:class:`~onnxshrink.passes.quantize.budget.Judge`):
 ``1 - cosine`` of the model's outputs against the simplified model's on calibration samples.
 Damages and costs are then taken as additive across units, which the allocation relies on and
-the measured trials correct.
+the measured trials correct. A channel setting also records each node's work ratio (MACs, else
+output elements, against the simplified model), from which the latency model
+(:mod:`onnxshrink.autotune.latency_model`, measured once per provider and batch for
+``--min-speedup``) gives every setting its latency.
 
 Profiles are cached as JSON in the study folder, keyed by the hashes of the simplified model, the
 calibration samples read, the knob and its grid, so another target on the same model reuses them.
@@ -18,25 +21,22 @@ import dataclasses
 import hashlib
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxshrink.api import shrink
+from onnxshrink.autotune.latency_model import LatencyTable, measure_table, node_work, shapes, timing_feed, work_ratios
 from onnxshrink.context import PassContext
 from onnxshrink.data.samples import Samples
-from onnxshrink.inspect.summary import inspect_model
+from onnxshrink.inspect.macs import graph_macs
 from onnxshrink.ir.graphs import is_onnx_op
-from onnxshrink.latency import interleaved_latency, one_run_seconds, timing_plan
 from onnxshrink.passes import channels
 from onnxshrink.passes.quantize.budget import Judge
-from onnxshrink.runtime import run
 from onnxshrink.spec import PassSpec, make_spec
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 CHANNEL_STEP = 4
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 _JUDGE_SAMPLES = 128
-_TIMING_ROUNDS, _TIMING_RUNS = 9, 5
-_TIMING_SECONDS = 2.0  # a setting's timing (both models) aims at this; slow models get fewer rounds and runs
-_VERSION = 4  # bump when what a profile measures changes: old cache entries are then ignored
+_VERSION = 5  # bump when what a profile measures changes: old cache entries are then ignored
 
 
 @dataclasses.dataclass
@@ -65,7 +63,8 @@ class Setting:
     macs: int
     damage: float
     layers: dict[str, int] = dataclasses.field(default_factory=dict)  # weight bytes change per layer
-    latency: float = 0.0  # milliseconds, when the profile is timed
+    latency: float = 0.0  # milliseconds it adds, from the latency model (when there is one)
+    work: dict[str, float] = dataclasses.field(default_factory=dict)  # channel cuts: node work ratios
 
 
 @dataclasses.dataclass
@@ -98,9 +97,14 @@ class Profile:
     seconds: float
     cached: list[str]
     layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
-    latency_ms: float = 0.0  # the simplified model's, when the profile is timed
+    latency: LatencyTable | None = None  # the latency model, for --min-speedup
     # Units not measured because the profile's time ran out (left unchanged by the search), per knob.
     unmeasured: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def latency_ms(self) -> float:
+        """The simplified model's measured latency (0 without a latency model)."""
+        return self.latency.wall_ms["float"] if self.latency is not None else 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The profile as the report shows it."""
@@ -112,6 +116,7 @@ class Profile:
             "cached": self.cached,
             "layer_bytes": self.layer_bytes,
             "latency_ms": self.latency_ms,
+            "latency": self.latency.to_json() if self.latency is not None else None,
             "unmeasured": self.unmeasured,
         }
 
@@ -142,50 +147,25 @@ def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
     return found
 
 
+def _macs_and_work(model: ir.Model) -> tuple[int, dict[str, float]]:
+    """MACs as ``inspect`` counts them, and every node's work, from one shape inference."""
+    shape_of = shapes(model)
+    return int(graph_macs(model.graph, shape_of).macs), node_work(model, shape_of)
+
+
 class VariantBuilder:
     """Builds one-setting variants of the simplified model and measures them."""
 
-    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str, batch: int | None) -> None:
+    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str) -> None:
         self.base = base
         self.calibration = calibration
         self.provider = provider
-        self.batch = batch
         model = ir.serde.deserialize_model(base)
         self.size = _size(model)
-        self.macs = int(inspect_model(model)["macs"])
+        self.macs, self.work = _macs_and_work(model)
         self.layers = layer_weight_bytes(model)
         self.context = PassContext(calibration=calibration, provider=provider)
         self.judge = Judge(self.context, model, "auto", _JUDGE_SAMPLES, None, None)
-        self.timing: tuple[Any, dict[str, np.ndarray]] | None = None
-        self.latency = 0.0
-        self.rounds, self.runs = _TIMING_ROUNDS, _TIMING_RUNS
-        if batch is not None:
-            names = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
-            arrays = calibration.take(batch)
-            feed = {n: np.resize(arrays[n], (batch, *arrays[n].shape[1:])) for n in names}
-            session = self.context.session(model)[0]
-            self.timing = (session, feed)
-            seconds = one_run_seconds(lambda: run(session, feed))
-            self.rounds, self.runs = timing_plan(
-                seconds, models=2, rounds=_TIMING_ROUNDS, runs=_TIMING_RUNS, budget=_TIMING_SECONDS
-            )
-            self.latency = self._time(None)
-
-    def _time(self, model: ir.Model | None) -> float:
-        """Milliseconds of the simplified model (``model`` None), or what ``model`` adds to them.
-
-        Both are timed interleaved, so machine noise hits them alike; medians are compared.
-        """
-        assert self.timing is not None
-        base, feed = self.timing
-        runners = {"base": lambda: run(base, feed)}
-        if model is not None:
-            session = self.context.session(model)[0]
-            runners["variant"] = lambda: run(session, feed)
-        times = interleaved_latency(runners, rounds=self.rounds, runs_per_round=self.runs, warmup=2)
-        if model is None:
-            return statistics.median(times["base"])
-        return statistics.median(times["variant"]) - statistics.median(times["base"])
 
     def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
         """The simplified model with ``spec`` run on it, and that pass's record."""
@@ -193,14 +173,17 @@ class VariantBuilder:
         return result.model, result.report["passes"][-1]
 
     def setting(self, value: float | str, model: ir.Model) -> Setting:
-        """``model``'s costs and damage against the simplified model, as the setting ``value``."""
+        """``model``'s costs and damage against the simplified model, as the setting ``value``.
+
+        A channel ratio (a number) also records the work ratio of every node it changes.
+        """
         damage = self.judge.measure(model)
-        macs = int(inspect_model(model)["macs"])
+        macs, work = _macs_and_work(model)
         now = layer_weight_bytes(model)
         layers = {name: now[name] - size for name, size in self.layers.items() if name in now and now[name] != size}
-        latency = self._time(model) if self.timing is not None else 0.0
+        ratios = work_ratios(self.work, work) if not isinstance(value, str) else {}
         damage_value = max(0.0, 1.0 - damage.cosine)
-        return Setting(value, _size(model) - self.size, macs - self.macs, damage_value, layers, latency)
+        return Setting(value, _size(model) - self.size, macs - self.macs, damage_value, layers, work=ratios)
 
 
 def channel_spec(ratios: dict[str, float]) -> PassSpec:
@@ -290,10 +273,11 @@ def profile(
 ) -> Profile:
     """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
 
-    With ``batch``, each setting is also timed on ``provider`` at that batch (a per-unit latency
-    table for ``--min-speedup``). ``measure(knob, builder, base, cache_path)``, when given, measures a
-    knob's units instead of the serial loop (:class:`onnxshrink.autotune.items.ItemMeasure` runs
-    them as work items on an executor).
+    With ``batch``, the latency model is measured too (on ``provider`` at that batch, see
+    :mod:`onnxshrink.autotune.latency_model`) and gives each setting its latency.
+    ``measure(knob, builder, base, cache_path)``, when given, measures a knob's units instead of
+    the serial loop (:class:`onnxshrink.autotune.items.ItemMeasure` runs them as work items on an
+    executor).
 
     ``deadline`` (``time.monotonic()``) bounds the serial loop: each knob still to measure gets an
     equal share of the time left, and once its share is spent its remaining units are not measured
@@ -302,7 +286,7 @@ def profile(
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
-    builder = VariantBuilder(proto, calibration, provider, batch)
+    builder = VariantBuilder(proto, calibration, provider)
     model_digest = proto.SerializeToString(deterministic=True)
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
@@ -313,7 +297,7 @@ def profile(
         if set(covers) & set(knobs):
             grid = json.dumps(
                 {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP}
-                | {"provider": provider, "batch": batch}
+                | {"provider": provider}
             )
             paths[knob] = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
     to_measure = [knob for knob, path in paths.items() if path is None or not path.is_file()]
@@ -339,8 +323,25 @@ def profile(
             else:
                 _store(path, found)
         units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
+    table = None
+    if batch is not None:
+        grid = json.dumps({"version": _VERSION, "knobs": sorted(knobs), "provider": provider, "batch": batch})
+        path = cache / f"latency-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
+        if path is not None and path.is_file():
+            table = LatencyTable.from_json(json.loads(path.read_text(encoding="utf-8")))
+            cached.append("latency")
+        else:
+            table = _latency_table(builder, base, knobs, batch)
+            logger.info("measured the latency model in %.1f s", table.seconds)
+            _write(path, table.to_json())
+        for unit in units:
+            for setting in unit.settings[1:]:
+                if unit.knob == "channels":
+                    setting.latency = table.channel_delta(setting.work)
+                else:
+                    setting.latency = table.precision_delta(unit.name, str(setting.value))
     seconds = time.perf_counter() - started
-    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, builder.latency, unmeasured)
+    return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, table, unmeasured)
 
 
 def _stopper(deadline: float | None, knobs_left: int) -> Stop:
@@ -351,9 +352,30 @@ def _stopper(deadline: float | None, knobs_left: int) -> Stop:
     return lambda: time.monotonic() >= share
 
 
-def _store(path: Path | None, units: list[Unit]) -> None:
+def _latency_table(builder: VariantBuilder, base: ir.Model, knobs: Sequence[str], batch: int) -> LatencyTable:
+    """The latency model: the simplified model, and each precision searched applied to every layer it fits."""
+    layers = {node.name for node in base.graph if node.name and is_onnx_op(node, *QUANTIZED_OPS)}
+    models = {"float": base}
+    if "int8" in knobs:
+        variant, record = builder.variant(make_spec("quantize", {}))
+        if record["stats"].get("quantized_nodes"):
+            models["int8"] = variant
+    weight_only = tuple(node.name for node in base.graph if node.name and is_onnx_op(node, *WEIGHT_ONLY_OPS))
+    if "int4" in knobs and weight_only:
+        variant, record = builder.variant(int4_spec(weight_only))
+        if record["modified"]:
+            models["int4"] = variant
+    feed = timing_feed(base, builder.calibration, batch)
+    return measure_table(models, feed, provider=builder.provider, layers=layers)
+
+
+def _write(path: Path | None, data: Any) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([u.to_json() for u in units]), encoding="utf-8")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
         tmp.replace(path)
+
+
+def _store(path: Path | None, units: list[Unit]) -> None:
+    _write(path, [u.to_json() for u in units])

@@ -24,7 +24,6 @@ import onnx_ir as ir
 
 from onnxshrink._version import __version__
 from onnxshrink.api import ShrinkResult, shrink
-from onnxshrink.autotune.executors import Executor, make_executor
 from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.measure import load_metric, score
@@ -37,6 +36,7 @@ from onnxshrink.autotune.trials import default_memory_bytes
 from onnxshrink.data.readers import open_samples
 from onnxshrink.data.samples import Feed
 from onnxshrink.errors import UsageError, VerificationError
+from onnxshrink.executors import Executor, check_executor_options, make_executor
 from onnxshrink.inspect.summary import inspect_model
 from onnxshrink.loading import load_model
 from onnxshrink.runtime import create_session, run
@@ -131,6 +131,7 @@ def auto(
     workers: int = 1,
     executor: str | Executor = "local",
     ray_address: str = "auto",
+    gpus_per_worker: float | None = None,
     seed: int = 0,
     provider: str = "cpu",
     batch: int = 1,
@@ -153,16 +154,21 @@ def auto(
         min_agreement: Budget: top-1 agreement with the input model.
         min_cosine: Budget: smallest output cosine similarity with the input model.
         metric: ``module:function`` (or a module-level function) called as ``f(model_path, samples)``,
-            returning a score or ``(score, per_sample_scores)``; higher is better.
+            or as ``f(session_factory, samples)`` when its first parameter is named
+            ``session_factory`` (a zero-argument callable returning an ``onnxruntime.InferenceSession``
+            of the candidate on ``provider``, with the trial's thread cap); returns a score or
+            ``(score, per_sample_scores)``; higher is better.
         time_budget: Seconds (or ``"30m"``) after which no new trial starts.
         study: Folder for the profile cache and trial journal (a temporary one when None).
         resume: Continue the study's journal instead of starting it over.
         workers: Trials built (and profile items measured) at a time: local processes, or Ray workers.
         executor: Where profile items and trials run: ``local`` (processes on this machine), ``ray``
             (a Ray cluster, ``pip install 'onnxshrink[ray]'``), or an executor object
-            (:mod:`onnxshrink.autotune.executors`; the caller closes it).
+            (:mod:`onnxshrink.executors`; the caller closes it).
         ray_address: With ``executor="ray"``: ``auto`` (this machine's cluster), ``HOST:PORT``, or
             ``local`` (start a Ray instance here for this study).
+        gpus_per_worker: With ``executor="ray"``: GPUs each worker declares (``num_gpus``; default:
+            1 when ``provider`` is ``cuda`` and the cluster has GPUs, else 0).
         seed: Seeds the global-knob search; same inputs and seed give the same recipe.
         provider: Where latency and metrics are measured (``cpu``, ``cuda``, ``auto``).
         batch: The batch size latency is measured at.
@@ -190,6 +196,8 @@ def auto(
     goal.check()
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    if isinstance(executor, str):
+        check_executor_options(executor, workers, gpus_per_worker, ray_address)
     knobs = _knobs(search)
     budget = parse_duration(time_budget) if time_budget is not None else None
     temporary = tempfile.TemporaryDirectory(prefix="onnxshrink-auto-") if study is None else None
@@ -208,7 +216,8 @@ def auto(
     metric_reference = None
     if metric is not None:
         try:
-            metric_reference = score(load_metric(metric), model_file, open_samples(eval_source, role="inputs"))
+            samples = open_samples(eval_source, role="inputs")
+            metric_reference = score(load_metric(metric), model_file, samples, provider)
         except UsageError:
             raise
         except Exception as error:
@@ -216,7 +225,11 @@ def auto(
     reference_macs = int(inspect_model(loaded)["macs"])
     base = shrink(model_file, [make_spec("simplify", {})], verify=False).model
     timed = batch if goal.min_speedup is not None else None
-    runner_executor = make_executor(executor, workers, ray_address) if isinstance(executor, str) else executor
+    runner_executor = (
+        make_executor(executor, workers, ray_address, gpus=gpus_per_worker, provider=provider)
+        if isinstance(executor, str)
+        else executor
+    )
     try:
         serial = runner_executor.name == "local" and runner_executor.workers == 1
         measure = None if serial else ItemMeasure(runner_executor)

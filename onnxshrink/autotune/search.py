@@ -19,13 +19,14 @@ import optuna
 
 from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
-from onnxshrink.autotune.executors import Executor, LocalExecutor, TrialTask
 from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
 from onnxshrink.autotune.profile import Profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.autotune.result import choose, rank
 from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.autotune.trials import TrialTask
+from onnxshrink.executors import Executor, LocalExecutor
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Search:
         elif goal.max_size is None and goal.min_speedup is not None:
             self.primary = "latency" if profile.latency_ms > 0 else "macs"
         self.caps = self._target_caps()
+        # Predicted latency (or MACs) of candidates known to meet / to miss --min-speedup.
+        self._speed_bracket = [0.0, float("inf")]
         self.front: list[Point] = []
         self.sampler_study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=settings.seed))
 
@@ -98,9 +101,9 @@ class Search:
         if self.goal.max_macs is not None:
             macs.append(self.goal.max_macs * self.settings.reference_macs)
         if self.goal.min_speedup is not None and self.profile.latency_ms > 0:
-            # The profile timed the simplified model and each setting: the latency table.
+            # The latency model: the simplified model's measured latency over the target speedup.
             caps["latency"] = self.profile.latency_ms / self.goal.min_speedup
-        elif self.goal.min_speedup is not None:  # untimed: MACs stand in for latency
+        elif self.goal.min_speedup is not None:  # no latency model: MACs stand in for latency
             macs.append(self.settings.reference_macs / self.goal.min_speedup)
         if macs:
             caps["macs"] = min(macs)
@@ -252,6 +255,7 @@ class Search:
 
     def _meet_targets(self) -> None:
         caps = dict(self.caps)
+        tried: set[tuple[int, ...]] = set()
         for _ in range(_TARGET_ATTEMPTS):
             if self.out_of_time:
                 return
@@ -263,12 +267,19 @@ class Search:
                     self.evaluate(self.front[0], 0, Knobs(), "nearest")
                 return
             point = self.front[0]
+            if point.choice in tried:  # the corrected caps lead back to a built candidate
+                return
+            tried.add(point.choice)
             record = self.evaluate(point, 0, Knobs(), "target")
-            if record.get("error") is not None or not self._tighten(caps, point, record):
+            if record.get("error") is not None:
+                return
+            moved = self._tighten(caps, point, record)
+            moved = self._retarget_speed(caps, point, record) or moved
+            if not moved:
                 return
 
     def _tighten(self, caps: dict[str, float], point: Point, record: Mapping[str, Any]) -> bool:
-        """Moves the caps by how far the measured costs missed their targets; False when none missed."""
+        """Moves the size and MACs caps by how far the measured costs missed them; False when none missed."""
         misses = record["misses"]
         moved = False
         if "max_size" in misses and self.goal.max_size:
@@ -277,12 +288,35 @@ class Search:
         if "max_macs" in misses and self.goal.max_macs:
             caps["macs"] = min(caps.get("macs", point.macs), point.macs * self.goal.max_macs / record["macs_ratio"])
             moved = True
-        if "min_speedup" in misses and self.goal.min_speedup and record.get("speedup"):
-            shrink = record["speedup"] / self.goal.min_speedup * _MARGIN
-            kind = "latency" if "latency" in caps else "macs"
-            caps[kind] = min(caps.get(kind, point.cost(kind)), point.cost(kind) * shrink)
-            moved = True
         return moved
+
+    def _retarget_speed(self, caps: dict[str, float], point: Point, record: Mapping[str, Any]) -> bool:
+        """Moves the latency (or MACs) cap of ``--min-speedup`` by the measured speedup; False when it stays.
+
+        A candidate below the target moves the cap down by its shortfall; one past the target that
+        misses the accuracy budget moves it up by its surplus (less cut, less damage). The caps of
+        candidates known to meet and to miss the target bracket the next cap (their midpoint when
+        the estimate falls outside).
+        """
+        speedup = record.get("speedup")
+        if not self.goal.min_speedup or not speedup:
+            return False
+        kind = "latency" if "latency" in caps else "macs"
+        cost = point.cost(kind)
+        misses = record["misses"]
+        if "min_speedup" in misses:
+            self._speed_bracket[1] = min(self._speed_bracket[1], cost)
+        else:
+            self._speed_bracket[0] = max(self._speed_bracket[0], cost)
+            over_budget = bool(set(misses) & {"max_drop", "min_agreement", "min_cosine"})
+            if not over_budget or speedup * _MARGIN <= self.goal.min_speedup:
+                return False
+        wanted = cost * speedup / self.goal.min_speedup * _MARGIN
+        low, high = self._speed_bracket
+        if not low < wanted < high and high < float("inf"):
+            wanted = (low + high) / 2
+        caps[kind] = wanted
+        return True
 
     def _bisect(self) -> None:
         """The smallest point of the front that meets the budget, assuming loss grows along it."""

@@ -9,11 +9,13 @@ child inherits the parent's onnxruntime threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
 import resource
 import signal
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,6 +24,43 @@ from onnxshrink.autotune.measure import Job, measure
 logger = logging.getLogger(__name__)
 
 _JOIN_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialTask:
+    """One candidate to build, an executor's :class:`~onnxshrink.executors.Task`: journal key, job, limits."""
+
+    key: str
+    job: Job
+    timeout: float
+    memory_bytes: int | None
+
+    @property
+    def output(self) -> str:
+        """Where the candidate's model goes."""
+        return self.job.output
+
+    @property
+    def timed(self) -> bool:
+        """Whether the trial measures latency (``--min-speedup``)."""
+        return self.job.speed_batch is not None
+
+    def files(self) -> list[str]:
+        """The data files the trial reads: model, calibration, evaluation."""
+        return [path for path in (self.job.model, self.job.calibration, self.job.evaluation) if path]
+
+    def run(self, moved: Mapping[str, str], output: str, threads: int | None = None) -> dict[str, Any]:
+        """Builds and measures the candidate in a child process, reading files at their ``moved`` copies."""
+        job = self.job
+        local = dataclasses.replace(
+            job,
+            model=moved.get(job.model, job.model),
+            calibration=moved.get(job.calibration, job.calibration) if job.calibration else job.calibration,
+            evaluation=moved.get(job.evaluation, job.evaluation),
+            output=output,
+            threads=threads if threads is not None else job.threads,
+        )
+        return run_trial(local, timeout=self.timeout, memory_bytes=self.memory_bytes)
 
 
 def _context() -> Any:

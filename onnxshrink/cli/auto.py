@@ -50,7 +50,12 @@ def _trial_line(status: dict[str, Any]) -> str:
 @click.option("--max-drop", type=float, help="Budget: accuracy drop in points (or of --metric's score).")
 @click.option("--min-agreement", type=float, help="Budget: top-1 agreement with the input model.")
 @click.option("--min-cosine", type=float, help="Budget: output cosine similarity with the input model.")
-@click.option("--metric", metavar="MODULE:FUNC", help="Your score: f(model_path, samples) -> score (higher is better).")
+@click.option(
+    "--metric",
+    metavar="MODULE:FUNC",
+    help="Your score (higher is better): f(model_path, samples), or f(session_factory, samples) when its first"
+    " parameter is named session_factory.",
+)
 @click.option("--time-budget", metavar="T", help="No new trial after this long, e.g. 30m, 90s.")
 @click.option(
     "--study", type=click.Path(file_okay=False, path_type=Path), help="Study folder: profiles, trial journal."
@@ -76,6 +81,12 @@ def _trial_line(status: dict[str, Any]) -> str:
     show_default=True,
     metavar="ADDR",
     help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
@@ -109,6 +120,7 @@ def auto_command(
     workers: int,
     executor: str,
     ray_address: str,
+    gpus_per_worker: float | None,
     seed: int,
     knobs: str | None,
     trials: int,
@@ -165,6 +177,7 @@ def auto_command(
         workers=workers,
         executor=executor,
         ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
         seed=seed,
         provider=provider,
         batch=batch,

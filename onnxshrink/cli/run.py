@@ -86,6 +86,33 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 @click.option("-q", "--quiet", is_flag=True, help="Print only the first lines, not the per-pass and op-count tables.")
 @click.option("--max-drop", type=float, default=None, help="Lossy budget: largest accuracy drop (needs labels).")
 @click.option("--min-cosine", type=float, default=None, help="Lossy budget: smallest output cosine similarity.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where passes measure in parallel (prune:allocation=sensitivity): this machine, or a Ray cluster.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (local; 1: in this process) or the most Ray workers.",
+)
+@click.option(
+    "--ray-address",
+    default="auto",
+    show_default=True,
+    metavar="ADDR",
+    help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
+)
 @guarded
 def run(
     model: Path,
@@ -107,17 +134,19 @@ def run(
     quiet: bool,
     max_drop: float | None,
     min_cosine: float | None,
+    executor: str,
+    workers: int,
+    ray_address: str,
+    gpus_per_worker: float | None,
 ) -> None:
     """Run passes on MODEL and write the verified result to OUTPUT (or -o OUTPUT).
 
     Without -p or --recipe, runs the 'simplify' preset. Every path, option and data file is
     checked before any work starts; the model and the report are written together or not at all.
     """
-    import onnx_ir as ir
-
     from onnxshrink import registry
     from onnxshrink.api import shrink
-    from onnxshrink.cli.run_summary import model_totals, pass_measure, run_summary, unchanged_lossy_warnings
+    from onnxshrink.cli.run_summary import RunMeasure, run_summary, unchanged_lossy_warnings
     from onnxshrink.data.model_inputs import parse_shapes
     from onnxshrink.saving import check_write_paths, same_file
     from onnxshrink.spec import load_recipe, parse_specs
@@ -138,6 +167,8 @@ def run(
         steps = " -> ".join(registry.presets()[DEFAULT_PIPELINE].steps)
         click.echo(f"onnxshrink: no -p or --recipe given; running '{DEFAULT_PIPELINE}' ({steps})", err=True)
         specs = parse_specs([DEFAULT_PIPELINE])
+    # It keeps the input's totals (taken before any pass, so before the output may replace the input).
+    measure = None if quiet else RunMeasure(parse_shapes(shapes))
     result = shrink(
         model,
         specs,
@@ -152,10 +183,12 @@ def run(
         max_drop=max_drop,
         min_cosine=min_cosine,
         fix_shapes=parse_shapes(fix_shapes, "--fix-shape"),
-        measure=None if quiet else pass_measure(parse_shapes(shapes)),
+        measure=measure,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
-    # The input's totals before saving: the output may replace the input file.
-    before = None if quiet else model_totals(ir.load(model), parse_shapes(shapes))
     _save_together(result, output, report_path, external_data)
     report = result.report
     if same_file(output, model) and not report["exact"]:
@@ -163,8 +196,9 @@ def run(
     _echo_run_summary(output, report)
     for warning in unchanged_lossy_warnings(report):
         click.echo(f"onnxshrink: {warning}", err=True)
-    if before is not None:
-        click.echo(run_summary(report, before, model_totals(result.model, parse_shapes(shapes))))
+    if measure is not None and measure.input_totals is not None:
+        after = measure.output_totals(result.model, report["passes"], remeasure=bool(fix_shapes))
+        click.echo(run_summary(report, measure.input_totals, after))
 
 
 def _output_path(positional: Path | None, option: Path | None) -> Path:

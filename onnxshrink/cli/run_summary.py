@@ -3,7 +3,7 @@
 Three parts, all computed from the report and the two models:
 
 1. One row per pass run: nodes, weight bytes raw and compressed and MACs after it (measured by
-   :func:`pass_measure` only after a pass that changed the model), what it did (weight sparsity,
+   :class:`RunMeasure` only after a pass that changed the model), what it did (weight sparsity,
    layers quantized and left float, channels removed) and, with ``--verify-each``, the error after it.
 2. Input and output totals as ``inspect`` computes them: weight bytes raw and compressed, MACs,
    float weight sparsity and the quantized weight share. Reading weights (compression, sparsity)
@@ -18,60 +18,124 @@ And :func:`unchanged_lossy_warnings`: one line per lossy pass that changed nothi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
 
+from onnxshrink.errors import UsageError
 from onnxshrink.inspect.macs import graph_macs
-from onnxshrink.inspect.summary import compressed_weight_bytes, inspect_model, value_shapes
-from onnxshrink.ir.graphs import all_nodes, count_bytes, is_onnx_op
-from onnxshrink.pipeline import Measure
+from onnxshrink.inspect.summary import (
+    compressed_weight_bytes,
+    compression_method,
+    float_weight_sparsity,
+    op_counts,
+    quantized_weight_share,
+    value_shapes,
+)
+from onnxshrink.ir.graphs import count_bytes
 
 READ_LIMIT = 256 * 1024 * 1024  # weight bytes above which compression and sparsity are not computed
 _REASONS_SHOWN = 3
 
 
 def model_totals(
-    model: ir.Model, shapes: Mapping[str, tuple[int, ...]], read_limit: int = READ_LIMIT
+    model: ir.Model,
+    shapes: Mapping[str, tuple[int, ...]],
+    read_limit: int = READ_LIMIT,
+    measured: Mapping[str, int | None] | None = None,
 ) -> dict[str, Any]:
-    """Op counts, weight bytes, MACs and, within ``read_limit`` weight bytes, compressed size and sparsity."""
+    """Op counts, weight bytes, MACs and, within ``read_limit`` weight bytes, compressed size and sparsity.
+
+    Args:
+        model: The model to count.
+        shapes: Sizes of dynamic input dims for MACs (``--shape``).
+        read_limit: Weight bytes above which compression and sparsity are not computed.
+        measured: Figures already measured on this very model by :class:`RunMeasure` (``macs``,
+            ``bytes_compressed``; a record's ``..._before`` or ``..._after``): taken as they are
+            rather than measured again, which on BERT-base saves a shape inference with folding
+            (seconds) per model.
+    """
     raw = count_bytes(model)
-    if raw <= read_limit:
-        return inspect_model(model, shapes)
-    ops = Counter(n.op_type if is_onnx_op(n) else f"{n.domain}::{n.op_type}" for n in all_nodes(model))
-    try:
-        macs = graph_macs(model.graph, value_shapes(model, shapes)).macs
-    except Exception:  # serialization of exotic models; MACs are then unknown, as in inspect
-        macs = 0
+    within = raw <= read_limit
+    measured = measured or {}
+    # None: shapes could not be inferred; 0 then, as inspect counts
+    macs = (measured["macs"] if "macs" in measured else _macs(model, shapes)) or 0
+    if "bytes_compressed" in measured:
+        compressed = measured["bytes_compressed"]
+    else:
+        compressed = compressed_weight_bytes(model)[1] if within else None
+    ops = op_counts(model)
     return {
         "nodes": sum(ops.values()),
         "ops": dict(ops),
         "bytes": raw,
-        "bytes_compressed": None,
-        "compression": None,
+        "bytes_compressed": compressed,
+        "compression": compression_method() if within else None,
         "macs": macs,
-        "float_weight_sparsity": None,
-        "quantized_weight_share": None,
+        "float_weight_sparsity": float_weight_sparsity(model) if within else None,
+        "quantized_weight_share": quantized_weight_share(model) if within else None,
     }
 
 
-def pass_measure(shapes: Mapping[str, tuple[int, ...]], read_limit: int = READ_LIMIT) -> Measure:
-    """What the pipeline measures after each pass that changed the model: MACs and compressed weight bytes.
+def _macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """MACs as ``inspect`` counts them; None for a model whose shapes cannot be inferred.
 
-    Both are counted as ``inspect`` counts them; compression is skipped (None) past ``read_limit``
-    weight bytes, and MACs are None for a model whose shapes cannot be inferred.
+    Raises:
+        UsageError: ``shapes`` names an input the model does not have, or gives it the wrong rank.
+    """
+    try:
+        return graph_macs(model.graph, value_shapes(model, shapes)).macs
+    except UsageError:
+        raise
+    except Exception:  # serialization of exotic models; MACs are then unknown, as in inspect
+        return None
+
+
+class RunMeasure:
+    """What ``onnxshrink run`` measures: the pipeline's per-pass figures, and the input's and output's totals.
+
+    Called by the pipeline (as its ``measure``) on the input and after each pass that changed the
+    model, it returns MACs and compressed weight bytes, counted as ``inspect`` counts them;
+    compression is skipped (None) past ``read_limit`` weight bytes, and MACs are None for a model
+    whose shapes cannot be inferred. Its first call, on the input before any pass, also keeps the
+    input's totals (:func:`model_totals`), and :meth:`output_totals` takes the output's MACs and
+    compressed bytes from the last pass record: each model is measured once (on BERT-base a
+    measure costs a shape inference with folding, seconds).
+
+    Raises:
+        UsageError: A ``shapes`` entry does not fit the model (raised on the input, before any pass).
     """
 
-    def measure(model: ir.Model) -> dict[str, int | None]:
-        compressed = compressed_weight_bytes(model)[1] if count_bytes(model) <= read_limit else None
-        try:
-            macs: int | None = int(sum(graph_macs(model.graph, value_shapes(model, shapes)).by_op.values()))
-        except Exception:  # serialization of exotic models; MACs are then unknown, as in inspect
-            macs = None
-        return {"macs": macs, "bytes_compressed": compressed}
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], read_limit: int = READ_LIMIT) -> None:
+        self.shapes = dict(shapes)
+        self.read_limit = read_limit
+        self.input_totals: dict[str, Any] | None = None
 
-    return measure
+    def __call__(self, model: ir.Model) -> dict[str, int | None]:
+        """The model's ``macs`` and ``bytes_compressed``; on the first call, also keeps its totals."""
+        compressed = compressed_weight_bytes(model)[1] if count_bytes(model) <= self.read_limit else None
+        figures = {"macs": _macs(model, self.shapes), "bytes_compressed": compressed}
+        if self.input_totals is None:
+            self.input_totals = model_totals(model, self.shapes, self.read_limit, measured=figures)
+        return figures
+
+    def output_totals(
+        self, model: ir.Model, records: Sequence[Mapping[str, Any]], *, remeasure: bool
+    ) -> dict[str, Any]:
+        """The output's totals, its MACs and compressed bytes from the last record (``remeasure``: counted again).
+
+        Args:
+            model: The pipeline's result.
+            records: The report's pass records (JSON, with this measure's ``macs_after`` etc.).
+            remeasure: Count MACs and bytes again, for a model changed after its last pass
+                (``--fix-shape`` writes sizes into the inputs, which changes the MACs).
+        """
+        measured = None
+        if not remeasure and records and "macs_after" in records[-1]:
+            last = records[-1]
+            measured = {"macs": last["macs_after"], "bytes_compressed": last["bytes_compressed_after"]}
+        return model_totals(model, self.shapes, self.read_limit, measured=measured)
 
 
 def _count(value: int | None) -> str:

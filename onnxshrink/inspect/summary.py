@@ -75,6 +75,11 @@ def _compressed_size(tensors: list[ir.TensorProtocol]) -> tuple[str, int]:
     return name, total
 
 
+def compression_method() -> str:
+    """The compressor :func:`compressed_weight_bytes` uses: ``zstd`` when installed, else ``gzip``."""
+    return _compressor()[0]
+
+
 def compressed_weight_bytes(model: ir.Model) -> tuple[str, int]:
     """The compressor used (``zstd``, else ``gzip``) and the compressed size of every weight (as ``inspect``)."""
     return _compressed_size([t for t in all_tensors(model) if t.dtype != ir.DataType.STRING])
@@ -104,17 +109,35 @@ def _fold_shape_arithmetic(proto: onnx.ModelProto) -> onnx.ModelProto:
     fold = get_pass("fold")
     folder = fold()
     try:
+        model = ir.serde.deserialize_model(proto)
         # A folded Slice end lets the next inference find more static dims, hence more to fold.
-        # Each round starts from a fresh deserialization: the fold pass skips its own shape
-        # inference on a model it has folded before.
+        # A round that folded nothing ends the rounds: another inference of the same graph
+        # would find the same shapes, and the caller's final inference finds them anyway.
         for _ in range(_FOLD_ROUNDS):
-            model = ir.serde.deserialize_model(proto)
+            # The fold pass marks (in the model's meta) a graph it has folded, and skips its shape
+            # inference on it; every round here must infer again, on this same copy.
+            model.meta.clear()
+            wiring = _wiring(model)
             if not folder.call(model).modified:
                 break
             proto = ir.serde.serialize_model(model)
+            if _same(wiring, _wiring(model)):
+                break
     except Exception as error:  # folding gives up on some custom graphs; shapes are then partial
         logger.debug("folding shape arithmetic failed, inferring from the last round: %s", error)
     return proto
+
+
+def _wiring(model: ir.Model) -> list[tuple[Any, ...]]:
+    """Each node with the values it reads (held, so no id is reused while compared)."""
+    return [(node, *node.inputs) for node in all_nodes(model)]
+
+
+def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
+    """True when no node was added, removed or rewired between two :func:`_wiring` lists."""
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(u is v for u, v in zip(x, y, strict=True)) for x, y in zip(a, b, strict=True)
+    )
 
 
 def value_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -230,10 +253,13 @@ def _float_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
             yield tensor
 
 
-def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
-    """A JSON-serializable summary of the model."""
-    ops = Counter(n.op_type if is_onnx_op(n) else f"{n.domain}::{n.op_type}" for n in all_nodes(model))
-    tensors = list(all_tensors(model))
+def op_counts(model: ir.Model) -> Counter[str]:
+    """How many nodes of each op type (``domain::op`` outside the ONNX domain), subgraphs and functions included."""
+    return Counter(n.op_type if is_onnx_op(n) else f"{n.domain}::{n.op_type}" for n in all_nodes(model))
+
+
+def float_weight_sparsity(model: ir.Model) -> float:
+    """The share of zeros among the float weights of two or more elements (reads every float weight)."""
     zeros = elements = 0
     for tensor in _float_tensors(model):
         if tensor.size < 2:
@@ -241,7 +267,19 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         data = tensor.numpy()
         zeros += int(np.count_nonzero(data == 0))
         elements += int(data.size)
-    quant_bytes = sum(tensor_nbytes(t) for t in tensors if t.dtype in _QUANTIZED_TYPES)
+    return zeros / elements if elements else 0.0
+
+
+def quantized_weight_share(model: ir.Model) -> float:
+    """The share of weight bytes held in int8/uint8/int4/uint4/float8 tensors (no weight is read)."""
+    total_bytes = count_bytes(model)
+    quant_bytes = sum(tensor_nbytes(t) for t in all_tensors(model) if t.dtype in _QUANTIZED_TYPES)
+    return quant_bytes / total_bytes if total_bytes else 0.0
+
+
+def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """A JSON-serializable summary of the model."""
+    ops = op_counts(model)
     total_bytes = count_bytes(model)
     method, compressed = compressed_weight_bytes(model)
     try:
@@ -265,8 +303,8 @@ def inspect_model(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None 
         "bytes": total_bytes,
         "bytes_compressed": compressed,
         "compression": method,
-        "float_weight_sparsity": zeros / elements if elements else 0.0,
-        "quantized_weight_share": quant_bytes / total_bytes if total_bytes else 0.0,
+        "float_weight_sparsity": float_weight_sparsity(model),
+        "quantized_weight_share": quantized_weight_share(model),
         "quantization_nodes": sum(c for op, c in ops.items() if op.split("::")[-1] in _QUANT_OPS),
         "macs": int(sum(macs_by_op.values())),
         "flops": 2 * int(sum(macs_by_op.values())),

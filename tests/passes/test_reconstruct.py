@@ -13,7 +13,7 @@ from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, initializer_arrays, parse
 
 import onnxshrink
 from onnxshrink.errors import UsageError
-from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, matrices
+from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, augment, matrices
 from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, solve
 from onnxshrink.spec import PassSpec
 
@@ -578,3 +578,40 @@ def test_order_single_fits_every_layer_from_one_data_pass() -> None:
     assert errors["single"] < 0.8 * _relative_error(student, teacher, held_out)
     # Staged fits the second layer on the refit first one: at least as good on this model.
     assert errors["staged"] <= errors["single"] * 1.01
+
+
+def test_shifts_move_each_image_by_one_pixel_and_repeat_other_inputs() -> None:
+    images = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    np.testing.assert_array_equal(augment.shifted(images, 1, 0)[0, 0], [[0, 0, 0], [1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(augment.shifted(images, -1, 1)[0, 0], [[0, 4, 5], [0, 7, 8], [0, 0, 0]])
+    feed = augment.shifts({"x": np.concatenate([images, 2 * images]), "ids": np.array([[7], [8]], np.int64)})
+    assert feed["x"].shape == (18, 1, 3, 3) and feed["ids"].ravel().tolist() == [7, 8] * 9
+    np.testing.assert_array_equal(feed["x"][:2], np.concatenate([images, 2 * images]))  # the images themselves first
+    moved = {(int(dy), int(dx)) for dy, dx in augment.SHIFTS}
+    assert len(moved) == 9 and all(abs(dy) <= 1 and abs(dx) <= 1 for dy, dx in moved)
+
+
+def test_augment_shifts_fits_each_layer_on_nine_times_the_rows() -> None:
+    teacher, student = _teacher_and_student("conv-pads-strides", keep_fraction=0.5, noise=0.1)
+    calibration = _data((4, 7, 7), 16, 1)
+    plain = run_pass(student, "reconstruct", calibration=calibration, reference=teacher).stats
+    shifted = run_pass(student, "reconstruct:augment=shifts", calibration=calibration, reference=teacher).stats
+    assert shifted["layers"]["Conv#0"]["rows"] == 9 * plain["layers"]["Conv#0"]["rows"]
+    assert shifted["layers_refit"] == 1
+    assert shifted["layers"]["Conv#0"]["error_after"] < shifted["layers"]["Conv#0"]["error_before"]
+
+
+def test_augment_shifts_needs_an_image_input() -> None:
+    teacher, student = _teacher_and_student("gemm-transb", keep_fraction=0.5, noise=0.0)
+    with pytest.raises(UsageError, match=r"augment=shifts needs an image input .*the inputs are x \[\d+, 12\]$"):
+        run_pass(student, "reconstruct:augment=shifts", calibration=_data((12,), 8, 1), reference=teacher)
+
+
+def test_digits_channel_removal_recovers_more_with_shifted_calibration_images() -> None:
+    passes = ["simplify", "prune-channels:ratio=0.5"]
+    plain, shifted = (
+        onnxshrink.shrink(DIGITS, [*passes, spec], calibration=DIGITS_CALIB, inputs=DIGITS_TEST)
+        for spec in ("reconstruct", "reconstruct:augment=shifts,ridge=0.01")
+    )
+    accuracy = [r.report["verification"]["accuracy_candidate"] for r in (plain, shifted)]
+    assert accuracy[1] >= 0.985 and accuracy[1] > accuracy[0]

@@ -4,10 +4,13 @@ Measurement (:class:`Probe`): each measured weight is run on the sub-graph downs
 the weight a graph input (:mod:`onnxshrink.overrides`); the activations entering that sub-graph
 and the dense model's outputs come from one run of the model per batch of calibration inputs (at
 most ``samples``, read once). Each layer alone is pruned to each sparsity of :data:`GRID`, one
-layer's session open at a time. A layer's damage at sparsity ``s`` is
-``sum ||y_s - y||^2 / sum ||y||^2`` over every float output and sample: the relative squared error
-of the *model's* outputs, so a layer whose errors the rest of the network amplifies counts as
-sensitive, and one whose errors it absorbs does not.
+layer's session open at a time. With a parallel executor in the context
+(:attr:`~onnxshrink.context.PassContext.executor`: ``--executor local --workers N`` or ``ray``),
+each layer is one work item (:class:`LayerDamage`): workers build the model, the feeds and their
+captured activations once and measure the layers handed to them; the sums are the serial ones.
+A layer's damage at sparsity ``s`` is ``sum ||y_s - y||^2 / sum ||y||^2`` over every float output
+and sample: the relative squared error of the *model's* outputs, so a layer whose errors the rest
+of the network amplifies counts as sensitive, and one whose errors it absorbs does not.
 
 Allocation (:func:`allocate`): choose per-layer sparsities ``s_l`` with
 ``sum n_l s_l = target * sum n_l`` (``n_l`` = the layer's weight count) that minimise
@@ -21,15 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxshrink import overrides, progress
 from onnxshrink.context import PassContext
+from onnxshrink.executors import parallel
 from onnxshrink.passes.prune import plan as plan
-from onnxshrink.runtime import run
+from onnxshrink.runtime import RuntimeUnavailable, run
+
+logger = logging.getLogger(__name__)
 
 GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 MAX_SPARSITY = GRID[-1]  # no layer is pruned harder than this: an emptied layer cuts the network
@@ -69,8 +78,74 @@ def _float_outputs(outputs: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
             yield np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _squared_error(outputs: dict[str, np.ndarray], reference: list[np.ndarray]) -> float:
+def _squared_error(outputs: dict[str, np.ndarray], reference: Sequence[np.ndarray]) -> float:
     return float(sum(np.sum((out - ref) ** 2) for out, ref in zip(_float_outputs(outputs), reference, strict=True)))
+
+
+def _layer_damage(
+    trials_model: overrides.WeightOverrides,
+    name: str,
+    pruner: _Pruner,
+    references: Sequence[Sequence[np.ndarray]],
+    start: int,
+    on_trial: Callable[[], None] = lambda: None,
+) -> np.ndarray:
+    """One weight's summed squared output error at each sparsity of :data:`GRID` (columns before ``start``: 0)."""
+    row = np.zeros(len(GRID))
+    layer = trials_model.trials(name)
+    for batch, reference in zip(trials_model.batches(), references, strict=True):
+        for column, sparsity in enumerate(GRID[start:], start=start):
+            pruned = layer.run(batch, pruner.at(sparsity))
+            row[column] += _squared_error(pruned, reference)
+            on_trial()
+    return row
+
+
+def _initializer(model: ir.Model, name: str) -> np.ndarray:
+    tensor = model.graph.initializers[name].const_value
+    assert tensor is not None  # the pass measures constant initializers only
+    return tensor.numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDamage:
+    """The layers of one measurement round as an executor's workload: each piece is a weight's name.
+
+    Plain data (picklable, put once into an object store): the model serialized with its weights,
+    the calibration feeds and the dense model's float outputs on them. A worker builds the
+    sub-graph machinery once (:meth:`start`) and returns each weight's unscaled damage row.
+    """
+
+    model: bytes
+    weights: tuple[str, ...]
+    feeds: tuple[dict[str, np.ndarray], ...]
+    references: tuple[tuple[np.ndarray, ...], ...]
+    starts: Mapping[str, int]
+    base: Mapping[str, np.ndarray] | None
+    provider: str
+
+    @property
+    def timed(self) -> bool:
+        """Damage is not a timing: workers may share a machine."""
+        return False
+
+    def start(self) -> tuple[overrides.WeightOverrides, dict[str, _Pruner]]:
+        """The worker's state: the trials model (others replaced by ``base``) and each weight's pruner."""
+        model = ir.serde.deserialize_model(onnx.load_from_string(self.model))
+        pruners = {name: _Pruner(_initializer(model, name)) for name in self.weights}
+        trials_model = overrides.replaced(model, self.base) if self.base else model
+        context = PassContext(provider=self.provider)
+        return overrides.WeightOverrides(context, trials_model, list(self.weights), list(self.feeds)), pruners
+
+    def measure(self, state: tuple[overrides.WeightOverrides, dict[str, _Pruner]], piece: str) -> dict[str, Any]:
+        """``{"weight", "damage"}``: the weight's summed squared error per sparsity."""
+        trials_model, pruners = state
+        row = _layer_damage(trials_model, piece, pruners[piece], self.references, self.starts[piece])
+        return {"weight": piece, "damage": row.tolist()}
+
+    def failed(self, piece: str, reason: str) -> dict[str, Any]:
+        """A weight that could not be measured."""
+        return {"weight": piece, "error": reason}
 
 
 class Probe:
@@ -120,29 +195,69 @@ class Probe:
             RuntimeUnavailable: onnxruntime cannot run the model.
         """
         names = list(self.weights)
-        pruners = {name: _Pruner(self.weights[name]) for name in names}
-        damage = np.zeros((len(names), len(GRID)))
         references = self._references()
-        trials_model = self._dense
-        if base:
-            trials_model = overrides.WeightOverrides(
-                self.context, overrides.replaced(self.model, base), names, self._feeds
-            )
         # With others pruned, even a dense layer has damage; alone, its dense trial is exact.
         starts = {name: 0 if any(key != name for key in base or {}) else 1 for name in names}
-        trials = len(self._feeds) * sum(len(GRID) - start for start in starts.values())
         energy = sum(float(sum(np.sum(ref**2) for ref in reference)) for reference in references)
-        with progress.task(f"sensitivity: {len(names)} layers x {len(GRID)} sparsities", total=trials) as step:
-            for row, name in enumerate(names):
-                start = starts[name]
-                layer = trials_model.trials(name)
-                for batch, reference in zip(trials_model.batches(), references, strict=True):
-                    for column, sparsity in enumerate(GRID[start:], start=start):
-                        pruned = layer.run(batch, pruners[name].at(sparsity))
-                        damage[row, column] += _squared_error(pruned, reference)
-                        step.advance()
+        damage = self._on_executor(names, starts, base) if parallel(self.context.executor) else None
+        if damage is None:
+            damage = np.zeros((len(names), len(GRID)))
+            pruners = {name: _Pruner(self.weights[name]) for name in names}
+            trials_model = self._dense
+            if base:
+                trials_model = overrides.WeightOverrides(
+                    self.context, overrides.replaced(self.model, base), names, self._feeds
+                )
+            trials = len(self._feeds) * sum(len(GRID) - start for start in starts.values())
+            with progress.task(f"sensitivity: {len(names)} layers x {len(GRID)} sparsities", total=trials) as step:
+                for row, name in enumerate(names):
+                    damage[row] = _layer_damage(
+                        trials_model, name, pruners[name], references, starts[name], step.advance
+                    )
         scale = 1.0 / energy if energy > 0 else 0.0
         return [Curve(name, self.weights[name].size, damage[row] * scale) for row, name in enumerate(names)]
+
+    def _on_executor(
+        self, names: list[str], starts: dict[str, int], base: dict[str, np.ndarray] | None
+    ) -> np.ndarray | None:
+        """The damage rows of ``names`` measured as work items on the context's executor.
+
+        None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
+
+        Raises:
+            RuntimeUnavailable: A layer could not be measured (after the executor's retries).
+        """
+        executor = self.context.executor
+        assert executor is not None
+        try:
+            model = ir.serde.serialize_model(self.model).SerializeToString()
+        except ValueError as error:
+            logger.warning("sensitivity: the model cannot be sent to workers (%s); measuring in this process", error)
+            return None
+        work = LayerDamage(
+            model,
+            tuple(names),
+            tuple(self._feeds),
+            tuple(tuple(reference) for reference in self._references()),
+            starts,
+            base,
+            self.context.provider,
+        )
+        rows: dict[str, dict[str, Any]] = {}
+        label = (
+            f"sensitivity: {len(names)} layers x {len(GRID)} sparsities on {executor.workers} {executor.name} workers"
+        )
+        with progress.task(label, total=len(names)) as step:
+
+            def done(name: str, result: dict[str, Any]) -> None:
+                rows[name] = result
+                step.advance()
+
+            executor.profile_items(work, names, done)
+        lost = [rows[name] for name in names if rows[name].get("error") is not None]
+        if lost:
+            raise RuntimeUnavailable(f"layer {lost[0]['weight']}: {lost[0]['error']}", stage="run")
+        return np.array([rows[name]["damage"] for name in names], dtype=np.float64).reshape(len(names), len(GRID))
 
     def errors(self, trials: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
         """The relative squared output error of each named set of replacement weights, run together."""

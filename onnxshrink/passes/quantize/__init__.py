@@ -18,10 +18,12 @@ from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
+from onnxshrink.passes.quantize import equalize as equalize
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite as rewrite
+from onnxshrink.passes.quantize import smooth as smooth
 from onnxshrink.passes.quantize.opset import opset_needed, raise_opset
 from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.scopes import (
@@ -143,6 +145,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         mean shift is computed from its float inputs (``fast``) or measured by running both
         models (``measured``) on the calibration data and subtracted from its bias
         (bias_correction.py); the shift per layer is in the stats.
+    16. ``equalize`` (static, off by default): cross-layer equalization rescales the channels of
+        Conv→(Relu|LeakyRelu)?→Conv pairs so both weights' channel ranges match, before
+        calibration; exact in float (equalize.py). Each pair is in the stats.
+    17. ``smooth`` (static, off by default): SmoothQuant-style migration of activation outlier
+        channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into a LayerNormalization
+        or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
+        strength and output error are in the stats.
     """
 
     name = "quantize"
@@ -269,13 +278,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         judge = budget.Judge(
             self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine
         )
-
-        def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
-            copy = model.clone()
-            rewrite.apply_plan(copy, plan, options.weight_bits)
-            return copy
-
-        plan, record = budget.fit_budget(judge, plan, make_plan, applied)
+        plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits)
         timings["budget"] = time.perf_counter() - started
         return plan, collector, record
 
@@ -293,6 +296,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         read_outer_values_locally(float_model, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
+        smoothed, equalized = self._float_methods(float_model, timings)
         plan, collector, budget_stats = self._static_plan(float_model, timings)
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
@@ -336,6 +340,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "budget": budget_stats,
             "cpu": options.cpu_profile.to_json() if options.target == "ort-cpu" else None,
             "bias_correction": corrections,
+            "smooth": smoothed,
+            "equalize": equalized,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0
@@ -349,6 +355,60 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             model.graph = candidate.graph
             model.ir_version = candidate.ir_version
         return ShrinkPassResult(model, modified=keep, stats=stats, skipped=dict(plan.left_float), timings=timings)
+
+    def _float_methods(
+        self, float_model: ir.Model, timings: dict[str, float]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Rules 16-17 on ``float_model``, in place: exact rewrites that make it easier to quantize.
+
+        Returns:
+            The ``smooth`` and ``equalize`` records (None when the option is off).
+        """
+        options = self.options
+        smoothed: dict[str, Any] | None = None
+        equalized: dict[str, Any] | None = None
+        if options.equalize:
+            started = time.perf_counter()
+            equalized = equalize.equalize_model(float_model)
+            timings["equalize"] = time.perf_counter() - started
+        calibration = self.context.calibration
+        if options.smooth == "auto" and calibration is not None and not calibration.rereadable:
+            # Smoothing reads the data once more before calibration; a one-shot reader cannot.
+            reason = f"calibration data {calibration.description} can be read only once"
+            return {"setting": "auto", "layers": {}, "not_smoothed": {}, "reason": reason}, equalized
+        if options.smooth != "off":
+            started = time.perf_counter()
+            speed_rules = options.target == "ort-cpu" and options.keep_slow_float
+            slow = kernels.slow_layers(float_model, options.cpu_profile) if speed_rules else {}
+            dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
+            for _ in range(4 if speed_rules else 0):  # as in _static_plan: no smoothing for layers left float
+                found = kernels.islands(float_model, dry_run, options.cpu_profile)
+                if not found:
+                    break
+                slow.update(found)
+                dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
+            symmetric = options.target != "ort-cpu"
+            error_model = smooth.ErrorModel(
+                "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
+            )
+            # Tensors int8 before the layer's own Q: a quantized node's output, or data movement
+            # after one. A Mul by 1/s there would add a dequantize/quantize pair (smooth.py rule 5);
+            # a chain whose root is a float op's output only moves its Q after the Mul.
+            quantized_outputs = {layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output}
+            int8_already = {name for name, q in dry_run.activations.items() if q.root in quantized_outputs}
+            smoothed = smooth.smooth_model(
+                self.context,
+                float_model,
+                [key for key, layer in dry_run.layers.items() if layer.weight is not None],
+                options.smooth,
+                error_model,
+                int8_already=int8_already,
+                pass_name=self.name,
+                samples=options.samples,
+                batch_size=_CALIBRATION_BATCH,
+            )
+            timings["smooth"] = time.perf_counter() - started
+        return smoothed, equalized
 
     def _fast_enough(
         self, model: ir.Model, candidate: ir.Model, stats: dict[str, Any], timings: dict[str, float]

@@ -1,23 +1,34 @@
-"""The accuracy budget of ``quantize`` (per-layer sensitivity, float fallback) and its report helpers."""
+"""The accuracy budget of ``quantize`` (per-layer sensitivity, float fallback) and its report helpers.
+
+Each layer's sensitivity (the candidate with every other layer quantized) is independent of the
+others': with a parallel executor in the context (``--workers N``, ``--executor ray``) the
+candidates are built and judged as work items (:class:`LayerCandidates`), one per layer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
+from onnxshrink.executors import parallel
 from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
-from onnxshrink.runtime import run
+from onnxshrink.passes.quantize import rewrite
+from onnxshrink.runtime import RuntimeUnavailable, run
 from onnxshrink.verify import is_classifier_like
+
+logger = logging.getLogger(__name__)
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
 _JUDGE_SAMPLES = 256
@@ -141,15 +152,7 @@ class Judge:
 
     def measure(self, candidate: ir.Model) -> Damage:
         """Runs ``candidate`` on the judged samples and returns how far it is from the float model."""
-        session = self.context.session(candidate)[0]
-        totals: dict[str, _Agreement] = {}
-        for feed, reference, top1 in zip(self.feeds, self.references, self._top1, strict=True):
-            outputs = run(session, feed)
-            for name, ref in reference.items():
-                totals.setdefault(name, _Agreement()).add(np.asarray(ref), top1[name], outputs[name])
-        agreements = [t.top1 for t in totals.values() if t.top1 is not None]
-        cosine = min((t.cosine for t in totals.values()), default=1.0)
-        return Damage(cosine, 1.0 - min(agreements) if agreements else None)
+        return _damage(self.context.session(candidate)[0], self.feeds, self.references, self._top1)
 
     def holds(self, damage: Damage) -> bool:
         """Whether ``damage`` is within the budget (``min_cosine`` and ``max_drop``, where given)."""
@@ -159,20 +162,130 @@ class Judge:
         return self.max_drop is None or drop is None or drop <= self.max_drop
 
 
+def _damage(
+    session: Any,
+    feeds: Sequence[dict[str, np.ndarray]],
+    references: Sequence[Mapping[str, Any]],
+    top1: Sequence[Mapping[str, np.ndarray | None]],
+) -> Damage:
+    """How far ``session``'s outputs on ``feeds`` are from ``references``."""
+    totals: dict[str, _Agreement] = {}
+    for feed, reference, tops in zip(feeds, references, top1, strict=True):
+        outputs = run(session, feed)
+        for name, ref in reference.items():
+            totals.setdefault(name, _Agreement()).add(np.asarray(ref), tops[name], outputs[name])
+    agreements = [t.top1 for t in totals.values() if t.top1 is not None]
+    cosine = min((t.cosine for t in totals.values()), default=1.0)
+    return Damage(cosine, 1.0 - min(agreements) if agreements else None)
+
+
+def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int) -> ir.Model:
+    """A copy of ``model`` rewritten by ``plan`` (the model is not changed)."""
+    copy = model.clone()
+    rewrite.apply_plan(copy, plan, weight_bits)
+    return copy
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCandidates:
+    """Each layer's sensitivity as an executor's workload: a piece is a layer key.
+
+    The layer's candidate is the float model with every other layer quantized (``plans[key]``),
+    judged as :class:`Judge` does. Plain data (picklable, put once into an object store): the float
+    model serialized, the plans, and the judged samples with the float model's outputs on them.
+    """
+
+    model: bytes
+    plans: Mapping[str, placement.QuantPlan]
+    weight_bits: int
+    feeds: tuple[dict[str, np.ndarray], ...]
+    references: tuple[Mapping[str, Any], ...]
+    top1: tuple[Mapping[str, np.ndarray | None], ...]
+    provider: str
+
+    @property
+    def timed(self) -> bool:
+        """Damage is not a timing: workers may share a machine."""
+        return False
+
+    def start(self) -> ir.Model:
+        """The worker's state: the float model."""
+        return ir.serde.deserialize_model(onnx.load_from_string(self.model))
+
+    def measure(self, model: ir.Model, key: str) -> dict[str, Any]:
+        """``{"key", "cosine", "disagreement"}`` of the layer's candidate."""
+        candidate = quantized_copy(model, self.plans[key], self.weight_bits)
+        session = PassContext(provider=self.provider).session(candidate)[0]
+        return {"key": key, **_damage(session, self.feeds, self.references, self.top1).to_json()}
+
+    def failed(self, key: str, reason: str) -> dict[str, Any]:
+        """A layer whose candidate could not be judged."""
+        return {"key": key, "error": reason}
+
+
+def _sensitivity_on_executor(
+    judge: Judge, layers: list[str], make_plan: Callable[[tuple[str, ...]], placement.QuantPlan], weight_bits: int
+) -> dict[str, Damage] | None:
+    """Each layer's damage, its candidate built and judged on the context's executor.
+
+    None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
+
+    Raises:
+        RuntimeUnavailable: A candidate could not be judged (after the executor's retries).
+    """
+    executor = judge.context.executor
+    assert executor is not None
+    try:
+        model = ir.serde.serialize_model(judge.model).SerializeToString()
+    except ValueError as error:
+        logger.warning("quantize budget: the model cannot be sent to workers (%s); judging in this process", error)
+        return None
+    work = LayerCandidates(
+        model,
+        {key: make_plan(tuple(k for k in layers if k != key)) for key in layers},
+        weight_bits,
+        tuple(judge.feeds),
+        tuple(judge.references),
+        tuple(judge._top1),
+        judge.context.provider,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    label = f"quantize budget: {len(layers)} layers on {executor.workers} {executor.name} workers"
+    with progress.task(label, total=len(layers)) as step:
+
+        def done(key: str, result: dict[str, Any]) -> None:
+            results[key] = result
+            step.advance()
+
+        executor.profile_items(work, layers, done)
+    lost = [results[key] for key in layers if results[key].get("error") is not None]
+    if lost:
+        raise RuntimeUnavailable(f"quantize budget: layer {lost[0]['key']}: {lost[0]['error']}", stage="run")
+    return {key: Damage(results[key]["cosine"], results[key]["disagreement"]) for key in layers}
+
+
 def fit_budget(
     judge: Judge,
     plan: placement.QuantPlan,
     make_plan: Callable[[tuple[str, ...]], placement.QuantPlan],
-    applied: Callable[[ir.Model, placement.QuantPlan], ir.Model],
+    weight_bits: int,
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
     """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
-    sensitivity: dict[str, Damage] = {}
-    with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
-        for key in layers:
-            alone = make_plan(tuple(k for k in layers if k != key))
-            sensitivity[key] = judge.measure(applied(judge.model, alone))
-            step.advance()
+
+    def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
+        return quantized_copy(model, plan, weight_bits)
+
+    sensitivity: dict[str, Damage] | None = None
+    if parallel(judge.context.executor) and len(layers) > 1:
+        sensitivity = _sensitivity_on_executor(judge, layers, make_plan, weight_bits)
+    if sensitivity is None:
+        sensitivity = {}
+        with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
+            for key in layers:
+                alone = make_plan(tuple(k for k in layers if k != key))
+                sensitivity[key] = judge.measure(applied(judge.model, alone))
+                step.advance()
     order = sorted(layers, key=lambda k: sensitivity[k].order, reverse=True)
     kept_float: list[str] = []
     current = judge.measure(applied(judge.model, plan))

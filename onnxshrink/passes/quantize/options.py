@@ -14,6 +14,16 @@ MODES = ("static", "dynamic", "weight-only")
 TARGETS = ("ort-cpu", "ort-cuda", "tensorrt")
 
 
+def _smooth_problem(value: str) -> str | None:
+    if value in ("off", "auto"):
+        return None
+    try:
+        alpha = float(value)
+    except ValueError:
+        return f"must be off, auto or a migration strength in (0, 1), got {value!r}"
+    return None if 0.0 < alpha < 1.0 else f"a migration strength must be in (0, 1), got {value}"
+
+
 def _block_size_problem(value: int) -> str | None:
     if value >= 16 and not value & (value - 1):
         return None
@@ -63,6 +73,17 @@ class QuantizeOptions:
         "fast (default): computed from the float layer inputs; measured: both models run the calibration data",
         choices=("off", "fast", "measured"),
     )
+    smooth: str = option(
+        "off",
+        "static: SmoothQuant-style scale migration for MatMul/Gemm inputs with outlier channels; "
+        "auto: per input, the strength of a grid with the lowest layer output error on calibration rows "
+        "(left alone unless it gains 2 %); a number in (0, 1): that strength for every MatMul/Gemm input",
+        check=_smooth_problem,
+    )
+    equalize: bool = option(
+        False,
+        "static: cross-layer equalization of Conv->(Relu|LeakyRelu)?->Conv pairs (exact in float)",
+    )
     activation_matmuls: bool = option(
         False,
         "static ort-cpu/ort-cuda: also MatMuls of two activations (attention QK^T, probs x V); "
@@ -100,6 +121,8 @@ class QuantizeOptions:
             return f"weights={self.weights} needs mode=weight-only (4-bit runs as MatMulNBits)"
         if (self.max_drop is not None or self.min_cosine is not None) and self.mode != "static":
             return "max-drop/min-cosine apply to mode=static only"
+        if (self.smooth != "off" or self.equalize) and self.mode != "static":
+            return f"smooth/equalize need mode=static, got mode={self.mode}"
         if self.min_speedup is not None and self.mode != "static":
             return f"min-speedup needs mode=static, got mode={self.mode}"
         return None

@@ -15,6 +15,7 @@ from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.plan import (
+    ADDED_NODE,
     FOLDABLE,
     MOVES,
     NEIGHBOURS,
@@ -344,7 +345,7 @@ def _place_ort(
             if q.params.clips_below_zero and (clip_max is None or clip_max >= represented_max):
                 plan.folds.append(view.key(fold))
     for key, node in view.nodes.items():
-        if is_onnx_op(node, *NEIGHBOURS) and key not in placement.quantized:
+        if is_onnx_op(node, *NEIGHBOURS) and key not in placement.quantized and not node.meta.get(ADDED_NODE):
             plan.left_float.setdefault(key, "a neighbour is float: QLinear kernel would add conversions (rule 7)")
 
 

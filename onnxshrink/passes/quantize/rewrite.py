@@ -188,8 +188,9 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
 def _drop_unquantized_local_reads(graph: ir.Graph, plan: QuantPlan) -> None:
     """Undoes the Identity a body got for an enclosing graph's activation when no Q reads it."""
     for node in list(graph):
-        if not node.meta.get(ADDED_NODE) or node.outputs[0].name in plan.activations:
-            continue
+        local_read = node.op_type == "Identity" and node.meta.get(ADDED_NODE)
+        if not local_read or node.outputs[0].name in plan.activations:
+            continue  # smooth's Mul by 1/s is an added node too, and must stay
         source = node.inputs[0]
         assert source is not None
         ir.convenience.replace_all_uses_with(node.outputs[0], source)

@@ -361,3 +361,64 @@ class StatsCollector:
     def nonfinite(self) -> dict[str, int]:
         """Tensors that held non-finite values, with how many."""
         return {name: stats.nonfinite for name, stats in self.stats.items() if stats.nonfinite}
+
+
+class ChannelStats:
+    """Per-channel extremes of one activation along its last axis, and a bounded sample of its rows.
+
+    SmoothQuant-style scale migration (``smooth``) reads ``max|X_j|`` per input channel ``j`` of a
+    MatMul/Gemm, and picks its migration strength by the layer's output error on ``rows``.
+    Memory is fixed: ``channels`` extremes and at most ``max_rows`` rows.
+
+    Args:
+        max_rows: Rows kept for error estimates; each batch contributes an even stride of its rows.
+        rows_per_batch: Rows taken from one batch (the rest of ``max_rows`` waits for later batches).
+    """
+
+    def __init__(self, max_rows: int = 512, rows_per_batch: int = 64) -> None:
+        self.max_rows = max_rows
+        self.rows_per_batch = rows_per_batch
+        self.minimum: np.ndarray | None = None
+        self.maximum: np.ndarray | None = None
+        self.rows: list[np.ndarray] = []
+        self.kept = 0
+        self.seen = 0  # finite rows seen in all
+
+    def update(self, array: np.ndarray) -> None:
+        """Adds one batch; rows with a non-finite value are left out of the extremes and the sample."""
+        values = np.asarray(array, dtype=np.float32)
+        if values.ndim == 0 or values.size == 0:
+            return
+        rows = values.reshape(-1, values.shape[-1])
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        if rows.shape[0] == 0:
+            return
+        self.seen += rows.shape[0]
+        low, high = rows.min(axis=0), rows.max(axis=0)
+        self.minimum = low if self.minimum is None else np.minimum(self.minimum, low)
+        self.maximum = high if self.maximum is None else np.maximum(self.maximum, high)
+        take = min(self.rows_per_batch, self.max_rows - self.kept, rows.shape[0])
+        if take > 0:
+            stride = rows.shape[0] // take
+            self.rows.append(rows[::stride][:take].copy())
+            self.kept += take
+
+    @property
+    def abs_max(self) -> np.ndarray:
+        """``max|X_j|`` per channel (empty before any finite row)."""
+        if self.minimum is None or self.maximum is None:
+            return np.zeros(0, np.float32)
+        return np.maximum(np.abs(self.minimum), np.abs(self.maximum))
+
+    def sample(self) -> np.ndarray:
+        """The kept rows, ``[rows, channels]``."""
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, self.abs_max.size), np.float32)
+
+    @property
+    def outlier_ratio(self) -> float:
+        """The largest channel maximum over the median one: how far the outlier channels stand out."""
+        amax = self.abs_max
+        if amax.size == 0:
+            return 1.0
+        median = float(np.median(amax))
+        return float(amax.max() / median) if median > 0 else math.inf

@@ -15,6 +15,7 @@ from onnxshrink.activations import capture
 from onnxshrink.ir.constants import lift_weight_constants
 from onnxshrink.ir.graphs import graph_likes, is_onnx_op, taken_names
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult, option
+from onnxshrink.passes.reconstruct import augment as augmentation
 from onnxshrink.passes.reconstruct import layers as refit_layers
 from onnxshrink.passes.reconstruct import least_squares as lstsq
 from onnxshrink.passes.reconstruct import matrices as matrices
@@ -51,6 +52,12 @@ class ReconstructOptions:
         choices=("auto", "lstsq", "obs"),
     )
     bias: bool = option(True, "refit Conv/Gemm biases too, adding one to layers that have none")
+    augment: Literal["none", "shifts"] = option(
+        "none",
+        "shifts: each calibration image is also seen moved by one pixel in the 8 directions (9x the "
+        "rows, float [N, C, H, W] inputs), so a few hundred samples fit convolutions without overfitting",
+        choices=("none", "shifts"),
+    )
     order: Literal["staged", "single"] = option(
         "staged",
         "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
@@ -138,6 +145,10 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        layer already within 1e-6 (relative) of its teacher point is left alone. When all refits
        together do not lower the error of the model's outputs on the calibration data, every one
        of them is undone and the pass reports ``modified=False``.
+    7. ``augment=shifts``: every calibration batch runs through both models 9 times, its images
+       (float ``[N, C, H, W]`` inputs) moved by one pixel in each of the 8 directions (zeros
+       shifted in) and as they are; other inputs are repeated. Targets stay the input model's
+       values on the same shifted images. A model without an image input is a usage error.
     Stats: per layer the teacher point, relative error ``||X wᵀ - Y|| / ||Y||`` before and after,
     method and calibration rows; the relative error of the model's outputs before and after; a
     reason for each layer left alone (``skipped``). Timings: seconds spent streaming activations
@@ -231,8 +242,15 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         borrowed = [name for name in dict.fromkeys(inputs) if name in teacher_inputs]
         # Every captured value of a batch is alive at once: many layers, smaller batches.
         batch = 32 if len(layers) <= _MANY_LAYERS else 8
+        augment = augmentation.AUGMENTS[self.options.augment]
         student = capture(
-            self.context, model, [*inputs, *outputs], pass_name=self.name, samples=samples, batch_size=batch
+            self.context,
+            model,
+            [*inputs, *outputs],
+            pass_name=self.name,
+            samples=samples,
+            batch_size=batch,
+            augment=augment,
         )
         reference = capture(
             self.context,
@@ -241,6 +259,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             pass_name=self.name,
             samples=samples,
             batch_size=batch,
+            augment=augment,
         )
         equations: dict[str, lstsq.NormalEquations] = {}
         reasons: dict[str, str] = {}

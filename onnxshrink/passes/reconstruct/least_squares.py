@@ -16,7 +16,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.linalg
 
 # Above this many multiply-adds of per-support dense solves, method=auto switches to OBS.
 _LSTSQ_BUDGET = 2e9
@@ -134,6 +133,10 @@ def solve(equations: NormalEquations, current: np.ndarray, keep: np.ndarray, rid
 
 def _solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Cholesky solve of the (symmetric, ridge-shifted) normal equations."""
+    # Imported here: every run registers this pass, few run it, and scipy.linalg costs a
+    # noticeable share of a short run's start-up.
+    import scipy.linalg
+
     try:
         return scipy.linalg.cho_solve(scipy.linalg.cho_factor(system, check_finite=False), rhs, check_finite=False)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):

@@ -1,16 +1,19 @@
 """The ``local`` executor: worker processes on this machine.
 
 Profile items run in a pool of ``workers`` processes from a ``forkserver`` (no child inherits the
-driver's onnxruntime threads); each builds the simplified model's judge once and keeps it for
-every item it measures, with its share of the cores as onnxruntime's thread count (N workers each
-running one thread per core would oversubscribe the machine). With one worker the items run in
-the driver itself, as the serial profile did. A timed profile (``--min-speedup``) runs in one
-process whatever ``workers`` says: timings taken side by side would disturb each other. Trials
-run as before: up to ``workers`` at a time, each in its own child process with its limits.
+driver's onnxruntime threads); each builds the workload's state once (for ``auto``, the simplified
+model's judge) and keeps it for every item it measures, with its share of the cores as
+onnxruntime's thread count (N workers each running one thread per core would oversubscribe the
+machine). With one worker the items run in the driver itself, as a serial loop would. A timed
+workload runs in one process whatever ``workers`` says: timings taken side by side would disturb
+each other (``auto``'s items time nothing: the latency model of ``--min-speedup`` is measured once,
+by the driver). Tasks (``auto``'s trials) run up to ``workers`` at a time, each starting its own
+child process with its limits and, with several workers, its share of the cores.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,23 +23,21 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from onnxshrink.autotune.executors.base import ItemDone, NodeProgress, TrialDone, TrialTask, error_text
-from onnxshrink.autotune.items import Item, Setup, failed, measure_item
-from onnxshrink.autotune.profile import VariantBuilder
-from onnxshrink.autotune.trials import run_trial
+from onnxshrink.executors.base import NodeProgress, PieceDone, Task, TaskDone, Workload, error_text
 from onnxshrink.runtime import cap_threads
 
 logger = logging.getLogger(__name__)
 
 Work = TypeVar("Work")
 
-_builder: VariantBuilder | None = None  # the pool process's builder, made by _start
+_work: Workload | None = None  # the pool process's workload and its state, made by _start
+_state: Any = None
 
 
-def _start(setup: Setup, threads: int) -> None:
-    global _builder
+def _start(work: Workload, threads: int) -> None:
+    global _work, _state
     cap_threads(threads)
-    _builder = setup.builder()
+    _work, _state = work, work.start()
 
 
 def _cores() -> int:
@@ -45,18 +46,18 @@ def _cores() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
-def _timed_item(builder: VariantBuilder, item: Item, node: str) -> dict[str, Any]:
+def _timed_item(work: Workload, state: Any, item: Any, node: str) -> dict[str, Any]:
     """``item``'s result with the seconds it took and the node (or node/pid) that measured it."""
     started = time.perf_counter()
-    result = measure_item(builder, item)
+    result = work.measure(state, item)
     result["seconds"] = time.perf_counter() - started
     result["node"] = node
     return result
 
 
-def _item(item: Item) -> dict[str, Any]:
-    assert _builder is not None
-    return _timed_item(_builder, item, f"{platform.node()}/{os.getpid()}")
+def _item(item: Any) -> dict[str, Any]:
+    assert _work is not None
+    return _timed_item(_work, _state, item, f"{platform.node()}/{os.getpid()}")
 
 
 def _as_they_finish(
@@ -93,36 +94,38 @@ class LocalExecutor:
         self.workers = workers
         self.node = platform.node() or "local"
 
-    def profile_items(self, setup: Setup, items: Sequence[Item], done: ItemDone) -> None:
+    def profile_items(self, work: Workload, items: Sequence[Any], done: PieceDone) -> None:
         """Measures ``items`` in the driver (one worker) or a forkserver pool."""
-        workers = 1 if setup.timed else min(self.workers, len(items))
-        if setup.timed and self.workers > 1:
+        workers = 1 if work.timed else min(self.workers, len(items))
+        if work.timed and self.workers > 1:
             logger.info("a timed profile runs in one process: timings side by side would disturb each other")
         with NodeProgress("profile items", len(items)) as shown:
             if workers <= 1:
-                builder = setup.builder()
+                state = work.start()
                 for item in items:
                     shown.start(self.node)
-                    result = _timed_item(builder, item, self.node)
+                    result = _timed_item(work, state, item, self.node)
                     shown.finish(self.node)
                     done(item, result)
                 return
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["onnxshrink.autotune.measure", "onnxshrink.autotune.items"])
+            context.set_forkserver_preload([type(work).__module__])
             share = max(1, _cores() // workers)
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(setup, share)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(work, share)) as pool:
                 for item, future in _as_they_finish(pool, _item, items, workers, shown, self.node):
                     try:
                         result = future.result()
                     except Exception as error:  # a crashed pool process fails its item, not the profile
-                        result = failed(item, error_text(error))
+                        result = work.failed(item, error_text(error))
                     shown.finish(self.node)
                     done(item, result)
 
-    def trials(self, tasks: Sequence[TrialTask], done: TrialDone) -> None:
-        """Up to ``workers`` candidates at a time, each in its own child process."""
+    def trials(self, tasks: Sequence[Task], done: TaskDone) -> None:
+        """Up to ``workers`` tasks at a time, each on its share of the cores (a trial starts a child process)."""
+        share = max(1, _cores() // self.workers) if self.workers > 1 else None
+        run = functools.partial(_trial, threads=share)
         with NodeProgress("trials", len(tasks)) as shown, ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for task, future in _as_they_finish(pool, _trial, tasks, self.workers, shown, self.node):
+            for task, future in _as_they_finish(pool, run, tasks, self.workers, shown, self.node):
                 outcome = future.result()
                 outcome["node"] = self.node
                 shown.finish(self.node)
@@ -132,8 +135,8 @@ class LocalExecutor:
         """Nothing to release: pools end with each call."""
 
 
-def _trial(task: TrialTask) -> dict[str, Any]:
+def _trial(task: Task, threads: int | None) -> dict[str, Any]:
     started = time.perf_counter()
-    outcome = run_trial(task.job, timeout=task.timeout, memory_bytes=task.memory_bytes)
+    outcome = task.run({}, task.output, threads)
     outcome["seconds"] = time.perf_counter() - started
     return outcome
