@@ -178,7 +178,7 @@ def node_times(
     runs ``warmup`` times, then ``runs`` times, and each node's median over those runs is kept
     (the profiler's own events, ``dur`` of each ``*_kernel_time``). The profiler adds some
     bookkeeping to every node: absolute times are high for small nodes, their shares are what
-    to use.
+    to use. When the provider cannot save its optimized graph, ``graph`` is empty.
 
     Raises:
         RuntimeUnavailable: onnxruntime cannot load or run the model.
@@ -186,9 +186,12 @@ def node_times(
     with tempfile.TemporaryDirectory(prefix="onnxshrink-profile-") as tmp:
         folder = Path(tmp)
 
-        def configure(options: Any) -> None:
+        def profiling(options: Any) -> None:
             options.enable_profiling = True
             options.profile_file_prefix = str(folder / "profile")
+
+        def saving(options: Any) -> None:
+            profiling(options)
             options.optimized_model_filepath = str(folder / "optimized.onnx")
             # Weights go to a side file: no 2 GiB limit and nothing to read back but the graph.
             options.add_session_config_entry(
@@ -196,7 +199,10 @@ def node_times(
             )
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "64")
 
-        session, choice = create_session(source, provider, threads=threads, configure=configure)
+        try:
+            session, choice = create_session(source, provider, threads=threads, configure=saving)
+        except RuntimeUnavailable:  # some providers cannot save what they optimized: times by node name only
+            session, choice = create_session(source, provider, threads=threads, configure=profiling)
         for _ in range(warmup + runs):
             run(session, feed)
         per_run, count = _kernel_events(session.end_profiling(), warmup)

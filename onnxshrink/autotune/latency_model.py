@@ -43,10 +43,11 @@ import onnx_ir as ir
 from onnxshrink.data.samples import Samples
 from onnxshrink.inspect.macs import node_macs
 from onnxshrink.inspect.summary import value_shapes
-from onnxshrink.latency import NodeTimes, interleaved_latency, node_times
+from onnxshrink.latency import NodeTimes, interleaved_latency, node_times, one_run_seconds, timing_plan
 from onnxshrink.runtime import create_session, model_source, run
 
 PROFILE_RUNS, PROFILE_WARMUP = 20, 3
+TABLE_SECONDS = 30.0  # timed runs of the whole table, about (fast models take far less)
 _WALL_ROUNDS, _WALL_RUNS = 12, 3
 # onnxruntime kernels that compute a layer (possibly fused with what follows it).
 _COMPUTE_KERNELS = frozenset(
@@ -296,6 +297,7 @@ class LatencyTable:
         owner: Node name -> the layer whose precision it runs at (rule 3).
         unattributed: Configuration -> share of its profiled time that matched no node.
         seconds: How long measuring took.
+        runs: Profiled runs per configuration (the per-node medians' sample size).
     """
 
     wall_ms: dict[str, float]
@@ -304,6 +306,7 @@ class LatencyTable:
     owner: dict[str, str]
     unattributed: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    runs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The table as the profile cache and the report hold it."""
@@ -352,6 +355,7 @@ def measure_table(
     provider: str,
     layers: set[str],
     runs: int = PROFILE_RUNS,
+    budget: float = TABLE_SECONDS,
 ) -> LatencyTable:
     """Profiles each configuration (``float``: the simplified model, first) and builds the table.
 
@@ -360,19 +364,29 @@ def measure_table(
         feed: The inputs every run takes.
         provider: Where to run.
         layers: The base model's layer names (what precisions apply to).
-        runs: Profiled runs per configuration (medians per node).
+        runs: Profiled runs per configuration (medians per node), fewer for a slow model.
+        budget: About how many seconds the timed runs may take (half profiled, half whole runs):
+            a model taking seconds a run (BERT-base at batch 8 on two cores) gets fewer runs.
     """
     started = time.perf_counter()
     base = models["float"]
     base_names = {n.name for n in base.graph if n.name}
     sessions = {}
+    for config, model in models.items():
+        with model_source(model) as source:
+            sessions[config] = create_session(source, provider)[0]
+    seconds = one_run_seconds(functools.partial(run, sessions["float"], feed))
+    profiled_runs = max(3, min(runs, int(budget / 2 / (len(models) * max(seconds, 1e-6)))))
+    warmup = PROFILE_WARMUP if profiled_runs == runs else 1
+    rounds, per_round = timing_plan(
+        seconds, models=len(models), rounds=_WALL_ROUNDS, runs=_WALL_RUNS, budget=budget / 2
+    )
     nodes: dict[str, dict[str, float]] = {}
     shares: dict[str, float] = {}
     rests: dict[str, float] = {}
     for config, model in models.items():
         with model_source(model) as source:
-            profiled = node_times(source, feed, provider=provider, runs=runs, warmup=PROFILE_WARMUP)
-            sessions[config] = create_session(source, provider)[0]
+            profiled = node_times(source, feed, provider=provider, runs=profiled_runs, warmup=warmup)
         found, rest = attribute(profiled, model)
         nodes[config] = found if config == "float" else fold_added(found, model, base_names, layers)
         rests[config] = rest
@@ -380,9 +394,9 @@ def measure_table(
         shares[config] = rest / total if total > 0 else 0.0
     walls = interleaved_latency(
         {config: functools.partial(run, session, feed) for config, session in sessions.items()},
-        rounds=_WALL_ROUNDS,
-        runs_per_round=_WALL_RUNS,
-        warmup=2,
+        rounds=rounds,
+        runs_per_round=per_round,
+        warmup=1,
     )
     wall_ms = {config: float(statistics.median(values)) for config, values in walls.items()}
     scaled: dict[str, dict[str, float]] = {}
@@ -400,4 +414,5 @@ def measure_table(
         owner=owners(base, layers),
         unattributed=shares,
         seconds=time.perf_counter() - started,
+        runs=profiled_runs,
     )
