@@ -41,10 +41,13 @@ layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured`
 ``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``,
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
 correction included; NNCF lives in the benchmark environment only), all fed the same
-calibration samples one by one (NNCF) or in batches of 10 (onnxruntime).
+calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The float-exact methods
+(``METHOD_ROWS``): BERT-base with ``smooth=off`` and ``smooth=0.5`` beside the default
+``smooth=auto``, and ``nncf-transformer`` (``model_type=TRANSFORMER``: NNCF's SmoothQuant); the
+CNNs with ``equalize=true`` (also with every layer int8) and ``smooth=off``.
 
 Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika]
-[--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
+[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ SIDE_BY_SIDE = {
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
 }
 # The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
-# migration for the transformer, cross-layer equalization for the CNNs.
+# migration (the default smooth=auto against off and a fixed strength) for the transformer,
+# cross-layer equalization (off by default) for the CNNs.
 METHOD_ROWS = {
-    "transformer": {"onnxshrink-smooth-auto": "smooth=auto", "onnxshrink-smooth-0.5": "smooth=0.5"},
+    "transformer": {"onnxshrink-smooth-off": "smooth=off", "onnxshrink-smooth-0.5": "smooth=0.5"},
     "cnn": {
         "onnxshrink-equalize": "equalize=true",
         "onnxshrink-all-int8-equalize": "keep-slow-float=false,equalize=true",
-        "onnxshrink-smooth-auto": "smooth=auto",
+        "onnxshrink-smooth-off": "smooth=off",
     },
 }
 # NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).

@@ -172,10 +172,12 @@ def test_recipe_round_trips_per_group_and_per_layer_settings(tmp_path: Path, pro
 
 
 def _write_metric(folder: Path, body: str) -> str:
+    """A metric module named after its folder: the driver imports a module name once per process."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "my_metric.py").write_text(body)
+    module = f"metric_{folder.name}"
+    (folder / f"{module}.py").write_text(body)
     sys.path.insert(0, str(folder))
-    return "my_metric:score"
+    return f"{module}:score"
 
 
 _ACCURACY = """

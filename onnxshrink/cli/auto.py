@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from onnxshrink.cli.common import PROVIDER, State, guarded, human_bytes, main
+from onnxshrink.cli.common import PROVIDER, State, guarded, human_bytes, main, ray_options
 from onnxshrink.errors import UsageError
 
 
@@ -75,19 +75,7 @@ def _trial_line(status: dict[str, Any]) -> str:
     show_default=True,
     help="Where profiling and trials run: this machine, or a Ray cluster (pip install 'onnxshrink[ray]').",
 )
-@click.option(
-    "--ray-address",
-    default="auto",
-    show_default=True,
-    metavar="ADDR",
-    help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
-)
-@click.option(
-    "--gpus-per-worker",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
-)
+@ray_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
 @click.option("--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Most candidates built.")

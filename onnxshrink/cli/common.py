@@ -21,6 +21,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 PROVIDER = click.Choice(["auto", "cpu", "cuda"])
 
 
+def ray_options(func: F) -> F:
+    """The Ray executor's options that ``run`` and ``auto`` share: ``--ray-address``, ``--gpus-per-worker``."""
+    func = click.option(
+        "--gpus-per-worker",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
+    )(func)
+    return click.option(
+        "--ray-address",
+        default="auto",
+        show_default=True,
+        metavar="ADDR",
+        help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+    )(func)
+
+
 class State:
     """Options of the command group that every command reads (``--debug``)."""
 

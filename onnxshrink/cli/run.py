@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from onnxshrink import progress
-from onnxshrink.cli.common import PROVIDER, guarded, human_bytes, main
+from onnxshrink.cli.common import PROVIDER, guarded, human_bytes, main, ray_options
 from onnxshrink.errors import UsageError
 
 DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies by default)
@@ -100,19 +100,7 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
     show_default=True,
     help="Worker processes (local; 1: in this process) or the most Ray workers.",
 )
-@click.option(
-    "--ray-address",
-    default="auto",
-    show_default=True,
-    metavar="ADDR",
-    help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
-)
-@click.option(
-    "--gpus-per-worker",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
-)
+@ray_options
 @guarded
 def run(
     model: Path,

@@ -7,12 +7,18 @@ measures its layers there). See :mod:`~onnxshrink.executors.base` for the interf
 
 from __future__ import annotations
 
+import logging
+
+import onnx_ir as ir
+
 from onnxshrink.errors import UsageError
 from onnxshrink.executors.base import Executor, NodeProgress, Task, Workload
 from onnxshrink.executors.local import LocalExecutor
 from onnxshrink.executors.ray_cluster import check_address
 
 EXECUTORS = ("local", "ray")
+
+logger = logging.getLogger(__name__)
 
 
 def make_executor(
@@ -67,6 +73,18 @@ def check_executor_options(
         check_address(ray_address)
 
 
+def model_bytes(model: ir.Model, what: str) -> bytes | None:
+    """``model`` serialized for workers, or None (with a warning) when one protobuf message cannot hold it.
+
+    ``what`` names the work in the warning; the caller then does it in this process.
+    """
+    try:
+        return ir.serde.serialize_model(model).SerializeToString()
+    except ValueError as error:  # past 2 GiB
+        logger.warning("%s: the model cannot be sent to workers (%s); running in this process", what, error)
+        return None
+
+
 def parallel(executor: Executor | None) -> bool:
     """Whether ``executor`` runs work anywhere but in this process, one piece at a time."""
     return executor is not None and not (executor.name == "local" and executor.workers == 1)
@@ -81,5 +99,6 @@ __all__ = [
     "Workload",
     "check_executor_options",
     "make_executor",
+    "model_bytes",
     "parallel",
 ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -34,11 +33,9 @@ import onnx_ir as ir
 
 from onnxshrink import overrides, progress
 from onnxshrink.context import PassContext
-from onnxshrink.executors import parallel
+from onnxshrink.executors import model_bytes, parallel
 from onnxshrink.passes.prune import plan as plan
 from onnxshrink.runtime import RuntimeUnavailable, run
-
-logger = logging.getLogger(__name__)
 
 GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 MAX_SPARSITY = GRID[-1]  # no layer is pruned harder than this: an emptied layer cuts the network
@@ -229,10 +226,8 @@ class Probe:
         """
         executor = self.context.executor
         assert executor is not None
-        try:
-            model = ir.serde.serialize_model(self.model).SerializeToString()
-        except ValueError as error:
-            logger.warning("sensitivity: the model cannot be sent to workers (%s); measuring in this process", error)
+        model = model_bytes(self.model, "sensitivity")
+        if model is None:
             return None
         work = LayerDamage(
             model,

@@ -148,9 +148,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     16. ``equalize`` (static, off by default): cross-layer equalization rescales the channels of
         Conv→(Relu|LeakyRelu)?→Conv pairs so both weights' channel ranges match, before
         calibration; exact in float (equalize.py). Each pair is in the stats.
-    17. ``smooth`` (static, off by default): SmoothQuant-style migration of activation outlier
-        channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into a LayerNormalization
-        or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
+    17. ``smooth`` (static; ``auto`` by default, which does nothing in other modes): SmoothQuant-style
+        migration of activation channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into
+        a LayerNormalization or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
         strength and output error are in the stats.
     """
 

@@ -8,7 +8,6 @@ candidates are built and judged as work items (:class:`LayerCandidates`), one pe
 from __future__ import annotations
 
 import dataclasses
-import logging
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,15 +19,13 @@ import onnx_ir as ir
 from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
-from onnxshrink.executors import parallel
+from onnxshrink.executors import model_bytes, parallel
 from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
 from onnxshrink.runtime import RuntimeUnavailable, run
 from onnxshrink.verify import is_classifier_like
-
-logger = logging.getLogger(__name__)
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
 _JUDGE_SAMPLES = 256
@@ -235,10 +232,8 @@ def _sensitivity_on_executor(
     """
     executor = judge.context.executor
     assert executor is not None
-    try:
-        model = ir.serde.serialize_model(judge.model).SerializeToString()
-    except ValueError as error:
-        logger.warning("quantize budget: the model cannot be sent to workers (%s); judging in this process", error)
+    model = model_bytes(judge.model, "quantize budget")
+    if model is None:
         return None
     work = LayerCandidates(
         model,

@@ -74,7 +74,7 @@ class QuantizeOptions:
         choices=("off", "fast", "measured"),
     )
     smooth: str = option(
-        "off",
+        "auto",
         "static: SmoothQuant-style scale migration for MatMul/Gemm inputs with outlier channels; "
         "auto: per input, the strength of a grid with the lowest layer output error on calibration rows "
         "(left alone unless it gains 2 %); a number in (0, 1): that strength for every MatMul/Gemm input",
@@ -121,7 +121,7 @@ class QuantizeOptions:
             return f"weights={self.weights} needs mode=weight-only (4-bit runs as MatMulNBits)"
         if (self.max_drop is not None or self.min_cosine is not None) and self.mode != "static":
             return "max-drop/min-cosine apply to mode=static only"
-        if (self.smooth != "off" or self.equalize) and self.mode != "static":
+        if (self.smooth not in ("off", "auto") or self.equalize) and self.mode != "static":
             return f"smooth/equalize need mode=static, got mode={self.mode}"
         if self.min_speedup is not None and self.mode != "static":
             return f"min-speedup needs mode=static, got mode={self.mode}"
