@@ -163,7 +163,7 @@ def uniform_int8(profile: Profile) -> Point | None:
         return None
     chosen = [profile.units[u].settings[i] for u, i in enumerate(choice)]
     macs = profile.macs + sum(s.macs for s in chosen)
-    latency = profile.latency_ms + sum(s.latency for s in chosen)
+    latency = predicted_latency(profile, choice)
     return Point(tuple(choice), predicted_size(profile, choice), macs, sum(s.damage for s in chosen), latency)
 
 
