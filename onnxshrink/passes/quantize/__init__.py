@@ -47,6 +47,24 @@ logger = logging.getLogger(__name__)
 _CALIBRATION_BATCH = 8
 
 
+def _settled_plan(
+    model: ir.Model,
+    make_plan: Callable[[], placement.QuantPlan],
+    slow: dict[str, str],
+    options: QuantizeOptions,
+    speed_rules: bool,
+) -> placement.QuantPlan:
+    """The plan once kernels.py's island rounds settle: each round's islands join ``slow`` (in place)."""
+    plan = make_plan()
+    for _ in range(4 if speed_rules else 0):
+        found = kernels.islands(model, plan, options.cpu_profile)
+        if not found:
+            break
+        slow.update(found)
+        plan = make_plan()
+    return plan
+
+
 def _nested_layers(model: ir.Model, *, bodies_placed: bool) -> dict[str, str]:
     """Layers that stay float because of where they are: functions, and bodies the mode does not reach."""
     placed = {id(scope.graph) for scope in control_flow_scopes(model)} if bodies_placed else {id(model.graph)}
@@ -265,13 +283,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         collector, failed = self._calibrate(float_model, list(dict.fromkeys(roots.values())))
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
-        plan = make_plan()
-        for _ in range(4 if speed_rules else 0):
-            found = kernels.islands(float_model, plan, options.cpu_profile)
-            if not found:
-                break
-            slow.update(found)
-            plan = make_plan()
+        plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
         if options.max_drop is None and options.min_cosine is None:
             return plan, collector, None
         started = time.perf_counter()
@@ -380,13 +392,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             started = time.perf_counter()
             speed_rules = options.target == "ort-cpu" and options.keep_slow_float
             slow = kernels.slow_layers(float_model, options.cpu_profile) if speed_rules else {}
-            dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
-            for _ in range(4 if speed_rules else 0):  # as in _static_plan: no smoothing for layers left float
-                found = kernels.islands(float_model, dry_run, options.cpu_profile)
-                if not found:
-                    break
-                slow.update(found)
-                dry_run = place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow)
+            # The layers _static_plan will leave float for speed get no smoothing.
+            dry_run = _settled_plan(
+                float_model,
+                lambda: place.plan_static(float_model, options, lambda name: (-1.0, 1.0), slow=slow),
+                slow,
+                options,
+                speed_rules,
+            )
             symmetric = options.target != "ort-cpu"
             error_model = smooth.ErrorModel(
                 "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
