@@ -14,7 +14,8 @@ from onnxshrink.autotune.items import Item, ItemMeasure, plan
 from onnxshrink.autotune.profile import profile
 from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import UsageError
-from onnxshrink.executors import LocalExecutor, NodeProgress, make_executor
+from onnxshrink.executors import LocalExecutor, NodeProgress, make_executor, measure_all
+from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.spec import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +145,25 @@ def test_bad_executor_and_workers_are_usage_errors() -> None:
         make_executor("dask", 1)
     with pytest.raises(UsageError, match="--workers must be at least 1"):
         make_executor("local", 0)
+
+
+class _HalfBroken:
+    """A workload whose odd pieces fail, reported as an executor reports a piece lost after its retries."""
+
+    timed = False
+
+    def start(self) -> int:
+        return 10
+
+    def measure(self, state: int, piece: int) -> dict[str, object]:
+        return {"error": "worker died"} if piece % 2 else {"value": state * piece}
+
+    def failed(self, piece: int, reason: str) -> dict[str, object]:
+        return {"error": reason}
+
+
+def test_measure_all_gives_every_result_and_names_the_first_lost_piece() -> None:
+    executor = LocalExecutor(workers=1)
+    assert measure_all(executor, _HalfBroken(), [0, 2, 4], "double: 3 layers")[4]["value"] == 40
+    with pytest.raises(RuntimeUnavailable, match=r"^double: layer 3: worker died$"):
+        measure_all(executor, _HalfBroken(), [2, 3, 5], "double: 3 layers")

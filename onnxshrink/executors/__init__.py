@@ -8,13 +8,17 @@ measures its layers there). See :mod:`~onnxshrink.executors.base` for the interf
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import onnx_ir as ir
 
+from onnxshrink import progress
 from onnxshrink.errors import UsageError
 from onnxshrink.executors.base import Executor, NodeProgress, Task, Workload
 from onnxshrink.executors.local import LocalExecutor
 from onnxshrink.executors.ray_cluster import check_address
+from onnxshrink.runtime import RuntimeUnavailable
 
 EXECUTORS = ("local", "ray")
 
@@ -85,6 +89,29 @@ def model_bytes(model: ir.Model, what: str) -> bytes | None:
         return None
 
 
+def measure_all(
+    executor: Executor, work: Workload, pieces: Sequence[Hashable], label: str
+) -> dict[Any, dict[str, Any]]:
+    """Every piece's (a layer's) result, measured on ``executor`` with a progress bar named ``label``.
+
+    Raises:
+        RuntimeUnavailable: A piece failed for good (after the executor's retries): the message
+            names the work (``label`` up to its first colon), the first such layer and its error.
+    """
+    results: dict[Any, dict[str, Any]] = {}
+    with progress.task(label, total=len(pieces)) as step:
+
+        def done(piece: Any, result: dict[str, Any]) -> None:
+            results[piece] = result
+            step.advance()
+
+        executor.profile_items(work, pieces, done)
+    for piece in pieces:
+        if results[piece].get("error") is not None:
+            raise RuntimeUnavailable(f"{label.split(':')[0]}: layer {piece}: {results[piece]['error']}", stage="run")
+    return results
+
+
 def parallel(executor: Executor | None) -> bool:
     """Whether ``executor`` runs work anywhere but in this process, one piece at a time."""
     return executor is not None and not (executor.name == "local" and executor.workers == 1)
@@ -99,6 +126,7 @@ __all__ = [
     "Workload",
     "check_executor_options",
     "make_executor",
+    "measure_all",
     "model_bytes",
     "parallel",
 ]

@@ -33,9 +33,9 @@ import onnx_ir as ir
 
 from onnxshrink import overrides, progress
 from onnxshrink.context import PassContext
-from onnxshrink.executors import model_bytes, parallel
+from onnxshrink.executors import measure_all, model_bytes, parallel
 from onnxshrink.passes.prune import plan as plan
-from onnxshrink.runtime import RuntimeUnavailable, run
+from onnxshrink.runtime import run
 
 GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 MAX_SPARSITY = GRID[-1]  # no layer is pruned harder than this: an emptied layer cuts the network
@@ -238,20 +238,10 @@ class Probe:
             base,
             self.context.provider,
         )
-        rows: dict[str, dict[str, Any]] = {}
         label = (
             f"sensitivity: {len(names)} layers x {len(GRID)} sparsities on {executor.workers} {executor.name} workers"
         )
-        with progress.task(label, total=len(names)) as step:
-
-            def done(name: str, result: dict[str, Any]) -> None:
-                rows[name] = result
-                step.advance()
-
-            executor.profile_items(work, names, done)
-        lost = [rows[name] for name in names if rows[name].get("error") is not None]
-        if lost:
-            raise RuntimeUnavailable(f"layer {lost[0]['weight']}: {lost[0]['error']}", stage="run")
+        rows = measure_all(executor, work, names, label)
         return np.array([rows[name]["damage"] for name in names], dtype=np.float64).reshape(len(names), len(GRID))
 
     def errors(self, trials: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:

@@ -19,12 +19,12 @@ import onnx_ir as ir
 from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
-from onnxshrink.executors import model_bytes, parallel
+from onnxshrink.executors import measure_all, model_bytes, parallel
 from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
-from onnxshrink.runtime import RuntimeUnavailable, run
+from onnxshrink.runtime import run
 from onnxshrink.verify import is_classifier_like
 
 # Samples the budget is judged on: enough for a stable top-1 rate, bounded so memory stays small.
@@ -244,18 +244,8 @@ def _sensitivity_on_executor(
         tuple(judge._top1),
         judge.context.provider,
     )
-    results: dict[str, dict[str, Any]] = {}
     label = f"quantize budget: {len(layers)} layers on {executor.workers} {executor.name} workers"
-    with progress.task(label, total=len(layers)) as step:
-
-        def done(key: str, result: dict[str, Any]) -> None:
-            results[key] = result
-            step.advance()
-
-        executor.profile_items(work, layers, done)
-    lost = [results[key] for key in layers if results[key].get("error") is not None]
-    if lost:
-        raise RuntimeUnavailable(f"quantize budget: layer {lost[0]['key']}: {lost[0]['error']}", stage="run")
+    results = measure_all(executor, work, layers, label)
     return {key: Damage(results[key]["cosine"], results[key]["disagreement"]) for key in layers}
 
 
