@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import ProgressRecorder
 
 import onnxshrink
 from onnxshrink import progress
@@ -22,26 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_cnn.onnx"
 CALIB = ROOT / "models" / "digits_calib.npz"
 EVAL = ROOT / "models" / "digits_test.npz"
-
-
-class _Step:
-    def __init__(self, label: str, total: int | None) -> None:
-        self.label, self.total, self.done = label, total, 0
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.steps: list[_Step] = []
-
-    def start(self, label: str, total: int | None) -> progress.Step:
-        self.steps.append(_Step(label, total))
-        return self.steps[-1]
-
-    def finish(self, step: progress.Step) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +42,7 @@ def _units(found) -> list[dict]:  # type: ignore[no-untyped-def]
 
 def test_items_in_two_processes_equal_the_serial_profile(base, serial, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     measure = ItemMeasure(LocalExecutor(2))
-    with progress.use(_Recorder()) as recorder:
+    with progress.use(ProgressRecorder()) as recorder:
         found = profile(
             base, open_samples(str(CALIB)), provider="cpu", knobs=("channels", "int8"), cache=tmp_path, measure=measure
         )
@@ -75,11 +56,11 @@ def test_items_in_two_processes_equal_the_serial_profile(base, serial, tmp_path:
             assert (x["bytes"], x["macs"]) == (y["bytes"], y["macs"])
             assert x["damage"] == pytest.approx(y["damage"], rel=1e-4, abs=1e-7)
     assert measure.submitted == len(plan("channels", base)) + len(plan("precision", base))
-    assert isinstance(recorder, _Recorder)
-    last = [s for s in recorder.steps if s.label.startswith("profile items:")][-1]
+    assert isinstance(recorder, ProgressRecorder)
+    last = [s for s in recorder.tasks if s.label.startswith("profile items:")][-1]
     assert last.label.startswith("profile items: 0 queued | ") and " 0 running " in last.label
     assert last.done == last.total == len(plan("precision", base))
-    running = [s.label for s in recorder.steps if " 2 running " in s.label]
+    running = [s.label for s in recorder.tasks if " 2 running " in s.label]
     assert running, "two items never ran side by side"
     # Every item went to the items files as it finished; the profile JSON was written after them.
     lines = [json.loads(line) for path in tmp_path.glob("*.items.jsonl") for line in path.read_text().splitlines()]
@@ -110,18 +91,18 @@ def test_plan_lists_every_unit_and_setting(base) -> None:  # type: ignore[no-unt
 
 
 def test_node_progress_counts_queued_running_done_per_node() -> None:
-    with progress.use(_Recorder()) as recorder, NodeProgress("trials", 3) as shown:
+    with progress.use(ProgressRecorder()) as recorder, NodeProgress("trials", 3) as shown:
         shown.start("a")
         shown.start("b")
         shown.finish("b")
         shown.start("b")
         shown.finish("a", "c")  # retried elsewhere: counted done where it finished
-    assert isinstance(recorder, _Recorder)
-    labels = [s.label for s in recorder.steps]
+    assert isinstance(recorder, ProgressRecorder)
+    labels = [s.label for s in recorder.tasks]
     assert labels[0] == "trials: 3 queued"
     assert labels[2] == "trials: 1 queued | a 1 running 0 done | b 1 running 0 done"
     assert labels[-1] == "trials: 0 queued | a 0 running 0 done | b 1 running 1 done | c 0 running 1 done"
-    assert recorder.steps[-1].done == 2
+    assert recorder.tasks[-1].done == 2
 
 
 def test_two_workers_journal_each_trial_once(tmp_path: Path) -> None:

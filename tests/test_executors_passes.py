@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import DIGITS, DIGITS_CALIB
+from helpers import DIGITS, DIGITS_CALIB, ProgressRecorder
 
 import onnxshrink
 from onnxshrink import progress
@@ -20,26 +20,6 @@ from onnxshrink.executors.ray_cluster import actor_options, gpus_per_worker
 
 # rounds=2: the second round measures each layer with the others pruned (the workload's base).
 SPEC = "prune:sparsity=0.6,allocation=sensitivity,samples=64,rounds=2"
-
-
-class _Step:
-    def __init__(self, label: str, total: int | None) -> None:
-        self.label, self.total, self.done = label, total, 0
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.steps: list[_Step] = []
-
-    def start(self, label: str, total: int | None) -> progress.Step:
-        self.steps.append(_Step(label, total))
-        return self.steps[-1]
-
-    def finish(self, step: progress.Step) -> None:
-        pass
 
 
 def _allocation(result: onnxshrink.ShrinkResult) -> dict[str, Any]:
@@ -65,16 +45,16 @@ def serial() -> onnxshrink.ShrinkResult:
 
 
 def test_sensitivity_on_two_local_workers_equals_serial(serial: onnxshrink.ShrinkResult) -> None:
-    with progress.use(_Recorder()) as recorder:
+    with progress.use(ProgressRecorder()) as recorder:
         pooled = onnxshrink.shrink(DIGITS, [SPEC], calibration=str(DIGITS_CALIB), verify=False, workers=2)
     assert_same_allocation(_allocation(pooled), _allocation(serial))
     assert pooled.to_proto().SerializeToString() == serial.to_proto().SerializeToString()
-    assert isinstance(recorder, _Recorder)
+    assert isinstance(recorder, ProgressRecorder)
     # Both rounds went to the pool: every layer an item, two items side by side.
-    rounds = [s for s in recorder.steps if s.label.startswith("sensitivity:") and "on 2 local workers" in s.label]
+    rounds = [s for s in recorder.tasks if s.label.startswith("sensitivity:") and "on 2 local workers" in s.label]
     assert len(rounds) == 2 and all(s.done == s.total and s.total and s.total >= 3 for s in rounds)
-    assert any(" 2 running " in s.label for s in recorder.steps if s.label.startswith("profile items:"))
-    assert not [s for s in recorder.steps if s.label.startswith("sensitivity:") and "workers" not in s.label]
+    assert any(" 2 running " in s.label for s in recorder.tasks if s.label.startswith("profile items:"))
+    assert not [s for s in recorder.tasks if s.label.startswith("sensitivity:") and "workers" not in s.label]
 
 
 def test_an_executor_object_is_used_and_left_open(serial: onnxshrink.ShrinkResult) -> None:
@@ -146,7 +126,7 @@ def test_ray_workers_declare_gpus_only_when_asked_or_cuda_on_a_gpu_cluster() -> 
 def test_quantize_budget_on_two_local_workers_equals_serial() -> None:
     spec = "quantize:samples=64,min-cosine=0.99999"
     serial = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False)
-    with progress.use(_Recorder()) as recorder:
+    with progress.use(ProgressRecorder()) as recorder:
         pooled = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False, workers=2)
     ours, theirs = pooled.report["passes"][0]["stats"]["budget"], serial.report["passes"][0]["stats"]["budget"]
     assert len(theirs["layers"]) >= 3 and ours["layers"].keys() == theirs["layers"].keys()
@@ -157,6 +137,6 @@ def test_quantize_budget_on_two_local_workers_equals_serial() -> None:
         assert ours["layers"][key]["cosine"] == pytest.approx(layer["cosine"], abs=1e-9)
         assert ours["layers"][key]["disagreement"] == pytest.approx(layer["disagreement"], abs=1e-12)
     assert pooled.to_proto().SerializeToString() == serial.to_proto().SerializeToString()
-    assert isinstance(recorder, _Recorder)
-    (step,) = [s for s in recorder.steps if s.label.startswith("quantize budget:") and "2 local workers" in s.label]
+    assert isinstance(recorder, ProgressRecorder)
+    (step,) = [s for s in recorder.tasks if s.label.startswith("quantize budget:") and "2 local workers" in s.label]
     assert step.done == step.total == len(theirs["layers"])

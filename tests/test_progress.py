@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import ProgressRecorder
+
 import onnxshrink
 from onnxshrink import progress
 from onnxshrink.passes.prune.sensitivity import GRID
@@ -17,36 +19,10 @@ from onnxshrink.passes.prune.sensitivity import GRID
 SENSITIVITY = "prune:sparsity=0.5,keep-first-last=false,allocation=sensitivity,samples=64"
 
 
-class _Task:
-    def __init__(self, label: str, total: int | None) -> None:
-        self.label, self.total, self.done, self.finished = label, total, 0, False
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-
-
-class _Recorder:
-    """Keeps every task the passes start, with how far each got."""
-
-    def __init__(self) -> None:
-        self.tasks: list[_Task] = []
-
-    def start(self, label: str, total: int | None) -> progress.Step:
-        self.tasks.append(_Task(label, total))
-        return self.tasks[-1]
-
-    def finish(self, step: progress.Step) -> None:
-        assert isinstance(step, _Task)
-        step.finished = True
-
-    def labelled(self, prefix: str) -> list[_Task]:
-        return [task for task in self.tasks if task.label.startswith(prefix)]
-
-
 def test_prune_sensitivity_reports_every_trial(digits_path: Path, digits_calib_path: Path) -> None:
-    with progress.use(_Recorder()) as recorder:
+    with progress.use(ProgressRecorder()) as recorder:
         result = onnxshrink.shrink(digits_path, [SENSITIVITY], calibration=str(digits_calib_path), verify=False)
-    assert isinstance(recorder, _Recorder)
+    assert isinstance(recorder, ProgressRecorder)
     tasks = recorder.labelled("sensitivity:")
     layers = len(result.report["passes"][0]["stats"]["layers"])
     assert tasks and all(task.finished and task.done == task.total for task in tasks)
@@ -57,9 +33,9 @@ def test_prune_sensitivity_reports_every_trial(digits_path: Path, digits_calib_p
 
 def test_quantize_reports_calibration_budget_and_speed(digits_path: Path, digits_calib_path: Path) -> None:
     spec = "quantize:max-drop=0.0,min-speedup=0.01"
-    with progress.use(_Recorder()) as recorder:
+    with progress.use(ProgressRecorder()) as recorder:
         onnxshrink.shrink(digits_path, [spec], calibration=str(digits_calib_path), verify=False)
-    assert isinstance(recorder, _Recorder)
+    assert isinstance(recorder, ProgressRecorder)
     (calibration,) = recorder.labelled("quantize calibration")
     assert calibration.total == 128 and calibration.done == 128 and calibration.finished
     one_at_a_time, keeping = recorder.labelled("quantize budget")

@@ -43,6 +43,7 @@ from .models import (
     random_arrays,
 )
 from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, session
+from .progress import ProgressRecorder, RecordedTask
 from .real_models import (
     REAL_MODELS,
     RealModel,
@@ -74,7 +75,9 @@ __all__ = [
     "PassLike",
     "PassRegistrations",
     "PassRun",
+    "ProgressRecorder",
     "RealModel",
+    "RecordedTask",
     "as_proto",
     "assert_close",
     "assert_exact_change",
