@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from onnxshrink.cli.common import PROVIDER, State, guarded, human_bytes, main, ray_options
+from onnxshrink.cli.common import PROVIDER, State, executor_options, guarded, human_bytes, main
 from onnxshrink.errors import UsageError
 
 
@@ -61,21 +61,10 @@ def _trial_line(status: dict[str, Any]) -> str:
     "--study", type=click.Path(file_okay=False, path_type=Path), help="Study folder: profiles, trial journal."
 )
 @click.option("--resume", is_flag=True, help="Continue the study's journal; finished trials are not run again.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Trials built and profile items measured at a time (processes, or Ray workers).",
+@executor_options(
+    executor_help="Where profiling and trials run: this machine, or a Ray cluster (pip install 'onnxshrink[ray]').",
+    workers_help="Trials built and profile items measured at a time (processes, or Ray workers).",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where profiling and trials run: this machine, or a Ray cluster (pip install 'onnxshrink[ray]').",
-)
-@ray_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global-knob search.")
 @click.option("--search", "knobs", metavar="KNOBS", help="Knobs to search: channels,int8,int4 (default: all).")
 @click.option("--trials", type=click.IntRange(min=1), default=12, show_default=True, help="Most candidates built.")

@@ -21,21 +21,41 @@ F = TypeVar("F", bound=Callable[..., Any])
 PROVIDER = click.Choice(["auto", "cpu", "cuda"])
 
 
-def ray_options(func: F) -> F:
-    """The Ray executor's options that ``run`` and ``auto`` share: ``--ray-address``, ``--gpus-per-worker``."""
-    func = click.option(
-        "--gpus-per-worker",
-        type=click.FloatRange(min=0),
-        default=None,
-        help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
-    )(func)
-    return click.option(
-        "--ray-address",
-        default="auto",
-        show_default=True,
-        metavar="ADDR",
-        help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
-    )(func)
+def executor_options(*, executor_help: str, workers_help: str) -> Callable[[F], F]:
+    """The executor options ``run`` and ``auto`` share, each command saying what runs where.
+
+    ``--executor``, ``--workers``, ``--ray-address`` and ``--gpus-per-worker``, in that order in ``--help``.
+    """
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=executor_help,
+        ),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help=workers_help),
+        click.option(
+            "--ray-address",
+            default="auto",
+            show_default=True,
+            metavar="ADDR",
+            help="With --executor ray: auto (this machine's cluster), HOST:PORT, or local (start one here).",
+        ),
+        click.option(
+            "--gpus-per-worker",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="With --executor ray: GPUs each worker declares. [default: 1 with --provider cuda and GPUs, else 0]",
+        ),
+    ]
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):  # listed in --help in this order
+            func = option(func)
+        return func
+
+    return decorate
 
 
 class State:

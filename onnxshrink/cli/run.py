@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from onnxshrink import progress
-from onnxshrink.cli.common import PROVIDER, guarded, human_bytes, main, ray_options
+from onnxshrink.cli.common import PROVIDER, executor_options, guarded, human_bytes, main
 from onnxshrink.errors import UsageError
 
 DEFAULT_PIPELINE = "simplify"  # what 'run' does without -p (onnxsim simplifies by default)
@@ -86,21 +86,10 @@ def _save_with_progress(result: Any, output: Path, external_data: bool | None) -
 @click.option("-q", "--quiet", is_flag=True, help="Print only the first lines, not the per-pass and op-count tables.")
 @click.option("--max-drop", type=float, default=None, help="Lossy budget: largest accuracy drop (needs labels).")
 @click.option("--min-cosine", type=float, default=None, help="Lossy budget: smallest output cosine similarity.")
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where passes measure in parallel (prune:allocation=sensitivity): this machine, or a Ray cluster.",
+@executor_options(
+    executor_help="Where passes measure in parallel (prune:allocation=sensitivity): this machine, or a Ray cluster.",
+    workers_help="Worker processes (local; 1: in this process) or the most Ray workers.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (local; 1: in this process) or the most Ray workers.",
-)
-@ray_options
 @guarded
 def run(
     model: Path,
