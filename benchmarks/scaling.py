@@ -33,6 +33,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,40 +131,62 @@ def _same_curves(reference: dict[str, Any], row: dict[str, Any]) -> str:
     return f"measures within {max(gaps, default=0.0):.1e}, {same_model}"
 
 
+def _load(when: str) -> tuple[float, float, float]:
+    """The load average now, printed (the machine is shared: it says how noisy the times are)."""
+    load = os.getloadavg()
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return load
+
+
+def _on_each_executor(
+    measure: Callable[[Any, str], dict[str, Any]], seconds: str, ray_too: bool
+) -> dict[str, dict[str, Any]]:
+    """``measure(executor, tag)`` on local x1, x2 and (with ``ray_too``) Ray x1, x2: rows by executor.
+
+    Ray rows also get the object-store transfers and each node's worker reads; ``seconds`` names
+    the row's figure printed as each finishes.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for workers in (1, 2):
+        rows[f"local x{workers}"] = measure(LocalExecutor(workers), f"local{workers}")
+        print(f"local x{workers}: {rows[f'local x{workers}'][seconds]:.1f} s", flush=True)
+    if not ray_too:
+        return rows
+    import ray
+
+    from onnxshrink.executors.ray_cluster import RayExecutor
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in (1, 2):
+            executor = RayExecutor(workers=workers)
+            try:
+                row = measure(executor, f"ray{workers}")
+                row["objects"] = executor.transfers()
+                row["fetches"] = {n: s["fetches"] for n, s in executor.stats["nodes"].items()}
+            finally:
+                executor.close()
+            rows[f"ray x{workers}"] = row
+            print(f"ray x{workers}: {row[seconds]:.1f} s", flush=True)
+    finally:
+        ray.shutdown()
+    return rows
+
+
 def prune_main(args: argparse.Namespace) -> None:
     """``prune:allocation=sensitivity`` (or quantize's budget) on 1 and 2 workers, local and Ray; prints the table."""
     environment = harness.print_environment(["onnxruntime", "ray"])
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    load_before = _load("before")
     path, calib = _model(args.model, args.samples)
     spec = f"prune:sparsity={args.sparsity},allocation=sensitivity,samples={args.samples}"
     if args.quantize:
         spec = f"quantize:min-cosine={args.min_cosine},samples={args.samples}"
     if args.options:
         spec = f"{spec},{args.options}"
-    rows: dict[str, dict[str, Any]] = {}
-    for workers in (1, 2):
-        rows[f"local x{workers}"] = _prune_one(path, calib, LocalExecutor(workers), spec)
-        print(f"local x{workers}: {rows[f'local x{workers}']['allocation_s']:.1f} s", flush=True)
-    if not args.no_ray:
-        import ray
-
-        from onnxshrink.executors.ray_cluster import RayExecutor
-
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            for workers in (1, 2):
-                executor = RayExecutor(workers=workers)
-                try:
-                    row = _prune_one(path, calib, executor, spec)
-                    row["objects"] = executor.transfers()
-                finally:
-                    executor.close()
-                rows[f"ray x{workers}"] = row
-                print(f"ray x{workers}: {row['allocation_s']:.1f} s", flush=True)
-        finally:
-            ray.shutdown()
-    load_after = os.getloadavg()
+    rows = _on_each_executor(
+        lambda executor, _tag: _prune_one(path, calib, executor, spec), "allocation_s", not args.no_ray
+    )
+    load_after = _load("after")
     table = []
     for name, row in rows.items():
         baseline = rows[name.replace("x2", "x1")]["allocation_s"]
@@ -183,7 +206,6 @@ def prune_main(args: argparse.Namespace) -> None:
     timed = "budget s" if args.quantize else "allocation s"
     headers = ["executor", "layers", timed, "speedup", "run s", "same as serial", "workload object"]
     print(harness.markdown_table(headers, table, title=title))
-    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
         for row in rows.values():
             row.pop("model")
@@ -208,34 +230,15 @@ def main() -> None:
         prune_main(args)
         return
     environment = harness.print_environment(["onnxruntime", "ray"])
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    load_before = _load("before")
     knobs = [k.strip() for k in args.knobs.split(",")]
     path, calib = _model(args.model, args.samples)
     base = onnxshrink.shrink(path, [make_spec("simplify", {})], verify=False).model
-    rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-scaling-") as tmp:
-        for workers in (1, 2):
-            rows[f"local x{workers}"] = _one(base, calib, LocalExecutor(workers), Path(tmp) / f"local{workers}", knobs)
-            print(f"local x{workers}: {rows[f'local x{workers}']['wall_s']:.1f} s", flush=True)
-        if not args.no_ray:
-            import ray
-
-            from onnxshrink.executors.ray_cluster import RayExecutor
-
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            try:
-                for workers in (1, 2):
-                    executor = RayExecutor(workers=workers)
-                    row = _one(base, calib, executor, Path(tmp) / f"ray{workers}", knobs)
-                    row["objects"] = executor.transfers()
-                    row["fetches"] = {n: s["fetches"] for n, s in executor.stats["nodes"].items()}
-                    executor.close()
-                    rows[f"ray x{workers}"] = row
-                    print(f"ray x{workers}: {row['wall_s']:.1f} s", flush=True)
-            finally:
-                ray.shutdown()
-    load_after = os.getloadavg()
+        rows = _on_each_executor(
+            lambda executor, tag: _one(base, calib, executor, Path(tmp) / tag, knobs), "wall_s", not args.no_ray
+        )
+    load_after = _load("after")
     reference = rows["local x1"]["units"]
     table = []
     for name, row in rows.items():
@@ -258,7 +261,6 @@ def main() -> None:
     title = f"{args.model}: profile of {args.knobs} ({args.samples} calibration samples)"
     headers = ["executor", "items", "wall s", "speedup", "item median s", "item sum s", "same profile"]
     print(harness.markdown_table([*headers, "setup object", "worker reads"], table, title=title))
-    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
         for row in rows.values():
             row.pop("units")
