@@ -165,31 +165,12 @@ def _arrays(path: str) -> dict[str, np.ndarray]:
 # children: the anchors
 
 
-def _reader(arrays: dict[str, np.ndarray]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    count = len(next(iter(arrays.values())))
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.start = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.start >= count:
-                return None
-            batch = {key: value[self.start : self.start + 10] for key, value in arrays.items()}
-            self.start += 10
-            return batch
-
-    return Reader()
-
-
 def _child_ort(fp32: str, out: str, calib: str) -> None:
     from onnxruntime.quantization import quantize_static
 
     arrays = _arrays(calib)
     arrays.pop("labels", None)
-    quantize_static(fp32, out, _reader(arrays))
+    quantize_static(fp32, out, harness.ort_calibration_reader(arrays))
 
 
 def _validation(budget: str, reference: list[np.ndarray], labels: np.ndarray | None) -> Callable[..., Any]:

@@ -169,6 +169,26 @@ def onnxshrink_cli() -> list[str]:
 # latency
 
 
+def ort_calibration_reader(arrays: Mapping[str, Any], batch: int = 10) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` over ``arrays`` (name -> samples), ``batch`` samples a call."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    count = len(next(iter(arrays.values())))
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = 0
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.start >= count:
+                return None
+            taken = {key: value[self.start : self.start + batch] for key, value in arrays.items()}
+            self.start += batch
+            return taken
+
+    return Reader()
+
+
 def session_latency(
     paths: Mapping[str, str | os.PathLike[str]],
     feed: Mapping[str, Any],

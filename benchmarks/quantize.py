@@ -146,29 +146,16 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         quantize_dynamic(fp32, out)
         info = {}
     else:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         data = np.load(calib)
         arrays = {key: data[key] for key in data.files}
-        count = len(next(iter(arrays.values())))
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.start = 0
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                if self.start >= count:
-                    return None
-                batch = {key: value[self.start : self.start + 10] for key, value in arrays.items()}
-                self.start += 10
-                return batch
-
         kwargs: dict[str, Any] = {"quant_format": QuantFormat.QDQ}
         if tool in ("ort-best", "ort-best-rr"):
             kwargs.update(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
         if tool == "ort-best-rr":
             kwargs["reduce_range"] = True
-        quantize_static(fp32, out, Reader(), **kwargs)
+        quantize_static(fp32, out, harness.ort_calibration_reader(arrays), **kwargs)
         info = {}
     info["in_process_s"] = time.perf_counter() - started
     harness.emit_result(info)
