@@ -35,6 +35,10 @@ reference and the input of every quantizer. Quantizers, each in a fresh process
 - ``ort-best``: u8 activations / s8 per-channel weights; ``ort-best-rr``: the same plus
   ``reduce_range=True`` (its advice for x86 without VNNI);
 - ``ort-dynamic`` (bert-base): ``quantize_dynamic`` defaults.
+- ``aimet`` (not bert-base): AIMET-onnx (benchmark venv) with its default quantsim config
+  (asymmetric 8-bit activations exported as u8, s8 weights): cross-layer equalization, min-max
+  encodings over the same samples one by one, exported as QDQ (``to_onnx_qdq``, int32 biases);
+  ``aimet-adaround`` (digits only) adds AdaRound, ``AIMET_ADAROUND_ITERATIONS`` steps per layer.
 
 ORT's calibrators read the same samples through a ``CalibrationDataReader`` in batches of 10.
 Latency (``harness.session_latency``): ORT CPU, default threads, batch 1 and 32, the fp32 model
@@ -96,6 +100,9 @@ METHOD_ROWS = {
 }
 # NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).
 NNCF_ROWS = {"nncf": "", "nncf-transformer": "transformer"}
+# AIMET-onnx (CLE + AdaRound), benchmark venv only: steps per layer (see _aimet_quantize).
+AIMET_ADAROUND_ITERATIONS = 200
+AIMET_ROWS = {"aimet": "", "aimet-adaround": "adaround"}  # CLE; CLE + AdaRound (digits only: its cost)
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
@@ -108,7 +115,7 @@ TOOLS = {
     "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
 }
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
-ONLY_TOOLS = {"ocr-rec": ("onnxshrink-default", "onnxshrink-all-int8", "ort-default", "ort-best-rr", "nncf")}
+ONLY_TOOLS = {"ocr-rec": ("onnxshrink-default", "onnxshrink-all-int8", "ort-default", "ort-best-rr", "nncf", "aimet")}
 # Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.
 ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5, "ocr-rec": 0.5}
 INT_KERNELS = (
@@ -148,6 +155,8 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count, **kwargs)
         onnx.save(quantized, out)
         info = {"nncf": nncf.__version__, "nncf_options": option or "defaults"}
+    elif tool == "aimet":
+        info = _aimet_quantize(fp32, out, calib, adaround=option == "adaround")
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -167,6 +176,32 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         info = {}
     info["in_process_s"] = time.perf_counter() - started
     harness.emit_result(info)
+
+
+def _aimet_quantize(fp32: str, out: str, calib: str, adaround: bool) -> dict[str, Any]:
+    """AIMET-onnx with its default quantsim config: cross-layer equalization, AdaRound if asked, min-max encodings.
+
+    AdaRound takes ``AIMET_ADAROUND_ITERATIONS`` steps per layer (AIMET recommends 10,000 for
+    8-bit weights; 1,000 on digits' 10 layers took over 10 minutes on the loaded 2-core machine);
+    the model is exported as QDQ with int8 weights and int32 biases.
+    """
+    import aimet_onnx
+    import onnx
+    from aimet_onnx.adaround.adaround_weight import Adaround
+    from aimet_onnx.cross_layer_equalization import equalize_model
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    data = np.load(calib)
+    count = len(data[data.files[0]])
+    items = [{key: data[key][i : i + 1] for key in data.files} for i in range(count)]
+    model = onnx.load(fp32)
+    equalize_model(model)
+    sim = QuantizationSimModel(model, param_type="int8", activation_type="int8")  # exported as u8
+    if adaround:
+        Adaround.apply_adaround(sim, items, num_iterations=AIMET_ADAROUND_ITERATIONS)
+    sim.compute_encodings(items)
+    onnx.save(sim.to_onnx_qdq(export_int32_bias=True, prequantize_constants=True), out)
+    return {"aimet": aimet_onnx.__version__, "adaround_iterations": AIMET_ADAROUND_ITERATIONS if adaround else 0}
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
@@ -314,10 +349,12 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     tools += [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
     tools += [(name, name, "") for name in ORT_CONFIGS]
     tools += [(label, "nncf", option) for label, option in NNCF_ROWS.items() if option != "transformer"]
+    tools += [(label, "aimet", option) for label, option in AIMET_ROWS.items() if model == "digits" or not option]
     if model in TOOLS:
-        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] == "nncf"]
+        anchors = ("nncf", "aimet")
+        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] in anchors]
     if model == "bert-base":
-        keep = ("onnxshrink-default", "onnxshrink-percentile", "ort-best-rr", "nncf", *methods)
+        keep = ("onnxshrink-default", "onnxshrink-percentile", "ort-best-rr", "nncf", *methods)  # no AIMET: hours
         tools = [t for t in tools if t[0] in keep]
         tools += [("nncf-transformer", "nncf", "transformer")]
         tools += [
