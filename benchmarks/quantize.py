@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"latency rounds b{args.batches[0]} {args.rounds_b1}, b{args.batches[1]} {args.rounds_b32} (scaled per model)"
     )
-    environment = harness.print_environment(extra_dists=("nncf",), settings=settings)
+    environment = harness.print_environment(extra_dists=("nncf", "aimet-onnx"), settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-quantize-") as tmp:
         for model in args.models.split(","):
