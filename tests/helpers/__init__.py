@@ -14,7 +14,7 @@ from one another; fixtures built on these live in ``conftest.py``.
   for one test and removed afterwards.
 * :mod:`helpers.numerics`: onnxruntime :func:`session` and :func:`run`, :func:`assert_outputs_close`
   and :func:`assert_close`, the one tolerance helper (fp32 exact passes: rtol 1e-5, atol 1e-6
-  unless a test writes down why); :data:`HOST_CPU`, this machine's quantizer path.
+  unless a test writes down why).
 * :mod:`helpers.real_models`: real third-party models, :data:`REAL_MODELS`, :func:`fetch` and
   :func:`real_model_feed`, speech-like audio and silero-vad's streaming calls
   (:func:`speech_like_audio`, :func:`silero_stream`); :mod:`helpers.wheel_cache` keeps their files.
@@ -42,7 +42,7 @@ from .models import (
     parse_model,
     random_arrays,
 )
-from .numerics import ATOL, HOST_CPU, RTOL, assert_close, assert_outputs_close, output_scale, run, session
+from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, run_unfused, session
 from .progress import ProgressRecorder, RecordedTask
 from .real_models import (
     REAL_MODELS,
@@ -61,7 +61,6 @@ __all__ = [
     "DIGITS",
     "DIGITS_CALIB",
     "DIGITS_TEST",
-    "HOST_CPU",
     "IR_VERSION",
     "MODELS",
     "OPSET",
@@ -99,6 +98,7 @@ __all__ = [
     "real_model_feed",
     "run",
     "run_pass",
+    "run_unfused",
     "session",
     "silero_stream",
     "speech_like_audio",

@@ -14,17 +14,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxshrink import cpu
-
 from .feeds import random_feed
 from .models import ModelLike, as_proto
 
 RTOL = 1e-5
 ATOL = 1e-6
-# The quantizer's decision path on this machine ("vnni" or "avx2"). Tests that check int8 numerics
-# on onnxruntime pin it: a plan made for the other path runs here with this CPU's kernels (the
-# vnni plan's full-range u8 x s8 products saturate on an AVX2-only CPU).
-HOST_CPU = cpu.detect().kind
 
 
 def session(model: ModelLike) -> ort.InferenceSession:
@@ -42,6 +36,20 @@ def session(model: ModelLike) -> ort.InferenceSession:
 def run(model: ModelLike, feed: Mapping[str, Any]) -> list[Any]:
     """Outputs of ``model`` on ``feed`` in graph-output order."""
     return session(model).run(None, dict(feed))
+
+
+def run_unfused(model: ModelLike, feed: Mapping[str, Any]) -> list[Any]:
+    """Outputs of ``model`` with onnxruntime's graph optimizations off: a QDQ model as its nodes define it.
+
+    Fused integer kernels depend on the CPU: on x86 without VNNI, u8 x s8 products are summed in
+    saturating int16 pairs, so the 8-bit weights of ``quantize:cpu=vnni`` saturate there. Tests
+    of rounding arithmetic read the unfused graph, which is the same on every CPU.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = as_proto(model).SerializeToString() if not isinstance(model, bytes) else model
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"]).run(None, dict(feed))
 
 
 def assert_outputs_close(
