@@ -15,7 +15,13 @@ import onnxshrink
 from onnxshrink.errors import UsageError
 from onnxshrink.passes import reconstruct
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, augment, matrices
-from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, matched_channels, solve
+from onnxshrink.passes.reconstruct.least_squares import (
+    NormalEquations,
+    increasing_match,
+    kept_columns,
+    matched_channels,
+    solve,
+)
 from onnxshrink.spec import PassSpec
 
 # name: (graph text, weight shapes, per-sample input shape). Weights are graph inputs in the text
@@ -638,6 +644,16 @@ def test_the_final_check_gives_the_same_errors_without_the_kept_teacher_outputs(
     assert kept["output_error_after"] < kept["output_error_before"]
     for key in ("output_error_before", "output_error_after"):
         assert kept[key] == pytest.approx(rerun[key], rel=1e-12)
+
+
+def test_increasing_match_takes_each_rows_best_column_only_when_those_increase() -> None:
+    ones = np.ones(4)
+    np.testing.assert_array_equal(
+        increasing_match(np.array([[0.9, 0.1, 0, 0], [0, 0, 0.8, 0.1]]), ones[:2], ones), [0, 2]
+    )
+    # Both rows prefer column 2; the best increasing pair is (2, 3): 0.9 + 0.3 > 0.2 + 0.95.
+    clash = np.array([[0.1, 0.2, 0.9, 0.0], [0.0, 0.1, 0.95, 0.3]])
+    np.testing.assert_array_equal(increasing_match(clash, ones[:2], ones), [2, 3])
 
 
 def test_matched_channels_find_the_kept_channels_along_an_axis() -> None:

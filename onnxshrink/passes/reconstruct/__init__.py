@@ -67,7 +67,8 @@ class ReconstructOptions:
     order: Literal["staged", "single"] = option(
         "staged",
         "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
-        "from one data pass (fast on deep models, but layers do not see earlier refits)",
+        "from one data pass, each fit on the input model's values of its input (its kept channels where "
+        "the layer lost some), as if the layers before it reproduced the input model (fast on deep models)",
         choices=("staged", "single"),
     )
 
