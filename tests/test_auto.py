@@ -175,6 +175,12 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, base).exit_code == 2  # neither target nor budget
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--resume"]).exit_code == 2
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int3"]).exit_code == 2
+    sparse = CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int8,sparsity,nm"])
+    assert (
+        sparse.exit_code == 2
+        and "--search sparsity,nm: not a knob of auto: unstructured sparsity (prune) and 2:4" in sparse.output
+    )
+    assert "so no target can reward them" in sparse.output and sparse.output.count("\n") == 1
     bad_address = CliRunner().invoke(main, [*base, "--max-drop", "1", "--executor", "ray", "--ray-address", "nowhere"])
     assert bad_address.exit_code == 2 and "--ray-address nowhere" in bad_address.output
     unlabelled = tmp_path / "unlabelled.npz"

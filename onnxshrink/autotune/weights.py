@@ -120,9 +120,9 @@ class InMemoryWeights:
         try:
             for value in model.graph.initializers.values():
                 tensor = value.const_value
-                if tensor is None or value.name is None or tensor.nbytes <= IN_MEMORY_BYTES:
+                if tensor is None or value.name is None or tensor.dtype not in _ORT_VALUE_TYPES:
                     continue
-                if tensor.dtype not in _ORT_VALUE_TYPES:
+                if tensor.nbytes <= IN_MEMORY_BYTES:
                     continue
                 kept = self._kept(tensor)
                 if id(tensor) not in self._pinned:
