@@ -1,8 +1,9 @@
-"""The accuracy budget of ``quantize`` (per-layer sensitivity, float fallback) and its report helpers.
+"""The accuracy budget of ``quantize`` (predicted layer damage, verified float fallback) and its report helpers.
 
-Each layer's sensitivity (the candidate with every other layer quantized) is independent of the
-others': with a parallel executor in the context (``--workers N``, ``--executor ray``) the
-candidates are built and judged as work items (:class:`LayerCandidates`), one per layer.
+Layers are ranked by the noise quantization adds to them, predicted from the calibration
+statistics alone (:func:`predict_damage`); only the candidates of the search for the smallest
+float prefix of that ranking are built and judged on the calibration samples (:func:`fit_budget`),
+one after the other: O(log layers) onnxruntime sessions, not one per layer.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
-from onnxshrink.executors import measure_all, model_bytes, parallel
 from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
+from onnxshrink.passes.quantize.scopes import control_flow_scopes
+from onnxshrink.passes.quantize.statistics import TensorStats, quantization_noise
 from onnxshrink.runtime import run
 from onnxshrink.verify import is_classifier_like
 
@@ -183,70 +184,87 @@ def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int)
     return copy
 
 
+def predict_damage(
+    model: ir.Model, plan: placement.QuantPlan, statistics: Mapping[str, TensorStats], weight_bits: int
+) -> dict[str, float]:
+    """Each layer's predicted damage: the relative noise quantization adds to its output.
+
+    Read from what calibration collected, with no model run: for each activation the layer
+    reads through a DQ (and its own output Q), the mean squared error of quantizing it with the
+    plan's qparams over its mean square (:func:`~onnxshrink.passes.quantize.statistics.quantization_noise`),
+    plus the weight's squared rounding error over its energy (``||W - deq(Q(W))||² / ||W||²``).
+    Independent noises add, and a linear layer carries its inputs' relative noise to its output.
+
+    Args:
+        model: The float model the plan was made for.
+        plan: The placement with every candidate layer quantized.
+        statistics: The calibration statistics, by tensor (a data-movement chain's root).
+        weight_bits: Bits of the quantized weights.
+
+    Returns:
+        Layer key -> predicted relative noise energy (0 is harmless), for every layer of ``plan``.
+    """
+    nodes: dict[str, ir.Node] = {}
+    for scope in control_flow_scopes(model):
+        nodes.update(placement.GraphView(scope.graph, scope.prefix).nodes)
+    predicted: dict[str, float] = {}
+    for key, layer in plan.layers.items():
+        tensors = [*layer.inputs, *([layer.output] if layer.output_q and layer.output else [])]
+        noise = sum(_activation_noise(plan.activations.get(name), statistics) for name in tensors)
+        if layer.weight is not None:
+            weight = nodes[key].inputs[layer.weight.index]
+            assert weight is not None and weight.const_value is not None
+            noise += _weight_noise(weight.const_value.numpy(), layer.weight.axis, weight_bits)
+        predicted[key] = noise
+    return predicted
+
+
+def _activation_noise(q: placement.ActivationQ | None, statistics: Mapping[str, TensorStats]) -> float:
+    """Relative noise of one quantized activation (0 when it has no Q or no statistics)."""
+    stats = statistics.get(q.root) if q is not None else None
+    if q is None or stats is None:
+        return 0.0
+    error, square = quantization_noise(stats, q.params)
+    return error / square if square > 0 else 0.0
+
+
+def _weight_noise(weight: np.ndarray, axis: int | None, bits: int) -> float:
+    """``||W - deq(Q(W))||² / ||W||²`` for symmetric per-channel (or per-tensor) weights."""
+    values, scales = placement.quantize_weight(weight, axis, bits)
+    shape = [1] * weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    error = weight.astype(np.float64) - values.astype(np.float64) * scales.astype(np.float64).reshape(shape)
+    energy = float(np.vdot(weight, weight))
+    return float(np.vdot(error, error)) / energy if energy > 0 else 0.0
+
+
 @dataclasses.dataclass(frozen=True)
-class LayerCandidates:
-    """Each layer's sensitivity as an executor's workload: a piece is a layer key.
+class Trial:
+    """One verified candidate: the first ``float_layers`` layers of the ranking kept float."""
 
-    The layer's candidate is the float model with every other layer quantized (``plans[key]``),
-    judged as :class:`Judge` does. Plain data (picklable, put once into an object store): the float
-    model serialized, the plans, and the judged samples with the float model's outputs on them.
+    float_layers: int
+    damage: Damage
+    holds: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"float_layers", "cosine", "disagreement", "holds"}``."""
+        return {"float_layers": self.float_layers, **self.damage.to_json(), "holds": self.holds}
+
+
+def _needed_tail(judge: Judge, tail: float, damage: Damage) -> float:
+    """The predicted noise left that should just meet the budget, scaled from one failing measurement.
+
+    ``1 - cosine`` grows like the noise energy, top-1 disagreement like its square root (the
+    fraction of margins one noise standard deviation crosses), so each failing budget scales the
+    measured candidate's predicted noise by ``(allowed / measured) ** (1 or 2)``.
     """
-
-    model: bytes
-    plans: Mapping[str, placement.QuantPlan]
-    weight_bits: int
-    feeds: tuple[dict[str, np.ndarray], ...]
-    references: tuple[Mapping[str, Any], ...]
-    top1: tuple[Mapping[str, np.ndarray | None], ...]
-    provider: str
-
-    @property
-    def timed(self) -> bool:
-        """Damage is not a timing: workers may share a machine."""
-        return False
-
-    def start(self) -> ir.Model:
-        """The worker's state: the float model."""
-        return ir.serde.deserialize_model(onnx.load_from_string(self.model))
-
-    def measure(self, model: ir.Model, key: str) -> dict[str, Any]:
-        """``{"key", "cosine", "disagreement"}`` of the layer's candidate."""
-        candidate = quantized_copy(model, self.plans[key], self.weight_bits)
-        session = PassContext(provider=self.provider).session(candidate)[0]
-        return {"key": key, **_damage(session, self.feeds, self.references, self.top1).to_json()}
-
-    def failed(self, key: str, reason: str) -> dict[str, Any]:
-        """A layer whose candidate could not be judged."""
-        return {"key": key, "error": reason}
-
-
-def _sensitivity_on_executor(
-    judge: Judge, layers: list[str], make_plan: Callable[[tuple[str, ...]], placement.QuantPlan], weight_bits: int
-) -> dict[str, Damage] | None:
-    """Each layer's damage, its candidate built and judged on the context's executor.
-
-    None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
-
-    Raises:
-        RuntimeUnavailable: A candidate could not be judged (after the executor's retries).
-    """
-    executor = judge.context.executor
-    assert executor is not None
-    model = model_bytes(judge.model, "quantize budget")
-    if model is None:
-        return None
-    work = LayerCandidates(
-        model,
-        {key: make_plan(tuple(k for k in layers if k != key)) for key in layers},
-        weight_bits,
-        tuple(judge.feeds),
-        tuple(judge.references),
-        tuple(judge._top1),
-        judge.context.provider,
-    )
-    label = f"quantize budget: {len(layers)} layers on {executor.workers} {executor.name} workers"
-    results = measure_all(executor, work, layers, label)
-    return {key: Damage(results[key]["cosine"], results[key]["disagreement"]) for key in layers}
+    ratios = []
+    if judge.min_cosine is not None and damage.cosine < judge.min_cosine:
+        ratios.append((1.0 - judge.min_cosine) / (1.0 - damage.cosine))
+    if judge.max_drop is not None and damage.disagreement is not None and damage.disagreement > judge.max_drop:
+        ratios.append((judge.max_drop / damage.disagreement) ** 2)
+    return tail * min(ratios, default=1.0)
 
 
 def fit_budget(
@@ -254,46 +272,71 @@ def fit_budget(
     plan: placement.QuantPlan,
     make_plan: Callable[[tuple[str, ...]], placement.QuantPlan],
     weight_bits: int,
+    statistics: Mapping[str, TensorStats],
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
-    """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
+    """Keeps the layers with the largest predicted damage float until the budget holds, verified.
+
+    Layers are ranked by :func:`predict_damage` (no model run). The fully quantized candidate is
+    judged first; when it misses the budget, the smallest float prefix of the ranking that meets
+    it is searched with real candidates: each guess scales the predicted noise left to the
+    budget from the nearest failing measurement (:func:`_needed_tail`), and a guess that does not
+    halve the interval is followed by a bisection, so at most about ``2 log2(layers)`` candidates
+    are built. The result is always a judged candidate (the float end of the ranking included).
+
+    Returns:
+        The plan and its record: each layer's prediction and decision, every verified candidate.
+    """
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
+    predicted = predict_damage(judge.model, plan, statistics, weight_bits)
+    order = sorted(layers, key=lambda key: predicted[key], reverse=True)
+    # tails[k]: the predicted noise left with the first k layers of the ranking float.
+    tails = [float(sum(predicted[key] for key in order[k:])) for k in range(len(order) + 1)]
+    trials: dict[int, Trial] = {}
+    limit = 2 + 2 * max(1, len(order)).bit_length()
+    with progress.task(f"quantize budget: verifying candidates ({len(layers)} layers ranked)", total=limit) as step:
 
-    def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
-        return quantized_copy(model, plan, weight_bits)
-
-    sensitivity: dict[str, Damage] | None = None
-    if parallel(judge.context.executor) and len(layers) > 1:
-        sensitivity = _sensitivity_on_executor(judge, layers, make_plan, weight_bits)
-    if sensitivity is None:
-        sensitivity = {}
-        with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
-            for key in layers:
-                alone = make_plan(tuple(k for k in layers if k != key))
-                sensitivity[key] = judge.measure(applied(judge.model, alone))
-                step.advance()
-    order = sorted(layers, key=lambda k: sensitivity[k].order, reverse=True)
-    kept_float: list[str] = []
-    current = judge.measure(applied(judge.model, plan))
-    first = current
-    # At most one trial per layer; it usually stops far earlier, so the total is an upper bound.
-    with progress.task("quantize budget: keeping layers float", total=len(order)) as step:
-        while not judge.holds(current) and len(kept_float) < len(order):
-            kept_float.append(order[len(kept_float)])
-            plan = make_plan(tuple(kept_float))
-            current = judge.measure(applied(judge.model, plan))
+        def verify(count: int) -> Trial:
+            candidate = quantized_copy(judge.model, make_plan(tuple(order[:count])), weight_bits)
+            damage = judge.measure(candidate)
+            trials[count] = Trial(count, damage, judge.holds(damage))
             step.advance()
+            return trials[count]
+
+        low, high = 0, len(order)  # the ranking's first `low` float misses; the first `high` float holds
+        if not verify(0).holds and order:
+            bisect = False
+            while high - low > 1:
+                width = high - low
+                if bisect:
+                    count = (low + high) // 2
+                else:
+                    needed = _needed_tail(judge, tails[low], trials[low].damage)
+                    count = next(k for k in range(low + 1, len(order) + 1) if tails[k] <= needed or k == high)
+                    count = min(max(count, low + 1), high - 1)
+                if verify(count).holds:
+                    high = count
+                else:
+                    low = count
+                bisect = not bisect and 2 * (high - low) > width
+            if high not in trials:
+                verify(high)
+    kept = min((count for count, trial in trials.items() if trial.holds), default=len(order))
+    result = trials[kept] if kept in trials else trials[max(trials)]
+    float_layers = set(order[:kept])
     record = {
         "max_drop": judge.max_drop,
         "min_cosine": judge.min_cosine,
         "samples": judge.samples,
-        "all_quantized": first.to_json(),
-        "result": current.to_json(),
-        "met": judge.holds(current),
+        "all_quantized": trials[0].damage.to_json(),
+        "result": result.damage.to_json(),
+        "met": result.holds,
+        "float_layers": kept,
+        "candidates": [trial.to_json() for trial in trials.values()],
         "layers": {
-            key: {**sensitivity[key].to_json(), "decision": "float" if key in kept_float else "int8"} for key in layers
+            key: {"predicted": predicted[key], "decision": "float" if key in float_layers else "int8"} for key in layers
         },
     }
-    return plan, record
+    return make_plan(tuple(order[:kept])), record
 
 
 def node_summaries(plan: placement.QuantPlan) -> dict[str, dict[str, Any]]:

@@ -319,6 +319,48 @@ def qparams(low: float, high: float, dtype: QDtype, *, symmetric: bool) -> QPara
     return QParams(scale, zero_point, dtype)
 
 
+def _rounding_integral(u: np.ndarray) -> np.ndarray:
+    """``∫ (t - round(t))² dt`` from ``-1/2`` to ``u``: the squared rounding error on a unit grid, accumulated."""
+    nearest = np.floor(u + 0.5)
+    offset = u - nearest
+    return nearest / 12.0 + (offset**3 + 0.125) / 3.0
+
+
+def quantization_noise(stats: TensorStats, params: QParams) -> tuple[float, float]:
+    """The mean squared error of quantizing the tensor's finite values with ``params``, and their mean square.
+
+    Read from the histogram, values spread evenly within each bin: inside the represented range
+    ``[(qmin - zp) * scale, (qmax - zp) * scale]`` the error is the distance to the nearest
+    multiple of ``scale`` (integrated exactly over each bin), past it the distance to the range's
+    end. Exact zeros are represented exactly and add to neither sum.
+
+    Returns:
+        ``(mean squared error, mean square)``; ``(0, 0)`` when no non-zero value was seen.
+    """
+    if stats.count == 0 or stats.half_range == 0.0:
+        return 0.0, 0.0
+    qmin, qmax = QRANGE[params.dtype]
+    scale = params.scale
+    low, high = (qmin - params.zero_point) * scale, (qmax - params.zero_point) * scale
+    counts = stats.histogram.astype(np.float64)
+    middle = stats.bins // 2  # the bin starting at 0 holds the exact zeros
+    counts[middle] -= min(float(stats.zeros), counts[middle])
+    width = 2.0 * stats.half_range / stats.bins
+    edges = -stats.half_range + width * np.arange(stats.bins + 1)
+    start, end = edges[:-1], edges[1:]
+    inner_start, inner_end = np.clip(start, low, high), np.clip(end, low, high)
+    rounding = scale**3 * (_rounding_integral(inner_end / scale) - _rounding_integral(inner_start / scale))
+    above = (np.maximum(end, high) - high) ** 3 - (np.maximum(start, high) - high) ** 3
+    below = (low - np.minimum(start, low)) ** 3 - (low - np.minimum(end, low)) ** 3
+    error = (rounding + (above + below) / 3.0) / width
+    square = (start**2 + start * end + end**2) / 3.0
+    total = counts.sum() + min(float(stats.zeros), float(stats.histogram[middle]))
+    if total <= 0:
+        return 0.0, 0.0
+    mean = float(counts @ ((start + end) / 2.0) / total)
+    return float(counts @ error / total), max(float(counts @ square / total) - mean**2, 0.0)
+
+
 def weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
     """Returns symmetric narrow-range scales ``max|w| / (2**(bits-1) - 1)`` per slice along ``axis``.
 
