@@ -283,11 +283,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
         roots.update((name, q.root) for name, q in make_plan().activations.items())
         started = time.perf_counter()
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(roots.values())))
+        wanted = list(roots.values())
+        budgeted = options.max_drop is not None or options.min_cosine is not None
+        if budgeted:  # the budget's prediction reads each layer's output energy too
+            wanted += budget.layer_outputs(float_model, make_plan())
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)))
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
-        if options.max_drop is None and options.min_cosine is None:
+        if not budgeted:
             return plan, collector, None
         started = time.perf_counter()
         judge = budget.Judge(

@@ -23,8 +23,9 @@ from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
+from onnxshrink.passes.quantize.probe import probe_model
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
-from onnxshrink.passes.quantize.statistics import TensorStats, quantization_noise
+from onnxshrink.passes.quantize.statistics import TensorStats, mean_square, quantization_noise
 from onnxshrink.runtime import run
 from onnxshrink.verify import is_classifier_like
 
@@ -32,6 +33,8 @@ from onnxshrink.verify import is_classifier_like
 _JUDGE_SAMPLES = 256
 # Judged samples per candidate run: a candidate's activations for this many are alive at once.
 _STREAM_BATCH = 8
+# Samples each layer's probe run reads at most (fewer when there are many layers).
+_PROBE_SAMPLES = 8
 # The speed check: one calibration batch of at most this many samples, timed this many rounds.
 _SPEED_BATCH, _SPEED_ROUNDS = 32, 7
 
@@ -184,59 +187,133 @@ def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int)
     return copy
 
 
+def layer_outputs(model: ir.Model, plan: placement.QuantPlan) -> list[str]:
+    """The output tensor of every candidate layer of ``plan``: calibration captures them for the prediction."""
+    nodes = _nodes(model)
+    names = [nodes[key].outputs[0].name for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
+    return [name for name in names if name]
+
+
+def _nodes(model: ir.Model) -> dict[str, ir.Node]:
+    """Every node of the main graph and the If/Loop/Scan bodies, by plan key."""
+    nodes: dict[str, ir.Node] = {}
+    for scope in control_flow_scopes(model):
+        nodes.update(placement.GraphView(scope.graph, scope.prefix).nodes)
+    return nodes
+
+
 def predict_damage(
     model: ir.Model, plan: placement.QuantPlan, statistics: Mapping[str, TensorStats], weight_bits: int
 ) -> dict[str, float]:
-    """Each layer's predicted damage: the relative noise quantization adds to its output.
+    """Each layer's predicted damage: the noise quantization adds to its output, over the output's energy.
 
-    Read from what calibration collected, with no model run: for each activation the layer
-    reads through a DQ (and its own output Q), the mean squared error of quantizing it with the
-    plan's qparams over its mean square (:func:`~onnxshrink.passes.quantize.statistics.quantization_noise`),
-    plus the weight's squared rounding error over its energy (``||W - deq(Q(W))||² / ||W||²``).
-    Independent noises add, and a linear layer carries its inputs' relative noise to its output.
+    Read from what calibration collected, with no model run. For a layer ``y = W x`` (``Wj``:
+    the weights of one output channel, ``E``: the mean over the calibration values):
+
+    - the rounding noise of its input Q (variance ``σx²``, from the histogram of ``x`` with the
+      plan's qparams: :func:`~onnxshrink.passes.quantize.statistics.quantization_noise`) reaches
+      each output as ``σx² ||Wj||²``;
+    - the weight's rounding error ``ΔW`` reaches it as ``E[x²] ||ΔWj||²``;
+    - its own output Q adds ``σy²``;
+
+    each averaged over the output channels and divided by ``E[y²]`` (the layer's output, captured
+    by calibration; ``E[x²] ||Wj||²`` where it was not). A layer of two activations (attention)
+    adds its inputs' relative noises ``σ²/E[x²]``. Noise a layer's successors amplify or
+    average out is not modelled: the prediction ranks, the judged candidates decide.
 
     Args:
         model: The float model the plan was made for.
         plan: The placement with every candidate layer quantized.
-        statistics: The calibration statistics, by tensor (a data-movement chain's root).
+        statistics: The calibration statistics, by tensor (a data-movement chain's root, and
+            the layers' outputs from :func:`layer_outputs`).
         weight_bits: Bits of the quantized weights.
 
     Returns:
-        Layer key -> predicted relative noise energy (0 is harmless), for every layer of ``plan``.
+        Layer key -> predicted relative noise energy of its output (0 is harmless).
     """
-    nodes: dict[str, ir.Node] = {}
-    for scope in control_flow_scopes(model):
-        nodes.update(placement.GraphView(scope.graph, scope.prefix).nodes)
+    nodes = _nodes(model)
     predicted: dict[str, float] = {}
     for key, layer in plan.layers.items():
-        tensors = [*layer.inputs, *([layer.output] if layer.output_q and layer.output else [])]
-        noise = sum(_activation_noise(plan.activations.get(name), statistics) for name in tensors)
-        if layer.weight is not None:
-            weight = nodes[key].inputs[layer.weight.index]
+        if layer.op_type not in placement.TRT_LAYERS:
+            continue
+        node = nodes[key]
+        inputs = [_noise(plan.activations.get(name), statistics) for name in layer.inputs]
+        noise = 0.0
+        if layer.weight is None:  # two activations: their relative noises add
+            noise = sum(error / square for error, square in inputs if square > 0)
+        else:
+            weight = node.inputs[layer.weight.index]
             assert weight is not None and weight.const_value is not None
-            noise += _weight_noise(weight.const_value.numpy(), layer.weight.axis, weight_bits)
+            array = weight.const_value.numpy()
+            output_axis = placement.weight_axis(node, array.ndim)
+            energy, error = _weight_energies(array, layer.weight.axis, output_axis, weight_bits)
+            input_error, input_square = inputs[0] if inputs else (0.0, 0.0)
+            output = statistics.get(node.outputs[0].name or "")
+            signal = mean_square(output) if output is not None else 0.0
+            signal = signal if signal > 0 else input_square * energy
+            noise = (input_error * energy + input_square * error) / signal if signal > 0 else 0.0
+        if layer.output_q and layer.output:
+            error, square = _noise(plan.activations.get(layer.output), statistics)
+            noise += error / square if square > 0 else 0.0
         predicted[key] = noise
     return predicted
 
 
-def _activation_noise(q: placement.ActivationQ | None, statistics: Mapping[str, TensorStats]) -> float:
-    """Relative noise of one quantized activation (0 when it has no Q or no statistics)."""
+def _noise(q: placement.ActivationQ | None, statistics: Mapping[str, TensorStats]) -> tuple[float, float]:
+    """``(σ², E[x²])`` of one quantized activation: its rounding noise and mean square ((0, 0) without stats)."""
     stats = statistics.get(q.root) if q is not None else None
     if q is None or stats is None:
-        return 0.0
-    error, square = quantization_noise(stats, q.params)
-    return error / square if square > 0 else 0.0
+        return 0.0, 0.0
+    return quantization_noise(stats, q.params), mean_square(stats)
 
 
-def _weight_noise(weight: np.ndarray, axis: int | None, bits: int) -> float:
-    """``||W - deq(Q(W))||² / ||W||²`` for symmetric per-channel (or per-tensor) weights."""
+def _weight_energies(weight: np.ndarray, axis: int | None, output_axis: int | None, bits: int) -> tuple[float, float]:
+    """``||Wj||²`` and ``||ΔWj||²`` (``ΔW = W - deq(Q(W))``) averaged over the output channels ``j``.
+
+    The weight is rounded as the rewrite does: symmetric, per ``axis`` (one scale when None);
+    ``output_axis`` holds the output channels (None: one).
+    """
     values, scales = placement.quantize_weight(weight, axis, bits)
     shape = [1] * weight.ndim
     if axis is not None:
         shape[axis] = -1
     error = weight.astype(np.float64) - values.astype(np.float64) * scales.astype(np.float64).reshape(shape)
-    energy = float(np.vdot(weight, weight))
-    return float(np.vdot(error, error)) / energy if energy > 0 else 0.0
+    channels = weight.shape[output_axis] if output_axis is not None else 1
+    return float(np.vdot(weight, weight)) / channels, float(np.vdot(error, error)) / channels
+
+
+def probe_layers(
+    judge: Judge, plan: placement.QuantPlan, layers: Sequence[str], weight_bits: int
+) -> tuple[dict[str, Damage], int]:
+    """Each main-graph layer's damage with it alone quantized, measured in one session on a few samples.
+
+    The probe model (:func:`~onnxshrink.passes.quantize.probe.probe_model`) runs once per layer
+    on the first judged samples, ``max(1, min(8, judged // layers))`` of them, so all layers together cost
+    about one pass over the judged samples; its float run (every switch off) is the reference.
+    Layers inside If/Loop/Scan bodies are not measured (absent from the result).
+
+    Returns:
+        Layer key -> its damage alone, and the samples each probe run read (0: none ran).
+    """
+    if not judge.feeds or not layers:
+        return {}, 0
+    probe, switches = probe_model(judge.model, plan, layers, weight_bits)
+    if not switches:
+        return {}, 0
+    feed = judge.feeds[0]
+    count = max(1, min(_PROBE_SAMPLES, judge.samples // len(switches)))
+    batch = min((len(v) for v in feed.values() if np.ndim(v)), default=1)
+    feed = {name: v[:count] if np.ndim(v) and len(v) == batch else v for name, v in feed.items()}
+    session = judge.context.session(probe)[0]
+    off = {name: np.array(False) for name in switches.values()}
+    reference = run(session, {**feed, **off})
+    top1 = {name: np.argmax(v, axis=-1) if is_classifier_like(np.asarray(v)) else None for name, v in reference.items()}
+    damages: dict[str, Damage] = {}
+    with progress.task(f"quantize budget: {len(switches)} layers probed alone", total=len(switches)) as step:
+        for key, name in switches.items():
+            damages[key] = _damage(session, [{**feed, **off, name: np.array(True)}], [reference], [top1])
+            step.advance()
+    return damages, count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +344,17 @@ def _needed_tail(judge: Judge, tail: float, damage: Damage) -> float:
     return tail * min(ratios, default=1.0)
 
 
+def _scores(layers: Sequence[str], predicted: Mapping[str, float], alone: Mapping[str, Damage]) -> dict[str, float]:
+    """Each layer's rank score: ``1 - cosine`` of its probe run, else its prediction scaled to the probes.
+
+    A layer without a probe run (inside an If/Loop/Scan body) gets its predicted noise times the
+    median ratio of measured to predicted damage over the probed layers.
+    """
+    ratios = [(1.0 - alone[k].cosine) / predicted[k] for k in layers if k in alone and predicted[k] > 0]
+    scale = statistics.median(ratios) if ratios else 1.0
+    return {key: 1.0 - alone[key].cosine if key in alone else predicted[key] * scale for key in layers}
+
+
 def fit_budget(
     judge: Judge,
     plan: placement.QuantPlan,
@@ -288,9 +376,11 @@ def fit_budget(
     """
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
     predicted = predict_damage(judge.model, plan, statistics, weight_bits)
-    order = sorted(layers, key=lambda key: predicted[key], reverse=True)
-    # tails[k]: the predicted noise left with the first k layers of the ranking float.
-    tails = [float(sum(predicted[key] for key in order[k:])) for k in range(len(order) + 1)]
+    alone, probe_samples = probe_layers(judge, plan, layers, weight_bits)
+    scores = _scores(layers, predicted, alone)
+    order = sorted(layers, key=lambda key: scores[key], reverse=True)
+    # tails[k]: the damage left, by the scores, with the first k layers of the ranking float.
+    tails = [float(sum(scores[key] for key in order[k:])) for k in range(len(order) + 1)]
     trials: dict[int, Trial] = {}
     limit = 2 + 2 * max(1, len(order)).bit_length()
     with progress.task(f"quantize budget: verifying candidates ({len(layers)} layers ranked)", total=limit) as step:
@@ -332,8 +422,14 @@ def fit_budget(
         "met": result.holds,
         "float_layers": kept,
         "candidates": [trial.to_json() for trial in trials.values()],
+        "probe_samples": probe_samples,
         "layers": {
-            key: {"predicted": predicted[key], "decision": "float" if key in float_layers else "int8"} for key in layers
+            key: {
+                "predicted": predicted[key],
+                "alone": alone[key].to_json() if key in alone else None,
+                "decision": "float" if key in float_layers else "int8",
+            }
+            for key in layers
         },
     }
     return make_plan(tuple(order[:kept])), record
