@@ -329,19 +329,38 @@ class Trial:
         return {"float_layers": self.float_layers, **self.damage.to_json(), "holds": self.holds}
 
 
-def _needed_tail(judge: Judge, tail: float, damage: Damage) -> float:
-    """The predicted noise left that should just meet the budget, scaled from one failing measurement.
+def _needed_tail(judge: Judge, low: tuple[float, Damage], high: tuple[float, Damage] | None) -> float:
+    """The damage left (by the ranking's scores) that should just meet the budget.
 
     ``1 - cosine`` grows like the noise energy, top-1 disagreement like its square root (the
-    fraction of margins one noise standard deviation crosses), so each failing budget scales the
-    measured candidate's predicted noise by ``(allowed / measured) ** (1 or 2)``.
+    fraction of margins one noise standard deviation crosses), so each failing budget's
+    ``1 - cosine`` or squared disagreement is taken as linear in the damage left, through the
+    last failing candidate ``low`` and the last holding one ``high`` (none yet: no damage left,
+    none measured); the tightest budget decides.
+
+    Args:
+        judge: Holds the budgets.
+        low: The damage left and the measured damage of a candidate that misses the budget.
+        high: The same of one that meets it, or None.
     """
-    ratios = []
-    if judge.min_cosine is not None and damage.cosine < judge.min_cosine:
-        ratios.append((1.0 - judge.min_cosine) / (1.0 - damage.cosine))
-    if judge.max_drop is not None and damage.disagreement is not None and damage.disagreement > judge.max_drop:
-        ratios.append((judge.max_drop / damage.disagreement) ** 2)
-    return tail * min(ratios, default=1.0)
+
+    def excess(damage: Damage) -> list[tuple[float, float]]:
+        """(measured, allowed) of each budget in the units that grow linearly with the noise."""
+        pairs = []
+        if judge.min_cosine is not None:
+            pairs.append((1.0 - damage.cosine, 1.0 - judge.min_cosine))
+        if judge.max_drop is not None and damage.disagreement is not None:
+            pairs.append((damage.disagreement**2, judge.max_drop**2))
+        return pairs
+
+    low_tail, low_damage = low
+    high_tail, high_pairs = (0.0, None) if high is None else (high[0], excess(high[1]))
+    needed = [low_tail]
+    for index, (measured, allowed) in enumerate(excess(low_damage)):
+        base = 0.0 if high_pairs is None else high_pairs[index][0]
+        if measured > allowed and measured > base:
+            needed.append(high_tail + (allowed - base) * (low_tail - high_tail) / (measured - base))
+    return min(needed)
 
 
 def _scores(layers: Sequence[str], predicted: Mapping[str, float], alone: Mapping[str, Damage]) -> dict[str, float]:
@@ -364,12 +383,14 @@ def fit_budget(
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
     """Keeps the layers with the largest predicted damage float until the budget holds, verified.
 
-    Layers are ranked by :func:`predict_damage` (no model run). The fully quantized candidate is
-    judged first; when it misses the budget, the smallest float prefix of the ranking that meets
-    it is searched with real candidates: each guess scales the predicted noise left to the
-    budget from the nearest failing measurement (:func:`_needed_tail`), and a guess that does not
-    halve the interval is followed by a bisection, so at most about ``2 log2(layers)`` candidates
-    are built. The result is always a judged candidate (the float end of the ranking included).
+    Layers are ranked by their damage alone, probed in one session (:func:`probe_layers`), or
+    where the probe cannot reach them by :func:`predict_damage` (no model run). The fully
+    quantized candidate is judged first; when it misses the budget, the smallest float prefix of
+    the ranking that meets it is searched with real candidates: each guess interpolates the
+    damage left (the sum of the scores past it) between the nearest judged candidates
+    (:func:`_needed_tail`), and a guess that does not halve the interval is followed by a
+    bisection, so at most ``2 + 2 * bits(layers)`` candidates are built. The result is always a
+    judged candidate (the float end of the ranking included).
 
     Returns:
         The plan and its record: each layer's prediction and decision, every verified candidate.
@@ -400,7 +421,8 @@ def fit_budget(
                 if bisect:
                     count = (low + high) // 2
                 else:
-                    needed = _needed_tail(judge, tails[low], trials[low].damage)
+                    holding = (tails[high], trials[high].damage) if high in trials else None
+                    needed = _needed_tail(judge, (tails[low], trials[low].damage), holding)
                     count = next(k for k in range(low + 1, len(order) + 1) if tails[k] <= needed or k == high)
                     count = min(max(count, low + 1), high - 1)
                 if verify(count).holds:

@@ -6,7 +6,8 @@ DequantizeLinear; the weight's int8 values behind a DequantizeLinear), each read
 ``Where(switch, quantized, float)``: one boolean input per layer picks the quantized or the
 float value. A run with one switch on is the model with that layer alone quantized (in float
 arithmetic: the int8 kernels' saturation is not modelled); with every switch off it is the float
-model exactly, so one session serves every layer.
+model (up to float rounding: onnxruntime picks other kernels for a layer whose weight is
+computed), so one session serves every layer.
 """
 
 from __future__ import annotations
