@@ -185,7 +185,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         result.skipped.update(_nested_layers(model, bodies_placed=static))
         return result
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> tuple[StatsCollector, dict[str, str]]:
+    def _calibrate(
+        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None = None
+    ) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
         Values inside If/Loop/Scan bodies are read through a copy that carries them out
@@ -193,28 +195,39 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         run that copy because a Loop/Scan body value changes shape between iterations, the
         calibration runs again without the Loop/Scan body values.
 
+        Args:
+            model: The float model.
+            names: The tensors to collect statistics of.
+            judged: Where the budget's judged samples are kept, with the model's outputs on them
+                (the calibration run computes them anyway), or None.
+
         Returns:
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names), {}
+            return self._collect(model, names, judged), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
                 raise
             reason = f"onnxruntime could not calibrate inside this Loop/Scan body ({error})"
             logger.warning("quantize: %s; its layers stay float", reason)
-            collector = self._collect(model, [name for name in names if name not in looped])
+            if judged is not None:
+                judged.clear()
+            collector = self._collect(model, [name for name in names if name not in looped], judged)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
-    def _collect(self, model: ir.Model, names: list[str]) -> StatsCollector:
+    def _collect(self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None) -> StatsCollector:
         collector = StatsCollector(names)
+        outputs = [value.name for value in model.graph.outputs if value.name]
         in_bodies = body_value_names(model).intersection(names)
         carried: dict[str, str] = {}
         if in_bodies:
             model, carried = exposing_bodies(model, sorted(in_bodies))
         wanted = [carried.get(name, name) for name in names]
+        if judged is not None:  # the model's outputs on the judged samples: the budget's reference
+            wanted = list(dict.fromkeys([*wanted, *outputs]))
         back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
@@ -228,6 +241,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             ):
                 count = batch_samples(feed) if feed else 0
                 collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
+                if judged is not None:
+                    judged.add(feed, {name: arrays[name] for name in outputs}, count)
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
@@ -285,9 +300,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         started = time.perf_counter()
         wanted = list(roots.values())
         budgeted = options.max_drop is not None or options.min_cosine is not None
+        judged = budget.JudgedSamples(options.samples) if budgeted else None
         if budgeted:  # the budget's prediction reads each layer's output energy too
             wanted += budget.layer_outputs(float_model, make_plan())
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)))
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
@@ -295,7 +311,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return plan, collector, None
         started = time.perf_counter()
         judge = budget.Judge(
-            self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine
+            self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine, judged
         )
         plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started

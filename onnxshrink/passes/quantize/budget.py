@@ -66,11 +66,12 @@ class _Agreement:
         self.float = True
         self.matches = self.rows = 0
         self.classifier = False
+        self.same_shape = True
 
     def add(self, ref: np.ndarray, ref_top1: np.ndarray | None, cand: Any) -> None:
         cand = np.asarray(cand)
         if ref.shape != cand.shape:
-            self.same = self.equal = False
+            self.same = self.equal = self.same_shape = False
             self.dot, self.ref_sq, self.cand_sq = 0.0, 1.0, 1.0
             return
         if not np.issubdtype(ref.dtype, np.floating):
@@ -103,6 +104,36 @@ class _Agreement:
         return self.matches / self.rows if self.classifier and self.rows else None
 
 
+class JudgedSamples:
+    """The first calibration batches, up to the judged count, with the float model's outputs on them.
+
+    Calibration fills it as it runs (the same batches of :data:`_STREAM_BATCH` the judge reads),
+    so the judge reads the data and runs the float model no second time.
+
+    Args:
+        samples: Calibration samples the pass reads (at most 256 are kept).
+    """
+
+    def __init__(self, samples: int) -> None:
+        self.wanted = min(samples, _JUDGE_SAMPLES)
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.references: list[dict[str, Any]] = []
+        self.samples = 0
+
+    def add(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, Any], count: int) -> None:
+        """Keeps one calibration batch (``count`` samples) and the model's outputs on it, until enough are kept."""
+        if self.samples < self.wanted:
+            self.feeds.append(dict(feed))
+            self.references.append({name: np.array(value) for name, value in outputs.items()})
+            self.samples += count
+
+    def clear(self) -> None:
+        """Forgets every batch (calibration runs again)."""
+        self.feeds.clear()
+        self.references.clear()
+        self.samples = 0
+
+
 class Judge:
     """Runs candidates on the first calibration samples and checks them against the budget.
 
@@ -117,6 +148,8 @@ class Judge:
         samples: Calibration samples the pass may read (at most 256 are judged).
         max_drop: The largest top-1 disagreement accepted, or None.
         min_cosine: The smallest cosine similarity of any output accepted, or None.
+        judged: The judged samples with the float model's outputs, kept by calibration; None
+            to read them and run the float model here.
 
     Raises:
         UsageError: ``max_drop`` is given but no output is classifier-like.
@@ -130,21 +163,37 @@ class Judge:
         samples: int,
         max_drop: float | None,
         min_cosine: float | None,
+        judged: JudgedSamples | None = None,
     ) -> None:
         self.context = context
         self.model = model
         self.max_drop = max_drop
         self.min_cosine = min_cosine
-        inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
-        count = min(samples, _JUDGE_SAMPLES)
-        self.feeds = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH))
+        if judged is not None:
+            self.feeds, self.references = judged.feeds, judged.references
+        else:
+            inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+            count = min(samples, _JUDGE_SAMPLES)
+            batches = context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH)
+            self.feeds = list(batches)
+            session = context.session(model)[0]
+            self.references = [run(session, feed) for feed in self.feeds]
         self.samples = sum(min((len(v) for v in feed.values() if np.ndim(v)), default=1) for feed in self.feeds)
-        session = context.session(model)[0]
-        self.references = [run(session, feed) for feed in self.feeds]
         self._top1 = [
             {name: np.argmax(v, axis=-1) if is_classifier_like(np.asarray(v)) else None for name, v in ref.items()}
             for ref in self.references
         ]
+        # Totals over every judged sample: what a candidate stopped early could still reach.
+        self._energy: dict[str, float] = {}
+        self._rows: dict[str, int] = {}
+        for reference, tops in zip(self.references, self._top1, strict=True):
+            for name, value in reference.items():
+                array = np.asarray(value)
+                if np.issubdtype(array.dtype, np.floating):
+                    finite = array[np.isfinite(array)].astype(np.float64)
+                    self._energy[name] = self._energy.get(name, 0.0) + float(np.dot(finite, finite))
+                if tops[name] is not None:
+                    self._rows[name] = self._rows.get(name, 0) + int(np.asarray(tops[name]).size)
         first = self.references[0] if self.references else {}
         if max_drop is not None and not any(
             np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in first.values()
@@ -154,6 +203,35 @@ class Judge:
     def measure(self, candidate: ir.Model) -> Damage:
         """Runs ``candidate`` on the judged samples and returns how far it is from the float model."""
         return _damage(self.context.session(candidate)[0], self.feeds, self.references, self._top1)
+
+    def screen(self, candidate: ir.Model) -> tuple[Damage, int]:
+        """Like :meth:`measure`, but stops once the budget cannot hold whatever the samples left give.
+
+        After each batch, the best cosine the rest could reach (their outputs all aligned with the
+        float model's) and the disagreement already certain are checked against the budget.
+
+        Returns:
+            The damage on the samples judged, and how many were judged (:attr:`samples`: all).
+        """
+        session = self.context.session(candidate)[0]
+        totals: dict[str, _Agreement] = {}
+        judged = 0
+        for feed, reference, tops in zip(self.feeds, self.references, self._top1, strict=True):
+            _accumulate(totals, run(session, feed), reference, tops)
+            judged += min((len(v) for v in feed.values() if np.ndim(v)), default=1)
+            if judged < self.samples and self._missed(totals):
+                break
+        return _summary(totals), judged
+
+    def _missed(self, totals: Mapping[str, _Agreement]) -> bool:
+        """Whether the budget is missed already, whatever the samples not yet judged give."""
+        for name, total in totals.items():
+            if self.min_cosine is not None and _best_cosine(total, self._energy.get(name, 0.0)) < self.min_cosine:
+                return True
+            rows = self._rows.get(name, 0)
+            if self.max_drop is not None and rows and (total.rows - total.matches) / rows > self.max_drop:
+                return True
+        return False
 
     def holds(self, damage: Damage) -> bool:
         """Whether ``damage`` is within the budget (``min_cosine`` and ``max_drop``, where given)."""
@@ -172,12 +250,42 @@ def _damage(
     """How far ``session``'s outputs on ``feeds`` are from ``references``."""
     totals: dict[str, _Agreement] = {}
     for feed, reference, tops in zip(feeds, references, top1, strict=True):
-        outputs = run(session, feed)
-        for name, ref in reference.items():
-            totals.setdefault(name, _Agreement()).add(np.asarray(ref), tops[name], outputs[name])
+        _accumulate(totals, run(session, feed), reference, tops)
+    return _summary(totals)
+
+
+def _accumulate(
+    totals: dict[str, _Agreement],
+    outputs: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    tops: Mapping[str, np.ndarray | None],
+) -> None:
+    """Adds one batch's outputs to each output's running agreement."""
+    for name, ref in reference.items():
+        totals.setdefault(name, _Agreement()).add(np.asarray(ref), tops[name], outputs[name])
+
+
+def _summary(totals: Mapping[str, _Agreement]) -> Damage:
+    """The damage of the batches accumulated: the smallest cosine and the largest disagreement of any output."""
     agreements = [t.top1 for t in totals.values() if t.top1 is not None]
     cosine = min((t.cosine for t in totals.values()), default=1.0)
     return Damage(cosine, 1.0 - min(agreements) if agreements else None)
+
+
+def _best_cosine(total: _Agreement, energy: float) -> float:
+    """The largest cosine ``total`` can end with when the float model's outputs left hold ``energy - ref_sq``.
+
+    With ``D``, ``C`` the dot product and candidate energy so far and ``r`` the reference energy
+    left, the best the rest can do is align with the reference: ``sqrt((D²/C + r) / energy)``
+    (``sqrt(r / energy)`` when ``D <= 0``). Non-float outputs and mismatched shapes are final.
+    """
+    if not total.float or not total.same_shape:
+        return total.cosine
+    if energy <= 0:
+        return 1.0
+    left = max(energy - total.ref_sq, 0.0)
+    reached = total.dot**2 / total.cand_sq if total.dot > 0 and total.cand_sq > 0 else 0.0
+    return float(np.sqrt(min((reached + left) / energy, 1.0)))
 
 
 def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int) -> ir.Model:
@@ -323,10 +431,12 @@ class Trial:
     float_layers: int
     damage: Damage
     holds: bool
+    samples: int  # judged: fewer than all when the budget was missed for certain before the end
 
     def to_json(self) -> dict[str, Any]:
-        """``{"float_layers", "cosine", "disagreement", "holds"}``."""
-        return {"float_layers": self.float_layers, **self.damage.to_json(), "holds": self.holds}
+        """``{"float_layers", "cosine", "disagreement", "holds", "samples"}``."""
+        damage = self.damage.to_json()
+        return {"float_layers": self.float_layers, **damage, "holds": self.holds, "samples": self.samples}
 
 
 def _needed_tail(judge: Judge, low: tuple[float, Damage], high: tuple[float, Damage] | None) -> float:
@@ -388,9 +498,10 @@ def fit_budget(
     quantized candidate is judged first; when it misses the budget, the smallest float prefix of
     the ranking that meets it is searched with real candidates: each guess interpolates the
     damage left (the sum of the scores past it) between the nearest judged candidates
-    (:func:`_needed_tail`), and a guess that does not halve the interval is followed by a
-    bisection, so at most ``2 + 2 * bits(layers)`` candidates are built. The result is always a
-    judged candidate (the float end of the ranking included).
+    (:func:`_needed_tail`); after two guesses in a row that did not halve the interval comes a
+    bisection, so at most ``2 + 3 * bits(layers)`` candidates are built. A candidate stops
+    early once the budget is missed for certain (:meth:`Judge.screen`). The result is always a
+    judged candidate, run on every judged sample (the float end of the ranking included).
 
     Returns:
         The plan and its record: each layer's prediction and decision, every verified candidate.
@@ -403,22 +514,23 @@ def fit_budget(
     # tails[k]: the damage left, by the scores, with the first k layers of the ranking float.
     tails = [float(sum(scores[key] for key in order[k:])) for k in range(len(order) + 1)]
     trials: dict[int, Trial] = {}
-    limit = 2 + 2 * max(1, len(order)).bit_length()
+    # Every third step at most halves the interval: a bisection after two guesses that did not.
+    limit = 2 + 3 * max(1, len(order)).bit_length()
     with progress.task(f"quantize budget: verifying candidates ({len(layers)} layers ranked)", total=limit) as step:
 
         def verify(count: int) -> Trial:
             candidate = quantized_copy(judge.model, make_plan(tuple(order[:count])), weight_bits)
-            damage = judge.measure(candidate)
-            trials[count] = Trial(count, damage, judge.holds(damage))
+            damage, samples = judge.screen(candidate)
+            trials[count] = Trial(count, damage, judge.holds(damage) and samples == judge.samples, samples)
             step.advance()
             return trials[count]
 
         low, high = 0, len(order)  # the ranking's first `low` float misses; the first `high` float holds
         if not verify(0).holds and order:
-            bisect = False
+            stalls = 0  # guesses in a row that did not halve the interval
             while high - low > 1:
-                width = high - low
-                if bisect:
+                width, bisecting = high - low, stalls == 2
+                if bisecting:
                     count = (low + high) // 2
                 else:
                     holding = (tails[high], trials[high].damage) if high in trials else None
@@ -429,7 +541,7 @@ def fit_budget(
                     high = count
                 else:
                     low = count
-                bisect = not bisect and 2 * (high - low) > width
+                stalls = 0 if bisecting or 2 * (high - low) <= width else stalls + 1
             if high not in trials:
                 verify(high)
     kept = min((count for count, trial in trials.items() if trial.holds), default=len(order))
