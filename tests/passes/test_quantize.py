@@ -439,7 +439,7 @@ def test_digits_budget_keeps_the_layers_most_damaging_alone_float(spec: str, bud
     layers = record["layers"]
     assert len(layers) == 8 and all({"predicted", "alone", "decision"} <= set(e) for e in layers.values())
     assert all(entry["predicted"] > 0 and entry["alone"]["cosine"] < 1.0 for entry in layers.values())
-    assert record["probe_samples"] == 8  # 128 judged samples over 8 layers, at most 8 per probe run
+    assert record["probe_samples"] == 8  # 128 judged samples / (2 * 8 layers), at most 8 per probe run
     # Every layer is in the main graph, so each was probed alone: the ranking is by its damage alone.
     by_damage = sorted(layers, key=lambda k: 1.0 - layers[k]["alone"]["cosine"], reverse=True)
     kept = [key for key, entry in layers.items() if entry["decision"] == "float"]

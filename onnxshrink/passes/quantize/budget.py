@@ -396,8 +396,10 @@ def probe_layers(
     """Each main-graph layer's damage with it alone quantized, measured in one session on a few samples.
 
     The probe model (:func:`~onnxshrink.passes.quantize.probe.probe_model`) runs once per layer
-    on the first judged samples, ``max(1, min(8, judged // layers))`` of them, so all layers together cost
-    about one pass over the judged samples; its float run (every switch off) is the reference.
+    on the first judged samples, ``max(1, min(8, judged // (2 * layers)))`` of them, so all layers
+    together cost about half a pass over the judged samples (a probe run costs more per sample than
+    a candidate's: its layers read computed weights, which onnxruntime cannot pre-pack); its float
+    run (every switch off) is the reference.
     Layers inside If/Loop/Scan bodies are not measured (absent from the result).
 
     Returns:
@@ -409,7 +411,7 @@ def probe_layers(
     if not switches:
         return {}, 0
     feed = judge.feeds[0]
-    count = max(1, min(_PROBE_SAMPLES, judge.samples // len(switches)))
+    count = max(1, min(_PROBE_SAMPLES, judge.samples // (2 * len(switches))))
     batch = min((len(v) for v in feed.values() if np.ndim(v)), default=1)
     feed = {name: v[:count] if np.ndim(v) and len(v) == batch else v for name, v in feed.items()}
     session = judge.context.session(probe)[0]
