@@ -1,9 +1,10 @@
-"""The accuracy budget of ``quantize`` (predicted layer damage, verified float fallback) and its report helpers.
+"""The accuracy budget of ``quantize`` (ranked layers, verified float fallback) and its report helpers.
 
-Layers are ranked by the noise quantization adds to them, predicted from the calibration
-statistics alone (:func:`predict_damage`); only the candidates of the search for the smallest
-float prefix of that ranking are built and judged on the calibration samples (:func:`fit_budget`),
-one after the other: O(log layers) onnxruntime sessions, not one per layer.
+Layers are ranked by their damage alone, measured in one probe session (:func:`probe_layers`)
+or, where the probe cannot reach, predicted from the calibration statistics
+(:func:`predict_damage`); only the candidates of the search for the smallest float prefix of
+that ranking are built and judged on the calibration samples (:func:`fit_budget`), one after
+the other: 1 + O(log layers) onnxruntime sessions, not one per layer.
 """
 
 from __future__ import annotations
@@ -311,7 +312,7 @@ def _nodes(model: ir.Model) -> dict[str, ir.Node]:
 
 
 def predict_damage(
-    model: ir.Model, plan: placement.QuantPlan, statistics: Mapping[str, TensorStats], weight_bits: int
+    model: ir.Model, plan: placement.QuantPlan, tensors: Mapping[str, TensorStats], weight_bits: int
 ) -> dict[str, float]:
     """Each layer's predicted damage: the noise quantization adds to its output, over the output's energy.
 
@@ -332,7 +333,7 @@ def predict_damage(
     Args:
         model: The float model the plan was made for.
         plan: The placement with every candidate layer quantized.
-        statistics: The calibration statistics, by tensor (a data-movement chain's root, and
+        tensors: The calibration statistics, by tensor (a data-movement chain's root, and
             the layers' outputs from :func:`layer_outputs`).
         weight_bits: Bits of the quantized weights.
 
@@ -345,7 +346,7 @@ def predict_damage(
         if layer.op_type not in placement.TRT_LAYERS:
             continue
         node = nodes[key]
-        inputs = [_noise(plan.activations.get(name), statistics) for name in layer.inputs]
+        inputs = [_noise(plan.activations.get(name), tensors) for name in layer.inputs]
         noise = 0.0
         if layer.weight is None:  # two activations: their relative noises add
             noise = sum(error / square for error, square in inputs if square > 0)
@@ -356,20 +357,20 @@ def predict_damage(
             output_axis = placement.weight_axis(node, array.ndim)
             energy, error = _weight_energies(array, layer.weight.axis, output_axis, weight_bits)
             input_error, input_square = inputs[0] if inputs else (0.0, 0.0)
-            output = statistics.get(node.outputs[0].name or "")
+            output = tensors.get(node.outputs[0].name or "")
             signal = mean_square(output) if output is not None else 0.0
             signal = signal if signal > 0 else input_square * energy
             noise = (input_error * energy + input_square * error) / signal if signal > 0 else 0.0
         if layer.output_q and layer.output:
-            error, square = _noise(plan.activations.get(layer.output), statistics)
+            error, square = _noise(plan.activations.get(layer.output), tensors)
             noise += error / square if square > 0 else 0.0
         predicted[key] = noise
     return predicted
 
 
-def _noise(q: placement.ActivationQ | None, statistics: Mapping[str, TensorStats]) -> tuple[float, float]:
+def _noise(q: placement.ActivationQ | None, tensors: Mapping[str, TensorStats]) -> tuple[float, float]:
     """``(σ², E[x²])`` of one quantized activation: its rounding noise and mean square ((0, 0) without stats)."""
-    stats = statistics.get(q.root) if q is not None else None
+    stats = tensors.get(q.root) if q is not None else None
     if q is None or stats is None:
         return 0.0, 0.0
     return quantization_noise(stats, q.params), mean_square(stats)
@@ -491,9 +492,9 @@ def fit_budget(
     plan: placement.QuantPlan,
     make_plan: Callable[[tuple[str, ...]], placement.QuantPlan],
     weight_bits: int,
-    statistics: Mapping[str, TensorStats],
+    tensors: Mapping[str, TensorStats],
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
-    """Keeps the layers with the largest predicted damage float until the budget holds, verified.
+    """Keeps the layers that hurt most float until the budget holds, on judged candidates.
 
     Layers are ranked by their damage alone, probed in one session (:func:`probe_layers`), or
     where the probe cannot reach them by :func:`predict_damage` (no model run). The fully
@@ -505,11 +506,19 @@ def fit_budget(
     early once the budget is missed for certain (:meth:`Judge.screen`). The result is always a
     judged candidate, run on every judged sample (the float end of the ranking included).
 
+    Args:
+        judge: The judged samples, the float model's outputs on them, and the budget.
+        plan: The placement with every candidate layer quantized.
+        make_plan: The placement with the named layers kept float.
+        weight_bits: Bits of the quantized weights.
+        tensors: The calibration statistics, by tensor (for :func:`predict_damage`).
+
     Returns:
-        The plan and its record: each layer's prediction and decision, every verified candidate.
+        The plan and its record: each layer's prediction, damage alone and decision, every
+        judged candidate.
     """
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
-    predicted = predict_damage(judge.model, plan, statistics, weight_bits)
+    predicted = predict_damage(judge.model, plan, tensors, weight_bits)
     alone, probe_samples = probe_layers(judge, plan, layers, weight_bits)
     scores = _scores(layers, predicted, alone)
     order = sorted(layers, key=lambda key: scores[key], reverse=True)
