@@ -179,9 +179,8 @@ def test_the_verified_result_holds_the_budget_on_the_digits_cnn(threshold: float
 def _chain(layers: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """``layers`` MatMul(64x64) -> Relu blocks in a row."""
     rng = np.random.default_rng(7)
-    lines = [f"    h{i + 1} = Relu(m{i})\n    m{i} = MatMul(h{i}, W{i})" for i in range(layers)]
-    body = "\n".join(line.split("\n")[1] + "\n" + line.split("\n")[0] for line in lines)
-    text = f"g (float[N, 64] h0) => (float[N, 64] h{layers}) {{\n{body}\n}}"
+    body = "".join(f"    m{i} = MatMul(h{i}, W{i})\n    h{i + 1} = Relu(m{i})\n" for i in range(layers))
+    text = f"g (float[N, 64] h0) => (float[N, 64] h{layers}) {{\n{body}}}"
     weights = {f"W{i}": (rng.standard_normal((64, 64)) / 8.0).astype(np.float32) for i in range(layers)}
     return parse_model(text, initializers=weights), {"h0": rng.standard_normal((64, 64)).astype(np.float32)}
 
