@@ -91,6 +91,17 @@ METHOD_ROWS = {
 # NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).
 NNCF_ROWS = {"nncf": "", "nncf-transformer": "transformer"}
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
+# 4-bit weights (issue 14 item 5), BERT-base: onnxshrink's s4 (embedding tables included, and MatMul/Gemm
+# only as onnxruntime quantizes) against onnxruntime's MatMulNBitsQuantizer algorithms, block 32.
+INT4_BLOCK = 32
+INT4_ROWS = {
+    "onnxshrink-s4": ("onnxshrink", f"mode=weight-only,weights=s4,block-size={INT4_BLOCK}"),
+    "onnxshrink-s4-matmul": ("onnxshrink", f"mode=weight-only,weights=s4,block-size={INT4_BLOCK},include=MatMul,Gemm"),
+    "ort-4bit-default": ("ort-4bit", "default"),
+    "ort-4bit-rtn": ("ort-4bit", "rtn"),
+    "ort-4bit-hqq": ("ort-4bit", "hqq"),
+    "ort-4bit-gptq": ("ort-4bit", "gptq"),
+}
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
 REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika}
@@ -140,6 +151,8 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count, **kwargs)
         onnx.save(quantized, out)
         info = {"nncf": nncf.__version__, "nncf_options": option or "defaults"}
+    elif tool == "ort-4bit":
+        info = _ort_4bit(fp32, out, calib, option)
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -159,6 +172,32 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         info = {}
     info["in_process_s"] = time.perf_counter() - started
     harness.emit_result(info)
+
+
+def _ort_4bit(fp32: str, out: str, calib: str, algorithm: str) -> dict[str, Any]:
+    """Runs onnxruntime's ``MatMulNBitsQuantizer`` (MatMuls only, its default scope) at ``INT4_BLOCK``.
+
+    ``default``, ``rtn`` and ``gptq`` write symmetric 4-bit blocks (``is_symmetric=True``); ``hqq``
+    offers only asymmetric ones (float zero points). GPTQ reads the calibration samples in
+    batches of 10 (its own column block of 128 and damping 0.01 are its defaults).
+    """
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    configs: dict[str, Any] = {
+        "default": lambda: nbits.DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True),
+        "rtn": nbits.RTNWeightOnlyQuantConfig,
+        "hqq": lambda: nbits.HQQWeightOnlyQuantConfig(block_size=INT4_BLOCK),
+        "gptq": lambda: nbits.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=harness.ort_calibration_reader(dict(np.load(calib)))
+        ),
+    }
+    quantizer = nbits.MatMulNBitsQuantizer(
+        onnx.load(fp32), block_size=INT4_BLOCK, is_symmetric=algorithm != "hqq", algo_config=configs[algorithm]()
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(out, use_external_data_format=False)
+    return {"ort_algorithm": algorithm, "symmetric": algorithm != "hqq"}
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
@@ -274,10 +313,10 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
         tools += [("nncf-transformer", "nncf", "transformer")]
         tools += [
             ("onnxshrink-dynamic", "onnxshrink", "mode=dynamic"),
-            ("onnxshrink-s4", "onnxshrink", "mode=weight-only,weights=s4"),
             ("onnxshrink-minmax-attention", "onnxshrink", "calibrate=minmax,activation-matmuls=true"),
             ("ort-dynamic", "ort-dynamic", ""),
         ]
+        tools += [(label, tool, option) for label, (tool, option) in INT4_ROWS.items()]
     if args.tools:
         tools = [t for t in tools if t[0] in args.tools.split(",")]
     paths = {"fp32": fp32}

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import add_initializer, fresh_name, take_over_output, taken_names
 from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.quantize.gptq import RoundedWeight
 from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, QuantPlan, constant_initializer, quantize_weight
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
 from onnxshrink.passes.quantize.statistics import QParams
@@ -331,8 +332,19 @@ def gather_table(node: ir.Node, writer: QdqWriter, bits: str, block_size: int) -
     return described
 
 
-def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, block_size: int) -> str:
-    """DQ on a MatMul/Gemm's constant weight: int8 per output channel, or 4-bit blocks (rule 9)."""
+def weight_only(
+    node: ir.Node,
+    writer: QdqWriter,
+    bits: str,
+    per_channel: bool,
+    block_size: int,
+    rounded: RoundedWeight | None = None,
+) -> str:
+    """DQ on a MatMul/Gemm's constant weight: int8 per output channel, or 4-bit blocks (rule 9).
+
+    ``rounded``: the 4-bit levels, scales and zero points computed already (``rounding=gptq``,
+    gptq.py) in place of nearest rounding.
+    """
     weight = node.inputs[1]
     assert weight is not None and weight.const_value is not None and weight.name
     array = weight.const_value.numpy().astype(np.float32)
@@ -345,7 +357,11 @@ def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, 
     if bits == "s8":
         writer.weight(node, 1, 1 if per_channel else None)
         return "s8 per-channel axis 1" if per_channel else "s8 per-tensor"
-    values, scales, zero = block_quantize(array, block_size, bits)
+    if rounded is None:
+        values, scales, zero = block_quantize(array, block_size, bits)
+    else:
+        values, scales = _int4_tensor(rounded.levels, bits), rounded.scales
+        zero = None if rounded.zero is None else _int4_tensor(rounded.zero, bits)
     q_value = writer.constant(values, f"{weight.name}_quantized")
     scale = writer.constant(scales, f"{weight.name}_scale")
     zp = writer.constant(zero, f"{weight.name}_zero_point") if zero is not None else None
@@ -354,7 +370,7 @@ def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, 
     writer.graph.insert_before(node, dq)
     node.replace_input_with(1, dq.outputs[0])
     writer.counts["weights_quantized"] += 1
-    return f"{bits} blocks of {block_size} along K"
+    return f"{bits} blocks of {block_size} along K" + (", GPTQ rounding" if rounded is not None else "")
 
 
 def dynamic_matmul(node: ir.Node, writer: QdqWriter, per_channel: bool, bits: int = 8) -> str:
