@@ -94,14 +94,18 @@ ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 # 4-bit weights (issue 14 item 5), BERT-base: onnxshrink's s4 (embedding tables included, and MatMul/Gemm
 # only as onnxruntime quantizes) against onnxruntime's MatMulNBitsQuantizer algorithms, block 32.
 INT4_BLOCK = 32
+_S4 = f"mode=weight-only,weights=s4,block-size={INT4_BLOCK}"
 INT4_ROWS = {
-    "onnxshrink-s4": ("onnxshrink", f"mode=weight-only,weights=s4,block-size={INT4_BLOCK}"),
-    "onnxshrink-s4-matmul": ("onnxshrink", f"mode=weight-only,weights=s4,block-size={INT4_BLOCK},include=MatMul,Gemm"),
+    "onnxshrink-s4": ("onnxshrink", _S4),  # rounding=auto: gptq, as calibration data is given
+    "onnxshrink-s4-nearest": ("onnxshrink", f"{_S4},rounding=nearest"),
+    "onnxshrink-s4-matmul": ("onnxshrink", f"{_S4},include=MatMul,Gemm"),
+    "onnxshrink-s4-matmul-nearest": ("onnxshrink", f"{_S4},include=MatMul,Gemm,rounding=nearest"),
     "ort-4bit-default": ("ort-4bit", "default"),
     "ort-4bit-rtn": ("ort-4bit", "rtn"),
     "ort-4bit-hqq": ("ort-4bit", "hqq"),
     "ort-4bit-gptq": ("ort-4bit", "gptq"),
 }
+INT4_TIMEOUT = 2400.0
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
 REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika}
@@ -200,8 +204,8 @@ def _ort_4bit(fp32: str, out: str, calib: str, algorithm: str) -> dict[str, Any]
     return {"ort_algorithm": algorithm, "symmetric": algorithm != "hqq"}
 
 
-def _run_child(args: list[str]) -> dict[str, Any]:
-    run = harness.run_child([sys.executable, __file__, "--child", *args])
+def _run_child(args: list[str], timeout: float = 600.0) -> dict[str, Any]:
+    run = harness.run_child([sys.executable, __file__, "--child", *args], timeout=timeout)
     if not run.ok:
         return {"ok": False, "error": run.failure}
     return {"ok": True, "wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **(run.result or {})}
@@ -322,7 +326,9 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     paths = {"fp32": fp32}
     for label, tool, option in tools:
         out = work / f"{model}_{label}.onnx"
-        run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option])
+        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch.
+        timeout = INT4_TIMEOUT if tool == "ort-4bit" else 600.0
+        run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option], timeout)
         rows[label] = run
         if not run["ok"]:
             print(f"  {label}: FAILED {run['error']}", flush=True)
