@@ -341,9 +341,9 @@ def round_layers(
     rounded: dict[str, RoundedWeight] = {}
     record: dict[str, Any] = {}
     for name, keys in groups.items():
-        gram = grams[name]
+        gram = grams.pop(name)  # each Gram matrix is freed once its layers are rounded
         results = quantized_rows([weights[key] for key in keys], gram, block_size, dtype)
-        sample = rows[name].sample()
+        sample = rows.pop(name).sample()
         for key, (levels, scales, zero) in zip(keys, results, strict=True):
             rounded[key] = RoundedWeight(levels, scales, zero if dtype == "u4" else None)
             weight = weights[key]
