@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
+import onnx.parser
 import pytest
 from helpers import parse_model, run, run_pass
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import PassFailure, UsageError
 from onnxshrink.passes.quantize import gptq
 
 # Two layers reading one tensor (rounded together), and a Gemm with transB reading their sum.
@@ -144,3 +146,21 @@ def test_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse() -> 
     damped += gptq.DAMP * np.mean(np.diag(damped)) * np.eye(64)
     assert np.allclose(upper.T @ upper, np.linalg.inv(damped), rtol=1e-6, atol=1e-9)
     assert not upper[5, 6:].any()  # the dead channel's error moves nowhere
+
+
+def test_auto_rounds_to_nearest_when_onnxruntime_cannot_run_the_model() -> None:
+    body = """<ir_version: 10, opset_import: ["" : 21, "custom.domain" : 1]>
+    g (float[N, 64] x) => (float[N, 32] y) {
+        h = custom.domain.Unknown(x)
+        y = MatMul(h, Wa)
+    }"""
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = onnx.parser.parse_model(body)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weight, "Wa"))
+    spec = "quantize:mode=weight-only,weights=s4,block-size=16"
+    result = run_pass(model, spec, calibration=_correlated(16, seed=1))
+    assert result.stats["rounding"]["method"] == "nearest"
+    assert "onnxruntime cannot run the model" in result.stats["rounding"]["reason"]
+    assert result.stats["nodes"] == {"MatMul#1": "s4 blocks of 16 along K"}
+    with pytest.raises(PassFailure, match=r"RuntimeUnavailable: .*Unknown"):
+        run_pass(model, f"{spec},rounding=gptq", calibration=_correlated(16, seed=1))

@@ -518,16 +518,22 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         if not layers:
             return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer to round"}
         started = time.perf_counter()
-        rounded, record = gptq.round_layers(
-            self.context,
-            model,
-            layers,
-            options.block_size,
-            options.weights,
-            pass_name=self.name,
-            samples=options.samples,
-            batch_size=_CALIBRATION_BATCH,
-        )
+        try:
+            rounded, record = gptq.round_layers(
+                self.context,
+                model,
+                layers,
+                options.block_size,
+                options.weights,
+                pass_name=self.name,
+                samples=options.samples,
+                batch_size=_CALIBRATION_BATCH,
+            )
+        except RuntimeUnavailable as error:
+            if options.rounding == "gptq":
+                raise
+            logger.warning("quantize: onnxruntime cannot run the model for GPTQ rounding (%s): nearest", error)
+            return {}, {"method": "nearest", "reason": f"onnxruntime cannot run the model ({error}; rounding=auto)"}
         timings["rounding"] = time.perf_counter() - started
         return rounded, {"method": "gptq", "layers": record}
 
