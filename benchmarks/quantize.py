@@ -19,6 +19,11 @@ Models:
   model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
   ``samples.py`` (as in ``prune.py``): 128 calibration samples; evaluation on 400 rendered text lines
   (accuracy on the rotation label) and 384 real files (top-1 agreement with fp32).
+- ``ocr-rec`` (rapidocr's PP-OCRv4 recognizer, ``samples.ocr_rec``): 128 calibration lines, 100
+  upright test lines 48x320 of random readable words; each output decoded greedily (CTC) with the
+  model's own dictionary (its ``character`` metadata): exact lines and character similarity
+  against the rendered text (spaces ignored), top-1 agreement per time step with fp32. Quantizers:
+  onnxshrink default and all-int8, ORT default and best-rr, NNCF (``ONLY_TOOLS``).
 
 Every model is first run through ``simplify`` (BatchNorm folded); that fp32 model is the
 reference and the input of every quantizer. Quantizers, each in a fresh process
@@ -30,6 +35,10 @@ reference and the input of every quantizer. Quantizers, each in a fresh process
 - ``ort-best``: u8 activations / s8 per-channel weights; ``ort-best-rr``: the same plus
   ``reduce_range=True`` (its advice for x86 without VNNI);
 - ``ort-dynamic`` (bert-base): ``quantize_dynamic`` defaults.
+- ``aimet`` (not bert-base): AIMET-onnx (benchmark venv) with its default quantsim config
+  (asymmetric 8-bit activations exported as u8, s8 weights): cross-layer equalization, min-max
+  encodings over the same samples one by one, exported as QDQ (``to_onnx_qdq``, int32 biases);
+  ``aimet-adaround`` (digits only) adds AdaRound, ``AIMET_ADAROUND_ITERATIONS`` steps per layer.
 
 ORT's calibrators read the same samples through a ``CalibrationDataReader`` in batches of 10.
 Latency (``harness.session_latency``): ORT CPU, default threads, batch 1 and 32, the fp32 model
@@ -46,7 +55,7 @@ calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The flo
 ``smooth=auto``, and ``nncf-transformer`` (``model_type=TRANSFORMER``: NNCF's SmoothQuant); the
 CNNs with ``equalize=true`` (also with every layer int8) and ``smooth=off``.
 
-Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika]
+Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika,ocr-rec]
 [--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
 """
 
@@ -58,6 +67,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +100,9 @@ METHOD_ROWS = {
 }
 # NNCF variants: its defaults, and for BERT model_type=TRANSFORMER (its SmoothQuant, alpha 0.95 on MatMuls).
 NNCF_ROWS = {"nncf": "", "nncf-transformer": "transformer"}
+# AIMET-onnx (CLE + AdaRound), benchmark venv only: steps per layer (see _aimet_quantize).
+AIMET_ADAROUND_ITERATIONS = 200
+AIMET_ROWS = {"aimet": "", "aimet-adaround": "adaround"}  # CLE; CLE + AdaRound (digits only: its cost)
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
 # 4-bit weights (issue 14 item 5), BERT-base: onnxshrink's s4 (embedding tables included, and MatMul/Gemm
 # only as onnxruntime quantizes) against onnxruntime's MatMulNBitsQuantizer algorithms, block 32.
@@ -108,7 +121,7 @@ INT4_ROWS = {
 INT4_TIMEOUT = 2400.0
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
-REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika}
+REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika, "ocr-rec": samples.ocr_rec}
 REAL_CALIB = 128  # the 128 calibration lines NNCF's figure in issue 14 was measured with
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).
 TOOLS = {
@@ -116,8 +129,10 @@ TOOLS = {
     "ocr-cls": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
     "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
 }
+# Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
+ONLY_TOOLS = {"ocr-rec": ("onnxshrink-default", "onnxshrink-all-int8", "ort-default", "ort-best-rr", "nncf", "aimet")}
 # Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.
-ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5}
+ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5, "ocr-rec": 0.5}
 INT_KERNELS = (
     "QLinearConv", "QLinearAdd", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearConcat",
     "DynamicQuantizeMatMul", "MatMulNBits", "QLinearGlobalAveragePool", "GatherBlockQuantized",
@@ -157,6 +172,8 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         info = {"nncf": nncf.__version__, "nncf_options": option or "defaults"}
     elif tool == "ort-4bit":
         info = _ort_4bit(fp32, out, calib, option)
+    elif tool == "aimet":
+        info = _aimet_quantize(fp32, out, calib, adaround=option == "adaround")
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -202,6 +219,32 @@ def _ort_4bit(fp32: str, out: str, calib: str, algorithm: str) -> dict[str, Any]
     quantizer.process()
     quantizer.model.save_model_to_file(out, use_external_data_format=False)
     return {"ort_algorithm": algorithm, "symmetric": algorithm != "hqq"}
+
+
+def _aimet_quantize(fp32: str, out: str, calib: str, adaround: bool) -> dict[str, Any]:
+    """AIMET-onnx with its default quantsim config: cross-layer equalization, AdaRound if asked, min-max encodings.
+
+    AdaRound takes ``AIMET_ADAROUND_ITERATIONS`` steps per layer (AIMET recommends 10,000 for
+    8-bit weights; 1,000 on digits' 10 layers took over 10 minutes on the loaded 2-core machine);
+    the model is exported as QDQ with int8 weights and int32 biases.
+    """
+    import aimet_onnx
+    import onnx
+    from aimet_onnx.adaround.adaround_weight import Adaround
+    from aimet_onnx.cross_layer_equalization import equalize_model
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    data = np.load(calib)
+    count = len(data[data.files[0]])
+    items = [{key: data[key][i : i + 1] for key in data.files} for i in range(count)]
+    model = onnx.load(fp32)
+    equalize_model(model)
+    sim = QuantizationSimModel(model, param_type="int8", activation_type="int8")  # exported as u8
+    if adaround:
+        Adaround.apply_adaround(sim, items, num_iterations=AIMET_ADAROUND_ITERATIONS)
+    sim.compute_encodings(items)
+    onnx.save(sim.to_onnx_qdq(export_int32_bias=True, prequantize_constants=True), out)
+    return {"aimet": aimet_onnx.__version__, "adaround_iterations": AIMET_ADAROUND_ITERATIONS if adaround else 0}
 
 
 def _run_child(args: list[str], timeout: float = 600.0) -> dict[str, Any]:
@@ -279,6 +322,45 @@ def _quality(reference: list[np.ndarray], candidate: list[np.ndarray], labels: A
     return out
 
 
+Scorer = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
+
+
+def _scorer(model: str, fp32: Path, labels: Any) -> Scorer:
+    """How a model's outputs are scored: :func:`_quality`, or for ``ocr-rec`` :func:`_text_quality`."""
+    if model == "ocr-rec":
+        classes = samples.ocr_dictionary(fp32)
+        return lambda reference, candidate: _text_quality(reference, candidate, labels, classes)
+    return lambda reference, candidate: _quality(reference, candidate, labels)
+
+
+def _text_quality(
+    reference: list[np.ndarray], candidate: list[np.ndarray], texts: np.ndarray, classes: list[str]
+) -> dict[str, float]:
+    """The recognizer's scores: cosine, top-1 agreement per time step, exact lines and character similarity.
+
+    Lines are decoded greedily with the model's own dictionary; spaces are ignored (the gap
+    between two rendered random words is not always a space to the reader). Character
+    similarity is ``1 - edit distance / longer length``, averaged over lines.
+    """
+    out = {"cosine": cosine(reference[0], candidate[0]), "top1_agreement": top1_agreement(reference[0], candidate[0])}
+    read = [line.replace(" ", "") for line in samples.ctc_decode(candidate[0], classes)]
+    truth = [str(text).replace(" ", "") for text in texts]
+    out["accuracy"] = float(np.mean([a == b for a, b in zip(read, truth, strict=True)]))
+    out["char_similarity"] = float(np.mean([_similarity(a, b) for a, b in zip(read, truth, strict=True)]))
+    return out
+
+
+def _similarity(a: str, b: str) -> float:
+    """``1 - Levenshtein distance / max(len)`` (1.0 for two empty strings)."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other)))
+        previous = current
+    return 1.0 - previous[-1] / max(len(a), len(b), 1)
+
+
 def _latency(paths: dict[str, Path], feed: dict[str, np.ndarray], batch: int, rounds: int) -> dict[str, list[float]]:
     """Milliseconds per run of each model at ``batch`` (the feed repeated when it has fewer samples)."""
     sample = {
@@ -302,17 +384,20 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     """
     fp32, calib, feed, labels = _prepare(model, args, work)
     reference = _session(fp32).run(None, feed)
+    score = _scorer(model, fp32, labels)
     rows: dict[str, dict[str, Any]] = {"fp32": {"size_mb": fp32.stat().st_size / 1e6, "kernels": _kernels(fp32, work)}}
-    rows["fp32"].update(_quality(reference, reference, labels))
+    rows["fp32"].update(score(reference, reference))
     methods = METHOD_ROWS["transformer" if model == "bert-base" else "cnn"]
     tools = [(label, "onnxshrink", option) for label, option in {**SIDE_BY_SIDE, **methods}.items()]
     tools += [(f"onnxshrink-{c}", "onnxshrink", f"calibrate={c}") for c in args.calibrators]
     tools += [(name, name, "") for name in ORT_CONFIGS]
     tools += [(label, "nncf", option) for label, option in NNCF_ROWS.items() if option != "transformer"]
+    tools += [(label, "aimet", option) for label, option in AIMET_ROWS.items() if model == "digits" or not option]
     if model in TOOLS:
-        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] == "nncf"]
+        anchors = ("nncf", "aimet")
+        tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] in anchors]
     if model == "bert-base":
-        keep = ("onnxshrink-default", "onnxshrink-percentile", "ort-best-rr", "nncf", *methods)
+        keep = ("onnxshrink-default", "onnxshrink-percentile", "ort-best-rr", "nncf", *methods)  # no AIMET: hours
         tools = [t for t in tools if t[0] in keep]
         tools += [("nncf-transformer", "nncf", "transformer")]
         tools += [
@@ -321,6 +406,8 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
             ("ort-dynamic", "ort-dynamic", ""),
         ]
         tools += [(label, tool, option) for label, (tool, option) in INT4_ROWS.items()]
+    if model in ONLY_TOOLS:
+        tools = [t for t in tools if t[0] in ONLY_TOOLS[model]]
     if args.tools:
         tools = [t for t in tools if t[0] in args.tools.split(",")]
     paths = {"fp32": fp32}
@@ -341,7 +428,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
             continue
         paths[label] = out
         run["size_mb"] = out.stat().st_size / 1e6
-        run.update(_quality(reference, _session(out).run(None, feed), labels))
+        run.update(score(reference, _session(out).run(None, feed)))
         print(f"  {label}: {json.dumps({k: v for k, v in run.items() if k != 'left_float'})}", flush=True)
     scale = ROUNDS.get(model, 1.0)
     small, large = args.batches
@@ -381,6 +468,18 @@ def print_table(model: str, rows: dict[str, dict[str, Any]]) -> None:
     print("\n" + harness.markdown_table(headers, table, title=model), flush=True)
 
 
+def print_text_table(model: str, rows: dict[str, dict[str, Any]]) -> None:
+    """The recognizer's text scores (exact lines, character similarity), a row per quantizer that ran."""
+    headers = ("quantizer", "exact lines", "char similarity", "top-1 agr. per step")
+    table = [
+        (label, harness.fmt(row["accuracy"], ".2f"), harness.fmt(row["char_similarity"], ".4f"),
+         harness.fmt(row["top1_agreement"], ".4f"))
+        for label, row in rows.items()
+        if row.get("ok", True)
+    ]  # fmt: skip
+    print("\n" + harness.markdown_table(headers, table, title=f"{model}: text read"), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the quantization comparison, or one quantizer when started as ``--child quantize``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -404,13 +503,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"latency rounds b{args.batches[0]} {args.rounds_b1}, b{args.batches[1]} {args.rounds_b32} (scaled per model)"
     )
-    environment = harness.print_environment(extra_dists=("nncf",), settings=settings)
+    environment = harness.print_environment(extra_dists=("nncf", "aimet-onnx"), settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-quantize-") as tmp:
         for model in args.models.split(","):
             print(f"{model}:", flush=True)
             results[model] = bench_model(model, args, Path(tmp))
             print_table(model, results[model])
+            if model == "ocr-rec":
+                print_text_table(model, results[model])
     if args.json:
         harness.write_json(args.json, {**environment, "models": results})
     return 0

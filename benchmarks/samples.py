@@ -5,6 +5,9 @@
 - ``ocr-cls``: rapidocr's PP-OCR text-direction classifier; text lines rendered with Pillow
   (random words, 48x192, PP-OCR normalisation), every second one rotated by 180 degrees, the
   rotation being the label: calibration seed 1, test seed 2 (400 lines);
+- ``ocr-rec``: rapidocr's PP-OCRv4 recognizer; upright text lines rendered the same way on
+  48x320 (random words that fit the width), their text the label: calibration seed 1, test
+  seed 3 (100 lines); the model's own dictionary (its ``character`` metadata) decodes the output;
 - ``magika``: Google's file-type model; the first and last 1024 bytes of files from this Python
   environment's site-packages (whitespace-stripped, padded with 256: magika's own feature
   layout), no labels;
@@ -18,6 +21,7 @@ from __future__ import annotations
 import random
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from harness import ROOT, real_models
@@ -63,6 +67,68 @@ def ocr_cls(samples: int) -> tuple[Path, Feed, Feed]:
     calib_x, _ = text_lines(samples, seed=1)
     test_x, test_y = text_lines(400, seed=2)
     return path, {"x": calib_x}, {"x": test_x, "labels": test_y}
+
+
+# Letters and digits a reader can tell apart in the default font (no 0/O/o, 1/l/I/i, c/C, k/K, s/S...).
+READABLE = "abdefghmnqrtyABDEFGHLMNQRTY23456789"
+
+
+def _fitting_words(rng: random.Random, font: Any, width: int) -> str:
+    """Two or three random words of :data:`READABLE` characters, fewer when they would overflow ``width`` pixels."""
+    words = ["".join(rng.choice(READABLE) for _ in range(rng.randint(2, 7))) for _ in range(rng.randint(2, 3))]
+    while len(words) > 1 and font.getlength(" ".join(words)) > width:
+        words.pop()
+    return " ".join(words)
+
+
+def text_lines_read(count: int, seed: int, width: int = 320) -> tuple[np.ndarray, list[str]]:
+    """``count`` upright rendered text lines [N, 3, 48, width] and their text (PP-OCR normalisation)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    images, texts = [], []
+    for _ in range(count):
+        font = ImageFont.load_default(size=rng.randint(22, 30))
+        text = _fitting_words(rng, font, width - 20)
+        image = Image.new("RGB", (width, 48), (rng.randint(200, 255),) * 3)
+        place = (rng.randint(0, 10), rng.randint(2, 10))
+        ImageDraw.Draw(image).text(place, text, fill=(rng.randint(0, 60),) * 3, font=font)
+        images.append((np.asarray(image, dtype=np.float32) / 255.0 - 0.5) / 0.5)
+        texts.append(text)
+    return np.stack(images).transpose(0, 3, 1, 2).copy(), texts
+
+
+def ocr_rec(samples: int) -> tuple[Path, Feed, Feed]:
+    """(model, ``samples`` calibration lines, 100 test lines with their text as ``labels``)."""
+    models = real_models()
+    path = models.fetch(models.get_real_model("rapidocr-rec"))
+    calib_x, _ = text_lines_read(samples, seed=1)
+    test_x, texts = text_lines_read(100, seed=3)
+    return path, {"x": calib_x}, {"x": test_x, "labels": np.array(texts, dtype=object)}
+
+
+def ocr_dictionary(path: Path) -> list[str]:
+    """The recognizer's CTC classes: blank, its ``character`` metadata (one a line), then space (rapidocr's order).
+
+    Raises:
+        ValueError: The model carries no ``character`` metadata.
+    """
+    import onnx
+
+    metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "character" not in metadata:
+        raise ValueError(f"{path}: no 'character' metadata (the recognizer's dictionary)")
+    return ["", *metadata["character"].splitlines(), " "]
+
+
+def ctc_decode(probabilities: np.ndarray, classes: list[str]) -> list[str]:
+    """Greedy CTC decoding of [N, T, C] outputs: argmax per step, repeats merged, blanks (class 0) dropped."""
+    best = probabilities.argmax(axis=-1)
+    lines = []
+    for row in best:
+        kept = [int(c) for i, c in enumerate(row) if c != 0 and (i == 0 or c != row[i - 1])]
+        lines.append("".join(classes[c] for c in kept))
+    return lines
 
 
 def magika_features(paths: list[str], beg: int = 1024, end: int = 1024, block: int = 4096) -> np.ndarray:

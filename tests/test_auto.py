@@ -67,9 +67,34 @@ def test_parse_size_and_duration() -> None:
 def test_a_measured_value_equal_to_its_limit_meets_it() -> None:
     goal = Goal(max_drop=1.0)
     at_limit = {"drop": 100 * (0.9725 - 0.9625)}  # 1.0000000000000009 in floats
-    assert goal.misses(at_limit) == {} and goal.violation(at_limit) == 0.0
+    assert goal.misses(at_limit) == {} and goal.violation(at_limit) == (0.0, 0.0)
     assert "max_drop" in goal.misses({"drop": 1.25})
     assert Goal(min_agreement=0.99).misses({"agreement": 0.99}) == {}
+
+
+def _trial(number: int, speedup: float, drop: float, goal: Goal) -> dict[str, object]:
+    measured = {"size": 200_000, "macs": 10**6, "macs_ratio": 0.5, "speedup": speedup, "drop": drop, "latency_ms": 1.0}
+    return {"number": number, "error": None, **measured, "loss": drop, "misses": goal.misses(measured)}
+
+
+def test_the_nearest_candidate_stays_within_the_budget() -> None:
+    from onnxshrink.autotune.result import choose
+
+    # PP-OCR cls, --min-speedup 1.5 --max-drop 1: auto wrote the 1.60x model that lost 11.5 points
+    # rather than the 1.13x one within the budget.
+    goal = Goal(min_speedup=1.5, max_drop=1.0)
+    fast, slow, middle = _trial(0, 1.60, 11.5, goal), _trial(1, 1.13, 0.25, goal), _trial(2, 1.45, 4.5, goal)
+    chosen, feasible = choose(goal, [fast, slow, middle], "latency")
+    assert chosen is slow and not feasible
+    assert chosen["misses"] == {"min_speedup": "speedup 1.130x is 0.370x short of --min-speedup 1.5x"}
+    nearer = _trial(3, 1.30, 1.0, goal)  # also within the budget (at its limit), less short of the target
+    assert choose(goal, [fast, slow, middle, nearer], "latency")[0] is nearer
+    # Nothing within the budget: the one that goes least past it, whatever its speed.
+    chosen, _ = choose(goal, [fast, middle], "latency")
+    assert chosen is middle
+    assert chosen["misses"]["max_drop"] == "drop 4.5000 points is 3.5000 points past --max-drop 1.0 points"
+    met = _trial(4, 1.55, 0.5, goal)
+    assert choose(goal, [fast, slow, met], "latency") == (met, True)
 
 
 def test_max_drop_without_target_minimizes_size(tmp_path: Path, profiles: Path) -> None:
@@ -121,10 +146,28 @@ def test_infeasible_writes_the_nearest_and_exits_1(tmp_path: Path, profiles: Pat
     args += ["--report", str(tmp_path / "report.html")]
     result = CliRunner().invoke(main, [*args, "--study", str(study(tmp_path, profiles))])
     assert result.exit_code == 1, result.output
-    assert "over --max-size 1000 B" in result.output
+    assert "wrote the nearest to it (trial 1): size" in result.output and "B over --max-size 1000 B" in result.output
     assert out.is_file() and out.with_suffix(".toml").is_file()
     page = (tmp_path / "report.html").read_text()
     assert "misses: size" in page and page.count('<tr class="chosen">') == 1 and "<svg" in page
+
+
+def test_an_unreachable_target_keeps_the_accuracy_budget(tmp_path: Path, profiles: Path) -> None:
+    # The summed relative violation weighed bytes over the target against points of accuracy:
+    # a 28 KB model losing many points was "nearer" to 1 KB than the int8 model within the budget.
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    args = ["auto", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--eval", str(EVAL), "--report", str(report)]
+    args += ["--max-size", "1KB", "--max-drop", "1", "--trials", "3", "--study", str(study(tmp_path, profiles))]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    data = json.loads(report.read_text())
+    trials, chosen = data["trials"], data["trials"][data["chosen"]["trial"]]
+    assert any(t["error"] is None and "max_drop" in t["misses"] for t in trials)  # a smaller one lost too much
+    within = [t for t in trials if t["error"] is None and "max_drop" not in t["misses"]]
+    assert chosen["drop"] <= 1.0 and chosen["size"] == min(t["size"] for t in within)
+    over = chosen["size"] - 1000
+    expected = f"wrote the nearest to it (trial {chosen['number'] + 1}): size {chosen['size']} B is {over} B over"
+    assert expected in result.output, result.output
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -132,6 +175,12 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, base).exit_code == 2  # neither target nor budget
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--resume"]).exit_code == 2
     assert CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int3"]).exit_code == 2
+    sparse = CliRunner().invoke(main, [*base, "--max-drop", "1", "--search", "int8,sparsity,nm"])
+    assert (
+        sparse.exit_code == 2
+        and "--search sparsity,nm: not a knob of auto: unstructured sparsity (prune) and 2:4" in sparse.output
+    )
+    assert "so no target can reward them" in sparse.output and sparse.output.count("\n") == 1
     bad_address = CliRunner().invoke(main, [*base, "--max-drop", "1", "--executor", "ray", "--ray-address", "nowhere"])
     assert bad_address.exit_code == 2 and "--ray-address nowhere" in bad_address.output
     unlabelled = tmp_path / "unlabelled.npz"

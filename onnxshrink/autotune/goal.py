@@ -16,6 +16,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+BUDGETS = ("max_drop", "min_agreement", "min_cosine")  # the keys of the budget among a candidate's misses
 # Measured values equal to a limit meet it: 100 * (0.9725 - 0.9625) is 1.0000000000000009 points.
 _TOLERANCE = 1e-9
 
@@ -115,23 +116,36 @@ class Goal:
             over = measured["size"] - self.max_size
             found["max_size"] = f"size {measured['size']} B is {over} B over --max-size {self.max_size} B"
         if self.max_macs is not None and measured["macs_ratio"] > self.max_macs:
-            found["max_macs"] = f"MACs ratio {measured['macs_ratio']:.4f} is above --max-macs {self.max_macs}"
-        speedup = measured.get("speedup")
-        if self.min_speedup is not None and (speedup is None or speedup < self.min_speedup):
-            found["min_speedup"] = f"speedup {speedup or 0:.3f}x is below --min-speedup {self.min_speedup}x"
+            over_macs = measured["macs_ratio"] - self.max_macs
+            found["max_macs"] = (
+                f"MACs ratio {measured['macs_ratio']:.4f} is {over_macs:.4f} above --max-macs {self.max_macs}"
+            )
+        speedup = measured.get("speedup") or 0.0
+        if self.min_speedup is not None and speedup < self.min_speedup:
+            short = self.min_speedup - speedup
+            found["min_speedup"] = f"speedup {speedup:.3f}x is {short:.3f}x short of --min-speedup {self.min_speedup}x"
         if self.max_drop is not None and measured["drop"] > self.max_drop + _TOLERANCE:
             unit = "" if self.metric else " points"
-            found["max_drop"] = f"drop {measured['drop']:.4f}{unit} is past --max-drop {self.max_drop}{unit}"
+            past = measured["drop"] - self.max_drop
+            found["max_drop"] = (
+                f"drop {measured['drop']:.4f}{unit} is {past:.4f}{unit} past --max-drop {self.max_drop}{unit}"
+            )
         if self.min_agreement is not None and measured["agreement"] < self.min_agreement - _TOLERANCE:
+            below = self.min_agreement - measured["agreement"]
             found["min_agreement"] = (
-                f"agreement {measured['agreement']:.4f} is below --min-agreement {self.min_agreement}"
+                f"agreement {measured['agreement']:.4f} is {below:.4f} below --min-agreement {self.min_agreement}"
             )
         if self.min_cosine is not None and measured["cosine"] < self.min_cosine - _TOLERANCE:
-            found["min_cosine"] = f"cosine {measured['cosine']:.6f} is below --min-cosine {self.min_cosine}"
+            below = self.min_cosine - measured["cosine"]
+            found["min_cosine"] = f"cosine {measured['cosine']:.6f} is {below:.6f} below --min-cosine {self.min_cosine}"
         return found
 
-    def violation(self, measured: Mapping[str, Any]) -> float:
-        """How far the candidate is from meeting everything, each miss relative to its limit (0: meets all)."""
+    def target_violation(self, measured: Mapping[str, Any]) -> float:
+        """How far the candidate is from the size, MACs and speed targets: each shortfall relative to its limit.
+
+        0 when it meets them all; a model at half the wanted speedup is 0.5 short, one twice the
+        size limit 1.0 over.
+        """
         total = 0.0
         if self.max_size is not None:
             total += max(0.0, measured["size"] / self.max_size - 1)
@@ -139,13 +153,32 @@ class Goal:
             total += max(0.0, measured["macs_ratio"] / self.max_macs - 1)
         if self.min_speedup is not None:
             total += max(0.0, 1 - (measured.get("speedup") or 0.0) / self.min_speedup)
-        if self.max_drop is not None:
-            total += max(0.0, measured["drop"] - self.max_drop - _TOLERANCE) / max(self.max_drop, 1e-3)
-        if self.min_agreement is not None:
-            total += max(0.0, self.min_agreement - measured["agreement"]) / max(1 - self.min_agreement, 1e-3)
-        if self.min_cosine is not None:
-            total += max(0.0, self.min_cosine - measured["cosine"]) / max(1 - self.min_cosine, 1e-6)
         return total
+
+    def budget_violation(self, measured: Mapping[str, Any]) -> float:
+        """How far the candidate is past the accuracy budget, in the budget's own units (0: within it).
+
+        Points of drop (or the metric's units) past ``max_drop``; agreement or cosine below its
+        least value.
+        """
+        if self.max_drop is not None:
+            return max(0.0, measured["drop"] - self.max_drop - _TOLERANCE)
+        if self.min_agreement is not None:
+            return max(0.0, self.min_agreement - _TOLERANCE - measured["agreement"])
+        if self.min_cosine is not None:
+            return max(0.0, self.min_cosine - _TOLERANCE - measured["cosine"])
+        return 0.0
+
+    def violation(self, measured: Mapping[str, Any]) -> tuple[float, float]:
+        """``(budget_violation, target_violation)``: how near a candidate is, the accuracy budget first.
+
+        A model past the budget loses accuracy the user did not agree to lose; one short of a
+        target only compresses less than asked. So candidates are compared by what they lose past
+        the budget first and by how short of the targets they fall after that, never by a sum of
+        the two: a sum weighs a relative shortfall of speed against points of accuracy, which
+        have no common unit.
+        """
+        return self.budget_violation(measured), self.target_violation(measured)
 
     def to_json(self) -> dict[str, Any]:
         """The goal as the report shows it."""

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnxshrink import progress
 from onnxshrink.autotune.profile import (
     CHANNEL_RATIOS,
+    PRECISIONS,
     QUANTIZED_OPS,
     WEIGHT_ONLY_OPS,
     Setting,
@@ -64,6 +65,7 @@ class Setup:
     model: bytes  # the simplified model, serialized
     calibration: dict[str, np.ndarray]
     provider: str
+    precisions: tuple[str, ...] = PRECISIONS  # the precision knobs searched
 
     @property
     def timed(self) -> bool:
@@ -73,7 +75,7 @@ class Setup:
     def builder(self) -> VariantBuilder:
         """The builder of one-setting variants (a worker makes it once and keeps it)."""
         proto = onnx.load_from_string(self.model)
-        return VariantBuilder(proto, open_samples(self.calibration), self.provider)
+        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.precisions)
 
     # The executor's Workload: a worker's state is the builder, a piece an Item.
     def start(self) -> VariantBuilder:
@@ -105,8 +107,8 @@ def measure_item(builder: VariantBuilder, item: Item) -> dict[str, Any]:
     return {"key": item.key, "modified": modified, "kept": kept, "setting": setting}
 
 
-def plan(knob: str, model: ir.Model) -> list[Item]:
-    """Every item of a knob's profile, in the order the units are listed."""
+def plan(knob: str, model: ir.Model, precisions: Sequence[str] = PRECISIONS) -> list[Item]:
+    """Every item of a knob's profile, in the order the units are listed (only the ``precisions`` searched)."""
     items: list[Item] = []
     if knob == "channels":
         for group in channels.iter_ok(channels.analyze(model, "remove")):
@@ -117,8 +119,9 @@ def plan(knob: str, model: ir.Model) -> list[Item]:
     for node in model.graph:
         if not is_onnx_op(node, *QUANTIZED_OPS) or not node.name:
             continue
-        items.append(Item(knob, node.name, "int8"))
-        if is_onnx_op(node, *WEIGHT_ONLY_OPS):
+        if "int8" in precisions:
+            items.append(Item(knob, node.name, "int8"))
+        if "int4" in precisions and is_onnx_op(node, *WEIGHT_ONLY_OPS):
             items.append(Item(knob, node.name, "int4"))
     return items
 
@@ -175,7 +178,7 @@ class ItemMeasure:
 
     def __call__(self, knob: str, builder: VariantBuilder, model: ir.Model, cache: Path | None) -> list[Unit]:
         """The units of ``knob`` (the same as the serial profile's); ``cache`` is the profile's JSON path."""
-        items = plan(knob, model)
+        items = plan(knob, model, builder.precisions)
         path = cache.with_suffix(".items.jsonl") if cache is not None else None
         results = _read(path)
         todo = [item for item in items if item.key not in results]
@@ -184,7 +187,7 @@ class ItemMeasure:
         if todo:
             if self._setup is None:  # one setup for every knob: an object store holds it once
                 calibration = self.calibration if self.calibration is not None else builder.calibration.take()
-                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider)
+                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider, builder.precisions)
             setup = self._setup
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,19 +29,20 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnxshrink.api import shrink
 from onnxshrink.autotune.latency_model import LatencyTable, measure_table, node_work, shapes, timing_feed, work_ratios
-from onnxshrink.context import PassContext
+from onnxshrink.autotune.weights import InMemoryContext, InMemoryWeights
 from onnxshrink.data.samples import Samples
 from onnxshrink.inspect.macs import graph_macs
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passes import channels
 from onnxshrink.passes.quantize.budget import Judge
+from onnxshrink.pipeline import Pipeline
 from onnxshrink.spec import PassSpec, make_spec
 
 logger = logging.getLogger(__name__)
 
 KNOBS = ("channels", "int8", "int4")
+PRECISIONS = ("int8", "int4")
 # What each profile measures: channel groups, or the precision of each layer (float, int8, int4).
 PROFILES = {"channels": ("channels",), "precision": ("int8", "int4")}
 WEIGHT_ONLY_OPS = ("Gemm", "MatMul")  # int4 runs as MatMulNBits
@@ -51,7 +52,7 @@ CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 CHANNEL_STEP = 4
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 _JUDGE_SAMPLES = 128
-_VERSION = 5  # bump when what a profile measures changes: old cache entries are then ignored
+_VERSION = 6  # bump when what a profile measures changes: old cache entries are then ignored
 
 
 @dataclasses.dataclass
@@ -133,10 +134,6 @@ def _data_digest(samples: Samples, count: int) -> bytes:
     return b"".join(name.encode() + arrays[name].tobytes() for name in sorted(arrays))
 
 
-def _size(model: ir.Model) -> int:
-    return int(ir.serde.serialize_model(model).ByteSize())
-
-
 def layer_weight_bytes(model: ir.Model) -> dict[str, int]:
     """Bytes of the constant weight (input 1) of every named Conv, Gemm and MatMul of the main graph."""
     found = {}
@@ -154,36 +151,59 @@ def _macs_and_work(model: ir.Model) -> tuple[int, dict[str, float]]:
 
 
 class VariantBuilder:
-    """Builds one-setting variants of the simplified model and measures them."""
+    """Builds one-setting variants of the simplified model and measures them.
 
-    def __init__(self, base: onnx.ModelProto, calibration: Samples, provider: str) -> None:
+    The simplified model is deserialized once; each variant is a copy of it (sharing its weights)
+    that the pass changes in place, measured without serializing its weights
+    (:mod:`onnxshrink.autotune.weights`): a setting costs its pass and one run of the judged
+    samples, not three serializations of the model.
+
+    Args:
+        base: The simplified model, serialized.
+        calibration: The calibration samples (the passes' and the judge's).
+        provider: Where the sessions run.
+        precisions: The precision knobs searched (``int8``, ``int4``): only those are built.
+    """
+
+    def __init__(
+        self, base: onnx.ModelProto, calibration: Samples, provider: str, precisions: Sequence[str] = PRECISIONS
+    ) -> None:
         self.base = base
         self.calibration = calibration
         self.provider = provider
-        model = ir.serde.deserialize_model(base)
-        self.size = _size(model)
-        self.macs, self.work = _macs_and_work(model)
-        self.layers = layer_weight_bytes(model)
-        self.context = PassContext(calibration=calibration, provider=provider)
-        self.judge = Judge(self.context, model, "auto", _JUDGE_SAMPLES, None, None)
+        self.precisions = tuple(p for p in PRECISIONS if p in precisions)
+        self.model = ir.serde.deserialize_model(base)
+        self.weights = InMemoryWeights(self.model)
+        self.size = self.weights.size(self.model)
+        self.macs, self.work = _macs_and_work(self.model)
+        self.layers = layer_weight_bytes(self.model)
+        fitted = calibration.fitted_to(self.model)
+        self.context = InMemoryContext(calibration=fitted, provider=provider, weights=self.weights)
+        self.judge = Judge(self.context, self.model, "auto", _JUDGE_SAMPLES, None, None)
 
     def variant(self, spec: PassSpec) -> tuple[ir.Model, dict[str, Any]]:
-        """The simplified model with ``spec`` run on it, and that pass's record."""
-        result = shrink(self.base, [spec], calibration=self.calibration, provider=self.provider, verify=False)
-        return result.model, result.report["passes"][-1]
+        """The simplified model with ``spec`` run on it (a copy: the simplified model is unchanged), and its record."""
+        model = self.model.clone()
+        records = Pipeline([spec], self.context).run(model)
+        return model, records[-1].to_json()
 
     def setting(self, value: float | str, model: ir.Model) -> Setting:
         """``model``'s costs and damage against the simplified model, as the setting ``value``.
 
-        A channel ratio (a number) also records the work ratio of every node it changes.
+        A channel ratio (a number) also records the work ratio of every node it changes. A
+        precision (``int8``, ``int4``) changes no MACs: ``inspect`` counts a layer's MACs from its
+        shapes, whatever its precision, so the shape inference is spared (seconds on BERT-base).
         """
         damage = self.judge.measure(model)
-        macs, work = _macs_and_work(model)
+        macs, ratios = self.macs, {}
+        if not isinstance(value, str):
+            macs, work = _macs_and_work(model)
+            ratios = work_ratios(self.work, work)
         now = layer_weight_bytes(model)
         layers = {name: now[name] - size for name, size in self.layers.items() if name in now and now[name] != size}
-        ratios = work_ratios(self.work, work) if not isinstance(value, str) else {}
         damage_value = max(0.0, 1.0 - damage.cosine)
-        return Setting(value, _size(model) - self.size, macs - self.macs, damage_value, layers, work=ratios)
+        size = self.weights.size(model)
+        return Setting(value, size - self.size, macs - self.macs, damage_value, layers, work=ratios)
 
 
 def channel_spec(ratios: dict[str, float]) -> PassSpec:
@@ -236,10 +256,11 @@ def _precision_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tu
             left.append(node.name)
             continue
         settings = [Setting("float", 0, 0, 0.0)]
-        variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
-        if record["stats"].get("quantized_nodes"):
-            settings.append(builder.setting("int8", variant))
-        if is_onnx_op(node, *WEIGHT_ONLY_OPS):
+        if "int8" in builder.precisions:
+            variant, record = builder.variant(make_spec("quantize", {"include": (node.name,)}))
+            if record["stats"].get("quantized_nodes"):
+                settings.append(builder.setting("int8", variant))
+        if "int4" in builder.precisions and is_onnx_op(node, *WEIGHT_ONLY_OPS):
             variant, record = builder.variant(int4_spec((node.name,)))
             if record["modified"]:
                 settings.append(builder.setting("int4", variant))
@@ -286,7 +307,7 @@ def profile(
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
-    builder = VariantBuilder(proto, calibration, provider)
+    builder = VariantBuilder(proto, calibration, provider, [k for k in knobs if k in PRECISIONS])
     model_digest = proto.SerializeToString(deterministic=True)
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
@@ -295,11 +316,7 @@ def profile(
     paths: dict[str, Path | None] = {}
     for knob, covers in PROFILES.items():
         if set(covers) & set(knobs):
-            grid = json.dumps(
-                {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP}
-                | {"provider": provider}
-            )
-            paths[knob] = cache / f"{knob}-{_digest(model_digest, data_digest, grid.encode())}.json" if cache else None
+            paths[knob] = _cache_path(cache, knob, model_digest, data_digest, provider, builder.precisions)
     to_measure = [knob for knob, path in paths.items() if path is None or not path.is_file()]
     for knob, path in paths.items():
         if knob not in to_measure:
@@ -342,6 +359,26 @@ def profile(
                     setting.latency = table.precision_delta(unit.name, str(setting.value))
     seconds = time.perf_counter() - started
     return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, table, unmeasured)
+
+
+def _cache_path(
+    cache: Path | None, knob: str, model_digest: bytes, data_digest: bytes, provider: str, precisions: Sequence[str]
+) -> Path | None:
+    """Where a knob's profile is cached (None without a cache folder).
+
+    A precision profile of some of the precisions is read from the cached profile of all of them
+    when there is one (the settings not searched are then left out); else it has its own file.
+    """
+    if cache is None:
+        return None
+    found = None
+    for measured in dict.fromkeys([PRECISIONS, tuple(precisions)]) if knob == "precision" else [()]:
+        grid = {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
+        key = json.dumps(grid | ({"precisions": list(measured)} if knob == "precision" else {}))
+        found = cache / f"{knob}-{_digest(model_digest, data_digest, key.encode())}.json"
+        if found.is_file():
+            return found
+    return found
 
 
 def _stopper(deadline: float | None, knobs_left: int) -> Stop:

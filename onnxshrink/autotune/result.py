@@ -68,11 +68,17 @@ def rank(goal: Goal, trial: Mapping[str, Any], primary: str) -> tuple[float, ...
 
 
 def choose(goal: Goal, trials: Sequence[dict[str, Any]], primary: str) -> tuple[dict[str, Any] | None, bool]:
-    """The best feasible trial, else the nearest measured one; and whether it is feasible."""
+    """The best feasible trial, else the nearest measured one; and whether it is feasible.
+
+    The nearest: among the trials within the accuracy budget, the one least short of the targets
+    (then the best by :func:`rank`); only when no trial is within the budget, the one that goes
+    least past it (then the least short of the targets). The budget is what a user must not lose
+    silently; missing a size or speed target only compresses less than asked.
+    """
     measured = [t for t in trials if t.get("error") is None]
     feasible = [t for t in measured if not t["misses"]]
     if feasible:
         return min(feasible, key=lambda t: (*rank(goal, t, primary), t["number"])), True
     if measured:
-        return min(measured, key=lambda t: (t["violation"], *rank(goal, t, primary), t["number"])), False
+        return min(measured, key=lambda t: (*goal.violation(t), *rank(goal, t, primary), t["number"])), False
     return None, False

@@ -101,15 +101,34 @@ def _study_name(model: str, goal: Goal, knobs: Sequence[str], seed: int, data: S
     return f"auto-{digest.hexdigest()[:16]}"
 
 
+# Knobs a user may expect (the passes have them) that no target of auto rewards, and why.
+_UNREWARDED = {
+    "sparsity": "unstructured sparsity (prune)",
+    "nm": "2:4 sparsity (prune:pattern=2:4)",
+}
+
+
 def _knobs(search: Sequence[str] | str | None) -> list[str]:
+    """The knobs ``--search`` names (all of them when None).
+
+    Raises:
+        UsageError: A name is not a knob of auto; sparsity and 2:4 with the reason they are not.
+    """
     if search is None:
         return list(KNOBS)
     names = [s.strip() for s in (search.split(",") if isinstance(search, str) else search) if s.strip()]
+    unrewarded = [n for n in names if n in _UNREWARDED]
+    if unrewarded:
+        what = " and ".join(_UNREWARDED[n] for n in unrewarded)
+        raise UsageError(
+            f"--search {','.join(unrewarded)}: not a knob of auto: {what} leave the saved bytes, the MACs and "
+            "onnxruntime's CPU latency as they are, so no target can reward them (sparse kernels such as "
+            f"TensorRT's 2:4 would); prune with 'onnxshrink run -p prune'; auto searches {', '.join(KNOBS)}"
+        )
     unknown = [n for n in names if n not in KNOBS]
     if unknown or not names:
-        raise UsageError(
-            f"--search: {', '.join(unknown) or 'nothing'} is not a knob auto searches yet; valid: {', '.join(KNOBS)}"
-        )
+        valid = ", ".join(KNOBS)
+        raise UsageError(f"--search: {', '.join(unknown) or 'nothing'} is not a knob of auto; valid: {valid}")
     return names
 
 

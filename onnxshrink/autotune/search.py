@@ -19,7 +19,7 @@ import optuna
 
 from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
-from onnxshrink.autotune.goal import Goal
+from onnxshrink.autotune.goal import BUDGETS, Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
 from onnxshrink.autotune.profile import Profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 _TARGET_ATTEMPTS = 4  # rebuilds with a tightened cap when a measured cost misses its target
 _MARGIN = 0.98  # a tightened cap aims this far inside the target
 _STALE_LIMIT = 6  # Optuna proposals in a row that repeat a built pipeline end the search
-_INFEASIBLE = 10.0  # objective offset of a trial that misses a constraint (feasible ones are < 1)
+# Objective offsets: a trial short of a target, past the budget (feasible ones are < 1), failed.
+_INFEASIBLE, _OVER_BUDGET, _FAILED = 10.0, 20.0, 30.0
 
 
 @dataclasses.dataclass
@@ -223,18 +224,25 @@ class Search:
                 record.update(measured)
                 record["loss"] = self.goal.loss(measured)
                 record["misses"] = self.goal.misses(measured)
-                record["violation"] = self.goal.violation(measured)
+                budget, target = self.goal.violation(measured)
+                record["violation"] = {"budget": budget, "target": target}
         if record["error"] is not None:
             logger.warning("trial %s failed: %s", key, record["error"])
         return record
 
     def _objective(self, record: Mapping[str, Any]) -> float:
+        """The sampler's value, ordered as :func:`choose` prefers: feasible, short of a target, past the budget."""
         if record.get("error") is not None:
-            return 2 * _INFEASIBLE
+            return _FAILED
         first, second = rank(self.goal, record, self.primary)
         base = {"bytes": self.settings.reference_size, "macs": self.settings.reference_macs}.get(self.primary, 1.0)
         value = first / base if not self.goal.has_target else min(first, 1.0) + 1e-3 * second / base
-        return value + (_INFEASIBLE + record["violation"] if record["misses"] else 0.0)
+        if not record["misses"]:
+            return value
+        budget, target = self.goal.violation(record)
+        if budget > 0:  # squashed below 1 in whatever unit the budget has
+            return _OVER_BUDGET + budget / (1 + budget) + min(target, 1.0) * 1e-3
+        return _INFEASIBLE + min(target, 1.0) + value * 1e-3
 
     def structure(self) -> None:
         """Phase 1: the allocation on the predicted front, corrected by measured costs.
@@ -308,7 +316,7 @@ class Search:
             self._speed_bracket[1] = min(self._speed_bracket[1], cost)
         else:
             self._speed_bracket[0] = max(self._speed_bracket[0], cost)
-            over_budget = bool(set(misses) & {"max_drop", "min_agreement", "min_cosine"})
+            over_budget = bool(set(misses) & set(BUDGETS))
             if not over_budget or speedup * _MARGIN <= self.goal.min_speedup:
                 return False
         wanted = cost * speedup / self.goal.min_speedup * _MARGIN
@@ -373,7 +381,7 @@ class Search:
             else:
                 trial, knobs = self._propose()
                 values = [self._objective(r) for r in self._bisect_from(self._feasible_index(), knobs)]
-                self.sampler_study.tell(trial, min(values, default=2 * _INFEASIBLE))
+                self.sampler_study.tell(trial, min(values, default=_FAILED))
             stale = stale + 1 if len(self.trials) == before else 0
 
     def _propose(self) -> tuple[optuna.trial.Trial, Knobs]:

@@ -119,7 +119,7 @@ def auto_command(
     import optuna
 
     from onnxshrink.autotune import auto
-    from onnxshrink.autotune.goal import parse_duration, parse_size
+    from onnxshrink.autotune.goal import BUDGETS, parse_duration, parse_size
     from onnxshrink.errors import VerificationError
 
     if not State.debug:
@@ -186,7 +186,11 @@ def auto_command(
     )
     if not result.feasible:
         misses = "; ".join(result.misses.values())
-        raise VerificationError(f"no candidate met the target within the budget; wrote the nearest: {misses}")
+        if set(result.misses) & set(BUDGETS):
+            which = "no candidate stayed within the accuracy budget; wrote the one that goes least past it"
+        else:
+            which = "no candidate within the accuracy budget met the target; wrote the nearest to it"
+        raise VerificationError(f"{which} (trial {chosen['number'] + 1}): {misses}")
 
 
 if __name__ == "__main__":  # pragma: no cover

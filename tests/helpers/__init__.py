@@ -42,7 +42,7 @@ from .models import (
     parse_model,
     random_arrays,
 )
-from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, session
+from .numerics import ATOL, RTOL, assert_close, assert_outputs_close, output_scale, run, run_unfused, session
 from .progress import ProgressRecorder, RecordedTask
 from .real_models import (
     REAL_MODELS,
@@ -98,6 +98,7 @@ __all__ = [
     "real_model_feed",
     "run",
     "run_pass",
+    "run_unfused",
     "session",
     "silero_stream",
     "speech_like_audio",

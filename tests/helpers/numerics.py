@@ -38,6 +38,20 @@ def run(model: ModelLike, feed: Mapping[str, Any]) -> list[Any]:
     return session(model).run(None, dict(feed))
 
 
+def run_unfused(model: ModelLike, feed: Mapping[str, Any]) -> list[Any]:
+    """Outputs of ``model`` with onnxruntime's graph optimizations off: a QDQ model as its nodes define it.
+
+    Fused integer kernels depend on the CPU: on x86 without VNNI, u8 x s8 products are summed in
+    saturating int16 pairs, so the 8-bit weights of ``quantize:cpu=vnni`` saturate there. Tests
+    of rounding arithmetic read the unfused graph, which is the same on every CPU.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = as_proto(model).SerializeToString() if not isinstance(model, bytes) else model
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"]).run(None, dict(feed))
+
+
 def assert_outputs_close(
     expected: Sequence[Any], actual: Sequence[Any], *, rtol: float = RTOL, atol: float = ATOL, context: str = ""
 ) -> None:

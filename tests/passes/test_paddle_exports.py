@@ -55,7 +55,10 @@ def test_quantize_raises_a_raw_paddle_classifier_to_opset_13_itself() -> None:
     """Before: refused ('Softmax@0' changed meaning after opset 11: convert the model first)."""
     model, feed = _real("rapidocr-cls")
     rng = np.random.default_rng(3)
-    calibration = {"x": rng.uniform(-1.0, 1.0, (8, 3, 48, 192)).astype(np.float32)}
+    # The checked line is among the calibration samples: with noise alone the ranges fit no real
+    # line, and on an AVX2 CPU (7-bit weights) the two close class probabilities swapped.
+    noise = rng.uniform(-1.0, 1.0, (7, 3, 48, 192)).astype(np.float32)
+    calibration = {"x": np.concatenate([feed["x"], noise])}
     result = onnxshrink.shrink(model, ["quantize:keep-slow-float=false"], calibration=calibration, verify=False)
     stats = result.report["passes"][0]["stats"]
     assert stats["opset_raised"] == "11->13 (1 nodes rewritten to keep their meaning)"

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import OnceReader, assert_close, op_counts, parse_model, run, run_pass
+from helpers import OnceReader, assert_close, op_counts, parse_model, run, run_pass, run_unfused
 
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.quantize import equalize, rewrite, smooth
@@ -261,8 +261,8 @@ def test_equalization_lowers_the_int8_error_of_a_skewed_chain(options: str) -> N
     test = _images(2)
     (y, _), (y_plain, z_plain), (y_equalized, z_equalized) = (
         run(model, test),
-        run(plain.model, test),
-        run(equalized.model, test),
+        run_unfused(plain.model, test),  # cpu=vnni's 8-bit weights saturate in fused kernels without VNNI
+        run_unfused(equalized.model, test),
     )
     before, after = np.mean((y_plain - y) ** 2), np.mean((y_equalized - y) ** 2)
     assert after < before / 1.5

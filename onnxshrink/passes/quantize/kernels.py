@@ -8,8 +8,10 @@ they are deterministic and testable with a forced profile (``cpu=avx2|vnni``):
    (AVX-512 VNNI, AVX-VNNI, AMX, ARM dot product).
 2. Layers left float because their int8 kernel is slower than float (``keep-slow-float``), each
    with its reason; measured with onnxruntime on an AVX-512 VNNI/AMX Xeon (PP-OCR direction
-   classifier, batch 1: all int8 1.49x the float time; without depthwise Conv 1.04x) and, for
-   depthwise Conv, on an AVX2 EPYC (0.73x fp32 speed):
+   classifier, batch 1: all int8 1.49x the float time; without depthwise Conv 1.04x) and on an
+   AVX2 EPYC without VNNI (2026-12-07: all int8 0.70x fp32 speed at batch 1, the default 1.18x;
+   per node at batch 32, each int8 depthwise Conv 1.0-7.5x its float time). The rules are the
+   same on both paths (docs/quantization.md, CPU-dependent choices):
 
    a. depthwise Conv (``group`` = input channels > 1): onnxruntime's int8 depthwise kernel is
       slower than its float one on every x86 CPU measured;
