@@ -12,9 +12,11 @@ Models:
   sequence; calibration and evaluation 32 sequences each of 128 tokens (ids in [0, 1000), full
   mask); cosine of both outputs; calibrators minmax and percentile, ORT best-rr (its default
   gives cosine 0.738, issue 6).
-  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``), onnxshrink 4-bit
-  weight-only (``weights=s4``, embedding tables included) and static with the attention
-  MatMuls quantized too (``activation-matmuls=true``).
+  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``), static with the
+  attention MatMuls quantized too (``activation-matmuls=true``), and 4-bit weights at block 32
+  (``INT4_ROWS``): onnxshrink ``weights=s4`` with GPTQ rounding (the default with calibration
+  data) and ``rounding=nearest``, with the embedding tables and MatMul/Gemm only, against
+  onnxruntime's ``MatMulNBitsQuantizer`` (default symmetric, RTN, HQQ, GPTQ on the same sequences).
 - ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
   model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
   ``samples.py`` (as in ``prune.py``): 128 calibration samples; evaluation on 400 rendered text lines
