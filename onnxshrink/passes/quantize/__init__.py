@@ -19,6 +19,7 @@ from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
 from onnxshrink.passes.quantize import equalize as equalize
+from onnxshrink.passes.quantize import gptq as gptq
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
@@ -173,6 +174,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         migration of activation channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into
         a LayerNormalization or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
         strength and output error are in the stats.
+    18. ``rounding`` (weight-only ``s4``/``u4``; ``auto`` by default): with calibration data, the
+        MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
+        matrix, under block scales chosen by a clipping search (gptq.py); without calibration
+        data (or ``rounding=nearest``), each weight is rounded to its nearest level. The method,
+        and per layer the output error of both on sampled calibration rows, are in the stats.
     """
 
     name = "quantize"
@@ -477,16 +483,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         writer = rewrite.QdqWriter(model, options.weight_bits)
         nodes: dict[str, str] = {}
         left_float: dict[str, str] = {}
-        convert: Callable[[ir.Node], str]
-        if options.mode == "dynamic":
-
-            def convert(node: ir.Node) -> str:
-                return rewrite.dynamic_matmul(node, writer, options.per_channel, options.weight_bits)
-        else:
-
-            def convert(node: ir.Node) -> str:
-                return rewrite.weight_only(node, writer, bits, options.per_channel, options.block_size)
-
+        layers: dict[str, ir.Node] = {}
         for key, node in placement.GraphView(model.graph).nodes.items():
             if not is_onnx_op(node, *placement.TRT_LAYERS):
                 continue
@@ -496,7 +493,16 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             if why is not None:
                 left_float[key] = why.reason
                 continue
-            nodes[key] = convert(node)
+            layers[key] = node
+        timings: dict[str, float] = {}
+        rounded, rounding = self._rounding(model, layers, timings)
+        for key, node in layers.items():
+            if options.mode == "dynamic":
+                nodes[key] = rewrite.dynamic_matmul(node, writer, options.per_channel, options.weight_bits)
+            else:
+                nodes[key] = rewrite.weight_only(
+                    node, writer, bits, options.per_channel, options.block_size, rounded.get(key)
+                )
         if options.mode == "weight-only" or options.target == "ort-cpu":
             table_bits = bits if options.mode == "weight-only" else "s8"
             self._gather_tables(model, writer, nodes, left_float, table_bits)
@@ -511,9 +517,48 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "constants_lifted": lifted,
             "quantized_nodes": len(nodes),
             "nodes": nodes,
+            "rounding": rounding,
             **writer.counts,
         }
-        return ShrinkPassResult(model, modified=modified, stats=stats, skipped=left_float)
+        return ShrinkPassResult(model, modified=modified, stats=stats, skipped=left_float, timings=timings)
+
+    def _rounding(
+        self, model: ir.Model, layers: dict[str, ir.Node], timings: dict[str, float]
+    ) -> tuple[dict[str, gptq.RoundedWeight], dict[str, Any] | None]:
+        """Rule 18: GPTQ rounding of 4-bit MatMul/Gemm weights, or why nearest rounding stays.
+
+        Returns:
+            The rounded weight of each GPTQ layer, and the report's ``rounding`` record (None
+            outside weight-only 4-bit).
+        """
+        options = self.options
+        if options.mode != "weight-only" or options.weights == "s8":
+            return {}, None
+        if options.rounding == "nearest":
+            return {}, {"method": "nearest", "reason": "rounding=nearest"}
+        if options.rounding == "auto" and self.context.calibration is None:
+            return {}, {"method": "nearest", "reason": "no calibration data (rounding=auto)"}
+        if not layers:
+            return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer to round"}
+        started = time.perf_counter()
+        try:
+            rounded, record = gptq.round_layers(
+                self.context,
+                model,
+                layers,
+                options.block_size,
+                options.weights,
+                pass_name=self.name,
+                samples=options.samples,
+                batch_size=_CALIBRATION_BATCH,
+            )
+        except RuntimeUnavailable as error:
+            if options.rounding == "gptq":
+                raise
+            logger.warning("quantize: onnxruntime cannot run the model for GPTQ rounding (%s): nearest", error)
+            return {}, {"method": "nearest", "reason": f"onnxruntime cannot run the model ({error}; rounding=auto)"}
+        timings["rounding"] = time.perf_counter() - started
+        return rounded, {"method": "gptq", "layers": record}
 
     def _gather_tables(
         self, model: ir.Model, writer: rewrite.QdqWriter, nodes: dict[str, str], left_float: dict[str, str], bits: str
