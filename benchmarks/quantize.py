@@ -12,9 +12,11 @@ Models:
   sequence; calibration and evaluation 32 sequences each of 128 tokens (ids in [0, 1000), full
   mask); cosine of both outputs; calibrators minmax and percentile, ORT best-rr (its default
   gives cosine 0.738, issue 6).
-  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``), onnxshrink 4-bit
-  weight-only (``weights=s4``, embedding tables included) and static with the attention
-  MatMuls quantized too (``activation-matmuls=true``).
+  Also dynamic (onnxshrink ``mode=dynamic``, ORT ``quantize_dynamic``), static with the
+  attention MatMuls quantized too (``activation-matmuls=true``), and 4-bit weights at block 32
+  (``INT4_ROWS``): onnxshrink ``weights=s4`` with GPTQ rounding (the default with calibration
+  data) and ``rounding=nearest``, with the embedding tables and MatMul/Gemm only, against
+  onnxruntime's ``MatMulNBitsQuantizer`` (default symmetric, RTN, HQQ, GPTQ on the same sequences).
 - ``ocr-cls`` (rapidocr's PP-OCR text-direction classifier) and ``magika`` (Google's file-type
   model), from tests/helpers/real_models.py (``$ONNXSHRINK_TEST_CACHE``) with the inputs of
   ``samples.py`` (as in ``prune.py``): 128 calibration samples; evaluation on 400 rendered text lines
@@ -104,6 +106,21 @@ NNCF_ROWS = {"nncf": "", "nncf-transformer": "transformer"}
 AIMET_ADAROUND_ITERATIONS = 200
 AIMET_ROWS = {"aimet": "", "aimet-adaround": "adaround"}  # CLE; CLE + AdaRound (digits only: its cost)
 ORT_CONFIGS = ("ort-default", "ort-best", "ort-best-rr")
+# 4-bit weights (issue 14 item 5), BERT-base: onnxshrink's s4 (embedding tables included, and MatMul/Gemm
+# only as onnxruntime quantizes) against onnxruntime's MatMulNBitsQuantizer algorithms, block 32.
+INT4_BLOCK = 32
+_S4 = f"mode=weight-only,weights=s4,block-size={INT4_BLOCK}"
+INT4_ROWS = {
+    "onnxshrink-s4": ("onnxshrink", _S4),  # rounding=auto: gptq, as calibration data is given
+    "onnxshrink-s4-nearest": ("onnxshrink", f"{_S4},rounding=nearest"),
+    "onnxshrink-s4-matmul": ("onnxshrink", f"{_S4},include=MatMul,Gemm"),
+    "onnxshrink-s4-matmul-nearest": ("onnxshrink", f"{_S4},include=MatMul,Gemm,rounding=nearest"),
+    "ort-4bit-default": ("ort-4bit", "default"),
+    "ort-4bit-rtn": ("ort-4bit", "rtn"),
+    "ort-4bit-hqq": ("ort-4bit", "hqq"),
+    "ort-4bit-gptq": ("ort-4bit", "gptq"),
+}
+INT4_TIMEOUT = 2400.0
 BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 # Third-party models (tests/helpers/real_models.py) with the inputs of benchmarks/prune.py.
 REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika, "ocr-rec": samples.ocr_rec}
@@ -155,6 +172,8 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         quantized = nncf.quantize(onnx.load(fp32), nncf.Dataset(items), subset_size=count, **kwargs)
         onnx.save(quantized, out)
         info = {"nncf": nncf.__version__, "nncf_options": option or "defaults"}
+    elif tool == "ort-4bit":
+        info = _ort_4bit(fp32, out, calib, option)
     elif tool == "aimet":
         info = _aimet_quantize(fp32, out, calib, adaround=option == "adaround")
     elif tool == "ort-dynamic":
@@ -176,6 +195,32 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         info = {}
     info["in_process_s"] = time.perf_counter() - started
     harness.emit_result(info)
+
+
+def _ort_4bit(fp32: str, out: str, calib: str, algorithm: str) -> dict[str, Any]:
+    """Runs onnxruntime's ``MatMulNBitsQuantizer`` (MatMuls only, its default scope) at ``INT4_BLOCK``.
+
+    ``default``, ``rtn`` and ``gptq`` write symmetric 4-bit blocks (``is_symmetric=True``); ``hqq``
+    offers only asymmetric ones (float zero points). GPTQ reads the calibration samples in
+    batches of 10 (its own column block of 128 and damping 0.01 are its defaults).
+    """
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    configs: dict[str, Any] = {
+        "default": lambda: nbits.DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True),
+        "rtn": nbits.RTNWeightOnlyQuantConfig,
+        "hqq": lambda: nbits.HQQWeightOnlyQuantConfig(block_size=INT4_BLOCK),
+        "gptq": lambda: nbits.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=harness.ort_calibration_reader(dict(np.load(calib)))
+        ),
+    }
+    quantizer = nbits.MatMulNBitsQuantizer(
+        onnx.load(fp32), block_size=INT4_BLOCK, is_symmetric=algorithm != "hqq", algo_config=configs[algorithm]()
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(out, use_external_data_format=False)
+    return {"ort_algorithm": algorithm, "symmetric": algorithm != "hqq"}
 
 
 def _aimet_quantize(fp32: str, out: str, calib: str, adaround: bool) -> dict[str, Any]:
@@ -204,8 +249,8 @@ def _aimet_quantize(fp32: str, out: str, calib: str, adaround: bool) -> dict[str
     return {"aimet": aimet_onnx.__version__, "adaround_iterations": AIMET_ADAROUND_ITERATIONS if adaround else 0}
 
 
-def _run_child(args: list[str]) -> dict[str, Any]:
-    run = harness.run_child([sys.executable, __file__, "--child", *args])
+def _run_child(args: list[str], timeout: float = 600.0) -> dict[str, Any]:
+    run = harness.run_child([sys.executable, __file__, "--child", *args], timeout=timeout)
     if not run.ok:
         return {"ok": False, "error": run.failure}
     return {"ok": True, "wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **(run.result or {})}
@@ -359,10 +404,10 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
         tools += [("nncf-transformer", "nncf", "transformer")]
         tools += [
             ("onnxshrink-dynamic", "onnxshrink", "mode=dynamic"),
-            ("onnxshrink-s4", "onnxshrink", "mode=weight-only,weights=s4"),
             ("onnxshrink-minmax-attention", "onnxshrink", "calibrate=minmax,activation-matmuls=true"),
             ("ort-dynamic", "ort-dynamic", ""),
         ]
+        tools += [(label, tool, option) for label, (tool, option) in INT4_ROWS.items()]
     if model in ONLY_TOOLS:
         tools = [t for t in tools if t[0] in ONLY_TOOLS[model]]
     if args.tools:
@@ -370,7 +415,9 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     paths = {"fp32": fp32}
     for label, tool, option in tools:
         out = work / f"{model}_{label}.onnx"
-        run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option])
+        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch.
+        timeout = INT4_TIMEOUT if tool == "ort-4bit" else 600.0
+        run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option], timeout)
         rows[label] = run
         if not run["ok"]:
             print(f"  {label}: FAILED {run['error']}", flush=True)

@@ -9,8 +9,10 @@ process, model load and save included), ``--repeats`` times, medians reported:
   streamed data pass; ``staged``, the default: one data pass per depth stage, 49 on this model,
   more than 15 minutes on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
   random sequences of 128 tokens. Also printed: the pipeline without
-  ``reconstruct`` (its cost alone is the difference), the pass's capture and refit seconds, and
-  the relative error of the model's outputs on the calibration data before and after.
+  ``reconstruct`` (its cost alone is the difference; each run also verifies against the dense
+  model on 16 held-out sequences), the pass's own, capture and refit seconds, the layers refit,
+  the relative error of the model's outputs on the calibration data before and after, and the
+  lowest output cosine against the dense model on the held-out sequences.
 - ``digits``: models/digits_cnn.onnx, ``simplify`` → ``prune-channels:ratio=0.5`` →
   ``reconstruct`` (default options, and ``augment=shifts,ridge=0.01``: each image also moved by
   one pixel in 8 directions) on the 128 bundled calibration digits, accuracy on the 540 labelled test digits
@@ -35,7 +37,7 @@ import harness
 import numpy as np
 import samples
 
-BERT_SEQ, BERT_VOCAB = 128, 30522
+BERT_SEQ, BERT_VOCAB, BERT_TEST = 128, 30522, 16
 
 
 def _child(model: str, calib: str, passes: str, test: str) -> None:
@@ -47,13 +49,15 @@ def _child(model: str, calib: str, passes: str, test: str) -> None:
     record = result.report["passes"][-1]
     if record["name"] == "reconstruct":
         stats, timings = record["stats"], record.get("timings", {})
+        info["pass_s"] = record["seconds"]
         info.update({k: stats.get(k) for k in ("stages", "data_passes", "layers_refit")})
         info.update(output_error_before=stats.get("output_error_before"), output_error=stats.get("output_error_after"))
         info["capture_s"] = timings.get("capture")
         info["refit_s"] = sum(v for k, v in timings.items() if k.startswith("refit."))
     if test:
         verification = result.report["verification"]
-        info.update(accuracy=verification["accuracy_candidate"], reference=verification["accuracy_reference"])
+        info.update(accuracy=verification.get("accuracy_candidate"), reference=verification.get("accuracy_reference"))
+        info["cosine"] = verification["min_cosine"]
     harness.emit_result(info)
 
 
@@ -66,7 +70,7 @@ def _measure(model: Path, calib: Path, passes: list[str], test: str, repeats: in
             return {"ok": False, "error": run.failure}
         runs.append({"wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **(run.result or {})})
     row: dict[str, Any] = {"ok": True, "runs": runs}
-    for key in ("wall_s", "rss_mb", "capture_s", "refit_s"):
+    for key in ("wall_s", "rss_mb", "capture_s", "refit_s", "pass_s"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.median(values) if values else None
     row.update({k: v for k, v in runs[-1].items() if k not in row})
@@ -84,25 +88,31 @@ def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         onnxshrink.shrink(str(source), ["simplify"], verify=False).save(str(dense))
     calib = work / "bert_calib.npz"
     np.savez(calib, **samples.bert_tokens(args.bert_calib, BERT_SEQ, vocab=BERT_VOCAB, seed=1))  # type: ignore[arg-type]
+    # Held-out sequences: the cosine of the outputs against the dense model (verification).
+    test = work / "bert_test.npz"
+    np.savez(test, **samples.bert_tokens(BERT_TEST, BERT_SEQ, vocab=BERT_VOCAB, seed=2))  # type: ignore[arg-type]
     prune = "prune-channels:ratio=0.3"
     settings = [("prune-channels only", [prune])]
     settings += [(f"+ reconstruct order={o}", [prune, f"reconstruct:order={o}"]) for o in args.bert_orders]
     rows = []
     for label, passes in settings:
-        row = {"label": label, **_measure(dense, calib, passes, "", args.repeats)}
+        row = {"label": label, **_measure(dense, calib, passes, str(test), args.repeats)}
         print(f"  {label}: {row}", flush=True)
         rows.append(row)
     table = [
         (
             r["label"], harness.fmt(r.get("wall_s"), ".1f"), harness.fmt(r.get("rss_mb"), ".0f"),
-            harness.fmt(r.get("capture_s"), ".1f"), harness.fmt(r.get("refit_s"), ".1f"), r.get("data_passes", "-"),
+            harness.fmt(r.get("pass_s"), ".1f"), harness.fmt(r.get("capture_s"), ".1f"),
+            harness.fmt(r.get("refit_s"), ".1f"), r.get("data_passes", "-"), r.get("layers_refit", "-"),
             harness.fmt(r.get("output_error_before"), ".4f"), harness.fmt(r.get("output_error"), ".4f"),
-        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 6)
+            harness.fmt(r.get("cosine"), ".4f"),
+        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 9)
         for r in rows
     ]  # fmt: skip
     headers = (
-        "pipeline (after simplify)", "wall s (median)", "peak RSS MB", "capture s", "refit s", "data passes",
-        "output rel. error before", "after",
+        "pipeline (after simplify)", "wall s (median)", "peak RSS MB", "reconstruct s", "capture s", "refit s",
+        "data passes", "layers refit", "calib. output rel. error before", "after",
+        f"held-out cosine ({BERT_TEST} seq.)",
     )  # fmt: skip
     title = f"bert-base, prune-channels ratio 0.3, {args.bert_calib} calibration sequences of {BERT_SEQ} tokens"
     print("\n" + harness.markdown_table(headers, table, title=title), flush=True)

@@ -13,8 +13,9 @@ With ``--prune``, it times ``run -p prune:allocation=sensitivity`` instead (``sh
 executor in the pass context): the same four executors measure the layers' damage curves, one
 work item per layer; it prints the pass's allocation time, the speedup, whether every curve and
 chosen sparsity equals the serial run's, and whether the models are byte-identical. With
-``--quantize``, the same for ``quantize:min-cosine=C`` (each layer's sensitivity candidate built
-and judged as one work item; the pass's budget time, the per-layer cosines and decisions).
+``--quantize``, the same for ``quantize:min-cosine=C`` (the pass's budget time, the per-layer
+predicted damage and decisions); the budget judges its few candidates one after the other, so
+the executor does not change its work.
 
 The machine may be shared: the load average is printed before and after, and per-item times are
 the figures a projection should use (the wall-time speedup is capped by whatever else runs).
@@ -100,7 +101,7 @@ def _prune_one(path: Path, calib: dict[str, Any], executor: Any, spec: str) -> d
     (record,) = result.report["passes"]
     if spec.startswith("quantize"):
         judged = record["stats"]["budget"]["layers"]
-        curves = {key: [layer["cosine"], layer["disagreement"] or 0.0] for key, layer in judged.items()}
+        curves = {key: [layer["predicted"]] for key, layer in judged.items()}
         chosen = {key: layer["decision"] for key, layer in judged.items()}
         seconds = record["timings"]["budget"]
     else:

@@ -124,19 +124,12 @@ def test_ray_workers_declare_gpus_only_when_asked_or_cuda_on_a_gpu_cluster() -> 
 
 
 def test_quantize_budget_on_two_local_workers_equals_serial() -> None:
+    # The budget judges its candidates one after the other (each depends on the last): the
+    # executor is not used, and the result is the serial one.
     spec = "quantize:samples=64,min-cosine=0.99999"
     serial = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False)
-    with progress.use(ProgressRecorder()) as recorder:
-        pooled = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False, workers=2)
+    pooled = onnxshrink.shrink(DIGITS, [spec], calibration=str(DIGITS_CALIB), verify=False, workers=2)
     ours, theirs = pooled.report["passes"][0]["stats"]["budget"], serial.report["passes"][0]["stats"]["budget"]
-    assert len(theirs["layers"]) >= 3 and ours["layers"].keys() == theirs["layers"].keys()
-    decisions = {key: layer["decision"] for key, layer in theirs["layers"].items()}
-    assert {key: layer["decision"] for key, layer in ours["layers"].items()} == decisions
-    assert "float" in decisions.values()  # the budget made it keep a layer float: the order mattered
-    for key, layer in theirs["layers"].items():
-        assert ours["layers"][key]["cosine"] == pytest.approx(layer["cosine"], abs=1e-9)
-        assert ours["layers"][key]["disagreement"] == pytest.approx(layer["disagreement"], abs=1e-12)
+    assert len(theirs["layers"]) >= 3 and ours == theirs
+    assert "float" in {layer["decision"] for layer in theirs["layers"].values()}  # the budget kept a layer float
     assert pooled.to_proto().SerializeToString() == serial.to_proto().SerializeToString()
-    assert isinstance(recorder, ProgressRecorder)
-    (step,) = [s for s in recorder.tasks if s.label.startswith("quantize budget:") and "2 local workers" in s.label]
-    assert step.done == step.total == len(theirs["layers"])

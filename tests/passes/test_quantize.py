@@ -432,16 +432,24 @@ def test_only_the_root_of_a_data_movement_chain_is_calibrated() -> None:
         ("quantize:reduce-range=off,min-cosine=0.999", 0.999),
     ],
 )
-def test_digits_budget_keeps_the_most_sensitive_layers_float(spec: str, budget: float) -> None:
+def test_digits_budget_keeps_the_layers_most_damaging_alone_float(spec: str, budget: float) -> None:
     report = _digits(spec)
     record = report["passes"][-1]["stats"]["budget"]
     assert record["met"] is True and record["result"]["cosine"] >= budget
     layers = record["layers"]
-    assert len(layers) == 8 and all({"cosine", "disagreement", "decision"} <= set(e) for e in layers.values())
-    by_damage = sorted(layers, key=lambda k: (layers[k]["disagreement"], 1 - layers[k]["cosine"]), reverse=True)
+    assert len(layers) == 8 and all({"predicted", "alone", "decision"} <= set(e) for e in layers.values())
+    assert all(entry["predicted"] > 0 and entry["alone"]["cosine"] < 1.0 for entry in layers.values())
+    assert record["probe_samples"] == 8  # 128 judged samples / (2 * 8 layers), at most 8 per probe run
+    # Every layer is in the main graph, so each was probed alone: the ranking is by its damage alone.
+    by_damage = sorted(layers, key=lambda k: 1.0 - layers[k]["alone"]["cosine"], reverse=True)
     kept = [key for key, entry in layers.items() if entry["decision"] == "float"]
-    assert set(kept) == set(by_damage[: len(kept)])  # the most damaging first
+    assert set(kept) == set(by_damage[: len(kept)]) and len(kept) == record["float_layers"]  # a prefix
     assert bool(kept) == (record["all_quantized"]["cosine"] < budget) and len(kept) < len(layers)
+    # Every judged candidate is recorded; the result is the judged one with the fewest float layers that holds.
+    candidates = {entry["float_layers"]: entry for entry in record["candidates"]}
+    assert candidates[0]["cosine"] == record["all_quantized"]["cosine"]
+    assert candidates[len(kept)]["holds"] and candidates[len(kept)]["cosine"] == record["result"]["cosine"]
+    assert len(kept) == 0 or not candidates[len(kept) - 1]["holds"]  # the prefix one shorter was judged: misses
     stats = report["passes"][-1]["stats"]
     assert all(stats["skipped"][key] == "kept float by the accuracy budget" for key in kept)
 

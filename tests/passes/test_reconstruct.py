@@ -13,8 +13,15 @@ from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, initializer_arrays, parse
 
 import onnxshrink
 from onnxshrink.errors import UsageError
+from onnxshrink.passes import reconstruct
 from onnxshrink.passes.reconstruct import ReconstructOptions, ReconstructPass, augment, matrices
-from onnxshrink.passes.reconstruct.least_squares import NormalEquations, kept_columns, solve
+from onnxshrink.passes.reconstruct.least_squares import (
+    NormalEquations,
+    increasing_match,
+    kept_columns,
+    matched_channels,
+    solve,
+)
 from onnxshrink.spec import PassSpec
 
 # name: (graph text, weight shapes, per-sample input shape). Weights are graph inputs in the text
@@ -578,6 +585,85 @@ def test_order_single_fits_every_layer_from_one_data_pass() -> None:
     assert errors["single"] < 0.8 * _relative_error(student, teacher, held_out)
     # Staged fits the second layer on the refit first one: at least as good on this model.
     assert errors["staged"] <= errors["single"] * 1.01
+
+
+def test_order_single_fits_a_layer_that_lost_input_channels_on_the_teacher_channels_it_kept() -> None:
+    # Hidden units 1, 4 and 6 removed (prune-channels) and the first layer's kept columns
+    # perturbed: order=single reads the teacher's hidden units 0, 2, 3, 5, 7 as the second layer's
+    # input (not the student's perturbed ones), so its refit is the least-squares solution on those.
+    text = (
+        "(float[N,6] x, float[6,{0}] W1, float[{0},4] W2) => (float[N,4] y)"
+        "{{ h = MatMul(x, W1)\n r = Relu(h)\n y = MatMul(r, W2) }}"
+    )
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    kept = [0, 2, 3, 5, 7]
+    noisy = (w1[:, kept] + 0.3 * rng.standard_normal((6, 5))).astype(np.float32)
+    teacher = _model(text.format(8), {"W1": w1, "W2": w2})
+    student = _model(text.format(5), {"W1": noisy, "W2": w2[kept]})
+    feed = _data((6,), 64, 1)
+    result = run_pass(
+        student, PassSpec("reconstruct", {"order": "single", "ridge": 0.0}), calibration=feed, reference=teacher
+    )
+    hidden = np.maximum(feed["x"].astype(np.float64) @ w1, 0)[:, kept]
+    want = np.linalg.lstsq(hidden, run(teacher, feed)[0].astype(np.float64), rcond=None)[0]
+    assert result.stats["layers_refit"] == 2
+    assert result.stats["layers"]["MatMul#0"]["teacher_channels"] == kept
+    np.testing.assert_allclose(initializer_arrays(result.model)["W2"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_order_single_leaves_a_layer_with_the_teachers_weights_and_input_alone() -> None:
+    # The first layer holds the teacher's W1 columns and bias entries exactly and reads the
+    # teacher's own input: it is not accumulated, and the second is still fit.
+    text = (
+        "(float[N,6] x, float[{0},6] W1, float[{0}] B1, float[4,{0}] W2) => (float[N,4] y)"
+        "{{ h = Gemm<transB=1>(x, W1, B1)\n r = Relu(h)\n y = Gemm<transB=1>(r, W2) }}"
+    )
+    rng = np.random.default_rng(6)
+    w1, b1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (8,), (4, 8)))
+    kept = [1, 2, 4, 5, 7]
+    teacher = _model(text.format(8), {"W1": w1, "B1": b1, "W2": w2})
+    student = _model(text.format(5), {"W1": w1[kept], "B1": b1[kept], "W2": w2[:, kept]})
+    spec = PassSpec("reconstruct", {"order": "single"})
+    stats = run_pass(student, spec, calibration=_data((6,), 64, 1), reference=teacher).stats
+    assert "its weights are the input model's" in stats["skipped"]["Gemm#0"], stats["skipped"]
+    second = stats["layers"]["Gemm#2"]  # the Relu is node 1
+    assert stats["layers_refit"] == 1 and second["error_after"] < 0.8 * second["error_before"]
+    perturbed = _model(text.format(5), {"W1": w1[kept] + 0.1, "B1": b1[kept], "W2": w2[:, kept]})
+    stats = run_pass(perturbed, spec, calibration=_data((6,), 64, 1), reference=teacher).stats
+    assert "Gemm#0" in stats["layers"] and "Gemm#0" not in stats.get("skipped", {})
+
+
+def test_the_final_check_gives_the_same_errors_without_the_kept_teacher_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    teacher, student = _two_layer_teacher_and_half_pruned_student()
+    kept = run_pass(student, "reconstruct", calibration=_data((12,), 96, 1), reference=teacher).stats
+    monkeypatch.setattr(reconstruct, "_KEPT_OUTPUTS", 0)
+    rerun = run_pass(student, "reconstruct", calibration=_data((12,), 96, 1), reference=teacher).stats
+    assert kept["output_error_after"] < kept["output_error_before"]
+    for key in ("output_error_before", "output_error_after"):
+        assert kept[key] == pytest.approx(rerun[key], rel=1e-12)
+
+
+def test_increasing_match_takes_each_rows_best_column_only_when_those_increase() -> None:
+    ones = np.ones(4)
+    np.testing.assert_array_equal(
+        increasing_match(np.array([[0.9, 0.1, 0, 0], [0, 0, 0.8, 0.1]]), ones[:2], ones), [0, 2]
+    )
+    # Both rows prefer column 2; the best increasing pair is (2, 3): 0.9 + 0.3 > 0.2 + 0.95.
+    clash = np.array([[0.1, 0.2, 0.9, 0.0], [0.0, 0.1, 0.95, 0.3]])
+    np.testing.assert_array_equal(increasing_match(clash, ones[:2], ones), [2, 3])
+
+
+def test_matched_channels_find_the_kept_channels_along_an_axis() -> None:
+    rng = np.random.default_rng(5)
+    teacher = rng.standard_normal((16, 9, 3, 3))
+    kept = np.array([0, 3, 4, 8])
+    student = teacher[:, kept] + 0.3 * rng.standard_normal((16, 4, 3, 3))
+    np.testing.assert_array_equal(matched_channels(student, teacher, 1), kept)
+    np.testing.assert_array_equal(matched_channels(np.moveaxis(student, 1, -1), np.moveaxis(teacher, 1, -1), 3), kept)
+    assert matched_channels(np.zeros_like(student), teacher, 1) is None
 
 
 def test_shifts_move_each_image_by_one_pixel_and_repeat_other_inputs() -> None:

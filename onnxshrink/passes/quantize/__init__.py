@@ -19,6 +19,7 @@ from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
 from onnxshrink.passes.quantize import equalize as equalize
+from onnxshrink.passes.quantize import gptq as gptq
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
@@ -139,9 +140,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        ``block-size``, or ``s8`` (stored u8 with zero point 128) in blocks of the largest power of
        2 dividing the row. DequantizeLinear → Gather would dequantize the whole table each run.
        With ``target=ort-cpu``, static and dynamic modes store such tables as ``s8`` the same way.
-    10. ``max-drop``/``min-cosine``: each layer's sensitivity (output damage when it alone is
-        quantized) is measured on calibration samples; the most damaging layers are kept float
-        until the budget holds. Every layer's sensitivity and decision go into the stats.
+    10. ``max-drop``/``min-cosine``: each layer's damage is predicted from the calibration
+        statistics (the relative noise its input/output Qs and its weight rounding add, no model
+        run); the fully quantized candidate is judged on calibration samples, and when it misses
+        the budget the smallest float prefix of that ranking meeting it is searched with judged
+        candidates (O(log layers) of them). Every layer's prediction and decision, and every
+        judged candidate, go into the stats.
     11. ``min-speedup`` (static): the float and the quantized model are timed on one
         calibration batch (up to 32 samples, median of 7 interleaved runs); below the ratio the
         input model is returned unchanged and the stats say why.
@@ -170,6 +174,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         migration of activation channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into
         a LayerNormalization or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
         strength and output error are in the stats.
+    18. ``rounding`` (weight-only ``s4``/``u4``; ``auto`` by default): with calibration data, the
+        MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
+        matrix, under block scales chosen by a clipping search (gptq.py); without calibration
+        data (or ``rounding=nearest``), each weight is rounded to its nearest level. The method,
+        and per layer the output error of both on sampled calibration rows, are in the stats.
     """
 
     name = "quantize"
@@ -182,7 +191,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         result.skipped.update(_nested_layers(model, bodies_placed=static))
         return result
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> tuple[StatsCollector, dict[str, str]]:
+    def _calibrate(
+        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None = None
+    ) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
         Values inside If/Loop/Scan bodies are read through a copy that carries them out
@@ -190,28 +201,39 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         run that copy because a Loop/Scan body value changes shape between iterations, the
         calibration runs again without the Loop/Scan body values.
 
+        Args:
+            model: The float model.
+            names: The tensors to collect statistics of.
+            judged: Where the budget's judged samples are kept, with the model's outputs on them
+                (the calibration run computes them anyway), or None.
+
         Returns:
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names), {}
+            return self._collect(model, names, judged), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
                 raise
             reason = f"onnxruntime could not calibrate inside this Loop/Scan body ({error})"
             logger.warning("quantize: %s; its layers stay float", reason)
-            collector = self._collect(model, [name for name in names if name not in looped])
+            if judged is not None:
+                judged.clear()
+            collector = self._collect(model, [name for name in names if name not in looped], judged)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
-    def _collect(self, model: ir.Model, names: list[str]) -> StatsCollector:
+    def _collect(self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None) -> StatsCollector:
         collector = StatsCollector(names)
+        outputs = [value.name for value in model.graph.outputs if value.name]
         in_bodies = body_value_names(model).intersection(names)
         carried: dict[str, str] = {}
         if in_bodies:
             model, carried = exposing_bodies(model, sorted(in_bodies))
         wanted = [carried.get(name, name) for name in names]
+        if judged is not None:  # the model's outputs on the judged samples: the budget's reference
+            wanted = list(dict.fromkeys([*wanted, *outputs]))
         back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
@@ -225,6 +247,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             ):
                 count = batch_samples(feed) if feed else 0
                 collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
+                if judged is not None:
+                    judged.add(feed, {name: arrays[name] for name in outputs}, count)
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
@@ -280,17 +304,22 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
         roots.update((name, q.root) for name, q in make_plan().activations.items())
         started = time.perf_counter()
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(roots.values())))
+        wanted = list(roots.values())
+        budgeted = options.max_drop is not None or options.min_cosine is not None
+        judged = budget.JudgedSamples(options.samples) if budgeted else None
+        if budgeted:  # the budget's prediction reads each layer's output energy too
+            wanted += budget.layer_outputs(float_model, make_plan())
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
-        if options.max_drop is None and options.min_cosine is None:
+        if not budgeted:
             return plan, collector, None
         started = time.perf_counter()
         judge = budget.Judge(
-            self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine
+            self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine, judged
         )
-        plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits)
+        plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started
         return plan, collector, record
 
@@ -454,16 +483,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         writer = rewrite.QdqWriter(model, options.weight_bits)
         nodes: dict[str, str] = {}
         left_float: dict[str, str] = {}
-        convert: Callable[[ir.Node], str]
-        if options.mode == "dynamic":
-
-            def convert(node: ir.Node) -> str:
-                return rewrite.dynamic_matmul(node, writer, options.per_channel, options.weight_bits)
-        else:
-
-            def convert(node: ir.Node) -> str:
-                return rewrite.weight_only(node, writer, bits, options.per_channel, options.block_size)
-
+        layers: dict[str, ir.Node] = {}
         for key, node in placement.GraphView(model.graph).nodes.items():
             if not is_onnx_op(node, *placement.TRT_LAYERS):
                 continue
@@ -473,7 +493,16 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             if why is not None:
                 left_float[key] = why.reason
                 continue
-            nodes[key] = convert(node)
+            layers[key] = node
+        timings: dict[str, float] = {}
+        rounded, rounding = self._rounding(model, layers, timings)
+        for key, node in layers.items():
+            if options.mode == "dynamic":
+                nodes[key] = rewrite.dynamic_matmul(node, writer, options.per_channel, options.weight_bits)
+            else:
+                nodes[key] = rewrite.weight_only(
+                    node, writer, bits, options.per_channel, options.block_size, rounded.get(key)
+                )
         if options.mode == "weight-only" or options.target == "ort-cpu":
             table_bits = bits if options.mode == "weight-only" else "s8"
             self._gather_tables(model, writer, nodes, left_float, table_bits)
@@ -488,9 +517,48 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "constants_lifted": lifted,
             "quantized_nodes": len(nodes),
             "nodes": nodes,
+            "rounding": rounding,
             **writer.counts,
         }
-        return ShrinkPassResult(model, modified=modified, stats=stats, skipped=left_float)
+        return ShrinkPassResult(model, modified=modified, stats=stats, skipped=left_float, timings=timings)
+
+    def _rounding(
+        self, model: ir.Model, layers: dict[str, ir.Node], timings: dict[str, float]
+    ) -> tuple[dict[str, gptq.RoundedWeight], dict[str, Any] | None]:
+        """Rule 18: GPTQ rounding of 4-bit MatMul/Gemm weights, or why nearest rounding stays.
+
+        Returns:
+            The rounded weight of each GPTQ layer, and the report's ``rounding`` record (None
+            outside weight-only 4-bit).
+        """
+        options = self.options
+        if options.mode != "weight-only" or options.weights == "s8":
+            return {}, None
+        if options.rounding == "nearest":
+            return {}, {"method": "nearest", "reason": "rounding=nearest"}
+        if options.rounding == "auto" and self.context.calibration is None:
+            return {}, {"method": "nearest", "reason": "no calibration data (rounding=auto)"}
+        if not layers:
+            return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer to round"}
+        started = time.perf_counter()
+        try:
+            rounded, record = gptq.round_layers(
+                self.context,
+                model,
+                layers,
+                options.block_size,
+                options.weights,
+                pass_name=self.name,
+                samples=options.samples,
+                batch_size=_CALIBRATION_BATCH,
+            )
+        except RuntimeUnavailable as error:
+            if options.rounding == "gptq":
+                raise
+            logger.warning("quantize: onnxruntime cannot run the model for GPTQ rounding (%s): nearest", error)
+            return {}, {"method": "nearest", "reason": f"onnxruntime cannot run the model ({error}; rounding=auto)"}
+        timings["rounding"] = time.perf_counter() - started
+        return rounded, {"method": "gptq", "layers": record}
 
     def _gather_tables(
         self, model: ir.Model, writer: rewrite.QdqWriter, nodes: dict[str, str], left_float: dict[str, str], bits: str

@@ -1,8 +1,10 @@
-"""The accuracy budget of ``quantize`` (per-layer sensitivity, float fallback) and its report helpers.
+"""The accuracy budget of ``quantize`` (ranked layers, verified float fallback) and its report helpers.
 
-Each layer's sensitivity (the candidate with every other layer quantized) is independent of the
-others': with a parallel executor in the context (``--workers N``, ``--executor ray``) the
-candidates are built and judged as work items (:class:`LayerCandidates`), one per layer.
+Layers are ranked by their damage alone, measured in one probe session (:func:`probe_layers`)
+or, where the probe cannot reach, predicted from the calibration statistics
+(:func:`predict_damage`); only the candidates of the search for the smallest float prefix of
+that ranking are built and judged on the calibration samples (:func:`fit_budget`), one after
+the other: 1 + O(log layers) onnxruntime sessions, not one per layer.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxshrink import progress
 from onnxshrink.context import PassContext
 from onnxshrink.errors import UsageError
-from onnxshrink.executors import measure_all, model_bytes, parallel
 from onnxshrink.latency import interleaved_latency
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize import plan as placement
 from onnxshrink.passes.quantize import rewrite
+from onnxshrink.passes.quantize.probe import probe_model
+from onnxshrink.passes.quantize.scopes import control_flow_scopes
+from onnxshrink.passes.quantize.statistics import TensorStats, mean_square, quantization_noise
 from onnxshrink.runtime import run
 from onnxshrink.verify import is_classifier_like
 
@@ -31,6 +34,8 @@ from onnxshrink.verify import is_classifier_like
 _JUDGE_SAMPLES = 256
 # Judged samples per candidate run: a candidate's activations for this many are alive at once.
 _STREAM_BATCH = 8
+# Samples each layer's probe run reads at most (fewer when there are many layers).
+_PROBE_SAMPLES = 8
 # The speed check: one calibration batch of at most this many samples, timed this many rounds.
 _SPEED_BATCH, _SPEED_ROUNDS = 32, 7
 
@@ -62,11 +67,12 @@ class _Agreement:
         self.float = True
         self.matches = self.rows = 0
         self.classifier = False
+        self.same_shape = True
 
     def add(self, ref: np.ndarray, ref_top1: np.ndarray | None, cand: Any) -> None:
         cand = np.asarray(cand)
         if ref.shape != cand.shape:
-            self.same = self.equal = False
+            self.same = self.equal = self.same_shape = False
             self.dot, self.ref_sq, self.cand_sq = 0.0, 1.0, 1.0
             return
         if not np.issubdtype(ref.dtype, np.floating):
@@ -99,6 +105,36 @@ class _Agreement:
         return self.matches / self.rows if self.classifier and self.rows else None
 
 
+class JudgedSamples:
+    """The first calibration batches, up to the judged count, with the float model's outputs on them.
+
+    Calibration fills it as it runs (the same batches of :data:`_STREAM_BATCH` the judge reads),
+    so the judge reads the data and runs the float model no second time.
+
+    Args:
+        samples: Calibration samples the pass reads (at most 256 are kept).
+    """
+
+    def __init__(self, samples: int) -> None:
+        self.wanted = min(samples, _JUDGE_SAMPLES)
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.references: list[dict[str, Any]] = []
+        self.samples = 0
+
+    def add(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, Any], count: int) -> None:
+        """Keeps one calibration batch (``count`` samples) and the model's outputs on it, until enough are kept."""
+        if self.samples < self.wanted:
+            self.feeds.append(dict(feed))
+            self.references.append({name: np.array(value) for name, value in outputs.items()})
+            self.samples += count
+
+    def clear(self) -> None:
+        """Forgets every batch (calibration runs again)."""
+        self.feeds.clear()
+        self.references.clear()
+        self.samples = 0
+
+
 class Judge:
     """Runs candidates on the first calibration samples and checks them against the budget.
 
@@ -113,6 +149,8 @@ class Judge:
         samples: Calibration samples the pass may read (at most 256 are judged).
         max_drop: The largest top-1 disagreement accepted, or None.
         min_cosine: The smallest cosine similarity of any output accepted, or None.
+        judged: The judged samples with the float model's outputs, kept by calibration; None
+            to read them and run the float model here.
 
     Raises:
         UsageError: ``max_drop`` is given but no output is classifier-like.
@@ -126,21 +164,37 @@ class Judge:
         samples: int,
         max_drop: float | None,
         min_cosine: float | None,
+        judged: JudgedSamples | None = None,
     ) -> None:
         self.context = context
         self.model = model
         self.max_drop = max_drop
         self.min_cosine = min_cosine
-        inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
-        count = min(samples, _JUDGE_SAMPLES)
-        self.feeds = list(context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH))
+        if judged is not None:
+            self.feeds, self.references = judged.feeds, judged.references
+        else:
+            inputs = [v.name for v in model.graph.inputs if v.name and v.name not in model.graph.initializers]
+            count = min(samples, _JUDGE_SAMPLES)
+            batches = context.calibration_batches(pass_name, inputs, samples=count, batch_size=_STREAM_BATCH)
+            self.feeds = list(batches)
+            session = context.session(model)[0]
+            self.references = [run(session, feed) for feed in self.feeds]
         self.samples = sum(min((len(v) for v in feed.values() if np.ndim(v)), default=1) for feed in self.feeds)
-        session = context.session(model)[0]
-        self.references = [run(session, feed) for feed in self.feeds]
         self._top1 = [
             {name: np.argmax(v, axis=-1) if is_classifier_like(np.asarray(v)) else None for name, v in ref.items()}
             for ref in self.references
         ]
+        # Totals over every judged sample: what a candidate stopped early could still reach.
+        self._energy: dict[str, float] = {}
+        self._rows: dict[str, int] = {}
+        for reference, tops in zip(self.references, self._top1, strict=True):
+            for name, value in reference.items():
+                array = np.asarray(value)
+                if np.issubdtype(array.dtype, np.floating):
+                    finite = array[np.isfinite(array)].astype(np.float64)
+                    self._energy[name] = self._energy.get(name, 0.0) + float(np.dot(finite, finite))
+                if tops[name] is not None:
+                    self._rows[name] = self._rows.get(name, 0) + int(np.asarray(tops[name]).size)
         first = self.references[0] if self.references else {}
         if max_drop is not None and not any(
             np.asarray(v).ndim >= 2 and np.asarray(v).dtype.kind == "f" for v in first.values()
@@ -150,6 +204,35 @@ class Judge:
     def measure(self, candidate: ir.Model) -> Damage:
         """Runs ``candidate`` on the judged samples and returns how far it is from the float model."""
         return _damage(self.context.session(candidate)[0], self.feeds, self.references, self._top1)
+
+    def screen(self, candidate: ir.Model) -> tuple[Damage, int]:
+        """Like :meth:`measure`, but stops once the budget cannot hold whatever the samples left give.
+
+        After each batch, the best cosine the rest could reach (their outputs all aligned with the
+        float model's) and the disagreement already certain are checked against the budget.
+
+        Returns:
+            The damage on the samples judged, and how many were judged (:attr:`samples`: all).
+        """
+        session = self.context.session(candidate)[0]
+        totals: dict[str, _Agreement] = {}
+        judged = 0
+        for feed, reference, tops in zip(self.feeds, self.references, self._top1, strict=True):
+            _accumulate(totals, run(session, feed), reference, tops)
+            judged += min((len(v) for v in feed.values() if np.ndim(v)), default=1)
+            if judged < self.samples and self._missed(totals):
+                break
+        return _summary(totals), judged
+
+    def _missed(self, totals: Mapping[str, _Agreement]) -> bool:
+        """Whether the budget is missed already, whatever the samples not yet judged give."""
+        for name, total in totals.items():
+            if self.min_cosine is not None and _best_cosine(total, self._energy.get(name, 0.0)) < self.min_cosine:
+                return True
+            rows = self._rows.get(name, 0)
+            if self.max_drop is not None and rows and (total.rows - total.matches) / rows > self.max_drop:
+                return True
+        return False
 
     def holds(self, damage: Damage) -> bool:
         """Whether ``damage`` is within the budget (``min_cosine`` and ``max_drop``, where given)."""
@@ -168,12 +251,42 @@ def _damage(
     """How far ``session``'s outputs on ``feeds`` are from ``references``."""
     totals: dict[str, _Agreement] = {}
     for feed, reference, tops in zip(feeds, references, top1, strict=True):
-        outputs = run(session, feed)
-        for name, ref in reference.items():
-            totals.setdefault(name, _Agreement()).add(np.asarray(ref), tops[name], outputs[name])
+        _accumulate(totals, run(session, feed), reference, tops)
+    return _summary(totals)
+
+
+def _accumulate(
+    totals: dict[str, _Agreement],
+    outputs: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    tops: Mapping[str, np.ndarray | None],
+) -> None:
+    """Adds one batch's outputs to each output's running agreement."""
+    for name, ref in reference.items():
+        totals.setdefault(name, _Agreement()).add(np.asarray(ref), tops[name], outputs[name])
+
+
+def _summary(totals: Mapping[str, _Agreement]) -> Damage:
+    """The damage of the batches accumulated: the smallest cosine and the largest disagreement of any output."""
     agreements = [t.top1 for t in totals.values() if t.top1 is not None]
     cosine = min((t.cosine for t in totals.values()), default=1.0)
     return Damage(cosine, 1.0 - min(agreements) if agreements else None)
+
+
+def _best_cosine(total: _Agreement, energy: float) -> float:
+    """The largest cosine ``total`` can end with when the float model's outputs left hold ``energy - ref_sq``.
+
+    With ``D``, ``C`` the dot product and candidate energy so far and ``r`` the reference energy
+    left, the best the rest can do is align with the reference: ``sqrt((D²/C + r) / energy)``
+    (``sqrt(r / energy)`` when ``D <= 0``). Non-float outputs and mismatched shapes are final.
+    """
+    if not total.float or not total.same_shape:
+        return total.cosine
+    if energy <= 0:
+        return 1.0
+    left = max(energy - total.ref_sq, 0.0)
+    reached = total.dot**2 / total.cand_sq if total.dot > 0 and total.cand_sq > 0 else 0.0
+    return float(np.sqrt(min((reached + left) / energy, 1.0)))
 
 
 def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int) -> ir.Model:
@@ -183,70 +296,195 @@ def quantized_copy(model: ir.Model, plan: placement.QuantPlan, weight_bits: int)
     return copy
 
 
+def layer_outputs(model: ir.Model, plan: placement.QuantPlan) -> list[str]:
+    """The output tensor of every candidate layer of ``plan``: calibration captures them for the prediction."""
+    nodes = _nodes(model)
+    names = [nodes[key].outputs[0].name for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
+    return [name for name in names if name]
+
+
+def _nodes(model: ir.Model) -> dict[str, ir.Node]:
+    """Every node of the main graph and the If/Loop/Scan bodies, by plan key."""
+    nodes: dict[str, ir.Node] = {}
+    for scope in control_flow_scopes(model):
+        nodes.update(placement.GraphView(scope.graph, scope.prefix).nodes)
+    return nodes
+
+
+def predict_damage(
+    model: ir.Model, plan: placement.QuantPlan, tensors: Mapping[str, TensorStats], weight_bits: int
+) -> dict[str, float]:
+    """Each layer's predicted damage: the noise quantization adds to its output, over the output's energy.
+
+    Read from what calibration collected, with no model run. For a layer ``y = W x`` (``Wj``:
+    the weights of one output channel, ``E``: the mean over the calibration values):
+
+    - the rounding noise of its input Q (variance ``σx²``, from the histogram of ``x`` with the
+      plan's qparams: :func:`~onnxshrink.passes.quantize.statistics.quantization_noise`) reaches
+      each output as ``σx² ||Wj||²``;
+    - the weight's rounding error ``ΔW`` reaches it as ``E[x²] ||ΔWj||²``;
+    - its own output Q adds ``σy²``;
+
+    each averaged over the output channels and divided by ``E[y²]`` (the layer's output, captured
+    by calibration; ``E[x²] ||Wj||²`` where it was not). A layer of two activations (attention)
+    adds its inputs' relative noises ``σ²/E[x²]``. Noise a layer's successors amplify or
+    average out is not modelled: the prediction ranks, the judged candidates decide.
+
+    Args:
+        model: The float model the plan was made for.
+        plan: The placement with every candidate layer quantized.
+        tensors: The calibration statistics, by tensor (a data-movement chain's root, and
+            the layers' outputs from :func:`layer_outputs`).
+        weight_bits: Bits of the quantized weights.
+
+    Returns:
+        Layer key -> predicted relative noise energy of its output (0 is harmless).
+    """
+    nodes = _nodes(model)
+    predicted: dict[str, float] = {}
+    for key, layer in plan.layers.items():
+        if layer.op_type not in placement.TRT_LAYERS:
+            continue
+        node = nodes[key]
+        inputs = [_noise(plan.activations.get(name), tensors) for name in layer.inputs]
+        noise = 0.0
+        if layer.weight is None:  # two activations: their relative noises add
+            noise = sum(error / square for error, square in inputs if square > 0)
+        else:
+            weight = node.inputs[layer.weight.index]
+            assert weight is not None and weight.const_value is not None
+            array = weight.const_value.numpy()
+            output_axis = placement.weight_axis(node, array.ndim)
+            energy, error = _weight_energies(array, layer.weight.axis, output_axis, weight_bits)
+            input_error, input_square = inputs[0] if inputs else (0.0, 0.0)
+            output = tensors.get(node.outputs[0].name or "")
+            signal = mean_square(output) if output is not None else 0.0
+            signal = signal if signal > 0 else input_square * energy
+            noise = (input_error * energy + input_square * error) / signal if signal > 0 else 0.0
+        if layer.output_q and layer.output:
+            error, square = _noise(plan.activations.get(layer.output), tensors)
+            noise += error / square if square > 0 else 0.0
+        predicted[key] = noise
+    return predicted
+
+
+def _noise(q: placement.ActivationQ | None, tensors: Mapping[str, TensorStats]) -> tuple[float, float]:
+    """``(σ², E[x²])`` of one quantized activation: its rounding noise and mean square ((0, 0) without stats)."""
+    stats = tensors.get(q.root) if q is not None else None
+    if q is None or stats is None:
+        return 0.0, 0.0
+    return quantization_noise(stats, q.params), mean_square(stats)
+
+
+def _weight_energies(weight: np.ndarray, axis: int | None, output_axis: int | None, bits: int) -> tuple[float, float]:
+    """``||Wj||²`` and ``||ΔWj||²`` (``ΔW = W - deq(Q(W))``) averaged over the output channels ``j``.
+
+    The weight is rounded as the rewrite does: symmetric, per ``axis`` (one scale when None);
+    ``output_axis`` holds the output channels (None: one).
+    """
+    values, scales = placement.quantize_weight(weight, axis, bits)
+    shape = [1] * weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    error = weight.astype(np.float64) - values.astype(np.float64) * scales.astype(np.float64).reshape(shape)
+    channels = weight.shape[output_axis] if output_axis is not None else 1
+    return float(np.vdot(weight, weight)) / channels, float(np.vdot(error, error)) / channels
+
+
+def probe_layers(
+    judge: Judge, plan: placement.QuantPlan, layers: Sequence[str], weight_bits: int
+) -> tuple[dict[str, Damage], int]:
+    """Each main-graph layer's damage with it alone quantized, measured in one session on a few samples.
+
+    The probe model (:func:`~onnxshrink.passes.quantize.probe.probe_model`) runs once per layer
+    on the first judged samples, ``max(1, min(8, judged // (2 * layers)))`` of them, so all layers
+    together cost about half a pass over the judged samples (a probe run costs more per sample than
+    a candidate's: its layers read computed weights, which onnxruntime cannot pre-pack); its float
+    run (every switch off) is the reference.
+    Layers inside If/Loop/Scan bodies are not measured (absent from the result).
+
+    Returns:
+        Layer key -> its damage alone, and the samples each probe run read (0: none ran).
+    """
+    if not judge.feeds or not layers:
+        return {}, 0
+    probe, switches = probe_model(judge.model, plan, layers, weight_bits)
+    if not switches:
+        return {}, 0
+    feed = judge.feeds[0]
+    count = max(1, min(_PROBE_SAMPLES, judge.samples // (2 * len(switches))))
+    batch = min((len(v) for v in feed.values() if np.ndim(v)), default=1)
+    feed = {name: v[:count] if np.ndim(v) and len(v) == batch else v for name, v in feed.items()}
+    session = judge.context.session(probe)[0]
+    off = {name: np.array(False) for name in switches.values()}
+    reference = run(session, {**feed, **off})
+    top1 = {name: np.argmax(v, axis=-1) if is_classifier_like(np.asarray(v)) else None for name, v in reference.items()}
+    damages: dict[str, Damage] = {}
+    with progress.task(f"quantize budget: {len(switches)} layers probed alone", total=len(switches)) as step:
+        for key, name in switches.items():
+            damages[key] = _damage(session, [{**feed, **off, name: np.array(True)}], [reference], [top1])
+            step.advance()
+    return damages, count
+
+
 @dataclasses.dataclass(frozen=True)
-class LayerCandidates:
-    """Each layer's sensitivity as an executor's workload: a piece is a layer key.
+class Trial:
+    """One verified candidate: the first ``float_layers`` layers of the ranking kept float."""
 
-    The layer's candidate is the float model with every other layer quantized (``plans[key]``),
-    judged as :class:`Judge` does. Plain data (picklable, put once into an object store): the float
-    model serialized, the plans, and the judged samples with the float model's outputs on them.
+    float_layers: int
+    damage: Damage
+    holds: bool
+    samples: int  # judged: fewer than all when the budget was missed for certain before the end
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"float_layers", "cosine", "disagreement", "holds", "samples"}``."""
+        damage = self.damage.to_json()
+        return {"float_layers": self.float_layers, **damage, "holds": self.holds, "samples": self.samples}
+
+
+def _needed_tail(judge: Judge, low: tuple[float, Damage], high: tuple[float, Damage] | None) -> float:
+    """The damage left (by the ranking's scores) that should just meet the budget.
+
+    ``1 - cosine`` grows like the noise energy, top-1 disagreement like its square root (the
+    fraction of margins one noise standard deviation crosses), so each failing budget's
+    ``1 - cosine`` or squared disagreement is taken as linear in the damage left, through the
+    last failing candidate ``low`` and the last holding one ``high`` (none yet: no damage left,
+    none measured); the tightest budget decides.
+
+    Args:
+        judge: Holds the budgets.
+        low: The damage left and the measured damage of a candidate that misses the budget.
+        high: The same of one that meets it, or None.
     """
 
-    model: bytes
-    plans: Mapping[str, placement.QuantPlan]
-    weight_bits: int
-    feeds: tuple[dict[str, np.ndarray], ...]
-    references: tuple[Mapping[str, Any], ...]
-    top1: tuple[Mapping[str, np.ndarray | None], ...]
-    provider: str
+    def excess(damage: Damage) -> list[tuple[float, float]]:
+        """(measured, allowed) of each budget in the units that grow linearly with the noise."""
+        pairs = []
+        if judge.min_cosine is not None:
+            pairs.append((1.0 - damage.cosine, 1.0 - judge.min_cosine))
+        if judge.max_drop is not None and damage.disagreement is not None:
+            pairs.append((damage.disagreement**2, judge.max_drop**2))
+        return pairs
 
-    @property
-    def timed(self) -> bool:
-        """Damage is not a timing: workers may share a machine."""
-        return False
-
-    def start(self) -> ir.Model:
-        """The worker's state: the float model."""
-        return ir.serde.deserialize_model(onnx.load_from_string(self.model))
-
-    def measure(self, model: ir.Model, key: str) -> dict[str, Any]:
-        """``{"key", "cosine", "disagreement"}`` of the layer's candidate."""
-        candidate = quantized_copy(model, self.plans[key], self.weight_bits)
-        session = PassContext(provider=self.provider).session(candidate)[0]
-        return {"key": key, **_damage(session, self.feeds, self.references, self.top1).to_json()}
-
-    def failed(self, key: str, reason: str) -> dict[str, Any]:
-        """A layer whose candidate could not be judged."""
-        return {"key": key, "error": reason}
+    low_tail, low_damage = low
+    high_tail, high_pairs = (0.0, None) if high is None else (high[0], excess(high[1]))
+    needed = [low_tail]
+    for index, (measured, allowed) in enumerate(excess(low_damage)):
+        base = 0.0 if high_pairs is None else high_pairs[index][0]
+        if measured > allowed and measured > base:
+            needed.append(high_tail + (allowed - base) * (low_tail - high_tail) / (measured - base))
+    return min(needed)
 
 
-def _sensitivity_on_executor(
-    judge: Judge, layers: list[str], make_plan: Callable[[tuple[str, ...]], placement.QuantPlan], weight_bits: int
-) -> dict[str, Damage] | None:
-    """Each layer's damage, its candidate built and judged on the context's executor.
+def _scores(layers: Sequence[str], predicted: Mapping[str, float], alone: Mapping[str, Damage]) -> dict[str, float]:
+    """Each layer's rank score: ``1 - cosine`` of its probe run, else its prediction scaled to the probes.
 
-    None when the model cannot be sent to workers (one protobuf message holds at most 2 GiB).
-
-    Raises:
-        RuntimeUnavailable: A candidate could not be judged (after the executor's retries).
+    A layer without a probe run (inside an If/Loop/Scan body) gets its predicted noise times the
+    median ratio of measured to predicted damage over the probed layers.
     """
-    executor = judge.context.executor
-    assert executor is not None
-    model = model_bytes(judge.model, "quantize budget")
-    if model is None:
-        return None
-    work = LayerCandidates(
-        model,
-        {key: make_plan(tuple(k for k in layers if k != key)) for key in layers},
-        weight_bits,
-        tuple(judge.feeds),
-        tuple(judge.references),
-        tuple(judge._top1),
-        judge.context.provider,
-    )
-    label = f"quantize budget: {len(layers)} layers on {executor.workers} {executor.name} workers"
-    results = measure_all(executor, work, layers, label)
-    return {key: Damage(results[key]["cosine"], results[key]["disagreement"]) for key in layers}
+    ratios = [(1.0 - alone[k].cosine) / predicted[k] for k in layers if k in alone and predicted[k] > 0]
+    scale = statistics.median(ratios) if ratios else 1.0
+    return {key: 1.0 - alone[key].cosine if key in alone else predicted[key] * scale for key in layers}
 
 
 def fit_budget(
@@ -254,46 +492,92 @@ def fit_budget(
     plan: placement.QuantPlan,
     make_plan: Callable[[tuple[str, ...]], placement.QuantPlan],
     weight_bits: int,
+    tensors: Mapping[str, TensorStats],
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
-    """Keeps the most sensitive layers float until the budget holds; returns the plan and its record."""
+    """Keeps the layers that hurt most float until the budget holds, on judged candidates.
+
+    Layers are ranked by their damage alone, probed in one session (:func:`probe_layers`), or
+    where the probe cannot reach them by :func:`predict_damage` (no model run). The fully
+    quantized candidate is judged first; when it misses the budget, the smallest float prefix of
+    the ranking that meets it is searched with real candidates: each guess interpolates the
+    damage left (the sum of the scores past it) between the nearest judged candidates
+    (:func:`_needed_tail`); after two guesses in a row that did not halve the interval comes a
+    bisection, so at most ``2 + 3 * bits(layers)`` candidates are built. A candidate stops
+    early once the budget is missed for certain (:meth:`Judge.screen`). The result is always a
+    judged candidate, run on every judged sample (the float end of the ranking included).
+
+    Args:
+        judge: The judged samples, the float model's outputs on them, and the budget.
+        plan: The placement with every candidate layer quantized.
+        make_plan: The placement with the named layers kept float.
+        weight_bits: Bits of the quantized weights.
+        tensors: The calibration statistics, by tensor (for :func:`predict_damage`).
+
+    Returns:
+        The plan and its record: each layer's prediction, damage alone and decision, every
+        judged candidate.
+    """
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
+    predicted = predict_damage(judge.model, plan, tensors, weight_bits)
+    alone, probe_samples = probe_layers(judge, plan, layers, weight_bits)
+    scores = _scores(layers, predicted, alone)
+    order = sorted(layers, key=lambda key: scores[key], reverse=True)
+    # tails[k]: the damage left, by the scores, with the first k layers of the ranking float.
+    tails = [float(sum(scores[key] for key in order[k:])) for k in range(len(order) + 1)]
+    trials: dict[int, Trial] = {}
+    # Every third step at most halves the interval: a bisection after two guesses that did not.
+    limit = 2 + 3 * max(1, len(order)).bit_length()
+    with progress.task(f"quantize budget: verifying candidates ({len(layers)} layers ranked)", total=limit) as step:
 
-    def applied(model: ir.Model, plan: placement.QuantPlan) -> ir.Model:
-        return quantized_copy(model, plan, weight_bits)
-
-    sensitivity: dict[str, Damage] | None = None
-    if parallel(judge.context.executor) and len(layers) > 1:
-        sensitivity = _sensitivity_on_executor(judge, layers, make_plan, weight_bits)
-    if sensitivity is None:
-        sensitivity = {}
-        with progress.task(f"quantize budget: {len(layers)} layers one at a time", total=len(layers)) as step:
-            for key in layers:
-                alone = make_plan(tuple(k for k in layers if k != key))
-                sensitivity[key] = judge.measure(applied(judge.model, alone))
-                step.advance()
-    order = sorted(layers, key=lambda k: sensitivity[k].order, reverse=True)
-    kept_float: list[str] = []
-    current = judge.measure(applied(judge.model, plan))
-    first = current
-    # At most one trial per layer; it usually stops far earlier, so the total is an upper bound.
-    with progress.task("quantize budget: keeping layers float", total=len(order)) as step:
-        while not judge.holds(current) and len(kept_float) < len(order):
-            kept_float.append(order[len(kept_float)])
-            plan = make_plan(tuple(kept_float))
-            current = judge.measure(applied(judge.model, plan))
+        def verify(count: int) -> Trial:
+            candidate = quantized_copy(judge.model, make_plan(tuple(order[:count])), weight_bits)
+            damage, samples = judge.screen(candidate)
+            trials[count] = Trial(count, damage, judge.holds(damage) and samples == judge.samples, samples)
             step.advance()
+            return trials[count]
+
+        low, high = 0, len(order)  # the ranking's first `low` float misses; the first `high` float holds
+        if not verify(0).holds and order:
+            stalls = 0  # guesses in a row that did not halve the interval
+            while high - low > 1:
+                width, bisecting = high - low, stalls == 2
+                if bisecting:
+                    count = (low + high) // 2
+                else:
+                    holding = (tails[high], trials[high].damage) if high in trials else None
+                    needed = _needed_tail(judge, (tails[low], trials[low].damage), holding)
+                    count = next(k for k in range(low + 1, len(order) + 1) if tails[k] <= needed or k == high)
+                    count = min(max(count, low + 1), high - 1)
+                if verify(count).holds:
+                    high = count
+                else:
+                    low = count
+                stalls = 0 if bisecting or 2 * (high - low) <= width else stalls + 1
+            if high not in trials:
+                verify(high)
+    kept = min((count for count, trial in trials.items() if trial.holds), default=len(order))
+    result = trials[kept] if kept in trials else trials[max(trials)]
+    float_layers = set(order[:kept])
     record = {
         "max_drop": judge.max_drop,
         "min_cosine": judge.min_cosine,
         "samples": judge.samples,
-        "all_quantized": first.to_json(),
-        "result": current.to_json(),
-        "met": judge.holds(current),
+        "all_quantized": trials[0].damage.to_json(),
+        "result": result.damage.to_json(),
+        "met": result.holds,
+        "float_layers": kept,
+        "candidates": [trial.to_json() for trial in trials.values()],
+        "probe_samples": probe_samples,
         "layers": {
-            key: {**sensitivity[key].to_json(), "decision": "float" if key in kept_float else "int8"} for key in layers
+            key: {
+                "predicted": predicted[key],
+                "alone": alone[key].to_json() if key in alone else None,
+                "decision": "float" if key in float_layers else "int8",
+            }
+            for key in layers
         },
     }
-    return plan, record
+    return make_plan(tuple(order[:kept])), record
 
 
 def node_summaries(plan: placement.QuantPlan) -> dict[str, dict[str, Any]]:

@@ -90,13 +90,20 @@ class QuantizeOptions:
         "off by default: on AVX2 BERT-base it was no faster and tripled calibration time",
     )
     block_size: int = option(32, "4-bit block length along K: a power of 2, >= 16", check=_block_size_problem)
+    rounding: Literal["auto", "nearest", "gptq"] = option(
+        "auto",
+        "weight-only s4/u4 MatMul/Gemm weights: nearest (each weight to its nearest level); gptq: "
+        "GPTQ error feedback from the calibration inputs' Gram matrices, with clipping-searched "
+        "block scales (needs calibration data); auto: gptq when calibration data is given, else nearest",
+        choices=("auto", "nearest", "gptq"),
+    )
     calibrate: Literal["minmax", "percentile", "entropy", "mse"] = option(
         "minmax", "how activation ranges are chosen from the streamed statistics", choices=tuple(CALIBRATORS)
     )
     percentile: float = option(
         DEFAULT_PERCENTILE, "percentile kept by calibrate=percentile, 50 < p <= 100", above=50.0, maximum=100.0
     )
-    samples: int = option(128, "calibration samples read (static mode)", minimum=1)
+    samples: int = option(128, "calibration samples read (static mode; weight-only with rounding=gptq)", minimum=1)
     include: tuple[str, ...] = option((), "quantize only layers whose op type or node-name glob matches (empty: all)")
     exclude: tuple[str, ...] = option((), "never quantize layers whose op type or node-name glob matches")
     max_drop: float | None = option(
@@ -123,6 +130,11 @@ class QuantizeOptions:
             return "max-drop/min-cosine apply to mode=static only"
         if (self.smooth not in ("off", "auto") or self.equalize) and self.mode != "static":
             return f"smooth/equalize need mode=static, got mode={self.mode}"
+        if self.rounding == "gptq" and (self.mode != "weight-only" or self.weights == "s8"):
+            return (
+                "rounding=gptq needs mode=weight-only with weights=s4 or u4, "
+                f"got mode={self.mode}, weights={self.weights}"
+            )
         if self.min_speedup is not None and self.mode != "static":
             return f"min-speedup needs mode=static, got mode={self.mode}"
         return None

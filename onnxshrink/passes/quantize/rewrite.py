@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import add_initializer, fresh_name, take_over_output, taken_names
 from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.quantize.gptq import RoundedWeight, block_scales, nearest_levels
 from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, QuantPlan, constant_initializer, quantize_weight
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
 from onnxshrink.passes.quantize.statistics import QParams
@@ -215,29 +216,21 @@ def drop_unused_initializers(graph: ir.Graph) -> None:
 
 
 def _block_values(weight: np.ndarray, block_size: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Quantizes ``weight`` ``[K, N]`` in blocks of ``block_size`` along axis 0.
+    """Rounds ``weight`` ``[K, N]`` to the nearest level in blocks of ``block_size`` along axis 0.
+
+    ``s4`` blocks span the whole int4 range with zero point 0: scale ``max(-min / 8, max / 7)``,
+    so the block's largest magnitude lands on -8 or 7 unclipped; ``u4`` blocks map min..max to 0..15
+    with a zero point (gptq.block_scales).
 
     Returns:
         4-bit values as int8/uint8 ``[K, N]``, scales ``[ceil(K/b), N]`` and zero points (u4
         only; s4 is symmetric with zero point 0, so None).
     """
-    k, n = weight.shape
-    blocks = -(-k // block_size)
-    padded = np.zeros((blocks * block_size, n), np.float64)
-    padded[:k] = weight
-    grouped = padded.reshape(blocks, block_size, n)
+    scales, zero = block_scales(weight, block_size, dtype)
+    levels = nearest_levels(weight, scales, zero, block_size, dtype)
     if dtype == "s4":
-        scales = np.abs(grouped).max(axis=1) / 7.0
-        scales = np.where(~np.isfinite(scales) | (scales < 1e-12), 1.0, scales).astype(np.float32)
-        q = np.clip(np.rint(grouped / scales[:, None, :]), -7, 7).reshape(-1, n)[:k]
-        return q.astype(np.int8), scales, None
-    low = np.minimum(grouped.min(axis=1), 0.0)
-    high = np.maximum(grouped.max(axis=1), 0.0)
-    scales = (high - low) / 15.0
-    scales = np.where(~np.isfinite(scales) | (scales < 1e-12), 1.0, scales).astype(np.float32)
-    zero = np.clip(np.rint(-low / scales), 0, 15)
-    q = np.clip(np.rint(grouped / scales[:, None, :]) + zero[:, None, :], 0, 15).reshape(-1, n)[:k]
-    return q.astype(np.uint8), scales, zero.astype(np.uint8)
+        return levels.astype(np.int8), scales, None
+    return levels.astype(np.uint8), scales, zero.astype(np.uint8)
 
 
 def _int4_tensor(values: np.ndarray, dtype: str) -> ir.Tensor:
@@ -331,8 +324,19 @@ def gather_table(node: ir.Node, writer: QdqWriter, bits: str, block_size: int) -
     return described
 
 
-def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, block_size: int) -> str:
-    """DQ on a MatMul/Gemm's constant weight: int8 per output channel, or 4-bit blocks (rule 9)."""
+def weight_only(
+    node: ir.Node,
+    writer: QdqWriter,
+    bits: str,
+    per_channel: bool,
+    block_size: int,
+    rounded: RoundedWeight | None = None,
+) -> str:
+    """DQ on a MatMul/Gemm's constant weight: int8 per output channel, or 4-bit blocks (rule 9).
+
+    ``rounded``: the 4-bit levels, scales and zero points computed already (``rounding=gptq``,
+    gptq.py) in place of nearest rounding.
+    """
     weight = node.inputs[1]
     assert weight is not None and weight.const_value is not None and weight.name
     array = weight.const_value.numpy().astype(np.float32)
@@ -345,7 +349,11 @@ def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, 
     if bits == "s8":
         writer.weight(node, 1, 1 if per_channel else None)
         return "s8 per-channel axis 1" if per_channel else "s8 per-tensor"
-    values, scales, zero = block_quantize(array, block_size, bits)
+    if rounded is None:
+        values, scales, zero = block_quantize(array, block_size, bits)
+    else:
+        values, scales = _int4_tensor(rounded.levels, bits), rounded.scales
+        zero = None if rounded.zero is None else _int4_tensor(rounded.zero, bits)
     q_value = writer.constant(values, f"{weight.name}_quantized")
     scale = writer.constant(scales, f"{weight.name}_scale")
     zp = writer.constant(zero, f"{weight.name}_zero_point") if zero is not None else None
@@ -354,7 +362,7 @@ def weight_only(node: ir.Node, writer: QdqWriter, bits: str, per_channel: bool, 
     writer.graph.insert_before(node, dq)
     node.replace_input_with(1, dq.outputs[0])
     writer.counts["weights_quantized"] += 1
-    return f"{bits} blocks of {block_size} along K"
+    return f"{bits} blocks of {block_size} along K" + (", GPTQ rounding" if rounded is not None else "")
 
 
 def dynamic_matmul(node: ir.Node, writer: QdqWriter, per_channel: bool, bits: int = 8) -> str:

@@ -319,6 +319,53 @@ def qparams(low: float, high: float, dtype: QDtype, *, symmetric: bool) -> QPara
     return QParams(scale, zero_point, dtype)
 
 
+def _rounding_integral(u: np.ndarray) -> np.ndarray:
+    """``∫ (t - round(t))² dt`` from ``-1/2`` to ``u``: the squared rounding error on a unit grid, accumulated."""
+    nearest = np.floor(u + 0.5)
+    offset = u - nearest
+    return nearest / 12.0 + (offset**3 + 0.125) / 3.0
+
+
+def _bin_edges(stats: TensorStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each histogram bin's start and end, and its count less the exact zeros (in the bin starting at 0)."""
+    width = 2.0 * stats.half_range / stats.bins
+    edges = -stats.half_range + width * np.arange(stats.bins + 1)
+    counts = stats.histogram.astype(np.float64)
+    middle = stats.bins // 2
+    counts[middle] -= min(float(stats.zeros), counts[middle])
+    return edges[:-1], edges[1:], counts
+
+
+def mean_square(stats: TensorStats) -> float:
+    """``E[x²]`` of the tensor's finite values, read from the histogram (values spread evenly within each bin)."""
+    if stats.count == 0 or stats.half_range == 0.0:
+        return 0.0
+    start, end, counts = _bin_edges(stats)
+    return float(counts @ ((start**2 + start * end + end**2) / 3.0) / stats.histogram.sum())
+
+
+def quantization_noise(stats: TensorStats, params: QParams) -> float:
+    """The mean squared error of quantizing the tensor's finite values with ``params``.
+
+    Read from the histogram, values spread evenly within each bin: inside the represented range
+    ``[(qmin - zp) * scale, (qmax - zp) * scale]`` the error is the distance to the nearest
+    multiple of ``scale`` (integrated exactly over each bin), past it the distance to the range's
+    end. Exact zeros are represented exactly. 0 when no non-zero value was seen.
+    """
+    if stats.count == 0 or stats.half_range == 0.0:
+        return 0.0
+    qmin, qmax = QRANGE[params.dtype]
+    scale = params.scale
+    low, high = (qmin - params.zero_point) * scale, (qmax - params.zero_point) * scale
+    start, end, counts = _bin_edges(stats)
+    inner_start, inner_end = np.clip(start, low, high), np.clip(end, low, high)
+    rounding = scale**3 * (_rounding_integral(inner_end / scale) - _rounding_integral(inner_start / scale))
+    above = (np.maximum(end, high) - high) ** 3 - (np.maximum(start, high) - high) ** 3
+    below = (low - np.minimum(start, low)) ** 3 - (low - np.minimum(end, low)) ** 3
+    error = (rounding + (above + below) / 3.0) / (end - start)
+    return float(counts @ error / stats.histogram.sum())
+
+
 def weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
     """Returns symmetric narrow-range scales ``max|w| / (2**(bits-1) - 1)`` per slice along ``axis``.
 

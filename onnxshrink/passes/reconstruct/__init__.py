@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 # A layer whose output is this close to the teacher's already reproduces it (float rounding).
 _MATCHED = 1e-6
+_EXACT = (
+    "already matches the input model: its weights are the input model's (output channels removed) "
+    "and it reads the input model's value (order=single)"
+)
+# Bytes of the input model's outputs kept from the first data pass for the final check.
+_KEPT_OUTPUTS = 256 << 20
 # Layers per data pass above which capture batches shrink (every captured value of a batch is alive).
 _MANY_LAYERS = 16
 
@@ -61,7 +67,8 @@ class ReconstructOptions:
     order: Literal["staged", "single"] = option(
         "staged",
         "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
-        "from one data pass (fast on deep models, but layers do not see earlier refits)",
+        "from one data pass, each fit on the input model's values of its input (its kept channels where "
+        "the layer lost some), as if the layers before it reproduced the input model (fast on deep models)",
         choices=("staged", "single"),
     )
 
@@ -81,10 +88,17 @@ def _nested_layers(model: ir.Model) -> dict[str, str]:
 
 @dataclasses.dataclass
 class _OutputError:
-    """Streamed ``Σ(student - teacher)²`` and ``Σ teacher²`` over the model's float outputs."""
+    """Streamed ``Σ(student - teacher)²`` and ``Σ teacher²`` over the model's float outputs.
+
+    The first streaming also keeps the teacher's outputs, batch by batch, while they fit in
+    ``_KEPT_OUTPUTS`` bytes, so that the check after the refits need not run the input model again.
+    """
 
     squared_error: float = 0.0
     squared_norm: float = 0.0
+    batch_size: int = 0  # the calibration batch size the kept outputs were streamed with
+    kept: list[dict[str, np.ndarray]] | None = dataclasses.field(default_factory=list)
+    kept_bytes: int = 0
 
     def add(self, student: np.ndarray, teacher: np.ndarray) -> None:
         if student.shape == teacher.shape and teacher.dtype.kind == "f":
@@ -92,9 +106,38 @@ class _OutputError:
             self.squared_error += float(np.sum(difference * difference))
             self.squared_norm += float(np.sum(np.square(teacher, dtype=np.float64)))
 
+    def keep(self, batch: dict[str, np.ndarray]) -> None:
+        """Keeps one batch of the teacher's outputs (copies), or stops keeping past the budget."""
+        if self.kept is None:
+            return
+        self.kept_bytes += sum(array.nbytes for array in batch.values())
+        self.kept = [*self.kept, {k: v.copy() for k, v in batch.items()}] if self.kept_bytes <= _KEPT_OUTPUTS else None
+
     @property
     def relative(self) -> float:
         return float(np.sqrt(self.squared_error / self.squared_norm)) if self.squared_norm > 0 else 0.0
+
+
+def _borrowed(
+    layer: refit_layers.Layer, student: np.ndarray, teacher: np.ndarray, kept: dict[str, np.ndarray | None]
+) -> np.ndarray:
+    """The input model's value of the layer's input, as the layer reads it (``order=single``).
+
+    The same value when the shapes agree; the channels the student kept (found once per input
+    name on the first batch, cached in ``kept``) when the student's value lost channels along
+    the layer's channel axis; else the student's own value.
+    """
+    if teacher.shape == student.shape:
+        return teacher
+    axis = matrices.input_channel_axis(layer, student.ndim)
+    if axis is None or teacher.ndim != student.ndim or teacher.shape[axis] <= student.shape[axis]:
+        return student
+    if any(a != b for i, (a, b) in enumerate(zip(teacher.shape, student.shape, strict=True)) if i != axis):
+        return student
+    if layer.input_name not in kept:
+        kept[layer.input_name] = lstsq.matched_channels(student, teacher, axis)
+    channels = kept[layer.input_name]
+    return student if channels is None else np.take(teacher, channels, axis=axis)
 
 
 @register_pass
@@ -122,8 +165,12 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        the data per stage, plus one more pair at the end (cost grows with the network's depth).
        ``order=single`` accumulates every layer in one pass instead: four model runs over the
        data whatever the depth (BERT-base: 49 stages). A layer then reads the input model's value
-       of its input where that has the same shape (what earlier refits aim at), else the value
-       as the pass found it, before any refit; rule 6 still undoes refits that do not help.
+       of its input (what earlier refits aim at): the same value where it has the same shape;
+       where the layer's input lost channels (prune-channels), the input model's channels it
+       kept, found as the increasing sequence of channels most similar (cosine, first batch) to
+       the input as the pass found it; else that value, before any refit. Each layer is so fit
+       as if every layer before it reproduced the input model; rule 6 still undoes refits that
+       do not help.
     4. Per layer (and Conv group), ``XᵀX`` and ``XᵀY`` are summed batch by batch in float64 (im2col
        rows for convolutions, split so one piece stays near 64 MiB) and
        ``min ||X wᵀ - Y||² + λ||w - w₀||²`` is solved, ``λ = ridge · mean(diag XᵀX)``: the ridge
@@ -134,8 +181,8 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        (scale and zero point kept); pruned entries stay at the zero point, and a kept weight may
        round onto it. ``method=lstsq`` solves the masked problem exactly (one factorisation
        per distinct row support); ``obs`` solves densely, then enforces the mask column by column
-       with SparseGPT's Optimal Brain Surgeon update; ``auto`` takes lstsq up to about 2e9
-       multiply-adds of factorisations, else obs.
+       with SparseGPT's Optimal Brain Surgeon update; ``auto`` takes lstsq for a layer without zeros
+       (one factorisation) or up to about 2e9 multiply-adds of factorisations, else obs.
     5. With ``bias`` (default), Conv, ConvTranspose and Gemm biases are refit too; a layer without
        one gets a new initializer (a shared one is copied). A bias that is not refit (``bias=false``,
        one out of a DequantizeLinear, a Gemm C that is not one value per output column or has
@@ -199,7 +246,10 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             started = time.perf_counter()
             after = _OutputError()
             with progress.task("reconstruct: checking the model's outputs"):
-                self._accumulate(model, teacher, [], outputs, after)
+                if before.kept is not None:
+                    self._compare(model, outputs, before, after)
+                else:
+                    self._accumulate(model, teacher, [], outputs, after)
             timings["capture"] += time.perf_counter() - started
             stats.update(output_error_before=before.relative, output_error_after=after.relative)
             # No comparable output (all differ in shape or are not float): nothing to judge by.
@@ -242,6 +292,8 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         borrowed = [name for name in dict.fromkeys(inputs) if name in teacher_inputs]
         # Every captured value of a batch is alive at once: many layers, smaller batches.
         batch = 32 if len(layers) <= _MANY_LAYERS else 8
+        if outputs:
+            error.batch_size = batch
         augment = augmentation.AUGMENTS[self.options.augment]
         student = capture(
             self.context,
@@ -263,15 +315,27 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         )
         equations: dict[str, lstsq.NormalEquations] = {}
         reasons: dict[str, str] = {}
+        # Per borrowed input that lost channels: which of the input model's channels it kept.
+        kept: dict[str, np.ndarray | None] = {}
+        # Layers that reproduce the input model exactly when they read its value (its weights,
+        # minus output channels): not accumulated when they do.
+        exact = {
+            layer.key
+            for layer in layers
+            if layer.input_name in borrowed and refit_layers.is_teacher_slice(layer, teacher)
+        }
         for (_, xs), (_, ys) in zip(student, reference, strict=True):
             for name in outputs:
                 error.add(xs[name], ys[name])
+            if outputs:
+                error.keep({name: ys[name] for name in outputs})
             for layer, x_name, y_name in zip(layers, inputs, points, strict=True):
                 if layer.key in reasons:
                     continue
-                x_all = xs[x_name]
-                if x_name in borrowed and ys[x_name].shape == x_all.shape:
-                    x_all = ys[x_name]
+                x_all = _borrowed(layer, xs[x_name], ys[x_name], kept) if x_name in borrowed else xs[x_name]
+                if layer.key in exact and x_all is ys[x_name]:
+                    reasons[layer.key] = _EXACT
+                    continue
                 for x, y in matrices.pieces(layer, x_all, ys[y_name]):
                     found = matrices.rows_and_targets(layer, x, y)
                     if isinstance(found, NoMatch):
@@ -285,6 +349,22 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                         )
                     equations[layer.key].add(rows, targets)
         return equations, reasons
+
+    def _compare(self, model: ir.Model, outputs: list[str], kept: _OutputError, error: _OutputError) -> None:
+        """Streams the calibration data through ``model`` alone, against the teacher outputs ``kept``."""
+        augment = augmentation.AUGMENTS[self.options.augment]
+        student = capture(
+            self.context,
+            model,
+            outputs,
+            pass_name=self.name,
+            samples=self.options.samples,
+            batch_size=kept.batch_size,
+            augment=augment,
+        )
+        for (_, xs), ys in zip(student, kept.kept or [], strict=True):
+            for name in outputs:
+                error.add(xs[name], ys[name])
 
     def _refit(
         self,

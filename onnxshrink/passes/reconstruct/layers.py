@@ -253,6 +253,61 @@ def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[l
     return layers, skipped
 
 
+def _output_axis(layer: Layer) -> int | None:
+    """The axis of the layer's weight that runs along its output channels (None: not plain)."""
+    if layer.op == "Conv":
+        return 0 if int(layer.attr("group", 1)) == 1 else None
+    if layer.op == "Gemm":
+        return 0 if layer.attr("transB", 0) else 1
+    return 1 if layer.op == "MatMul" else None
+
+
+def _kept_slices(student: np.ndarray, teacher: np.ndarray, axis: int) -> np.ndarray | None:
+    """The increasing teacher indices along ``axis`` whose slices ``student`` holds exactly, or None."""
+    if student.ndim != teacher.ndim or student.dtype != teacher.dtype:
+        return None
+    s, t = np.moveaxis(student, axis, 0), np.moveaxis(teacher, axis, 0)
+    if s.shape[1:] != t.shape[1:]:
+        return None
+    kept, position = [], 0
+    for row in s:
+        while position < len(t) and not np.array_equal(row, t[position]):
+            position += 1
+        if position == len(t):
+            return None
+        kept.append(position)
+        position += 1
+    return np.array(kept, dtype=np.int64)
+
+
+def is_teacher_slice(layer: Layer, teacher: ir.Model) -> bool:
+    """Whether the layer computes the input model's value at its teacher point, given the same input.
+
+    True when its weight (and bias) are the input model's initializers of the same names with some
+    output channels removed and nothing else changed, and its output is the teacher point itself.
+    """
+    axis = _output_axis(layer)
+    if axis is None or layer.grid is not None or layer.output_name != layer.node.outputs[0].name:
+        return False
+    initializers = teacher.graph.initializers
+    source = initializers.get(layer.weight.name or "")
+    if source is None or source.const_value is None:
+        return False
+    kept = _kept_slices(array_of(layer.weight), source.const_value.numpy(), axis)
+    if kept is None:
+        return False
+    bias = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
+    if bias is None:
+        return True
+    given = initializers.get(bias.name or "")
+    if bias.const_value is None or given is None or given.const_value is None:
+        return False
+    teacher_bias, student_bias = given.const_value.numpy(), array_of(bias)
+    if teacher_bias.ndim != 1 or student_bias.shape != kept.shape:
+        return False
+    return bool(np.array_equal(student_bias, teacher_bias[kept]))
+
+
 def auto_pad(node: ir.Node) -> str:
     """Returns the node's ``auto_pad``, with ``VALID`` and an empty value read as ``NOTSET``.
 

@@ -69,6 +69,15 @@ def _wider(layer: refit_layers.Layer, shape: tuple[int, ...], expected: tuple[in
     return same_elsewhere and plain and shape[axis] > expected[axis]
 
 
+def input_channel_axis(layer: refit_layers.Layer, rank: int) -> int | None:
+    """The axis of the layer's input that its weight's input channels run along (None: Gemm transA)."""
+    if layer.op in refit_layers.CONVS:
+        return 1
+    if layer.op == "Gemm" and layer.attr("transA", 0):
+        return None
+    return rank - 1
+
+
 def rows_and_targets(
     layer: refit_layers.Layer, x: np.ndarray, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | NoMatch:
