@@ -140,12 +140,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        ``block-size``, or ``s8`` (stored u8 with zero point 128) in blocks of the largest power of
        2 dividing the row. DequantizeLinear → Gather would dequantize the whole table each run.
        With ``target=ort-cpu``, static and dynamic modes store such tables as ``s8`` the same way.
-    10. ``max-drop``/``min-cosine``: each layer's damage is predicted from the calibration
-        statistics (the relative noise its input/output Qs and its weight rounding add, no model
-        run); the fully quantized candidate is judged on calibration samples, and when it misses
-        the budget the smallest float prefix of that ranking meeting it is searched with judged
-        candidates (O(log layers) of them). Every layer's prediction and decision, and every
-        judged candidate, go into the stats.
+    10. ``max-drop``/``min-cosine``: layers are ranked by their damage alone, measured in one
+        probe session (each layer quantized behind a switch, a few samples per layer; probe.py),
+        or, inside If/Loop/Scan bodies, predicted from the calibration statistics (the relative
+        noise its Qs and weight rounding add, no model run). The fully quantized candidate is
+        judged on calibration samples, and when it misses the budget the smallest float prefix
+        of that ranking meeting it is searched with judged candidates (O(log layers) of them).
+        Every layer's prediction, damage alone and decision, and every judged candidate, go
+        into the stats.
     11. ``min-speedup`` (static): the float and the quantized model are timed on one
         calibration batch (up to 32 samples, median of 7 interleaved runs); below the ratio the
         input model is returned unchanged and the stats say why.
