@@ -1,7 +1,7 @@
 """Issue 16's goals: profiling with 1 and 2 workers, local processes and Ray, and object-store traffic.
 
 Profiles one model's precision units (int8 / int4 per Conv, Gemm, MatMul: the items of
-``quantize:max-drop`` and ``auto --search int8,int4``) four ways in one run, each into a fresh
+``auto --search int8,int4``) four ways in one run, each into a fresh
 cache folder: ``local`` with 1 worker (the serial profile, in this process), ``local`` with 2
 (a forkserver pool), and ``ray`` with 1 and 2 workers (actors on a local Ray instance started here,
 ``ray.init(num_cpus=2)``). For each it prints the wall time, the speedup over its 1-worker
@@ -12,10 +12,9 @@ equals the serial one, and, for Ray, how many nodes' object stores hold the setu
 With ``--prune``, it times ``run -p prune:allocation=sensitivity`` instead (``shrink`` with the
 executor in the pass context): the same four executors measure the layers' damage curves, one
 work item per layer; it prints the pass's allocation time, the speedup, whether every curve and
-chosen sparsity equals the serial run's, and whether the models are byte-identical. With
-``--quantize``, the same for ``quantize:min-cosine=C`` (the pass's budget time, the per-layer
-predicted damage and decisions); the budget judges its few candidates one after the other, so
-the executor does not change its work.
+chosen sparsity equals the serial run's, and whether the models are byte-identical.
+(``quantize:min-cosine``'s budget judges its few candidates one after the other and uses no
+executor, so it has no mode here.)
 
 The machine may be shared: the load average is printed before and after, and per-item times are
 the figures a projection should use (the wall-time speedup is capped by whatever else runs).
@@ -23,7 +22,6 @@ Run with the project's venv plus Ray::
 
     python benchmarks/scaling.py [--model magika|ocr-cls|digits] [--samples 64] [--json out.json]
     python benchmarks/scaling.py --prune [--model ocr-cls] [--samples 32] [--sparsity 0.5]
-    python benchmarks/scaling.py --quantize [--model ocr-cls] [--samples 32] [--min-cosine 0.9999] [--options K=V,...]
 """
 
 from __future__ import annotations
@@ -94,24 +92,17 @@ def _same(reference: list[dict[str, Any]], units: list[dict[str, Any]]) -> str:
 
 
 def _prune_one(path: Path, calib: dict[str, Any], executor: Any, spec: str) -> dict[str, Any]:
-    """One run of ``spec`` (prune or quantize); ``curves`` and ``sparsities`` are what must equal serial."""
+    """One run of ``spec``; ``curves`` and ``sparsities`` are what must equal serial."""
     started = time.perf_counter()
     result = onnxshrink.shrink(path, [spec], calibration=calib, verify=False, executor=executor)
     wall = time.perf_counter() - started
     (record,) = result.report["passes"]
-    if spec.startswith("quantize"):
-        judged = record["stats"]["budget"]["layers"]
-        curves = {key: [layer["predicted"]] for key, layer in judged.items()}
-        chosen = {key: layer["decision"] for key, layer in judged.items()}
-        seconds = record["timings"]["budget"]
-    else:
-        layers = record["stats"]["layers"]
-        curves = {name: layer.get("sensitivity") for name, layer in layers.items()}
-        chosen = {name: layer.get("sparsity") for name, layer in layers.items()}
-        seconds = record["timings"]["allocation"]
+    layers = record["stats"]["layers"]
+    curves = {name: layer.get("sensitivity") for name, layer in layers.items()}
+    chosen = {name: layer.get("sparsity") for name, layer in layers.items()}
     return {
         "wall_s": wall,
-        "allocation_s": seconds,
+        "allocation_s": record["timings"]["allocation"],
         "layers": sum(1 for curve in curves.values() if curve),
         "curves": curves,
         "sparsities": chosen,
@@ -175,13 +166,11 @@ def _on_each_executor(
 
 
 def prune_main(args: argparse.Namespace) -> None:
-    """``prune:allocation=sensitivity`` (or quantize's budget) on 1 and 2 workers, local and Ray; prints the table."""
+    """``prune:allocation=sensitivity`` on 1 and 2 workers, local and Ray; prints the table."""
     environment = harness.print_environment(["onnxruntime", "ray"])
     load_before = _load("before")
     path, calib = _model(args.model, args.samples)
     spec = f"prune:sparsity={args.sparsity},allocation=sensitivity,samples={args.samples}"
-    if args.quantize:
-        spec = f"quantize:min-cosine={args.min_cosine},samples={args.samples}"
     if args.options:
         spec = f"{spec},{args.options}"
     rows = _on_each_executor(
@@ -204,8 +193,7 @@ def prune_main(args: argparse.Namespace) -> None:
             ]
         )
     title = f"{args.model}: {spec} ({args.samples} calibration samples)"
-    timed = "budget s" if args.quantize else "allocation s"
-    headers = ["executor", "layers", timed, "speedup", "run s", "same as serial", "workload object"]
+    headers = ["executor", "layers", "allocation s", "speedup", "run s", "same as serial", "workload object"]
     print(harness.markdown_table(headers, table, title=title))
     if args.json:
         for row in rows.values():
@@ -223,11 +211,9 @@ def main() -> None:
     parser.add_argument("--json", help="Write the figures here.")
     parser.add_argument("--prune", action="store_true", help="Time prune:allocation=sensitivity instead.")
     parser.add_argument("--sparsity", type=float, default=0.5, help="--prune: the pass's target sparsity.")
-    parser.add_argument("--quantize", action="store_true", help="Time quantize:min-cosine's budget instead.")
-    parser.add_argument("--min-cosine", type=float, default=0.9999, help="--quantize: the pass's budget.")
-    parser.add_argument("--options", help="--prune/--quantize: more KEY=VALUE options of the pass.")
+    parser.add_argument("--options", help="--prune: more KEY=VALUE options of the pass.")
     args = parser.parse_args()
-    if args.prune or args.quantize:
+    if args.prune:
         prune_main(args)
         return
     environment = harness.print_environment(["onnxruntime", "ray"])
