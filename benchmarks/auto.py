@@ -319,6 +319,7 @@ def _auto(
         "profile_s": data["profile"]["seconds"],
         "profile_cached": data["profile"]["cached"],
         "own_speedup": chosen.get("speedup"),
+        "predicted_speedup": _predicted_speedup(data, chosen),
         "own_size": chosen.get("size"),
         "settings": chosen.get("settings"),
         "knobs": chosen.get("knobs"),
@@ -326,6 +327,13 @@ def _auto(
         "peak_rss_mb": run.peak_rss_mb,
         "recipe": out.with_suffix(".toml").read_text() if out.with_suffix(".toml").exists() else None,
     }
+
+
+def _predicted_speedup(report: dict[str, Any], chosen: dict[str, Any]) -> float | None:
+    """The speedup the latency model predicted for the chosen trial (``None`` without a latency goal)."""
+    predicted = (chosen.get("predicted") or {}).get("latency_ms")
+    base = report["profile"].get("latency_ms")
+    return base / predicted if predicted and base else None
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -458,6 +466,8 @@ def print_table(name: str, result: dict[str, Any]) -> None:
             profiled = harness.fmt_seconds(row.get("profile_s"))
             notes = f"{harness.fmt(row.get('trials'), '.0f')} trials, profile {profiled}"
             notes += "" if row.get("feasible") else "; infeasible: " + "; ".join(row.get("misses", {}).values())
+            if row.get("predicted_speedup") is not None:
+                notes += f"; predicted {row['predicted_speedup']:.2f}x"
             if row.get("own_speedup") is not None:
                 notes += f"; its own timing {row['own_speedup']:.2f}x"
         table.append(
