@@ -8,7 +8,8 @@ the caller and dropped. Nothing holds more than one batch of activations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -78,3 +79,62 @@ def capture(
         # next run, the dict it still holds no longer keeps this batch's arrays alive beside the
         # next batch's (BERT-base calibration, batch 8: 255 MB).
         arrays.clear()
+
+
+class KeptBatches:
+    """Some of the arrays of each captured batch, kept for a later pass over the same batches.
+
+    A pass that reads a few small activations after another one's capture (bias correction after
+    calibration) replays them instead of running the model again. Memory is bounded: once the
+    kept arrays would pass ``limit`` bytes (estimated from the first batch for all ``samples``,
+    then counted), nothing is kept and :meth:`holds` is False.
+
+    Args:
+        names: The values to keep.
+        batch_size: Samples per captured batch (a reader of the kept batches checks it).
+        samples: Samples the capture reads at most.
+        limit: Bytes kept at most.
+    """
+
+    def __init__(self, names: Collection[str], *, batch_size: int, samples: int, limit: int) -> None:
+        self.names = frozenset(names)
+        self.batch_size = batch_size
+        self.samples = samples
+        self.limit = limit
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.nbytes = 0
+        self.dropped = False
+
+    def add(self, arrays: Mapping[str, np.ndarray], samples: int) -> None:
+        """Keeps this batch's arrays of ``names`` (references: a capture's arrays are fresh per batch)."""
+        if self.dropped or not self.names:
+            return
+        batch = {name: np.asarray(arrays[name]) for name in self.names if name in arrays}
+        self.nbytes += sum(array.nbytes for array in batch.values())
+        # The first batch stands for all of them: no memory is spent on batches thrown away later.
+        projected = self.nbytes * math.ceil(self.samples / max(1, samples)) if not self.batches else self.nbytes
+        if projected > self.limit:
+            self.clear()
+            self.dropped = True
+            return
+        self.batches.append(batch)
+
+    def clear(self) -> None:
+        """Forgets every batch, and that any was dropped (a capture that starts over keeps them again)."""
+        self.batches = []
+        self.nbytes = 0
+        self.dropped = False
+
+    def holds(self, names: Collection[str], batch_size: int) -> bool:
+        """Whether every batch holds ``names``, captured in batches of ``batch_size``."""
+        wanted = set(names)
+        return (
+            not self.dropped
+            and bool(self.batches)
+            and batch_size == self.batch_size
+            and all(wanted <= batch.keys() for batch in self.batches)
+        )
+
+    def replay(self) -> Iterator[dict[str, np.ndarray]]:
+        """The kept batches, in the order they were captured."""
+        yield from self.batches

@@ -12,8 +12,30 @@ from typing import TYPE_CHECKING, Any
 
 from onnxshrink.errors import UsageError
 
+# Main-graph initializers larger than this reach onnxruntime from memory, not serialized.
+IN_MEMORY_BYTES = 1024
+# Tensors left in the proto (subgraphs, strings, 4-bit) past this size go through a file.
+_PROTO_LIMIT = 1 << 30
+_LOCATION = "onnxshrink-in-memory"  # the stubs' external-data location (no such file is read)
+# What an OrtValue can wrap from numpy (not strings, nor 4-bit or bfloat16 arrays).
+_ORT_VALUE_TYPES = (
+    "FLOAT",
+    "FLOAT16",
+    "DOUBLE",
+    "INT8",
+    "UINT8",
+    "INT16",
+    "UINT16",
+    "INT32",
+    "UINT32",
+    "INT64",
+    "UINT64",
+    "BOOL",
+)
+
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
     import onnx_ir as ir
 
     from onnxshrink.data.samples import Samples
@@ -70,13 +92,29 @@ class PassContext:
     def session(self, model: ir.Model) -> tuple[Any, ProviderChoice]:
         """An onnxruntime session for ``model`` on the user's provider, and which provider ran.
 
+        The main graph's large numeric initializers are not serialized: onnxruntime reads them
+        from the model's own arrays (``SessionOptions.add_external_initializers``), which the
+        session keeps alive. BERT-base (438 MB): no serialized copy of the weights, and no copy
+        of them parsed by onnxruntime, per session.
+
         Raises:
             RuntimeUnavailable: onnxruntime cannot load the model.
         """
         from onnxshrink.runtime import create_session, model_source
 
-        with model_source(model) as source:
-            return create_session(source, self.provider)
+        stubbed = _stubbed(model)
+        if stubbed is None:
+            with model_source(model) as source:
+                return create_session(source, self.provider)
+        proto, names, values = stubbed
+
+        def configure(options: Any) -> None:
+            if names:
+                options.add_external_initializers(names, values)
+
+        session, choice = create_session(proto.SerializeToString(), self.provider, configure=configure)
+        session.onnxshrink_weights = values  # onnxruntime reads them for the session's life
+        return session, choice
 
     def calibration_batches(
         self,
@@ -94,3 +132,49 @@ class PassContext:
         calibration = self.require_calibration(pass_name)
         consumer = f"pass '{pass_name}'"
         yield from calibration.feeds(input_names, consumer=consumer, samples=samples, batch_size=batch_size)
+
+
+def _stubbed(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[Any]] | None:
+    """``model`` serialized with its large main-graph initializers as external-data stubs.
+
+    The model is left as it was. Returns the proto, and the stubbed initializers' names with an
+    OrtValue over each one's array (the array itself, not a copy); None when a tensor left in
+    the proto is external data of its own or they hold more than ``_PROTO_LIMIT`` bytes.
+    """
+    import numpy as np
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from onnxshrink.ir.graphs import all_tensors
+
+    kinds = {ir.DataType[name] for name in _ORT_VALUE_TYPES}
+    stubs = {
+        value.name: value
+        for value in model.graph.initializers.values()
+        if value.name is not None
+        and value.const_value is not None
+        and value.const_value.dtype in kinds
+        and value.const_value.nbytes > IN_MEMORY_BYTES
+    }
+    chosen = {id(value.const_value) for value in stubs.values()}
+    rest = [tensor for tensor in all_tensors(model) if id(tensor) not in chosen]
+    if any(isinstance(tensor, ir.ExternalTensor) for tensor in rest) or sum(t.nbytes for t in rest) > _PROTO_LIMIT:
+        return None
+    held: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    names: list[str] = []
+    values: list[Any] = []
+    try:
+        for value in stubs.values():
+            tensor = value.const_value
+            assert tensor is not None and value.name is not None
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensor.numpy())))
+            names.append(value.name)
+            held.append((value, tensor))
+            value.const_value = ir.ExternalTensor(
+                _LOCATION, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=value.name
+            )
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in held:
+            value.const_value = tensor
+    return proto, names, values

@@ -10,7 +10,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxshrink import progress
-from onnxshrink.activations import capture
+from onnxshrink.activations import KeptBatches, capture
 from onnxshrink.data.samples import batch_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 # Samples per calibration run: every captured activation of a batch is alive at once (resnet18:
 # ~2.6 GB peak at 32, see benchmarks/quantize.py), while per-sample speed barely changes.
 _CALIBRATION_BATCH = 8
+# Layer inputs bias-correction=fast reads, kept from the calibration run when they fit (BERT-base:
+# the pooler's, 3 KB a sample); past this, bias correction captures them in a run of its own.
+_KEPT_BYTES = 64 << 20
 
 
 def _settled_plan(
@@ -194,7 +197,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         return result
 
     def _calibrate(
-        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None = None
+        self,
+        model: ir.Model,
+        names: list[str],
+        judged: budget.JudgedSamples | None = None,
+        kept: KeptBatches | None = None,
     ) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
@@ -208,12 +215,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             names: The tensors to collect statistics of.
             judged: Where the budget's judged samples are kept, with the model's outputs on them
                 (the calibration run computes them anyway), or None.
+            kept: Main-graph values kept batch by batch for a later reader (bias correction),
+                captured beside ``names`` without statistics, or None.
 
         Returns:
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names, judged), {}
+            return self._collect(model, names, judged, kept), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
@@ -222,11 +231,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             logger.warning("quantize: %s; its layers stay float", reason)
             if judged is not None:
                 judged.clear()
-            collector = self._collect(model, [name for name in names if name not in looped], judged)
+            if kept is not None:
+                kept.clear()
+            collector = self._collect(model, [name for name in names if name not in looped], judged, kept)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
-    def _collect(self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None) -> StatsCollector:
+    def _collect(
+        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None, kept: KeptBatches | None
+    ) -> StatsCollector:
         collector = StatsCollector(names)
         outputs = [value.name for value in model.graph.outputs if value.name]
         in_bodies = body_value_names(model).intersection(names)
@@ -236,6 +249,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         wanted = [carried.get(name, name) for name in names]
         if judged is not None:  # the model's outputs on the judged samples: the budget's reference
             wanted = list(dict.fromkeys([*wanted, *outputs]))
+        if kept is not None:
+            wanted = list(dict.fromkeys([*wanted, *sorted(kept.names)]))
         back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
@@ -251,6 +266,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
                 if judged is not None:
                     judged.add(feed, {name: arrays[name] for name in outputs}, count)
+                if kept is not None:
+                    kept.add(arrays, count)
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
@@ -258,11 +275,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def _static_plan(
         self, float_model: ir.Model, timings: dict[str, float]
-    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None]:
+    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None, KeptBatches | None]:
         """Calibrates ``float_model`` (never changed) and fits the budget (rules 2 and 10).
 
         Returns:
-            The plan, the calibration statistics, and the budget's record (None without a budget).
+            The plan, the calibration statistics, the budget's record (None without a budget),
+            and the layer inputs ``bias-correction=fast`` reads as the calibration run kept them
+            (None with another setting).
         """
         options = self.options
         symmetric = options.target != "ort-cpu"
@@ -311,19 +330,23 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         judged = budget.JudgedSamples(options.samples) if budgeted else None
         if budgeted:  # the budget's prediction reads each layer's output energy too
             wanted += budget.layer_outputs(float_model, make_plan())
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged)
+        kept = None
+        if options.bias_correction == "fast":  # the layer inputs it reads, from this run when small
+            names = bias_correction.fast_inputs(float_model, make_plan())
+            kept = KeptBatches(names, batch_size=_CALIBRATION_BATCH, samples=options.samples, limit=_KEPT_BYTES)
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, kept)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
         if not budgeted:
-            return plan, collector, None
+            return plan, collector, None, kept
         started = time.perf_counter()
         judge = budget.Judge(
             self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine, judged
         )
         plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started
-        return plan, collector, record
+        return plan, collector, record, kept
 
     def _static(self, model: ir.Model) -> ShrinkPassResult:
         """Rules 1-7 and 10-12 on a copy of the model, which replaces the model's graph only when kept."""
@@ -340,7 +363,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         smoothed, equalized = self._float_methods(float_model, timings)
-        plan, collector, budget_stats = self._static_plan(float_model, timings)
+        plan, collector, budget_stats, kept = self._static_plan(float_model, timings)
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
             started = time.perf_counter()
@@ -353,6 +376,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 samples=options.samples,
                 int32_bias=options.target != "tensorrt",
                 method=options.bias_correction,
+                kept=kept,
             )
             float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
             timings["bias_correction"] = time.perf_counter() - started

@@ -19,12 +19,13 @@ measures the same quantity by running the layer). ``measured`` runs both models:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.activations import capture
+from onnxshrink.activations import KeptBatches, capture
 from onnxshrink.context import PassContext
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import add_initializer, taken_names
@@ -32,7 +33,10 @@ from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weigh
 from onnxshrink.passes.quantize.rewrite import apply_plan, drop_unused_initializers
 from onnxshrink.passes.quantize.statistics import QRANGE, QParams
 
-__all__ = ["BiasShifts", "correct_biases"]
+__all__ = ["BiasShifts", "correct_biases", "fast_inputs"]
+
+# Samples per capture batch: calibration's, so inputs it kept are the batches a capture would read.
+_BATCH = 8
 
 
 @dataclasses.dataclass
@@ -70,7 +74,9 @@ def _channel_sums(
     """Per-channel sums of the named outputs over the calibration samples, and the sample count."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for _, arrays in capture(context, model, list(names.values()), pass_name=pass_name, samples=samples, batch_size=8):
+    for _, arrays in capture(
+        context, model, list(names.values()), pass_name=pass_name, samples=samples, batch_size=_BATCH
+    ):
         for key, name in names.items():
             array = np.asarray(arrays[name], dtype=np.float64)
             axis = 1 if kinds[key] == "Conv" else array.ndim - 1
@@ -80,30 +86,8 @@ def _channel_sums(
     return {key: sums[key] / counts[key] for key in sums}, sum(counts.values())
 
 
-def correct_biases(
-    context: PassContext,
-    float_model: ir.Model,
-    plan: QuantPlan,
-    weight_bits: int,
-    *,
-    pass_name: str,
-    samples: int,
-    int32_bias: bool,
-    method: str = "measured",
-) -> BiasShifts:
-    """Measures each quantized layer's output mean shift and folds it into a copy of ``float_model``.
-
-    Args:
-        context: The pipeline context (calibration data, sessions).
-        float_model: The float model the plan was made for (not changed).
-        plan: The static plan.
-        weight_bits: Weight bits the plan is applied with (7 with reduce-range).
-        pass_name: For calibration-data errors.
-        samples: Calibration samples read.
-        int32_bias: Whether a newly added bias is stored int32 (ort-cpu, ort-cuda) or float.
-        method: ``measured`` (both models run) or ``fast`` (float inputs, weight and input error).
-    """
-    view = GraphView(float_model.graph)
+def _candidates(view: GraphView, plan: QuantPlan) -> tuple[dict[str, int], dict[str, str]]:
+    """The layers whose bias can take a correction, with their output channels; the others with why."""
     candidates: dict[str, int] = {}
     left: dict[str, str] = {}
     for key, layer in plan.layers.items():
@@ -126,12 +110,60 @@ def correct_biases(
             left[key] = why
         else:
             candidates[key] = channels
+    return candidates, left
+
+
+def _input_names(view: GraphView, keys: Iterable[str]) -> dict[str, str]:
+    """Each layer's activation input (input 0) by name, '' when it has none."""
+    return {key: (value.name or "") if (value := view.nodes[key].inputs[0]) is not None else "" for key in keys}
+
+
+def fast_inputs(float_model: ir.Model, plan: QuantPlan) -> list[str]:
+    """The activations ``fast`` reads: the inputs of the layers of ``plan`` whose bias can be corrected.
+
+    Calibration keeps them (:class:`~onnxshrink.activations.KeptBatches`) for :func:`correct_biases`
+    when they are small; a plan with fewer layers reads a subset.
+    """
+    view = GraphView(float_model.graph)
+    candidates, _ = _candidates(view, plan)
+    return [name for name in dict.fromkeys(_input_names(view, candidates).values()) if name]
+
+
+def correct_biases(
+    context: PassContext,
+    float_model: ir.Model,
+    plan: QuantPlan,
+    weight_bits: int,
+    *,
+    pass_name: str,
+    samples: int,
+    int32_bias: bool,
+    method: str = "measured",
+    kept: KeptBatches | None = None,
+) -> BiasShifts:
+    """Measures each quantized layer's output mean shift and folds it into a copy of ``float_model``.
+
+    Args:
+        context: The pipeline context (calibration data, sessions).
+        float_model: The float model the plan was made for (not changed).
+        plan: The static plan.
+        weight_bits: Weight bits the plan is applied with (7 with reduce-range).
+        pass_name: For calibration-data errors.
+        samples: Calibration samples read.
+        int32_bias: Whether a newly added bias is stored int32 (ort-cpu, ort-cuda) or float.
+        method: ``measured`` (both models run) or ``fast`` (float inputs, weight and input error).
+        kept: ``fast``: the layer inputs as calibration captured them from ``float_model``, batch
+            by batch (the same batches a capture would read); when they hold every input needed,
+            no model runs.
+    """
+    view = GraphView(float_model.graph)
+    candidates, left = _candidates(view, plan)
     if not candidates:
         return BiasShifts(float_model, plan, {}, left)
     corrected = float_model.clone()
     if method == "fast":
         float_means, quantized_means = _fast_shifts(
-            context, float_model, plan, candidates, weight_bits, pass_name, samples
+            context, float_model, plan, candidates, weight_bits, pass_name, samples, kept
         )
         return _fold_shifts(corrected, plan, candidates, float_means, quantized_means, left, int32_bias)
     quantized = float_model.clone()
@@ -160,8 +192,11 @@ def _fast_shifts(
     weight_bits: int,
     pass_name: str,
     samples: int,
+    kept: KeptBatches | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each layer's output mean shift from float inputs: weight rounding and input rounding error.
+
+    The inputs come from ``kept`` when it holds them all, else from a capture of ``float_model``.
 
     The layer is linear, so the per-channel output mean moves by ``dW . mean(x) + Wq . mean(fq(x) - x)``
     (Conv: kernel taps summed, zero padding at borders ignored).
@@ -171,13 +206,22 @@ def _fast_shifts(
     """
     view = GraphView(float_model.graph)
     nodes = {key: view.nodes[key] for key in candidates}
-    names = {key: (value.name or "") if (value := node.inputs[0]) is not None else "" for key, node in nodes.items()}
+    names = _input_names(view, candidates)
+    wanted = list(dict.fromkeys(names.values()))
+    batches: Iterable[dict[str, np.ndarray]]
+    if kept is not None and kept.holds(wanted, _BATCH):
+        batches = kept.replay()
+    else:
+        batches = (
+            arrays
+            for _, arrays in capture(
+                context, float_model, wanted, pass_name=pass_name, samples=samples, batch_size=_BATCH
+            )
+        )
     sums: dict[str, np.ndarray] = {}
     errors: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for _, arrays in capture(
-        context, float_model, list(dict.fromkeys(names.values())), pass_name=pass_name, samples=samples, batch_size=8
-    ):
+    for arrays in batches:
         for key, name in names.items():
             array = np.asarray(arrays[name], dtype=np.float64)
             axis = 1 if nodes[key].op_type == "Conv" else array.ndim - 1
