@@ -125,6 +125,13 @@ class KeptBatches:
         self.nbytes = 0
         self.dropped = False
 
+    def forget(self, names: Collection[str]) -> None:
+        """Drops the named values from every batch (their values changed since they were captured)."""
+        self.names = self.names - set(names)
+        for batch in self.batches:
+            for name in names:
+                batch.pop(name, None)
+
     def holds(self, names: Collection[str], batch_size: int) -> bool:
         """Whether every batch holds ``names``, captured in batches of ``batch_size``."""
         wanted = set(names)

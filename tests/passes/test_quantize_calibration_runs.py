@@ -14,6 +14,7 @@ from helpers import parse_model, run_pass
 import onnxshrink.passes.quantize as quantize_package
 from onnxshrink.activations import KeptBatches
 from onnxshrink.context import PassContext
+from onnxshrink.passes.quantize.statistics import TensorStats, calibrated_range, mean_square
 from onnxshrink.runtime import create_session, run
 
 
@@ -123,3 +124,73 @@ def test_a_model_with_external_data_onnxruntime_cannot_take_from_memory_opens_th
     assert not hasattr(session, "onnxshrink_weights")
     feed = {"x": rng.standard_normal((3, 64)).astype(np.float32)}
     np.testing.assert_allclose(run(session, feed)["y"], feed["x"] @ weight, rtol=1e-5, atol=1e-5)
+
+
+def _smoothed_model() -> onnx.ModelProto:
+    """LayerNorm -> MatMul (1/s folds into the LayerNorm) -> Relu -> MatMul (a Mul by 1/s is inserted)."""
+    rng = np.random.default_rng(0)
+    gamma = np.ones(64, np.float32)
+    gamma[[3, 17]] = 40.0  # outlier channels, as in trained transformers' LayerNorms
+    return parse_model(
+        """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
+            n = LayerNormalization <axis = -1> (x, gamma, beta)
+            h = MatMul (n, W1)
+            r = Relu (h)
+            y = MatMul (r, W2)
+        }""",
+        initializers={
+            "gamma": gamma,
+            "beta": (rng.standard_normal(64) * 0.1).astype(np.float32),
+            "W1": (rng.standard_normal((64, 128)) / 8).astype(np.float32),
+            "W2": (rng.standard_normal((128, 64)) / 11).astype(np.float32),
+        },
+    )
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def test_smoothing_statistics_come_from_the_calibration_run(
+    sessions: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calibration = {"x": np.random.default_rng(1).standard_normal((24, 8, 64)).astype(np.float32)}
+    spec = "quantize:cpu=vnni,smooth=0.5,keep-slow-float=false"
+    one_run = run_pass(_smoothed_model(), spec, calibration=calibration)
+    assert len(sessions) == 1  # smoothing's channel extremes were captured beside the histograms
+    smoothed = one_run.stats["smooth"]["layers"]
+    assert {layer["applied"].split(" ")[0] for layer in smoothed.values()} == {"folded", "Mul"}
+    sessions.clear()
+    monkeypatch.setattr(quantize_package.QuantizePass, "_smoothing_rides_calibration", lambda self: False)
+    two_runs = run_pass(_smoothed_model(), spec, calibration=calibration)
+    assert len(sessions) == 2  # smoothing's capture, then calibration of the smoothed model
+    assert one_run.stats["smooth"] == two_runs.stats["smooth"]
+    # The same model up to float rounding: the ranges of the smoothed tensors come from the
+    # channel extremes before smoothing, not from the smoothed model's own run.
+    found, expected = _initializers(one_run.model), _initializers(two_runs.model)
+    assert found.keys() == expected.keys()
+    for name, array in expected.items():
+        if array.dtype.kind == "f":
+            np.testing.assert_allclose(found[name], array, rtol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(found[name], array, err_msg=name)
+
+
+def test_histogram_calibrators_calibrate_the_smoothed_model_in_a_run_of_its_own(sessions: list[list[str]]) -> None:
+    calibration = {"x": np.random.default_rng(1).standard_normal((24, 8, 64)).astype(np.float32)}
+    result = run_pass(
+        _smoothed_model(),
+        "quantize:cpu=vnni,smooth=0.5,calibrate=percentile,keep-slow-float=false",
+        calibration=calibration,
+    )
+    assert len(sessions) == 2 and len(result.stats["smooth"]["layers"]) == 2
+
+
+def test_extremes_only_statistics_serve_minmax_and_refuse_the_histogram_readers() -> None:
+    stats = TensorStats.from_extremes(-0.5, 3.0, 100)
+    assert calibrated_range(stats, "minmax", symmetric=False) == (-0.5, 3.0)
+    for method in ("percentile", "entropy", "mse"):
+        with pytest.raises(ValueError, match="extremes only"):
+            calibrated_range(stats, method, symmetric=False)
+    with pytest.raises(ValueError, match="extremes only"):
+        mean_square(stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from onnxshrink.passes.quantize.scopes import (
     read_outer_values_locally,
     unique_value_names,
 )
-from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
+from onnxshrink.passes.quantize.statistics import ChannelStats, StatsCollector, TensorStats, calibrated_range
 from onnxshrink.registry import register_pass
 from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.selection import unselected
@@ -87,6 +88,15 @@ def _nested_layers(model: ir.Model, *, bodies_placed: bool) -> dict[str, str]:
             if table or is_onnx_op(node, *placement.TRT_LAYERS):
                 skipped[f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"] = where
     return skipped
+
+
+@dataclasses.dataclass
+class _PendingSmooth:
+    """Smoothing whose statistics the calibration run fills; ``record`` is the report's, once applied."""
+
+    found: smooth.Candidates
+    error_model: smooth.ErrorModel
+    record: dict[str, Any] | None = None
 
 
 @register_pass
@@ -171,14 +181,16 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     15. ``bias-correction`` (``fast`` by default): each quantized Conv/Gemm's per-channel output
         mean shift is computed from its float inputs (``fast``) or measured by running both
         models (``measured``) on the calibration data and subtracted from its bias
-        (bias_correction.py); the shift per layer is in the stats.
+        (bias_correction.py; ``fast`` reads the inputs the calibration run kept when they are
+        small); the shift per layer is in the stats.
     16. ``equalize`` (static, off by default): cross-layer equalization rescales the channels of
         Conv→(Relu|LeakyRelu)?→Conv pairs so both weights' channel ranges match, before
         calibration; exact in float (equalize.py). Each pair is in the stats.
     17. ``smooth`` (static; ``auto`` by default, which does nothing in other modes): SmoothQuant-style
         migration of activation channels into MatMul/Gemm weights (``X / s``, ``s W``), folded into
-        a LayerNormalization or a Mul by a constant, before calibration; exact in float (smooth.py). Each layer's
-        strength and output error are in the stats.
+        a LayerNormalization or a Mul by a constant; exact in float (smooth.py). With ``calibrate=minmax``
+        and no budget its statistics come from the calibration run, else from a capture before
+        calibration. Each layer's strength and output error are in the stats.
     18. ``rounding`` (weight-only ``s4``/``u4``; ``auto`` by default): with calibration data, the
         MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
         matrix, under block scales chosen by a clipping search (gptq.py); without calibration
@@ -202,6 +214,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         names: list[str],
         judged: budget.JudgedSamples | None = None,
         kept: KeptBatches | None = None,
+        channels: dict[str, ChannelStats] | None = None,
     ) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
@@ -217,12 +230,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 (the calibration run computes them anyway), or None.
             kept: Main-graph values kept batch by batch for a later reader (bias correction),
                 captured beside ``names`` without statistics, or None.
+            channels: Per-channel statistics of main-graph values to fill as well (smoothing's), or None.
 
         Returns:
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names, judged, kept), {}
+            return self._collect(model, names, judged, kept, channels), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
@@ -233,12 +247,19 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 judged.clear()
             if kept is not None:
                 kept.clear()
-            collector = self._collect(model, [name for name in names if name not in looped], judged, kept)
+            for stats in (channels or {}).values():
+                stats.clear()
+            collector = self._collect(model, [name for name in names if name not in looped], judged, kept, channels)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
     def _collect(
-        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None, kept: KeptBatches | None
+        self,
+        model: ir.Model,
+        names: list[str],
+        judged: budget.JudgedSamples | None,
+        kept: KeptBatches | None,
+        channels: dict[str, ChannelStats] | None,
     ) -> StatsCollector:
         collector = StatsCollector(names)
         outputs = [value.name for value in model.graph.outputs if value.name]
@@ -251,6 +272,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             wanted = list(dict.fromkeys([*wanted, *outputs]))
         if kept is not None:
             wanted = list(dict.fromkeys([*wanted, *sorted(kept.names)]))
+        channels = channels or {}
+        wanted = list(dict.fromkeys([*wanted, *channels]))
         back = {outer: name for name, outer in carried.items()}
         # Counted in samples: the reader may hold fewer than asked, so the total is an upper bound.
         with progress.task(f"quantize calibration: {len(names)} tensors", total=self.options.samples) as step:
@@ -268,15 +291,21 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                     judged.add(feed, {name: arrays[name] for name in outputs}, count)
                 if kept is not None:
                     kept.add(arrays, count)
+                for name, stats in channels.items():
+                    stats.update(arrays[name])
                 step.advance(count)
         if collector.samples == 0:
             raise UsageError("quantize: the calibration data holds no sample")
         return collector
 
     def _static_plan(
-        self, float_model: ir.Model, timings: dict[str, float]
+        self, float_model: ir.Model, timings: dict[str, float], pending: _PendingSmooth | None = None
     ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None, KeptBatches | None]:
-        """Calibrates ``float_model`` (never changed) and fits the budget (rules 2 and 10).
+        """Calibrates ``float_model`` and fits the budget (rules 2 and 10).
+
+        ``float_model`` is not changed, except by ``pending`` smoothing: the calibration run
+        fills its statistics, then it is applied (in place) and the plan is made for the
+        smoothed model (:meth:`_smoothed_statistics`).
 
         Returns:
             The plan, the calibration statistics, the budget's record (None without a budget),
@@ -334,9 +363,24 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         if options.bias_correction == "fast":  # the layer inputs it reads, from this run when small
             names = bias_correction.fast_inputs(float_model, make_plan())
             kept = KeptBatches(names, batch_size=_CALIBRATION_BATCH, samples=options.samples, limit=_KEPT_BYTES)
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, kept)
+        channels = pending.found.stats if pending is not None else None
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, kept, channels)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
+        if pending is not None:
+            started = time.perf_counter()
+            captured, collector = collector, None  # the placement as if calibrated, on the smoothed model
+            pending.record, choices = smooth.smooth_captured(float_model, pending.found, pending.error_model)
+            roots.clear()
+            roots.update((name, q.root) for name, q in make_plan().activations.items())
+            timings["smooth"] += time.perf_counter() - started
+            started = time.perf_counter()
+            collector = self._smoothed_statistics(
+                float_model, captured, choices, pending.found.stats, list(dict.fromkeys(roots.values()))
+            )
+            if kept is not None:
+                kept.forget([choice.smoothed for choice in choices if choice.smoothed])
+            timings["calibration"] += time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
         if not budgeted:
             return plan, collector, None, kept
@@ -347,6 +391,48 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started
         return plan, collector, record, kept
+
+    def _smoothed_statistics(
+        self,
+        model: ir.Model,
+        captured: StatsCollector,
+        choices: list[smooth.SmoothChoice],
+        channels: dict[str, ChannelStats],
+        names: list[str],
+    ) -> StatsCollector:
+        """The statistics of ``names`` in the smoothed ``model``, from a run of the model before smoothing.
+
+        A smoothed tensor ``X / s`` gets its extremes from ``X``'s per channel
+        (:func:`~onnxshrink.passes.quantize.smooth.smoothed_extremes`); any other tensor holds the
+        same values as before smoothing (up to float rounding: smoothing is exact in real
+        arithmetic) and keeps its statistics. Tensors neither gives (new ones, or a smoothed
+        tensor that held non-finite values) are calibrated in a run of the smoothed model.
+        """
+        derived: dict[str, TensorStats] = {}
+        changed: set[str] = set()
+        for choice in choices:
+            if choice.smoothed is None:
+                continue
+            changed.add(choice.smoothed)
+            stats = channels[choice.tensor]
+            extremes = smooth.smoothed_extremes(choice, stats)
+            if extremes is not None:
+                count = stats.seen * int(stats.abs_max.size)
+                derived[choice.smoothed] = TensorStats.from_extremes(*extremes, count)
+        collector = StatsCollector([])
+        collector.samples = captured.samples
+        missing: list[str] = []
+        for name in names:
+            if name in derived:
+                collector.stats[name] = derived[name]
+            elif name in captured.stats and name not in changed:
+                collector.stats[name] = captured.stats[name]
+            else:
+                missing.append(name)
+        if missing:
+            more, _ = self._calibrate(model, missing)
+            collector.stats.update(more.stats)
+        return collector
 
     def _static(self, model: ir.Model) -> ShrinkPassResult:
         """Rules 1-7 and 10-12 on a copy of the model, which replaces the model's graph only when kept."""
@@ -362,8 +448,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         read_outer_values_locally(float_model, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
-        smoothed, equalized = self._float_methods(float_model, timings)
-        plan, collector, budget_stats, kept = self._static_plan(float_model, timings)
+        smoothed, equalized, pending = self._float_methods(float_model, timings)
+        plan, collector, budget_stats, kept = self._static_plan(float_model, timings, pending)
+        if pending is not None:
+            smoothed = pending.record
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
             started = time.perf_counter()
@@ -423,13 +511,25 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             model.ir_version = candidate.ir_version
         return ShrinkPassResult(model, modified=keep, stats=stats, skipped=dict(plan.left_float), timings=timings)
 
+    def _smoothing_rides_calibration(self) -> bool:
+        """Whether smoothing's statistics come from the calibration run (no capture of its own).
+
+        The calibration run then sees the model before smoothing: a smoothed tensor ``X / s`` is
+        known by its extremes only (from ``X``'s per channel), which is all ``calibrate=minmax``
+        reads; the budget and the other calibrators read histograms.
+        """
+        options = self.options
+        return options.calibrate == "minmax" and options.max_drop is None and options.min_cosine is None
+
     def _float_methods(
         self, float_model: ir.Model, timings: dict[str, float]
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, _PendingSmooth | None]:
         """Rules 16-17 on ``float_model``, in place: exact rewrites that make it easier to quantize.
 
         Returns:
-            The ``smooth`` and ``equalize`` records (None when the option is off).
+            The ``smooth`` and ``equalize`` records (None when the option is off, or smoothing
+            waits for the calibration run), and the smoothing candidates whose statistics the
+            calibration run fills (None when smoothing is done or off).
         """
         options = self.options
         smoothed: dict[str, Any] | None = None
@@ -442,7 +542,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         if options.smooth == "auto" and calibration is not None and not calibration.rereadable:
             # Smoothing reads the data once more before calibration; a one-shot reader cannot.
             reason = f"calibration data {calibration.description} can be read only once"
-            return {"setting": "auto", "layers": {}, "not_smoothed": {}, "reason": reason}, equalized
+            return {"setting": "auto", "layers": {}, "not_smoothed": {}, "reason": reason}, equalized, None
         if options.smooth != "off":
             started = time.perf_counter()
             speed_rules = options.target == "ort-cpu" and options.keep_slow_float
@@ -464,10 +564,22 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             # a chain whose root is a float op's output only moves its Q after the Mul.
             quantized_outputs = {layer.output for layer in dry_run.layers.values() if layer.output_q and layer.output}
             int8_already = {name for name, q in dry_run.activations.items() if q.root in quantized_outputs}
+            layer_keys = [key for key, layer in dry_run.layers.items() if layer.weight is not None]
+            if self._smoothing_rides_calibration():
+                found = smooth.candidates(
+                    float_model,
+                    layer_keys,
+                    options.smooth,
+                    int8_already=int8_already,
+                    samples=options.samples,
+                    batch_size=_CALIBRATION_BATCH,
+                )
+                timings["smooth"] = time.perf_counter() - started
+                return None, equalized, _PendingSmooth(found, error_model)
             smoothed = smooth.smooth_model(
                 self.context,
                 float_model,
-                [key for key, layer in dry_run.layers.items() if layer.weight is not None],
+                layer_keys,
                 options.smooth,
                 error_model,
                 int8_already=int8_already,
@@ -476,7 +588,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 batch_size=_CALIBRATION_BATCH,
             )
             timings["smooth"] = time.perf_counter() - started
-        return smoothed, equalized
+        return smoothed, equalized, None
 
     def _fast_enough(
         self, model: ir.Model, candidate: ir.Model, stats: dict[str, Any], timings: dict[str, float]

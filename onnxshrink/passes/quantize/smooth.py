@@ -9,8 +9,10 @@ balances the two ranges, the weight keeping its per-output-channel scales. Rules
    graph; constant 2-D weight ``[K, N]``, or ``[N, K]`` for Gemm ``transB=1``); every such layer
    reading the tensor is smoothed with the same ``s`` (``max|W_j|`` over all of them).
 2. Their per-channel extremes and a bounded sample of rows come from one capture over the
-   calibration samples (``statistics.ChannelStats``). It runs before calibration: the smoothed
-   tensors' ranges are then calibrated as they will be quantized.
+   calibration samples (``statistics.ChannelStats``): the calibration run's, of the model
+   before smoothing (``calibrate=minmax`` without a budget: a smoothed tensor's range is then
+   its channel extremes times ``1 / s``, :func:`smoothed_extremes`), or else a capture of its
+   own before calibration, so that the smoothed tensors' histograms are those of the smoothed model.
 3. ``smooth=auto`` smooths a tensor with the ``a`` of ``GRID`` that gives its layers the lowest
    relative output error on the sampled rows (activation and weight fake-quantized as the plan
    will quantize them), only when that error is at least ``MIN_GAIN`` below the error without
@@ -51,7 +53,19 @@ from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, constant_init
 from onnxshrink.passes.quantize.rewrite import drop_unused_initializers
 from onnxshrink.passes.quantize.statistics import MIN_SCALE, QRANGE, ChannelStats, QDtype, QParams, qparams
 
-__all__ = ["GRID", "MIN_GAIN", "MIN_ROWS", "SmoothChoice", "apply_smoothing", "choose_scales", "smooth_model"]
+__all__ = [
+    "GRID",
+    "MIN_GAIN",
+    "MIN_ROWS",
+    "Candidates",
+    "SmoothChoice",
+    "apply_smoothing",
+    "candidates",
+    "choose_scales",
+    "smooth_captured",
+    "smooth_model",
+    "smoothed_extremes",
+]
 
 # Migration strengths tried by smooth=auto (SmoothQuant uses 0.5 for most models, up to 0.75-0.85).
 GRID = (0.25, 0.4, 0.5, 0.6, 0.75)
@@ -78,6 +92,7 @@ class SmoothChoice:
     errors: dict[str, float] = dataclasses.field(default_factory=dict)
     reason: str | None = None
     applied: str | None = None
+    smoothed: str | None = None  # the value holding X / s once applied: the tensor, or the inserted Mul's output
 
     def to_json(self) -> dict[str, Any]:
         """One layer's entry in the report's ``smooth.layers``."""
@@ -297,7 +312,7 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
                 array = np.asarray(constant_array(parameter), dtype=np.float32)
                 new = add_initializer(graph, taken, f"{parameter.name}_smoothed", (array / scales).astype(np.float32))
                 norm.replace_input_with(index, new)
-            choice.applied = f"folded into {view.key(norm)}"
+            choice.applied, choice.smoothed = f"folded into {view.key(norm)}", choice.tensor
         elif (factor := _foldable_mul(value, layers, scales.size)) is not None:
             mul_node, index = factor
             constant = mul_node.inputs[index]
@@ -309,7 +324,7 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
             mul_node.replace_input_with(
                 index, add_initializer(graph, taken, f"{constant.name}_smoothed", folded.astype(np.float32))
             )
-            choice.applied = f"folded into {view.key(mul_node)}"
+            choice.applied, choice.smoothed = f"folded into {view.key(mul_node)}", choice.tensor
         else:
             inverse = add_initializer(graph, taken, f"{choice.tensor}_smooth_scale", (1.0 / scales).astype(np.float32))
             mul = ir.node("Mul", [value, inverse], name=fresh_name(taken, f"{choice.tensor}_smooth"))
@@ -321,7 +336,7 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
             graph.insert_before(first, mul)
             for layer in layers:
                 layer.replace_input_with(0, mul.outputs[0])
-            choice.applied = f"Mul by 1/s inserted ({mul.name})"
+            choice.applied, choice.smoothed = f"Mul by 1/s inserted ({mul.name})", mul.outputs[0].name
         for layer in layers:
             weight = layer.inputs[1]
             assert weight is not None
@@ -330,6 +345,80 @@ def apply_smoothing(model: ir.Model, choices: list[SmoothChoice]) -> None:
             scaled = array * (scales[None, :] if trans_b else scales[:, None])
             layer.replace_input_with(1, add_initializer(graph, taken, f"{weight.name}_smoothed", scaled))
     drop_unused_initializers(graph)
+
+
+@dataclasses.dataclass
+class Candidates:
+    """Rules 1 and 5: the tensors to smooth, the layers reading each, and their statistics to fill.
+
+    Attributes:
+        setting: ``auto`` or a migration strength in (0, 1).
+        groups: Activation tensor -> the layers reading it.
+        skipped: Layer -> why it gets no smoothing.
+        stats: Activation tensor -> its per-channel statistics, filled batch by batch by a capture
+            of the float model (smoothing's own, or calibration's: the same batches).
+    """
+
+    setting: str
+    groups: dict[str, list[str]]
+    skipped: dict[str, str]
+    stats: dict[str, ChannelStats]
+
+
+def candidates(
+    model: ir.Model,
+    layer_keys: Sequence[str],
+    setting: str,
+    *,
+    int8_already: Collection[str] = (),
+    samples: int,
+    batch_size: int,
+) -> Candidates:
+    """Rules 1 and 5 on ``model``: what to capture, with empty statistics sized for ``samples``."""
+    groups, skipped = _candidates(GraphView(model.graph), layer_keys)
+    if setting == "auto":
+        for name in [name for name in groups if name in int8_already]:
+            for key in groups.pop(name):
+                skipped[key] = f"'{name}' is int8 already: a Mul by 1/s would add a dequantize/quantize pair"
+    per_batch = max(1, math.ceil(_ROWS / max(1, math.ceil(samples / batch_size))))
+    return Candidates(setting, groups, skipped, {name: ChannelStats(_ROWS, per_batch) for name in groups})
+
+
+def smooth_captured(
+    model: ir.Model, found: Candidates, error_model: ErrorModel
+) -> tuple[dict[str, Any], list[SmoothChoice]]:
+    """Rules 3-4 on ``model`` (in place) from the filled statistics of ``found``.
+
+    Returns:
+        The report's ``smooth`` record, and every candidate tensor's choice.
+    """
+    view = GraphView(model.graph)
+    choices = choose_scales(view, found.groups, found.stats, found.setting, error_model)
+    apply_smoothing(model, choices)
+    layers: dict[str, dict[str, Any]] = {}
+    skipped = dict(found.skipped)
+    for choice in choices:
+        for key in choice.layers:
+            if choice.scales is None:
+                skipped[key] = str(choice.reason)
+            else:
+                layers[key] = choice.to_json()
+    return {"setting": found.setting, "layers": layers, "not_smoothed": skipped}, choices
+
+
+def smoothed_extremes(choice: SmoothChoice, stats: ChannelStats) -> tuple[float, float] | None:
+    """The extremes of ``X / s`` where the smoothed model holds it, from ``X``'s per-channel extremes.
+
+    ``x * (1 / s)`` is monotonic in ``x`` for ``s > 0``, so each channel's extreme maps to the
+    product's extreme: exact where a Mul by ``1 / s`` was inserted; where ``1 / s`` was folded into
+    a LayerNormalization or Mul, the smoothed model rounds its product once more (float rounding).
+    None when ``X`` was not smoothed, or some of its rows held a non-finite value (left out of
+    the channel extremes, so the tensor's own extremes are unknown).
+    """
+    if choice.scales is None or stats.minimum is None or stats.maximum is None or stats.dropped:
+        return None
+    inverse = (1.0 / choice.scales).astype(np.float32)
+    return float((stats.minimum * inverse).min()), float((stats.maximum * inverse).max())
 
 
 def smooth_model(
@@ -344,7 +433,7 @@ def smooth_model(
     samples: int,
     batch_size: int,
 ) -> dict[str, Any]:
-    """Rules 1-4 on ``model`` (in place); returns the report's ``smooth`` record.
+    """Rules 1-5 on ``model`` (in place), with a capture of its own; returns the report's ``smooth`` record.
 
     Args:
         context: The pipeline context (calibration data, sessions).
@@ -357,27 +446,12 @@ def smooth_model(
         batch_size: Samples per capture batch.
         int8_already: Tensors the plan makes int8 before the layers' own Q; ``auto`` leaves them.
     """
-    view = GraphView(model.graph)
-    groups, skipped = _candidates(view, layer_keys)
-    if setting == "auto":
-        for name in [name for name in groups if name in int8_already]:
-            for key in groups.pop(name):
-                skipped[key] = f"'{name}' is int8 already: a Mul by 1/s would add a dequantize/quantize pair"
-    per_batch = max(1, math.ceil(_ROWS / max(1, math.ceil(samples / batch_size))))
-    stats = {name: ChannelStats(_ROWS, per_batch) for name in groups}
-    if groups:
+    found = candidates(model, layer_keys, setting, int8_already=int8_already, samples=samples, batch_size=batch_size)
+    if found.groups:
         for _, arrays in capture(
-            context, model, list(groups), pass_name=pass_name, samples=samples, batch_size=batch_size
+            context, model, list(found.groups), pass_name=pass_name, samples=samples, batch_size=batch_size
         ):
-            for name, channel_stats in stats.items():
+            for name, channel_stats in found.stats.items():
                 channel_stats.update(arrays[name])
-    choices = choose_scales(view, groups, stats, setting, error_model)
-    apply_smoothing(model, choices)
-    layers: dict[str, dict[str, Any]] = {}
-    for choice in choices:
-        for key in choice.layers:
-            if choice.scales is None:
-                skipped[key] = str(choice.reason)
-            else:
-                layers[key] = choice.to_json()
-    return {"setting": setting, "layers": layers, "not_smoothed": skipped}
+    record, _ = smooth_captured(model, found, error_model)
+    return record

@@ -47,6 +47,8 @@ class TensorStats:
         histogram: ``bins`` counters.
         zeros: Values exactly 0 (Relu outputs hold many): any zero point represents them exactly,
             so the entropy calibrator leaves them out.
+        extremes_only: Only ``count``, ``minimum`` and ``maximum`` are known (:meth:`from_extremes`):
+            the histogram stays empty and only ``minmax`` reads such statistics.
     """
 
     bins: int = DEFAULT_BINS
@@ -57,6 +59,12 @@ class TensorStats:
     half_range: float = 0.0
     histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     zeros: int = 0
+    extremes_only: bool = False
+
+    @classmethod
+    def from_extremes(cls, low: float, high: float, count: int, bins: int = DEFAULT_BINS) -> TensorStats:
+        """Statistics of ``count`` finite values known only by their extremes (a smoothed tensor ``X / s``)."""
+        return cls(bins=bins, count=count, minimum=low, maximum=high, extremes_only=True)
 
     def __post_init__(self) -> None:
         if self.bins < 8 or self.bins % 4:
@@ -274,6 +282,8 @@ def calibrated_range(
         raise UsageError(f"unknown calibrator {method!r}; valid: {', '.join(CALIBRATORS)}")
     if not stats.finite:
         raise ValueError("no finite value was seen")
+    if stats.extremes_only and method != "minmax":
+        raise ValueError(f"calibrator {method!r} reads a histogram; these statistics hold extremes only")
     return CALIBRATORS[method](stats, symmetric, percentile)
 
 
@@ -326,6 +336,11 @@ def _rounding_integral(u: np.ndarray) -> np.ndarray:
     return nearest / 12.0 + (offset**3 + 0.125) / 3.0
 
 
+def _require_histogram(stats: TensorStats) -> None:
+    if stats.extremes_only:
+        raise ValueError("these statistics hold extremes only, no histogram")
+
+
 def _bin_edges(stats: TensorStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each histogram bin's start and end, and its count less the exact zeros (in the bin starting at 0)."""
     width = 2.0 * stats.half_range / stats.bins
@@ -338,6 +353,7 @@ def _bin_edges(stats: TensorStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def mean_square(stats: TensorStats) -> float:
     """``E[x²]`` of the tensor's finite values, read from the histogram (values spread evenly within each bin)."""
+    _require_histogram(stats)
     if stats.count == 0 or stats.half_range == 0.0:
         return 0.0
     start, end, counts = _bin_edges(stats)
@@ -352,6 +368,7 @@ def quantization_noise(stats: TensorStats, params: QParams) -> float:
     multiple of ``scale`` (integrated exactly over each bin), past it the distance to the range's
     end. Exact zeros are represented exactly. 0 when no non-zero value was seen.
     """
+    _require_histogram(stats)
     if stats.count == 0 or stats.half_range == 0.0:
         return 0.0
     qmin, qmax = QRANGE[params.dtype]
@@ -425,11 +442,16 @@ class ChannelStats:
     def __init__(self, max_rows: int = 512, rows_per_batch: int = 64) -> None:
         self.max_rows = max_rows
         self.rows_per_batch = rows_per_batch
+        self.clear()
+
+    def clear(self) -> None:
+        """Forgets every batch (a capture that starts over fills the statistics again)."""
         self.minimum: np.ndarray | None = None
         self.maximum: np.ndarray | None = None
         self.rows: list[np.ndarray] = []
         self.kept = 0
         self.seen = 0  # finite rows seen in all
+        self.dropped = 0  # rows left out for a non-finite value
 
     def update(self, array: np.ndarray) -> None:
         """Adds one batch; rows with a non-finite value are left out of the extremes and the sample."""
@@ -437,7 +459,9 @@ class ChannelStats:
         if values.ndim == 0 or values.size == 0:
             return
         rows = values.reshape(-1, values.shape[-1])
-        rows = rows[np.isfinite(rows).all(axis=1)]
+        finite = rows[np.isfinite(rows).all(axis=1)]
+        self.dropped += rows.shape[0] - finite.shape[0]
+        rows = finite
         if rows.shape[0] == 0:
             return
         self.seen += rows.shape[0]
