@@ -160,11 +160,19 @@ def migration_scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.n
 
 
 def _fake_quantized_weight(weight: np.ndarray, model: ErrorModel) -> np.ndarray:
-    """``weight`` ``[K, N]`` rounded as the plan rounds it: symmetric, per column (or per tensor)."""
+    """``weight`` ``[K, N]`` rounded as the plan rounds it: symmetric, per column (or per tensor).
+
+    Rounded in place (no temporary the size of the weight): pass an array of your own.
+    """
     limit = np.float32(2 ** (model.weight_bits - 1) - 1)
-    amax = np.abs(weight).max(axis=0, keepdims=True) if model.per_channel else np.abs(weight).max(keepdims=True)
+    axis = 0 if model.per_channel else None
+    amax = np.maximum(weight.max(axis=axis, keepdims=True), -weight.min(axis=axis, keepdims=True))  # max |w|
     scale = np.where(amax > MIN_SCALE, amax / limit, np.float32(1.0)).astype(np.float32)
-    return np.clip(np.rint(weight / scale), -limit, limit) * scale
+    np.divide(weight, scale, out=weight)
+    np.rint(weight, out=weight)
+    np.clip(weight, -limit, limit, out=weight)
+    weight *= scale
+    return weight
 
 
 @dataclasses.dataclass
@@ -197,8 +205,9 @@ def _relative_error(stats: ChannelStats, layer_rows: _LayerRows, scales: np.ndar
     activation = _fake_quantized(rows / s, qparams(low, high, model.dtype, symmetric=model.symmetric))
     error = 0.0
     for weight, exact in zip(layer_rows.weights, layer_rows.exact, strict=True):
-        rounded = _fake_quantized_weight(weight * s[:, None], model)
-        error += float(np.square(activation @ rounded - exact).sum())
+        difference = activation @ _fake_quantized_weight(weight * s[:, None], model)
+        difference -= exact
+        error += float(np.square(difference, out=difference).sum())
     return error / layer_rows.reference if layer_rows.reference > 0 else 0.0
 
 
