@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,8 @@ MIN_GAIN = 0.02
 # closely; balanced channels then clip on new data (a 32-sample test graph lost cosine).
 MIN_ROWS = 1024
 _ROWS = 256
+# Threads computing the strengths' errors (at most one per core).
+_WORKERS = 4
 
 
 @dataclasses.dataclass
@@ -211,6 +215,17 @@ def _relative_error(stats: ChannelStats, layer_rows: _LayerRows, scales: np.ndar
     return error / layer_rows.reference if layer_rows.reference > 0 else 0.0
 
 
+def _errors(
+    stats: ChannelStats, weights: list[np.ndarray], w_max: np.ndarray, alphas: Sequence[float], model: ErrorModel
+) -> dict[str, float]:
+    """The relative output error of a tensor's layers without smoothing and with each strength."""
+    rows = _LayerRows.of(stats.sample(), weights, model.per_channel)
+    errors = {"none": _relative_error(stats, rows, None, model)}
+    for alpha in alphas:
+        errors[f"{alpha:g}"] = _relative_error(stats, rows, migration_scales(stats.abs_max, w_max, alpha), model)
+    return errors
+
+
 def choose_scales(
     view: GraphView,
     groups: dict[str, list[str]],
@@ -218,33 +233,39 @@ def choose_scales(
     setting: str,
     model: ErrorModel,
 ) -> list[SmoothChoice]:
-    """Rule 3: the migration scales of each candidate tensor (or why it is left as is)."""
+    """Rule 3: the migration scales of each candidate tensor (or why it is left as is).
+
+    The tensors' errors are computed on a few threads (numpy's rounding runs on one core, the
+    products on all): each tensor's numbers are the same as computed alone.
+    """
     choices: list[SmoothChoice] = []
-    for tensor, keys in groups.items():
-        value = view.values[tensor]
-        producer = value.producer()
-        producer_op = producer.op_type if producer is not None else "graph input"
-        channel_stats = stats[tensor]
-        choice = SmoothChoice(tensor, tuple(keys), producer_op, channel_stats.outlier_ratio)
-        choices.append(choice)
-        weights = [_weight_kn(view.nodes[key]) for key in keys]
-        x_max = channel_stats.abs_max
-        if x_max.size == 0:
-            choice.reason = "no finite calibration value"
-            continue
-        if any(weight.shape[0] != x_max.size for weight in weights):
-            choice.reason = f"weight rows differ from the {x_max.size} input channels"
-            continue
-        if setting == "auto" and channel_stats.seen < MIN_ROWS:
-            choice.reason = f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
-            continue
-        w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
-        rows = _LayerRows.of(channel_stats.sample(), weights, model.per_channel)
-        choice.errors["none"] = _relative_error(channel_stats, rows, None, model)
-        alphas = GRID if setting == "auto" else (float(setting),)
-        for alpha in alphas:
-            scales = migration_scales(x_max, w_max, alpha)
-            choice.errors[f"{alpha:g}"] = _relative_error(channel_stats, rows, scales, model)
+    alphas = GRID if setting == "auto" else (float(setting),)
+    computed: list[tuple[SmoothChoice, np.ndarray, Future[dict[str, float]]]] = []
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, os.cpu_count() or 1)) as pool:
+        for tensor, keys in groups.items():
+            value = view.values[tensor]
+            producer = value.producer()
+            producer_op = producer.op_type if producer is not None else "graph input"
+            channel_stats = stats[tensor]
+            choice = SmoothChoice(tensor, tuple(keys), producer_op, channel_stats.outlier_ratio)
+            choices.append(choice)
+            weights = [_weight_kn(view.nodes[key]) for key in keys]
+            x_max = channel_stats.abs_max
+            if x_max.size == 0:
+                choice.reason = "no finite calibration value"
+                continue
+            if any(weight.shape[0] != x_max.size for weight in weights):
+                choice.reason = f"weight rows differ from the {x_max.size} input channels"
+                continue
+            if setting == "auto" and channel_stats.seen < MIN_ROWS:
+                choice.reason = (
+                    f"only {channel_stats.seen} calibration rows < {MIN_ROWS}: too few to trust channel maxima"
+                )
+                continue
+            w_max = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
+            computed.append((choice, w_max, pool.submit(_errors, channel_stats, weights, w_max, alphas, model)))
+    for choice, w_max, errors in computed:
+        choice.errors.update(errors.result())
         best = min(alphas, key=lambda a: choice.errors[f"{a:g}"])
         if setting == "auto" and choice.errors[f"{best:g}"] > (1.0 - MIN_GAIN) * choice.errors["none"]:
             choice.reason = (
@@ -252,7 +273,7 @@ def choose_scales(
             )
             continue
         choice.alpha = best
-        choice.scales = migration_scales(x_max, w_max, best)
+        choice.scales = migration_scales(stats[choice.tensor].abs_max, w_max, best)
     return choices
 
 
