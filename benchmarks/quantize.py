@@ -88,6 +88,7 @@ SIDE_BY_SIDE = {
     "onnxshrink-all-int8": "keep-slow-float=false",
     "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
+    "onnxshrink-gptq": "rounding=gptq",  # GPTQ rounding of the int8 weights (opt-in)
 }
 # The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
 # migration (the default smooth=auto against off and a fixed strength) for the transformer,
@@ -132,7 +133,11 @@ TOOLS = {
     "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
 }
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
-ONLY_TOOLS = {"ocr-rec": ("onnxshrink-default", "onnxshrink-all-int8", "ort-default", "ort-best-rr", "nncf", "aimet")}
+ONLY_TOOLS = {
+    "ocr-rec": (
+        "onnxshrink-default", "onnxshrink-all-int8", "onnxshrink-gptq", "ort-default", "ort-best-rr", "nncf", "aimet",
+    )
+}  # fmt: skip
 # Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.
 ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5, "ocr-rec": 0.5}
 INT_KERNELS = (
@@ -160,6 +165,7 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         # What stays float is the pass's ``skipped`` now (older reports: ``left_float``).
         info["left_float"] = stats.get("left_float", stats.get("skipped", {}))
         info["calibration_seconds"] = harness.pass_timing(record, "calibration", "calibration_seconds")
+        info["rounding_seconds"] = harness.pass_timing(record, "rounding")
     elif tool == "nncf":
         import nncf
         import onnx

@@ -20,6 +20,7 @@ from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
 from onnxshrink.passes.quantize import equalize as equalize
 from onnxshrink.passes.quantize import gptq as gptq
+from onnxshrink.passes.quantize import int8_rounding as int8_rounding
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
@@ -341,6 +342,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         timings: dict[str, float] = {}
         smoothed, equalized = self._float_methods(float_model, timings)
         plan, collector, budget_stats = self._static_plan(float_model, timings)
+        rounded, rounding = self._static_rounding(float_model, plan, timings)
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
             started = time.perf_counter()
@@ -353,11 +355,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 samples=options.samples,
                 int32_bias=options.target != "tensorrt",
                 method=options.bias_correction,
+                rounded=rounded,
             )
             float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
             timings["bias_correction"] = time.perf_counter() - started
         candidate = float_model.clone()
-        counts = rewrite.apply_plan(candidate, plan, options.weight_bits)
+        counts = rewrite.apply_plan(candidate, plan, options.weight_bits, rounded)
         tables: dict[str, str] = {}
         if options.target == "ort-cpu":  # GatherBlockQuantized is an onnxruntime contrib op
             writer = rewrite.QdqWriter(candidate)
@@ -385,6 +388,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "bias_correction": corrections,
             "smooth": smoothed,
             "equalize": equalized,
+            "rounding": rounding,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0
@@ -561,6 +565,40 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return {}, {"method": "nearest", "reason": f"onnxruntime cannot run the model ({error}; rounding=auto)"}
         timings["rounding"] = time.perf_counter() - started
         return rounded, {"method": "gptq", "layers": record}
+
+    def _static_rounding(
+        self, float_model: ir.Model, plan: placement.QuantPlan, timings: dict[str, float]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Rule 18 for static int8 weights: GPTQ levels by weight name (``rounding=gptq``), or why nearest.
+
+        Returns:
+            The GPTQ int8 levels per weight initializer name (empty for nearest rounding), and the
+            report's ``rounding`` record.
+
+        Raises:
+            UsageError: ``rounding=gptq`` with calibration data that can be read only once.
+        """
+        options = self.options
+        if options.rounding != "gptq":
+            return {}, {"method": "nearest", "reason": f"rounding={options.rounding} (static int8: gptq is opt-in)"}
+        calibration = self.context.calibration
+        if calibration is not None and not calibration.rereadable:
+            raise UsageError(
+                f"quantize: rounding=gptq reads the calibration data again; {calibration.description} "
+                "can be read only once"
+            )
+        started = time.perf_counter()
+        rounded, record = int8_rounding.round_static(
+            self.context,
+            float_model,
+            plan,
+            options.weight_bits,
+            pass_name=self.name,
+            samples=options.samples,
+            batch_size=_CALIBRATION_BATCH,
+        )
+        timings["rounding"] = time.perf_counter() - started
+        return rounded, {"method": "gptq", **record}
 
     def _gather_tables(
         self, model: ir.Model, writer: rewrite.QdqWriter, nodes: dict[str, str], left_float: dict[str, str], bits: str

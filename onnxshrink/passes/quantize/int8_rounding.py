@@ -1,0 +1,326 @@
+"""GPTQ rounding of static int8 weights (``rounding=gptq`` with ``mode=static``).
+
+The 4-bit rounding of gptq.py, for the per-channel int8 weights of a static plan: each layer is a
+matrix product ``X W`` of its input rows and a ``[K, N]`` weight, and GPTQ moves each input
+channel's rounding error onto the channels not yet rounded, in the proportions the input's Gram
+matrix ``H = X^T X`` gives. Rules:
+
+1. Layers: the quantized Conv, Gemm and MatMul of the main graph whose constant weight no other
+   layer reads. Each other layer keeps nearest rounding, named with its reason (inside a body,
+   a shared weight, ConvTranspose).
+2. Each layer as matrix products: MatMul ``X [..., K] W [K, N]``; Gemm the same (with ``transB``,
+   ``W^T``); Conv, per group, the im2col patches of its input (one row per output position,
+   ``Cin/group * prod(kernel)`` values in the weight's order, zero padding included) times
+   ``weight[group].reshape(Cout/group, -1)^T``. ``H`` per group is summed in float64 over the
+   calibration samples from the layer input as the quantized model sees it: fake-quantized by
+   the plan's Q on that input (``QUANTIZED_INPUTS``; the float input where the plan has none).
+3. Scales are exactly those nearest rounding uses (``plan.quantize_weight``: per output channel or
+   per tensor, ``±(2**(bits-1) - 1)`` with reduce-range, zero point 0); only the integer values
+   change, so the kernels and the size stay those of nearest rounding.
+4. Memory: layers reading the same tensor with the same geometry share one ``H``; the layers are
+   captured in passes over the calibration data, each holding at most ``GRAM_BUDGET`` bytes of
+   Gram matrices (one larger matrix gets a pass alone); patches are formed one sample at a time.
+5. Report: per layer, the relative output error ``||Xq Wq - X W||^2 / ||X W||^2`` of nearest
+   rounding and of GPTQ on up to 256 sampled input rows (``Xq``: the fake-quantized rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from numpy.lib.stride_tricks import sliding_window_view
+
+from onnxshrink.activations import capture
+from onnxshrink.context import PassContext
+from onnxshrink.ir.constants import constant_array
+from onnxshrink.passes.quantize.gptq import GramMatrix, gptq_round
+from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weight
+from onnxshrink.passes.quantize.statistics import QRANGE, ChannelStats, QParams
+
+__all__ = ["GRAM_BUDGET", "QUANTIZED_INPUTS", "ConvGeometry", "im2col", "round_static"]
+
+# Bytes of Gram matrices one capture pass holds (BERT-base: 12 x (768^2 + 3072^2) x 8 B = 960 MB in 2 passes).
+GRAM_BUDGET = 512 * 2**20
+# Rule 2: H from the fake-quantized layer input (what the int8 model multiplies), not the float one.
+QUANTIZED_INPUTS = True
+_REPORT_ROWS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """How a Conv turns its input into patches: kernel, strides, dilations, pads and ``auto_pad``."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    auto_pad: str
+
+    @classmethod
+    def of(cls, node: ir.Node, kernel: tuple[int, ...]) -> ConvGeometry:
+        """The geometry of a Conv ``node`` whose weight has spatial shape ``kernel``."""
+        rank = len(kernel)
+
+        def ints(name: str, default: int, count: int) -> tuple[int, ...]:
+            attribute = node.attributes.get(name)
+            return tuple(attribute.as_ints()) if attribute is not None else (default,) * count
+
+        auto_pad = node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET"
+        return cls(kernel, ints("strides", 1, rank), ints("dilations", 1, rank), ints("pads", 0, 2 * rank), auto_pad)
+
+    def padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(begin, end) zero padding per spatial axis of an input of shape ``spatial``."""
+        rank = len(self.kernel)
+        if self.auto_pad in ("NOTSET", "VALID"):
+            pads = self.pads if self.auto_pad == "NOTSET" else (0,) * (2 * rank)
+            return [(pads[axis], pads[axis + rank]) for axis in range(rank)]
+        result = []
+        for size, kernel, stride, dilation in zip(spatial, self.kernel, self.strides, self.dilations, strict=True):
+            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            small = total // 2
+            result.append((small, total - small) if self.auto_pad == "SAME_UPPER" else (total - small, small))
+        return result
+
+
+def im2col(sample: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """The patches of one sample ``[C, *spatial]``: ``[positions, C * prod(kernel)]``, channel-major.
+
+    Column ``c * prod(kernel) + tap`` holds input channel ``c`` at kernel tap ``tap`` (row-major over
+    the kernel axes), the order of ``weight[o].reshape(-1)``.
+    """
+    rank = len(geometry.kernel)
+    padded = np.pad(sample, [(0, 0), *geometry.padding(tuple(sample.shape[1:]))])
+    extents = tuple((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations, strict=True))
+    windows = sliding_window_view(padded, extents, axis=tuple(range(1, rank + 1)))  # [C, *out_full, *extents]
+    steps = [slice(None), *(slice(None, None, s) for s in geometry.strides)]
+    steps += [slice(None, None, d) for d in geometry.dilations]
+    picked = windows[tuple(steps)]
+    moved = np.moveaxis(picked, 0, rank)  # [*out, C, *kernel]
+    positions = int(np.prod(moved.shape[:rank]))
+    return moved.reshape(positions, -1)
+
+
+@dataclasses.dataclass
+class LayerMatrix:
+    """One layer as ``groups`` matrix products ``rows [R, K] @ weight[g] [K, N/groups]`` (rule 2).
+
+    Attributes:
+        weights: ``[groups, K, N/groups]`` float64, input channels first.
+        scales: Nearest rounding's scale of each column ``[groups, N/groups]``.
+        layout: Turns levels ``[groups, K, N/groups]`` back into the weight's own shape.
+    """
+
+    key: str
+    weight_name: str
+    tensor: str
+    geometry: ConvGeometry | None
+    weights: np.ndarray
+    scales: np.ndarray
+    shape: tuple[int, ...]
+    transposed: bool
+
+    @property
+    def groups(self) -> int:
+        return int(self.weights.shape[0])
+
+    def stored(self, levels: np.ndarray) -> np.ndarray:
+        """Levels ``[groups, K, N/groups]`` as the int8 initializer of the weight's own shape."""
+        if self.geometry is not None:  # [g, K, Cout/g] -> [Cout, Cin/g, *kernel]
+            return np.ascontiguousarray(levels.transpose(0, 2, 1).reshape(self.shape)).astype(np.int8)
+        matrix = levels[0]
+        return np.ascontiguousarray(matrix.T if self.transposed else matrix).astype(np.int8)
+
+
+def _layer_matrix(key: str, node: ir.Node, axis: int | None, bits: int) -> LayerMatrix:
+    array = constant_array(node.inputs[1])
+    source, weight = node.inputs[0], node.inputs[1]
+    assert array is not None and source is not None and source.name and weight is not None and weight.name
+    array = np.asarray(array, np.float32)
+    _, scales = quantize_weight(array, axis, bits)
+    if node.op_type == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        out_channels = array.shape[0]
+        matrices = array.reshape(groups, out_channels // groups, -1).transpose(0, 2, 1)
+        columns = np.broadcast_to(scales, (out_channels,)).reshape(groups, -1)
+        geometry = ConvGeometry.of(node, tuple(array.shape[2:]))
+        return LayerMatrix(key, weight.name, source.name, geometry, matrices, columns, array.shape, False)
+    transposed = node.op_type == "Gemm" and bool(node.attributes.get_int("transB"))
+    matrix = array.T if transposed else array
+    columns = np.broadcast_to(scales, (matrix.shape[1],)).reshape(1, -1)
+    return LayerMatrix(key, weight.name, source.name, None, matrix[None], columns, array.shape, transposed)
+
+
+def _candidates(model: ir.Model, plan: QuantPlan) -> tuple[dict[str, ir.Node], dict[str, str]]:
+    """Rule 1: the layers GPTQ rounds, and the others with why they keep nearest rounding."""
+    nodes = GraphView(model.graph).nodes
+    readers: dict[str, int] = {}
+    for key, layer in plan.layers.items():
+        node = nodes.get(key)
+        if layer.weight is not None and node is not None and (value := node.inputs[layer.weight.index]) is not None:
+            readers[str(value.name)] = readers.get(str(value.name), 0) + 1
+    chosen: dict[str, ir.Node] = {}
+    left: dict[str, str] = {}
+    for key, layer in plan.layers.items():
+        if layer.weight is None:
+            continue
+        node = nodes.get(key)
+        if node is None:
+            left[key] = "in a subgraph: rounding=gptq works on the main graph"
+        elif node.op_type not in ("Conv", "Gemm", "MatMul"):
+            left[key] = f"{node.op_type}: rounding=gptq rounds Conv, Gemm and MatMul weights"
+        elif readers[str(node.inputs[1].name if node.inputs[1] is not None else "")] > 1:
+            left[key] = "weight shared with another layer"
+        else:
+            chosen[key] = node
+    return chosen, left
+
+
+class _GroupedGram:
+    """``H`` per group ``[groups, K, K]`` of rows ``[R, groups * K]``, float64 (rule 2)."""
+
+    def __init__(self, groups: int, channels: int) -> None:
+        self.single = GramMatrix(channels) if groups == 1 else None
+        self.grouped = np.zeros((groups, channels, channels)) if groups > 1 else None
+        self.groups, self.channels = groups, channels
+        self.rows = 0
+
+    def update(self, rows: np.ndarray) -> None:
+        """Adds rows ``[R, groups * K]``; rows holding a non-finite value are left out."""
+        if self.single is not None:
+            self.single.update(rows)
+            self.rows = self.single.rows
+            return
+        assert self.grouped is not None
+        rows = rows[np.isfinite(rows).all(axis=1)].reshape(-1, self.groups, self.channels)
+        self.grouped += np.einsum("rgk,rgl->gkl", rows, rows, dtype=np.float64)
+        self.rows += rows.shape[0]
+
+    @property
+    def matrices(self) -> np.ndarray:
+        """``H`` per group, ``[groups, K, K]``."""
+        if self.single is not None:
+            return self.single.matrix[None]
+        assert self.grouped is not None
+        return self.grouped
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the matrices hold."""
+        return self.groups * self.channels * self.channels * 8
+
+
+def _fake_quantized(array: np.ndarray, params: QParams | None) -> np.ndarray:
+    if params is None:
+        return array
+    low, high = QRANGE[params.dtype]
+    levels = np.clip(np.rint(array / np.float32(params.scale)) + params.zero_point, low, high)
+    return ((levels - params.zero_point) * np.float32(params.scale)).astype(np.float32)
+
+
+def _rows(array: np.ndarray, geometry: ConvGeometry | None) -> list[np.ndarray]:
+    """The input rows of one batch: per sample for a Conv (rule 4), all at once otherwise."""
+    if geometry is None:
+        return [array.reshape(-1, array.shape[-1])]
+    return [im2col(sample, geometry) for sample in array]
+
+
+def _passes(keys: dict[tuple[str, ConvGeometry | None], _GroupedGram]) -> list[list[tuple[str, ConvGeometry | None]]]:
+    """Rule 4: the Gram keys split into capture passes of at most GRAM_BUDGET bytes each."""
+    passes: list[list[tuple[str, ConvGeometry | None]]] = []
+    held = GRAM_BUDGET
+    for key, gram in keys.items():
+        if held + gram.nbytes > GRAM_BUDGET:
+            passes.append([])
+            held = 0
+        passes[-1].append(key)
+        held += gram.nbytes
+    return passes
+
+
+def _relative_error(
+    rows: np.ndarray, quantized_rows: np.ndarray, weights: np.ndarray, dequantized: np.ndarray
+) -> float:
+    groups, channels = weights.shape[:2]
+    exact = np.einsum("rgk,gkn->rgn", rows.reshape(-1, groups, channels).astype(np.float64), weights)
+    found = np.einsum("rgk,gkn->rgn", quantized_rows.reshape(-1, groups, channels).astype(np.float64), dequantized)
+    reference = float(np.square(exact).sum())
+    error = float(np.square(found - exact).sum()) / reference if reference > 0 else 0.0
+    return float(f"{error:.4g}")
+
+
+def round_static(
+    context: PassContext,
+    model: ir.Model,
+    plan: QuantPlan,
+    weight_bits: int,
+    *,
+    pass_name: str,
+    samples: int,
+    batch_size: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Rules 1-5 for the plan's layers; the model is not changed.
+
+    Args:
+        context: The pipeline context (calibration data, sessions).
+        model: The float model the plan was made for.
+        plan: The static plan (its input Qs give the fake quantization).
+        weight_bits: Weight bits (7 with reduce-range).
+        pass_name: For calibration-data errors.
+        samples: Calibration samples read.
+        batch_size: Samples per capture run.
+
+    Returns:
+        The GPTQ levels per weight initializer name (int8, the weight's shape), and the report's
+        record: per layer its input tensor, rows and relative output errors, and the layers left
+        to nearest rounding with why.
+    """
+    chosen, left = _candidates(model, plan)
+    matrices = {
+        key: _layer_matrix(key, node, plan.layers[key].weight.axis, weight_bits)  # type: ignore[union-attr]
+        for key, node in chosen.items()
+    }
+    grams: dict[tuple[str, ConvGeometry | None], _GroupedGram] = {}
+    for matrix in matrices.values():
+        grams.setdefault((matrix.tensor, matrix.geometry), _GroupedGram(matrix.groups, matrix.weights.shape[1]))
+    per_batch = max(1, math.ceil(_REPORT_ROWS / max(1, math.ceil(samples / batch_size))))
+    sampled = {key: ChannelStats(_REPORT_ROWS, per_batch) for key in grams}
+    params = {name: q.params for name, q in plan.activations.items()}
+    for keys in _passes(grams):
+        tensors = list(dict.fromkeys(name for name, _ in keys))
+        for _, arrays in capture(context, model, tensors, pass_name=pass_name, samples=samples, batch_size=batch_size):
+            for name, geometry in keys:
+                array = np.asarray(arrays[name], np.float32)
+                seen = _fake_quantized(array, params.get(name)) if QUANTIZED_INPUTS else array
+                for rows in _rows(seen, geometry):
+                    grams[name, geometry].update(rows)
+                sampled[name, geometry].update(_rows(array[:1] if geometry else array, geometry)[0])
+    limit = 2 ** (weight_bits - 1) - 1
+    dtype = "s8" if weight_bits == 8 else "s7"
+    assert limit == {"s8": 127, "s7": 63}[dtype]
+    rounded: dict[str, np.ndarray] = {}
+    layers: dict[str, Any] = {}
+    for key, matrix in matrices.items():
+        gram_key = (matrix.tensor, matrix.geometry)
+        hessians = grams[gram_key].matrices
+        levels = np.empty_like(matrix.weights)
+        for group in range(matrix.groups):
+            scales = matrix.scales[group][None].astype(np.float64)
+            k = matrix.weights.shape[1]
+            levels[group] = gptq_round(matrix.weights[group], hessians[group], scales, np.zeros_like(scales), k, dtype)
+        rounded[matrix.weight_name] = matrix.stored(levels)
+        rows = sampled[gram_key].sample()
+        quantized_rows = _fake_quantized(rows, params.get(matrix.tensor))
+        nearest = np.clip(np.rint(matrix.weights / matrix.scales[:, None, :]), -limit, limit)
+        layers[key] = {
+            "tensor": matrix.tensor,
+            "rows": grams[gram_key].rows,
+            "relative_error": {
+                "nearest": _relative_error(rows, quantized_rows, matrix.weights, nearest * matrix.scales[:, None, :]),
+                "gptq": _relative_error(rows, quantized_rows, matrix.weights, levels * matrix.scales[:, None, :]),
+            },
+        }
+    return rounded, {"layers": layers, "nearest": left}
