@@ -165,7 +165,7 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         # What stays float is the pass's ``skipped`` now (older reports: ``left_float``).
         info["left_float"] = stats.get("left_float", stats.get("skipped", {}))
         info["calibration_seconds"] = harness.pass_timing(record, "calibration", "calibration_seconds")
-        info["rounding_seconds"] = harness.pass_timing(record, "rounding")
+        info["rounding_seconds"] = (record.get("timings") or {}).get("rounding")  # stats["rounding"]: the record
     elif tool == "nncf":
         import nncf
         import onnx

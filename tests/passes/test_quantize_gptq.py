@@ -278,7 +278,7 @@ def test_im2col_patches_times_the_weight_give_the_conv() -> None:
         model = parse_model(body, initializers={"W": weight}, opset=13)
         expected = run(model, {"x": sample[None]})[0][0]  # [4, H, W]
         node = next(iter(ir.from_proto(model).graph))
-        patches = int8_rounding.im2col(sample, int8_rounding.ConvGeometry.of(node, (3, 2)))
+        patches = int8_rounding.im2col(sample[None], int8_rounding.ConvGeometry.of(node, (3, 2)))
         found = (patches @ weight.reshape(4, -1).T).T.reshape(expected.shape)
         np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
 

@@ -19,7 +19,8 @@ matrix ``H = X^T X`` gives. Rules:
    change, so the kernels and the size stay those of nearest rounding.
 4. Memory: layers reading the same tensor with the same geometry share one ``H``; the layers are
    captured in passes over the calibration data, each holding at most ``GRAM_BUDGET`` bytes of
-   Gram matrices (one larger matrix gets a pass alone); patches are formed one sample at a time.
+   Gram matrices (one larger matrix gets a pass alone); patches are formed for a few samples at a time
+   (``PATCH_VALUES``).
 5. Report: per layer, the relative output error ``||Xq Wq - X W||^2 / ||X W||^2`` of nearest
    rounding and of GPTQ on up to 256 sampled input rows (``Xq``: the fake-quantized rows).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -41,10 +43,12 @@ from onnxshrink.passes.quantize.gptq import GramMatrix, gptq_round
 from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weight
 from onnxshrink.passes.quantize.statistics import QRANGE, ChannelStats, QParams
 
-__all__ = ["GRAM_BUDGET", "QUANTIZED_INPUTS", "ConvGeometry", "im2col", "round_static"]
+__all__ = ["GRAM_BUDGET", "PATCH_VALUES", "QUANTIZED_INPUTS", "ConvGeometry", "im2col", "round_static"]
 
 # Bytes of Gram matrices one capture pass holds (BERT-base: 12 x (768^2 + 3072^2) x 8 B = 960 MB in 2 passes).
 GRAM_BUDGET = 512 * 2**20
+# Patch values formed at once (64 MB of float32): a Conv's im2col is made for this many samples' worth.
+PATCH_VALUES = 16 * 2**20
 # Rule 2: H from the fake-quantized layer input (what the int8 model multiplies), not the float one.
 QUANTIZED_INPUTS = True
 _REPORT_ROWS = 256
@@ -86,22 +90,20 @@ class ConvGeometry:
         return result
 
 
-def im2col(sample: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """The patches of one sample ``[C, *spatial]``: ``[positions, C * prod(kernel)]``, channel-major.
+def im2col(batch: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """The patches of samples ``[N, C, *spatial]``: ``[N * positions, C * prod(kernel)]``, channel-major.
 
     Column ``c * prod(kernel) + tap`` holds input channel ``c`` at kernel tap ``tap`` (row-major over
     the kernel axes), the order of ``weight[o].reshape(-1)``.
     """
     rank = len(geometry.kernel)
-    padded = np.pad(sample, [(0, 0), *geometry.padding(tuple(sample.shape[1:]))])
+    padded = np.pad(batch, [(0, 0), (0, 0), *geometry.padding(tuple(batch.shape[2:]))])
     extents = tuple((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations, strict=True))
-    windows = sliding_window_view(padded, extents, axis=tuple(range(1, rank + 1)))  # [C, *out_full, *extents]
-    steps = [slice(None), *(slice(None, None, s) for s in geometry.strides)]
+    windows = sliding_window_view(padded, extents, axis=tuple(range(2, rank + 2)))  # [N, C, *out_full, *extents]
+    steps = [slice(None), slice(None), *(slice(None, None, s) for s in geometry.strides)]
     steps += [slice(None, None, d) for d in geometry.dilations]
-    picked = windows[tuple(steps)]
-    moved = np.moveaxis(picked, 0, rank)  # [*out, C, *kernel]
-    positions = int(np.prod(moved.shape[:rank]))
-    return moved.reshape(positions, -1)
+    moved = np.moveaxis(windows[tuple(steps)], 1, rank + 1)  # [N, *out, C, *kernel]
+    return moved.reshape(int(np.prod(moved.shape[: rank + 1])), -1)
 
 
 @dataclasses.dataclass
@@ -221,11 +223,15 @@ def _fake_quantized(array: np.ndarray, params: QParams | None) -> np.ndarray:
     return ((levels - params.zero_point) * np.float32(params.scale)).astype(np.float32)
 
 
-def _rows(array: np.ndarray, geometry: ConvGeometry | None) -> list[np.ndarray]:
-    """The input rows of one batch: per sample for a Conv (rule 4), all at once otherwise."""
+def _rows(array: np.ndarray, geometry: ConvGeometry | None) -> Iterator[np.ndarray]:
+    """The input rows of one batch; a Conv's patches in chunks of at most ``PATCH_VALUES`` values (rule 4)."""
     if geometry is None:
-        return [array.reshape(-1, array.shape[-1])]
-    return [im2col(sample, geometry) for sample in array]
+        yield array.reshape(-1, array.shape[-1])
+        return
+    per_sample = array[0].size * int(np.prod(geometry.kernel)) // int(np.prod(geometry.strides))
+    step = max(1, PATCH_VALUES // max(1, per_sample))
+    for start in range(0, array.shape[0], step):
+        yield im2col(array[start : start + step], geometry)
 
 
 def _passes(keys: dict[tuple[str, ConvGeometry | None], _GroupedGram]) -> list[list[tuple[str, ConvGeometry | None]]]:
@@ -245,8 +251,9 @@ def _relative_error(
     rows: np.ndarray, quantized_rows: np.ndarray, weights: np.ndarray, dequantized: np.ndarray
 ) -> float:
     groups, channels = weights.shape[:2]
-    exact = np.einsum("rgk,gkn->rgn", rows.reshape(-1, groups, channels).astype(np.float64), weights)
-    found = np.einsum("rgk,gkn->rgn", quantized_rows.reshape(-1, groups, channels).astype(np.float64), dequantized)
+    exact = np.matmul(rows.reshape(-1, groups, channels).transpose(1, 0, 2).astype(np.float64), weights)
+    grouped = quantized_rows.reshape(-1, groups, channels).transpose(1, 0, 2).astype(np.float64)
+    found = np.matmul(grouped, dequantized)  # [groups, rows, N/groups]
     reference = float(np.square(exact).sum())
     error = float(np.square(found - exact).sum()) / reference if reference > 0 else 0.0
     return float(f"{error:.4g}")
@@ -297,7 +304,7 @@ def round_static(
                 seen = _fake_quantized(array, params.get(name)) if QUANTIZED_INPUTS else array
                 for rows in _rows(seen, geometry):
                     grams[name, geometry].update(rows)
-                sampled[name, geometry].update(_rows(array[:1] if geometry else array, geometry)[0])
+                sampled[name, geometry].update(next(_rows(array[:1] if geometry else array, geometry)))
     limit = 2 ** (weight_bits - 1) - 1
     dtype = "s8" if weight_bits == 8 else "s7"
     assert limit == {"s8": 127, "s7": 63}[dtype]
