@@ -49,7 +49,8 @@ the median of same-round ratios. Kernels: ORT's optimized model (extended level)
 
 Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
 layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
-``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``,
+``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``, ``onnxshrink-gptq``
+(``rounding=gptq``: GPTQ rounding of the int8 weights; its ``rounding_seconds`` in the JSON),
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
 correction included; NNCF lives in the benchmark environment only), all fed the same
 calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The float-exact methods
@@ -421,8 +422,9 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     paths = {"fp32": fp32}
     for label, tool, option in tools:
         out = work / f"{model}_{label}.onnx"
-        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch.
-        timeout = INT4_TIMEOUT if tool == "ort-4bit" else 600.0
+        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch;
+        # int8 GPTQ factors a [K, K] matrix per layer (resnet: K up to 4608).
+        timeout = INT4_TIMEOUT if tool == "ort-4bit" or "rounding=gptq" in option else 600.0
         run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option], timeout)
         rows[label] = run
         if not run["ok"]:

@@ -288,3 +288,52 @@ def test_static_gptq_needs_calibration_data_it_can_read_twice() -> None:
     batches = [{k: v[i : i + 4] for k, v in feed.items()} for i in range(0, 16, 4)]
     with pytest.raises(UsageError, match="rounding=gptq reads the calibration data again"):
         run_pass(_static_model(), "quantize:rounding=gptq", calibration=OnceReader(batches))
+
+
+def test_static_gptq_in_one_pass_per_gram_matrix_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, calibration = _static_model(), _static_feed(32, seed=1)
+    spec = "quantize:keep-slow-float=false,reduce-range=on,rounding=gptq"
+    together = run_pass(model, spec, calibration=calibration)
+    monkeypatch.setattr(int8_rounding, "GRAM_BUDGET", 1)  # every Gram matrix in a capture pass of its own
+    apart = run_pass(model, spec, calibration=calibration)
+    assert apart.model.SerializeToString() == together.model.SerializeToString()
+
+
+def test_static_gptq_leaves_a_shared_weight_to_nearest_rounding_with_the_reason() -> None:
+    body = """g (float[N, 64] v, float[N, 64] u) => (float[N, 24] z, float[N, 24] w) {
+        z = Gemm <transB = 1> (v, Wgemm)
+        w = Gemm <transB = 1> (u, Wgemm)
+    }"""
+    weight = (np.random.default_rng(2).standard_normal((24, 64)) / 8.0).astype(np.float32)
+    model = parse_model(body, initializers={"Wgemm": weight}, opset=13)
+    feed = {"v": _correlated(32, seed=1)["x"], "u": _correlated(32, seed=2)["x"]}
+    spec = "quantize:keep-slow-float=false,rounding=gptq"
+    record = run_pass(model, spec, calibration=feed).stats["rounding"]
+    assert record["layers"] == {}
+    assert record["nearest"] == {
+        "Gemm#0": "weight shared with another layer",
+        "Gemm#1": "weight shared with another layer",
+    }
+
+
+def test_static_gptq_rounds_main_graph_layers_and_names_body_layers_left_nearest() -> None:
+    body = """g (float[N, 16] x) => (float[N, 16] y) {
+        h = MatMul(x, W1)
+        r = Relu(h)
+        total = ReduceSum <keepdims = 0> (x)
+        c = Greater(total, Zero)
+        y = If(c) <
+            then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
+            else_branch = e () => (float[N, 16] b) { b = Identity(r) }
+        >
+    }"""
+    rng = np.random.default_rng(1)
+    weights = {"W1": rng.standard_normal((16, 16)), "W2": rng.standard_normal((16, 16)), "Zero": np.array(0.0)}
+    model = parse_model(body, initializers={k: v.astype(np.float32) for k, v in weights.items()})
+    magnitudes = np.abs(rng.standard_normal((16, 16))).astype(np.float32)
+    calibration = {"x": np.concatenate([magnitudes[:8], -magnitudes[8:]])}  # one run per branch
+    result = run_pass(model, "quantize:keep-slow-float=false,rounding=gptq", calibration=calibration)
+    record = result.stats["rounding"]
+    assert set(record["layers"]) == {"MatMul#0"}
+    assert record["nearest"] == {"If#4/then_branch/MatMul#0": "in a subgraph: rounding=gptq works on the main graph"}
+    assert set(result.stats["nodes"]) == {"MatMul#0", "If#4/then_branch/MatMul#0"}

@@ -180,7 +180,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     18. ``rounding`` (weight-only ``s4``/``u4``; ``auto`` by default): with calibration data, the
         MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
         matrix, under block scales chosen by a clipping search (gptq.py); without calibration
-        data (or ``rounding=nearest``), each weight is rounded to its nearest level. The method,
+        data (or ``rounding=nearest``), each weight is rounded to its nearest level. Static int8
+        (``rounding=gptq`` only; ``auto`` means nearest there): the same error feedback for each
+        quantized Conv (im2col patches, per group), Gemm and MatMul of the main graph, from the
+        fake-quantized layer input, under nearest rounding's scales (int8_rounding.py). The method,
         and per layer the output error of both on sampled calibration rows, are in the stats.
     """
 
