@@ -50,7 +50,8 @@ the median of same-round ratios. Kernels: ORT's optimized model (extended level)
 Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
 layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
 ``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``, ``onnxshrink-gptq``
-(``rounding=gptq``: GPTQ rounding of the int8 weights; its ``rounding_seconds`` in the JSON),
+(``rounding=gptq``: GPTQ rounding of the int8 weights; its ``rounding_seconds`` in the JSON) and
+``onnxshrink-all-int8-gptq``,
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
 correction included; NNCF lives in the benchmark environment only), all fed the same
 calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The float-exact methods
@@ -90,6 +91,7 @@ SIDE_BY_SIDE = {
     "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
     "onnxshrink-gptq": "rounding=gptq",  # GPTQ rounding of the int8 weights (opt-in)
+    "onnxshrink-all-int8-gptq": "keep-slow-float=false,rounding=gptq",
 }
 # The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
 # migration (the default smooth=auto against off and a fixed strength) for the transformer,

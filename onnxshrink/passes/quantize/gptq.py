@@ -177,8 +177,10 @@ def _inverse_factor(gram: np.ndarray) -> np.ndarray:
     flipped = np.ascontiguousarray(h[::-1, ::-1])
     damp = DAMP
     while True:
+        shifted = flipped.copy()  # damped in place: no [K, K] identity (int8 Convs: K up to 4608)
+        shifted[np.diag_indices_from(shifted)] += damp * mean
         try:
-            lower = linalg.cholesky(flipped + damp * mean * np.eye(h.shape[0]), lower=True)
+            lower = linalg.cholesky(shifted, lower=True, overwrite_a=True)
             break
         except linalg.LinAlgError:
             if damp >= 1.0:

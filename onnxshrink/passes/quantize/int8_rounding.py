@@ -113,6 +113,7 @@ class LayerMatrix:
     Attributes:
         weights: ``[groups, K, N/groups]`` float64, input channels first.
         scales: Nearest rounding's scale of each column ``[groups, N/groups]``.
+        limit: The largest level, 127 (or 63 with reduce-range); levels span ``[-limit, limit]``.
         layout: Turns levels ``[groups, K, N/groups]`` back into the weight's own shape.
     """
 
@@ -124,6 +125,7 @@ class LayerMatrix:
     scales: np.ndarray
     shape: tuple[int, ...]
     transposed: bool
+    limit: int
 
     @property
     def groups(self) -> int:
@@ -143,17 +145,18 @@ def _layer_matrix(key: str, node: ir.Node, axis: int | None, bits: int) -> Layer
     assert array is not None and source is not None and source.name and weight is not None and weight.name
     array = np.asarray(array, np.float32)
     _, scales = quantize_weight(array, axis, bits)
+    limit = 2 ** (bits - 1) - 1
     if node.op_type == "Conv":
         groups = node.attributes.get_int("group", 1)
         out_channels = array.shape[0]
         matrices = array.reshape(groups, out_channels // groups, -1).transpose(0, 2, 1)
         columns = np.broadcast_to(scales, (out_channels,)).reshape(groups, -1)
         geometry = ConvGeometry.of(node, tuple(array.shape[2:]))
-        return LayerMatrix(key, weight.name, source.name, geometry, matrices, columns, array.shape, False)
+        return LayerMatrix(key, weight.name, source.name, geometry, matrices, columns, array.shape, False, limit)
     transposed = node.op_type == "Gemm" and bool(node.attributes.get_int("transB"))
     matrix = array.T if transposed else array
     columns = np.broadcast_to(scales, (matrix.shape[1],)).reshape(1, -1)
-    return LayerMatrix(key, weight.name, source.name, None, matrix[None], columns, array.shape, transposed)
+    return LayerMatrix(key, weight.name, source.name, None, matrix[None], columns, array.shape, transposed, limit)
 
 
 def _candidates(model: ir.Model, plan: QuantPlan) -> tuple[dict[str, ir.Node], dict[str, str]]:
@@ -179,6 +182,9 @@ def _candidates(model: ir.Model, plan: QuantPlan) -> tuple[dict[str, ir.Node], d
         else:
             chosen[key] = node
     return chosen, left
+
+
+_GramKey = tuple[str, "ConvGeometry | None"]  # the input tensor and, for a Conv, how it becomes patches
 
 
 class _GroupedGram:
@@ -209,11 +215,6 @@ class _GroupedGram:
         assert self.grouped is not None
         return self.grouped
 
-    @property
-    def nbytes(self) -> int:
-        """The bytes the matrices hold."""
-        return self.groups * self.channels * self.channels * 8
-
 
 def _fake_quantized(array: np.ndarray, params: QParams | None) -> np.ndarray:
     if params is None:
@@ -234,16 +235,17 @@ def _rows(array: np.ndarray, geometry: ConvGeometry | None) -> Iterator[np.ndarr
         yield im2col(array[start : start + step], geometry)
 
 
-def _passes(keys: dict[tuple[str, ConvGeometry | None], _GroupedGram]) -> list[list[tuple[str, ConvGeometry | None]]]:
-    """Rule 4: the Gram keys split into capture passes of at most GRAM_BUDGET bytes each."""
-    passes: list[list[tuple[str, ConvGeometry | None]]] = []
+def _passes(sizes: dict[_GramKey, tuple[int, int]]) -> list[list[_GramKey]]:
+    """Rule 4: the Gram keys (with ``(groups, K)``) split into passes of at most GRAM_BUDGET bytes each."""
+    passes: list[list[_GramKey]] = []
     held = GRAM_BUDGET
-    for key, gram in keys.items():
-        if held + gram.nbytes > GRAM_BUDGET:
+    for key, (groups, channels) in sizes.items():
+        nbytes = groups * channels * channels * 8
+        if held + nbytes > GRAM_BUDGET:
             passes.append([])
             held = 0
         passes[-1].append(key)
-        held += gram.nbytes
+        held += nbytes
     return passes
 
 
@@ -290,13 +292,17 @@ def round_static(
         key: _layer_matrix(key, node, plan.layers[key].weight.axis, weight_bits)  # type: ignore[union-attr]
         for key, node in chosen.items()
     }
-    grams: dict[tuple[str, ConvGeometry | None], _GroupedGram] = {}
+    sizes: dict[_GramKey, tuple[int, int]] = {}
     for matrix in matrices.values():
-        grams.setdefault((matrix.tensor, matrix.geometry), _GroupedGram(matrix.groups, matrix.weights.shape[1]))
+        sizes[matrix.tensor, matrix.geometry] = (matrix.groups, matrix.weights.shape[1])
     per_batch = max(1, math.ceil(_REPORT_ROWS / max(1, math.ceil(samples / batch_size))))
-    sampled = {key: ChannelStats(_REPORT_ROWS, per_batch) for key in grams}
     params = {name: q.params for name, q in plan.activations.items()}
-    for keys in _passes(grams):
+    rounded: dict[str, np.ndarray] = {}
+    layers: dict[str, Any] = {}
+    for keys in _passes(sizes):
+        # Rule 4: only this pass's Gram matrices are alive; they are freed once their layers are rounded.
+        grams = {key: _GroupedGram(*sizes[key]) for key in keys}
+        sampled = {key: ChannelStats(_REPORT_ROWS, per_batch) for key in keys}
         tensors = list(dict.fromkeys(name for name, _ in keys))
         for _, arrays in capture(context, model, tensors, pass_name=pass_name, samples=samples, batch_size=batch_size):
             for name, geometry in keys:
@@ -305,29 +311,41 @@ def round_static(
                 for rows in _rows(seen, geometry):
                     grams[name, geometry].update(rows)
                 sampled[name, geometry].update(next(_rows(array[:1] if geometry else array, geometry)))
-    limit = 2 ** (weight_bits - 1) - 1
-    dtype = "s8" if weight_bits == 8 else "s7"
-    assert limit == {"s8": 127, "s7": 63}[dtype]
-    rounded: dict[str, np.ndarray] = {}
-    layers: dict[str, Any] = {}
-    for key, matrix in matrices.items():
-        gram_key = (matrix.tensor, matrix.geometry)
-        hessians = grams[gram_key].matrices
-        levels = np.empty_like(matrix.weights)
-        for group in range(matrix.groups):
-            scales = matrix.scales[group][None].astype(np.float64)
-            k = matrix.weights.shape[1]
-            levels[group] = gptq_round(matrix.weights[group], hessians[group], scales, np.zeros_like(scales), k, dtype)
-        rounded[matrix.weight_name] = matrix.stored(levels)
-        rows = sampled[gram_key].sample()
-        quantized_rows = _fake_quantized(rows, params.get(matrix.tensor))
-        nearest = np.clip(np.rint(matrix.weights / matrix.scales[:, None, :]), -limit, limit)
-        layers[key] = {
-            "tensor": matrix.tensor,
-            "rows": grams[gram_key].rows,
-            "relative_error": {
-                "nearest": _relative_error(rows, quantized_rows, matrix.weights, nearest * matrix.scales[:, None, :]),
-                "gptq": _relative_error(rows, quantized_rows, matrix.weights, levels * matrix.scales[:, None, :]),
-            },
-        }
-    return rounded, {"layers": layers, "nearest": left}
+        for matrix in matrices.values():
+            key = (matrix.tensor, matrix.geometry)
+            if key in grams:
+                levels = _gptq_levels(matrix, grams[key])
+                rounded[matrix.weight_name] = matrix.stored(levels)
+                rows = sampled[key].sample()
+                layers[matrix.key] = _layer_record(matrix, grams[key].rows, rows, params.get(matrix.tensor), levels)
+    return rounded, {"layers": {key: layers[key] for key in matrices}, "nearest": left}
+
+
+def _gptq_levels(matrix: LayerMatrix, gram: _GroupedGram) -> np.ndarray:
+    """Rule 3: the layer's levels ``[groups, K, N/groups]`` by GPTQ under nearest rounding's scales."""
+    dtype = {127: "s8", 63: "s7"}[matrix.limit]
+    hessians = gram.matrices
+    levels = np.empty_like(matrix.weights)
+    channels = matrix.weights.shape[1]
+    for group in range(matrix.groups):
+        scales = matrix.scales[group][None].astype(np.float64)
+        zero = np.zeros_like(scales)
+        levels[group] = gptq_round(matrix.weights[group], hessians[group], scales, zero, channels, dtype)
+    return levels
+
+
+def _layer_record(
+    matrix: LayerMatrix, count: int, rows: np.ndarray, params: QParams | None, levels: np.ndarray
+) -> dict[str, Any]:
+    """Rule 5: the layer's input tensor, rows summed and both roundings' relative output errors."""
+    quantized_rows = _fake_quantized(rows, params)
+    scales = matrix.scales[:, None, :]
+    nearest = np.clip(np.rint(matrix.weights / scales), -matrix.limit, matrix.limit)
+    return {
+        "tensor": matrix.tensor,
+        "rows": count,
+        "relative_error": {
+            "nearest": _relative_error(rows, quantized_rows, matrix.weights, nearest * scales),
+            "gptq": _relative_error(rows, quantized_rows, matrix.weights, levels * scales),
+        },
+    }
