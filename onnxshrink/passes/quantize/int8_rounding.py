@@ -12,8 +12,9 @@ matrix ``H = X^T X`` gives. Rules:
    ``W^T``); Conv, per group, the im2col patches of its input (one row per output position,
    ``Cin/group * prod(kernel)`` values in the weight's order, zero padding included) times
    ``weight[group].reshape(Cout/group, -1)^T``. ``H`` per group is summed in float64 over the
-   calibration samples from the layer input as the quantized model sees it: fake-quantized by
-   the plan's Q on that input (``QUANTIZED_INPUTS``; the float input where the plan has none).
+   calibration samples from the float layer input. (From the input fake-quantized by the plan's
+   Q, as the int8 model sees it, it measured no better: the same digits and PP-OCR cls scores,
+   magika cosine 0.99946 against 0.99951, resnet18 agreement 60 against 62 of 64 images.)
 3. Scales are exactly those nearest rounding uses (``plan.quantize_weight``: per output channel or
    per tensor, ``±(2**(bits-1) - 1)`` with reduce-range, zero point 0); only the integer values
    change, so the kernels and the size stay those of nearest rounding.
@@ -43,14 +44,12 @@ from onnxshrink.passes.quantize.gptq import GramMatrix, gptq_round
 from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weight
 from onnxshrink.passes.quantize.statistics import QRANGE, ChannelStats, QParams
 
-__all__ = ["GRAM_BUDGET", "PATCH_VALUES", "QUANTIZED_INPUTS", "ConvGeometry", "im2col", "round_static"]
+__all__ = ["GRAM_BUDGET", "PATCH_VALUES", "ConvGeometry", "im2col", "round_static"]
 
 # Bytes of Gram matrices one capture pass holds (BERT-base: 12 x (768^2 + 3072^2) x 8 B = 960 MB in 2 passes).
 GRAM_BUDGET = 512 * 2**20
 # Patch values formed at once (64 MB of float32): a Conv's im2col is made for this many samples' worth.
 PATCH_VALUES = 16 * 2**20
-# Rule 2: H from the fake-quantized layer input (what the int8 model multiplies), not the float one.
-QUANTIZED_INPUTS = True
 _REPORT_ROWS = 256
 
 
@@ -307,8 +306,7 @@ def round_static(
         for _, arrays in capture(context, model, tensors, pass_name=pass_name, samples=samples, batch_size=batch_size):
             for name, geometry in keys:
                 array = np.asarray(arrays[name], np.float32)
-                seen = _fake_quantized(array, params.get(name)) if QUANTIZED_INPUTS else array
-                for rows in _rows(seen, geometry):
+                for rows in _rows(array, geometry):
                     grams[name, geometry].update(rows)
                 sampled[name, geometry].update(next(_rows(array[:1] if geometry else array, geometry)))
         for matrix in matrices.values():
