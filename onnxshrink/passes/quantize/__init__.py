@@ -347,14 +347,21 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, sample)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
+        plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
         choices: dict[str, Any] | None = None
         if options.calibrate == "auto":
+            # Chosen for the layers the plan quantizes with minmax ranges (the dry run also held
+            # those the kernel rules leave float), then the plan is made again with the choices.
             started = time.perf_counter()
-            root_stats = {root: collector.stats[root] for root in dict.fromkeys(roots.values())}
-            chosen.update(self._choose_calibrators(float_model, dry_run, readers, root_stats, sample))
+            root_stats = {
+                q.root: collector.stats[q.root] for q in plan.activations.values() if q.root in collector.stats
+            }
+            settled_readers = calibrators.layer_readers(float_model, plan)
+            chosen.update(self._choose_calibrators(float_model, plan, settled_readers, root_stats, sample))
             choices = {tensor: choice.to_json() for tensor, choice in chosen.items()}
+            ranges.clear()
+            plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
             timings["calibrator_choice"] = time.perf_counter() - started
-        plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
         if not budgeted:
             return plan, collector, None, choices
         started = time.perf_counter()
