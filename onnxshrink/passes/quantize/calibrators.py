@@ -11,6 +11,7 @@ features) costs more than it gains. Rules:
    input takes the tensor's range (directly, or through data movement such as MaxPool or
    Reshape: the plan's range root). Their inputs are sampled during the same calibration stream
    (whole samples, spread over the batches, at most ``SAMPLE_BYTES`` in all): no second pass.
+   A reader is judged on as many of them as keep its float output within ``OUTPUT_BYTES``.
 3. Error: each reader runs alone in onnxruntime on its sampled input, once in float and once
    per candidate with the input fake-quantized by the candidate's scale and zero point and the
    weight rounded as the plan rounds it (bits, per-channel axis). A candidate's error is the
@@ -39,7 +40,16 @@ from onnxshrink.passes.quantize.plan import GraphView, QuantPlan, quantize_weigh
 from onnxshrink.passes.quantize.smooth import ErrorModel, _fake_quantized
 from onnxshrink.passes.quantize.statistics import TensorStats, calibrated_range, qparams
 
-__all__ = ["MIN_GAIN", "PERCENTILES", "SAMPLE_BYTES", "InputSample", "RangeChoice", "choose_ranges", "layer_readers"]
+__all__ = [
+    "MIN_GAIN",
+    "OUTPUT_BYTES",
+    "PERCENTILES",
+    "SAMPLE_BYTES",
+    "InputSample",
+    "RangeChoice",
+    "choose_ranges",
+    "layer_readers",
+]
 
 # Percentile levels tried (the percentile calibrator's default is 99.99).
 PERCENTILES = (99.9, 99.99, 99.999)
@@ -47,6 +57,9 @@ PERCENTILES = (99.9, 99.99, 99.999)
 MIN_GAIN = 0.02
 # Sampled reader inputs, all tensors together (each keeps at least one sample).
 SAMPLE_BYTES = 256 << 20
+# A reader's float output on the rows it is judged on (at least one sample): magika's first Dense
+# layer turns 2 KB of input per sample into 1 MB of output.
+OUTPUT_BYTES = 32 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +298,8 @@ def _reader_run(
         return None
     weight = np.asarray(weight, dtype=np.float32)
     session = context.session(_reader_model(node, opset))[0]
+    per_row = session.run(["y"], {"x": rows[:1], "w": weight})[0].nbytes
+    rows = rows[: max(1, OUTPUT_BYTES // max(1, per_row))]
     exact = session.run(["y"], {"x": rows, "w": weight})[0]
     channel_axis = None
     if bias_correction and node.op_type in ("Conv", "Gemm"):
