@@ -124,6 +124,12 @@ def test_the_sample_stays_within_its_share() -> None:
     assert sample.nbytes == 2 * 4000 and sample.rows("c") is None
 
 
+def test_a_reader_is_judged_on_rows_whose_output_fits_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calibrators, "OUTPUT_BYTES", 4 * 8 * 32 * 4)  # four samples of y [8, 32] float32
+    auto = run_pass(_matmul_model(0.0), f"quantize:{OPTIONS},samples=64,calibrate=auto", calibration=_outlier_tokens(1))
+    assert auto.stats["calibrator_choice"]["x"]["sampled"] == 4
+
+
 def test_candidates_are_distinct_ranges_with_minmax_first() -> None:
     stats = TensorStats()
     stats.update(np.random.default_rng(0).standard_normal(100_000).astype(np.float32))
