@@ -182,11 +182,12 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         matrix, under block scales chosen by a clipping search (gptq.py); without calibration
         data (or ``rounding=nearest``), each weight is rounded to its nearest level. The method,
         and per layer the output error of both on sampled calibration rows, are in the stats.
-    19. ``calibrate=auto`` (static): each calibrated tensor takes the range of minmax,
-        percentile (99.9, 99.99, 99.999), entropy or mse that gives the Conv/Gemm/MatMul layers
-        reading it the lowest output error on whole calibration samples of their inputs, kept from
-        the calibration stream (calibrators.py); minmax unless another is 2 % lower. Each
-        tensor's choice, its readers and every candidate's error are in ``calibrator_choice``.
+    19. ``calibrate=auto`` (static): each tensor of the plan made with minmax ranges takes the
+        range of minmax, percentile (99.9, 99.99, 99.999), entropy or mse that gives the
+        quantized Conv/Gemm/MatMul layers reading it the lowest output error on whole calibration
+        samples of their inputs, kept from the calibration stream (calibrators.py); minmax unless
+        another is 2 % lower; the plan is then made again. Each tensor's choice, its readers and
+        every candidate's error are in ``calibrator_choice``.
     """
 
     name = "quantize"
