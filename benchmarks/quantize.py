@@ -58,7 +58,8 @@ calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The flo
 CNNs with ``equalize=true`` (also with every layer int8) and ``smooth=off``.
 
 Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika,ocr-rec]
-[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
+[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``;
+``--tools`` picks past it).
 """
 
 from __future__ import annotations
