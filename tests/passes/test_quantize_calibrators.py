@@ -31,9 +31,13 @@ def _matmul_model(outlier_row: float) -> onnx.ModelProto:
 
 
 def _outlier_tokens(seed: int) -> dict[str, np.ndarray]:
-    """N(0, 1) tokens whose outlier channel holds 100 in 4 of 4096 tokens (under 0.1 % of the values)."""
+    """N(0, 1) tokens whose outlier channel holds 100 in 8 of 4096 tokens (under 0.1 % of the values).
+
+    The outlier samples fall in both halves of their batches of 8: in the rows kept to judge
+    ranges and in the rows the ranges are fitted on.
+    """
     x = np.random.default_rng(seed).standard_normal((512, 8, 64)).astype(np.float32)
-    x.reshape(-1, 64)[[7, 900, 2000, 3333], OUTLIER_CHANNEL] = 100.0
+    x[[1, 6, 100, 205, 300, 333, 410, 501], 3, OUTLIER_CHANNEL] = 100.0
     return {"x": x}
 
 
@@ -65,7 +69,7 @@ def test_an_outlier_the_layer_reads_keeps_minmax() -> None:
     errors = choice["relative_error"]
     # Clipping the 100s costs far more than it saves (entropy and mse clip them): no gain of MIN_GAIN.
     assert all(errors[name] > (1.0 - calibrators.MIN_GAIN) * errors["minmax"] for name in errors)
-    assert errors["entropy"] > 10 * errors["minmax"] and errors["mse"] > 10 * errors["minmax"]
+    assert errors["entropy"] > 2 * errors["minmax"] and errors["mse"] > 2 * errors["minmax"]
     minmax = run_pass(model, f"quantize:{OPTIONS},samples=512", calibration=calib)
     assert auto.model.SerializeToString() == minmax.model.SerializeToString()
 
@@ -106,7 +110,7 @@ def test_conv_readers_through_data_movement_and_the_same_bytes_twice() -> None:
     assert record["r"]["readers"] == ["Conv#3"]  # the second Conv reads it through MaxPool
     for tensor in ("x", "r"):
         errors = record[tensor]["relative_error"]
-        assert "minmax" in errors and "entropy" in errors and record[tensor]["sampled"] == 64
+        assert "minmax" in errors and len(errors) >= 3 and record[tensor]["sampled"] == 32  # half of each batch
         assert errors[record[tensor]["calibrator"]] == min(errors.values()) or record[tensor]["calibrator"] == "minmax"
     # The last Conv's output Q feeds no layer with a weight: minmax, with why.
     assert record["u"]["calibrator"] == "minmax" and record["u"]["relative_error"] == {}
@@ -121,6 +125,8 @@ def test_the_sample_stays_within_its_share() -> None:
     a, b = sample.rows("a"), sample.rows("b")
     assert a is not None and b is not None and a.shape == (10, 100) and b.shape == (10, 2, 50)
     assert not b.any()  # non-finite values read as 0
+    # The other rows are the statistics candidate ranges are fitted on.
+    assert sample.rest["a"].count == (64 - 10) * 100 and sample.rest["b"].nonfinite == (64 - 10) * 100
     assert sample.nbytes == 2 * 4000 and sample.rows("c") is None
 
 

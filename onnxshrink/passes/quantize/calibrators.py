@@ -107,9 +107,15 @@ class InputSample:
         self.parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
         self.capacity: dict[str, int] = {}
         self.kept: dict[str, int] = dict.fromkeys(self.names, 0)
+        self.batches_seen: dict[str, int] = dict.fromkeys(self.names, 0)
+        self.rest: dict[str, TensorStats] = {name: TensorStats() for name in self.names}
 
     def update(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Keeps the first rows (axis 0) of each named tensor of one batch, while its share lasts."""
+        """Keeps the first rows (axis 0, at most half the batch) of each named tensor, while its share lasts.
+
+        The other rows go into :attr:`rest`, the statistics candidate ranges are fitted on: the
+        kept rows judge ranges fitted without them. A batch of one row is kept every other batch.
+        """
         for name in self.names:
             array = arrays.get(name)
             if array is None or np.ndim(array) == 0 or len(array) == 0:
@@ -118,16 +124,22 @@ class InputSample:
                 per_row = max(1, int(np.asarray(array[:1]).nbytes))
                 self.capacity[name] = max(1, self.budget // per_row)
             room = self.capacity[name] - self.kept[name]
-            take = min(room, len(array), max(1, math.ceil(self.capacity[name] / self.batches)))
+            half = len(array) // 2 if len(array) > 1 else 1 - self.batches_seen[name] % 2
+            take = max(0, min(room, half, max(1, math.ceil(self.capacity[name] / self.batches))))
+            self.batches_seen[name] += 1
             if take > 0:
                 self.parts[name].append(np.array(array[:take], dtype=np.float32))
                 self.kept[name] += take
+            if take < len(array):
+                self.rest[name].update(np.asarray(array[take:]))
 
     def clear(self) -> None:
-        """Forgets every kept row (the calibration stream starts again)."""
+        """Forgets every kept row and statistic (the calibration stream starts again)."""
         for parts in self.parts.values():
             parts.clear()
         self.kept = dict.fromkeys(self.names, 0)
+        self.batches_seen = dict.fromkeys(self.names, 0)
+        self.rest = {name: TensorStats() for name in self.names}
 
     def rows(self, name: str) -> np.ndarray | None:
         """The kept rows of ``name`` (non-finite values as 0), or None when none was kept."""
@@ -166,13 +178,18 @@ class RangeChoice:
         }
 
 
+def candidate_range(stats: TensorStats, name: str, symmetric: bool) -> tuple[float, float]:
+    """The range of one candidate of rule 1 (``percentile-99.9``: the percentile calibrator at 99.9)."""
+    method, _, level = name.partition("-")
+    if level:
+        return calibrated_range(stats, method, symmetric=symmetric, percentile=float(level))
+    return calibrated_range(stats, method, symmetric=symmetric)
+
+
 def candidate_ranges(stats: TensorStats, symmetric: bool) -> dict[str, tuple[float, float]]:
     """Rule 1: each candidate calibrator's range, ``minmax`` first, equal ranges once."""
-    found: dict[str, tuple[float, float]] = {"minmax": calibrated_range(stats, "minmax", symmetric=symmetric)}
-    for level in PERCENTILES:
-        found[f"percentile-{level:g}"] = calibrated_range(stats, "percentile", symmetric=symmetric, percentile=level)
-    for method in ("entropy", "mse"):
-        found[method] = calibrated_range(stats, method, symmetric=symmetric)
+    names = ["minmax", *(f"percentile-{level:g}" for level in PERCENTILES), "entropy", "mse"]
+    found = {name: candidate_range(stats, name, symmetric) for name in names}
     unique: dict[str, tuple[float, float]] = {}
     for name, span in found.items():
         if span not in unique.values():
@@ -264,7 +281,9 @@ def choose_ranges(
         if not layer_runs:
             choice.reason = "no quantized Conv/Gemm/MatMul with a constant weight of the main graph reads it"
             continue
-        candidates = candidate_ranges(tensor_stats, error_model.symmetric)
+        # Fitted on the rows the error is not measured on (rule 2), chosen by the error on held-out rows.
+        fit = sample.rest.get(readers[tensor][0].input)
+        candidates = candidate_ranges(fit if fit is not None and fit.finite else tensor_stats, error_model.symmetric)
         choice.rows = min(len(run.rows) for run in layer_runs)
         reference = sum(float(np.square(run.exact, dtype=np.float64).sum()) for run in layer_runs)
         for name, span in candidates.items():
@@ -273,7 +292,8 @@ def choose_ranges(
             choice.errors[name] = error / reference if reference > 0 else 0.0
         best = min(choice.errors, key=lambda name: choice.errors[name])
         if choice.errors[best] <= (1.0 - MIN_GAIN) * choice.errors["minmax"]:
-            choice.calibrator, choice.range = best, candidates[best]
+            choice.calibrator = best
+            choice.range = candidate_range(tensor_stats, best, error_model.symmetric)  # fitted on every row
             choice.reason = "lowest output error of its readers"
         else:
             choice.reason = f"no candidate lowers its readers' output error by {MIN_GAIN:.0%}"
