@@ -185,8 +185,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     19. ``calibrate=auto`` (static): each tensor of the plan made with minmax ranges takes the
         range of minmax, percentile (99.9, 99.99, 99.999), entropy or mse that gives the
         quantized Conv/Gemm/MatMul layers reading it the lowest output error on whole calibration
-        samples of their inputs, kept from the calibration stream (calibrators.py); minmax unless
-        another is 2 % lower; the plan is then made again. Each tensor's choice, its readers and
+        samples of their inputs, kept from the calibration stream, with ranges fitted on the
+        other samples (calibrators.py); minmax unless another is 2 % lower; the chosen
+        calibrator's range from every sample then makes the plan again. Each tensor's choice, its readers and
         every candidate's error are in ``calibrator_choice``.
     """
 

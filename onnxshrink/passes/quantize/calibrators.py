@@ -4,14 +4,16 @@ One global calibrator fits no model everywhere: a tensor with a few far outliers
 resolution to ``minmax``, while clipping a tensor whose large values matter (a classifier's last
 features) costs more than it gains. Rules:
 
-1. Candidates: each quantized activation tensor's ranges from ``minmax``, ``percentile`` at
-   ``PERCENTILES``, ``entropy`` and ``mse``, all read from the histogram the calibration already
-   streamed (statistics.py); equal ranges are tried once.
+1. Candidates: ``minmax``, ``percentile`` at ``PERCENTILES``, ``entropy`` and ``mse``; equal
+   ranges are tried once.
 2. Readers: the quantized Conv/Gemm/MatMul layers of the main graph with a constant weight whose
    input takes the tensor's range (directly, or through data movement such as MaxPool or
-   Reshape: the plan's range root). Their inputs are sampled during the same calibration stream
-   (whole samples, spread over the batches, at most ``SAMPLE_BYTES`` in all): no second pass.
-   A reader is judged on as many of them as keep its float output within ``OUTPUT_BYTES``.
+   Reshape: the plan's range root). Their inputs are split during the same calibration stream
+   (no second pass): whole samples, at most half of each batch, are kept to judge the
+   candidates (spread over the batches, at most ``SAMPLE_BYTES`` in all), and the other rows go
+   into a histogram of their own that the candidates' ranges are fitted on (statistics.py), so
+   that a range is never judged on the values it was fitted to. A reader is judged on as many
+   kept samples as keep its float output within ``OUTPUT_BYTES``.
 3. Error: each reader runs alone in onnxruntime on its sampled input, once in float and once
    per candidate with the input fake-quantized by the candidate's scale and zero point and the
    weight rounded as the plan rounds it (bits, per-channel axis). A candidate's error is the
@@ -19,7 +21,8 @@ features) costs more than it gains. Rules:
    bias correction on, each Conv/Gemm output channel's mean error is left out (the correction
    removes it).
 4. Choice: the candidate with the lowest error; ``minmax`` stays unless another is at least
-   ``MIN_GAIN`` lower (a smaller gain measured on a sample is not worth a clipped range).
+   ``MIN_GAIN`` lower (a smaller gain measured on a sample is not worth a clipped range). The
+   chosen calibrator then takes its range from the statistics of every calibration row.
    Tensors that no such layer reads (inputs of Add, Concat, pooling, or a MatMul of two
    activations), or inside If/Loop/Scan bodies, keep ``minmax``; the report says why.
 """
