@@ -60,7 +60,8 @@ calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The flo
 CNNs with ``equalize=true`` (also with every layer int8) and ``smooth=off``.
 
 Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika,ocr-rec]
-[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
+[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``;
+``--tools`` picks past it).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ import numpy as np
 import samples
 from numerics import cosine, top1_agreement
 
-CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse", "auto")
 # The side-by-side rows (issue 14): onnxshrink's default and methods, onnxruntime's default, NNCF.
 SIDE_BY_SIDE = {
     "onnxshrink-default": "",  # slow layers float, bias-correction=fast
@@ -132,8 +133,22 @@ REAL_CALIB = 128  # the 128 calibration lines NNCF's figure in issue 14 was meas
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).
 TOOLS = {
     "resnet50": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best", "ort-best-rr"),
-    "ocr-cls": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
-    "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
+    "ocr-cls": (
+        "onnxshrink-minmax",
+        "onnxshrink-percentile",
+        "onnxshrink-auto",
+        "ort-default",
+        "ort-best",
+        "ort-best-rr",
+    ),
+    "magika": (
+        "onnxshrink-minmax",
+        "onnxshrink-percentile",
+        "onnxshrink-auto",
+        "ort-default",
+        "ort-best",
+        "ort-best-rr",
+    ),
 }
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
 ONLY_TOOLS = {
@@ -404,7 +419,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     tools += [(name, name, "") for name in ORT_CONFIGS]
     tools += [(label, "nncf", option) for label, option in NNCF_ROWS.items() if option != "transformer"]
     tools += [(label, "aimet", option) for label, option in AIMET_ROWS.items() if model == "digits" or not option]
-    if model in TOOLS:
+    if model in TOOLS and not args.tools:
         anchors = ("nncf", "aimet")
         tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] in anchors]
     if model == "bert-base":
@@ -417,7 +432,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
             ("ort-dynamic", "ort-dynamic", ""),
         ]
         tools += [(label, tool, option) for label, (tool, option) in INT4_ROWS.items()]
-    if model in ONLY_TOOLS:
+    if model in ONLY_TOOLS and not args.tools:
         tools = [t for t in tools if t[0] in ONLY_TOOLS[model]]
     if args.tools:
         tools = [t for t in tools if t[0] in args.tools.split(",")]
@@ -507,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batches", default="1,32", help="the two latency batch sizes (BERT's goal is at batch 8: --batches 1,8)"
     )
-    parser.add_argument("--tools", help="comma-separated quantizer labels to run (default: all for the model)")
+    parser.add_argument(
+        "--tools", help="comma-separated quantizer labels to run, past the model's subset (default: the model's subset)"
+    )
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
     args.calibrators = [c for c in args.calibrators.split(",") if c]

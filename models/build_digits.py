@@ -82,7 +82,9 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def build_model():  # -> torch.nn.Module
+def build_model(width: int = 16):  # -> torch.nn.Module
+    """The digits CNN; ``width`` channels in its first blocks (16: the bundled model; 8: the
+    architecture ``prune-channels:ratio=0.5`` leaves, trained from scratch in benchmarks/reconstruct.py)."""
     import torch
     from torch import nn
 
@@ -102,17 +104,17 @@ def build_model():  # -> torch.nn.Module
 
         def __init__(self) -> None:
             super().__init__()
-            self.stem = conv_bn(1, 16, 3)
+            self.stem = conv_bn(1, width, 3)
             # residual block: relu(x + bn(conv(relu(bn(conv(x))))))
-            self.res1 = conv_bn(16, 16, 3)
-            self.res2 = conv_bn(16, 16, 3)
+            self.res1 = conv_bn(width, width, 3)
+            self.res2 = conv_bn(width, width, 3)
             # two parallel branches, concatenated along channels
-            self.branch_a = conv_bn(16, 16, 1)
-            self.branch_b = conv_bn(16, 16, 3)
+            self.branch_a = conv_bn(width, width, 1)
+            self.branch_b = conv_bn(width, width, 3)
             self.pool = nn.MaxPool2d(2)
-            self.conv3 = conv_bn(32, 32, 3)
-            self.fc1 = nn.Linear(32 * 4 * 4, 64)
-            self.fc2 = nn.Linear(64, 10)
+            self.conv3 = conv_bn(2 * width, 2 * width, 3)
+            self.fc1 = nn.Linear(2 * width * 4 * 4, 4 * width)
+            self.fc2 = nn.Linear(4 * width, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = torch.relu(self.stem(x))

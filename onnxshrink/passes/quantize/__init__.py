@@ -18,6 +18,7 @@ from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
+from onnxshrink.passes.quantize import calibrators as calibrators
 from onnxshrink.passes.quantize import equalize as equalize
 from onnxshrink.passes.quantize import gptq as gptq
 from onnxshrink.passes.quantize import int8_rounding as int8_rounding
@@ -35,7 +36,7 @@ from onnxshrink.passes.quantize.scopes import (
     read_outer_values_locally,
     unique_value_names,
 )
-from onnxshrink.passes.quantize.statistics import StatsCollector, calibrated_range
+from onnxshrink.passes.quantize.statistics import StatsCollector, TensorStats, calibrated_range
 from onnxshrink.registry import register_pass
 from onnxshrink.runtime import RuntimeUnavailable
 from onnxshrink.selection import unselected
@@ -183,8 +184,15 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         data (or ``rounding=nearest``), each weight is rounded to its nearest level. Static int8
         (``rounding=gptq`` only; ``auto`` means nearest there): the same error feedback for each
         quantized Conv (im2col patches, per group), Gemm and MatMul of the main graph, from the
-        fake-quantized layer input, under nearest rounding's scales (int8_rounding.py). The method,
+        float layer input, under nearest rounding's scales (int8_rounding.py). The method,
         and per layer the output error of both on sampled calibration rows, are in the stats.
+    19. ``calibrate=auto`` (static): each tensor of the plan made with minmax ranges takes the
+        range of minmax, percentile (99.9, 99.99, 99.999), entropy or mse that gives the
+        quantized Conv/Gemm/MatMul layers reading it the lowest output error on whole calibration
+        samples of their inputs, kept from the calibration stream, with ranges fitted on the
+        other samples (calibrators.py); minmax unless another is 2 % lower; the chosen
+        calibrator's range from every sample then makes the plan again. Each tensor's choice, its readers and
+        every candidate's error are in ``calibrator_choice``.
     """
 
     name = "quantize"
@@ -198,7 +206,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         return result
 
     def _calibrate(
-        self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None = None
+        self,
+        model: ir.Model,
+        names: list[str],
+        judged: budget.JudgedSamples | None = None,
+        sample: calibrators.InputSample | None = None,
     ) -> tuple[StatsCollector, dict[str, str]]:
         """Streams the calibration data through ``model``, collecting statistics of ``names``.
 
@@ -212,12 +224,13 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             names: The tensors to collect statistics of.
             judged: Where the budget's judged samples are kept, with the model's outputs on them
                 (the calibration run computes them anyway), or None.
+            sample: Where ``calibrate=auto`` keeps whole samples of its layers' inputs, or None.
 
         Returns:
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names, judged), {}
+            return self._collect(model, names, judged, sample), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
@@ -226,11 +239,19 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             logger.warning("quantize: %s; its layers stay float", reason)
             if judged is not None:
                 judged.clear()
-            collector = self._collect(model, [name for name in names if name not in looped], judged)
+            if sample is not None:
+                sample.clear()
+            collector = self._collect(model, [name for name in names if name not in looped], judged, sample)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
-    def _collect(self, model: ir.Model, names: list[str], judged: budget.JudgedSamples | None) -> StatsCollector:
+    def _collect(
+        self,
+        model: ir.Model,
+        names: list[str],
+        judged: budget.JudgedSamples | None,
+        sample: calibrators.InputSample | None,
+    ) -> StatsCollector:
         collector = StatsCollector(names)
         outputs = [value.name for value in model.graph.outputs if value.name]
         in_bodies = body_value_names(model).intersection(names)
@@ -253,6 +274,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             ):
                 count = batch_samples(feed) if feed else 0
                 collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
+                if sample is not None:
+                    sample.update(arrays)
                 if judged is not None:
                     judged.add(feed, {name: arrays[name] for name in outputs}, count)
                 step.advance(count)
@@ -262,29 +285,34 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def _static_plan(
         self, float_model: ir.Model, timings: dict[str, float]
-    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None]:
-        """Calibrates ``float_model`` (never changed) and fits the budget (rules 2 and 10).
+    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None, dict[str, Any] | None]:
+        """Calibrates ``float_model`` (never changed) and fits the budget (rules 2, 10 and 19).
 
         Returns:
-            The plan, the calibration statistics, and the budget's record (None without a budget).
+            The plan, the calibration statistics, the budget's record (None without a budget),
+            and each tensor's calibrator choice (None unless ``calibrate=auto``).
         """
         options = self.options
         symmetric = options.target != "ort-cpu"
         ranges: dict[str, tuple[float, float] | None] = {}
         roots: dict[str, str] = {}  # tensor -> the tensor whose statistics give its range
         collector: StatsCollector | None = None
+        chosen: dict[str, calibrators.RangeChoice] = {}  # calibrate=auto: root -> its calibrator
 
         def range_of(name: str) -> tuple[float, float] | None:
             if collector is None:  # the dry run: every tensor as if calibrated
                 return (-1.0, 1.0)
             if name not in ranges:
                 # A tensor reached through data-movement ops holds its chain root's values.
-                stats = collector.stats.get(roots.get(name, name))
-                ranges[name] = (
-                    calibrated_range(stats, options.calibrate, symmetric=symmetric, percentile=options.percentile)
-                    if stats is not None and stats.finite
-                    else None
-                )
+                root = roots.get(name, name)
+                stats = collector.stats.get(root)
+                if stats is None or not stats.finite:
+                    ranges[name] = None
+                elif root in chosen:
+                    ranges[name] = chosen[root].range
+                else:
+                    method = "minmax" if options.calibrate == "auto" else options.calibrate
+                    ranges[name] = calibrated_range(stats, method, symmetric=symmetric, percentile=options.percentile)
             return ranges[name]
 
         # Layers whose int8 kernel is slower than float on the CPU (kernels.py rule 2).
@@ -308,26 +336,72 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them, and of a data-movement chain (Reshape, Transpose, ...) only its root, whose
         # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
-        roots.update((name, q.root) for name, q in make_plan().activations.items())
+        dry_run = make_plan()
+        roots.update((name, q.root) for name, q in dry_run.activations.items())
         started = time.perf_counter()
         wanted = list(roots.values())
         budgeted = options.max_drop is not None or options.min_cosine is not None
         judged = budget.JudgedSamples(options.samples) if budgeted else None
         if budgeted:  # the budget's prediction reads each layer's output energy too
-            wanted += budget.layer_outputs(float_model, make_plan())
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged)
+            wanted += budget.layer_outputs(float_model, dry_run)
+        readers = calibrators.layer_readers(float_model, dry_run) if options.calibrate == "auto" else {}
+        sample = None
+        if readers:  # rule 19: the readers' inputs, sampled from the same calibration stream
+            inputs = [reader.input for group in readers.values() for reader in group]
+            sample = calibrators.InputSample(inputs, options.samples, _CALIBRATION_BATCH)
+            wanted += inputs
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, sample)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
+        choices: dict[str, Any] | None = None
+        if options.calibrate == "auto":
+            # Chosen for the layers the plan quantizes with minmax ranges (the dry run also held
+            # those the kernel rules leave float), then the plan is made again with the choices.
+            started = time.perf_counter()
+            root_stats = {
+                q.root: collector.stats[q.root] for q in plan.activations.values() if q.root in collector.stats
+            }
+            settled_readers = calibrators.layer_readers(float_model, plan)
+            chosen.update(self._choose_calibrators(float_model, plan, settled_readers, root_stats, sample))
+            choices = {tensor: choice.to_json() for tensor, choice in chosen.items()}
+            ranges.clear()
+            plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
+            timings["calibrator_choice"] = time.perf_counter() - started
         if not budgeted:
-            return plan, collector, None
+            return plan, collector, None, choices
         started = time.perf_counter()
         judge = budget.Judge(
             self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine, judged
         )
         plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started
-        return plan, collector, record
+        return plan, collector, record, choices
+
+    def _choose_calibrators(
+        self,
+        float_model: ir.Model,
+        dry_run: placement.QuantPlan,
+        readers: dict[str, list[calibrators.Reader]],
+        stats: dict[str, TensorStats],
+        sample: calibrators.InputSample | None,
+    ) -> dict[str, calibrators.RangeChoice]:
+        """Rule 19: each calibrated tensor's calibrator, by its readers' output error (calibrators.py)."""
+        options = self.options
+        symmetric = options.target != "ort-cpu"
+        error_model = smooth.ErrorModel(
+            "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
+        )
+        return calibrators.choose_ranges(
+            self.context,
+            float_model,
+            dry_run,
+            readers,
+            stats,
+            sample or calibrators.InputSample([], options.samples, _CALIBRATION_BATCH),
+            error_model,
+            bias_correction=options.bias_correction != "off",
+        )
 
     def _static(self, model: ir.Model) -> ShrinkPassResult:
         """Rules 1-7 and 10-12 on a copy of the model, which replaces the model's graph only when kept."""
@@ -344,7 +418,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         smoothed, equalized = self._float_methods(float_model, timings)
-        plan, collector, budget_stats = self._static_plan(float_model, timings)
+        plan, collector, budget_stats, calibrator_choice = self._static_plan(float_model, timings)
         rounded, rounding = self._static_rounding(float_model, plan, timings)
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
@@ -377,6 +451,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "mode": options.mode,
             "target": options.target,
             "calibrator": options.calibrate,
+            "calibrator_choice": calibrator_choice,
             "samples": collector.samples,
             "calibration_tensors": len(collector.stats),
             "statistics_bytes": collector.nbytes,

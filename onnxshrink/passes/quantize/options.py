@@ -98,8 +98,12 @@ class QuantizeOptions:
         "static int8 Conv/Gemm/MatMul weights: gptq under nearest's scales (opt-in; auto means nearest)",
         choices=("auto", "nearest", "gptq"),
     )
-    calibrate: Literal["minmax", "percentile", "entropy", "mse"] = option(
-        "minmax", "how activation ranges are chosen from the streamed statistics", choices=tuple(CALIBRATORS)
+    calibrate: Literal["minmax", "percentile", "entropy", "mse", "auto"] = option(
+        "minmax",
+        "how activation ranges are chosen from the streamed statistics; auto (static): per tensor, "
+        "the calibrator whose range gives the Conv/Gemm/MatMul layers reading it the lowest output "
+        "error on sampled calibration inputs (minmax unless another is 2 % lower)",
+        choices=(*CALIBRATORS, "auto"),
     )
     percentile: float = option(
         DEFAULT_PERCENTILE, "percentile kept by calibrate=percentile, 50 < p <= 100", above=50.0, maximum=100.0
