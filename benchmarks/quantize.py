@@ -49,7 +49,9 @@ the median of same-round ratios. Kernels: ORT's optimized model (extended level)
 
 Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
 layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
-``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``,
+``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``, ``onnxshrink-gptq``
+(``rounding=gptq``: GPTQ rounding of the int8 weights; its ``rounding_seconds`` in the JSON) and
+``onnxshrink-all-int8-gptq``,
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
 correction included; NNCF lives in the benchmark environment only), all fed the same
 calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The float-exact methods
@@ -58,7 +60,8 @@ calibration samples one by one (NNCF) or in batches of 10 (onnxruntime). The flo
 CNNs with ``equalize=true`` (also with every layer int8) and ``smooth=off``.
 
 Run: ``python benchmarks/quantize.py [--models digits,resnet18,resnet50,bert-base,ocr-cls,magika,ocr-rec]
-[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``).
+[--batches 1,8] [--json OUT]``. resnet50 and the real models run a subset of the quantizers (``TOOLS``;
+``--tools`` picks past it).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ import numpy as np
 import samples
 from numerics import cosine, top1_agreement
 
-CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse", "auto")
 # The side-by-side rows (issue 14): onnxshrink's default and methods, onnxruntime's default, NNCF.
 SIDE_BY_SIDE = {
     "onnxshrink-default": "",  # slow layers float, bias-correction=fast
@@ -88,6 +91,8 @@ SIDE_BY_SIDE = {
     "onnxshrink-all-int8": "keep-slow-float=false",
     "onnxshrink-all-int8-bc-off": "keep-slow-float=false,bias-correction=off",
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
+    "onnxshrink-gptq": "rounding=gptq",  # GPTQ rounding of the int8 weights (opt-in)
+    "onnxshrink-all-int8-gptq": "keep-slow-float=false,rounding=gptq",
 }
 # The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
 # migration (the default smooth=auto against off and a fixed strength) for the transformer,
@@ -128,11 +133,29 @@ REAL_CALIB = 128  # the 128 calibration lines NNCF's figure in issue 14 was meas
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).
 TOOLS = {
     "resnet50": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best", "ort-best-rr"),
-    "ocr-cls": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
-    "magika": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-default", "ort-best", "ort-best-rr"),
+    "ocr-cls": (
+        "onnxshrink-minmax",
+        "onnxshrink-percentile",
+        "onnxshrink-auto",
+        "ort-default",
+        "ort-best",
+        "ort-best-rr",
+    ),
+    "magika": (
+        "onnxshrink-minmax",
+        "onnxshrink-percentile",
+        "onnxshrink-auto",
+        "ort-default",
+        "ort-best",
+        "ort-best-rr",
+    ),
 }
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
-ONLY_TOOLS = {"ocr-rec": ("onnxshrink-default", "onnxshrink-all-int8", "ort-default", "ort-best-rr", "nncf", "aimet")}
+ONLY_TOOLS = {
+    "ocr-rec": (
+        "onnxshrink-default", "onnxshrink-all-int8", "onnxshrink-gptq", "ort-default", "ort-best-rr", "nncf", "aimet",
+    )
+}  # fmt: skip
 # Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.
 ROUNDS = {"digits": 10.0, "ocr-cls": 5.0, "magika": 2.0, "resnet50": 0.5, "bert-base": 0.5, "ocr-rec": 0.5}
 INT_KERNELS = (
@@ -160,6 +183,7 @@ def _child_quantize(tool: str, fp32: str, out: str, calib: str, option: str) -> 
         # What stays float is the pass's ``skipped`` now (older reports: ``left_float``).
         info["left_float"] = stats.get("left_float", stats.get("skipped", {}))
         info["calibration_seconds"] = harness.pass_timing(record, "calibration", "calibration_seconds")
+        info["rounding_seconds"] = (record.get("timings") or {}).get("rounding")  # stats["rounding"]: the record
     elif tool == "nncf":
         import nncf
         import onnx
@@ -395,7 +419,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
     tools += [(name, name, "") for name in ORT_CONFIGS]
     tools += [(label, "nncf", option) for label, option in NNCF_ROWS.items() if option != "transformer"]
     tools += [(label, "aimet", option) for label, option in AIMET_ROWS.items() if model == "digits" or not option]
-    if model in TOOLS:
+    if model in TOOLS and not args.tools:
         anchors = ("nncf", "aimet")
         tools = [t for t in tools if t[0] in TOOLS[model] or t[0] in SIDE_BY_SIDE or t[0] in methods or t[0] in anchors]
     if model == "bert-base":
@@ -408,15 +432,16 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict[str, A
             ("ort-dynamic", "ort-dynamic", ""),
         ]
         tools += [(label, tool, option) for label, (tool, option) in INT4_ROWS.items()]
-    if model in ONLY_TOOLS:
+    if model in ONLY_TOOLS and not args.tools:
         tools = [t for t in tools if t[0] in ONLY_TOOLS[model]]
     if args.tools:
         tools = [t for t in tools if t[0] in args.tools.split(",")]
     paths = {"fp32": fp32}
     for label, tool, option in tools:
         out = work / f"{model}_{label}.onnx"
-        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch.
-        timeout = INT4_TIMEOUT if tool == "ort-4bit" else 600.0
+        # onnxruntime's GPTQ runs the model once per MatMul input (48 on BERT-base), HQQ runs torch;
+        # int8 GPTQ factors a [K, K] matrix per layer (resnet: K up to 4608).
+        timeout = INT4_TIMEOUT if tool == "ort-4bit" or "rounding=gptq" in option else 600.0
         run = _run_child(["quantize", tool, str(fp32), str(out), str(calib), option], timeout)
         rows[label] = run
         if not run["ok"]:
@@ -497,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batches", default="1,32", help="the two latency batch sizes (BERT's goal is at batch 8: --batches 1,8)"
     )
-    parser.add_argument("--tools", help="comma-separated quantizer labels to run (default: all for the model)")
+    parser.add_argument(
+        "--tools", help="comma-separated quantizer labels to run, past the model's subset (default: the model's subset)"
+    )
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
     args.calibrators = [c for c in args.calibrators.split(",") if c]

@@ -135,7 +135,7 @@ def test_registry_describes_options_from_their_metadata() -> None:
     assert infos["mode"].choices == ("fast", "slow") and infos["mode"].help == "how"
     assert infos["tags"].type_name == "list of a|b" and infos["limit"].default is None
     quantize = {info.key: info for info in registry.options_of(QuantizePass)}
-    assert quantize["calibrate"].choices == ("minmax", "percentile", "entropy", "mse")
+    assert quantize["calibrate"].choices == ("minmax", "percentile", "entropy", "mse", "auto")
     assert "docs/quantization.md" in quantize["target"].help
 
 

@@ -20,8 +20,10 @@ from onnxshrink.ir.graphs import graph_likes, is_onnx_op
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
+from onnxshrink.passes.quantize import calibrators as calibrators
 from onnxshrink.passes.quantize import equalize as equalize
 from onnxshrink.passes.quantize import gptq as gptq
+from onnxshrink.passes.quantize import int8_rounding as int8_rounding
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
 from onnxshrink.passes.quantize import plan as placement
@@ -195,8 +197,18 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
     18. ``rounding`` (weight-only ``s4``/``u4``; ``auto`` by default): with calibration data, the
         MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
         matrix, under block scales chosen by a clipping search (gptq.py); without calibration
-        data (or ``rounding=nearest``), each weight is rounded to its nearest level. The method,
+        data (or ``rounding=nearest``), each weight is rounded to its nearest level. Static int8
+        (``rounding=gptq`` only; ``auto`` means nearest there): the same error feedback for each
+        quantized Conv (im2col patches, per group), Gemm and MatMul of the main graph, from the
+        float layer input, under nearest rounding's scales (int8_rounding.py). The method,
         and per layer the output error of both on sampled calibration rows, are in the stats.
+    19. ``calibrate=auto`` (static): each tensor of the plan made with minmax ranges takes the
+        range of minmax, percentile (99.9, 99.99, 99.999), entropy or mse that gives the
+        quantized Conv/Gemm/MatMul layers reading it the lowest output error on whole calibration
+        samples of their inputs, kept from the calibration stream, with ranges fitted on the
+        other samples (calibrators.py); minmax unless another is 2 % lower; the chosen
+        calibrator's range from every sample then makes the plan again. Each tensor's choice, its readers and
+        every candidate's error are in ``calibrator_choice``.
     """
 
     name = "quantize"
@@ -214,6 +226,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         model: ir.Model,
         names: list[str],
         judged: budget.JudgedSamples | None = None,
+        sample: calibrators.InputSample | None = None,
         kept: KeptBatches | None = None,
         channels: dict[str, ChannelStats] | None = None,
     ) -> tuple[StatsCollector, dict[str, str]]:
@@ -229,6 +242,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             names: The tensors to collect statistics of.
             judged: Where the budget's judged samples are kept, with the model's outputs on them
                 (the calibration run computes them anyway), or None.
+            sample: Where ``calibrate=auto`` keeps whole samples of its layers' inputs, or None.
             kept: Main-graph values kept batch by batch for a later reader (bias correction),
                 captured beside ``names`` without statistics, or None.
             channels: Per-channel statistics of main-graph values to fill as well (smoothing's), or None.
@@ -237,7 +251,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             The statistics, and the tensors left uncalibrated with why.
         """
         try:
-            return self._collect(model, names, judged, kept, channels), {}
+            return self._collect(model, names, judged, sample, kept, channels), {}
         except RuntimeUnavailable as error:
             looped = body_value_names(model, loops_only=True).intersection(names)
             if not looped:
@@ -246,11 +260,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             logger.warning("quantize: %s; its layers stay float", reason)
             if judged is not None:
                 judged.clear()
+            if sample is not None:
+                sample.clear()
             if kept is not None:
                 kept.clear()
             for stats in (channels or {}).values():
                 stats.clear()
-            collector = self._collect(model, [name for name in names if name not in looped], judged, kept, channels)
+            kept_names = [name for name in names if name not in looped]
+            collector = self._collect(model, kept_names, judged, sample, kept, channels)
             collector.stats.update(StatsCollector(sorted(looped)).stats)
             return collector, dict.fromkeys(looped, reason)
 
@@ -259,6 +276,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         model: ir.Model,
         names: list[str],
         judged: budget.JudgedSamples | None,
+        sample: calibrators.InputSample | None,
         kept: KeptBatches | None,
         channels: dict[str, ChannelStats] | None,
     ) -> StatsCollector:
@@ -288,6 +306,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             ):
                 count = batch_samples(feed) if feed else 0
                 collector.update({back.get(name, name): array for name, array in arrays.items()}, count)
+                if sample is not None:
+                    sample.update(arrays)
                 if judged is not None:
                     judged.add(feed, {name: arrays[name] for name in outputs}, count)
                 if kept is not None:
@@ -301,8 +321,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
     def _static_plan(
         self, float_model: ir.Model, timings: dict[str, float], pending: _PendingSmooth | None = None
-    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None, KeptBatches | None]:
-        """Calibrates ``float_model`` and fits the budget (rules 2 and 10).
+    ) -> tuple[placement.QuantPlan, StatsCollector, dict[str, Any] | None, dict[str, Any] | None, KeptBatches | None]:
+        """Calibrates ``float_model`` and fits the budget (rules 2, 10 and 19).
 
         ``float_model`` is not changed, except by ``pending`` smoothing: the calibration run
         fills its statistics, then it is applied (in place) and the plan is made for the
@@ -310,26 +330,31 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
 
         Returns:
             The plan, the calibration statistics, the budget's record (None without a budget),
-            and the layer inputs ``bias-correction=fast`` reads as the calibration run kept them
-            (None with another setting).
+            each tensor's calibrator choice (None unless ``calibrate=auto``), and the layer
+            inputs ``bias-correction=fast`` reads as the calibration run kept them (None with
+            another setting).
         """
         options = self.options
         symmetric = options.target != "ort-cpu"
         ranges: dict[str, tuple[float, float] | None] = {}
         roots: dict[str, str] = {}  # tensor -> the tensor whose statistics give its range
         collector: StatsCollector | None = None
+        chosen: dict[str, calibrators.RangeChoice] = {}  # calibrate=auto: root -> its calibrator
 
         def range_of(name: str) -> tuple[float, float] | None:
             if collector is None:  # the dry run: every tensor as if calibrated
                 return (-1.0, 1.0)
             if name not in ranges:
                 # A tensor reached through data-movement ops holds its chain root's values.
-                stats = collector.stats.get(roots.get(name, name))
-                ranges[name] = (
-                    calibrated_range(stats, options.calibrate, symmetric=symmetric, percentile=options.percentile)
-                    if stats is not None and stats.finite
-                    else None
-                )
+                root = roots.get(name, name)
+                stats = collector.stats.get(root)
+                if stats is None or not stats.finite:
+                    ranges[name] = None
+                elif root in chosen:
+                    ranges[name] = chosen[root].range
+                else:
+                    method = "minmax" if options.calibrate == "auto" else options.calibrate
+                    ranges[name] = calibrated_range(stats, method, symmetric=symmetric, percentile=options.percentile)
             return ranges[name]
 
         # Layers whose int8 kernel is slower than float on the CPU (kernels.py rule 2).
@@ -353,45 +378,66 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         # Only the tensors a placement can quantize are captured: the plan with every range known
         # names them, and of a data-movement chain (Reshape, Transpose, ...) only its root, whose
         # range the Q takes (rule 5). BERT-base: 49 of 429 float activations.
-        roots.update((name, q.root) for name, q in make_plan().activations.items())
+        dry_run = make_plan()
+        roots.update((name, q.root) for name, q in dry_run.activations.items())
         started = time.perf_counter()
         wanted = list(roots.values())
         budgeted = options.max_drop is not None or options.min_cosine is not None
         judged = budget.JudgedSamples(options.samples) if budgeted else None
         if budgeted:  # the budget's prediction reads each layer's output energy too
-            wanted += budget.layer_outputs(float_model, make_plan())
+            wanted += budget.layer_outputs(float_model, dry_run)
+        readers = calibrators.layer_readers(float_model, dry_run) if options.calibrate == "auto" else {}
+        sample = None
+        if readers:  # rule 19: the readers' inputs, sampled from the same calibration stream
+            inputs = [reader.input for group in readers.values() for reader in group]
+            sample = calibrators.InputSample(inputs, options.samples, _CALIBRATION_BATCH)
+            wanted += inputs
         kept = None
         if options.bias_correction == "fast":  # the layer inputs it reads, from this run when small
-            names = bias_correction.fast_inputs(float_model, make_plan())
+            names = bias_correction.fast_inputs(float_model, dry_run)
             kept = KeptBatches(names, batch_size=_CALIBRATION_BATCH, samples=options.samples, limit=_KEPT_BYTES)
         channels = pending.found.stats if pending is not None else None
-        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, kept, channels)
+        collector, failed = self._calibrate(float_model, list(dict.fromkeys(wanted)), judged, sample, kept, channels)
         uncalibrated.update(failed)
         timings["calibration"] = time.perf_counter() - started
         if pending is not None:
             started = time.perf_counter()
             captured, collector = collector, None  # the placement as if calibrated, on the smoothed model
-            pending.record, choices = smooth.smooth_captured(float_model, pending.found, pending.error_model)
+            pending.record, smoothed = smooth.smooth_captured(float_model, pending.found, pending.error_model)
             roots.clear()
             roots.update((name, q.root) for name, q in make_plan().activations.items())
             timings["smooth"] += time.perf_counter() - started
             started = time.perf_counter()
             collector = self._smoothed_statistics(
-                float_model, captured, choices, pending.found.stats, list(dict.fromkeys(roots.values()))
+                float_model, captured, smoothed, pending.found.stats, list(dict.fromkeys(roots.values()))
             )
             if kept is not None:
-                kept.forget([choice.smoothed for choice in choices if choice.smoothed])
+                kept.forget([choice.smoothed for choice in smoothed if choice.smoothed])
             timings["calibration"] += time.perf_counter() - started
         plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
+        choices: dict[str, Any] | None = None
+        if options.calibrate == "auto":
+            # Chosen for the layers the plan quantizes with minmax ranges (the dry run also held
+            # those the kernel rules leave float), then the plan is made again with the choices.
+            started = time.perf_counter()
+            root_stats = {
+                q.root: collector.stats[q.root] for q in plan.activations.values() if q.root in collector.stats
+            }
+            settled_readers = calibrators.layer_readers(float_model, plan)
+            chosen.update(self._choose_calibrators(float_model, plan, settled_readers, root_stats, sample))
+            choices = {tensor: choice.to_json() for tensor, choice in chosen.items()}
+            ranges.clear()
+            plan = _settled_plan(float_model, make_plan, slow, options, speed_rules)
+            timings["calibrator_choice"] = time.perf_counter() - started
         if not budgeted:
-            return plan, collector, None, kept
+            return plan, collector, None, choices, kept
         started = time.perf_counter()
         judge = budget.Judge(
             self.context, float_model, self.name, options.samples, options.max_drop, options.min_cosine, judged
         )
         plan, record = budget.fit_budget(judge, plan, make_plan, options.weight_bits, collector.stats)
         timings["budget"] = time.perf_counter() - started
-        return plan, collector, record, kept
+        return plan, collector, record, choices, kept
 
     def _smoothed_statistics(
         self,
@@ -435,6 +481,31 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             collector.stats.update(more.stats)
         return collector
 
+    def _choose_calibrators(
+        self,
+        float_model: ir.Model,
+        dry_run: placement.QuantPlan,
+        readers: dict[str, list[calibrators.Reader]],
+        stats: dict[str, TensorStats],
+        sample: calibrators.InputSample | None,
+    ) -> dict[str, calibrators.RangeChoice]:
+        """Rule 19: each calibrated tensor's calibrator, by its readers' output error (calibrators.py)."""
+        options = self.options
+        symmetric = options.target != "ort-cpu"
+        error_model = smooth.ErrorModel(
+            "s8" if symmetric else options.activations, symmetric, options.weight_bits, options.per_channel
+        )
+        return calibrators.choose_ranges(
+            self.context,
+            float_model,
+            dry_run,
+            readers,
+            stats,
+            sample or calibrators.InputSample([], options.samples, _CALIBRATION_BATCH),
+            error_model,
+            bias_correction=options.bias_correction != "off",
+        )
+
     def _static(self, model: ir.Model) -> ShrinkPassResult:
         """Rules 1-7 and 10-12 on a copy of the model, which replaces the model's graph only when kept."""
         options = self.options
@@ -450,9 +521,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         opset_raised = raise_opset(float_model, opset)
         timings: dict[str, float] = {}
         smoothed, equalized, pending = self._float_methods(float_model, timings)
-        plan, collector, budget_stats, kept = self._static_plan(float_model, timings, pending)
+        plan, collector, budget_stats, calibrator_choice, kept = self._static_plan(float_model, timings, pending)
         if pending is not None:
             smoothed = pending.record
+        rounded, rounding = self._static_rounding(float_model, plan, timings)
         corrections: dict[str, Any] | None = None
         if options.bias_correction != "off" and plan.layers:
             started = time.perf_counter()
@@ -465,13 +537,14 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
                 samples=options.samples,
                 int32_bias=options.target != "tensorrt",
                 method=options.bias_correction,
+                rounded=rounded,
                 kept=kept,
             )
             float_model, plan, corrections = shifts.model, shifts.plan, shifts.to_json()
             del shifts
             timings["bias_correction"] = time.perf_counter() - started
         candidate = float_model.clone()
-        counts = rewrite.apply_plan(candidate, plan, options.weight_bits)
+        counts = rewrite.apply_plan(candidate, plan, options.weight_bits, rounded)
         # The float weights the candidate no longer reads go before the tables are quantized: the
         # smoothed ones are held by nothing else (BERT-base: 324 MB, else beside the tables' peak).
         # The graph's nodes and values reference each other: only the cycle collector frees them.
@@ -492,6 +565,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "mode": options.mode,
             "target": options.target,
             "calibrator": options.calibrate,
+            "calibrator_choice": calibrator_choice,
             "samples": collector.samples,
             "calibration_tensors": len(collector.stats),
             "statistics_bytes": collector.nbytes,
@@ -506,6 +580,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "bias_correction": corrections,
             "smooth": smoothed,
             "equalize": equalized,
+            "rounding": rounding,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0
@@ -706,6 +781,40 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             return {}, {"method": "nearest", "reason": f"onnxruntime cannot run the model ({error}; rounding=auto)"}
         timings["rounding"] = time.perf_counter() - started
         return rounded, {"method": "gptq", "layers": record}
+
+    def _static_rounding(
+        self, float_model: ir.Model, plan: placement.QuantPlan, timings: dict[str, float]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Rule 18 for static int8 weights: GPTQ levels by weight name (``rounding=gptq``), or why nearest.
+
+        Returns:
+            The GPTQ int8 levels per weight initializer name (empty for nearest rounding), and the
+            report's ``rounding`` record.
+
+        Raises:
+            UsageError: ``rounding=gptq`` with calibration data that can be read only once.
+        """
+        options = self.options
+        if options.rounding != "gptq":
+            return {}, {"method": "nearest", "reason": f"rounding={options.rounding} (static int8: gptq is opt-in)"}
+        calibration = self.context.calibration
+        if calibration is not None and not calibration.rereadable:
+            raise UsageError(
+                f"quantize: rounding=gptq reads the calibration data again; {calibration.description} "
+                "can be read only once"
+            )
+        started = time.perf_counter()
+        rounded, record = int8_rounding.round_static(
+            self.context,
+            float_model,
+            plan,
+            options.weight_bits,
+            pass_name=self.name,
+            samples=options.samples,
+            batch_size=_CALIBRATION_BATCH,
+        )
+        timings["rounding"] = time.perf_counter() - started
+        return rounded, {"method": "gptq", **record}
 
     def _gather_tables(
         self, model: ir.Model, writer: rewrite.QdqWriter, nodes: dict[str, str], left_float: dict[str, str], bits: str

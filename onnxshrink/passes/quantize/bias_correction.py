@@ -19,7 +19,7 @@ measures the same quantity by running the layer). ``measured`` runs both models:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,7 @@ def correct_biases(
     int32_bias: bool,
     method: str = "measured",
     kept: KeptBatches | None = None,
+    rounded: Mapping[str, np.ndarray] | None = None,
 ) -> BiasShifts:
     """Measures each quantized layer's output mean shift and folds it into a copy of ``float_model``.
 
@@ -155,6 +156,7 @@ def correct_biases(
         kept: ``fast``: the layer inputs as calibration captured them from ``float_model``, batch
             by batch (the same batches a capture would read); when they hold every input needed,
             no model runs.
+        rounded: GPTQ int8 levels by weight name (``rounding=gptq``), in place of nearest rounding's.
     """
     view = GraphView(float_model.graph)
     candidates, left = _candidates(view, plan)
@@ -163,13 +165,13 @@ def correct_biases(
     corrected = float_model.clone()
     if method == "fast":
         float_means, quantized_means = _fast_shifts(
-            context, float_model, plan, candidates, weight_bits, pass_name, samples, kept
+            context, float_model, plan, candidates, weight_bits, pass_name, samples, kept, rounded or {}
         )
         return _fold_shifts(corrected, plan, candidates, float_means, quantized_means, left, int32_bias)
     quantized = float_model.clone()
     quantized_nodes = GraphView(quantized.graph).nodes
     outputs = {key: quantized_nodes[key].outputs[0] for key in candidates}
-    apply_plan(quantized, plan, weight_bits)
+    apply_plan(quantized, plan, weight_bits, rounded)
     kinds = {key: view.nodes[key].op_type for key in candidates}
     float_names = {key: view.nodes[key].outputs[0].name or "" for key in candidates}
     quantized_names = {key: value.name or "" for key, value in outputs.items()}
@@ -193,6 +195,7 @@ def _fast_shifts(
     pass_name: str,
     samples: int,
     kept: KeptBatches | None,
+    rounded: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each layer's output mean shift from float inputs: weight rounding and input rounding error.
 
@@ -240,6 +243,9 @@ def _fast_shifts(
         layer_weight = plan.layers[key].weight
         assert layer_weight is not None
         q, scales = quantize_weight(weight.astype(np.float32), layer_weight.axis, weight_bits)
+        weight_value = node.inputs[1]
+        assert weight_value is not None
+        q = rounded.get(str(weight_value.name), q)
         shape = [1] * weight.ndim
         if layer_weight.axis is not None:
             shape[layer_weight.axis] = -1

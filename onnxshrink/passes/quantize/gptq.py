@@ -59,7 +59,8 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 DAMP = 0.01
 # Rows rounded between two matrix-product updates of the remaining rows.
 LAZY_BLOCK = 128
-_LEVELS = {"s4": (-8, 7), "u4": (0, 15)}
+# s8/s7: static int8 weights, narrow range (7 bits with reduce-range; int8_rounding.py).
+_LEVELS = {"s4": (-8, 7), "u4": (0, 15), "s8": (-127, 127), "s7": (-63, 63)}
 _MIN_SCALE = 1e-12
 
 
@@ -176,8 +177,10 @@ def _inverse_factor(gram: np.ndarray) -> np.ndarray:
     flipped = np.ascontiguousarray(h[::-1, ::-1])
     damp = DAMP
     while True:
+        shifted = flipped.copy()  # damped in place: no [K, K] identity (int8 Convs: K up to 4608)
+        shifted[np.diag_indices_from(shifted)] += damp * mean
         try:
-            lower = linalg.cholesky(flipped + damp * mean * np.eye(h.shape[0]), lower=True)
+            lower = linalg.cholesky(shifted, lower=True, overwrite_a=True)
             break
         except linalg.LinAlgError:
             if damp >= 1.0:
@@ -199,11 +202,12 @@ def gptq_round(
         gram: ``H = X^T X`` ``[K, K]`` of the layer input.
         scales: Block scales ``[ceil(K/b), N]`` (rule 2).
         zero: Block zero points, same shape (0 for ``s4``).
-        block_size: Rows per block.
-        dtype: ``s4`` or ``u4``.
+        block_size: Rows per block (int8 per channel: ``K``, one block).
+        dtype: ``s4`` or ``u4``; ``s8``/``s7`` for static int8 weights (int8_rounding.py).
 
     Returns:
-        The levels, float64 (``[-8, 7]`` for s4, ``[0, 15]`` for u4), rows in the weight's order.
+        The levels, float64 (``[-8, 7]`` for s4, ``[0, 15]`` for u4, ``[-127, 127]`` for s8,
+        ``[-63, 63]`` for s7), rows in the weight's order.
     """
     k = weight.shape[0]
     order = np.argsort(-np.diag(gram), kind="stable")

@@ -94,11 +94,16 @@ class QuantizeOptions:
         "auto",
         "weight-only s4/u4 MatMul/Gemm weights: nearest (each weight to its nearest level); gptq: "
         "GPTQ error feedback from the calibration inputs' Gram matrices, with clipping-searched "
-        "block scales (needs calibration data); auto: gptq when calibration data is given, else nearest",
+        "block scales (needs calibration data); auto: gptq when calibration data is given, else nearest. "
+        "static int8 Conv/Gemm/MatMul weights: gptq under nearest's scales (opt-in; auto means nearest)",
         choices=("auto", "nearest", "gptq"),
     )
-    calibrate: Literal["minmax", "percentile", "entropy", "mse"] = option(
-        "minmax", "how activation ranges are chosen from the streamed statistics", choices=tuple(CALIBRATORS)
+    calibrate: Literal["minmax", "percentile", "entropy", "mse", "auto"] = option(
+        "minmax",
+        "how activation ranges are chosen from the streamed statistics; auto (static): per tensor, "
+        "the calibrator whose range gives the Conv/Gemm/MatMul layers reading it the lowest output "
+        "error on sampled calibration inputs (minmax unless another is 2 % lower)",
+        choices=(*CALIBRATORS, "auto"),
     )
     percentile: float = option(
         DEFAULT_PERCENTILE, "percentile kept by calibrate=percentile, 50 < p <= 100", above=50.0, maximum=100.0
@@ -130,9 +135,9 @@ class QuantizeOptions:
             return "max-drop/min-cosine apply to mode=static only"
         if (self.smooth not in ("off", "auto") or self.equalize) and self.mode != "static":
             return f"smooth/equalize need mode=static, got mode={self.mode}"
-        if self.rounding == "gptq" and (self.mode != "weight-only" or self.weights == "s8"):
+        if self.rounding == "gptq" and (self.mode == "dynamic" or (self.weights == "s8" and self.mode != "static")):
             return (
-                "rounding=gptq needs mode=weight-only with weights=s4 or u4, "
+                "rounding=gptq needs mode=static, or mode=weight-only with weights=s4 or u4, "
                 f"got mode={self.mode}, weights={self.weights}"
             )
         if self.min_speedup is not None and self.mode != "static":

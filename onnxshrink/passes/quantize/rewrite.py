@@ -7,6 +7,7 @@ else reads are dropped by the pass manager's cleanup of unused initializers (the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
@@ -33,13 +34,22 @@ class QdqWriter:
         weight_bits: Bits of quantized int8 weights: 8, or 7 with reduce-range.
         graph: The graph written into: the main graph (default) or a control-flow body.
         taken: The names in use, shared by the writers of one model (default: read from ``model``).
+        rounded: int8 levels per weight initializer name (``rounding=gptq``, int8_rounding.py), stored
+            in place of nearest rounding's under the same scales.
     """
 
     def __init__(
-        self, model: ir.Model, weight_bits: int = 8, *, graph: ir.Graph | None = None, taken: set[str] | None = None
+        self,
+        model: ir.Model,
+        weight_bits: int = 8,
+        *,
+        graph: ir.Graph | None = None,
+        taken: set[str] | None = None,
+        rounded: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.graph = graph if graph is not None else model.graph
         self.weight_bits = weight_bits
+        self.rounded = rounded or {}
         self.taken = taken if taken is not None else taken_names(model)
         self._weights: dict[tuple[str, int | None], tuple[ir.Value, np.ndarray]] = {}
         self.counts = {"q_nodes": 0, "dq_nodes": 0, "weights_quantized": 0}
@@ -66,6 +76,7 @@ class QdqWriter:
         cache = (value.name, axis)
         if cache not in self._weights:
             quantized, scales = quantize_weight(value.const_value.numpy().astype(np.float32), axis, self.weight_bits)
+            quantized = self.rounded.get(value.name, quantized)
             q_value = self.constant(quantized, f"{value.name}_quantized")
             scale = self.constant(scales, f"{value.name}_scale")
             zero = self.constant(np.zeros(scales.shape, np.int8), f"{value.name}_zero_point")
@@ -134,10 +145,13 @@ class QdqWriter:
             self.graph.insert_before(next(iter(self.graph)), [q, dq])
 
 
-def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[str, Any]:
+def apply_plan(
+    model: ir.Model, plan: QuantPlan, weight_bits: int = 8, rounded: Mapping[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """Rewrites the main graph and the control-flow bodies by the plan; returns counts for the report.
 
-    Each Q/DQ and quantized weight goes into the graph of the node or value it serves.
+    Each Q/DQ and quantized weight goes into the graph of the node or value it serves; ``rounded``
+    holds GPTQ int8 levels by weight name (:class:`QdqWriter`).
     """
     scopes = control_flow_scopes(model)
     nodes: dict[str, ir.Node] = {}
@@ -149,7 +163,10 @@ def apply_plan(model: ir.Model, plan: QuantPlan, weight_bits: int = 8) -> dict[s
         for name, q in plan.activations.items()
     }
     taken = taken_names(model)
-    writers = {id(scope.graph): QdqWriter(model, weight_bits, graph=scope.graph, taken=taken) for scope in scopes}
+    writers = {
+        id(scope.graph): QdqWriter(model, weight_bits, graph=scope.graph, taken=taken, rounded=rounded)
+        for scope in scopes
+    }
     for key in plan.folds:
         fold = nodes[key]
         source, folded = fold.inputs[0], fold.outputs[0]
