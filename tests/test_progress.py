@@ -32,18 +32,19 @@ def test_prune_sensitivity_reports_every_trial(digits_path: Path, digits_calib_p
 
 
 def test_quantize_reports_calibration_budget_and_speed(digits_path: Path, digits_calib_path: Path) -> None:
-    spec = "quantize:max-drop=0.0,min-speedup=0.01"
+    spec = "quantize:min-cosine=0.99999,min-speedup=0.01"  # the fully quantized model misses it
     with progress.use(ProgressRecorder()) as recorder:
         result = onnxshrink.shrink(digits_path, [spec], calibration=str(digits_calib_path), verify=False)
     assert isinstance(recorder, ProgressRecorder)
     (calibration,) = recorder.labelled("quantize calibration")
     assert calibration.total == 128 and calibration.done == 128 and calibration.finished
-    probing, verifying = recorder.labelled("quantize budget")
+    judging, probing, verifying = recorder.labelled("quantize budget")
     record = result.report["passes"][0]["stats"]["budget"]
+    assert judging.total == judging.done == 1 and not record["candidates"][0]["holds"]
     assert probing.total == probing.done == len(record["layers"]) and probing.finished  # one run per layer
-    # One step per judged candidate; the total is the search's bound, 2 + 3 * bits of the layer count.
-    assert verifying.total == 2 + 3 * len(record["layers"]).bit_length() and verifying.finished
-    assert verifying.done == len(record["candidates"]) >= 1
+    # One step per candidate judged after the first; the total is the search's bound, 1 + 3 * bits of the layers.
+    assert verifying.total == 1 + 3 * len(record["layers"]).bit_length() and verifying.finished
+    assert verifying.done == len(record["candidates"]) - 1 >= 1
     (speed,) = recorder.labelled("quantize speed check")
     assert speed.total == speed.done == 7
 

@@ -209,6 +209,36 @@ def test_the_budget_builds_o_log_n_sessions(monkeypatch: pytest.MonkeyPatch) -> 
     assert 2 <= candidates <= 2 + 3 * (32).bit_length() < 32
 
 
+def test_a_budget_the_fully_quantized_model_meets_ranks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, calibration = _chain(8)
+    sessions: list[str] = []
+    real_session = PassContext.session
+
+    def counted(self: PassContext, model: ir.Model) -> tuple[object, object]:
+        sessions.append(model.graph.name or "")
+        return real_session(self, model)
+
+    monkeypatch.setattr(PassContext, "session", counted)
+    probed: list[int] = []
+    real_probe = budget.probe_layers
+    monkeypatch.setattr(budget, "probe_layers", lambda *args: probed.append(1) or real_probe(*args))
+    options = "quantize:keep-slow-float=false,bias-correction=off,samples=64"
+    plain = onnxshrink.shrink(model, [options], calibration=calibration, verify=False)
+    plain_sessions = len(sessions)
+    sessions.clear()
+    result = onnxshrink.shrink(model, [f"{options},min-cosine=0.9"], calibration=calibration, verify=False)
+    record = result.report["passes"][0]["stats"]["budget"]
+    # One judged candidate, the fully quantized model, and no probe: the plain model's graph.
+    assert record["met"] and record["float_layers"] == 0 and len(record["candidates"]) == 1
+    assert record["probe_samples"] == 0 and not probed and len(sessions) - plain_sessions == 1
+    assert all(layer == {"predicted": None, "alone": None, "decision": "int8"} for layer in record["layers"].values())
+    assert result.to_proto().graph == plain.to_proto().graph
+
+    sessions.clear()
+    strict = onnxshrink.shrink(model, [f"{options},min-cosine=0.99999"], calibration=calibration, verify=False)
+    assert probed and strict.report["passes"][0]["stats"]["budget"]["probe_samples"] > 0  # a miss ranks
+
+
 def test_the_probe_is_the_float_model_with_every_switch_off_and_each_layer_alone_with_one_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

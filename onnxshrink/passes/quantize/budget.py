@@ -496,10 +496,11 @@ def fit_budget(
 ) -> tuple[placement.QuantPlan, dict[str, Any]]:
     """Keeps the layers that hurt most float until the budget holds, on judged candidates.
 
-    Layers are ranked by their damage alone, probed in one session (:func:`probe_layers`), or
-    where the probe cannot reach them by :func:`predict_damage` (no model run). The fully
-    quantized candidate is judged first; when it misses the budget, the smallest float prefix of
-    the ranking that meets it is searched with real candidates: each guess interpolates the
+    The fully quantized candidate is judged first; when it meets the budget it is the result and
+    nothing is ranked. Otherwise layers are ranked by their damage alone, probed in one session
+    (:func:`probe_layers`), or where the probe cannot reach them by :func:`predict_damage` (no
+    model run), and the smallest float prefix of the ranking that meets the budget is searched
+    with real candidates: each guess interpolates the
     damage left (the sum of the scores past it) between the nearest judged candidates
     (:func:`_needed_tail`); after two guesses in a row that did not halve the interval comes a
     bisection, so at most ``2 + 3 * bits(layers)`` candidates are built. A candidate stops
@@ -514,30 +515,37 @@ def fit_budget(
         tensors: The calibration statistics, by tensor (for :func:`predict_damage`).
 
     Returns:
-        The plan and its record: each layer's prediction, damage alone and decision, every
-        judged candidate.
+        The plan and its record: each layer's prediction, damage alone (both None when no
+        ranking was needed) and decision, every judged candidate.
     """
     layers = [key for key, layer in plan.layers.items() if layer.op_type in placement.TRT_LAYERS]
-    predicted = predict_damage(judge.model, plan, tensors, weight_bits)
-    alone, probe_samples = probe_layers(judge, plan, layers, weight_bits)
-    scores = _scores(layers, predicted, alone)
-    order = sorted(layers, key=lambda key: scores[key], reverse=True)
-    # tails[k]: the damage left, by the scores, with the first k layers of the ranking float.
-    tails = [float(sum(scores[key] for key in order[k:])) for k in range(len(order) + 1)]
+    order = list(layers)  # the ranking, once made: verify(k) keeps its first k layers float
     trials: dict[int, Trial] = {}
-    # Every third step at most halves the interval: a bisection after two guesses that did not.
-    limit = 2 + 3 * max(1, len(order)).bit_length()
-    with progress.task(f"quantize budget: verifying candidates ({len(layers)} layers ranked)", total=limit) as step:
 
-        def verify(count: int) -> Trial:
-            candidate = quantized_copy(judge.model, make_plan(tuple(order[:count])), weight_bits)
-            damage, samples = judge.screen(candidate)
-            trials[count] = Trial(count, damage, judge.holds(damage) and samples == judge.samples, samples)
-            step.advance()
-            return trials[count]
+    def verify(count: int) -> Trial:
+        candidate = quantized_copy(judge.model, make_plan(tuple(order[:count])), weight_bits)
+        damage, samples = judge.screen(candidate)
+        trials[count] = Trial(count, damage, judge.holds(damage) and samples == judge.samples, samples)
+        return trials[count]
 
-        low, high = 0, len(order)  # the ranking's first `low` float misses; the first `high` float holds
-        if not verify(0).holds and order:
+    with progress.task("quantize budget: judging the fully quantized model", total=1) as step:
+        verify(0)
+        step.advance()
+    predicted: dict[str, float] = {}
+    alone: dict[str, Damage] = {}
+    probe_samples = 0
+    if not trials[0].holds and layers:  # a ranking is needed only when some layer must stay float
+        predicted = predict_damage(judge.model, plan, tensors, weight_bits)
+        alone, probe_samples = probe_layers(judge, plan, layers, weight_bits)
+        scores = _scores(layers, predicted, alone)
+        order.sort(key=lambda key: scores[key], reverse=True)
+        # tails[k]: the damage left, by the scores, with the first k layers of the ranking float.
+        tails = [float(sum(scores[key] for key in order[k:])) for k in range(len(order) + 1)]
+        # Every third step at most halves the interval: a bisection after two guesses that did not.
+        limit = 1 + 3 * len(order).bit_length()
+        label = f"quantize budget: verifying candidates ({len(layers)} layers ranked)"
+        with progress.task(label, total=limit) as step:
+            low, high = 0, len(order)  # the ranking's first `low` float misses; the first `high` float holds
             stalls = 0  # guesses in a row that did not halve the interval
             while high - low > 1:
                 width, bisecting = high - low, stalls == 2
@@ -553,8 +561,10 @@ def fit_budget(
                 else:
                     low = count
                 stalls = 0 if bisecting or 2 * (high - low) <= width else stalls + 1
+                step.advance()
             if high not in trials:
                 verify(high)
+                step.advance()
     kept = min((count for count, trial in trials.items() if trial.holds), default=len(order))
     result = trials[kept] if kept in trials else trials[max(trials)]
     float_layers = set(order[:kept])
@@ -570,7 +580,7 @@ def fit_budget(
         "probe_samples": probe_samples,
         "layers": {
             key: {
-                "predicted": predicted[key],
+                "predicted": predicted.get(key),
                 "alone": alone[key].to_json() if key in alone else None,
                 "decision": "float" if key in float_layers else "int8",
             }
