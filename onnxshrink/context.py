@@ -16,9 +16,9 @@ from onnxshrink.errors import UsageError
 IN_MEMORY_BYTES = 1024
 # Tensors left in the proto (subgraphs, strings, 4-bit) past this size go through a file.
 _PROTO_LIMIT = 1 << 30
-_LOCATION = "onnxshrink-in-memory"  # the stubs' external-data location (no such file is read)
+IN_MEMORY_LOCATION = "onnxshrink-in-memory"  # the stubs' external-data location (no such file is read)
 # What an OrtValue can wrap from numpy (not strings, nor 4-bit or bfloat16 arrays).
-_ORT_VALUE_TYPES = (
+ORT_VALUE_TYPE_NAMES = (
     "FLOAT",
     "FLOAT16",
     "DOUBLE",
@@ -147,7 +147,7 @@ def _stubbed(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[Any]] | 
 
     from onnxshrink.ir.graphs import all_tensors
 
-    kinds = {ir.DataType[name] for name in _ORT_VALUE_TYPES}
+    kinds = {ir.DataType[name] for name in ORT_VALUE_TYPE_NAMES}
     stubs = {
         value.name: value
         for value in model.graph.initializers.values()
@@ -171,7 +171,12 @@ def _stubbed(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[Any]] | 
             names.append(value.name)
             held.append((value, tensor))
             value.const_value = ir.ExternalTensor(
-                _LOCATION, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=value.name
+                IN_MEMORY_LOCATION,
+                0,
+                tensor.nbytes,
+                tensor.dtype,
+                shape=ir.Shape(tensor.shape.numpy()),
+                name=value.name,
             )
         proto = ir.serde.serialize_model(model)
     finally:

@@ -19,29 +19,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxshrink.context import PassContext
+from onnxshrink.context import IN_MEMORY_BYTES, IN_MEMORY_LOCATION, ORT_VALUE_TYPE_NAMES, PassContext
 from onnxshrink.runtime import ProviderChoice, create_session
 
-IN_MEMORY_BYTES = 1024  # initializers larger than this are handed over in memory
-_LOCATION = "onnxshrink-in-memory"  # the stubs' external-data location (no such file is read)
 # What an OrtValue can wrap from numpy (not strings, nor ml_dtypes' 4-bit and bfloat16 arrays).
-_ORT_VALUE_TYPES = frozenset(
-    ir.DataType[name]
-    for name in (
-        "FLOAT",
-        "FLOAT16",
-        "DOUBLE",
-        "INT8",
-        "UINT8",
-        "INT16",
-        "UINT16",
-        "INT32",
-        "UINT32",
-        "INT64",
-        "UINT64",
-        "BOOL",
-    )
-)
+_ORT_VALUE_TYPES = frozenset(ir.DataType[name] for name in ORT_VALUE_TYPE_NAMES)
 
 
 def _varint_bytes(value: int) -> int:
@@ -132,7 +114,12 @@ class InMemoryWeights:
                 sizes[value.name] = kept.size
                 held.append((value, tensor))
                 value.const_value = ir.ExternalTensor(
-                    _LOCATION, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=value.name
+                    IN_MEMORY_LOCATION,
+                    0,
+                    tensor.nbytes,
+                    tensor.dtype,
+                    shape=ir.Shape(tensor.shape.numpy()),
+                    name=value.name,
                 )
             proto = ir.serde.serialize_model(model)
         finally:
