@@ -7,7 +7,7 @@ uses the provider the user chose and calibration data is read the one way it is 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from onnxshrink.errors import UsageError
@@ -106,15 +106,7 @@ class PassContext:
         if stubbed is None:
             with model_source(model) as source:
                 return create_session(source, self.provider)
-        proto, names, values = stubbed
-
-        def configure(options: Any) -> None:
-            if names:
-                options.add_external_initializers(names, values)
-
-        session, choice = create_session(proto.SerializeToString(), self.provider, configure=configure)
-        session.onnxshrink_weights = values  # onnxruntime reads them for the session's life
-        return session, choice
+        return session_reading_memory(*stubbed, self.provider)
 
     def calibration_batches(
         self,
@@ -134,6 +126,66 @@ class PassContext:
         yield from calibration.feeds(input_names, consumer=consumer, samples=samples, batch_size=batch_size)
 
 
+def in_memory_initializers(model: ir.Model) -> list[ir.Value]:
+    """The main-graph initializers onnxruntime can read from memory: OrtValue dtypes, over ``IN_MEMORY_BYTES``."""
+    import onnx_ir as ir
+
+    kinds = {ir.DataType[name] for name in ORT_VALUE_TYPE_NAMES}
+    return [
+        value
+        for value in model.graph.initializers.values()
+        if value.name is not None
+        and value.const_value is not None
+        and value.const_value.dtype in kinds
+        and value.const_value.nbytes > IN_MEMORY_BYTES
+    ]
+
+
+def serialized_with_stubs(model: ir.Model, values: Sequence[ir.Value]) -> onnx.ModelProto:
+    """``model`` serialized with the tensors of ``values`` as external-data stubs of a few bytes.
+
+    The model is left as it was; the stubs name ``IN_MEMORY_LOCATION``, a file never read.
+    """
+    import onnx_ir as ir
+
+    held: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for value in values:
+            tensor = value.const_value
+            assert tensor is not None and value.name is not None
+            held.append((value, tensor))
+            value.const_value = ir.ExternalTensor(
+                IN_MEMORY_LOCATION,
+                0,
+                tensor.nbytes,
+                tensor.dtype,
+                shape=ir.Shape(tensor.shape.numpy()),
+                name=value.name,
+            )
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in held:
+            value.const_value = tensor
+
+
+def session_reading_memory(
+    proto: onnx.ModelProto, names: list[str], values: list[Any], provider: str
+) -> tuple[Any, ProviderChoice]:
+    """A session of a stub model whose initializers ``names`` onnxruntime reads from the OrtValues ``values``.
+
+    The session holds ``values`` (as ``onnxshrink_weights``): onnxruntime reads them for its life.
+    """
+    from onnxshrink.runtime import create_session
+
+    def configure(options: Any) -> None:
+        if names:
+            options.add_external_initializers(names, values)
+
+    session, choice = create_session(proto.SerializeToString(), provider, configure=configure)
+    session.onnxshrink_weights = values
+    return session, choice
+
+
 def _stubbed(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[Any]] | None:
     """``model`` serialized with its large main-graph initializers as external-data stubs.
 
@@ -147,39 +199,15 @@ def _stubbed(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[Any]] | 
 
     from onnxshrink.ir.graphs import all_tensors
 
-    kinds = {ir.DataType[name] for name in ORT_VALUE_TYPE_NAMES}
-    stubs = {
-        value.name: value
-        for value in model.graph.initializers.values()
-        if value.name is not None
-        and value.const_value is not None
-        and value.const_value.dtype in kinds
-        and value.const_value.nbytes > IN_MEMORY_BYTES
-    }
-    chosen = {id(value.const_value) for value in stubs.values()}
+    stubs = in_memory_initializers(model)
+    chosen = {id(value.const_value) for value in stubs}
     rest = [tensor for tensor in all_tensors(model) if id(tensor) not in chosen]
     if any(isinstance(tensor, ir.ExternalTensor) for tensor in rest) or sum(t.nbytes for t in rest) > _PROTO_LIMIT:
         return None
-    held: list[tuple[ir.Value, ir.TensorProtocol]] = []
     names: list[str] = []
     values: list[Any] = []
-    try:
-        for value in stubs.values():
-            tensor = value.const_value
-            assert tensor is not None and value.name is not None
-            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensor.numpy())))
-            names.append(value.name)
-            held.append((value, tensor))
-            value.const_value = ir.ExternalTensor(
-                IN_MEMORY_LOCATION,
-                0,
-                tensor.nbytes,
-                tensor.dtype,
-                shape=ir.Shape(tensor.shape.numpy()),
-                name=value.name,
-            )
-        proto = ir.serde.serialize_model(model)
-    finally:
-        for value, tensor in held:
-            value.const_value = tensor
-    return proto, names, values
+    for value in stubs:  # every one has a name and a tensor (in_memory_initializers)
+        assert value.name is not None and value.const_value is not None
+        names.append(value.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.const_value.numpy())))
+    return serialized_with_stubs(model, stubs), names, values

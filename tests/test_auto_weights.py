@@ -10,7 +10,8 @@ import pytest
 
 import onnxshrink
 from onnxshrink.autotune.profile import VariantBuilder, channel_spec, int4_spec
-from onnxshrink.autotune.weights import IN_MEMORY_BYTES, InMemoryWeights
+from onnxshrink.autotune.weights import InMemoryWeights
+from onnxshrink.context import IN_MEMORY_BYTES
 from onnxshrink.data.readers import open_samples
 from onnxshrink.runtime import create_session, run
 from onnxshrink.spec import make_spec

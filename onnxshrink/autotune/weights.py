@@ -19,11 +19,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxshrink.context import IN_MEMORY_BYTES, IN_MEMORY_LOCATION, ORT_VALUE_TYPE_NAMES, PassContext
-from onnxshrink.runtime import ProviderChoice, create_session
-
-# What an OrtValue can wrap from numpy (not strings, nor ml_dtypes' 4-bit and bfloat16 arrays).
-_ORT_VALUE_TYPES = frozenset(ir.DataType[name] for name in ORT_VALUE_TYPE_NAMES)
+from onnxshrink.context import PassContext, in_memory_initializers, serialized_with_stubs, session_reading_memory
+from onnxshrink.runtime import ProviderChoice
 
 
 def _varint_bytes(value: int) -> int:
@@ -95,38 +92,19 @@ class InMemoryWeights:
     def stub(self, model: ir.Model) -> Stubbed:
         """``model`` serialized with its large main-graph initializers as stubs (the model is left as it was)."""
         recent: dict[int, _Kept] = {}
-        held: list[tuple[ir.Value, ir.TensorProtocol]] = []
-        names: list[str] = []
+        stubs = in_memory_initializers(model)
         values: list[Any] = []
         sizes: dict[str, int] = {}
-        try:
-            for value in model.graph.initializers.values():
-                tensor = value.const_value
-                if tensor is None or value.name is None or tensor.dtype not in _ORT_VALUE_TYPES:
-                    continue
-                if tensor.nbytes <= IN_MEMORY_BYTES:
-                    continue
-                kept = self._kept(tensor)
-                if id(tensor) not in self._pinned:
-                    recent[id(tensor)] = kept
-                names.append(value.name)
-                values.append(kept.value)
-                sizes[value.name] = kept.size
-                held.append((value, tensor))
-                value.const_value = ir.ExternalTensor(
-                    IN_MEMORY_LOCATION,
-                    0,
-                    tensor.nbytes,
-                    tensor.dtype,
-                    shape=ir.Shape(tensor.shape.numpy()),
-                    name=value.name,
-                )
-            proto = ir.serde.serialize_model(model)
-        finally:
-            for value, tensor in held:
-                value.const_value = tensor
+        for value in stubs:
+            assert value.const_value is not None and value.name is not None
+            kept = self._kept(value.const_value)
+            if id(value.const_value) not in self._pinned:
+                recent[id(value.const_value)] = kept
+            values.append(kept.value)
+            sizes[value.name] = kept.size
+        proto = serialized_with_stubs(model, stubs)
         self._recent = recent
-        return Stubbed(proto, names, values, sizes)
+        return Stubbed(proto, list(sizes), values, sizes)
 
     def size(self, model: ir.Model) -> int:
         """Bytes of ``model`` serialized (as ``ir.serde.serialize_model(model).ByteSize()``)."""
@@ -135,14 +113,7 @@ class InMemoryWeights:
     def session(self, model: ir.Model, provider: str) -> tuple[Any, ProviderChoice]:
         """An onnxruntime session of ``model`` that reads the large initializers from memory."""
         stubbed = self.stub(model)
-
-        def configure(options: Any) -> None:
-            if stubbed.names:
-                options.add_external_initializers(stubbed.names, stubbed.values)
-
-        session, choice = create_session(stubbed.proto.SerializeToString(), provider, configure=configure)
-        session.onnxshrink_weights = stubbed.values  # onnxruntime reads them for the session's life
-        return session, choice
+        return session_reading_memory(stubbed.proto, stubbed.names, stubbed.values, provider)
 
 
 @dataclasses.dataclass
