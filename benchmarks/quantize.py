@@ -131,24 +131,18 @@ BERT_SEQ, BERT_CALIB = 128, 32  # 2-core machine: ~1 s per fp32 sequence
 REAL_MODELS = {"ocr-cls": samples.ocr_cls, "magika": samples.magika, "ocr-rec": samples.ocr_rec}
 REAL_CALIB = 128  # the 128 calibration lines NNCF's figure in issue 14 was measured with
 # Quantizers per model where running all of them costs too much on 2 cores (default: all).
+_CLASSIFIER_TOOLS = (
+    "onnxshrink-minmax",
+    "onnxshrink-percentile",
+    "onnxshrink-auto",
+    "ort-default",
+    "ort-best",
+    "ort-best-rr",
+)
 TOOLS = {
     "resnet50": ("onnxshrink-minmax", "onnxshrink-percentile", "ort-best", "ort-best-rr"),
-    "ocr-cls": (
-        "onnxshrink-minmax",
-        "onnxshrink-percentile",
-        "onnxshrink-auto",
-        "ort-default",
-        "ort-best",
-        "ort-best-rr",
-    ),
-    "magika": (
-        "onnxshrink-minmax",
-        "onnxshrink-percentile",
-        "onnxshrink-auto",
-        "ort-default",
-        "ort-best",
-        "ort-best-rr",
-    ),
+    "ocr-cls": _CLASSIFIER_TOOLS,
+    "magika": _CLASSIFIER_TOOLS,
 }
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
 ONLY_TOOLS = {

@@ -185,8 +185,8 @@ def _chain(layers: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return parse_model(text, initializers=weights), {"h0": rng.standard_normal((64, 64)).astype(np.float32)}
 
 
-def test_the_budget_builds_o_log_n_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, calibration = _chain(32)
+def _count_sessions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The graph names of the sessions passes open from now on, in order (``PassContext.session`` wrapped)."""
     sessions: list[str] = []
     real_session = PassContext.session
 
@@ -195,6 +195,12 @@ def test_the_budget_builds_o_log_n_sessions(monkeypatch: pytest.MonkeyPatch) -> 
         return real_session(self, model)
 
     monkeypatch.setattr(PassContext, "session", counted)
+    return sessions
+
+
+def test_the_budget_builds_o_log_n_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, calibration = _chain(32)
+    sessions = _count_sessions(monkeypatch)
     options = "quantize:keep-slow-float=false,bias-correction=off,samples=64"
     onnxshrink.shrink(model, [options], calibration=calibration, verify=False)
     plain = len(sessions)
@@ -211,14 +217,7 @@ def test_the_budget_builds_o_log_n_sessions(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_budget_the_fully_quantized_model_meets_ranks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     model, calibration = _chain(8)
-    sessions: list[str] = []
-    real_session = PassContext.session
-
-    def counted(self: PassContext, model: ir.Model) -> tuple[object, object]:
-        sessions.append(model.graph.name or "")
-        return real_session(self, model)
-
-    monkeypatch.setattr(PassContext, "session", counted)
+    sessions = _count_sessions(monkeypatch)
     probed: list[int] = []
     real_probe = budget.probe_layers
     monkeypatch.setattr(budget, "probe_layers", lambda *args: probed.append(1) or real_probe(*args))
