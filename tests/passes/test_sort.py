@@ -90,7 +90,7 @@ def test_for_nm_raises_kept_magnitude_on_a_wide_layer() -> None:
     layer = stats["layers"]["Conv#2"]  # unnamed nodes are named as prune names them
     assert layer["kept_after"] > layer["kept_before"] + 0.01, layer
     assert stats["kept_after"] == pytest.approx(layer["kept_after"])
-    assert passes[0]["timings"]["search"] < 10
+    assert passes[0]["timings"]["search"] > 0  # timed in the record; its speed is benchmarked, not tested
     assert "search_seconds" not in stats  # timings stay out of the (deterministic) stats
     assert passes[0]["modified"] is True
     assert_same_function(original, out, "for=2:4")
