@@ -233,6 +233,78 @@ def test_elementwise_ops_next_to_float_stay_float_and_a_graph_without_layers_is_
     assert [n.op_type for n in out.graph.node] == ["Sigmoid", "Relu"]
 
 
+# A hardswish written out (x * Clip(x + 3, 0, 6) / 6) and a per-tensor affine (a * h + b) between two
+# Convs, as PP-LCNet exports them: every elementwise op has int8 neighbours, four take a constant.
+HARDSWISH_AFFINE = (
+    """g (float[N, 8, 8, 8] x) => (float[N, 8, 8, 8] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+        p = Add(a, three)
+        c = Clip(p, zero, six)
+        m = Mul(a, c)
+        h = Div(m, six_div)
+        s = Mul(scale, h)
+        t = Add(s, shift)
+        y = Conv <pads = [1, 1, 1, 1]> (t, W2, B2)
+    }""",
+    {"W1": (8, 8, 3, 3), "B1": (8,), "W2": (8, 8, 3, 3), "B2": (8,)},
+    {
+        "three": np.array([3.0], np.float32),
+        "zero": np.array(0.0, np.float32),
+        "six": np.array(6.0, np.float32),
+        "six_div": np.array([6.0], np.float32),
+        "scale": np.array([1.25], np.float32),
+        "shift": np.array([-0.3], np.float32),
+    },
+)
+
+
+def test_elementwise_ops_with_a_constant_operand_run_in_int8_between_int8_neighbours(tmp_path: Path) -> None:
+    """Rule 7b: Add/Mul by a constant become QLinearAdd/QLinearMul with the constant stored u8; Div by a
+    constant becomes a QLinearMul by its reciprocal; the hardswish and the affine run without float ops."""
+    body, weights, constants = HARDSWISH_AFFINE
+    model = _model(body, weights, constants=constants)
+    calib = _calib({"x": (1, 8, 8, 8)}, samples=32)
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=calib)
+    out, stats = result.model, result.stats
+    assert "skipped" not in stats
+    assert {stats["nodes"][key]["op"] for key in ("Add#1", "Mul#3", "Div#4", "Mul#5", "Add#6")} == {"Add", "Mul", "Div"}
+    ops = _optimized(out, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 2 and ops["QLinearMul"] == 3, ops
+    for op in ("Add", "Mul", "Div", "Clip", "Conv"):
+        assert ops[op] == 0, (op, ops)
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops  # the model's input and output only
+    # Each one-element constant is stored as one u8 level whose dequantized value is the constant.
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    producers = {o: n for n in out.graph.node for o in n.output}
+    stored = []
+    for node in out.graph.node:
+        dqs = [producers[name] for name in node.input if node.op_type in ("Add", "Mul") and name in producers]
+        for level, scale, zero in [[consts.get(i) for i in dq.input] for dq in dqs]:
+            if level is not None:  # a constant operand, not an activation
+                assert level.dtype == zero.dtype == np.uint8 and level.size == 1
+                stored.append((level.astype(np.float32).item() - float(zero)) * float(scale))
+    assert "Div" not in [n.op_type for n in out.graph.node]
+    np.testing.assert_allclose(sorted(stored), sorted([3.0, 1 / 6, 1.25, -0.3]), rtol=1e-6)
+    feed = {"x": calib["x"][:8]}
+    assert _close_to_float(model, out, feed) > 0.995
+
+
+def test_a_constant_operand_next_to_float_or_a_division_by_an_activation_stays_float() -> None:
+    """Rule 7b applies between int8 neighbours only, and a Div needs a constant divisor: the Add by 3
+    reads the float Div, so both stay float even though MatMuls run int8 on either side."""
+    body = """g (float[N, 8] x, float[N, 8] z) => (float[N, 8] y) {
+        h = MatMul(x, W)
+        d = Div(h, z)
+        e = Add(d, three)
+        y = MatMul(e, W2)
+    }"""
+    model = _model(body, {"W": (8, 8), "W2": (8, 8)}, constants={"three": np.array([3.0], np.float32)})
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=_calib({"x": (1, 8), "z": (1, 8)}))
+    skipped = result.stats["skipped"]
+    assert "Div#1" not in skipped and "rule 7" in skipped["Add#2"]  # no integer kernel divides by an activation
+    assert [n.op_type for n in result.model.graph.node].count("Div") == 1
+
+
 def test_include_and_exclude_select_layers(tmp_path: Path) -> None:
     body, weights, inputs = CONV_RELU_CONV
     model = _model(body, weights)

@@ -16,6 +16,7 @@ from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.options import QuantizeOptions
 from onnxshrink.passes.quantize.plan import (
     ADDED_NODE,
+    CONSTANT_OPERAND_OPS,
     FOLDABLE,
     MOVES,
     NEIGHBOURS,
@@ -28,6 +29,7 @@ from onnxshrink.passes.quantize.plan import (
     QuantPlan,
     WeightQ,
     activation_inputs,
+    constant_operand,
     constant_scalar,
     fold_candidate,
     is_activation_matmul,
@@ -164,11 +166,14 @@ class OrtPlacement:
         """
         candidates = []
         for key, node in self.view.nodes.items():
-            if not is_onnx_op(node, *NEIGHBOURS):
+            if not is_onnx_op(node, *NEIGHBOURS, *CONSTANT_OPERAND_OPS):
                 continue
             inputs = activation_inputs(node)
-            if len(inputs) != len([v for v in node.inputs if v is not None]):
-                continue  # a constant operand would need a quantized constant of its own
+            constants = 0 if constant_operand(node) is None else 1
+            if node.op_type == "Div" and not constants:
+                continue  # no QLinear kernel divides by an activation
+            if len(inputs) + constants != len([v for v in node.inputs if v is not None]):
+                continue  # rule 7b: one constant operand at most, stored quantized; Div only by a constant
             effective, _ = fold_candidate(node)
             if self._has_range(effective) and all(self._has_range(v) for _, v in inputs):
                 candidates.append(key)
@@ -334,7 +339,8 @@ def _place_ort(
         effective, fold = fold_candidate(node)
         inputs = tuple(v.name or "" for _, v in activation_inputs(node))
         output = effective.name if output_q else None
-        plan.layers[key] = LayerQ(key, node.op_type, None, "none", output_q, inputs, output)
+        constant = constant_operand(node) if key not in placement.layers else None
+        plan.layers[key] = LayerQ(key, node.op_type, None, "none", output_q, inputs, output, constant)
         if fold is not None and output_q and effective.name in plan.activations:
             q = plan.activations[effective.name]
             clip_max = constant_scalar(fold.inputs[2]) if fold.op_type == "Clip" and len(fold.inputs) > 2 else None
@@ -345,7 +351,8 @@ def _place_ort(
             if q.params.clips_below_zero and (clip_max is None or clip_max >= represented_max):
                 plan.folds.append(view.key(fold))
     for key, node in view.nodes.items():
-        if is_onnx_op(node, *NEIGHBOURS) and key not in placement.quantized and not node.meta.get(ADDED_NODE):
+        candidate = is_onnx_op(node, *NEIGHBOURS) or constant_operand(node) is not None
+        if candidate and key not in placement.quantized and not node.meta.get(ADDED_NODE):
             plan.left_float.setdefault(key, "a neighbour is float: QLinear kernel would add conversions (rule 7)")
 
 

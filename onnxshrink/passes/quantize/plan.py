@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.ir.constants import constant_scalar, is_constant
+from onnxshrink.ir.constants import constant_array, constant_scalar, is_constant
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.statistics import QParams
@@ -27,6 +27,9 @@ ORT_LAYERS = ("Conv", "MatMul", "Gemm")
 TRT_LAYERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Rule 7: QLinear kernels worth using only when every neighbour is int8 already.
 NEIGHBOURS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
+# Rule 7b: elementwise ops that take one one-element constant operand, stored as one quantized level
+# (QLinearAdd, QLinearMul; a Div by a constant becomes a Mul by its reciprocal).
+CONSTANT_OPERAND_OPS = ("Add", "Mul", "Div")
 # Rule 6: data movement; the Q after them takes the DQ's qparams so ORT runs them on int8.
 MOVES = (
     "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
@@ -60,6 +63,7 @@ class LayerQ:
     output_q: bool
     inputs: tuple[str, ...] = ()  # activation tensors read through a DQ
     output: str | None = None  # the tensor its output Q quantizes
+    constant: int | None = None  # rule 7b: the input index of a constant operand stored quantized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,26 @@ def activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
     if node.op_type in MOVES or node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         inputs = inputs[:1]
     return [(i, v) for i, v in inputs if v is not None and not is_constant(v) and is_float(v)]
+
+
+def constant_operand(node: ir.Node) -> int | None:
+    """Rule 7b: the index of the constant operand of an Add/Mul/Div with one activation input, or None.
+
+    The constant must hold one float32 value (broadcast over the activation), finite, and a Div's
+    divisor non-zero: one u8/s8 level then represents it exactly up to float rounding, where a
+    tensor of values would lose the small ones to a per-tensor scale.
+    """
+    if not is_onnx_op(node, *CONSTANT_OPERAND_OPS) or len(node.inputs) != 2:
+        return None
+    indices = [i for i, v in enumerate(node.inputs) if v is not None and is_constant(v)]
+    if len(indices) != 1 or len(activation_inputs(node)) != 1 or (node.op_type == "Div" and indices != [1]):
+        return None
+    array = constant_array(node.inputs[indices[0]], max_elements=1)
+    if array is None or array.dtype != np.float32 or array.size != 1 or not np.all(np.isfinite(array)):
+        return None
+    if node.op_type == "Div" and np.any(array == 0):
+        return None
+    return indices[0]
 
 
 def fold_candidate(node: ir.Node) -> tuple[ir.Value, ir.Node | None]:

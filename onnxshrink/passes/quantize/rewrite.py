@@ -20,7 +20,7 @@ from onnxshrink.passbase import NoMatch
 from onnxshrink.passes.quantize.gptq import RoundedWeight, block_scales, nearest_levels
 from onnxshrink.passes.quantize.plan import ADDED_NODE, GraphView, QuantPlan, constant_initializer, quantize_weight
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
-from onnxshrink.passes.quantize.statistics import QParams
+from onnxshrink.passes.quantize.statistics import QRANGE, QDtype, QParams, qparams
 
 _INT32_MAX = 2**31 - 1
 _NUMPY_QTYPE = {"u8": np.uint8, "s8": np.int8}
@@ -113,6 +113,33 @@ class QdqWriter:
         _drop_dead_constant(value)
         return True
 
+    def constant_operand(self, node: ir.Node, index: int, dtype: QDtype) -> None:
+        """Rule 7b: the constant operand at ``index`` becomes a ``dtype`` initializer + DequantizeLinear.
+
+        The constant holds one value (:func:`~onnxshrink.passes.quantize.plan.constant_operand`);
+        its scale and zero point represent ``[min(c, 0), max(c, 0)]``, so its level (0 or the
+        type's end) dequantizes to ``c`` up to float rounding. A Div becomes a Mul by ``1 / c``.
+        """
+        value = node.inputs[index]
+        array = constant_array(value)
+        assert value is not None and array is not None
+        array = array.astype(np.float32)
+        if node.op_type == "Div":
+            array = (np.float32(1.0) / array).astype(np.float32)
+            node.op_type = "Mul"
+        params = qparams(float(array.min()), float(array.max()), dtype, symmetric=False)
+        low, high = QRANGE[params.dtype]
+        levels = np.clip(np.rint(array / np.float32(params.scale)) + params.zero_point, low, high)
+        base = value.name or f"{node.name}_constant"
+        q_value = self.constant(levels.astype(_NUMPY_QTYPE[params.dtype]), f"{base}_quantized")
+        scale = self.constant(np.array(params.scale, np.float32), f"{base}_scale")
+        zero = self.constant(np.array(params.zero_point, _NUMPY_QTYPE[params.dtype]), f"{base}_zero_point")
+        dq = self._dq(q_value, scale, zero, base)
+        self.graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        _drop_dead_constant(value)
+        self.counts["weights_quantized"] += 1
+
     def activation(self, value: ir.Value, params: QParams, readers: list[tuple[ir.Node, int]] | None) -> None:
         """A Q→DQ pair after ``value``; ``readers`` (None: all, graph outputs too) read the DQ."""
         assert value.name
@@ -176,6 +203,9 @@ def apply_plan(
     bias_kinds = {"int32": 0, "float": 0}
     for key, layer in plan.layers.items():
         node = layer_nodes[key]
+        if layer.constant is not None:
+            dtype = plan.activations[layer.inputs[0]].params.dtype
+            writers[id(node.graph)].constant_operand(node, layer.constant, dtype)
         if layer.weight is None:
             continue
         writer = writers[id(node.graph)]
