@@ -25,7 +25,7 @@ Models:
   upright test lines 48x320 of random readable words; each output decoded greedily (CTC) with the
   model's own dictionary (its ``character`` metadata): exact lines and character similarity
   against the rendered text (spaces ignored), top-1 agreement per time step with fp32. Quantizers:
-  onnxshrink default and all-int8, ORT default and best-rr, NNCF (``ONLY_TOOLS``).
+  onnxshrink default, all-int8 and all-int8-percentile, ORT default and best-rr, NNCF, AIMET (``ONLY_TOOLS``).
 
 Every model is first run through ``simplify`` (BatchNorm folded); that fp32 model is the
 reference and the input of every quantizer. Quantizers, each in a fresh process
@@ -49,7 +49,8 @@ the median of same-round ratios. Kernels: ORT's optimized model (extended level)
 
 Side by side (issue 14): ``onnxshrink-default`` (no option: CPU-dependent kernel choices, slow
 layers float, ``bias-correction=fast``), ``onnxshrink-bc-off`` / ``-bc-measured``,
-``onnxshrink-all-int8`` (``keep-slow-float=false``) and ``-all-int8-bc-off``, ``onnxshrink-gptq``
+``onnxshrink-all-int8`` (``keep-slow-float=false``), ``-all-int8-bc-off`` and ``-all-int8-percentile``
+(with ``calibrate=percentile``), ``onnxshrink-gptq``
 (``rounding=gptq``: GPTQ rounding of the int8 weights; its ``rounding_seconds`` in the JSON) and
 ``onnxshrink-all-int8-gptq``,
 ``ort-default`` and ``nncf`` (``nncf.quantize`` on the ONNX model, defaults: its fast bias
@@ -93,6 +94,8 @@ SIDE_BY_SIDE = {
     "onnxshrink-cpu-avx2": "cpu=avx2",  # the AVX2 decision path (7-bit weights) on any machine
     "onnxshrink-gptq": "rounding=gptq",  # GPTQ rounding of the int8 weights (opt-in)
     "onnxshrink-all-int8-gptq": "keep-slow-float=false,rounding=gptq",
+    # every layer int8 and percentile ranges: PP-OCR rec's elementwise chains all int8 (rule 7b)
+    "onnxshrink-all-int8-percentile": "keep-slow-float=false,calibrate=percentile",
 }
 # The float-exact rewrites before rounding (issue 14 item 2), per kind of model: SmoothQuant-style
 # migration (the default smooth=auto against off and a fixed strength) for the transformer,
@@ -147,7 +150,8 @@ TOOLS = {
 # Models that run exactly these quantizers (the recognizer takes about 0.1 s a line on 2 cores).
 ONLY_TOOLS = {
     "ocr-rec": (
-        "onnxshrink-default", "onnxshrink-all-int8", "onnxshrink-gptq", "ort-default", "ort-best-rr", "nncf", "aimet",
+        "onnxshrink-default", "onnxshrink-all-int8", "onnxshrink-all-int8-percentile", "onnxshrink-gptq",
+        "ort-default", "ort-best-rr", "nncf", "aimet",
     )
 }  # fmt: skip
 # Latency rounds relative to --rounds-b1/--rounds-b32, for a stable median in bounded time.

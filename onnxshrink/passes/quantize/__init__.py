@@ -140,7 +140,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        the Q before them takes the qparams of the int8 tensor after them.
     6. Add, Mul, Concat, AveragePool, GlobalAveragePool, Sigmoid, LeakyRelu are quantized only
        when all their inputs are int8 already and an int8 kernel reads their output; no Q/DQ is
-       put around ops without an integer kernel.
+       put around ops without an integer kernel. An Add/Mul may take one one-element constant
+       operand, and a Div a one-element constant divisor (run as a Mul by its reciprocal): the
+       constant is stored as one u8/s8 level (QLinearAdd/QLinearMul).
     7. ``target=tensorrt``: symmetric s8, zero points 0, float bias, Q/DQ only on the inputs of
        layers (no output Q); an Add fed by a quantized layer gets Q/DQ on its other (residual)
        input; GEMMs with K or N < 16 and convolutions with < 16 channels (unless the first, or
