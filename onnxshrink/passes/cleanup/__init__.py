@@ -21,10 +21,19 @@ from onnxshrink.ir.graphs import (
     take_over_output,
 )
 from onnxshrink.passbase import ShrinkPass, ShrinkPassResult, option
-from onnxshrink.passes.cleanup import rules_arith, rules_layout  # noqa: F401 - importing them fills the rule table
+from onnxshrink.passes.cleanup import rules_activation, rules_arith, rules_layout  # noqa: F401 - importing them fills the rule table
 from onnxshrink.passes.cleanup.dedupe import dedupe_initializers
 from onnxshrink.passes.cleanup.facts import Facts, infer_facts
-from onnxshrink.passes.cleanup.rules import Bypass, Decision, FormGemm, NoMatch, Replace, RuleContext, match_node
+from onnxshrink.passes.cleanup.rules import (
+    Bypass,
+    Decision,
+    FormGemm,
+    FormHardSwish,
+    NoMatch,
+    Replace,
+    RuleContext,
+    match_node,
+)
 from onnxshrink.registry import register_pass
 
 _NONDETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"})
@@ -109,6 +118,8 @@ def _apply(node: ir.Node, decision: Decision, facts: Facts) -> bool:
         return _form_gemm(node, decision, facts)
     if isinstance(decision, Replace):
         return _replace(node, decision, facts)
+    if isinstance(decision, FormHardSwish):
+        return _form_hard_swish(node, decision, facts)
     for index, value in decision.inputs:
         node.replace_input_with(index, value)
     for attr in decision.attributes:
@@ -127,6 +138,27 @@ def _form_gemm(add: ir.Node, decision: FormGemm, facts: Facts) -> bool:
     take_over_output(add.outputs[0], gemm.outputs[0])
     graph.remove([add, matmul], safe=True)
     gemm.name = matmul.name
+    return True
+
+
+def _form_hard_swish(node: ir.Node, decision: FormHardSwish, facts: Facts) -> bool:
+    """``HardSwish(x)`` (opset 14 on), else ``Mul(x, HardSigmoid(x, 1/6, 0.5))``, in place of ``node``."""
+    graph = node.graph
+    if graph is None or len(node.outputs) != 1:
+        return False
+    if decision.fused:
+        new = ir.node("HardSwish", [decision.x])
+        graph.insert_before(node, new)
+    else:
+        alpha = ir.AttrFloat32("alpha", float(np.float32(1.0) / np.float32(6.0)))
+        sigmoid = ir.node("HardSigmoid", [decision.x], attributes={"alpha": alpha, "beta": ir.AttrFloat32("beta", 0.5)})
+        new = ir.node("Mul", [decision.x, sigmoid.outputs[0]])
+        graph.insert_before(node, [sigmoid, new])
+        sigmoid.name = f"{node.name}_hardsigmoid" if node.name else None
+    facts.carry_over(node.outputs[0], new.outputs[0])
+    take_over_output(node.outputs[0], new.outputs[0])
+    graph.remove(node, safe=True)
+    new.name = node.name
     return True
 
 
@@ -294,10 +326,10 @@ class CleanupPass(ShrinkPass[CleanupOptions]):
     5. Nodes whose outputs are never used and are not graph outputs are removed, then unused
        initializers, unused model-local functions and unused opset imports.
 
-    Algebraic rules (``rules_arith.py``, ``rules_layout.py``), each only where the dtypes, dims and constants
-    that make it exact are known: declared by the model or, when missing, found by onnx shape
-    inference on a weight-free copy (the model is not annotated). A removed node's output is
-    replaced like an Identity's (rule 1).
+    Algebraic rules (``rules_arith.py``, ``rules_layout.py``, ``rules_activation.py``), each only
+    where the dtypes, dims and constants that make it exact are known: declared by the model or,
+    when missing, found by onnx shape inference on a weight-free copy (the model is not annotated).
+    A removed node's output is replaced like an Identity's (rule 1).
 
     6. Cast to its input's own dtype, and CastLike to the same dtype, are removed.
     7. ``Cast(Cast(x, A), B)`` reads ``x`` directly when the first cast is lossless and the
@@ -328,11 +360,18 @@ class CleanupPass(ShrinkPass[CleanupOptions]):
         a Reshape to its static output dims (a dim kept in place is copied with 0), where that
         merges: with the single-use view before it, whose input it then reads, or with the
         Reshapes that are its only uses.
+    18. Activations written out op by op on float32 tensors (paddle2onnx's MobileNetV3), each
+        intermediate feeding the pattern alone, the constants one-element: ``Clip(x + 3, 0, 6) / 6``
+        (or ``* (1/6)``) becomes ``HardSigmoid(x, alpha=1/6, beta=0.5)``; ``x * Clip(x + 3, 0, 6) / 6``
+        (the products in any order) becomes ``HardSwish(x)`` from opset 14, ``x * HardSigmoid(x)``
+        below (the opset is kept); ``x * HardSigmoid(x, 1/6, 0.5)`` becomes ``HardSwish(x)`` from
+        opset 14. Equal up to float rounding; onnxruntime runs each as one kernel.
 
-    Rules 4 and 6-17 and dead-node removal repeat until a round changes nothing (at most 8).
+    Rules 4 and 6-18 and dead-node removal repeat until a round changes nothing (at most 8).
     A bypass that a graph output refuses still merges (rules 7, 9, 11) where that frees a node.
     Stats: ``noop_removed`` (6, 8-15), ``casts_merged``, ``reshapes_merged``,
-    ``squeeze_pairs_removed``, ``transposes_merged``, ``gemm_formed``, ``transposes_to_reshape``.
+    ``squeeze_pairs_removed``, ``transposes_merged``, ``gemm_formed``, ``transposes_to_reshape``,
+    ``hardsigmoid_formed``, ``hardswish_formed``.
     Graph inputs and outputs keep their names, types and order.
     """
 

@@ -6,8 +6,8 @@ changes the graph. ``cleanup`` applies decisions (the rewrite step). Every rule 
 fires only when the facts that make it so (dtypes, dims, constant contents) are known.
 
 The table is keyed by (domain, op type, opset range): a rule registered ``since=5`` is only
-tried on nodes that run at opset 5 or later. The rules live in ``rules_arith.py`` and
-``rules_layout.py``; importing them fills the table.
+tried on nodes that run at opset 5 or later. The rules live in ``rules_arith.py``,
+``rules_layout.py`` and ``rules_activation.py``; importing them fills the table.
 """
 
 from __future__ import annotations
@@ -77,7 +77,16 @@ class Replace:
     constant: np.ndarray | None = None  # a new constant input, after ``inputs`` (a Reshape's target)
 
 
-Decision = Union[Bypass, Rewire, FormGemm, Replace]  # noqa: UP007 - a runtime alias on Python 3.10 too
+@dataclasses.dataclass(frozen=True)
+class FormHardSwish:
+    """The node matched computes ``x * Clip(x + 3, 0, 6) / 6``: one HardSwish, or HardSigmoid and Mul."""
+
+    x: ir.Value
+    fused: bool  # opset 14 or later: HardSwish; else x * HardSigmoid(x, 1/6, 0.5)
+    stat: str = "hardswish_formed"
+
+
+Decision = Union[Bypass, Rewire, FormGemm, Replace, FormHardSwish]  # noqa: UP007 - a runtime alias on Python 3.10 too
 Match = Callable[[ir.Node, RuleContext], "Decision | NoMatch"]
 
 
