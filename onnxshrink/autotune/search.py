@@ -381,17 +381,18 @@ class Search:
         """Phase 2: Optuna's TPE (seeded) proposes global knobs.
 
         Only the knobs that change the candidates apply (:class:`Scope`). Optuna is seeded with the
-        pass defaults, then with each other value of each knob alone (one factor at a time: every
-        calibrator, 4-bit nearest rounding, no bias correction), then with the values that beat
-        the defaults on their own, combined; TPE proposes the rest. Each proposal is tried where
-        it can improve the answer: the target point, or a bisection of the front beyond the best
-        point found so far. Stops when time or trials run out, or proposals keep repeating built
-        ones.
+        pass defaults; at a target (one trial a proposal) also with each other value of each knob
+        alone (one factor at a time: every calibrator, 4-bit nearest rounding, no bias correction),
+        then with the values that beat the defaults on their own, combined. TPE proposes the rest.
+        Each proposal is tried where it can improve the answer: the target point, or a bisection of
+        the front beyond the best point found so far (several trials a proposal, so only the
+        defaults are seeded there). Stops when time or trials run out, or proposals keep repeating
+        built ones.
         """
         if not self.front:
             return
         scope = Scope.of(self.profile, self.front if not self.goal.has_target else self.front[:1])
-        seeds = scope.seeds()
+        seeds = scope.seeds() if self.goal.has_target else [scope.defaults()]
         for params in seeds:
             self.sampler_study.enqueue_trial(params)
         told: list[tuple[dict[str, Any], float]] = []
