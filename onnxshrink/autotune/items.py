@@ -36,8 +36,8 @@ from onnxshrink.autotune.profile import (
     int4_block,
     int4_spec,
     int4_value,
-    new_int4,
     precision_kind,
+    smaller_int4,
 )
 from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import VerificationError
@@ -154,7 +154,7 @@ def assemble(
                     continue  # rounding kept the same channels as a smaller ratio
                 kept_seen.add(result["kept"])
             found = Setting(**result["setting"])
-            if precision_kind(found.value) == "int4" and not new_int4(settings, found):
+            if precision_kind(found.value) == "int4" and not smaller_int4(settings, found):
                 continue  # a block longer than the layer's K: the same bytes as a shorter one
             settings.append(found)
         if len(settings) > 1:

@@ -282,7 +282,7 @@ def int4_spec(layers: tuple[str, ...], block: int = INT4_BLOCK, rounding: str = 
     return make_spec("quantize", options)
 
 
-def new_int4(settings: Sequence[Setting], found: Setting) -> bool:
+def smaller_int4(settings: Sequence[Setting], found: Setting) -> bool:
     """Whether a 4-bit setting is smaller than the 4-bit settings before it (shorter blocks).
 
     A block longer than the layer's K only pads it: no fewer scales, so no setting of its own.
@@ -311,7 +311,7 @@ def _precision_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tu
                 if not record["modified"]:
                     break
                 found = builder.setting(int4_value(block), variant)
-                if new_int4(settings, found):
+                if smaller_int4(settings, found):
                     settings.append(found)
         if len(settings) > 1:
             units.append(Unit("precision", node.name, settings, builder.layers.get(node.name, 0)))

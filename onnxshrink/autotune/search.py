@@ -466,10 +466,10 @@ class Scope:
         kinds: set[str] = set()
         for point in points:
             for unit, index in zip(profile.units, point.choice, strict=True):
-                if unit.knob == "channels":
-                    kinds.update({"channels"} if index else set())
-                else:
+                if unit.knob != "channels":
                     kinds.add(precision_kind(unit.settings[index].value))
+                elif index:  # a channel ratio other than "unchanged"
+                    kinds.add("channels")
         return cls("channels" in kinds, "int8" in kinds, "int4" in kinds)
 
     def defaults(self) -> dict[str, Any]:
