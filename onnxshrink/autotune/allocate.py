@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from onnxshrink.autotune.profile import Profile, Unit
+from onnxshrink.autotune.profile import Profile, Unit, precision_kind
 
 COSTS = ("bytes", "macs", "latency")
 _FRONT_POINTS = 32
 _TIE = 1e-9  # per unit of normalized cost: among equal damages, the cheaper setting wins
+_CAP_TRIES = 4  # knapsacks solved at a target's own cap, each moved in by the last one's predicted excess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,7 @@ def predicted_latency(profile: Profile, choice: Sequence[int]) -> float:
     for unit, index in zip(profile.units, choice, strict=True):
         setting = unit.settings[index]
         if unit.knob == "precision":
-            precision[unit.name] = str(setting.value)
+            precision[unit.name] = precision_kind(setting.value)
             continue
         for name, ratio in setting.work.items():
             ratios[name] = ratios.get(name, 1.0) * ratio
@@ -175,13 +176,36 @@ def _fits(point: Point, caps: Mapping[str, float]) -> bool:
     return all(point.cost(kind) <= cap for kind, cap in caps.items())
 
 
+def _at_cap(
+    profile: Profile, summed: Mapping[str, float], primary: str, cap: float, points: Sequence[Point]
+) -> list[Point]:
+    """The knapsack's points at the primary's cap, moved in by each one's predicted excess (new points only)."""
+    found: list[Point] = []
+    level = cap
+    for _ in range(_CAP_TRIES):
+        point = solve(profile, {**summed, primary: level})
+        if point is None:
+            break
+        if all(point.choice != p.choice for p in [*points, *found]):
+            found.append(point)
+        excess = point.cost(primary) - cap
+        if excess <= 0:
+            break
+        level -= excess
+    return found
+
+
 def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Point]:
     """The predicted Pareto front within ``caps``, least damage first.
 
     The knapsack's summed cost of the primary kind is capped at levels swept from the model's own
-    cost down to the smallest reachable (other caps hold throughout); each point is then judged by
-    its :func:`predicted_size` and :func:`predicted_latency`, and points that another beats on both
-    damage and cost are dropped.
+    cost down to the smallest reachable (other caps hold throughout), and at the primary's own cap
+    when ``caps`` has one: an even sweep misses the least damaging point under a target where one
+    unit dominates the cost (magika's Conv: 62 % of the bytes), its levels falling either side of
+    the target. When the point at the cap is predicted past it (summed costs count a layer cut and
+    quantized twice), the cap moves in by the excess and is solved again. Each point is then judged
+    by its :func:`predicted_size` and :func:`predicted_latency`, and points that another beats on
+    both damage and cost are dropped.
     """
     summed = {k: v for k, v in caps.items() if k != "bytes"}
     cheapest = solve(profile, summed, objective=primary)
@@ -194,6 +218,8 @@ def front(profile: Profile, caps: Mapping[str, float], primary: str) -> list[Poi
         point = solve(profile, {**summed, primary: float(cap)})
         if point is not None and all(point.choice != p.choice for p in points):
             points.append(point)
+    if primary in caps:
+        points += _at_cap(profile, summed, primary, caps[primary], points)
     inside = [p for p in points if _fits(p, caps)]
     inside.sort(key=lambda p: (p.damage, p.cost(primary)))
     kept: list[Point] = []

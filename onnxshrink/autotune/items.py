@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnxshrink import progress
 from onnxshrink.autotune.profile import (
     CHANNEL_RATIOS,
+    INT4_BLOCK,
     PRECISIONS,
     QUANTIZED_OPS,
     WEIGHT_ONLY_OPS,
@@ -32,7 +33,11 @@ from onnxshrink.autotune.profile import (
     Unit,
     VariantBuilder,
     channel_spec,
+    int4_block,
     int4_spec,
+    int4_value,
+    precision_kind,
+    smaller_int4,
 )
 from onnxshrink.data.readers import open_samples
 from onnxshrink.errors import VerificationError
@@ -46,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One setting of one unit: ``knob`` is ``channels`` or ``precision``; ``value`` a ratio or ``int8``/``int4``."""
+    """One setting of one unit: ``knob`` is ``channels`` or ``precision``; ``value`` a ratio, ``int8`` or ``int4*``."""
 
     knob: str
     unit: str
@@ -66,6 +71,7 @@ class Setup:
     calibration: dict[str, np.ndarray]
     provider: str
     precisions: tuple[str, ...] = PRECISIONS  # the precision knobs searched
+    int4_blocks: tuple[int, ...] = (INT4_BLOCK,)  # the 4-bit block lengths measured
 
     @property
     def timed(self) -> bool:
@@ -75,7 +81,7 @@ class Setup:
     def builder(self) -> VariantBuilder:
         """The builder of one-setting variants (a worker makes it once and keeps it)."""
         proto = onnx.load_from_string(self.model)
-        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.precisions)
+        return VariantBuilder(proto, open_samples(self.calibration), self.provider, self.precisions, self.int4_blocks)
 
     # The executor's Workload: a worker's state is the builder, a piece an Item.
     def start(self) -> VariantBuilder:
@@ -101,13 +107,15 @@ def measure_item(builder: VariantBuilder, item: Item) -> dict[str, Any]:
         variant, record = builder.variant(make_spec("quantize", {"include": (item.unit,)}))
         kept, modified = None, bool(record["stats"].get("quantized_nodes"))
     else:
-        variant, record = builder.variant(int4_spec((item.unit,)))
+        variant, record = builder.variant(int4_spec((item.unit,), int4_block(item.value)))
         kept, modified = None, bool(record["modified"])
     setting = dataclasses.asdict(builder.setting(item.value, variant)) if modified else None
     return {"key": item.key, "modified": modified, "kept": kept, "setting": setting}
 
 
-def plan(knob: str, model: ir.Model, precisions: Sequence[str] = PRECISIONS) -> list[Item]:
+def plan(
+    knob: str, model: ir.Model, precisions: Sequence[str] = PRECISIONS, int4_blocks: Sequence[int] = (INT4_BLOCK,)
+) -> list[Item]:
     """Every item of a knob's profile, in the order the units are listed (only the ``precisions`` searched)."""
     items: list[Item] = []
     if knob == "channels":
@@ -122,7 +130,7 @@ def plan(knob: str, model: ir.Model, precisions: Sequence[str] = PRECISIONS) -> 
         if "int8" in precisions:
             items.append(Item(knob, node.name, "int8"))
         if "int4" in precisions and is_onnx_op(node, *WEIGHT_ONLY_OPS):
-            items.append(Item(knob, node.name, "int4"))
+            items.extend(Item(knob, node.name, int4_value(block)) for block in int4_blocks)
     return items
 
 
@@ -145,7 +153,10 @@ def assemble(
                 if result["kept"] in kept_seen:
                     continue  # rounding kept the same channels as a smaller ratio
                 kept_seen.add(result["kept"])
-            settings.append(Setting(**result["setting"]))
+            found = Setting(**result["setting"])
+            if precision_kind(found.value) == "int4" and not smaller_int4(settings, found):
+                continue  # a block longer than the layer's K: the same bytes as a shorter one
+            settings.append(found)
         if len(settings) > 1:
             weight = 0 if knob == "channels" else layers.get(name, 0)
             units.append(Unit(knob, name, settings, weight))
@@ -178,7 +189,7 @@ class ItemMeasure:
 
     def __call__(self, knob: str, builder: VariantBuilder, model: ir.Model, cache: Path | None) -> list[Unit]:
         """The units of ``knob`` (the same as the serial profile's); ``cache`` is the profile's JSON path."""
-        items = plan(knob, model, builder.precisions)
+        items = plan(knob, model, builder.precisions, builder.int4_blocks)
         path = cache.with_suffix(".items.jsonl") if cache is not None else None
         results = _read(path)
         todo = [item for item in items if item.key not in results]
@@ -187,7 +198,13 @@ class ItemMeasure:
         if todo:
             if self._setup is None:  # one setup for every knob: an object store holds it once
                 calibration = self.calibration if self.calibration is not None else builder.calibration.take()
-                self._setup = Setup(builder.base.SerializeToString(), calibration, builder.provider, builder.precisions)
+                self._setup = Setup(
+                    builder.base.SerializeToString(),
+                    calibration,
+                    builder.provider,
+                    builder.precisions,
+                    builder.int4_blocks,
+                )
             setup = self._setup
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,9 @@ PRECISIONS = ("int8", "int4")
 # What each profile measures: channel groups, or the precision of each layer (float, int8, int4).
 PROFILES = {"channels": ("channels",), "precision": ("int8", "int4")}
 WEIGHT_ONLY_OPS = ("Gemm", "MatMul")  # int4 runs as MatMulNBits
+INT4_BLOCK = 32  # the quantize pass's default block length along K
+# 4-bit block lengths profiled when bytes count (size targets): a longer block stores fewer scales.
+INT4_BLOCKS = (32, 64, 128)
 CHANNEL_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 # Channels kept are a multiple of this, never fewer: finer than prune-channels' default of 8, so
 # small layers have settings between "all" and "half".
@@ -59,7 +62,7 @@ _VERSION = 6  # bump when what a profile measures changes: old cache entries are
 class Setting:
     """One setting of a unit: its value and what it changes against the simplified model."""
 
-    value: float | str  # a channel ratio, or "float" / "int8" / "int4"
+    value: float | str  # a channel ratio, or "float" / "int8" / "int4" / "int4-b<block>" (see int4_value)
     bytes: int
     macs: int
     damage: float
@@ -150,6 +153,22 @@ def _macs_and_work(model: ir.Model) -> tuple[int, dict[str, float]]:
     return int(graph_macs(model.graph, shape_of).macs), node_work(model, shape_of)
 
 
+def int4_value(block: int) -> str:
+    """A 4-bit setting's value: ``int4`` at the pass's default block length, else ``int4-b<block>``."""
+    return "int4" if block == INT4_BLOCK else f"int4-b{block}"
+
+
+def int4_block(value: float | str) -> int:
+    """The block length of a 4-bit setting's value (see :func:`int4_value`)."""
+    text = str(value)
+    return int(text.removeprefix("int4-b")) if text.startswith("int4-b") else INT4_BLOCK
+
+
+def precision_kind(value: float | str) -> str:
+    """The precision knob a setting's value belongs to: ``float``, ``int8`` or ``int4`` (any block length)."""
+    return "int4" if str(value).startswith("int4") else str(value)
+
+
 class VariantBuilder:
     """Builds one-setting variants of the simplified model and measures them.
 
@@ -163,15 +182,22 @@ class VariantBuilder:
         calibration: The calibration samples (the passes' and the judge's).
         provider: Where the sessions run.
         precisions: The precision knobs searched (``int8``, ``int4``): only those are built.
+        int4_blocks: The 4-bit block lengths built for each MatMul/Gemm.
     """
 
     def __init__(
-        self, base: onnx.ModelProto, calibration: Samples, provider: str, precisions: Sequence[str] = PRECISIONS
+        self,
+        base: onnx.ModelProto,
+        calibration: Samples,
+        provider: str,
+        precisions: Sequence[str] = PRECISIONS,
+        int4_blocks: Sequence[int] = (INT4_BLOCK,),
     ) -> None:
         self.base = base
         self.calibration = calibration
         self.provider = provider
         self.precisions = tuple(p for p in PRECISIONS if p in precisions)
+        self.int4_blocks = tuple(sorted(set(int4_blocks))) if "int4" in self.precisions else (INT4_BLOCK,)
         self.model = ir.serde.deserialize_model(base)
         self.weights = InMemoryWeights(self.model)
         self.size = self.weights.size(self.model)
@@ -240,9 +266,28 @@ def _channel_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tupl
     return units, left
 
 
-def int4_spec(layers: tuple[str, ...]) -> PassSpec:
-    """The ``quantize`` spec that stores the named MatMul/Gemm weights as 4-bit blocks (MatMulNBits)."""
-    return make_spec("quantize", {"mode": "weight-only", "weights": "s4", "include": layers})
+def int4_spec(layers: tuple[str, ...], block: int = INT4_BLOCK, rounding: str = "auto") -> PassSpec:
+    """The ``quantize`` spec that stores the named MatMul/Gemm weights as 4-bit blocks (MatMulNBits).
+
+    Args:
+        layers: The MatMul/Gemm node names.
+        block: The block length along K (options name it only when it is not the pass's default).
+        rounding: ``auto`` (the pass's default: GPTQ with calibration data) or ``nearest``.
+    """
+    options: dict[str, Any] = {"mode": "weight-only", "weights": "s4", "include": layers}
+    if block != INT4_BLOCK:
+        options["block-size"] = block
+    if rounding != "auto":
+        options["rounding"] = rounding
+    return make_spec("quantize", options)
+
+
+def smaller_int4(settings: Sequence[Setting], found: Setting) -> bool:
+    """Whether a 4-bit setting is smaller than the 4-bit settings before it (shorter blocks).
+
+    A block longer than the layer's K only pads it: no fewer scales, so no setting of its own.
+    """
+    return all(found.bytes < s.bytes for s in settings if precision_kind(s.value) == "int4")
 
 
 def _precision_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tuple[list[Unit], list[str]]:
@@ -261,9 +306,13 @@ def _precision_units(builder: VariantBuilder, model: ir.Model, stop: Stop) -> tu
             if record["stats"].get("quantized_nodes"):
                 settings.append(builder.setting("int8", variant))
         if "int4" in builder.precisions and is_onnx_op(node, *WEIGHT_ONLY_OPS):
-            variant, record = builder.variant(int4_spec((node.name,)))
-            if record["modified"]:
-                settings.append(builder.setting("int4", variant))
+            for block in builder.int4_blocks:
+                variant, record = builder.variant(int4_spec((node.name,), block))
+                if not record["modified"]:
+                    break
+                found = builder.setting(int4_value(block), variant)
+                if smaller_int4(settings, found):
+                    settings.append(found)
         if len(settings) > 1:
             units.append(Unit("precision", node.name, settings, builder.layers.get(node.name, 0)))
     return units, left
@@ -275,9 +324,14 @@ _MEASURE: dict[str, Callable[[VariantBuilder, ir.Model, Stop], tuple[list[Unit],
 }
 
 
-def _only(unit: Unit, knobs: Sequence[str]) -> Unit | None:
-    """The unit with only the settings of the knobs searched (the first, unchanged, always)."""
-    settings = [s for i, s in enumerate(unit.settings) if i == 0 or unit.knob == "channels" or s.value in knobs]
+def _only(unit: Unit, knobs: Sequence[str], int4_blocks: Sequence[int]) -> Unit | None:
+    """The unit with only the settings of the knobs and 4-bit blocks searched (the first, unchanged, always)."""
+
+    def searched(value: float | str) -> bool:
+        kind = precision_kind(value)
+        return kind in knobs and (kind != "int4" or int4_block(value) in int4_blocks)
+
+    settings = [s for i, s in enumerate(unit.settings) if i == 0 or unit.knob == "channels" or searched(s.value)]
     return dataclasses.replace(unit, settings=settings) if len(settings) > 1 else None
 
 
@@ -291,6 +345,7 @@ def profile(
     batch: int | None = None,
     measure: Callable[[str, VariantBuilder, ir.Model, Path | None], list[Unit]] | None = None,
     deadline: float | None = None,
+    int4_blocks: Sequence[int] = (INT4_BLOCK,),
 ) -> Profile:
     """Measures (or reads from ``cache``) every unit of every knob on the simplified model ``base``.
 
@@ -304,10 +359,14 @@ def profile(
     equal share of the time left, and once its share is spent its remaining units are not measured
     (the search leaves them unchanged, ``Profile.unmeasured`` lists them). A knob cut short is not
     cached, so a later study with more time measures it whole.
+
+    ``int4_blocks`` are the 4-bit block lengths measured for each MatMul/Gemm (each a setting of
+    its own, ``int4`` or ``int4-b<block>``): longer blocks store fewer scales, so size targets
+    profile several.
     """
     started = time.perf_counter()
     proto = ir.serde.serialize_model(base)
-    builder = VariantBuilder(proto, calibration, provider, [k for k in knobs if k in PRECISIONS])
+    builder = VariantBuilder(proto, calibration, provider, [k for k in knobs if k in PRECISIONS], int4_blocks)
     model_digest = proto.SerializeToString(deterministic=True)
     data_digest = _data_digest(calibration, _JUDGE_SAMPLES)
     units: list[Unit] = []
@@ -316,7 +375,9 @@ def profile(
     paths: dict[str, Path | None] = {}
     for knob, covers in PROFILES.items():
         if set(covers) & set(knobs):
-            paths[knob] = _cache_path(cache, knob, model_digest, data_digest, provider, builder.precisions)
+            paths[knob] = _cache_path(
+                cache, knob, model_digest, data_digest, provider, builder.precisions, builder.int4_blocks
+            )
     to_measure = [knob for knob, path in paths.items() if path is None or not path.is_file()]
     for knob, path in paths.items():
         if knob not in to_measure:
@@ -339,7 +400,7 @@ def profile(
                 )
             else:
                 _store(path, found)
-        units.extend(u for u in (_only(unit, knobs) for unit in found) if u is not None)
+        units.extend(u for u in (_only(unit, knobs, builder.int4_blocks) for unit in found) if u is not None)
     table = None
     if batch is not None:
         grid = json.dumps({"version": _VERSION, "knobs": sorted(knobs), "provider": provider, "batch": batch})
@@ -356,25 +417,42 @@ def profile(
                 if unit.knob == "channels":
                     setting.latency = table.channel_delta(setting.work)
                 else:
-                    setting.latency = table.precision_delta(unit.name, str(setting.value))
+                    setting.latency = table.precision_delta(unit.name, precision_kind(setting.value))
     seconds = time.perf_counter() - started
     return Profile(builder.size, builder.macs, units, seconds, cached, builder.layers, table, unmeasured)
 
 
 def _cache_path(
-    cache: Path | None, knob: str, model_digest: bytes, data_digest: bytes, provider: str, precisions: Sequence[str]
+    cache: Path | None,
+    knob: str,
+    model_digest: bytes,
+    data_digest: bytes,
+    provider: str,
+    precisions: Sequence[str],
+    int4_blocks: Sequence[int] = (INT4_BLOCK,),
 ) -> Path | None:
     """Where a knob's profile is cached (None without a cache folder).
 
-    A precision profile of some of the precisions is read from the cached profile of all of them
-    when there is one (the settings not searched are then left out); else it has its own file.
+    A precision profile of some of the precisions or 4-bit block lengths is read from the cached
+    profile of all of them when there is one (the settings not searched are then left out); else
+    it has its own file.
     """
     if cache is None:
         return None
     found = None
-    for measured in dict.fromkeys([PRECISIONS, tuple(precisions)]) if knob == "precision" else [()]:
-        grid = {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
-        key = json.dumps(grid | ({"precisions": list(measured)} if knob == "precision" else {}))
+    grid = {"version": _VERSION, "knob": knob, "ratios": CHANNEL_RATIOS, "step": CHANNEL_STEP, "provider": provider}
+    keys = [grid]
+    if knob == "precision":
+        measured = dict.fromkeys([PRECISIONS, tuple(precisions)])
+        lengths = dict.fromkeys([INT4_BLOCKS, tuple(int4_blocks)])
+        # The default block length keeps the key it had before other lengths were profiled.
+        keys = [
+            grid | {"precisions": list(p)} | ({"int4_blocks": list(b)} if b != (INT4_BLOCK,) else {})
+            for p in measured
+            for b in lengths
+        ]
+    for entry in keys:
+        key = json.dumps(entry)
         found = cache / f"{knob}-{_digest(model_digest, data_digest, key.encode())}.json"
         if found.is_file():
             return found

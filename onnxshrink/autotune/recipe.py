@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxshrink.autotune.profile import Unit, channel_spec, int4_spec
+from onnxshrink.autotune.profile import Unit, channel_spec, int4_block, int4_spec, precision_kind
 from onnxshrink.spec import PassSpec, make_spec
 
 
@@ -25,10 +25,17 @@ class Knobs:
     calibrate: str = "minmax"
     reconstruct: bool = False
     percentile: float | None = None  # with calibrate=percentile; None: the pass's default
+    rounding: str = "auto"  # of 4-bit weights: auto (GPTQ with calibration data) or nearest
+    bias_correction: str = "fast"  # of int8 layers: fast (the pass's default) or off
 
     def params(self) -> dict[str, Any]:
         """The knobs as Optuna parameters (``percentile`` only where it applies)."""
-        found: dict[str, Any] = {"calibrate": self.calibrate, "reconstruct": self.reconstruct}
+        found: dict[str, Any] = {
+            "calibrate": self.calibrate,
+            "reconstruct": self.reconstruct,
+            "rounding": self.rounding,
+            "bias_correction": self.bias_correction,
+        }
         if self.calibrate == "percentile" and self.percentile is not None:
             found["percentile"] = self.percentile
         return found
@@ -44,19 +51,23 @@ def candidate_specs(units: Sequence[Unit], choice: Sequence[int], knobs: Knobs) 
         u.name: float(u.settings[i].value) for u, i in zip(units, choice, strict=True) if u.knob == "channels" and i
     }
     precision = {u.name: u.settings[i].value for u, i in zip(units, choice, strict=True) if u.knob == "precision"}
-    int4 = tuple(name for name, value in precision.items() if value == "int4")
+    int4 = tuple(name for name, value in precision.items() if precision_kind(value) == "int4")
     kept_float = tuple(name for name, value in precision.items() if value == "float")
     specs = [make_spec("simplify", {})]
     if ratios:
         specs.append(channel_spec(ratios))
         if knobs.reconstruct:  # refits what channel removal disturbed; nothing to refit otherwise
             specs.append(make_spec("reconstruct", {}))
-    if int4:  # weight-only first: the static pass then leaves MatMulNBits alone
-        specs.append(int4_spec(int4))
+    blocks = sorted({int4_block(precision[name]) for name in int4})
+    for block in blocks:  # weight-only first: the static pass then leaves MatMulNBits alone
+        layers = tuple(name for name in int4 if int4_block(precision[name]) == block)
+        specs.append(int4_spec(layers, block, knobs.rounding))
     if "int8" in precision.values():
         options: dict[str, Any] = {"exclude": kept_float + int4, "calibrate": knobs.calibrate}
         if knobs.calibrate == "percentile" and knobs.percentile is not None:
             options["percentile"] = knobs.percentile
+        if knobs.bias_correction != "fast":
+            options["bias-correction"] = knobs.bias_correction
         specs.append(make_spec("quantize", options))
     return specs
 

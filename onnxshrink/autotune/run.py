@@ -27,7 +27,7 @@ from onnxshrink.api import ShrinkResult, shrink
 from onnxshrink.autotune.goal import Goal, parse_duration, parse_size
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.measure import load_metric, score
-from onnxshrink.autotune.profile import KNOBS, profile
+from onnxshrink.autotune.profile import INT4_BLOCK, INT4_BLOCKS, KNOBS, profile
 from onnxshrink.autotune.recipe import to_toml
 from onnxshrink.autotune.result import AutoResult, choose
 from onnxshrink.autotune.search import Search, Settings
@@ -93,6 +93,17 @@ def _require_classifier(model_file: str, feed: Feed, provider: str) -> None:
             "--max-drop and --min-agreement compare top-1 classes, but no output of the model is "
             "classifier-like; use --min-cosine, or --metric with --max-drop"
         )
+
+
+def _int4_blocks(goal: Goal) -> tuple[int, ...]:
+    """The 4-bit block lengths to profile: several where bytes are what the search trades, else the default.
+
+    Bytes are the primary cost with ``--max-size``, and with no target at all (the front is swept
+    in bytes); a MACs or speed target leaves a longer block nothing to gain.
+    """
+    if goal.max_size is not None or (goal.max_macs is None and goal.min_speedup is None):
+        return INT4_BLOCKS
+    return (INT4_BLOCK,)
 
 
 def _study_name(model: str, goal: Goal, knobs: Sequence[str], seed: int, data: Sequence[str | None]) -> str:
@@ -265,6 +276,7 @@ def auto(
             batch=timed,
             measure=measure,
             deadline=profile_deadline,
+            int4_blocks=_int4_blocks(goal),
         )
         name = _study_name(model_file, goal, knobs, seed, [calib_source, eval_source, provider, str(batch)])
         journal = TrialJournal(folder, name, resume=resume)

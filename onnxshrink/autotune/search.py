@@ -21,10 +21,10 @@ from onnxshrink.autotune import allocate
 from onnxshrink.autotune.allocate import Point
 from onnxshrink.autotune.goal import BUDGETS, Goal
 from onnxshrink.autotune.measure import Job, spec_dicts
-from onnxshrink.autotune.profile import Profile
+from onnxshrink.autotune.profile import Profile, precision_kind
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, specs_key
 from onnxshrink.autotune.result import choose, rank
-from onnxshrink.autotune.study import MAX_POINTS, PERCENTILES, TrialJournal
+from onnxshrink.autotune.study import BIAS_CORRECTIONS, MAX_POINTS, PERCENTILES, ROUNDINGS, TrialJournal
 from onnxshrink.autotune.trials import TrialTask
 from onnxshrink.executors import Executor, LocalExecutor
 from onnxshrink.passes.quantize.statistics import CALIBRATORS
@@ -283,6 +283,7 @@ class Search:
                 return
             moved = self._tighten(caps, point, record)
             moved = self._retarget_speed(caps, point, record) or moved
+            moved = moved or self._loosen(caps, point, record)
             if not moved:
                 return
 
@@ -297,6 +298,23 @@ class Search:
             caps["macs"] = min(caps.get("macs", point.macs), point.macs * self.goal.max_macs / record["macs_ratio"])
             moved = True
         return moved
+
+    def _loosen(self, caps: dict[str, float], point: Point, record: Mapping[str, Any]) -> bool:
+        """Moves the size cap out by how far the measured size undershot it, when the budget was missed.
+
+        The prediction is corrected both ways: a candidate within ``--max-size`` that misses the
+        accuracy budget leaves room that a less damaging allocation may use. False when the
+        corrected cap is no larger.
+        """
+        if not self.goal.max_size or "bytes" not in caps or not set(record["misses"]) & set(BUDGETS):
+            return False
+        if "max_size" in record["misses"] or not record.get("size"):
+            return False
+        wanted = point.size * self.goal.max_size / record["size"]
+        if wanted <= caps["bytes"]:
+            return False
+        caps["bytes"] = wanted
+        return True
 
     def _retarget_speed(self, caps: dict[str, float], point: Point, record: Mapping[str, Any]) -> bool:
         """Moves the latency (or MACs) cap of ``--min-speedup`` by the measured speedup; False when it stays.
@@ -362,37 +380,64 @@ class Search:
     def knobs(self) -> None:
         """Phase 2: Optuna's TPE (seeded) proposes global knobs.
 
+        Only the knobs that change the candidates apply (:class:`Scope`). Optuna is seeded with the
+        pass defaults; at a target (one trial a proposal) also with each other value of each knob
+        alone (one factor at a time: every calibrator, 4-bit nearest rounding, no bias correction),
+        then with the values that beat the defaults on their own, combined. TPE proposes the rest.
         Each proposal is tried where it can improve the answer: the target point, or a bisection of
-        the front beyond the best point found so far. Stops when time or trials run out, or
-        proposals keep repeating built ones.
+        the front beyond the best point found so far (several trials a proposal, so only the
+        defaults are seeded there). Stops when time or trials run out, or proposals keep repeating
+        built ones.
         """
         if not self.front:
             return
-        self.sampler_study.enqueue_trial({"calibrate": "minmax", "reconstruct": True})
+        scope = Scope.of(self.profile, self.front if not self.goal.has_target else self.front[:1])
+        seeds = scope.seeds() if self.goal.has_target else [scope.defaults()]
+        for params in seeds:
+            self.sampler_study.enqueue_trial(params)
+        told: list[tuple[dict[str, Any], float]] = []
+        combine = len(seeds) > 2  # once the seeds are told: at least two single changes to combine
         stale = 0
         while not self.out_of_time and stale < _STALE_LIMIT:
             before = len(self.trials)
             if self.goal.has_target:  # one proposal per worker, each at the target point
                 room = max(1, self.settings.max_trials - len(self.trials))
-                proposals = [self._propose() for _ in range(min(self.settings.workers, room))]
+                proposals = [self._propose(scope) for _ in range(min(self.settings.workers, room))]
                 found = self.evaluate_many([(self.front[0], 0, knobs, "knobs") for _, knobs in proposals])
                 for (trial, _), record in zip(proposals, found, strict=True):
-                    self.sampler_study.tell(trial, self._objective(record))
+                    told.append((trial.params, self._objective(record)))
+                    self.sampler_study.tell(trial, told[-1][1])
             else:
-                trial, knobs = self._propose()
+                trial, knobs = self._propose(scope)
                 values = [self._objective(r) for r in self._bisect_from(self._feasible_index(), knobs)]
-                self.sampler_study.tell(trial, min(values, default=_FAILED))
+                told.append((trial.params, min(values, default=_FAILED)))
+                self.sampler_study.tell(trial, told[-1][1])
+            if combine and len(told) >= len(seeds):
+                combine = False
+                combined = scope.combined(told[: len(seeds)])
+                if combined is not None:
+                    self.sampler_study.enqueue_trial(combined)
             stale = stale + 1 if len(self.trials) == before else 0
 
-    def _propose(self) -> tuple[optuna.trial.Trial, Knobs]:
-        """The sampler's next global knobs (its trial is told the outcome later)."""
+    def _propose(self, scope: Scope) -> tuple[optuna.trial.Trial, Knobs]:
+        """The sampler's next global knobs, those of ``scope`` (its trial is told the outcome later)."""
         trial = self.sampler_study.ask()
-        calibrate = str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS)))
-        reconstruct = bool(trial.suggest_categorical("reconstruct", (False, True)))
-        percentile = None
-        if calibrate == "percentile":  # a conditional parameter: TPE models it only where it exists
-            percentile = float(trial.suggest_categorical("percentile", PERCENTILES))
-        return trial, Knobs(calibrate, reconstruct, percentile)
+        knobs = Knobs()
+        if scope.int8:
+            calibrate = str(trial.suggest_categorical("calibrate", tuple(CALIBRATORS)))
+            percentile = None
+            if calibrate == "percentile":  # a conditional parameter: TPE models it only where it exists
+                percentile = float(trial.suggest_categorical("percentile", PERCENTILES))
+            bias_correction = str(trial.suggest_categorical("bias_correction", BIAS_CORRECTIONS))
+            knobs = dataclasses.replace(
+                knobs, calibrate=calibrate, percentile=percentile, bias_correction=bias_correction
+            )
+        if scope.channels:
+            reconstruct = bool(trial.suggest_categorical("reconstruct", (False, True)))
+            knobs = dataclasses.replace(knobs, reconstruct=reconstruct)
+        if scope.int4:
+            knobs = dataclasses.replace(knobs, rounding=str(trial.suggest_categorical("rounding", ROUNDINGS)))
+        return trial, knobs
 
     def front_json(self) -> list[dict[str, Any]]:
         """The predicted front, each point with the trials that built it."""
@@ -405,6 +450,70 @@ class Search:
             entry["trials"] = built.get(json.dumps(entry["settings"], sort_keys=True), [])
             points.append(entry)
         return points
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """Which global knobs change the candidates: reconstruct (channel cuts), the int8 and 4-bit options."""
+
+    channels: bool
+    int8: bool
+    int4: bool
+
+    @classmethod
+    def of(cls, profile: Profile, points: Sequence[Point]) -> Scope:
+        """The knobs that apply to any of ``points``."""
+        kinds: set[str] = set()
+        for point in points:
+            for unit, index in zip(profile.units, point.choice, strict=True):
+                if unit.knob != "channels":
+                    kinds.add(precision_kind(unit.settings[index].value))
+                elif index:  # a channel ratio other than "unchanged"
+                    kinds.add("channels")
+        return cls("channels" in kinds, "int8" in kinds, "int4" in kinds)
+
+    def defaults(self) -> dict[str, Any]:
+        """The pass defaults as Optuna parameters (reconstruct on: a cut usually needs its refit)."""
+        found: dict[str, Any] = {}
+        if self.int8:
+            found |= {"calibrate": "minmax", "bias_correction": "fast"}
+        if self.channels:
+            found["reconstruct"] = True
+        if self.int4:
+            found["rounding"] = "auto"
+        return found
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """The defaults, then each other value of each knob alone (one factor at a time)."""
+        base = self.defaults()
+        changes: list[dict[str, Any]] = []
+        if self.int8:
+            changes += [{"calibrate": c} for c in CALIBRATORS if c != "minmax"]
+            changes += [{"bias_correction": b} for b in BIAS_CORRECTIONS if b != "fast"]
+        if self.int4:
+            changes += [{"rounding": r} for r in ROUNDINGS if r != "auto"]
+        return [base] + [base | change for change in changes]
+
+    def combined(self, told: Sequence[tuple[Mapping[str, Any], float]]) -> dict[str, Any] | None:
+        """The one-factor values that beat the defaults, all together (None when fewer than two did).
+
+        ``told`` holds the seeds' parameters and objective values, the defaults' first.
+        """
+        (base, value), *others = told
+        better: dict[str, tuple[dict[str, Any], float]] = {}
+        for params, found in others:
+            changed = {k: v for k, v in params.items() if k != "percentile" and base.get(k) != v}
+            key = next(iter(changed), None)
+            if len(changed) == 1 and found < value and (key not in better or found < better[key][1]):
+                if changed.get("calibrate") == "percentile" and "percentile" in params:
+                    changed["percentile"] = params["percentile"]  # the percentile TPE drew with it
+                better[str(key)] = (changed, found)
+        if len(better) < 2:
+            return None
+        combined = dict(base)
+        for changed, _ in better.values():
+            combined |= changed
+        return combined
 
 
 def _ok(record: Mapping[str, Any]) -> bool:

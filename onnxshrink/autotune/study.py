@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 MAX_POINTS = 64
 PERCENTILES = (99.9, 99.99, 99.999)
+ROUNDINGS = ("auto", "nearest")  # of 4-bit weights
+BIAS_CORRECTIONS = ("fast", "off")  # of int8 layers
 
 
 def distributions() -> dict[str, BaseDistribution]:
@@ -32,6 +34,8 @@ def distributions() -> dict[str, BaseDistribution]:
         "calibrate": CategoricalDistribution(tuple(CALIBRATORS)),
         "reconstruct": CategoricalDistribution((False, True)),
         "percentile": CategoricalDistribution(PERCENTILES),
+        "rounding": CategoricalDistribution(ROUNDINGS),
+        "bias_correction": CategoricalDistribution(BIAS_CORRECTIONS),
     }
 
 
