@@ -110,8 +110,11 @@ def seeded_feed(path: str | Path) -> dict[str, np.ndarray]:
         if value.name in inits:
             continue
         tensor = value.type.tensor_type
+        # Dynamic dims (symbolic, absent, or paddle's -1): batch 1, an image's height and width 64
+        # (enough for 32x downsampling), any other 16.
+        image = len(tensor.shape.dim) == 4 and tensor.elem_type == onnx.TensorProto.FLOAT
         shape = [
-            dim.dim_value if dim.HasField("dim_value") else (1 if axis == 0 else 16)
+            dim.dim_value if dim.dim_value > 0 else 1 if axis == 0 else 64 if image and axis >= 2 else 16
             for axis, dim in enumerate(tensor.shape.dim)
         ]
         if value.name == "input_ids":

@@ -3,8 +3,10 @@
 Models (``export.py``, exported once and cached): ``resnet50``, ``mobilenet_v3_small``,
 ``efficientnet_b0``, ``vit_b_16``, ``bert-base`` and ``large`` (``large-transpose``: 2.42 GB of
 external data, nine ``Relu(MatMul(h, Transpose(W_i)))`` layers, so folding a Transpose moves real
-data). ``--issue-exports`` exports ``vit_b_16`` with a static batch of 1 and ``bert-base`` without
-the all-zero re-draw, the recipes behind issue 3's table.
+data); and, as users export them with paddle2onnx, rapidocr's PP-OCR text-direction classifier
+(``ocr-cls``) and PP-OCRv4 recognizer (``ocr-rec``) from the test model cache.
+``--issue-exports`` exports ``vit_b_16`` with a static batch of 1 and ``bert-base`` without the
+all-zero re-draw, the recipes behind issue 3's table.
 
 Tools, each in a fresh process (``harness.run_child``: wall time and peak RSS), round-robin over
 the tools, ``--repeat`` times (medians):
@@ -21,9 +23,11 @@ the tools, ``--repeat`` times (medians):
 Figures: nodes after (subgraphs and function bodies included), Shape nodes left, in-process time
 (load + work + save, imports excluded) and its ratio to the floor's, whole-process wall time, peak
 RSS and its ratio to the input's size, output size, and max |output diff| against the original
-model (``numerics.py check``). Run::
+model (``numerics.py check``). ``--latency``: each tool's output against the original model on
+onnxruntime CPU (one thread), interleaved rounds at batch 1 and 32 (PP-OCR: rendered text lines;
+image models: seeded N(0, 1) images), the median of same-round ratios (above 1: faster). Run::
 
-    python benchmarks/simplify.py [--models resnet50,bert-base] [--repeat 3] [--json OUT]
+    python benchmarks/simplify.py [--models resnet50,bert-base,ocr-cls] [--repeat 3] [--latency] [--json OUT]
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ HERE = Path(__file__).resolve()
 FLOOR, SHRINK, SIM, SLIM = "onnx.load+save", "onnxshrink", "onnxsim", "onnxslim"
 TOOLS = (FLOOR, SHRINK, SIM, SLIM)
 BERT, VIT, LARGE = "bert-base", "vit_b_16", "large"
-MODELS = ("resnet50", "mobilenet_v3_small", "efficientnet_b0", VIT, BERT, LARGE)
+OCR = {"ocr-cls": "ocr_cls", "ocr-rec": "ocr_rec"}  # samples.py's loaders
+MODELS = ("resnet50", "mobilenet_v3_small", "efficientnet_b0", VIT, BERT, LARGE, *OCR)
+LATENCY_BATCHES = (1, 32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +155,10 @@ def resolve_passes(requested: list[str] | None) -> tuple[list[str], str | None]:
 
 
 def _model_path(model_id: str, args: argparse.Namespace) -> Path:
+    if model_id in OCR:
+        import samples
+
+        return getattr(samples, OCR[model_id])(1)[0]
     if model_id == LARGE:
         return export.built_large("large-transpose", args)
     issue = args.issue_exports
@@ -241,10 +251,45 @@ def bench_model(model_id: str, tools: list[str], passes: list[str], args: argpar
     for entry in row["tools"].values():
         if entry["ok"] and floor.get("ok"):
             entry["in_process_over_floor"] = entry["in_process_s"] / floor["in_process_s"]
+    if args.latency:
+        row["latency"] = _latency(model_id, path, {t: row["tools"][t] for t in tools if t != FLOOR})
     if not args.keep_outputs:
         for tool in tools:
             shutil.rmtree(work / tool.replace("+", "_").replace(".", "_"), ignore_errors=True)
     return row
+
+
+def _latency_feed(model_id: str, path: Path, batch: int) -> dict[str, Any] | None:
+    """A batch for timing: rendered text lines for PP-OCR, seeded images for static image inputs."""
+    import numpy as np
+    import onnx
+
+    if model_id in OCR:
+        import samples
+
+        return {"x": getattr(samples, OCR[model_id])(batch)[1]["x"]}
+    (value,) = [i for i in onnx.load(str(path), load_external_data=False).graph.input][:1] or [None]
+    dims = [d.dim_value for d in value.type.tensor_type.shape.dim] if value is not None else []
+    if value is None or value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or not all(dims[1:]):
+        return None
+    return {value.name: np.random.default_rng(0).standard_normal((batch, *dims[1:])).astype(np.float32)}
+
+
+def _latency(model_id: str, path: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each tool's output against the original at :data:`LATENCY_BATCHES`: median same-round ratios."""
+    paths = {"original": path, **{tool: Path(e["runs"][-1]["out"]) for tool, e in entries.items() if e["ok"]}}
+    found: dict[str, Any] = {}
+    for batch in LATENCY_BATCHES:
+        feed = _latency_feed(model_id, path, batch)
+        if feed is None:
+            return {"skipped": "no float input of static non-batch dims"}
+        first = harness.session_latency({"original": path}, feed, rounds=1, threads=1)["original"][0]
+        rounds = max(3, min(60, int(10_000 / max(first, 1e-3))))  # about 10 s of the original per batch
+        times = harness.session_latency(paths, feed, rounds=rounds, threads=1)
+        found[f"b{batch}_ms"] = harness.median_ms(times, "original")
+        for tool in paths.keys() - {"original"}:
+            found.setdefault(tool, {})[f"b{batch}"] = harness.speedup(times, "original", tool)
+    return found
 
 
 def print_model(row: dict[str, Any], tools: list[str]) -> None:
@@ -290,6 +335,19 @@ def print_model(row: dict[str, Any], tools: list[str]) -> None:
             notes.append("onnxsim reported its check failed")
     if row.get("reference") and not row["reference"]["ok"]:
         notes.append(f"reference run failed: {row['reference']['failure']}")
+    latency = row.get("latency") or {}
+    if "skipped" in latency:
+        notes.append(f"latency: skipped ({latency['skipped']})")
+    elif latency:
+        speeds = [
+            f"{tool} {harness.fmt_ratio(latency[tool]['b1'])} / {harness.fmt_ratio(latency[tool]['b32'])}"
+            for tool in tools
+            if tool in latency
+        ]
+        original = f"original {latency['b1_ms']:.2f} / {latency['b32_ms']:.1f} ms"
+        notes.append(
+            f"latency at batch 1 / 32, 1 thread (x the original, higher is faster): {original}; " + ", ".join(speeds)
+        )
     print("\n" + harness.markdown_table(headers, rows, title=row["model"]))
     for note in notes:
         print(f"- {note}")
@@ -325,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-large-diff", action="store_true", help="skip the ORT check on the 2.42 GB model")
     parser.add_argument("--keep-outputs", action="store_true", help="keep each tool's last output in the cache")
+    parser.add_argument("--latency", action="store_true", help="time each output against the original (b1, b32)")
     parser.add_argument("--debug", action="store_true", help="print tracebacks and failing children's output")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
