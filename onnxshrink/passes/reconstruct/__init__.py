@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from onnxshrink.passes.reconstruct import augment as augmentation
 from onnxshrink.passes.reconstruct import layers as refit_layers
 from onnxshrink.passes.reconstruct import least_squares as lstsq
 from onnxshrink.passes.reconstruct import matrices as matrices
+from onnxshrink.passes.reconstruct.segments import ChainedCapture
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -223,16 +225,28 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         taken = taken_names(model)
         single = options.order == "single"
         rounds = [layers] if single else [[layer for layer in layers if layer.stage == s] for s in stages]
+        # One pass: a layer cannot see earlier refits, so it reads the input model's value of its
+        # input where that has the same shape (what those refits aim at).
+        shared = {name for name in points.values if name} if single else set()
+        borrowed = [[n for n in dict.fromkeys(layer.input_name for layer in m) if n in shared] for m in rounds]
+        # Every captured value of a batch is alive at once: many layers, smaller batches.
+        batch = 32 if max(map(len, rounds), default=0) <= _MANY_LAYERS else 8
+        before.batch_size = batch
+        student, reference = (
+            self._chain(chained, names, outputs, batch)
+            for chained, names in (
+                (model, [[layer.input_name for layer in m] for m in rounds]),
+                (teacher, [[*(layer.output_name for layer in m), *b] for m, b in zip(rounds, borrowed, strict=True)]),
+            )
+        )
         title = f"reconstruct: {len(layers)} layers in {len(rounds)} data passes"
-        with progress.task(title, total=len(rounds)) as step:
+        with progress.task(title, total=len(rounds)) as step, student, reference:
             for index, members in enumerate(rounds):
                 started = time.perf_counter()
                 # The model's outputs ride along with the first pass, before anything is refit.
                 watched = outputs if index == 0 else []
-                # One pass: a layer cannot see earlier refits, so it reads the input model's value
-                # of its input where that has the same shape (what those refits aim at).
-                shared = {name for name in points.values if name} if single else set()
-                equations, reasons = self._accumulate(model, teacher, members, watched, before, shared)
+                streams = student.run(index), reference.run(index)
+                equations, reasons = self._accumulate(teacher, members, streams, watched, before, borrowed[index])
                 timings["capture"] += time.perf_counter() - started
                 skipped.update(reasons)
                 for layer in members:
@@ -242,6 +256,13 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                         timings[f"refit.{layer.key}"] = time.perf_counter() - started
                 step.advance()
         stats: dict[str, Any] = {"stages": len(stages), "data_passes": len(rounds), "constants_lifted": lifted}
+        stats["model_runs"] = {"model": dict(student.runs), "input_model": dict(reference.runs)}
+        stats["boundary_bytes"] = {
+            "peak": student.peak_boundary_bytes + reference.peak_boundary_bytes,
+            "spilled": student.store.spilled_bytes + reference.store.spilled_bytes,
+        }
+        if student.whole_runs or reference.whole_runs:
+            stats["whole_model_runs"] = student.whole_runs or reference.whole_runs
         if edits.tensors:
             started = time.perf_counter()
             after = _OutputError()
@@ -249,7 +270,8 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                 if before.kept is not None:
                     self._compare(model, outputs, before, after)
                 else:
-                    self._accumulate(model, teacher, [], outputs, after)
+                    streams = (self._captured(model, outputs, batch), self._captured(teacher, outputs, batch))
+                    self._accumulate(teacher, [], streams, outputs, after)
             timings["capture"] += time.perf_counter() - started
             stats.update(output_error_before=before.relative, output_error_after=after.relative)
             # No comparable output (all differ in shape or are not float): nothing to judge by.
@@ -267,52 +289,52 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             model, modified=bool(edits.tensors) or lifted > 0, stats=stats, skipped=skipped, timings=timings
         )
 
+    def _chain(self, model: ir.Model, rounds: list[list[str]], outputs: list[str], batch: int) -> ChainedCapture:
+        """The data passes over ``model``: each streams one round's values (the first also ``outputs``)."""
+        return ChainedCapture(
+            self.context,
+            model,
+            rounds,
+            also=outputs,
+            pass_name=self.name,
+            samples=self.options.samples,
+            batch_size=batch,
+            augment=augmentation.AUGMENTS[self.options.augment],
+        )
+
+    def _captured(self, model: ir.Model, names: list[str], batch: int) -> Iterator[dict[str, np.ndarray]]:
+        """One whole-model data pass streaming the named values."""
+        augment = augmentation.AUGMENTS[self.options.augment]
+        samples = self.options.samples
+        stream = capture(
+            self.context, model, names, pass_name=self.name, samples=samples, batch_size=batch, augment=augment
+        )
+        for _, arrays in stream:
+            yield arrays
+
     def _accumulate(
         self,
-        model: ir.Model,
         teacher: ir.Model,
         layers: list[refit_layers.Layer],
+        streams: tuple[Iterable[dict[str, np.ndarray]], Iterable[dict[str, np.ndarray]]],
         outputs: list[str],
         error: _OutputError,
-        teacher_inputs: set[str] | frozenset[str] = frozenset(),
+        borrowed: list[str] | None = None,
     ) -> tuple[dict[str, lstsq.NormalEquations], dict[str, str]]:
-        """Streams the calibration data once through ``model`` and ``teacher`` (two sessions).
+        """Accumulates one data pass: the streamed values of the model and of the ``teacher``, per batch.
 
         Each layer's input rows and teacher values go into its normal equations; the difference of
-        the named model ``outputs`` goes into ``error``. A layer input named in ``teacher_inputs``
-        is read from ``teacher`` instead, when its value there has the same shape.
+        the named model ``outputs`` goes into ``error``. A layer input named in ``borrowed`` is read
+        from the teacher's stream instead, when its value there has the same shape.
 
         Returns:
             The normal equations by layer key, and the layers that could not be accumulated with
             the reason.
         """
-        samples = self.options.samples
+        borrowed = borrowed or []
         inputs = [layer.input_name for layer in layers]
         points = [layer.output_name for layer in layers]
-        borrowed = [name for name in dict.fromkeys(inputs) if name in teacher_inputs]
-        # Every captured value of a batch is alive at once: many layers, smaller batches.
-        batch = 32 if len(layers) <= _MANY_LAYERS else 8
-        if outputs:
-            error.batch_size = batch
-        augment = augmentation.AUGMENTS[self.options.augment]
-        student = capture(
-            self.context,
-            model,
-            [*inputs, *outputs],
-            pass_name=self.name,
-            samples=samples,
-            batch_size=batch,
-            augment=augment,
-        )
-        reference = capture(
-            self.context,
-            teacher,
-            [*points, *borrowed, *outputs],
-            pass_name=self.name,
-            samples=samples,
-            batch_size=batch,
-            augment=augment,
-        )
+        student, reference = streams
         equations: dict[str, lstsq.NormalEquations] = {}
         reasons: dict[str, str] = {}
         # Per borrowed input that lost channels: which of the input model's channels it kept.
@@ -324,7 +346,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             for layer in layers
             if layer.input_name in borrowed and refit_layers.is_teacher_slice(layer, teacher)
         }
-        for (_, xs), (_, ys) in zip(student, reference, strict=True):
+        for xs, ys in zip(student, reference, strict=True):
             for name in outputs:
                 error.add(xs[name], ys[name])
             if outputs:
@@ -352,17 +374,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
 
     def _compare(self, model: ir.Model, outputs: list[str], kept: _OutputError, error: _OutputError) -> None:
         """Streams the calibration data through ``model`` alone, against the teacher outputs ``kept``."""
-        augment = augmentation.AUGMENTS[self.options.augment]
-        student = capture(
-            self.context,
-            model,
-            outputs,
-            pass_name=self.name,
-            samples=self.options.samples,
-            batch_size=kept.batch_size,
-            augment=augment,
-        )
-        for (_, xs), ys in zip(student, kept.kept or [], strict=True):
+        for xs, ys in zip(self._captured(model, outputs, kept.batch_size), kept.kept or [], strict=True):
             for name in outputs:
                 error.add(xs[name], ys[name])
 
