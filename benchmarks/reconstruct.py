@@ -30,6 +30,7 @@ Run: ``python benchmarks/reconstruct.py [--cases bert-base,digits,digits-ceiling
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -45,9 +46,12 @@ import samples
 BERT_SEQ, BERT_VOCAB, BERT_TEST = 128, 30522, 16
 
 
-def _child(model: str, calib: str, passes: str, test: str) -> None:
+def _child(model: str, calib: str, passes: str, test: str, runs: str = "segments") -> None:
     import onnxshrink
+    from onnxshrink.passes.reconstruct import segments
 
+    # "whole": every data pass runs the whole model (how order=staged ran before segments).
+    segments.SEGMENTS = runs != "whole"
     started = time.perf_counter()
     result = onnxshrink.shrink(model, passes.split("|"), calibration=calib, inputs=test or None, verify=bool(test))
     info: dict[str, Any] = {"in_process_s": time.perf_counter() - started}
@@ -59,6 +63,8 @@ def _child(model: str, calib: str, passes: str, test: str) -> None:
         info.update(output_error_before=stats.get("output_error_before"), output_error=stats.get("output_error_after"))
         info["capture_s"] = timings.get("capture")
         info["refit_s"] = sum(v for k, v in timings.items() if k.startswith("refit."))
+        info["model_runs"] = stats.get("model_runs")
+        info["boundary_mb"] = (stats.get("boundary_bytes") or {}).get("peak", 0) / 2**20
     if test:
         verification = result.report["verification"]
         info.update(accuracy=verification.get("accuracy_candidate"), reference=verification.get("accuracy_reference"))
@@ -66,20 +72,31 @@ def _child(model: str, calib: str, passes: str, test: str) -> None:
     harness.emit_result(info)
 
 
-def _measure(model: Path, calib: Path, passes: list[str], test: str, repeats: int) -> dict[str, Any]:
+def _measure(
+    model: Path, calib: Path, passes: list[str], test: str, repeats: int, runs_as: str = "segments"
+) -> dict[str, Any]:
     runs = []
     for _ in range(repeats):
-        command = [sys.executable, __file__, "--child", str(model), str(calib), "|".join(passes), test]
+        command = [sys.executable, __file__, "--child", str(model), str(calib), "|".join(passes), test, runs_as]
+        load = os.getloadavg()[0]
         run = harness.run_child(command, timeout=3600)
         if not run.ok:
             return {"ok": False, "error": run.failure}
-        runs.append({"wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **(run.result or {})})
+        loads = {"load_start": load, "load_end": os.getloadavg()[0]}
+        runs.append({"wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **loads, **(run.result or {})})
     row: dict[str, Any] = {"ok": True, "runs": runs}
     for key in ("wall_s", "rss_mb", "capture_s", "refit_s", "pass_s"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.median(values) if values else None
     row.update({k: v for k, v in runs[-1].items() if k not in row})
     return row
+
+
+def _model_runs(runs: dict[str, dict[str, int]] | None) -> str:
+    """``1 + 48; 1 + 48``: whole-model runs and segment runs of the model and of the input model."""
+    if not runs:
+        return "-"
+    return "; ".join(f"{r['whole']} + {r['segments']}" for r in (runs["model"], runs["input_model"]))
 
 
 def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -98,10 +115,15 @@ def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     np.savez(test, **samples.bert_tokens(BERT_TEST, BERT_SEQ, vocab=BERT_VOCAB, seed=2))  # type: ignore[arg-type]
     prune = "prune-channels:ratio=0.3"
     settings = [("prune-channels only", [prune])]
-    settings += [(f"+ reconstruct order={o}", [prune, f"reconstruct:order={o}"]) for o in args.bert_orders]
+    for order in args.bert_orders:
+        if order == "staged-whole":
+            settings.append(("+ reconstruct order=staged, whole-model runs", [prune, "reconstruct:order=staged"]))
+        else:
+            settings.append((f"+ reconstruct order={order}", [prune, f"reconstruct:order={order}"]))
     rows = []
     for label, passes in settings:
-        row = {"label": label, **_measure(dense, calib, passes, str(test), args.repeats)}
+        runs_as = "whole" if label.endswith("whole-model runs") else "segments"
+        row = {"label": label, **_measure(dense, calib, passes, str(test), args.repeats, runs_as)}
         print(f"  {label}: {row}", flush=True)
         rows.append(row)
     table = [
@@ -110,14 +132,16 @@ def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             harness.fmt(r.get("pass_s"), ".1f"), harness.fmt(r.get("capture_s"), ".1f"),
             harness.fmt(r.get("refit_s"), ".1f"), r.get("data_passes", "-"), r.get("layers_refit", "-"),
             harness.fmt(r.get("output_error_before"), ".4f"), harness.fmt(r.get("output_error"), ".4f"),
-            harness.fmt(r.get("cosine"), ".4f"),
-        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 9)
+            harness.fmt(r.get("cosine"), ".4f"), _model_runs(r.get("model_runs")),
+            harness.fmt(r.get("boundary_mb"), ".0f"), f"{r['load_start']:.1f} / {r['load_end']:.1f}",
+        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 12)
         for r in rows
     ]  # fmt: skip
     headers = (
         "pipeline (after simplify)", "wall s (median)", "peak RSS MB", "reconstruct s", "capture s", "refit s",
         "data passes", "layers refit", "calib. output rel. error before", "after",
-        f"held-out cosine ({BERT_TEST} seq.)",
+        f"held-out cosine ({BERT_TEST} seq.)", "runs: whole + segments (model; input model)", "boundary MB",
+        "load 1 min (start / end, last run)",
     )  # fmt: skip
     title = f"bert-base, prune-channels ratio 0.3, {args.bert_calib} calibration sequences of {BERT_SEQ} tokens"
     print("\n" + harness.markdown_table(headers, table, title=title), flush=True)
@@ -185,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the chosen cases, or one pipeline when started as ``--child``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child(*argv[1:5])
+        _child(*argv[1:6])
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     export.add_arguments(parser)

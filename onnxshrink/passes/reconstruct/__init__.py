@@ -20,6 +20,7 @@ from onnxshrink.passes.reconstruct import augment as augmentation
 from onnxshrink.passes.reconstruct import layers as refit_layers
 from onnxshrink.passes.reconstruct import least_squares as lstsq
 from onnxshrink.passes.reconstruct import matrices as matrices
+from onnxshrink.passes.reconstruct.output_error import OutputError
 from onnxshrink.passes.reconstruct.segments import ChainedCapture
 from onnxshrink.registry import register_pass
 
@@ -31,8 +32,6 @@ _EXACT = (
     "already matches the input model: its weights are the input model's (output channels removed) "
     "and it reads the input model's value (order=single)"
 )
-# Bytes of the input model's outputs kept from the first data pass for the final check.
-_KEPT_OUTPUTS = 256 << 20
 # Layers per data pass above which capture batches shrink (every captured value of a batch is alive).
 _MANY_LAYERS = 16
 
@@ -68,7 +67,8 @@ class ReconstructOptions:
     )
     order: Literal["staged", "single"] = option(
         "staged",
-        "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
+        "staged: one data pass per depth stage, later layers see earlier refits (each pass after the first "
+        "runs only the part of the model not run yet); single: every layer "
         "from one data pass, each fit on the input model's values of its input (its kept channels where "
         "the layer lost some), as if the layers before it reproduced the input model (fast on deep models)",
         choices=("staged", "single"),
@@ -86,38 +86,6 @@ def _nested_layers(model: ir.Model) -> dict[str, str]:
                     key = f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"
                     skipped[key] = f"in {kind} '{scope.name}': reconstruct refits main-graph layers only"
     return skipped
-
-
-@dataclasses.dataclass
-class _OutputError:
-    """Streamed ``Σ(student - teacher)²`` and ``Σ teacher²`` over the model's float outputs.
-
-    The first streaming also keeps the teacher's outputs, batch by batch, while they fit in
-    ``_KEPT_OUTPUTS`` bytes, so that the check after the refits need not run the input model again.
-    """
-
-    squared_error: float = 0.0
-    squared_norm: float = 0.0
-    batch_size: int = 0  # the calibration batch size the kept outputs were streamed with
-    kept: list[dict[str, np.ndarray]] | None = dataclasses.field(default_factory=list)
-    kept_bytes: int = 0
-
-    def add(self, student: np.ndarray, teacher: np.ndarray) -> None:
-        if student.shape == teacher.shape and teacher.dtype.kind == "f":
-            difference = student.astype(np.float64) - teacher
-            self.squared_error += float(np.sum(difference * difference))
-            self.squared_norm += float(np.sum(np.square(teacher, dtype=np.float64)))
-
-    def keep(self, batch: dict[str, np.ndarray]) -> None:
-        """Keeps one batch of the teacher's outputs (copies), or stops keeping past the budget."""
-        if self.kept is None:
-            return
-        self.kept_bytes += sum(array.nbytes for array in batch.values())
-        self.kept = [*self.kept, {k: v.copy() for k, v in batch.items()}] if self.kept_bytes <= _KEPT_OUTPUTS else None
-
-    @property
-    def relative(self) -> float:
-        return float(np.sqrt(self.squared_error / self.squared_norm)) if self.squared_norm > 0 else 0.0
 
 
 def _borrowed(
@@ -161,12 +129,17 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        (prune-channels; group 1, bias refit or absent) is fit to the teacher channels it kept,
        found as the increasing sequence of channels most similar (cosine) to its current outputs.
     3. Layers run in stages (a stage = layers with the same number of refittable layers on their
-       longest path from the inputs), so each is fit on inputs that carry every earlier refit.
-       Per stage the calibration data streams once through the current model (layer inputs) and
-       once through the input model (teacher values): two onnxruntime sessions and one pass over
-       the data per stage, plus one more pair at the end (cost grows with the network's depth).
-       ``order=single`` accumulates every layer in one pass instead: four model runs over the
-       data whatever the depth (BERT-base: 49 stages). A layer then reads the input model's value
+       longest path from the inputs, counting what If/Loop/Scan bodies read), so each is fit on
+       inputs that carry every earlier refit. Per stage the calibration data streams once through
+       the current model (layer inputs) and once through the input model (teacher values). The
+       first data pass runs both models whole; each later one runs only the segment of each graph
+       that no pass ran yet (extracted from the model as it is then, refits included), fed the
+       boundary values kept from the passes before, per batch (:mod:`.segments`: in memory up to
+       1 GiB per model, then on disk). Each model so runs about twice over the data, plus the
+       refit model once at the end, whatever the depth (BERT-base: 49 stages). A boundary value
+       that is not a tensor, or a segment that cannot be extracted, turns the remaining passes
+       into whole-model runs (``whole_model_runs`` says why).
+       ``order=single`` accumulates every layer in one pass instead. A layer then reads the input model's value
        of its input (what earlier refits aim at): the same value where it has the same shape;
        where the layer's input lost channels (prune-channels), the input model's channels it
        kept, found as the increasing sequence of channels most similar (cosine, first batch) to
@@ -200,8 +173,10 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        values on the same shifted images. A model without an image input is a usage error.
     Stats: per layer the teacher point, relative error ``||X wᵀ - Y|| / ||Y||`` before and after,
     method and calibration rows; the relative error of the model's outputs before and after; a
-    reason for each layer left alone (``skipped``). Timings: seconds spent streaming activations
-    (``capture``) and refitting each layer (``refit.{layer}``).
+    reason for each layer left alone (``skipped``); ``model_runs`` (whole and segment runs of the
+    model and the input model) and ``boundary_bytes`` (peak kept between passes, spilled to disk).
+    Timings: seconds spent streaming activations (``capture``) and refitting each layer
+    (``refit.{layer}``).
     """
 
     name = "reconstruct"
@@ -220,7 +195,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         per_layer: dict[str, dict[str, Any]] = {}
         stages = sorted({layer.stage for layer in layers})
         edits = matrices.Edits()
-        before = _OutputError()
+        before = OutputError()
         timings = {"capture": 0.0}
         taken = taken_names(model)
         single = options.order == "single"
@@ -265,7 +240,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             stats["whole_model_runs"] = student.whole_runs or reference.whole_runs
         if edits.tensors:
             started = time.perf_counter()
-            after = _OutputError()
+            after = OutputError()
             with progress.task("reconstruct: checking the model's outputs"):
                 if before.kept is not None:
                     self._compare(model, outputs, before, after)
@@ -318,7 +293,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         layers: list[refit_layers.Layer],
         streams: tuple[Iterable[dict[str, np.ndarray]], Iterable[dict[str, np.ndarray]]],
         outputs: list[str],
-        error: _OutputError,
+        error: OutputError,
         borrowed: list[str] | None = None,
     ) -> tuple[dict[str, lstsq.NormalEquations], dict[str, str]]:
         """Accumulates one data pass: the streamed values of the model and of the ``teacher``, per batch.
@@ -372,7 +347,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                     equations[layer.key].add(rows, targets)
         return equations, reasons
 
-    def _compare(self, model: ir.Model, outputs: list[str], kept: _OutputError, error: _OutputError) -> None:
+    def _compare(self, model: ir.Model, outputs: list[str], kept: OutputError, error: OutputError) -> None:
         """Streams the calibration data through ``model`` alone, against the teacher outputs ``kept``."""
         for xs, ys in zip(self._captured(model, outputs, kept.batch_size), kept.kept or [], strict=True):
             for name in outputs:
