@@ -197,7 +197,8 @@ class ChainedCapture:
         computed = self.structure.ancestors(wanted, self.done)
         self.done |= computed
         later = {n for names in self.rounds[index + 1 :] for n in names}
-        boundary = self.structure.boundary(self.done, later)
+        last = index == len(self.rounds) - 1
+        boundary = set() if last else self.structure.boundary(self.done, later)
         if index == 0:
             return self._whole([*wanted, *self.also, *sorted(boundary)], keep=boundary)
         return self._segment(wanted, computed, boundary)
