@@ -6,13 +6,17 @@ process, model load and save included), ``--repeats`` times, medians reported:
 - ``bert-base``: transformers ``BertModel(BertConfig())`` (keep-zeros export, ``export.py``),
   ``simplify`` first (cached), then ``prune-channels:ratio=0.3`` (attention heads and FFN
   neurons) followed by ``reconstruct`` with ``--bert-orders`` (``single``: every layer from one
-  streamed data pass; ``staged``, the default: one data pass per depth stage, 49 on this model,
-  more than 15 minutes on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
+  streamed data pass; ``staged``, the pass's default: one data pass per depth stage, 49 on this
+  model, each after the first running only the segment of the graph not run yet;
+  ``staged-whole``: the same with every data pass a whole-model run, as before segments, about
+  7 minutes quiet on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
   random sequences of 128 tokens. Also printed: the pipeline without
   ``reconstruct`` (its cost alone is the difference; each run also verifies against the dense
   model on 16 held-out sequences), the pass's own, capture and refit seconds, the layers refit,
   the relative error of the model's outputs on the calibration data before and after, and the
-  lowest output cosine against the dense model on the held-out sequences.
+  lowest output cosine against the dense model on the held-out sequences, the whole-model and
+  segment runs of each model, the boundary values kept between data passes, and the 1-minute
+  load average before and after the run (``OPENBLAS_NUM_THREADS`` is printed in the settings).
 - ``digits``: models/digits_cnn.onnx, ``simplify`` → ``prune-channels:ratio=0.5`` →
   ``reconstruct`` (default options, and ``augment=shifts,ridge=0.01``: each image also moved by
   one pixel in 8 directions) on the 128 bundled calibration digits, accuracy on the 540 labelled test digits
@@ -23,8 +27,8 @@ process, model load and save included), ``--repeats`` times, medians reported:
   for ``--ceiling-seeds`` seeds, beside the full-width architecture trained the same way: how
   much of the drop is the smaller network's, not the refit's.
 
-Run: ``python benchmarks/reconstruct.py [--cases bert-base,digits,digits-ceiling] [--bert-orders single]
-[--ceiling-seeds 5] [--repeats 1] [--json OUT]``.
+Run: ``python benchmarks/reconstruct.py [--cases bert-base,digits,digits-ceiling]
+[--bert-orders single,staged,staged-whole] [--ceiling-seeds 5] [--repeats 1] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -214,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     export.add_arguments(parser)
     parser.add_argument("--cases", default="bert-base,digits")
-    parser.add_argument("--bert-orders", default="single", type=lambda s: [o for o in s.split(",") if o])
+    parser.add_argument("--bert-orders", default="single,staged", type=lambda s: [o for o in s.split(",") if o])
     parser.add_argument("--bert-calib", type=int, default=16)
     parser.add_argument("--ceiling-seeds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
-    environment = harness.print_environment(settings=f"repeats {args.repeats} (medians), one child process per run")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    settings = f"repeats {args.repeats} (medians), one child process per run, OPENBLAS_NUM_THREADS={blas}"
+    environment = harness.print_environment(settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-reconstruct-") as tmp:
         for case in args.cases.split(","):

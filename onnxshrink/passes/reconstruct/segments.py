@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnxshrink.activations import capture
 from onnxshrink.context import PassContext
-from onnxshrink.runtime import run
+from onnxshrink.runtime import RuntimeUnavailable, run
 
 # Boundary bytes per model kept in memory; the rest goes to disk.
 IN_MEMORY = 1 << 30
@@ -142,8 +142,9 @@ class _Structure:
 class ChainedCapture:
     """One model's data passes, each streaming the named values of every calibration batch.
 
-    Call :meth:`run` for pass 0, 1, … in order, each after the caller changed what it changes
-    (weights of layers whose inputs an earlier pass captured; never the graph's structure).
+    Call :meth:`run` for pass 0, 1, … in order. Between passes the caller may change the weights
+    of nodes that no pass ran yet (the layers whose inputs the passes before streamed), and give
+    a node a new initializer input, but not which computed values a node reads.
 
     Args:
         context: The pipeline's context (sessions, calibration data).
@@ -247,6 +248,7 @@ class ChainedCapture:
         self.peak_boundary_bytes = max(self.peak_boundary_bytes, self.store.nbytes)
 
     def _segment(self, wanted: list[str], computed: set[int], boundary: set[str]) -> Iterator[dict[str, np.ndarray]]:
+        """The stream of a pass that runs the ``computed`` nodes, fed the kept boundary values."""
         structure = self.structure
         produced = {v.name for i in computed for v in structure.nodes[i].outputs if v.name}
         inputs = sorted({n for i in computed for n in structure.reads[i]} - produced)
@@ -263,12 +265,17 @@ class ChainedCapture:
                 if value.type is None and value.name in first:
                     value.type = ir.TensorType(ir.DataType.from_numpy(first[value.name].dtype))
             segment = ir.Model(graph, ir_version=self.model.ir_version, functions=list(self.model.functions.values()))
-            session = self.context.session(segment)[0]
+            try:
+                session = self.context.session(segment)[0]
+            except RuntimeUnavailable as error:
+                self._fall_back(f"onnxruntime cannot load a segment ({error})")
+                return self._whole(wanted, keep=set())
         return self._stream(session, inputs, wanted, boundary)
 
     def _stream(
         self, session: object, inputs: list[str], wanted: list[str], boundary: set[str]
     ) -> Iterator[dict[str, np.ndarray]]:
+        """Runs ``session`` (None: nothing to compute) on each batch's kept values; keeps the new boundary."""
         self.runs["segments"] += session is not None
         initializers = self.model.graph.initializers
         for batch, held in enumerate(self.store.batches):
