@@ -143,9 +143,9 @@ def test_a_sequence_between_passes_turns_the_rest_into_whole_runs(monkeypatch: p
     _assert_same_refits(segmented, whole)
 
 
-@pytest.mark.slow
 def test_digits_with_shifted_images_refits_the_same_in_segments(monkeypatch: pytest.MonkeyPatch) -> None:
-    passes = ["simplify", "prune-channels:ratio=0.5", "reconstruct:augment=shifts,ridge=0.01"]
+    # 32 of the bundled calibration digits (x9 shifted): the comparison, not the accuracy, is tested.
+    passes = ["simplify", "prune-channels:ratio=0.5", "reconstruct:augment=shifts,ridge=0.01,samples=32"]
     segmented = onnxshrink.shrink(DIGITS, passes, calibration=DIGITS_CALIB, verify=False)
     monkeypatch.setattr(segments, "SEGMENTS", False)
     whole = onnxshrink.shrink(DIGITS, passes, calibration=DIGITS_CALIB, verify=False)
