@@ -6,13 +6,17 @@ process, model load and save included), ``--repeats`` times, medians reported:
 - ``bert-base``: transformers ``BertModel(BertConfig())`` (keep-zeros export, ``export.py``),
   ``simplify`` first (cached), then ``prune-channels:ratio=0.3`` (attention heads and FFN
   neurons) followed by ``reconstruct`` with ``--bert-orders`` (``single``: every layer from one
-  streamed data pass; ``staged``, the default: one data pass per depth stage, 49 on this model,
-  more than 15 minutes on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
+  streamed data pass; ``staged``, the pass's default: one data pass per depth stage, 49 on this
+  model, each after the first running only the segment of the graph not run yet;
+  ``staged-whole``: the same with every data pass a whole-model run, as before segments, about
+  7 minutes quiet on a 2-core machine, so it is off by default), on ``--bert-calib`` (16)
   random sequences of 128 tokens. Also printed: the pipeline without
   ``reconstruct`` (its cost alone is the difference; each run also verifies against the dense
   model on 16 held-out sequences), the pass's own, capture and refit seconds, the layers refit,
   the relative error of the model's outputs on the calibration data before and after, and the
-  lowest output cosine against the dense model on the held-out sequences.
+  lowest output cosine against the dense model on the held-out sequences, the whole-model and
+  segment runs of each model, the boundary values kept between data passes, and the 1-minute
+  load average before and after the run (``OPENBLAS_NUM_THREADS`` is printed in the settings).
 - ``digits``: models/digits_cnn.onnx, ``simplify`` → ``prune-channels:ratio=0.5`` →
   ``reconstruct`` (default options, and ``augment=shifts,ridge=0.01``: each image also moved by
   one pixel in 8 directions) on the 128 bundled calibration digits, accuracy on the 540 labelled test digits
@@ -23,13 +27,14 @@ process, model load and save included), ``--repeats`` times, medians reported:
   for ``--ceiling-seeds`` seeds, beside the full-width architecture trained the same way: how
   much of the drop is the smaller network's, not the refit's.
 
-Run: ``python benchmarks/reconstruct.py [--cases bert-base,digits,digits-ceiling] [--bert-orders single]
-[--ceiling-seeds 5] [--repeats 1] [--json OUT]``.
+Run: ``python benchmarks/reconstruct.py [--cases bert-base,digits,digits-ceiling]
+[--bert-orders single,staged,staged-whole] [--ceiling-seeds 5] [--repeats 1] [--json OUT]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -45,9 +50,12 @@ import samples
 BERT_SEQ, BERT_VOCAB, BERT_TEST = 128, 30522, 16
 
 
-def _child(model: str, calib: str, passes: str, test: str) -> None:
+def _child(model: str, calib: str, passes: str, test: str, runs: str = "segments") -> None:
     import onnxshrink
+    from onnxshrink.passes.reconstruct import segments
 
+    # "whole": every data pass runs the whole model (how order=staged ran before segments).
+    segments.SEGMENTS = runs != "whole"
     started = time.perf_counter()
     result = onnxshrink.shrink(model, passes.split("|"), calibration=calib, inputs=test or None, verify=bool(test))
     info: dict[str, Any] = {"in_process_s": time.perf_counter() - started}
@@ -59,6 +67,8 @@ def _child(model: str, calib: str, passes: str, test: str) -> None:
         info.update(output_error_before=stats.get("output_error_before"), output_error=stats.get("output_error_after"))
         info["capture_s"] = timings.get("capture")
         info["refit_s"] = sum(v for k, v in timings.items() if k.startswith("refit."))
+        info["model_runs"] = stats.get("model_runs")
+        info["boundary_mb"] = (stats.get("boundary_bytes") or {}).get("peak", 0) / 2**20
     if test:
         verification = result.report["verification"]
         info.update(accuracy=verification.get("accuracy_candidate"), reference=verification.get("accuracy_reference"))
@@ -66,20 +76,31 @@ def _child(model: str, calib: str, passes: str, test: str) -> None:
     harness.emit_result(info)
 
 
-def _measure(model: Path, calib: Path, passes: list[str], test: str, repeats: int) -> dict[str, Any]:
+def _measure(
+    model: Path, calib: Path, passes: list[str], test: str, repeats: int, runs_as: str = "segments"
+) -> dict[str, Any]:
     runs = []
     for _ in range(repeats):
-        command = [sys.executable, __file__, "--child", str(model), str(calib), "|".join(passes), test]
+        command = [sys.executable, __file__, "--child", str(model), str(calib), "|".join(passes), test, runs_as]
+        load = os.getloadavg()[0]
         run = harness.run_child(command, timeout=3600)
         if not run.ok:
             return {"ok": False, "error": run.failure}
-        runs.append({"wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **(run.result or {})})
+        loads = {"load_start": load, "load_end": os.getloadavg()[0]}
+        runs.append({"wall_s": run.wall_s, "rss_mb": run.peak_rss_mb, **loads, **(run.result or {})})
     row: dict[str, Any] = {"ok": True, "runs": runs}
     for key in ("wall_s", "rss_mb", "capture_s", "refit_s", "pass_s"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.median(values) if values else None
     row.update({k: v for k, v in runs[-1].items() if k not in row})
     return row
+
+
+def _model_runs(runs: dict[str, dict[str, int]] | None) -> str:
+    """``1 + 48; 1 + 48``: whole-model runs and segment runs of the model and of the input model."""
+    if not runs:
+        return "-"
+    return "; ".join(f"{r['whole']} + {r['segments']}" for r in (runs["model"], runs["input_model"]))
 
 
 def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -98,10 +119,15 @@ def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     np.savez(test, **samples.bert_tokens(BERT_TEST, BERT_SEQ, vocab=BERT_VOCAB, seed=2))  # type: ignore[arg-type]
     prune = "prune-channels:ratio=0.3"
     settings = [("prune-channels only", [prune])]
-    settings += [(f"+ reconstruct order={o}", [prune, f"reconstruct:order={o}"]) for o in args.bert_orders]
+    for order in args.bert_orders:
+        if order == "staged-whole":
+            settings.append(("+ reconstruct order=staged, whole-model runs", [prune, "reconstruct:order=staged"]))
+        else:
+            settings.append((f"+ reconstruct order={order}", [prune, f"reconstruct:order={order}"]))
     rows = []
     for label, passes in settings:
-        row = {"label": label, **_measure(dense, calib, passes, str(test), args.repeats)}
+        runs_as = "whole" if label.endswith("whole-model runs") else "segments"
+        row = {"label": label, **_measure(dense, calib, passes, str(test), args.repeats, runs_as)}
         print(f"  {label}: {row}", flush=True)
         rows.append(row)
     table = [
@@ -110,14 +136,16 @@ def bench_bert(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             harness.fmt(r.get("pass_s"), ".1f"), harness.fmt(r.get("capture_s"), ".1f"),
             harness.fmt(r.get("refit_s"), ".1f"), r.get("data_passes", "-"), r.get("layers_refit", "-"),
             harness.fmt(r.get("output_error_before"), ".4f"), harness.fmt(r.get("output_error"), ".4f"),
-            harness.fmt(r.get("cosine"), ".4f"),
-        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 9)
+            harness.fmt(r.get("cosine"), ".4f"), _model_runs(r.get("model_runs")),
+            harness.fmt(r.get("boundary_mb"), ".0f"), f"{r['load_start']:.1f} / {r['load_end']:.1f}",
+        ) if r["ok"] else (r["label"], f"failed: {r['error']}", *[""] * 12)
         for r in rows
     ]  # fmt: skip
     headers = (
         "pipeline (after simplify)", "wall s (median)", "peak RSS MB", "reconstruct s", "capture s", "refit s",
         "data passes", "layers refit", "calib. output rel. error before", "after",
-        f"held-out cosine ({BERT_TEST} seq.)",
+        f"held-out cosine ({BERT_TEST} seq.)", "runs: whole + segments (model; input model)", "boundary MB",
+        "load 1 min (start / end, last run)",
     )  # fmt: skip
     title = f"bert-base, prune-channels ratio 0.3, {args.bert_calib} calibration sequences of {BERT_SEQ} tokens"
     print("\n" + harness.markdown_table(headers, table, title=title), flush=True)
@@ -185,18 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the chosen cases, or one pipeline when started as ``--child``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child(*argv[1:5])
+        _child(*argv[1:6])
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     export.add_arguments(parser)
     parser.add_argument("--cases", default="bert-base,digits")
-    parser.add_argument("--bert-orders", default="single", type=lambda s: [o for o in s.split(",") if o])
+    parser.add_argument("--bert-orders", default="single,staged", type=lambda s: [o for o in s.split(",") if o])
     parser.add_argument("--bert-calib", type=int, default=16)
     parser.add_argument("--ceiling-seeds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
-    environment = harness.print_environment(settings=f"repeats {args.repeats} (medians), one child process per run")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    settings = f"repeats {args.repeats} (medians), one child process per run, OPENBLAS_NUM_THREADS={blas}"
+    environment = harness.print_environment(settings=settings)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="onnxshrink-bench-reconstruct-") as tmp:
         for case in args.cases.split(","):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,8 @@ from onnxshrink.passes.reconstruct import augment as augmentation
 from onnxshrink.passes.reconstruct import layers as refit_layers
 from onnxshrink.passes.reconstruct import least_squares as lstsq
 from onnxshrink.passes.reconstruct import matrices as matrices
+from onnxshrink.passes.reconstruct.output_error import OutputError
+from onnxshrink.passes.reconstruct.segments import ChainedCapture
 from onnxshrink.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -29,8 +32,6 @@ _EXACT = (
     "already matches the input model: its weights are the input model's (output channels removed) "
     "and it reads the input model's value (order=single)"
 )
-# Bytes of the input model's outputs kept from the first data pass for the final check.
-_KEPT_OUTPUTS = 256 << 20
 # Layers per data pass above which capture batches shrink (every captured value of a batch is alive).
 _MANY_LAYERS = 16
 
@@ -66,7 +67,8 @@ class ReconstructOptions:
     )
     order: Literal["staged", "single"] = option(
         "staged",
-        "staged: one data pass per depth stage, later layers see earlier refits; single: every layer "
+        "staged: one data pass per depth stage, later layers see earlier refits (each pass after the first "
+        "runs only the part of the model not run yet); single: every layer "
         "from one data pass, each fit on the input model's values of its input (its kept channels where "
         "the layer lost some), as if the layers before it reproduced the input model (fast on deep models)",
         choices=("staged", "single"),
@@ -84,38 +86,6 @@ def _nested_layers(model: ir.Model) -> dict[str, str]:
                     key = f"{scope.name}/{node.name or f'{node.op_type}#{index}'}"
                     skipped[key] = f"in {kind} '{scope.name}': reconstruct refits main-graph layers only"
     return skipped
-
-
-@dataclasses.dataclass
-class _OutputError:
-    """Streamed ``Σ(student - teacher)²`` and ``Σ teacher²`` over the model's float outputs.
-
-    The first streaming also keeps the teacher's outputs, batch by batch, while they fit in
-    ``_KEPT_OUTPUTS`` bytes, so that the check after the refits need not run the input model again.
-    """
-
-    squared_error: float = 0.0
-    squared_norm: float = 0.0
-    batch_size: int = 0  # the calibration batch size the kept outputs were streamed with
-    kept: list[dict[str, np.ndarray]] | None = dataclasses.field(default_factory=list)
-    kept_bytes: int = 0
-
-    def add(self, student: np.ndarray, teacher: np.ndarray) -> None:
-        if student.shape == teacher.shape and teacher.dtype.kind == "f":
-            difference = student.astype(np.float64) - teacher
-            self.squared_error += float(np.sum(difference * difference))
-            self.squared_norm += float(np.sum(np.square(teacher, dtype=np.float64)))
-
-    def keep(self, batch: dict[str, np.ndarray]) -> None:
-        """Keeps one batch of the teacher's outputs (copies), or stops keeping past the budget."""
-        if self.kept is None:
-            return
-        self.kept_bytes += sum(array.nbytes for array in batch.values())
-        self.kept = [*self.kept, {k: v.copy() for k, v in batch.items()}] if self.kept_bytes <= _KEPT_OUTPUTS else None
-
-    @property
-    def relative(self) -> float:
-        return float(np.sqrt(self.squared_error / self.squared_norm)) if self.squared_norm > 0 else 0.0
 
 
 def _borrowed(
@@ -159,12 +129,17 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        (prune-channels; group 1, bias refit or absent) is fit to the teacher channels it kept,
        found as the increasing sequence of channels most similar (cosine) to its current outputs.
     3. Layers run in stages (a stage = layers with the same number of refittable layers on their
-       longest path from the inputs), so each is fit on inputs that carry every earlier refit.
-       Per stage the calibration data streams once through the current model (layer inputs) and
-       once through the input model (teacher values): two onnxruntime sessions and one pass over
-       the data per stage, plus one more pair at the end (cost grows with the network's depth).
-       ``order=single`` accumulates every layer in one pass instead: four model runs over the
-       data whatever the depth (BERT-base: 49 stages). A layer then reads the input model's value
+       longest path from the inputs, counting what If/Loop/Scan bodies read), so each is fit on
+       inputs that carry every earlier refit. Per stage the calibration data streams once through
+       the current model (layer inputs) and once through the input model (teacher values). The
+       first data pass runs both models whole; each later one runs only the segment of each graph
+       that no pass ran yet (extracted from the model as it is then, refits included), fed the
+       boundary values kept from the passes before, per batch (:mod:`.segments`: in memory up to
+       1 GiB per model, then on disk). Each model so runs about twice over the data, plus the
+       refit model once at the end, whatever the depth (BERT-base: 49 stages). A boundary value
+       that is not a tensor, or a segment that cannot be extracted, turns the remaining passes
+       into whole-model runs (``whole_model_runs`` says why).
+       ``order=single`` accumulates every layer in one pass instead. A layer then reads the input model's value
        of its input (what earlier refits aim at): the same value where it has the same shape;
        where the layer's input lost channels (prune-channels), the input model's channels it
        kept, found as the increasing sequence of channels most similar (cosine, first batch) to
@@ -198,8 +173,10 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
        values on the same shifted images. A model without an image input is a usage error.
     Stats: per layer the teacher point, relative error ``||X wᵀ - Y|| / ||Y||`` before and after,
     method and calibration rows; the relative error of the model's outputs before and after; a
-    reason for each layer left alone (``skipped``). Timings: seconds spent streaming activations
-    (``capture``) and refitting each layer (``refit.{layer}``).
+    reason for each layer left alone (``skipped``); ``model_runs`` (whole and segment runs of the
+    model and the input model) and ``boundary_bytes`` (peak kept between passes, spilled to disk).
+    Timings: seconds spent streaming activations (``capture``) and refitting each layer
+    (``refit.{layer}``).
     """
 
     name = "reconstruct"
@@ -218,21 +195,33 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
         per_layer: dict[str, dict[str, Any]] = {}
         stages = sorted({layer.stage for layer in layers})
         edits = matrices.Edits()
-        before = _OutputError()
+        before = OutputError()
         timings = {"capture": 0.0}
         taken = taken_names(model)
         single = options.order == "single"
         rounds = [layers] if single else [[layer for layer in layers if layer.stage == s] for s in stages]
+        # One pass: a layer cannot see earlier refits, so it reads the input model's value of its
+        # input where that has the same shape (what those refits aim at).
+        shared = {name for name in points.values if name} if single else set()
+        borrowed = [[n for n in dict.fromkeys(layer.input_name for layer in m) if n in shared] for m in rounds]
+        # Every captured value of a batch is alive at once: many layers, smaller batches.
+        batch = 32 if max(map(len, rounds), default=0) <= _MANY_LAYERS else 8
+        before.batch_size = batch
+        student, reference = (
+            self._chain(chained, names, outputs, batch)
+            for chained, names in (
+                (model, [[layer.input_name for layer in m] for m in rounds]),
+                (teacher, [[*(layer.output_name for layer in m), *b] for m, b in zip(rounds, borrowed, strict=True)]),
+            )
+        )
         title = f"reconstruct: {len(layers)} layers in {len(rounds)} data passes"
-        with progress.task(title, total=len(rounds)) as step:
+        with progress.task(title, total=len(rounds)) as step, student, reference:
             for index, members in enumerate(rounds):
                 started = time.perf_counter()
                 # The model's outputs ride along with the first pass, before anything is refit.
                 watched = outputs if index == 0 else []
-                # One pass: a layer cannot see earlier refits, so it reads the input model's value
-                # of its input where that has the same shape (what those refits aim at).
-                shared = {name for name in points.values if name} if single else set()
-                equations, reasons = self._accumulate(model, teacher, members, watched, before, shared)
+                streams = student.run(index), reference.run(index)
+                equations, reasons = self._accumulate(teacher, members, streams, watched, before, borrowed[index])
                 timings["capture"] += time.perf_counter() - started
                 skipped.update(reasons)
                 for layer in members:
@@ -242,14 +231,22 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                         timings[f"refit.{layer.key}"] = time.perf_counter() - started
                 step.advance()
         stats: dict[str, Any] = {"stages": len(stages), "data_passes": len(rounds), "constants_lifted": lifted}
+        stats["model_runs"] = {"model": dict(student.runs), "input_model": dict(reference.runs)}
+        stats["boundary_bytes"] = {
+            "peak": student.peak_boundary_bytes + reference.peak_boundary_bytes,
+            "spilled": student.store.spilled_bytes + reference.store.spilled_bytes,
+        }
+        if student.whole_runs or reference.whole_runs:
+            stats["whole_model_runs"] = student.whole_runs or reference.whole_runs
         if edits.tensors:
             started = time.perf_counter()
-            after = _OutputError()
+            after = OutputError()
             with progress.task("reconstruct: checking the model's outputs"):
                 if before.kept is not None:
                     self._compare(model, outputs, before, after)
                 else:
-                    self._accumulate(model, teacher, [], outputs, after)
+                    streams = (self._captured(model, outputs, batch), self._captured(teacher, outputs, batch))
+                    self._accumulate(teacher, [], streams, outputs, after)
             timings["capture"] += time.perf_counter() - started
             stats.update(output_error_before=before.relative, output_error_after=after.relative)
             # No comparable output (all differ in shape or are not float): nothing to judge by.
@@ -267,52 +264,52 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             model, modified=bool(edits.tensors) or lifted > 0, stats=stats, skipped=skipped, timings=timings
         )
 
+    def _chain(self, model: ir.Model, rounds: list[list[str]], outputs: list[str], batch: int) -> ChainedCapture:
+        """The data passes over ``model``: each streams one round's values (the first also ``outputs``)."""
+        return ChainedCapture(
+            self.context,
+            model,
+            rounds,
+            also=outputs,
+            pass_name=self.name,
+            samples=self.options.samples,
+            batch_size=batch,
+            augment=augmentation.AUGMENTS[self.options.augment],
+        )
+
+    def _captured(self, model: ir.Model, names: list[str], batch: int) -> Iterator[dict[str, np.ndarray]]:
+        """One whole-model data pass streaming the named values."""
+        augment = augmentation.AUGMENTS[self.options.augment]
+        samples = self.options.samples
+        stream = capture(
+            self.context, model, names, pass_name=self.name, samples=samples, batch_size=batch, augment=augment
+        )
+        for _, arrays in stream:
+            yield arrays
+
     def _accumulate(
         self,
-        model: ir.Model,
         teacher: ir.Model,
         layers: list[refit_layers.Layer],
+        streams: tuple[Iterable[dict[str, np.ndarray]], Iterable[dict[str, np.ndarray]]],
         outputs: list[str],
-        error: _OutputError,
-        teacher_inputs: set[str] | frozenset[str] = frozenset(),
+        error: OutputError,
+        borrowed: list[str] | None = None,
     ) -> tuple[dict[str, lstsq.NormalEquations], dict[str, str]]:
-        """Streams the calibration data once through ``model`` and ``teacher`` (two sessions).
+        """Accumulates one data pass: the streamed values of the model and of the ``teacher``, per batch.
 
         Each layer's input rows and teacher values go into its normal equations; the difference of
-        the named model ``outputs`` goes into ``error``. A layer input named in ``teacher_inputs``
-        is read from ``teacher`` instead, when its value there has the same shape.
+        the named model ``outputs`` goes into ``error``. A layer input named in ``borrowed`` is read
+        from the teacher's stream instead, when its value there has the same shape.
 
         Returns:
             The normal equations by layer key, and the layers that could not be accumulated with
             the reason.
         """
-        samples = self.options.samples
+        borrowed = borrowed or []
         inputs = [layer.input_name for layer in layers]
         points = [layer.output_name for layer in layers]
-        borrowed = [name for name in dict.fromkeys(inputs) if name in teacher_inputs]
-        # Every captured value of a batch is alive at once: many layers, smaller batches.
-        batch = 32 if len(layers) <= _MANY_LAYERS else 8
-        if outputs:
-            error.batch_size = batch
-        augment = augmentation.AUGMENTS[self.options.augment]
-        student = capture(
-            self.context,
-            model,
-            [*inputs, *outputs],
-            pass_name=self.name,
-            samples=samples,
-            batch_size=batch,
-            augment=augment,
-        )
-        reference = capture(
-            self.context,
-            teacher,
-            [*points, *borrowed, *outputs],
-            pass_name=self.name,
-            samples=samples,
-            batch_size=batch,
-            augment=augment,
-        )
+        student, reference = streams
         equations: dict[str, lstsq.NormalEquations] = {}
         reasons: dict[str, str] = {}
         # Per borrowed input that lost channels: which of the input model's channels it kept.
@@ -324,7 +321,7 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
             for layer in layers
             if layer.input_name in borrowed and refit_layers.is_teacher_slice(layer, teacher)
         }
-        for (_, xs), (_, ys) in zip(student, reference, strict=True):
+        for xs, ys in zip(student, reference, strict=True):
             for name in outputs:
                 error.add(xs[name], ys[name])
             if outputs:
@@ -350,19 +347,9 @@ class ReconstructPass(ShrinkPass[ReconstructOptions]):
                     equations[layer.key].add(rows, targets)
         return equations, reasons
 
-    def _compare(self, model: ir.Model, outputs: list[str], kept: _OutputError, error: _OutputError) -> None:
+    def _compare(self, model: ir.Model, outputs: list[str], kept: OutputError, error: OutputError) -> None:
         """Streams the calibration data through ``model`` alone, against the teacher outputs ``kept``."""
-        augment = augmentation.AUGMENTS[self.options.augment]
-        student = capture(
-            self.context,
-            model,
-            outputs,
-            pass_name=self.name,
-            samples=self.options.samples,
-            batch_size=kept.batch_size,
-            augment=augment,
-        )
-        for (_, xs), ys in zip(student, kept.kept or [], strict=True):
+        for xs, ys in zip(self._captured(model, outputs, kept.batch_size), kept.kept or [], strict=True):
             for name in outputs:
                 error.add(xs[name], ys[name])
 

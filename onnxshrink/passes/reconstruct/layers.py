@@ -15,6 +15,7 @@ import onnx_ir as ir
 from onnxshrink.ir.constants import constant_array, is_constant
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passbase import NoMatch
+from onnxshrink.passes.reconstruct.segments import reads
 from onnxshrink.selection import matching_pattern
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -236,9 +237,10 @@ def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[l
     """Refittable layers of the main graph in order, each with its stage, and reasons for the others."""
     layers: list[Layer] = []
     skipped: dict[str, str] = {}
-    depth: dict[ir.Value, int] = {}
+    depth: dict[str, int] = {}
     for index, node in enumerate(model.graph):
-        stage = max((depth.get(v, 0) for v in node.inputs if v is not None), default=0)
+        # What If/Loop/Scan bodies read from the main graph counts: the node runs after it.
+        stage = max((depth.get(name, 0) for name in reads(node, model.graph)), default=0)
         found: Layer | NoMatch | None = None
         if is_onnx_op(node, *LAYERS):
             found = _find_layer(node, node.name or f"{node.op_type}#{index}", options, teacher)
@@ -249,7 +251,8 @@ def plan(model: ir.Model, options: Selection, teacher: TeacherPoints) -> tuple[l
         elif isinstance(found, NoMatch):
             skipped[node.name or f"{node.op_type}#{index}"] = found.reason
         for output in node.outputs:
-            depth[output] = stage
+            if output.name:
+                depth[output.name] = stage
     return layers, skipped
 
 
