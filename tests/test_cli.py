@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,9 +32,11 @@ def test_readme_run_command_works(tmp_path: Path) -> None:
     """The README's main command runs as written (minus the pip install this venv already did)."""
     commands = [c[c.index("onnxshrink run") :] for c in _readme_commands() if "onnxshrink run" in c]
     assert commands, "README lost its 'onnxshrink run' example"
+    # The console script installed beside this interpreter, also when its venv is not activated.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for command in commands:
         command = command.replace("/tmp/", f"{tmp_path}/")
-        result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert set(report) >= {"input", "output", "passes", "pipeline", "verification", "exact", "seconds"}
