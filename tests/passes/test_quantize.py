@@ -831,3 +831,50 @@ def test_opset_is_raised_only_where_no_op_changes_meaning(opset: int, node: str,
     raised = raise_opset(graph, target)
     assert raised is not None and raised.startswith(f"{opset}->{target}") and graph.opset_imports[""] == target
     assert raise_opset(graph, target) is None and graph.ir_version == (10 if target >= 21 else 8)
+
+
+# A fused hard-swish between two Convs, as `cleanup` leaves it: x * HardSigmoid(x, 1/6, 0.5)
+# below opset 14, HardSwish from 14.
+FUSED_HARDSWISH = {
+    13: """g (float[N, 8, 8, 8] x) => (float[N, 8, 8, 8] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+        h = HardSigmoid <alpha = 0.16666667, beta = 0.5> (a)
+        s = Mul(a, h)
+        y = Conv <pads = [1, 1, 1, 1]> (s, W2, B2)
+    }""",
+    14: """g (float[N, 8, 8, 8] x) => (float[N, 8, 8, 8] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+        s = HardSwish(a)
+        y = Conv <pads = [1, 1, 1, 1]> (s, W2, B2)
+    }""",
+}
+
+
+@pytest.mark.parametrize("opset", sorted(FUSED_HARDSWISH))
+def test_a_fused_hardswish_between_int8_layers_runs_int8_and_one_left_float_stays_fused(
+    opset: int, tmp_path: Path
+) -> None:
+    """Written out for the plan (QLinearAdd/QLinearMul between int8 Convs); fused again where it stays float."""
+    weights = {"W1": (8, 8, 3, 3), "B1": (8,), "W2": (8, 8, 3, 3), "B2": (8,)}
+    model = _model(FUSED_HARDSWISH[opset], weights, opset=opset)
+    calib = _calib({"x": (1, 8, 8, 8)}, samples=32)
+    result = run_pass(model, "quantize:keep-slow-float=false", calibration=calib)
+    out, stats = result.model, result.stats
+    assert stats["hard_swish"] == {"written_out": 1, "fused_again": 0}
+    ops = _optimized(out, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["QLinearMul"] == 2, ops
+    assert ops["HardSigmoid"] == ops["HardSwish"] == ops["Mul"] == ops["Div"] == 0, ops
+    feed = {"x": np.random.default_rng(5).standard_normal((4, 8, 8, 8)).astype(np.float32)}
+    assert _close_to_float(model, out, feed) > 0.995
+
+    # The second Conv kept float: the chain has no int8 neighbour after it and runs fused as it came.
+    second_conv = "Conv#3" if opset < 14 else "Conv#2"  # the model's own positions, not the written-out chain's
+    result = run_pass(model, f"quantize:keep-slow-float=false,exclude={second_conv}", calibration=calib)
+    out, stats = result.model, result.stats
+    assert stats["hard_swish"] == {"written_out": 1, "fused_again": 1}
+    fused = [
+        n.op_type for n in out.graph.node if n.op_type in ("HardSigmoid", "HardSwish", "Mul", "Add", "Clip", "Div")
+    ]
+    assert fused == (["HardSwish"] if opset >= 14 else ["HardSigmoid", "Mul"])
+    assert not [i.name for i in out.graph.initializer if i.name.endswith(("/three", "/six", "/zero", "/six_div"))]
+    assert _close_to_float(model, out, feed) > 0.995

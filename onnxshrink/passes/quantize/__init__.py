@@ -16,13 +16,14 @@ from onnxshrink.activations import KeptBatches, capture, release_freed_memory
 from onnxshrink.data.samples import batch_samples
 from onnxshrink.errors import UsageError
 from onnxshrink.ir.constants import lift_weight_constants
-from onnxshrink.ir.graphs import graph_likes, is_onnx_op
+from onnxshrink.ir.graphs import graph_likes, is_onnx_op, taken_names
 from onnxshrink.passbase import NoMatch, ShrinkPass, ShrinkPassResult
 from onnxshrink.passes.quantize import bias_correction as bias_correction
 from onnxshrink.passes.quantize import budget as budget
 from onnxshrink.passes.quantize import calibrators as calibrators
 from onnxshrink.passes.quantize import equalize as equalize
 from onnxshrink.passes.quantize import gptq as gptq
+from onnxshrink.passes.quantize import hard_swish as hard_swish
 from onnxshrink.passes.quantize import int8_rounding as int8_rounding
 from onnxshrink.passes.quantize import kernels as kernels
 from onnxshrink.passes.quantize import place as place
@@ -142,7 +143,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        when all their inputs are int8 already and an int8 kernel reads their output; no Q/DQ is
        put around ops without an integer kernel. An Add/Mul may take one one-element constant
        operand, and a Div a one-element constant divisor (run as a Mul by its reciprocal): the
-       constant is stored as one u8/s8 level (QLinearAdd/QLinearMul).
+       constant is stored as one u8/s8 level (QLinearAdd/QLinearMul). A fused hard-swish
+       (``HardSwish``, or ``x * HardSigmoid(x, 1/6, 0.5)``) is planned written out as
+       ``x * Clip(x + 3, 0, 6) / 6`` so that this applies to it, and fused again where it stays
+       float (``hard_swish`` in the stats: ``written_out``, ``fused_again``).
     7. ``target=tensorrt``: symmetric s8, zero points 0, float bias, Q/DQ only on the inputs of
        layers (no output Q); an Add fed by a quantized layer gets Q/DQ on its other (residual)
        input; GEMMs with K or N < 16 and convolutions with < 16 channels (unless the first, or
@@ -521,6 +525,8 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         unique_value_names(float_model)
         read_outer_values_locally(float_model, placement.TRT_LAYERS)
         opset_raised = raise_opset(float_model, opset)
+        # A fused hard-swish has no int8 kernel: written out, rule 7b can run it between int8 layers.
+        chains = hard_swish.expand(float_model, taken_names(float_model)) if options.target == "ort-cpu" else []
         timings: dict[str, float] = {}
         smoothed, equalized, pending = self._float_methods(float_model, timings)
         plan, collector, budget_stats, calibrator_choice, kept = self._static_plan(float_model, timings, pending)
@@ -547,6 +553,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             timings["bias_correction"] = time.perf_counter() - started
         candidate = float_model.clone()
         counts = rewrite.apply_plan(candidate, plan, options.weight_bits, rounded)
+        refused = hard_swish.refuse(candidate, chains)  # the ones left float run fused again
         # The float weights the candidate no longer reads go before the tables are quantized: the
         # smoothed ones are held by nothing else (BERT-base: 324 MB, else beside the tables' peak).
         # The graph's nodes and values reference each other: only the cycle collector frees them.
@@ -583,6 +590,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             "smooth": smoothed,
             "equalize": equalized,
             "rounding": rounding,
+            "hard_swish": {"written_out": len(chains), "fused_again": refused} if chains else None,
             **counts,
         }
         keep = counts["q_nodes"] + counts["weights_quantized"] > 0
