@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import bare_search
 
 import onnxshrink
 from onnxshrink.autotune import allocate
@@ -16,8 +17,7 @@ from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.items import ItemMeasure
 from onnxshrink.autotune.profile import INT4_BLOCKS, Profile, Setting, Unit, int4_block, profile
 from onnxshrink.autotune.recipe import Knobs, candidate_specs, to_toml
-from onnxshrink.autotune.search import Scope, Search, Settings
-from onnxshrink.autotune.study import TrialJournal
+from onnxshrink.autotune.search import Scope, Search
 from onnxshrink.data.readers import open_samples
 from onnxshrink.executors import LocalExecutor
 from onnxshrink.spec import load_recipe, make_spec
@@ -155,26 +155,7 @@ def test_scope_reads_the_chosen_settings(blocks) -> None:  # type: ignore[no-unt
 
 
 def _search(tmp_path: Path, goal: Goal) -> Search:
-    settings = Settings(
-        model="m.onnx",
-        calibration=None,
-        evaluation="e.npz",
-        provider="cpu",
-        batch=1,
-        seed=0,
-        max_trials=4,
-        workers=1,
-        deadline=float("inf"),
-        trial_timeout=60.0,
-        trial_memory=None,
-        reference_macs=1000,
-        reference_size=1000,
-        metric=None,
-        metric_reference=None,
-        folder=tmp_path,
-        sys_path=(),
-    )
-    return Search(goal, Profile(1000, 1000, [], 0.0, []), settings, TrialJournal(tmp_path, "s", resume=False), None)
+    return bare_search(tmp_path, goal, Profile(1000, 1000, [], 0.0, []))
 
 
 def test_a_size_target_met_past_the_budget_moves_the_size_cap_out(tmp_path: Path) -> None:

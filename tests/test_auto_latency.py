@@ -14,6 +14,7 @@ import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
 import pytest
+from helpers import bare_search
 
 import onnxshrink
 from onnxshrink.api import shrink
@@ -21,8 +22,7 @@ from onnxshrink.autotune.allocate import Point
 from onnxshrink.autotune.goal import Goal
 from onnxshrink.autotune.latency_model import LatencyTable, attribute, fold_added, measure_table, timing_feed
 from onnxshrink.autotune.profile import Profile, VariantBuilder, channel_spec
-from onnxshrink.autotune.search import Search, Settings
-from onnxshrink.autotune.study import TrialJournal
+from onnxshrink.autotune.search import Search
 from onnxshrink.data.readers import open_samples
 from onnxshrink.latency import node_times
 from onnxshrink.runtime import model_source
@@ -158,28 +158,8 @@ def test_min_speedup_study_measures_and_judges_the_speedup(tmp_path: Path, conv_
 
 
 def _search(tmp_path: Path, goal: Goal) -> Search:
-    settings = Settings(
-        model="m.onnx",
-        calibration=None,
-        evaluation="e.npz",
-        provider="cpu",
-        batch=1,
-        seed=0,
-        max_trials=4,
-        workers=1,
-        deadline=float("inf"),
-        trial_timeout=60.0,
-        trial_memory=None,
-        reference_macs=1000,
-        reference_size=1000,
-        metric=None,
-        metric_reference=None,
-        folder=tmp_path,
-        sys_path=(),
-    )
     table = LatencyTable({"float": 1.0}, {"float": {"conv": 1.0}}, 0.0, {})
-    profile = Profile(1000, 1000, [], 0.0, [], latency=table)
-    return Search(goal, profile, settings, TrialJournal(tmp_path, "s", resume=False), None)
+    return bare_search(tmp_path, goal, Profile(1000, 1000, [], 0.0, [], latency=table))
 
 
 def test_measured_speedups_move_the_latency_cap_both_ways(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from one another; fixtures built on these live in ``conftest.py``.
 * :mod:`helpers.real_models`: real third-party models, :data:`REAL_MODELS`, :func:`fetch` and
   :func:`real_model_feed`, speech-like audio and silero-vad's streaming calls
   (:func:`speech_like_audio`, :func:`silero_stream`); :mod:`helpers.wheel_cache` keeps their files.
+* :mod:`helpers.search`: :func:`bare_search`, an ``auto`` search over a hand-made profile.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .real_models import (
     speech_like_audio,
 )
 from .running import PassLike, PassRegistrations, PassRun, assert_exact_change, run_pass
+from .search import bare_search
 
 __all__ = [
     "ATOL",
@@ -83,6 +85,7 @@ __all__ = [
     "assert_exact_change",
     "assert_outputs_close",
     "assert_same_signature",
+    "bare_search",
     "cache_dir",
     "fetch",
     "get_real_model",

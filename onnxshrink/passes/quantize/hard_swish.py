@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.ir.graphs import is_onnx_op, take_over_output
+from onnxshrink.ir.graphs import add_initializer, fresh_name, is_onnx_op, take_over_output
 from onnxshrink.passes.quantize.plan import ADDED_NODE
 
 _SIXTH = float(np.float32(1.0) / np.float32(6.0))
@@ -56,13 +56,6 @@ def _hard_swish(node: ir.Node) -> tuple[ir.Value, ir.Node | None] | None:
     return None
 
 
-def _scalar(graph: ir.Graph, name: str, number: float) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.FLOAT))
-    value.const_value = ir.Tensor(np.array(number, np.float32), name=name)
-    graph.register_initializer(value)
-    return value
-
-
 def expand(model: ir.Model, taken: set[str]) -> list[Expanded]:
     """Writes each float32 hard-swish of the main graph out as ``x * Clip(x + 3, 0, 6) / 6``.
 
@@ -88,18 +81,20 @@ def expand(model: ir.Model, taken: set[str]) -> list[Expanded]:
         x, sigmoid = match
         original = (node.name, None if sigmoid is None else sigmoid.name)
         base = node.name or node.outputs[0].name or "hard_swish"
-        three, zero, six, six_div = (_scalar(graph, _fresh(f"{base}/{c}", taken), n) for c, n in _CONSTANTS)
+        three, zero, six, six_div = (
+            add_initializer(graph, taken, f"{base}/{c}", np.array(n, np.float32)) for c, n in _CONSTANTS
+        )
         add = _added("Add", [x, three], f"{base}/add", x, taken)
         if sigmoid is None:
             clip = _added("Clip", [add.outputs[0], zero, six], f"{base}/clip", x, taken)
             graph.insert_before(node, [add, clip])
         else:  # the HardSigmoid becomes the Clip, in its place
             clip = sigmoid
-            _rewrite(clip, "Clip", [add.outputs[0], zero, six], clip.name or _fresh(f"{base}/clip", taken))
+            _rewrite(clip, "Clip", [add.outputs[0], zero, six], clip.name or fresh_name(taken, f"{base}/clip"))
             graph.insert_before(clip, add)
         product = _added("Mul", [x, clip.outputs[0]], f"{base}/mul", x, taken)
         graph.insert_before(node, product)
-        _rewrite(node, "Div", [product.outputs[0], six_div], node.name or _fresh(f"{base}/scale", taken))
+        _rewrite(node, "Div", [product.outputs[0], six_div], node.name or fresh_name(taken, f"{base}/scale"))
         names = (str(add.name), str(clip.name), str(product.name), str(node.name))
         found.append(Expanded(names, fused=sigmoid is None, original=original))
     return found
@@ -147,9 +142,9 @@ def refuse(model: ir.Model, chains: list[Expanded]) -> int:
 
 def _added(op_type: str, inputs: list[ir.Value], name: str, like: ir.Value, taken: set[str]) -> ir.Node:
     """A new node of the chain, marked as added, its output typed and shaped like ``like``."""
-    node = ir.node(op_type, inputs, name=_fresh(name, taken))
+    node = ir.node(op_type, inputs, name=fresh_name(taken, name))
     node.meta[ADDED_NODE] = True
-    node.outputs[0].name = _fresh(f"{name}_out", taken)
+    node.outputs[0].name = fresh_name(taken, f"{name}_out")
     node.outputs[0].type, node.outputs[0].shape = like.type, like.shape
     return node
 
@@ -169,12 +164,3 @@ def _float_types(graph: ir.Graph) -> set[ir.DataType]:
     values = [*graph.inputs, *graph.outputs, *graph.initializers.values()]
     values += [v for node in graph for v in node.outputs]
     return {v.dtype for v in values if v.dtype is not None and v.dtype.is_floating_point()}
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, index = name, 0
-    while candidate in taken:
-        index += 1
-        candidate = f"{name}_{index}"
-    taken.add(candidate)
-    return candidate
