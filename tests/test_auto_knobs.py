@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import bare_search
+from helpers import DIGITS, DIGITS_CALIB, DIGITS_TEST, bare_search
 
 import onnxshrink
 from onnxshrink.autotune import allocate
@@ -22,10 +22,7 @@ from onnxshrink.data.readers import open_samples
 from onnxshrink.executors import LocalExecutor
 from onnxshrink.spec import load_recipe, make_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "models" / "digits_calib.npz"
-EVAL = ROOT / "models" / "digits_test.npz"
+MODEL, CALIB, EVAL = DIGITS, DIGITS_CALIB, DIGITS_TEST
 
 
 @pytest.fixture(scope="module")
