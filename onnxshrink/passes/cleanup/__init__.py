@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from onnxshrink.ir.activations import hard_swish_nodes
 from onnxshrink.ir.constants import constant_array
 from onnxshrink.ir.graphs import (
     graph_likes,
@@ -146,19 +147,12 @@ def _form_hard_swish(node: ir.Node, decision: FormHardSwish, facts: Facts) -> bo
     graph = node.graph
     if graph is None or len(node.outputs) != 1:
         return False
-    if decision.fused:
-        new = ir.node("HardSwish", [decision.x])
-        graph.insert_before(node, new)
-    else:
-        alpha = ir.AttrFloat32("alpha", float(np.float32(1.0) / np.float32(6.0)))
-        sigmoid = ir.node("HardSigmoid", [decision.x], attributes={"alpha": alpha, "beta": ir.AttrFloat32("beta", 0.5)})
-        new = ir.node("Mul", [decision.x, sigmoid.outputs[0]])
-        graph.insert_before(node, [sigmoid, new])
-        sigmoid.name = f"{node.name}_hardsigmoid" if node.name else None
-    facts.carry_over(node.outputs[0], new.outputs[0])
-    take_over_output(node.outputs[0], new.outputs[0])
+    gate_name = f"{node.name}_hardsigmoid" if node.name else None
+    new = hard_swish_nodes(decision.x, fused=decision.fused, name=node.name, gate_name=gate_name)
+    graph.insert_before(node, new)
+    facts.carry_over(node.outputs[0], new[-1].outputs[0])
+    take_over_output(node.outputs[0], new[-1].outputs[0])
     graph.remove(node, safe=True)
-    new.name = node.name
     return True
 
 

@@ -16,9 +16,9 @@ value feeds the pattern alone, so no node is computed twice.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.activations import SIXTH, is_sixth_hard_sigmoid
 from onnxshrink.passes.cleanup.rules import (
     RULES,
     Decision,
@@ -32,12 +32,11 @@ from onnxshrink.passes.cleanup.rules import (
     unknown,
 )
 
-_SIXTH = float(np.float32(1.0) / np.float32(6.0))
-_HARD_SIGMOID = (ir.AttrFloat32("alpha", _SIXTH), ir.AttrFloat32("beta", 0.5))
+_HARD_SIGMOID = (ir.AttrFloat32("alpha", SIXTH), ir.AttrFloat32("beta", 0.5))
 
 
 def _is(value: ir.Value | None, number: float, context: RuleContext) -> bool:
-    """A one-element constant equal to ``number`` that cannot enlarge the other operand's shape."""
+    """A one-element float constant equal to ``number`` (whether it keeps x's rank is checked apart)."""
     array = context.facts.constant(value, max_elements=1)
     return array is not None and array.size == 1 and array.dtype.kind == "f" and float(array.reshape(-1)[0]) == number
 
@@ -52,7 +51,7 @@ def _scaled_by_sixth(node: ir.Node, context: RuleContext) -> tuple[ir.Value, ir.
     if node.op_type == "Div":
         return (first, second) if _is(second, 6.0, context) else None
     for value, scale in ((first, second), (second, first)):
-        if _is(scale, _SIXTH, context):
+        if _is(scale, SIXTH, context):
             return value, scale
     return None
 
@@ -125,8 +124,7 @@ def hard_swish_of_hard_sigmoid(node: ir.Node, context: RuleContext) -> Decision 
         sigmoid = producer(sigmoid_value, "HardSigmoid")
         if sigmoid is None or sigmoid_value is None or x is None or not feeds_only(sigmoid_value):
             continue
-        alpha, beta = sigmoid.attributes.get("alpha"), sigmoid.attributes.get("beta")
-        if alpha is None or beta is None or alpha.value != _SIXTH or beta.value != 0.5:
+        if not is_sixth_hard_sigmoid(sigmoid):
             continue
         if sigmoid.inputs and sigmoid.inputs[0] is x:
             return _float32_keeping_shape(x, (), context) or Replace("HardSwish", (x,), (), "hardswish_formed")

@@ -18,10 +18,10 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onnxshrink.ir.activations import hard_swish_nodes, is_sixth_hard_sigmoid
 from onnxshrink.ir.graphs import add_initializer, fresh_name, is_onnx_op, take_over_output
 from onnxshrink.passes.quantize.plan import ADDED_NODE
 
-_SIXTH = float(np.float32(1.0) / np.float32(6.0))
 _STEPS = ("add", "clip", "mul")  # the chain's added nodes, before its last (the ``/ 6``)
 _CONSTANTS = (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("six_div", 6.0))
 
@@ -35,11 +35,6 @@ class Expanded:
     original: tuple[str | None, str | None]  # the names the model gave its last node and its HardSigmoid
 
 
-def _is_sixth_sigmoid(node: ir.Node) -> bool:
-    alpha, beta = node.attributes.get("alpha"), node.attributes.get("beta")
-    return alpha is not None and beta is not None and alpha.value == _SIXTH and beta.value == 0.5
-
-
 def _hard_swish(node: ir.Node) -> tuple[ir.Value, ir.Node | None] | None:
     """``(x, HardSigmoid node or None)`` when ``node`` is ``HardSwish(x)`` or ``x * HardSigmoid(x, 1/6, 0.5)``."""
     if is_onnx_op(node, "HardSwish") and node.inputs and node.inputs[0] is not None:
@@ -51,7 +46,7 @@ def _hard_swish(node: ir.Node) -> tuple[ir.Value, ir.Node | None] | None:
         if sigmoid is None or x is None or not is_onnx_op(sigmoid, "HardSigmoid") or sigmoid.graph is not node.graph:
             continue
         single = len(gate.uses()) == 1 and not gate.is_graph_output()  # type: ignore[union-attr]
-        if single and sigmoid.inputs and sigmoid.inputs[0] is x and _is_sixth_sigmoid(sigmoid):
+        if single and sigmoid.inputs and sigmoid.inputs[0] is x and is_sixth_hard_sigmoid(sigmoid):
             return x, sigmoid
     return None
 
@@ -114,10 +109,11 @@ def refuse(model: ir.Model, chains: list[Expanded]) -> int:
         if add is None or clip is None or product is None or last is None:
             continue
         x = add.inputs[0]
+        if x is None:
+            continue
         constants = (add.inputs[1], *clip.inputs[1:], last.inputs[1])
         float_chain = (
             all(is_onnx_op(n, op) for n, op in ((add, "Add"), (clip, "Clip"), (product, "Mul"), (last, "Div")))
-            and x is not None
             and list(product.inputs) == [x, clip.outputs[0]]
             and clip.inputs[0] is add.outputs[0]
             and last.inputs[0] is product.outputs[0]
@@ -126,13 +122,8 @@ def refuse(model: ir.Model, chains: list[Expanded]) -> int:
         )
         if not float_chain:
             continue
-        last_name, sigmoid_name = chain.original
-        if chain.fused:
-            new = [ir.node("HardSwish", [x], name=last_name)]
-        else:
-            attributes = {"alpha": ir.AttrFloat32("alpha", _SIXTH), "beta": ir.AttrFloat32("beta", 0.5)}
-            sigmoid = ir.node("HardSigmoid", [x], attributes=attributes, name=sigmoid_name)
-            new = [sigmoid, ir.node("Mul", [x, sigmoid.outputs[0]], name=last_name)]
+        last_name, gate_name = chain.original
+        new = hard_swish_nodes(x, fused=chain.fused, name=last_name, gate_name=gate_name)
         graph.insert_before(add, new)
         take_over_output(last.outputs[0], new[-1].outputs[0])
         graph.remove([last, product, clip, add], safe=True)
