@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from onnxshrink.ir.activations import SIXTH, is_sixth_hard_sigmoid
+from onnxshrink.ir.activations import SIXTH, times_hard_sigmoid
 from onnxshrink.passes.cleanup.rules import (
     RULES,
     Decision,
@@ -118,14 +118,8 @@ def hard_sigmoid_or_swish(node: ir.Node, context: RuleContext) -> Decision | NoM
 @RULES.register("Mul", since=14)
 def hard_swish_of_hard_sigmoid(node: ir.Node, context: RuleContext) -> Decision | NoMatch:
     """``x * HardSigmoid(x, alpha=1/6, beta=0.5)`` -> ``HardSwish(x)``."""
-    if len(node.inputs) != 2:
-        return NoMatch("needs two inputs")
-    for sigmoid_value, x in (node.inputs, tuple(reversed(node.inputs))):
-        sigmoid = producer(sigmoid_value, "HardSigmoid")
-        if sigmoid is None or sigmoid_value is None or x is None or not feeds_only(sigmoid_value):
-            continue
-        if not is_sixth_hard_sigmoid(sigmoid):
-            continue
-        if sigmoid.inputs and sigmoid.inputs[0] is x:
-            return _float32_keeping_shape(x, (), context) or Replace("HardSwish", (x,), (), "hardswish_formed")
-    return NoMatch("not x * HardSigmoid(x, 1/6, 0.5)")
+    found = times_hard_sigmoid(node)
+    if found is None:
+        return NoMatch("not x * HardSigmoid(x, 1/6, 0.5)")
+    x = found[0]
+    return _float32_keeping_shape(x, (), context) or Replace("HardSwish", (x,), (), "hardswish_formed")

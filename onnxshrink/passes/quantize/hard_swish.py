@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxshrink.ir.activations import hard_swish_nodes, is_sixth_hard_sigmoid
+from onnxshrink.ir.activations import hard_swish_nodes, times_hard_sigmoid
 from onnxshrink.ir.graphs import add_initializer, fresh_name, is_onnx_op, take_over_output
 from onnxshrink.passes.quantize.plan import ADDED_NODE
 
@@ -39,16 +39,7 @@ def _hard_swish(node: ir.Node) -> tuple[ir.Value, ir.Node | None] | None:
     """``(x, HardSigmoid node or None)`` when ``node`` is ``HardSwish(x)`` or ``x * HardSigmoid(x, 1/6, 0.5)``."""
     if is_onnx_op(node, "HardSwish") and node.inputs and node.inputs[0] is not None:
         return node.inputs[0], None
-    if not is_onnx_op(node, "Mul") or len(node.inputs) != 2:
-        return None
-    for gate, x in (node.inputs, tuple(reversed(node.inputs))):
-        sigmoid = gate.producer() if gate is not None else None
-        if sigmoid is None or x is None or not is_onnx_op(sigmoid, "HardSigmoid") or sigmoid.graph is not node.graph:
-            continue
-        single = len(gate.uses()) == 1 and not gate.is_graph_output()  # type: ignore[union-attr]
-        if single and sigmoid.inputs and sigmoid.inputs[0] is x and is_sixth_hard_sigmoid(sigmoid):
-            return x, sigmoid
-    return None
+    return times_hard_sigmoid(node)
 
 
 def expand(model: ir.Model, taken: set[str]) -> list[Expanded]:
