@@ -27,6 +27,27 @@ DIGITS = MODELS / "digits_cnn.onnx"
 DIGITS_CALIB = MODELS / "digits_calib.npz"
 DIGITS_TEST = MODELS / "digits_test.npz"
 
+# Graphs in ONNX text that several test modules build with weights of their own.
+LAYERNORM_MLP = """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
+    n = LayerNormalization <axis = -1> (x, gamma, beta)
+    h = MatMul (n, W1)
+    r = Relu (h)
+    y = MatMul (r, W2)
+}"""
+"""LayerNorm -> MatMul -> Relu -> MatMul; initializers ``gamma``, ``beta`` [64], ``W1`` [64, K], ``W2`` [K, 64]."""
+
+IF_READS_MAIN_RELU = """g (float[N, 16] x) => (float[N, 16] y) {
+    h = MatMul(x, W1)
+    r = Relu(h)
+    total = ReduceSum <keepdims = 0> (x)
+    c = Greater(total, Zero)
+    y = If(c) <
+        then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
+        else_branch = e () => (float[N, 16] b) { b = Identity(r) }
+    >
+}"""
+"""An If whose then branch's MatMul reads the main graph's Relu output; ``W1``, ``W2`` [16, 16], scalar ``Zero``."""
+
 OPSET = 17
 IR_VERSION = 8
 

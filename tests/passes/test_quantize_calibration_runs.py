@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import parse_model, run_pass
+from helpers import LAYERNORM_MLP, parse_model, run_pass
 
 import onnxshrink.passes.quantize as quantize_package
 from onnxshrink.activations import KeptBatches
@@ -132,12 +132,7 @@ def _smoothed_model() -> onnx.ModelProto:
     gamma = np.ones(64, np.float32)
     gamma[[3, 17]] = 40.0  # outlier channels, as in trained transformers' LayerNorms
     return parse_model(
-        """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
-            n = LayerNormalization <axis = -1> (x, gamma, beta)
-            h = MatMul (n, W1)
-            r = Relu (h)
-            y = MatMul (r, W2)
-        }""",
+        LAYERNORM_MLP,
         initializers={
             "gamma": gamma,
             "beta": (rng.standard_normal(64) * 0.1).astype(np.float32),

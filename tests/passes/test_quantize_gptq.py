@@ -10,7 +10,7 @@ import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
 import pytest
-from helpers import OnceReader, parse_model, run, run_pass, run_unfused
+from helpers import IF_READS_MAIN_RELU, OnceReader, parse_model, run, run_pass, run_unfused
 
 from onnxshrink.errors import PassFailure, UsageError
 from onnxshrink.passes.quantize import gptq, int8_rounding
@@ -317,16 +317,7 @@ def test_static_gptq_leaves_a_shared_weight_to_nearest_rounding_with_the_reason(
 
 
 def test_static_gptq_rounds_main_graph_layers_and_names_body_layers_left_nearest() -> None:
-    body = """g (float[N, 16] x) => (float[N, 16] y) {
-        h = MatMul(x, W1)
-        r = Relu(h)
-        total = ReduceSum <keepdims = 0> (x)
-        c = Greater(total, Zero)
-        y = If(c) <
-            then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
-            else_branch = e () => (float[N, 16] b) { b = Identity(r) }
-        >
-    }"""
+    body = IF_READS_MAIN_RELU
     rng = np.random.default_rng(1)
     weights = {"W1": rng.standard_normal((16, 16)), "W2": rng.standard_normal((16, 16)), "Zero": np.array(0.0)}
     model = parse_model(body, initializers={k: v.astype(np.float32) for k, v in weights.items()})

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import OnceReader, assert_close, op_counts, parse_model, run, run_pass, run_unfused
+from helpers import LAYERNORM_MLP, OnceReader, assert_close, op_counts, parse_model, run, run_pass, run_unfused
 
 from onnxshrink.errors import UsageError
 from onnxshrink.passes.quantize import equalize, rewrite, smooth
@@ -155,12 +155,7 @@ def test_smooth_auto_leaves_an_input_alone_when_no_strength_lowers_the_error() -
 def test_smooth_auto_leaves_an_input_that_is_int8_already_alone() -> None:
     rng = np.random.default_rng(0)
     model = parse_model(
-        """g (float[N, 8, 64] x) => (float[N, 8, 64] y) {
-            n = LayerNormalization <axis = -1> (x, gamma, beta)
-            h = MatMul (n, W1)
-            r = Relu (h)
-            y = MatMul (r, W2)
-        }""",
+        LAYERNORM_MLP,
         initializers={
             "gamma": np.where(np.arange(64) == 5, 40.0, 1.0).astype(np.float32),
             "beta": np.zeros(64, np.float32),

@@ -12,7 +12,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import REAL_MODELS, OnceReader, fetch, parse_model, run, run_pass, silero_stream, speech_like_audio
+from helpers import (
+    IF_READS_MAIN_RELU,
+    REAL_MODELS,
+    OnceReader,
+    fetch,
+    parse_model,
+    run,
+    run_pass,
+    silero_stream,
+    speech_like_audio,
+)
 
 UNREACHED = "no calibration sample ran this body (an If branch not taken, or a loop never run)"
 
@@ -129,16 +139,7 @@ def test_a_branch_no_sample_took_stays_float_with_the_reason(tmp_path: Path) -> 
 
 def test_a_subgraph_reading_a_main_graph_activation_keeps_the_main_graph_quantized() -> None:
     """The then branch's MatMul reads the main graph's Relu output: a local copy is quantized in the branch."""
-    body = """g (float[N, 16] x) => (float[N, 16] y) {
-        h = MatMul(x, W1)
-        r = Relu(h)
-        total = ReduceSum <keepdims = 0> (x)
-        c = Greater(total, Zero)
-        y = If(c) <
-            then_branch = t () => (float[N, 16] a) { a = MatMul(r, W2) },
-            else_branch = e () => (float[N, 16] b) { b = Identity(r) }
-        >
-    }"""
+    body = IF_READS_MAIN_RELU
     weights = {**_weights({"W1": (16, 16), "W2": (16, 16)}), "Zero": np.array(0.0, np.float32)}
     model = parse_model(body, initializers=weights)
     rng = np.random.default_rng(1)
