@@ -119,9 +119,9 @@ POOL_CONCAT_HEAD = (
         "Ba": (16,),
         "Wb": (16, 8, 1, 1),
         "Bb": (16,),
-        "Wc": (32, 32, 3, 3),
-        "Bc": (32,),
-        "Wf": (10, 32),
+        "Wc": (64, 32, 3, 3),
+        "Bc": (64,),
+        "Wf": (10, 64),  # K = 64: at least rule 2c's multiply-adds per converted (output) value
         "Bf": (10,),
     },
     {"x": (1, 8, 8, 8)},
@@ -181,6 +181,104 @@ def test_maxpool_and_flatten_pass_int8_through_with_the_same_qparams(tmp_path: P
     ops = _optimized(out, tmp_path)
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 0, ops  # input Q only; QGemm outputs float
     assert ops["MaxPool"] == 1 and ops["Flatten"] == 1  # on uint8 now
+
+
+def _layout_optimized(model: onnx.ModelProto, tmp_path: Path) -> onnx.ModelProto:
+    """ORT's optimized model at the layout level (CPU), where channels-last kernels appear."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "layout.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(tmp_path / "layout.onnx")
+
+
+def _pool_reads(model: onnx.ModelProto, pool: str) -> str:
+    """The op type making the input of the one node of type ``pool``."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    (node,) = [n for n in model.graph.node if n.op_type == pool]
+    return producers[node.input[0]].op_type
+
+
+CONV_RELU_POOL_CONV = (
+    """g (float[N, 8, 8, 8] x) => (float[N, 16, 4, 4] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+        r = Relu(c)
+        p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (r)
+        y = Conv <pads = [1, 1, 1, 1]> (p, W2, B2)
+    }""",
+    {"W1": (16, 8, 3, 3), "B1": (16,), "W2": (16, 16, 3, 3), "B2": (16,)},
+    {"x": (1, 8, 8, 8)},
+)
+
+
+def test_maxpool_after_an_int8_conv_runs_channels_last(tmp_path: Path) -> None:
+    """Rule 6b: after a QLinearConv (its Relu folded) onnxruntime runs the uint8 MaxPool as NhwcMaxPool."""
+    body, weights, inputs = CONV_RELU_POOL_CONV
+    out = run_pass(_model(body, weights), "quantize", calibration=_calib(inputs)).model
+    ops = op_counts(_layout_optimized(out, tmp_path))
+    assert ops["NhwcMaxPool"] == 1 and ops["MaxPool"] == 0 and ops["QLinearConv"] == 2, ops
+
+
+HARD_SWISH_POOL_HEAD = (  # PP-OCR cls's head
+    """g (float[N, 8, 8, 8] x) => (float[N, 10] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, Wa, Ba)
+        s = HardSwish(a)
+        p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (s)
+        g = GlobalAveragePool(p)
+        f = Flatten(g)
+        y = Gemm <transB = 1> (f, Wf, Bf)
+    }""",
+    {"Wa": (64, 8, 3, 3), "Ba": (64,), "Wf": (10, 64), "Bf": (10,)},
+    {"x": (1, 8, 8, 8)},
+)
+
+
+def test_maxpool_after_an_int8_hard_swish_runs_float_on_cpu(tmp_path: Path) -> None:
+    """Rule 6b: after the QLinearAdd/QLinearMul of a hard-swish onnxruntime runs a uint8 MaxPool
+    channels-first (slower than float with its DQ and Q), so with the speed rules it runs float."""
+    body, weights, inputs = HARD_SWISH_POOL_HEAD
+    model, calib = _model(body, weights), _calib(inputs)
+    result = run_pass(model, "quantize", calibration=calib)
+    layout = _layout_optimized(result.model, tmp_path)
+    ops = op_counts(layout)
+    assert ops["QLinearConv"] == 1 and ops["NhwcMaxPool"] == 0 and ops["QLinearMul"] == 0, ops
+    assert _pool_reads(layout, "MaxPool") not in ("QLinearMul", "QuantizeLinear")  # float in
+    assert result.stats["hard_swish"] == {"written_out": 1, "fused_again": 1}
+    feed = {name: value[:4] for name, value in calib.items()}
+    assert _close_to_float(model, result.model, feed) > 0.999
+    # Without the speed rules the head is int8, the MaxPool channels-first on uint8.
+    int8 = _layout_optimized(run_pass(model, "quantize:keep-slow-float=false", calibration=calib).model, tmp_path)
+    assert op_counts(int8)["NhwcMaxPool"] == 0 and _pool_reads(int8, "MaxPool") == "QLinearMul"
+
+
+RESIDUAL_AVERAGE_POOL = (  # PP-OCR rec's last block
+    """g (float[N, 8, 8, 8] x) => (float[N, 16, 4, 4] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, Wa, Ba)
+        b = Conv <pads = [1, 1, 1, 1]> (x, Wb, Bb)
+        s = Add(a, b)
+        p = AveragePool <kernel_shape = [2, 2], strides = [2, 2]> (s)
+        y = Conv <pads = [1, 1, 1, 1]> (p, Wc, Bc)
+    }""",
+    {"Wa": (16, 8, 3, 3), "Ba": (16,), "Wb": (16, 8, 3, 3), "Bb": (16,), "Wc": (16, 16, 3, 3), "Bc": (16,)},
+    {"x": (1, 8, 8, 8)},
+)
+
+
+def test_average_pool_and_the_add_before_it_stay_float_on_cpu(tmp_path: Path) -> None:
+    """Rule 7c: QLinearAveragePool is slower than the float pool with its DQ and Q, so the pool is
+    left out, and the Add before it, whose only reader it is, stays float too (rule 7)."""
+    body, weights, inputs = RESIDUAL_AVERAGE_POOL
+    model, calib = _model(body, weights), _calib(inputs)
+    result = run_pass(model, "quantize", calibration=calib)
+    assert "rule 7c" in result.stats["skipped"]["AveragePool#3"]
+    assert "rule 7)" in result.stats["skipped"]["Add#2"]
+    layout = _layout_optimized(result.model, tmp_path)
+    ops = op_counts(layout)
+    assert ops["QLinearAveragePool"] == 0 and ops["QLinearAdd"] == 0 and ops["QLinearConv"] == 3, ops
+    assert ops["AveragePool"] == 1  # float (NCHWc)
+    int8 = run_pass(model, "quantize:keep-slow-float=false", calibration=calib).model
+    int8_ops = op_counts(_layout_optimized(int8, tmp_path))
+    assert int8_ops["QLinearAveragePool"] == 1 and int8_ops["QLinearAdd"] == 1, int8_ops
 
 
 def test_int32_bias_has_scale_x_times_w_and_zero_point_zero() -> None:
@@ -633,7 +731,7 @@ def test_gathers_that_are_no_embedding_table_stay_float() -> None:
 
 
 ATTENTION = (
-    """g (float[N, 16, 32] x) => (float[N, 16, 32] y) {
+    """g (float[N, 16, 64] x) => (float[N, 16, 64] y) {
         q = MatMul(x, Wq)
         k = MatMul(x, Wk)
         v = MatMul(x, Wv)
@@ -643,8 +741,8 @@ ATTENTION = (
         attended = MatMul(probs, v)
         y = MatMul(attended, Wo)
     }""",
-    {"Wq": (32, 32), "Wk": (32, 32), "Wv": (32, 32), "Wo": (32, 32)},
-    {"x": (1, 16, 32)},
+    {"Wq": (64, 64), "Wk": (64, 64), "Wv": (64, 64), "Wo": (64, 64)},  # Wo: K = 64, at least rule 2c's 48
+    {"x": (1, 16, 64)},
 )
 
 

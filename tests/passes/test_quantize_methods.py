@@ -69,7 +69,8 @@ def _conv_model(seed: int = 0, bias: bool = True) -> onnx.ModelProto:
 def test_cpu_choice_sets_the_weight_range_in_the_written_model() -> None:
     calib = {"x": np.random.default_rng(1).standard_normal((8, 64, 4, 4)).astype(np.float32)}
     for cpu, limit in (("avx2", 63), ("vnni", 127)):
-        result = run_pass(_conv_model(), f"quantize:cpu={cpu}", calibration=calib)
+        # One 1x1 64->64 Conv alone: 32 multiply-adds per converted value, float under rule 2c.
+        result = run_pass(_conv_model(), f"quantize:cpu={cpu},keep-slow-float=false", calibration=calib)
         weights = [t for t in result.model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
         assert max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in weights) == limit
         assert result.stats["cpu"]["kind"] == cpu and result.stats["cpu"]["source"] == f"forced:{cpu}"
@@ -162,8 +163,9 @@ def test_bias_correction_removes_a_known_mean_shift(method: str) -> None:
     (reference,) = run(model, test)
     # Each weight rounds down by 0.45/127 (weight bits 8: cpu=vnni), inputs average 0.5: the mean
     # of every output channel drops by about 63 * 0.45/127 * 0.5 = 0.11.
-    plain = run_pass(model, "quantize:cpu=vnni,bias-correction=off", calibration=calib)
-    corrected = run_pass(model, f"quantize:cpu=vnni,bias-correction={method}", calibration=calib)
+    spec = "quantize:cpu=vnni,keep-slow-float=false"  # one 1x1 Conv alone: float under rule 2c
+    plain = run_pass(model, f"{spec},bias-correction=off", calibration=calib)
+    corrected = run_pass(model, f"{spec},bias-correction={method}", calibration=calib)
     (before,), (after,) = run_unfused(plain.model, test), run_unfused(corrected.model, test)
     shift_before = np.abs((before - reference).mean(axis=(0, 2, 3)))
     shift_after = np.abs((after - reference).mean(axis=(0, 2, 3)))

@@ -138,7 +138,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
        following Q's computed zero point is the type's minimum (it already clips at 0), and for
        Clip when its max is at least the Q's largest representable value.
     5. Data-movement ops (Reshape, Transpose, Flatten, MaxPool, Slice, ...) pass int8 through:
-       the Q before them takes the qparams of the int8 tensor after them.
+       the Q before them takes the qparams of the int8 tensor after them. With the ort-cpu speed
+       rules (``keep-slow-float``) a MaxPool does only after an int8 Conv (through Relu/Clip or
+       Concat), where onnxruntime runs it channels-last, and AveragePool stays float.
     6. Add, Mul, Concat, AveragePool, GlobalAveragePool, Sigmoid, LeakyRelu are quantized only
        when all their inputs are int8 already and an int8 kernel reads their output; no Q/DQ is
        put around ops without an integer kernel. An Add/Mul may take one one-element constant
@@ -185,7 +187,7 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         calibration runs again without the Loop/Scan body values, whose layers stay float.
     14. ``keep-slow-float`` (static ort-cpu, on by default): layers whose int8 kernel is slower
         than float on the CPU stay float, each with its reason (kernels.py: depthwise Conv, Conv
-        on a 1x1 spatial input, fewer than 32 multiply-adds per converted value). The CPU
+        on a 1x1 spatial input, fewer than 48 multiply-adds per converted value). The CPU
         profile is in the stats.
     15. ``bias-correction`` (``fast`` by default): each quantized Conv/Gemm's per-channel output
         mean shift is computed from its float inputs (``fast``) or measured by running both

@@ -22,6 +22,9 @@ they are deterministic and testable with a forced profile (``cpu=avx2|vnni``):
       reads the input] + N [a float op reads its output])``; each output needs K products):
       the conversions cost more than the int8 products save. Found on the calibrated plan, then
       the plan is made again without them, until none is left (at most 4 rounds).
+3. Pooling, under the same switch, decided by the placement (``plan.moves_int8``, rule 6b;
+   ``plan.SLOW_INT8_NEIGHBOURS``, rule 7c): onnxruntime's uint8 MaxPool is fast only
+   channels-last, and its QLinearAveragePool is slower than float either way.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ import onnx_ir as ir
 
 from onnxshrink.cpu import CpuProfile
 from onnxshrink.ir.graphs import is_onnx_op
-from onnxshrink.passes.quantize.plan import FOLDABLE, MOVES, ORT_LAYERS, GraphView, QuantPlan, layer_problem
+from onnxshrink.passes.quantize.plan import FOLDABLE, ORT_LAYERS, GraphView, QuantPlan, layer_problem, moves_int8
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
 
-# Rule 2c. PP-OCR cls: pointwise 16->88 (13.5) and 200->32 (27.6) were no faster in int8;
-# resnet18's smallest, the 1x1 downsample 64->128 (42.7), gains.
-MIN_MACS_PER_CONVERSION = 32.0
+# Rule 2c, measured against the simplified fp32 (its hard-swish fused into one kernel), AVX2 EPYC,
+# 2026-12-07, one thread, interleaved: PP-OCR cls's pointwise Convs at 32.0 left float took the
+# whole model from 0.94x to 1.02x fp32 at batch 1; PP-OCR rec's at 32.0 and 42.7, from 0.99x to
+# 1.06x at batch 32 (batch 1 within noise); magika's first Dense (51.2) ran as fast in int8 as in
+# float (1.50x fp32 either way). It was 32, set against the unfused cls.
+MIN_MACS_PER_CONVERSION = 48.0
 # Ops that keep the 1x1 spatial shape of a squeeze-excitation branch (rule 2b).
 _SHAPE_KEEPING = ("Relu", "Clip", "HardSigmoid", "Sigmoid", "HardSwish", "LeakyRelu", "Conv")
 
@@ -115,38 +121,43 @@ def slow_layers(model: ir.Model, profile: CpuProfile) -> dict[str, str]:
     return slow
 
 
-def _reads_int8(value: ir.Value, layers: set[int], depth: int = 0) -> bool:
-    """Whether a planned layer reads ``value``, directly or through data movement / a folded Relu."""
+def _passes_int8(node: ir.Node, planned: set[int]) -> bool:
+    """Whether ``node`` carries int8 through: data movement (rule 6b for a MaxPool) or a folded Relu/Clip."""
+    moves = moves_int8(node, lambda conv: id(conv) in planned) or is_onnx_op(node, *FOLDABLE)
+    return moves and bool(node.outputs)
+
+
+def _reads_int8(value: ir.Value, layers: set[int], planned: set[int], depth: int = 0) -> bool:
+    """Whether a layer of ``layers`` reads ``value``, directly or through data movement / a folded Relu."""
     for user, _ in value.uses():
         if id(user) in layers:
             return True
-        moves = depth < 8 and is_onnx_op(user, *MOVES, *FOLDABLE) and bool(user.outputs)
-        if moves and _reads_int8(user.outputs[0], layers, depth + 1):
+        if depth < 8 and _passes_int8(user, planned) and _reads_int8(user.outputs[0], layers, planned, depth + 1):
             return True
     return False
 
 
-def _int8_source(value: ir.Value, layers: set[int], depth: int = 0) -> bool:
-    """Whether ``value`` comes from a planned layer, through data movement / a folded Relu."""
+def _int8_source(value: ir.Value, layers: set[int], planned: set[int], depth: int = 0) -> bool:
+    """Whether ``value`` comes from a layer of ``layers``, through data movement / a folded Relu."""
     producer = value.producer()
     if producer is None or depth > 8:
         return False
     if id(producer) in layers:
         return True
-    if is_onnx_op(producer, *MOVES, *FOLDABLE) and producer.inputs and producer.inputs[0] is not None:
-        return _int8_source(producer.inputs[0], layers, depth + 1)
+    if _passes_int8(producer, planned) and producer.inputs and producer.inputs[0] is not None:
+        return _int8_source(producer.inputs[0], layers, planned, depth + 1)
     return False
 
 
-def _float_reader(value: ir.Value, layers: set[int], depth: int = 0) -> bool:
+def _float_reader(value: ir.Value, layers: set[int], planned: set[int], depth: int = 0) -> bool:
     """Whether a float op (or the graph output) reads ``value``, through data movement / a folded Relu."""
     if value.is_graph_output():
         return True
     for user, _ in value.uses():
         if id(user) in layers:
             continue
-        moves = depth < 8 and is_onnx_op(user, *MOVES, *FOLDABLE) and bool(user.outputs)
-        if not moves or _float_reader(user.outputs[0], layers, depth + 1):
+        moves = depth < 8 and _passes_int8(user, planned)
+        if not moves or _float_reader(user.outputs[0], layers, planned, depth + 1):
             return True
     return False
 
@@ -167,8 +178,10 @@ def converted_values(node: ir.Node, others: set[int]) -> tuple[int, int] | None:
     else:
         in_channels, out_channels = weight[0], weight[1]
     source = node.inputs[0]
-    input_int8 = source is not None and (_int8_source(source, others) or _reads_int8(source, others))
-    return (0 if input_int8 else in_channels), (out_channels if _float_reader(node.outputs[0], others) else 0)
+    planned = others | {id(node)}  # rule 6b asks whether a MaxPool's Conv is int8: this one is
+    input_int8 = source is not None and (_int8_source(source, others, planned) or _reads_int8(source, others, planned))
+    output_float = _float_reader(node.outputs[0], others, planned)
+    return (0 if input_int8 else in_channels), (out_channels if output_float else 0)
 
 
 def islands(model: ir.Model, plan: QuantPlan, profile: CpuProfile) -> dict[str, str]:

@@ -65,7 +65,8 @@ class QuantizeOptions:
     keep_slow_float: bool = option(
         True,
         "static ort-cpu: leave float the layers whose int8 kernel is slower than float on the "
-        "CPU (depthwise Conv, Conv on 1x1 inputs, < 32 multiply-adds per converted value)",
+        "CPU (depthwise Conv, Conv on 1x1 inputs, < 48 multiply-adds per converted value; "
+        "MaxPool not after an int8 Conv, AveragePool)",
     )
     bias_correction: Literal["off", "fast", "measured"] = option(
         "fast",

@@ -18,9 +18,9 @@ from onnxshrink.passes.quantize.plan import (
     ADDED_NODE,
     CONSTANT_OPERAND_OPS,
     FOLDABLE,
-    MOVES,
     NEIGHBOURS,
     ORT_LAYERS,
+    SLOW_INT8_NEIGHBOURS,
     TRT_LAYERS,
     TRT_MIN_CHANNELS,
     ActivationQ,
@@ -36,6 +36,7 @@ from onnxshrink.passes.quantize.plan import (
     is_constant,
     is_float,
     layer_problem,
+    moves_int8,
     weight_axis,
 )
 from onnxshrink.passes.quantize.scopes import control_flow_scopes
@@ -77,13 +78,23 @@ class OrtPlacement:
         view: The main graph, indexed by node key.
         layers: Keys of the layers to quantize.
         range_of: Each tensor's calibrated range (None: no finite value seen).
+        speed_rules: ``target=ort-cpu`` with ``keep-slow-float``: a MaxPool carries int8 only
+            after an int8 Conv (rule 6b) and AveragePool stays float (rule 7c).
     """
 
-    def __init__(self, view: GraphView, layers: list[str], range_of: RangeOf) -> None:
+    def __init__(self, view: GraphView, layers: list[str], range_of: RangeOf, speed_rules: bool = False) -> None:
         self.view = view
         self.range_of = range_of
         self.layers = frozenset(layers)
         self.quantized: set[str] = set(layers)
+        self.speed_rules = speed_rules
+
+    def moves(self, node: ir.Node) -> bool:
+        """Rule 6 (6b with the speed rules): whether ``node`` carries int8 through."""
+        return moves_int8(node, self._int8_conv if self.speed_rules else None)
+
+    def _int8_conv(self, node: ir.Node) -> bool:
+        return node.graph is self.view.graph and self.view.key(node) in self.layers
 
     def _has_range(self, value: ir.Value) -> bool:
         return value.name is not None and self.range_of(value.name) is not None
@@ -98,7 +109,7 @@ class OrtPlacement:
             key = self.view.key(user)
             if key in self.quantized and any(i == index for i, _ in activation_inputs(user)):
                 return True
-            moves_on = is_onnx_op(user, *MOVES) and index == 0
+            moves_on = self.moves(user) and index == 0
             if moves_on and any(self._reaches_int8(out, seen) for out in user.outputs):
                 return True
         return False
@@ -127,7 +138,7 @@ class OrtPlacement:
         while pending:
             value = pending.pop()
             producer = value.producer()
-            if producer is None or not is_onnx_op(producer, *MOVES) or producer.graph is not self.view.graph:
+            if producer is None or not self.moves(producer) or producer.graph is not self.view.graph:
                 continue
             source = producer.inputs[0]
             if source is None or is_constant(source) or not is_float(source) or source.name in tensors:
@@ -148,7 +159,7 @@ class OrtPlacement:
         producer = value.producer()
         if producer is None or producer.graph is not self.view.graph:
             return False
-        if is_onnx_op(producer, *MOVES) and producer.inputs[0] is not None:
+        if self.moves(producer) and producer.inputs[0] is not None:
             return self._int8_without(producer.inputs[0], reader)
         source = producer
         if producer.op_type in FOLDABLE and producer.inputs[0] is not None:
@@ -168,6 +179,8 @@ class OrtPlacement:
         for key, node in self.view.nodes.items():
             if not is_onnx_op(node, *NEIGHBOURS, *CONSTANT_OPERAND_OPS):
                 continue
+            if self.speed_rules and is_onnx_op(node, *SLOW_INT8_NEIGHBOURS):
+                continue  # rule 7c
             inputs = activation_inputs(node)
             constants = 0 if constant_operand(node) is None else 1
             if node.op_type == "Div" and not constants:
@@ -193,11 +206,11 @@ class OrtPlacement:
         return self._int8_tensors()
 
 
-def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value]) -> ir.Value:
+def _move_root(value: ir.Value, tensors: Mapping[str, ir.Value], moves: Callable[[ir.Node], bool]) -> ir.Value:
     """The upstream-most int8 tensor linked to ``value`` through data-movement ops."""
     while True:
         producer = value.producer()
-        if producer is None or not is_onnx_op(producer, *MOVES) or producer.inputs[0] is None:
+        if producer is None or not moves(producer) or producer.inputs[0] is None:
             return value
         source = producer.inputs[0]
         if source.name not in tensors:
@@ -305,7 +318,8 @@ def _plan_scope(
     if tensorrt:
         _place_tensorrt(view, layers, plan, params, range_of)
     else:
-        _place_ort(view, layers, plan, params, range_of)
+        speed_rules = options.target == "ort-cpu" and options.keep_slow_float
+        _place_ort(view, layers, plan, params, range_of, speed_rules)
     for key in layers:
         node = view.nodes[key]
         if options.activation_matmuls and not tensorrt and is_activation_matmul(node):
@@ -327,11 +341,12 @@ def _place_ort(
     plan: QuantPlan,
     params: Callable[[ir.Value], QParams],
     range_of: RangeOf,
+    speed_rules: bool,
 ) -> None:
-    placement = OrtPlacement(view, layers, range_of)
+    placement = OrtPlacement(view, layers, range_of, speed_rules)
     tensors = placement.grow()
     for name, value in tensors.items():
-        root = _move_root(value, tensors)
+        root = _move_root(value, tensors, placement.moves)
         plan.activations[name] = ActivationQ(params(root), None, root.name or name)
     for key in sorted(placement.quantized, key=list(view.nodes).index):
         node = view.nodes[key]
@@ -352,8 +367,13 @@ def _place_ort(
                 plan.folds.append(view.key(fold))
     for key, node in view.nodes.items():
         candidate = is_onnx_op(node, *NEIGHBOURS) or constant_operand(node) is not None
-        if candidate and key not in placement.quantized and not node.meta.get(ADDED_NODE):
-            plan.left_float.setdefault(key, "a neighbour is float: QLinear kernel would add conversions (rule 7)")
+        if not candidate or key in placement.quantized or node.meta.get(ADDED_NODE):
+            continue
+        if speed_rules and is_onnx_op(node, *SLOW_INT8_NEIGHBOURS):
+            why = f"onnxruntime's QLinear{node.op_type} is slower than float with its DQ and Q on CPUs (rule 7c)"
+        else:
+            why = "a neighbour is float: QLinear kernel would add conversions (rule 7)"
+        plan.left_float.setdefault(key, why)
 
 
 def _place_tensorrt(

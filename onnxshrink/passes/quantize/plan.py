@@ -8,6 +8,7 @@ the model. The placement that fills it is in ``place``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +28,9 @@ ORT_LAYERS = ("Conv", "MatMul", "Gemm")
 TRT_LAYERS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Rule 7: QLinear kernels worth using only when every neighbour is int8 already.
 NEIGHBOURS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
+# Rule 7c (ort-cpu speed rules): onnxruntime's QLinearAveragePool is slower than the float pool with
+# the DQ and Q around it, channels-first or last.
+SLOW_INT8_NEIGHBOURS = ("AveragePool",)
 # Rule 7b: elementwise ops that take one one-element constant operand, stored as one quantized level
 # (QLinearAdd, QLinearMul; a Div by a constant becomes a Mul by its reciprocal).
 CONSTANT_OPERAND_OPS = ("Add", "Mul", "Div")
@@ -136,6 +140,45 @@ class GraphView:
 
     def key(self, node: ir.Node) -> str:
         return self.keys[id(node)]
+
+
+def moves_int8(node: ir.Node, int8_conv: Callable[[ir.Node], bool] | None = None) -> bool:
+    """Rule 6: whether ``node`` carries int8 through (a data-movement op of ``MOVES``).
+
+    Args:
+        node: Any node.
+        int8_conv: Given when the ort-cpu speed rules are on; tells whether a node is a quantized
+            Conv. Then a MaxPool carries int8 only where it reads channels-last data (rule 6b,
+            :func:`_channels_last`): onnxruntime runs it as NhwcMaxPool there; anywhere else its
+            uint8 MaxPool runs channels-first, 1.5-5x slower than the float MaxPool with a DQ and
+            a Q around it.
+    """
+    if not is_onnx_op(node, *MOVES):
+        return False
+    if int8_conv is None or node.op_type != "MaxPool":
+        return True
+    return node.inputs[0] is not None and _channels_last(node.inputs[0], int8_conv)
+
+
+def _channels_last(value: ir.Value, int8_conv: Callable[[ir.Node], bool], depth: int = 0) -> bool:
+    """Whether onnxruntime's layout pass hands ``value`` on channels-last (rule 6b).
+
+    It does from an int8 Conv (a QLinearConv, which it turns NHWC), through a Relu/Clip folded
+    into the Conv's Q, and through a Concat of such values (QLinearConcat takes the layout on).
+    Anything else is taken as channels-first: measured through QLinearAdd/QLinearMul chains (a
+    hard-swish), the layout pass stopped and the MaxPool ran channels-first.
+    """
+    producer = value.producer()
+    if producer is None or depth > 8:
+        return False
+    if is_onnx_op(producer, "Conv"):
+        return int8_conv(producer)
+    if is_onnx_op(producer, *FOLDABLE) and producer.inputs[0] is not None:
+        return _channels_last(producer.inputs[0], int8_conv, depth + 1)
+    if is_onnx_op(producer, "Concat"):
+        inputs = [v for v in producer.inputs if v is not None]
+        return bool(inputs) and all(_channels_last(v, int8_conv, depth + 1) for v in inputs)
+    return False
 
 
 def is_float(value: ir.Value) -> bool:
