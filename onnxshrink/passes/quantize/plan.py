@@ -150,7 +150,7 @@ def moves_int8(node: ir.Node, int8_conv: Callable[[ir.Node], bool] | None = None
         int8_conv: Given when the ort-cpu speed rules are on; tells whether a node is a quantized
             Conv. Then a MaxPool carries int8 only where it reads channels-last data (rule 6b,
             :func:`_channels_last`): onnxruntime runs it as NhwcMaxPool there; anywhere else its
-            uint8 MaxPool runs channels-first, 1.5-5x slower than the float MaxPool with a DQ and
+            uint8 MaxPool runs channels-first, 1.7-5.3x slower than the float MaxPool with a DQ and
             a Q around it.
     """
     if not is_onnx_op(node, *MOVES):
