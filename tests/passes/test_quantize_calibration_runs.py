@@ -58,7 +58,7 @@ def _calibration() -> dict[str, np.ndarray]:
 def test_fast_bias_correction_reads_the_calibration_run_and_writes_the_same_model(
     sessions: list[list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = "quantize:cpu=vnni,bias-correction=fast,smooth=off,keep-slow-float=false"
+    spec = "quantize:cpu=vnni,bias-correction=fast,smooth=off,keep-slow-float=false,rounding=nearest"
     kept = run_pass(_gemm_model(), spec, calibration=_calibration())
     assert len(sessions) == 1  # calibration only: the layer inputs were kept from it
     assert set(kept.stats["bias_correction"]["layers"]) == {"Conv#0", "Gemm#3"}
@@ -150,7 +150,7 @@ def test_smoothing_statistics_come_from_the_calibration_run(
     sessions: list[list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calibration = {"x": np.random.default_rng(1).standard_normal((24, 8, 64)).astype(np.float32)}
-    spec = "quantize:cpu=vnni,smooth=0.5,keep-slow-float=false"
+    spec = "quantize:cpu=vnni,smooth=0.5,keep-slow-float=false,rounding=nearest"
     one_run = run_pass(_smoothed_model(), spec, calibration=calibration)
     assert len(sessions) == 1  # smoothing's channel extremes were captured beside the histograms
     smoothed = one_run.stats["smooth"]["layers"]
@@ -175,7 +175,7 @@ def test_histogram_calibrators_calibrate_the_smoothed_model_in_a_run_of_its_own(
     calibration = {"x": np.random.default_rng(1).standard_normal((24, 8, 64)).astype(np.float32)}
     result = run_pass(
         _smoothed_model(),
-        "quantize:cpu=vnni,smooth=0.5,calibrate=percentile,keep-slow-float=false",
+        "quantize:cpu=vnni,smooth=0.5,calibrate=percentile,keep-slow-float=false,rounding=nearest",
         calibration=calibration,
     )
     assert len(sessions) == 2 and len(result.stats["smooth"]["layers"]) == 2

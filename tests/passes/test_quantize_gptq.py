@@ -220,9 +220,9 @@ def test_static_gptq_lowers_conv_and_gemm_output_error_under_nearest_scales(
     model = _static_model()
     calibration, held_out = _static_feed(64, seed=1), _static_feed(64, seed=2)
     spec = f"quantize:reduce-range={reduce_range},keep-slow-float=false,bias-correction=off"
-    nearest = run_pass(model, spec, calibration=calibration)
+    nearest = run_pass(model, f"{spec},rounding=nearest", calibration=calibration)
     rounded = run_pass(model, f"{spec},rounding=gptq", calibration=calibration)
-    assert nearest.stats["rounding"] == {"method": "nearest", "reason": "rounding=auto (static int8: gptq is opt-in)"}
+    assert nearest.stats["rounding"] == {"method": "nearest", "reason": "rounding=nearest"}
     record = rounded.stats["rounding"]
     assert record["method"] == "gptq" and record["nearest"] == {}
     assert set(record["layers"]) == {"Conv#0", "Gemm#1"}
@@ -249,6 +249,35 @@ def test_static_gptq_lowers_conv_and_gemm_output_error_under_nearest_scales(
         else:
             assert np.array_equal(array, near_init[name]), name
     assert [n.op_type for n in rounded.model.graph.node] == [n.op_type for n in nearest.model.graph.node]
+
+
+def test_static_rounding_auto_fits_gemms_with_enough_rows_and_leaves_convs_nearest() -> None:
+    """Rule 6 of int8_rounding.py: GPTQ for MatMul/Gemm with at least as many calibration rows as inputs."""
+    model = _static_model()
+    spec = "quantize:reduce-range=on,keep-slow-float=false,bias-correction=off"
+    calibration = _static_feed(64, seed=1)  # the Gemm: 64 rows for its 64 inputs
+    auto = run_pass(model, spec, calibration=calibration)
+    record = auto.stats["rounding"]
+    assert record["method"] == "gptq" and set(record["layers"]) == {"Gemm#1"}
+    assert record["nearest"] == {
+        "Conv#0": "Conv: rounding=auto rounds MatMul and Gemm weights by GPTQ (rounding=gptq: Convs too)"
+    }
+    error = record["layers"]["Gemm#1"]["relative_error"]
+    assert error["gptq"] < error["nearest"]
+    gptq = _int8_weights(run_pass(model, f"{spec},rounding=gptq", calibration=calibration).model)
+    nearest = _int8_weights(run_pass(model, f"{spec},rounding=nearest", calibration=calibration).model)
+    levels = _int8_weights(auto.model)
+    assert np.array_equal(levels["Wgemm_quantized"], gptq["Wgemm_quantized"])
+    assert np.array_equal(levels["Wconv_quantized"], nearest["Wconv_quantized"])
+    # Fewer rows than inputs: found after the capture, or before it from samples= and the input's shape.
+    few = run_pass(model, spec, calibration=_static_feed(32, seed=1)).stats["rounding"]
+    assert few["method"] == "nearest" and few["layers"] == {}
+    assert few["nearest"]["Gemm#1"] == "32 calibration rows < 64 inputs: too few to fit GPTQ (rounding=auto)"
+    capped = run_pass(model, f"{spec},samples=16", calibration=calibration).stats["rounding"]
+    assert capped["nearest"]["Gemm#1"] == "at most 16 calibration rows < 64 inputs: too few to fit GPTQ (rounding=auto)"
+    # With a budget the written model is the nearest-rounded one the budget judged.
+    budgeted = run_pass(model, f"{spec},min-cosine=0.5", calibration=calibration).stats["rounding"]
+    assert budgeted == {"method": "nearest", "reason": "the budget judged nearest rounding (rounding=auto)"}
 
 
 def test_static_gptq_rounds_a_depthwise_conv_per_group_and_is_deterministic() -> None:

@@ -206,9 +206,10 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
         MatMul/Gemm weights are rounded by GPTQ-style error feedback from each layer input's Gram
         matrix, under block scales chosen by a clipping search (gptq.py); without calibration
         data (or ``rounding=nearest``), each weight is rounded to its nearest level. Static int8
-        (``rounding=gptq`` only; ``auto`` means nearest there): the same error feedback for each
-        quantized Conv (im2col patches, per group), Gemm and MatMul of the main graph, from the
-        float layer input, under nearest rounding's scales (int8_rounding.py). The method,
+        (``rounding=gptq``): the same error feedback for each quantized Conv (im2col patches, per
+        group), Gemm and MatMul of the main graph, from the float layer input, under nearest
+        rounding's scales (int8_rounding.py); ``rounding=auto`` there: MatMul and Gemm only, each
+        with at least as many calibration rows as inputs (the rest nearest). The method,
         and per layer the output error of both on sampled calibration rows, are in the stats.
     19. ``calibrate=auto`` (static): each tensor of the plan made with minmax ranges takes the
         range of minmax, percentile (99.9, 99.99, 99.999), entropy or mse that gives the
@@ -807,10 +808,17 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             UsageError: ``rounding=gptq`` with calibration data that can be read only once.
         """
         options = self.options
-        if options.rounding != "gptq":
-            return {}, {"method": "nearest", "reason": f"rounding={options.rounding} (static int8: gptq is opt-in)"}
+        if options.rounding == "nearest":
+            return {}, {"method": "nearest", "reason": "rounding=nearest"}
         calibration = self.context.calibration
+        auto = options.rounding == "auto"
+        if auto and (options.max_drop is not None or options.min_cosine is not None):
+            # The budget judged nearest-rounded candidates: the written model is what it judged.
+            return {}, {"method": "nearest", "reason": "the budget judged nearest rounding (rounding=auto)"}
         if calibration is not None and not calibration.rereadable:
+            if auto:
+                reason = f"{calibration.description} can be read only once (rounding=auto)"
+                return {}, {"method": "nearest", "reason": reason}
             raise UsageError(
                 f"quantize: rounding=gptq reads the calibration data again; {calibration.description} "
                 "can be read only once"
@@ -824,7 +832,11 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             pass_name=self.name,
             samples=options.samples,
             batch_size=_CALIBRATION_BATCH,
+            auto=auto,
         )
+        if not rounded:
+            timings["rounding"] = time.perf_counter() - started
+            return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer for GPTQ (rounding=auto)", **record}
         timings["rounding"] = time.perf_counter() - started
         return rounded, {"method": "gptq", **record}
 

@@ -24,6 +24,12 @@ matrix ``H = X^T X`` gives. Rules:
    (``PATCH_VALUES``).
 5. Report: per layer, the relative output error ``||Xq Wq - X W||^2 / ||X W||^2`` of nearest
    rounding and of GPTQ on up to 256 sampled input rows (``Xq``: the fake-quantized rows).
+6. ``rounding=auto`` (the default): MatMul and Gemm layers only, and only those whose calibration
+   gave at least as many input rows as the weight has inputs (``K``); the others keep nearest
+   rounding, named with why. Measured (AVX2 EPYC, 7-bit weights): BERT-base cosine 0.99924 ->
+   0.99973; PP-OCR rec's MatMuls alone 86 -> 87 exact lines, where its Convs by GPTQ read 80
+   (im2col rows of a text line are mostly blank background); GPTQ fitted on 64 rows for magika's
+   512 inputs lost to nearest rounding.
 """
 
 from __future__ import annotations
@@ -158,8 +164,29 @@ def _layer_matrix(key: str, node: ir.Node, axis: int | None, bits: int) -> Layer
     return LayerMatrix(key, weight.name, source.name, None, matrix[None], columns, array.shape, transposed, limit)
 
 
-def _candidates(model: ir.Model, plan: QuantPlan) -> tuple[dict[str, ir.Node], dict[str, str]]:
-    """Rule 1: the layers GPTQ rounds, and the others with why they keep nearest rounding."""
+def _inputs_and_rows(node: ir.Node, samples: int) -> tuple[int, int | None] | None:
+    """A MatMul/Gemm's inputs ``K`` and the most calibration rows ``samples`` can give it (None: unknown)."""
+    weight, source = node.inputs[1], node.inputs[0]
+    if weight is None or weight.const_value is None or source is None or len(weight.const_value.shape) != 2:
+        return None
+    rows, cols = (int(d) for d in weight.const_value.shape.numpy())
+    k = cols if node.op_type == "Gemm" and node.attributes.get_int("transB") else rows
+    if node.op_type == "Gemm":
+        return k, samples
+    shape = source.shape
+    inner = [] if shape is None else list(shape)[1:-1]
+    if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in inner):
+        return k, None
+    per_sample = 1
+    for d in inner:
+        per_sample *= int(d)  # type: ignore[arg-type]
+    return k, samples * per_sample
+
+
+def _candidates(
+    model: ir.Model, plan: QuantPlan, auto: bool, samples: int
+) -> tuple[dict[str, ir.Node], dict[str, str]]:
+    """Rule 1 (and 6 with ``auto``): the layers GPTQ rounds, and the others with why they keep nearest rounding."""
     nodes = GraphView(model.graph).nodes
     readers: dict[str, int] = {}
     for key, layer in plan.layers.items():
@@ -178,6 +205,10 @@ def _candidates(model: ir.Model, plan: QuantPlan) -> tuple[dict[str, ir.Node], d
             left[key] = f"{node.op_type}: rounding=gptq rounds Conv, Gemm and MatMul weights"
         elif readers[str(node.inputs[1].name if node.inputs[1] is not None else "")] > 1:
             left[key] = "weight shared with another layer"
+        elif auto and node.op_type == "Conv":
+            left[key] = "Conv: rounding=auto rounds MatMul and Gemm weights by GPTQ (rounding=gptq: Convs too)"
+        elif auto and (bound := _inputs_and_rows(node, samples)) is not None and (bound[1] or bound[0]) < bound[0]:
+            left[key] = f"at most {bound[1]} calibration rows < {bound[0]} inputs: too few to fit GPTQ (rounding=auto)"
         else:
             chosen[key] = node
     return chosen, left
@@ -269,8 +300,9 @@ def round_static(
     pass_name: str,
     samples: int,
     batch_size: int,
+    auto: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Rules 1-5 for the plan's layers; the model is not changed.
+    """Rules 1-5 (6 with ``auto``) for the plan's layers; the model is not changed.
 
     Args:
         context: The pipeline context (calibration data, sessions).
@@ -280,13 +312,15 @@ def round_static(
         pass_name: For calibration-data errors.
         samples: Calibration samples read.
         batch_size: Samples per capture run.
+        auto: ``rounding=auto`` (rule 6): MatMul and Gemm only, each with at least as many
+            calibration rows as inputs.
 
     Returns:
         The GPTQ levels per weight initializer name (int8, the weight's shape), and the report's
         record: per layer its input tensor, rows and relative output errors, and the layers left
         to nearest rounding with why.
     """
-    chosen, left = _candidates(model, plan)
+    chosen, left = _candidates(model, plan, auto, samples)
     matrices = {
         key: _layer_matrix(key, node, plan.layers[key].weight.axis, weight_bits)  # type: ignore[union-attr]
         for key, node in chosen.items()
@@ -311,12 +345,17 @@ def round_static(
                 sampled[name, geometry].update(next(_rows(array[:1] if geometry else array, geometry)))
         for matrix in matrices.values():
             key = (matrix.tensor, matrix.geometry)
-            if key in grams:
+            if key in grams and auto and grams[key].rows < matrix.weights.shape[1]:
+                left[matrix.key] = (
+                    f"{grams[key].rows} calibration rows < {matrix.weights.shape[1]} inputs: "
+                    "too few to fit GPTQ (rounding=auto)"
+                )
+            elif key in grams:
                 levels = _gptq_levels(matrix, grams[key])
                 rounded[matrix.weight_name] = matrix.stored(levels)
                 rows = sampled[key].sample()
                 layers[matrix.key] = _layer_record(matrix, grams[key].rows, rows, params.get(matrix.tensor), levels)
-    return rounded, {"layers": {key: layers[key] for key in matrices}, "nearest": left}
+    return rounded, {"layers": {key: layers[key] for key in matrices if key in layers}, "nearest": left}
 
 
 def _gptq_levels(matrix: LayerMatrix, gram: _GroupedGram) -> np.ndarray:

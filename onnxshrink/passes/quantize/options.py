@@ -96,7 +96,8 @@ class QuantizeOptions:
         "weight-only s4/u4 MatMul/Gemm weights: nearest (each weight to its nearest level); gptq: "
         "GPTQ error feedback from the calibration inputs' Gram matrices, with clipping-searched "
         "block scales (needs calibration data); auto: gptq when calibration data is given, else nearest. "
-        "static int8 Conv/Gemm/MatMul weights: gptq under nearest's scales (opt-in; auto means nearest)",
+        "static int8 Conv/Gemm/MatMul weights: gptq under nearest's scales; auto: gptq for MatMul/Gemm "
+        "with at least as many calibration rows as inputs, nearest for the rest",
         choices=("auto", "nearest", "gptq"),
     )
     calibrate: Literal["minmax", "percentile", "entropy", "mse", "auto"] = option(
