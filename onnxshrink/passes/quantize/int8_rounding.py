@@ -183,6 +183,14 @@ def _inputs_and_rows(node: ir.Node, samples: int) -> tuple[int, int | None] | No
     return k, samples * per_sample
 
 
+def _too_few_rows(node: ir.Node, samples: int) -> str | None:
+    """Rule 6 before any capture: why ``samples`` cannot give a MatMul/Gemm as many rows as inputs, or None."""
+    found = _inputs_and_rows(node, samples)
+    if found is None or found[1] is None or found[1] >= found[0]:
+        return None
+    return f"at most {found[1]} calibration rows < {found[0]} inputs: too few to fit GPTQ (rounding=auto)"
+
+
 def _candidates(
     model: ir.Model, plan: QuantPlan, auto: bool, samples: int
 ) -> tuple[dict[str, ir.Node], dict[str, str]]:
@@ -207,8 +215,8 @@ def _candidates(
             left[key] = "weight shared with another layer"
         elif auto and node.op_type == "Conv":
             left[key] = "Conv: rounding=auto rounds MatMul and Gemm weights by GPTQ (rounding=gptq: Convs too)"
-        elif auto and (bound := _inputs_and_rows(node, samples)) is not None and (bound[1] or bound[0]) < bound[0]:
-            left[key] = f"at most {bound[1]} calibration rows < {bound[0]} inputs: too few to fit GPTQ (rounding=auto)"
+        elif auto and (few := _too_few_rows(node, samples)) is not None:
+            left[key] = few
         else:
             chosen[key] = node
     return chosen, left
