@@ -91,17 +91,23 @@ def test_candidate_specs_carry_block_lengths_rounding_and_bias_correction(blocks
         {"name": "quantize", "options": {**_int4("/fc1/Gemm"), "block-size": 128, "rounding": "nearest"}},
         {
             "name": "quantize",
-            "options": {"exclude": ["/fc1/Gemm", "/fc2/Gemm"], "calibrate": "mse", "bias-correction": "off"},
+            "options": {
+                "exclude": ["/fc1/Gemm", "/fc2/Gemm"],
+                "calibrate": "mse",
+                "bias-correction": "off",
+                "rounding": "nearest",
+            },
         },
     ]
     path = tmp_path / "r.toml"
     path.write_text(to_toml(specs))
     assert load_recipe(path) == specs
-    # The pass defaults name no option: recipes (and trial keys) of default knobs stay as they were.
+    # The pass defaults name no option, but int8 rounds to nearest: auto's trials skip the GPTQ
+    # capture that the pass's rounding=auto runs for MatMul/Gemm weights.
     plain = candidate_specs(units, (1, 1, 1), Knobs())
     assert [s.to_json()["options"] for s in plain[1:]] == [
         _int4("/fc1/Gemm", "/fc2/Gemm"),
-        {"exclude": ["/fc1/Gemm", "/fc2/Gemm"], "calibrate": "minmax"},
+        {"exclude": ["/fc1/Gemm", "/fc2/Gemm"], "calibrate": "minmax", "rounding": "nearest"},
     ]
     # Built with the real passes: each Gemm's blocked 4-bit weight has its block length.
     built = onnxshrink.shrink(MODEL, specs, calibration=str(CALIB), verify=False)

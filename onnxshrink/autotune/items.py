@@ -36,6 +36,7 @@ from onnxshrink.autotune.profile import (
     int4_block,
     int4_spec,
     int4_value,
+    int8_spec,
     precision_kind,
     smaller_int4,
 )
@@ -44,7 +45,6 @@ from onnxshrink.errors import VerificationError
 from onnxshrink.executors import Executor
 from onnxshrink.ir.graphs import is_onnx_op
 from onnxshrink.passes import channels
-from onnxshrink.spec import make_spec
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def measure_item(builder: VariantBuilder, item: Item) -> dict[str, Any]:
         kept = sum(entry["after"] for entry in record["stats"]["channels"].values())
         modified = bool(record["modified"])
     elif item.value == "int8":
-        variant, record = builder.variant(make_spec("quantize", {"include": (item.unit,)}))
+        variant, record = builder.variant(int8_spec({"include": (item.unit,)}))
         kept, modified = None, bool(record["stats"].get("quantized_nodes"))
     else:
         variant, record = builder.variant(int4_spec((item.unit,), int4_block(item.value)))

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from onnxshrink.autotune.profile import Unit, channel_spec, int4_block, int4_spec, precision_kind
+from onnxshrink.autotune.profile import Unit, channel_spec, int4_block, int4_spec, int8_spec, precision_kind
 from onnxshrink.spec import PassSpec, make_spec
 
 
@@ -68,7 +68,7 @@ def candidate_specs(units: Sequence[Unit], choice: Sequence[int], knobs: Knobs) 
             options["percentile"] = knobs.percentile
         if knobs.bias_correction != "fast":
             options["bias-correction"] = knobs.bias_correction
-        specs.append(make_spec("quantize", options))
+        specs.append(int8_spec(options))
     return specs
 
 
