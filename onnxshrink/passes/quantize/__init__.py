@@ -834,10 +834,9 @@ class QuantizePass(ShrinkPass[QuantizeOptions]):
             batch_size=_CALIBRATION_BATCH,
             auto=auto,
         )
-        if not rounded:
-            timings["rounding"] = time.perf_counter() - started
-            return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer for GPTQ (rounding=auto)", **record}
         timings["rounding"] = time.perf_counter() - started
+        if not rounded:
+            return {}, {"method": "nearest", "reason": "no MatMul/Gemm layer for GPTQ (rounding=auto)", **record}
         return rounded, {"method": "gptq", **record}
 
     def _gather_tables(

@@ -136,6 +136,11 @@ class LayerMatrix:
     def groups(self) -> int:
         return int(self.weights.shape[0])
 
+    @property
+    def inputs(self) -> int:
+        """``K``: the inputs each output of a group sums over."""
+        return int(self.weights.shape[1])
+
     def stored(self, levels: np.ndarray) -> np.ndarray:
         """Levels ``[groups, K, N/groups]`` as the int8 initializer of the weight's own shape."""
         if self.geometry is not None:  # [g, K, Cout/g] -> [Cout, Cin/g, *kernel]
@@ -164,36 +169,26 @@ def _layer_matrix(key: str, node: ir.Node, axis: int | None, bits: int) -> Layer
     return LayerMatrix(key, weight.name, source.name, None, matrix[None], columns, array.shape, transposed, limit)
 
 
-def _inputs_and_rows(node: ir.Node, samples: int) -> tuple[int, int | None] | None:
-    """A MatMul/Gemm's inputs ``K`` and the most calibration rows ``samples`` can give it (None: unknown)."""
-    weight, source = node.inputs[1], node.inputs[0]
-    if weight is None or weight.const_value is None or source is None or len(weight.const_value.shape) != 2:
-        return None
-    rows, cols = (int(d) for d in weight.const_value.shape.numpy())
-    k = cols if node.op_type == "Gemm" and node.attributes.get_int("transB") else rows
+def _most_rows(node: ir.Node, samples: int) -> int | None:
+    """The most rows ``samples`` calibration samples give a MatMul/Gemm (None: its input's shape does not say)."""
     if node.op_type == "Gemm":
-        return k, samples
-    shape = source.shape
+        return samples  # one row per sample
+    shape = None if node.inputs[0] is None else node.inputs[0].shape
     inner = [] if shape is None else list(shape)[1:-1]
     if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in inner):
-        return k, None
+        return None
     per_sample = 1
     for d in inner:
         per_sample *= int(d)  # type: ignore[arg-type]
-    return k, samples * per_sample
+    return samples * per_sample
 
 
-def _too_few_rows(node: ir.Node, samples: int) -> str | None:
-    """Rule 6 before any capture: why ``samples`` cannot give a MatMul/Gemm as many rows as inputs, or None."""
-    found = _inputs_and_rows(node, samples)
-    if found is None or found[1] is None or found[1] >= found[0]:
-        return None
-    return f"at most {found[1]} calibration rows < {found[0]} inputs: too few to fit GPTQ (rounding=auto)"
+def _too_few_rows(rows: str, matrix: LayerMatrix) -> str:
+    """Rule 6's reason for nearest rounding."""
+    return f"{rows} calibration rows < {matrix.inputs} inputs: too few to fit GPTQ (rounding=auto)"
 
 
-def _candidates(
-    model: ir.Model, plan: QuantPlan, auto: bool, samples: int
-) -> tuple[dict[str, ir.Node], dict[str, str]]:
+def _candidates(model: ir.Model, plan: QuantPlan, auto: bool) -> tuple[dict[str, ir.Node], dict[str, str]]:
     """Rule 1 (and 6 with ``auto``): the layers GPTQ rounds, and the others with why they keep nearest rounding."""
     nodes = GraphView(model.graph).nodes
     readers: dict[str, int] = {}
@@ -215,8 +210,6 @@ def _candidates(
             left[key] = "weight shared with another layer"
         elif auto and node.op_type == "Conv":
             left[key] = "Conv: rounding=auto rounds MatMul and Gemm weights by GPTQ (rounding=gptq: Convs too)"
-        elif auto and (few := _too_few_rows(node, samples)) is not None:
-            left[key] = few
         else:
             chosen[key] = node
     return chosen, left
@@ -328,14 +321,20 @@ def round_static(
         record: per layer its input tensor, rows and relative output errors, and the layers left
         to nearest rounding with why.
     """
-    chosen, left = _candidates(model, plan, auto, samples)
+    chosen, left = _candidates(model, plan, auto)
     matrices = {
         key: _layer_matrix(key, node, plan.layers[key].weight.axis, weight_bits)  # type: ignore[union-attr]
         for key, node in chosen.items()
     }
+    if auto:  # rule 6 before any capture: samples= and the input's shape bound the rows
+        for layer, matrix in list(matrices.items()):
+            most = _most_rows(chosen[layer], samples)
+            if most is not None and most < matrix.inputs:
+                left[layer] = _too_few_rows(f"at most {most}", matrix)
+                del matrices[layer]
     sizes: dict[_GramKey, tuple[int, int]] = {}
     for matrix in matrices.values():
-        sizes[matrix.tensor, matrix.geometry] = (matrix.groups, matrix.weights.shape[1])
+        sizes[matrix.tensor, matrix.geometry] = (matrix.groups, matrix.inputs)
     per_batch = max(1, math.ceil(_REPORT_ROWS / max(1, math.ceil(samples / batch_size))))
     params = {name: q.params for name, q in plan.activations.items()}
     rounded: dict[str, np.ndarray] = {}
@@ -353,11 +352,8 @@ def round_static(
                 sampled[name, geometry].update(next(_rows(array[:1] if geometry else array, geometry)))
         for matrix in matrices.values():
             key = (matrix.tensor, matrix.geometry)
-            if key in grams and auto and grams[key].rows < matrix.weights.shape[1]:
-                left[matrix.key] = (
-                    f"{grams[key].rows} calibration rows < {matrix.weights.shape[1]} inputs: "
-                    "too few to fit GPTQ (rounding=auto)"
-                )
+            if key in grams and auto and grams[key].rows < matrix.inputs:
+                left[matrix.key] = _too_few_rows(str(grams[key].rows), matrix)
             elif key in grams:
                 levels = _gptq_levels(matrix, grams[key])
                 rounded[matrix.weight_name] = matrix.stored(levels)
