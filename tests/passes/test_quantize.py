@@ -43,13 +43,22 @@ def _calib(shapes: Mapping[str, tuple[int, ...]], samples: int = 16, seed: int =
     return {name: rng.standard_normal((samples, *shape[1:])).astype(np.float32) for name, shape in shapes.items()}
 
 
-def _optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
-    """Op types of ORT's optimized model (CPU, extended level: where the QDQ fusions run)."""
+def _ort_optimized(
+    model: onnx.ModelProto,
+    tmp_path: Path,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+) -> onnx.ModelProto:
+    """ORT's optimized model (CPU; the extended level is where the QDQ fusions run)."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = level
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return op_counts(onnx.load(tmp_path / "optimized.onnx"))
+    return onnx.load(tmp_path / "optimized.onnx")
+
+
+def _optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
+    """Op types of ORT's optimized model at the extended level."""
+    return op_counts(_ort_optimized(model, tmp_path))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -184,12 +193,8 @@ def test_maxpool_and_flatten_pass_int8_through_with_the_same_qparams(tmp_path: P
 
 
 def _layout_optimized(model: onnx.ModelProto, tmp_path: Path) -> onnx.ModelProto:
-    """ORT's optimized model at the layout level (CPU), where channels-last kernels appear."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "layout.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return onnx.load(tmp_path / "layout.onnx")
+    """ORT's optimized model at the layout level, where channels-last kernels appear."""
+    return _ort_optimized(model, tmp_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
 
 def _pool_reads(model: onnx.ModelProto, pool: str) -> str:
